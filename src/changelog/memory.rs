@@ -1,0 +1,183 @@
+//! In-memory changelog with Bigtable's semantics: rows hold the encoded record bytes and a
+//! millisecond stamp, scans read in key order, and claims are compare-and-sets on the stamp.
+//! Rows are kept encoded so that malformed rows can be planted and are reported the way the
+//! Bigtable backend reports them.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{
+    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest, ScannedRow,
+};
+use crate::clock::SharedClock;
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
+
+#[derive(Debug, Clone)]
+struct Row {
+    bytes: Vec<u8>,
+    stamp: Timestamp,
+}
+
+#[derive(Debug)]
+pub struct MemoryChangelog {
+    rows: Mutex<BTreeMap<String, Row>>,
+    clock: SharedClock,
+}
+
+impl MemoryChangelog {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            rows: Mutex::new(BTreeMap::new()),
+            clock,
+        }
+    }
+
+    /// Plants a raw row, as a buggy or foreign writer might have left it.
+    pub fn insert_raw(&self, key: &str, bytes: Vec<u8>, stamp: Timestamp) {
+        self.rows().insert(key.to_owned(), Row { bytes, stamp });
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every row key, for invariant checks.
+    pub fn keys(&self) -> Vec<String> {
+        self.rows().keys().cloned().collect()
+    }
+
+    fn rows(&self) -> MutexGuard<'_, BTreeMap<String, Row>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn decode(key: &str, row: &Row) -> Result<ChangelogEntry, String> {
+    let id = ChangeId::parse(key).map_err(|e| e.to_string())?;
+    let record = ChangeRecord::decode(&row.bytes).map_err(|e| e.to_string())?;
+    Ok(ChangelogEntry {
+        id,
+        record,
+        stamp: row.stamp,
+    })
+}
+
+fn malformed(op: &'static str, key: &str, reason: String) -> StoreError {
+    StoreError::new(StoreKind::Changelog, op, key, ErrorKind::Malformed, reason)
+}
+
+#[async_trait]
+impl Changelog for MemoryChangelog {
+    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
+        let stamp = self.clock.now();
+        let bytes = record.encode();
+        self.rows()
+            .insert(id.as_str().to_owned(), Row { bytes, stamp });
+        Ok(stamp)
+    }
+
+    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
+        let now = self.clock.now();
+        let mut rows = self.rows();
+        let Some(row) = rows.get_mut(id.as_str()) else {
+            return Ok(Heartbeat::Refused);
+        };
+        let entry = decode(id.as_str(), row).map_err(|r| malformed("heartbeat", id.as_str(), r))?;
+        if &entry.record.owner != owner {
+            return Ok(Heartbeat::Refused);
+        }
+        row.stamp = row.stamp.max(now);
+        Ok(Heartbeat::Refreshed)
+    }
+
+    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
+        let rows = self.rows();
+        let start = match &req.start_after {
+            Some(after) if after.as_str() >= req.shards.start_key().as_str() => {
+                Bound::Excluded(after.clone())
+            }
+            _ => Bound::Included(req.shards.start_key()),
+        };
+        let end = req
+            .shards
+            .end_key()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = ScanPage::default();
+        let mut read = 0;
+        for (key, row) in rows.range((start, end)) {
+            if row.stamp >= req.cutoff {
+                continue;
+            }
+            read += 1;
+            match decode(key, row) {
+                Ok(entry) => {
+                    if entry.record.cleanup_after.is_none_or(|t| t <= req.now) {
+                        page.rows.push(ScannedRow::Entry(entry));
+                    }
+                }
+                Err(reason) => page.rows.push(ScannedRow::Malformed {
+                    key: key.clone(),
+                    reason,
+                }),
+            }
+            if read == req.limit {
+                page.resume_after = Some(key.clone());
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    async fn claim(
+        &self,
+        id: &ChangeId,
+        cutoff: Timestamp,
+        claimer: &OwnerToken,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claim> {
+        let mut rows = self.rows();
+        let Some(row) = rows.get_mut(id.as_str()) else {
+            return Ok(Claim::Lost);
+        };
+        if row.stamp >= cutoff {
+            return Ok(Claim::Lost);
+        }
+        let mut entry = decode(id.as_str(), row).map_err(|r| malformed("claim", id.as_str(), r))?;
+        entry.record.owner = claimer.clone();
+        entry.record.claims = entry.record.claims.saturating_add(1);
+        entry.stamp = lease_until;
+        *row = Row {
+            bytes: entry.record.encode(),
+            stamp: lease_until,
+        };
+        Ok(Claim::Won(entry))
+    }
+
+    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
+        let rows = self.rows();
+        rows.get(id.as_str())
+            .map(|row| decode(id.as_str(), row).map_err(|r| malformed("get", id.as_str(), r)))
+            .transpose()
+    }
+
+    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
+        let mut rows = self.rows();
+        let owned = match rows.get(id.as_str()) {
+            None => false,
+            Some(row) => decode(id.as_str(), row).is_ok_and(|e| &e.record.owner == owner),
+        };
+        if owned {
+            rows.remove(id.as_str());
+            Ok(Removal::Removed)
+        } else {
+            Ok(Removal::NotOwned)
+        }
+    }
+}

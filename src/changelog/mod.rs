@@ -1,0 +1,116 @@
+//! The write-ahead changelog: one row per in-flight change, whose timestamp is its
+//! liveness signal.
+//!
+//! * A writer [`record`](Changelog::record)s a change before touching LT and
+//!   [`heartbeat`](Changelog::heartbeat)s it while it works; the heartbeat succeeds only
+//!   while the writer still owns the row.
+//! * Recovery [`scan_stale`](Changelog::scan_stale)s for rows stamped before a cutoff and
+//!   [`claim`](Changelog::claim)s each with a compare-and-set whose predicate is "still
+//!   stale". The claim moves ownership to the claimer and stamps the row into the future
+//!   (the claim lease), so the row is not handed out again while its job is in flight.
+//! * Whoever converges the change [`remove`](Changelog::remove)s the row, if it still owns it.
+//!
+//! The row key is the [`ChangeId`], prefixed by a hash-derived shard so that writes spread
+//! across the key space and scanners can split it.
+
+pub mod memory;
+pub mod noop;
+
+use async_trait::async_trait;
+
+use crate::error::StoreResult;
+use crate::model::{ChangeId, ChangeRecord, OwnerToken, ShardRange, Timestamp};
+
+pub use memory::MemoryChangelog;
+pub use noop::NoopChangelog;
+
+/// A decoded changelog row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogEntry {
+    pub id: ChangeId,
+    pub record: ChangeRecord,
+    /// The row's liveness timestamp: the last record, heartbeat or claim.
+    pub stamp: Timestamp,
+}
+
+/// A row as a scan found it. Malformed rows are reported, never dropped or deleted: an
+/// operator has to see them, and they may name blobs that still need cleaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScannedRow {
+    Entry(ChangelogEntry),
+    Malformed { key: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    pub shards: ShardRange,
+    /// Rows stamped strictly before this are stale.
+    pub cutoff: Timestamp,
+    /// Rows whose record says `cleanup_after` later than this are skipped.
+    pub now: Timestamp,
+    /// Resume strictly after this row key (from [`ScanPage::resume_after`]).
+    pub start_after: Option<String>,
+    /// At most this many rows are read; the scan never buffers more.
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    pub rows: Vec<ScannedRow>,
+    /// The last key this page read when it stopped at the limit; `None` when the range is done.
+    pub resume_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    Refreshed,
+    /// The row is gone or owned by someone else: the writer has been fenced out.
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Won(ChangelogEntry),
+    /// Someone refreshed or claimed the row since the scan saw it, or it is gone.
+    Lost,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// The row is gone or owned by someone else; it was left as it is.
+    NotOwned,
+}
+
+#[async_trait]
+pub trait Changelog: Send + Sync + std::fmt::Debug {
+    /// Writes the row for a new change, stamped now. Returns the stamp.
+    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp>;
+
+    /// Re-stamps the row now, if `owner` still owns it.
+    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat>;
+
+    /// Reads up to `limit` stale rows in key order.
+    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage>;
+
+    /// If the row is still stamped before `cutoff`, makes `claimer` its owner, counts the
+    /// claim and stamps it `lease_until`.
+    async fn claim(
+        &self,
+        id: &ChangeId,
+        cutoff: Timestamp,
+        claimer: &OwnerToken,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claim>;
+
+    /// Reads one row; the authority a cleaner consults, whatever its job message says.
+    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>>;
+
+    /// Deletes the row if `owner` owns it.
+    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal>;
+
+    /// True for [`NoopChangelog`]: writers skip heartbeats, recovery has nothing to do.
+    fn is_noop(&self) -> bool {
+        false
+    }
+}

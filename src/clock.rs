@@ -1,0 +1,68 @@
+//! Wall-clock time as the changelog sees it.
+//!
+//! Liveness in the changelog is a comparison of wall-clock timestamps written by different
+//! machines, so every component that stamps or judges an entry takes its time from a
+//! [`Clock`]. Production uses [`SystemClock`]; tests use [`TokioClock`], which moves with
+//! tokio's (pausable) time so that "wait past the staleness threshold" costs nothing.
+//!
+//! The writer's own guard deliberately does *not* use a `Clock`: it measures the age of its
+//! last heartbeat on the local monotonic clock (`tokio::time::Instant`), which wall-clock
+//! steps cannot move.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::model::Timestamp;
+
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> Timestamp;
+}
+
+pub type SharedClock = Arc<dyn Clock>;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Timestamp(millis)
+    }
+}
+
+/// Wall-clock time anchored once, then advanced by tokio's monotonic clock; under
+/// `tokio::time::pause` it jumps exactly as far as the test advances time.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    anchor_wall: Timestamp,
+    anchor: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Self {
+        Self {
+            anchor_wall: SystemClock.now(),
+            anchor: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.anchor_wall.saturating_add(self.anchor.elapsed())
+    }
+}
+
+/// The default clock for production wiring.
+pub fn system() -> SharedClock {
+    Arc::new(SystemClock)
+}

@@ -1,0 +1,83 @@
+//! The one error type every store returns.
+//!
+//! All four stores fail in the same few ways (the service is unreachable or overloaded, it
+//! refused the request, or it returned data we cannot read), and every caller needs the same
+//! two answers from an error: *is it worth retrying*, and *what exactly failed* (which table
+//! and row, which bucket and object, which subscription). One type answers both for all
+//! backends, so retry policy and error reporting each have a single home.
+
+use std::fmt;
+
+/// Which store an operation ran against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Hv,
+    Lt,
+    Changelog,
+    Queue,
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreKind::Hv => "HV store",
+            StoreKind::Lt => "LT store",
+            StoreKind::Changelog => "changelog",
+            StoreKind::Queue => "job queue",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Unavailable, deadline exceeded, overloaded, aborted: retrying may succeed.
+    Transient,
+    /// Refused (permission, not found where it must exist, bad request): retrying will not help.
+    Permanent,
+    /// The store returned data that does not decode; the data stays where it is.
+    Malformed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{store} {op} on {target} failed ({kind:?}): {message}")]
+pub struct StoreError {
+    pub store: StoreKind,
+    /// The RPC or method, e.g. `CheckAndMutateRow` or `delete`.
+    pub op: &'static str,
+    /// What it ran against: `table/row`, `bucket/object`, a subscription.
+    pub target: String,
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    pub fn new(
+        store: StoreKind,
+        op: &'static str,
+        target: impl Into<String>,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            store,
+            op,
+            target: target.into(),
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,0 +1,91 @@
+//! In-memory HV store with the same compare-and-write and fencing semantics as the
+//! Bigtable one, for unit tests and the embedded demo.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{CasOutcome, Expected, FENCE_TTL, HvStore, HvWrite};
+use crate::clock::SharedClock;
+use crate::error::StoreResult;
+use crate::model::{ChangeId, HvValue, ObjectPath, Timestamp};
+
+#[derive(Debug, Default)]
+struct Row {
+    value: Option<HvValue>,
+    /// Fenced changes and when they were fenced; pruned after [`FENCE_TTL`] like Bigtable's GC.
+    fences: HashMap<ChangeId, Timestamp>,
+}
+
+#[derive(Debug)]
+pub struct MemoryHv {
+    rows: Mutex<HashMap<ObjectPath, Row>>,
+    clock: SharedClock,
+}
+
+impl MemoryHv {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            rows: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+
+    /// Every object and its value, for invariant checks.
+    pub fn snapshot(&self) -> Vec<(ObjectPath, HvValue)> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.iter()
+            .filter_map(|(p, r)| r.value.clone().map(|v| (p.clone(), v)))
+            .collect()
+    }
+
+    fn with_row<T>(&self, path: &ObjectPath, f: impl FnOnce(&mut Row, Timestamp) -> T) -> T {
+        let now = self.clock.now();
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let row = rows.entry(path.clone()).or_default();
+        row.fences
+            .retain(|_, at| at.saturating_add(FENCE_TTL) > now);
+        let out = f(row, now);
+        if row.value.is_none() && row.fences.is_empty() {
+            rows.remove(path);
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl HvStore for MemoryHv {
+    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+        Ok(self.with_row(path, |row, _| row.value.clone()))
+    }
+
+    async fn compare_and_write(
+        &self,
+        path: &ObjectPath,
+        expected: &Expected,
+        write: &HvWrite,
+        change: Option<&ChangeId>,
+    ) -> StoreResult<CasOutcome> {
+        Ok(self.with_row(path, |row, _| {
+            let fenced = change.is_some_and(|c| row.fences.contains_key(c));
+            if !fenced && expected.matches(row.value.as_ref()) {
+                row.value = write.clone().into_value();
+                CasOutcome::Applied
+            } else if write.is_held_by(row.value.as_ref()) {
+                CasOutcome::Applied
+            } else if fenced {
+                CasOutcome::Fenced
+            } else {
+                CasOutcome::Conflict
+            }
+        }))
+    }
+
+    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
+        Ok(self.with_row(path, |row, now| {
+            row.fences.insert(change.clone(), now);
+            row.value.clone()
+        }))
+    }
+}

@@ -1,0 +1,55 @@
+//! # tiersweep — crash recovery for tiered object storage
+//!
+//! An object store keeps small objects inline in a Bigtable table (the **HV** tier) and large
+//! ones in a GCS bucket (the **LT** tier), with a *tombstone* in HV pointing at the LT
+//! revision. Every large write touches both tiers, so a process that dies between the steps
+//! leaves an LT blob nothing references. tiersweep does not infer orphans by listing: writers
+//! keep an explicit **write-ahead changelog**, and recovery converges what it records.
+//!
+//! ## The protocol
+//!
+//! ```text
+//! writer:    record change {object, old, new} ─ heartbeat ─┐
+//!            upload new → [guard valid?] CAS HV old→new → delete old → remove change
+//! recovery:  scan stale changes → claim (CAS "still stale") → job → fence HV row for the change
+//!            → read HV → delete each of {old, new} HV does not reference → remove change
+//! ```
+//!
+//! ## The invariants every test checks ([`testing::invariants`])
+//!
+//! * **I1 no loss** — a blob HV references is never deleted; an acknowledged write stays readable.
+//! * **I2 convergence** — once writers are quiet and the threshold has passed, there are no
+//!   orphaned blobs, no dangling tombstones, and the changelog is empty.
+//! * **I3 fencing** — once recovery has claimed a change, its writer can no longer commit the HV
+//!   write for it: the heartbeat is conditional on ownership, the writer's guard expires on its
+//!   own monotonic clock, and recovery fences the HV row before it reads it.
+//! * **I4 bounded trust** — a job message names a changelog row and a claim, nothing else; what
+//!   gets deleted follows from the row and HV alone, and only within the configured scope.
+//! * **I5 no silent drop** — a job that cannot be processed is dead-lettered with its reason,
+//!   and its changelog row stays until it is converged.
+//!
+//! ## Layout
+//!
+//! [`model`] is the vocabulary; [`hv`], [`lt`], [`changelog`] and [`queue`] are the stores,
+//! each a small trait with an in-memory twin beside the real backend; [`writer`] is the
+//! library object-store services embed; [`recovery`] holds the scanner, the cleaner, the one
+//! [`converge`](recovery::converge) function and the embedded loop.
+
+pub mod changelog;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod hv;
+pub mod lt;
+pub mod model;
+pub mod queue;
+pub mod recovery;
+pub mod retry;
+pub mod stores;
+pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod writer;
+
+pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
+pub use stores::Stores;

@@ -1,0 +1,61 @@
+//! In-memory LT store, for unit tests and the embedded demo.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ListPage, LtStore};
+use crate::error::StoreResult;
+use crate::model::Revision;
+
+const PAGE: usize = 1000;
+
+#[derive(Debug, Default)]
+pub struct MemoryLt {
+    blobs: Mutex<BTreeMap<String, Bytes>>,
+}
+
+impl MemoryLt {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn blobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
+        self.blobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl LtStore for MemoryLt {
+    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+        self.blobs().insert(rev.as_str().to_owned(), bytes);
+        Ok(())
+    }
+
+    async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
+        Ok(self.blobs().get(rev.as_str()).cloned())
+    }
+
+    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
+        Ok(self.blobs().contains_key(rev.as_str()))
+    }
+
+    async fn delete(&self, rev: &Revision) -> StoreResult<()> {
+        self.blobs().remove(rev.as_str());
+        Ok(())
+    }
+
+    async fn list(&self, page_token: Option<String>) -> StoreResult<ListPage> {
+        let blobs = self.blobs();
+        let range = match &page_token {
+            Some(after) => blobs
+                .range::<String, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => blobs.range::<String, _>(..),
+        };
+        let names: Vec<String> = range.take(PAGE).map(|(k, _)| k.clone()).collect();
+        let next = (names.len() == PAGE).then(|| names[PAGE - 1].clone());
+        Ok(ListPage { names, next })
+    }
+}

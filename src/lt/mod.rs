@@ -1,0 +1,35 @@
+//! The long-term tier: immutable blobs, one per [`Revision`], in a bucket under a prefix.
+//!
+//! A store instance is scoped to one bucket and prefix, and names blobs only by revision,
+//! so nothing that flows through tiersweep can address an object outside that scope.
+//! Deleting a missing blob succeeds: revisions are never reused, so "already gone" is the
+//! goal state, and recovery may delete the same revision any number of times.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::StoreResult;
+use crate::model::Revision;
+
+pub use memory::MemoryLt;
+
+/// One page of a listing: blob names relative to the store's prefix.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub names: Vec<String>,
+    /// Pass back to continue; `None` on the last page.
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait LtStore: Send + Sync + std::fmt::Debug {
+    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()>;
+    async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>>;
+    async fn exists(&self, rev: &Revision) -> StoreResult<bool>;
+    /// Deletes the blob; a missing blob is success.
+    async fn delete(&self, rev: &Revision) -> StoreResult<()>;
+    /// Lists blob names page by page, for invariant checks and operators' tools.
+    async fn list(&self, page_token: Option<String>) -> StoreResult<ListPage>;
+}

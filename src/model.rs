@@ -1,0 +1,625 @@
+//! The vocabulary every other module speaks: object paths, LT revisions, HV row values,
+//! changelog identities and the change record itself.
+//!
+//! Everything here is validated on construction, so a value of one of these types is known
+//! to be well-formed wherever it travels: a cleaner that decodes a [`ChangeRecord`] from a
+//! changelog row can only ever name revisions that belong to the record's own object.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a value did not parse; names the field so an operator can find the bad input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason} (got {value:?})")]
+pub struct ModelError {
+    pub field: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+impl ModelError {
+    fn new(field: &'static str, value: &str, reason: &'static str) -> Self {
+        // Keep error messages bounded even when the input is not.
+        let value: String = value.chars().take(200).collect();
+        Self {
+            field,
+            value,
+            reason,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch. Bigtable cell timestamps are microseconds with
+/// millisecond granularity; every store in tiersweep speaks milliseconds so that the
+/// in-memory twin and the real service agree on what "stale" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn saturating_add(self, d: std::time::Duration) -> Self {
+        Self(self.0.saturating_add(duration_millis(d)))
+    }
+
+    pub fn saturating_sub(self, d: std::time::Duration) -> Self {
+        Self(self.0.saturating_sub(duration_millis(d)))
+    }
+
+    /// How long ago `self` was, seen from `now`; zero if it lies in the future.
+    pub fn age_at(self, now: Timestamp) -> std::time::Duration {
+        std::time::Duration::from_millis(now.0.saturating_sub(self.0).max(0) as u64)
+    }
+}
+
+fn duration_millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// The key of an object in the store, and the HV row key.
+///
+/// The rules are GCS's object-name rules minus what would make revision paths ambiguous:
+/// revisions live at `{path}/{uuid}`, so a path must not be empty, must not start with `/`
+/// and must not contain `.` or `..` segments or control characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ObjectPath(String);
+
+/// Leaves room for the `/{uuid}` suffix and a bucket prefix inside GCS's 1024-byte limit.
+pub const MAX_OBJECT_PATH_BYTES: usize = 900;
+
+impl ObjectPath {
+    pub fn new(path: impl Into<String>) -> Result<Self, ModelError> {
+        let path = path.into();
+        let err = |reason| Err(ModelError::new("object path", &path, reason));
+        if path.is_empty() {
+            return err("must not be empty");
+        }
+        if path.len() > MAX_OBJECT_PATH_BYTES {
+            return err("longer than 900 bytes");
+        }
+        if path.starts_with('/') || path.ends_with('/') {
+            return err("must not start or end with '/'");
+        }
+        if path.chars().any(char::is_control) {
+            return err("must not contain control characters");
+        }
+        if path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return err("must not contain empty, '.' or '..' segments");
+        }
+        Ok(Self(path))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ObjectPath {
+    type Error = ModelError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<ObjectPath> for String {
+    fn from(p: ObjectPath) -> Self {
+        p.0
+    }
+}
+
+impl fmt::Display for ObjectPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ObjectPath {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// The LT blob name of one version of an object: `{object path}/{uuid v7}`.
+///
+/// A revision is minted once and never reused, which is what makes deleting an
+/// unreferenced revision safe, and deleting it twice harmless.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Revision {
+    name: String,
+    /// Byte offset of the `/` that separates the object path from the uuid.
+    split: usize,
+}
+
+impl Revision {
+    /// Mints a fresh revision of `object`.
+    pub fn mint(object: &ObjectPath) -> Self {
+        let name = format!("{}/{}", object.as_str(), Uuid::now_v7());
+        let split = object.as_str().len();
+        Self { name, split }
+    }
+
+    pub fn parse(name: impl Into<String>) -> Result<Self, ModelError> {
+        let name = name.into();
+        let Some(split) = name.rfind('/') else {
+            return Err(ModelError::new(
+                "revision",
+                &name,
+                "must be '{object path}/{uuid v7}'",
+            ));
+        };
+        ObjectPath::new(&name[..split])
+            .map_err(|_| ModelError::new("revision", &name, "object path part is invalid"))?;
+        match Uuid::parse_str(&name[split + 1..]) {
+            Ok(u)
+                if u.get_version_num() == 7 && u.hyphenated().to_string() == name[split + 1..] => {}
+            _ => {
+                return Err(ModelError::new(
+                    "revision",
+                    &name,
+                    "must end in a lowercase hyphenated uuid v7",
+                ));
+            }
+        }
+        Ok(Self { name, split })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The object this revision is a version of.
+    pub fn object(&self) -> &str {
+        &self.name[..self.split]
+    }
+
+    pub fn belongs_to(&self, object: &ObjectPath) -> bool {
+        self.object() == object.as_str()
+    }
+}
+
+impl TryFrom<String> for Revision {
+    type Error = ModelError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<Revision> for String {
+    fn from(r: Revision) -> Self {
+        r.name
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// What an HV row holds for an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HvValue {
+    /// A small object stored in the row itself.
+    Inline(Bytes),
+    /// A large object: the row points at the LT revision that carries the bytes.
+    Tombstone(Revision),
+}
+
+impl HvValue {
+    pub fn tombstone(&self) -> Option<&Revision> {
+        match self {
+            HvValue::Tombstone(r) => Some(r),
+            HvValue::Inline(_) => None,
+        }
+    }
+}
+
+/// Number of changelog shards. Fixed forever for a deployment: it is part of the row key.
+/// 256 shards allow up to 256 scanners to own disjoint key ranges.
+pub const SHARD_COUNT: u16 = 256;
+
+/// The hash-derived prefix of a changelog row key. It keeps writes from hot-spotting one
+/// Bigtable tablet (uuid v7 keys alone are time-ordered) and gives scanners their partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Shard(pub u8);
+
+/// A contiguous, inclusive range of shards, owned by one scanner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardRange {
+    pub first: Shard,
+    pub last: Shard,
+}
+
+impl ShardRange {
+    pub const ALL: ShardRange = ShardRange {
+        first: Shard(0),
+        last: Shard(u8::MAX),
+    };
+
+    /// The shards that scanner `index` of a pool of `count` owns. Every shard is owned by
+    /// exactly one scanner, and the ranges differ in size by at most one shard.
+    pub fn for_member(index: u16, count: u16) -> Result<Self, ModelError> {
+        if count == 0 || count > SHARD_COUNT {
+            return Err(ModelError::new(
+                "scanner count",
+                &count.to_string(),
+                "must be between 1 and 256",
+            ));
+        }
+        if index >= count {
+            return Err(ModelError::new(
+                "scanner index",
+                &index.to_string(),
+                "must be smaller than the scanner count",
+            ));
+        }
+        let n = u32::from(SHARD_COUNT);
+        let (i, c) = (u32::from(index), u32::from(count));
+        let first = i * n / c;
+        let last = (i + 1) * n / c - 1;
+        Ok(Self {
+            first: Shard(first as u8),
+            last: Shard(last as u8),
+        })
+    }
+
+    pub fn contains(&self, shard: Shard) -> bool {
+        self.first <= shard && shard <= self.last
+    }
+
+    /// The first row key of the range (inclusive).
+    pub fn start_key(&self) -> String {
+        format!("{:02x}/", self.first.0)
+    }
+
+    /// The row key just past the range (exclusive); `None` when the range runs to the end.
+    pub fn end_key(&self) -> Option<String> {
+        (self.last.0 < u8::MAX).then(|| format!("{:02x}/", self.last.0 + 1))
+    }
+}
+
+/// The identity of one in-flight change, and its changelog row key: `{shard:02x}/{uuid v7}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ChangeId(String);
+
+impl ChangeId {
+    pub fn mint() -> Self {
+        Self::from_uuid(Uuid::now_v7())
+    }
+
+    fn from_uuid(u: Uuid) -> Self {
+        Self(format!("{:02x}/{}", shard_of(&u).0, u.hyphenated()))
+    }
+
+    pub fn parse(key: &str) -> Result<Self, ModelError> {
+        let bad = |reason| Err(ModelError::new("change id", key, reason));
+        let Some((_, id)) = key.split_once('/') else {
+            return bad("must be '{shard}/{uuid}'");
+        };
+        let Ok(u) = Uuid::parse_str(id) else {
+            return bad("the part after '/' must be a uuid");
+        };
+        let canonical = Self::from_uuid(u);
+        if canonical.0 != key {
+            return bad("shard prefix or uuid form does not match (expected lowercase hex)");
+        }
+        Ok(canonical)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn shard(&self) -> Shard {
+        // The key was built by `from_uuid`, so the first two characters are hex.
+        Shard(u8::from_str_radix(&self.0[..2], 16).unwrap_or(0))
+    }
+}
+
+/// FNV-1a over the uuid bytes: stable across versions and platforms, which a key prefix must be.
+fn shard_of(u: &Uuid) -> Shard {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in u.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    Shard((h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) as u8)
+}
+
+impl TryFrom<String> for ChangeId {
+    type Error = ModelError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ChangeId> for String {
+    fn from(c: ChangeId) -> Self {
+        c.0
+    }
+}
+
+impl fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who currently owns a changelog entry: the writer that recorded it, or the recovery
+/// worker that claimed it. Heartbeats and removals are conditional on it; that is the
+/// fence that keeps a slow writer from acting on an entry recovery already took over.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OwnerToken(String);
+
+impl OwnerToken {
+    pub fn mint(role: &str) -> Self {
+        Self(format!("{role}:{}", Uuid::now_v7().simple()))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        if s.is_empty() || s.len() > 128 {
+            return Err(ModelError::new(
+                "owner token",
+                s,
+                "must be 1 to 128 characters",
+            ));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+        {
+            return Err(ModelError::new(
+                "owner token",
+                s,
+                "may contain only ASCII letters, digits and -_:.",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_recovery(&self) -> bool {
+        self.0.starts_with("recovery:")
+    }
+}
+
+impl TryFrom<String> for OwnerToken {
+    type Error = ModelError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<OwnerToken> for String {
+    fn from(t: OwnerToken) -> Self {
+        t.0
+    }
+}
+
+impl fmt::Display for OwnerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The current version of the serialized [`ChangeRecord`]. Readers accept every version up
+/// to this one and reject newer ones with a clear error instead of misreading them.
+pub const CHANGE_RECORD_VERSION: u32 = 1;
+
+/// One in-flight two-tier mutation, as written to the changelog before LT is touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRecord {
+    #[serde(rename = "v")]
+    pub version: u32,
+    pub object: ObjectPath,
+    /// The revision HV referenced when the change began, if it was a tombstone.
+    pub old: Option<Revision>,
+    /// The revision this change uploads, if it is a large put.
+    pub new: Option<Revision>,
+    /// The writer, or after a claim the recovery worker, that owns the entry.
+    pub owner: OwnerToken,
+    /// W3C `traceparent` of the writer's request, so a recovery trace can link back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Scans must not return the entry before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_after: Option<Timestamp>,
+    /// How many times recovery has claimed the entry; grows the claim lease on each retry.
+    #[serde(default)]
+    pub claims: u32,
+}
+
+impl ChangeRecord {
+    pub fn new(
+        object: ObjectPath,
+        old: Option<Revision>,
+        new: Option<Revision>,
+        owner: OwnerToken,
+    ) -> Self {
+        Self {
+            version: CHANGE_RECORD_VERSION,
+            object,
+            old,
+            new,
+            owner,
+            traceparent: None,
+            cleanup_after: None,
+            claims: 0,
+        }
+    }
+
+    /// Checks what serde cannot: the version is known and both revisions belong to the
+    /// record's object. A record that fails this must never drive a delete (invariant I4).
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.version == 0 || self.version > CHANGE_RECORD_VERSION {
+            return Err(ModelError::new(
+                "change record version",
+                &self.version.to_string(),
+                "unknown version: upgrade tiersweep before processing this row",
+            ));
+        }
+        for (field, rev) in [("old revision", &self.old), ("new revision", &self.new)] {
+            if let Some(rev) = rev
+                && !rev.belongs_to(&self.object)
+            {
+                return Err(ModelError::new(
+                    field,
+                    rev.as_str(),
+                    "does not belong to the record's object",
+                ));
+            }
+        }
+        if self.old.is_some() && self.old == self.new {
+            return Err(ModelError::new(
+                "new revision",
+                self.new.as_ref().map_or("", |r| r.as_str()),
+                "must differ from the old revision",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The LT revisions this change may have to delete, old first.
+    pub fn revisions(&self) -> impl Iterator<Item = &Revision> {
+        self.old.iter().chain(self.new.iter())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ModelError> {
+        let record: ChangeRecord = serde_json::from_slice(bytes).map_err(|e| ModelError {
+            field: "change record",
+            value: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            reason: leak_reason(e),
+        })?;
+        record.validate()?;
+        Ok(record)
+    }
+}
+
+fn leak_reason(e: serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => "could not be read",
+        Category::Syntax => "is not valid JSON",
+        Category::Data => "has a missing, unknown or ill-typed field",
+        Category::Eof => "is truncated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_reject_what_would_make_revisions_ambiguous() {
+        for bad in ["", "/a", "a/", "a//b", "a/./b", "a/../b", "a\nb", ".."] {
+            assert!(ObjectPath::new(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(ObjectPath::new("usecase/org/12/blob.bin").is_ok());
+        assert!(ObjectPath::new("x".repeat(901)).is_err());
+    }
+
+    #[test]
+    fn revisions_are_fresh_and_round_trip() {
+        let p = ObjectPath::new("a/b").unwrap();
+        let r1 = Revision::mint(&p);
+        let r2 = Revision::mint(&p);
+        assert_ne!(r1, r2);
+        assert_eq!(r1.object(), "a/b");
+        assert_eq!(Revision::parse(r1.as_str()).unwrap(), r1);
+        assert!(Revision::parse("a/b").is_err());
+        assert!(Revision::parse(format!("a/b/{}", Uuid::new_v4())).is_err());
+        assert!(Revision::parse(format!("a/b/{}", Uuid::now_v7().simple())).is_err());
+    }
+
+    #[test]
+    fn change_ids_carry_a_stable_shard_prefix() {
+        let id = ChangeId::mint();
+        assert_eq!(ChangeId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(id.as_str()[..2], format!("{:02x}", id.shard().0));
+        // A forged prefix is rejected rather than silently re-sharded.
+        let forged = format!("{:02x}{}", id.shard().0.wrapping_add(1), &id.as_str()[2..]);
+        assert!(ChangeId::parse(&forged).is_err());
+        // Shards spread: 2000 ids touch most of the 256 shards.
+        let shards: std::collections::HashSet<_> =
+            (0..2000).map(|_| ChangeId::mint().shard()).collect();
+        assert!(shards.len() > 200, "only {} shards used", shards.len());
+    }
+
+    #[test]
+    fn shard_ranges_partition_the_key_space() {
+        for count in [1u16, 2, 3, 4, 7, 256] {
+            let mut owned = vec![0u8; 256];
+            for i in 0..count {
+                let r = ShardRange::for_member(i, count).unwrap();
+                for s in r.first.0..=r.last.0 {
+                    owned[s as usize] += 1;
+                }
+            }
+            assert!(owned.iter().all(|&n| n == 1), "count {count}: {owned:?}");
+        }
+        assert!(ShardRange::for_member(2, 2).is_err());
+        assert!(ShardRange::for_member(0, 0).is_err());
+        assert_eq!(ShardRange::ALL.end_key(), None);
+        assert_eq!(
+            ShardRange::for_member(0, 2).unwrap().end_key().as_deref(),
+            Some("80/")
+        );
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_foreign_revisions() {
+        let p = ObjectPath::new("a").unwrap();
+        let q = ObjectPath::new("b").unwrap();
+        let rec = ChangeRecord::new(
+            p.clone(),
+            Some(Revision::mint(&p)),
+            Some(Revision::mint(&p)),
+            OwnerToken::mint("writer"),
+        );
+        assert_eq!(ChangeRecord::decode(&rec.encode()).unwrap(), rec);
+
+        let mut foreign = rec.clone();
+        foreign.new = Some(Revision::mint(&q));
+        let err = ChangeRecord::decode(&foreign.encode()).unwrap_err();
+        assert_eq!(err.field, "new revision");
+
+        let mut future = rec.clone();
+        future.version = 99;
+        assert_eq!(
+            ChangeRecord::decode(&future.encode()).unwrap_err().field,
+            "change record version"
+        );
+        assert!(ChangeRecord::decode(b"{not json").is_err());
+        assert!(ChangeRecord::decode(br#"{"v":1}"#).is_err());
+    }
+}

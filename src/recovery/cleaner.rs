@@ -1,0 +1,204 @@
+//! The cleanup worker: consumes jobs and converges the changes they name.
+//!
+//! Each job is a hint; the changelog row is the authority. For every delivery:
+//!
+//! 1. decode the job, or dead-letter it as poison (never panic, never delete);
+//! 2. re-read the row: gone means already converged (ack); owned by anyone but this job's
+//!    claim means the job is stale or forged (ack, touch nothing);
+//! 3. check the object lies in the configured scope, or dead-letter;
+//! 4. converge with a fenced HV read, removing the row only if it still carries the claim;
+//! 5. ack. A transient failure nacks for redelivery; on the last allowed attempt the job is
+//!    dead-lettered with the error instead, and the row stays for a later claim (I5).
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::RecoveryConfig;
+use super::converge::{ConvergeReport, HvView, converge};
+use super::job::CleanupJob;
+use crate::error::{ErrorKind, StoreError};
+use crate::queue::{Delivery, FlowControl, JobQueue};
+use crate::stores::Stores;
+use crate::telemetry::span;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Converged(ConvergeReport),
+    /// The row is gone: someone converged the change already.
+    AlreadyConverged,
+    /// The row belongs to another claim (a newer job) or to its writer (a forged job).
+    NotOurClaim,
+    /// Nacked for redelivery.
+    Retry(String),
+    DeadLettered(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Cleaner {
+    stores: Stores,
+    queue: Arc<dyn JobQueue>,
+    config: RecoveryConfig,
+}
+
+enum Failure {
+    Transient(String),
+    Permanent(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e.kind {
+            ErrorKind::Transient => Failure::Transient(e.to_string()),
+            ErrorKind::Permanent | ErrorKind::Malformed => Failure::Permanent(e.to_string()),
+        }
+    }
+}
+
+impl Cleaner {
+    pub fn new(stores: Stores, queue: Arc<dyn JobQueue>, config: RecoveryConfig) -> Self {
+        Self {
+            stores,
+            queue,
+            config,
+        }
+    }
+
+    /// Processes one delivery to the end: it is acked, nacked or dead-lettered on return.
+    pub async fn process(&self, delivery: Delivery) -> JobOutcome {
+        let span = tracing::info_span!(span::PROCESS,
+            "messaging.message.id" = %delivery.message_id,
+            "messaging.gcp_pubsub.message.delivery_attempt" = delivery.attempt,
+            "tiersweep.change_id" = tracing::field::Empty);
+        async move {
+            let result = self.try_process(&delivery).await;
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(Failure::Transient(reason))
+                    if delivery.attempt < self.config.max_delivery_attempts =>
+                {
+                    tracing::warn!(%reason, attempt = delivery.attempt, "job failed; nacking for redelivery");
+                    delivery.nack();
+                    return JobOutcome::Retry(reason);
+                }
+                Err(Failure::Transient(reason) | Failure::Permanent(reason)) => {
+                    return self.dead_letter(delivery, reason).await;
+                }
+            };
+            delivery.ack();
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, reason: String) -> JobOutcome {
+        tracing::error!(%reason, message_id = %delivery.message_id, "dead-lettering job");
+        match self.queue.dead_letter(delivery, &reason).await {
+            Ok(()) => JobOutcome::DeadLettered(reason),
+            // The delivery was dropped unsettled, so it will be redelivered.
+            Err(e) => JobOutcome::Retry(format!("{reason}; dead-lettering failed too: {e}")),
+        }
+    }
+
+    async fn try_process(&self, delivery: &Delivery) -> Result<JobOutcome, Failure> {
+        let job = CleanupJob::from_message(&delivery.message)
+            .map_err(|e| Failure::Permanent(format!("poison message: {e}")))?;
+        tracing::Span::current().record("tiersweep.change_id", job.change.as_str());
+        let retry = &self.config.retry;
+        let Some(entry) = retry
+            .run("get", || self.stores.changelog.get(&job.change))
+            .await?
+        else {
+            return Ok(JobOutcome::AlreadyConverged);
+        };
+        if entry.record.owner != job.claim {
+            tracing::info!(owner = %entry.record.owner, claim = %job.claim,
+                "row is owned by someone else; job is stale or forged, touching nothing");
+            return Ok(JobOutcome::NotOurClaim);
+        }
+        if !entry
+            .record
+            .object
+            .as_str()
+            .starts_with(&self.config.object_prefix)
+        {
+            return Err(Failure::Permanent(format!(
+                "object {} lies outside the configured prefix {:?}; refusing to converge",
+                entry.record.object, self.config.object_prefix
+            )));
+        }
+        let report = converge(
+            &self.stores,
+            &entry.id,
+            &entry.record,
+            &job.claim,
+            HvView::Fence,
+            retry,
+        )
+        .instrument(tracing::info_span!(span::CONVERGE, "tiersweep.change_id" = %entry.id))
+        .await?;
+        Ok(JobOutcome::Converged(report))
+    }
+
+    /// Pulls and processes jobs until cancelled, `cleaner_concurrency` at a time. On
+    /// cancellation it stops pulling, lets in-flight jobs finish within `drain_deadline`,
+    /// and abandons the rest unsettled, so they are redelivered.
+    pub async fn run(self, cancel: CancellationToken, drain_deadline: std::time::Duration) {
+        let flow = FlowControl {
+            max_outstanding: self.config.cleaner_concurrency,
+        };
+        let mut subscription = loop {
+            match self.queue.subscribe(flow).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribe failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(self.config.retry.max_delay) => {}
+                    }
+                }
+            }
+        };
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.config.cleaner_concurrency));
+        let this = Arc::new(self);
+        loop {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let next = tokio::select! {
+                _ = cancel.cancelled() => break,
+                n = subscription.next() => n,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "pull failed; backing off");
+                    tokio::time::sleep(this.config.retry.min_delay).await;
+                }
+                Some(Ok(delivery)) => {
+                    let this = this.clone();
+                    tracker.spawn(async move {
+                        let _permit = permit;
+                        this.process(delivery).await;
+                    });
+                }
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(drain_deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight jobs did not finish within the drain deadline; they will be redelivered"
+            );
+        }
+        tracing::info!("cleaner stopped");
+    }
+}

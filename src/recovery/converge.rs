@@ -1,0 +1,115 @@
+//! Converging one change: the single function both the writer (on completion) and
+//! recovery (for an abandoned change) use to bring the tiers back into agreement.
+//!
+//! The rule is small enough to state whole: *delete each of the change's revisions that HV
+//! does not reference, then remove the changelog entry*. It is idempotent (deleting a
+//! missing revision succeeds; removing a missing entry is fine), so it may run any number
+//! of times, concurrently, or be interrupted at any point.
+//!
+//! What HV references must be final before anything is deleted. The writer knows it from
+//! its own compare-and-write outcome ([`HvView::Known`]). Recovery does not; it fences the
+//! row for the change first ([`HvView::Fence`]), after which the writer's write can never
+//! land, and only then reads.
+
+use crate::changelog::Removal;
+use crate::error::StoreResult;
+use crate::model::{ChangeId, ChangeRecord, HvValue, OwnerToken, Revision};
+use crate::retry::RetryPolicy;
+use crate::stores::Stores;
+
+/// Where converge learns what HV references.
+#[derive(Debug, Clone)]
+pub enum HvView {
+    /// The caller knows: the revision HV references now (if any) as far as this change goes.
+    Known(Option<Revision>),
+    /// Fence the row for this change, then read it.
+    Fence,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvergeReport {
+    /// Revisions of the change that HV does not reference, now deleted.
+    pub deleted: Vec<Revision>,
+    /// The change's revision that HV references, kept.
+    pub kept: Option<Revision>,
+    /// Set when HV references a revision of this change whose blob is missing: a read of
+    /// the object will fail, and an operator must look.
+    pub dangling: Option<Revision>,
+    pub removal: Removal,
+}
+
+/// The revisions of `record` that may be deleted when HV references `referenced`.
+pub fn unreferenced<'a>(
+    record: &'a ChangeRecord,
+    referenced: Option<&'a Revision>,
+) -> impl Iterator<Item = &'a Revision> {
+    record.revisions().filter(move |r| Some(*r) != referenced)
+}
+
+pub async fn converge(
+    stores: &Stores,
+    id: &ChangeId,
+    record: &ChangeRecord,
+    owner: &OwnerToken,
+    view: HvView,
+    retry: &RetryPolicy,
+) -> StoreResult<ConvergeReport> {
+    // The writer just uploaded what it keeps; only recovery has reason to doubt a kept blob.
+    let verify_kept = matches!(view, HvView::Fence);
+    let referenced = match view {
+        HvView::Known(r) => r,
+        HvView::Fence => retry
+            .run("fence", || stores.hv.fence(&record.object, id))
+            .await?
+            .as_ref()
+            .and_then(HvValue::tombstone)
+            .cloned(),
+    };
+    let mut deleted = Vec::with_capacity(2);
+    for rev in unreferenced(record, referenced.as_ref()) {
+        retry.run("delete", || stores.lt.delete(rev)).await?;
+        deleted.push(rev.clone());
+    }
+    let kept = referenced.filter(|r| record.revisions().any(|own| own == r));
+    let dangling = match &kept {
+        Some(rev) if verify_kept && !retry.run("exists", || stores.lt.exists(rev)).await? => {
+            Some(rev.clone())
+        }
+        _ => None,
+    };
+    if let Some(rev) = &dangling {
+        tracing::error!(change_id = %id, revision = %rev, object = %record.object,
+            "dangling tombstone: HV references a revision whose LT blob is missing");
+    }
+    let removal = retry
+        .run("remove", || stores.changelog.remove(id, owner))
+        .await?;
+    Ok(ConvergeReport {
+        deleted,
+        kept,
+        dangling,
+        removal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ObjectPath;
+
+    #[test]
+    fn unreferenced_keeps_exactly_what_hv_points_at() {
+        let p = ObjectPath::new("o").unwrap();
+        let (old, new) = (Revision::mint(&p), Revision::mint(&p));
+        let rec = ChangeRecord::new(
+            p,
+            Some(old.clone()),
+            Some(new.clone()),
+            OwnerToken::mint("w"),
+        );
+        let del = |r: Option<&Revision>| unreferenced(&rec, r).cloned().collect::<Vec<_>>();
+        assert_eq!(del(Some(&old)), vec![new.clone()]);
+        assert_eq!(del(Some(&new)), vec![old.clone()]);
+        assert_eq!(del(None), vec![old, new]);
+    }
+}

@@ -1,0 +1,126 @@
+//! Embedded mode: scanner and cleaner in one process over an in-process queue.
+//!
+//! This is the shape of the original single-process recovery, kept for small deployments,
+//! demos and tests. It is the same [`Scanner`] and [`Cleaner`] as the distributed pipeline;
+//! only the queue differs. With `cleaner_concurrency = 1` it converges one change at a time,
+//! as the seed's recovery did, which is the baseline the benchmarks compare against.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::RecoveryConfig;
+use super::cleaner::{Cleaner, JobOutcome};
+use super::scanner::{ScanReport, Scanner};
+use crate::error::StoreResult;
+use crate::model::ShardRange;
+use crate::queue::{FlowControl, JobQueue, MemoryQueue};
+use crate::stores::Stores;
+
+/// What one recovery pass did.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    pub scan: ScanReport,
+    pub converged: usize,
+    pub already_converged: usize,
+    pub not_our_claim: usize,
+    pub retried: usize,
+    pub dead_lettered: usize,
+    pub dangling: usize,
+}
+
+impl PassReport {
+    fn count(&mut self, outcome: &JobOutcome) {
+        match outcome {
+            JobOutcome::Converged(r) => {
+                self.converged += 1;
+                self.dangling += usize::from(r.dangling.is_some());
+            }
+            JobOutcome::AlreadyConverged => self.already_converged += 1,
+            JobOutcome::NotOurClaim => self.not_our_claim += 1,
+            JobOutcome::Retry(_) => self.retried += 1,
+            JobOutcome::DeadLettered(_) => self.dead_lettered += 1,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EmbeddedRecovery {
+    stores: Stores,
+    queue: MemoryQueue,
+    config: RecoveryConfig,
+}
+
+impl EmbeddedRecovery {
+    pub fn new(stores: Stores, config: RecoveryConfig) -> Self {
+        let capacity = config.scan_batch.max(config.cleaner_concurrency) * 2;
+        let queue = MemoryQueue::new(capacity, config.max_delivery_attempts);
+        Self {
+            stores,
+            queue,
+            config,
+        }
+    }
+
+    pub fn queue(&self) -> &MemoryQueue {
+        &self.queue
+    }
+
+    fn scanner(&self) -> Scanner {
+        Scanner::new(
+            self.stores.changelog.clone(),
+            Arc::new(self.queue.clone()),
+            self.stores.clock.clone(),
+            self.config.clone(),
+            ShardRange::ALL,
+        )
+    }
+
+    fn cleaner(&self) -> Cleaner {
+        Cleaner::new(
+            self.stores.clone(),
+            Arc::new(self.queue.clone()),
+            self.config.clone(),
+        )
+    }
+
+    /// One complete pass: scan every shard once, then converge every job that produced,
+    /// including redeliveries. Returns when the queue is empty. For tests and one-shot use.
+    pub async fn run_pass(&self) -> StoreResult<PassReport> {
+        let mut report = PassReport::default();
+        let mut scanner = self.scanner();
+        let cleaner = self.cleaner();
+        let mut subscription = self
+            .queue
+            .subscribe(FlowControl {
+                max_outstanding: self.config.cleaner_concurrency,
+            })
+            .await?;
+        loop {
+            let page = scanner.scan_page().await?;
+            report.scan.add(&page);
+            // Drain after every page so the bounded queue never blocks the scan.
+            while self.queue.stats().ready > 0 {
+                let Some(delivery) = subscription.next().await.transpose()? else {
+                    break;
+                };
+                let outcome = cleaner.process(delivery).await;
+                report.count(&outcome);
+            }
+            if !page.more {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Runs scanner and cleaner until cancelled, then drains in-flight jobs.
+    pub async fn run(self, cancel: CancellationToken, drain_deadline: Duration) {
+        let tracker = TaskTracker::new();
+        tracker.spawn(self.scanner().run(cancel.clone()));
+        tracker.spawn(self.cleaner().run(cancel.clone(), drain_deadline));
+        tracker.close();
+        tracker.wait().await;
+    }
+}

@@ -1,0 +1,95 @@
+//! Recovery: finding abandoned changes and converging them.
+//!
+//! ```text
+//! Scanner:  scan stale rows of its shards → claim each (CAS "still stale") → publish a job per won claim
+//! Cleaner:  job → re-read the row (the authority) → check scope → converge (fence, read, delete) → ack
+//! ```
+//!
+//! Both run against the store traits and the [`JobQueue`](crate::queue::JobQueue) trait, so
+//! the distributed pipeline (scanner and cleaner pools over Pub/Sub) and the
+//! [embedded mode](embedded) (both loops in one process over an in-process queue) are the
+//! same code.
+
+pub mod cleaner;
+pub mod converge;
+pub mod embedded;
+pub mod job;
+pub mod scanner;
+
+use std::time::Duration;
+
+use crate::config::{ConfigError, ProtocolConfig};
+use crate::retry::RetryPolicy;
+
+pub use cleaner::{Cleaner, JobOutcome};
+pub use converge::{ConvergeReport, HvView, converge};
+pub use embedded::EmbeddedRecovery;
+pub use job::CleanupJob;
+pub use scanner::{ScanReport, Scanner};
+
+#[derive(Debug, Clone)]
+pub struct RecoveryConfig {
+    pub protocol: ProtocolConfig,
+    /// Rows read per scan request.
+    pub scan_batch: usize,
+    /// Claims in flight at once per scanner.
+    pub claim_concurrency: usize,
+    /// How long a claimed row is withheld from scans while its job is in flight. Doubles
+    /// with every re-claim of the same row (up to 16x), so a job that keeps failing is
+    /// retried ever more slowly rather than flooding the queue.
+    pub claim_lease: Duration,
+    /// Wait between scans when nothing was stale.
+    pub idle_poll: Duration,
+    /// Jobs a cleaner converges at once (and holds unsettled).
+    pub cleaner_concurrency: usize,
+    /// Deliveries of one job before the cleaner dead-letters it with the last error.
+    pub max_delivery_attempts: u32,
+    /// Only objects under this prefix may be converged (invariant I4); "" allows all.
+    pub object_prefix: String,
+    pub retry: RetryPolicy,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            protocol: ProtocolConfig::default(),
+            scan_batch: 500,
+            claim_concurrency: 32,
+            claim_lease: Duration::from_secs(600),
+            idle_poll: Duration::from_secs(5),
+            cleaner_concurrency: 32,
+            max_delivery_attempts: 5,
+            object_prefix: String::new(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl RecoveryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.protocol.validate()?;
+        let positive = [
+            ("scan_batch", self.scan_batch),
+            ("claim_concurrency", self.claim_concurrency),
+            ("cleaner_concurrency", self.cleaner_concurrency),
+            ("max_delivery_attempts", self.max_delivery_attempts as usize),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
+        if self.claim_lease < self.protocol.heartbeat_interval {
+            return Err(ConfigError::new(
+                "claim_lease",
+                "must be at least one heartbeat interval; it should cover a job's time in the queue",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lease for the `claims`-th claim of a row (0 for the first).
+    pub fn lease_for(&self, claims: u32) -> Duration {
+        self.claim_lease * (1u32 << claims.min(4))
+    }
+}

@@ -1,0 +1,199 @@
+//! The stale-scan worker: finds abandoned changes in its shards of the changelog, claims
+//! each with a compare-and-set, and publishes one cleanup job per claim it won.
+//!
+//! Scans resume from a cursor and wrap around at the end of the shard range, so rows that
+//! stay stale (malformed rows, claims that keep failing) cannot starve the rest.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::RecoveryConfig;
+use super::job::CleanupJob;
+use crate::changelog::{Changelog, ChangelogEntry, Claim, ScanRequest, ScannedRow};
+use crate::clock::SharedClock;
+use crate::error::StoreResult;
+use crate::model::{OwnerToken, ShardRange};
+use crate::queue::JobQueue;
+use crate::telemetry::span;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub scanned: usize,
+    pub malformed: usize,
+    pub won: usize,
+    pub lost: usize,
+    pub published: usize,
+    /// The page stopped at the batch limit: more rows may be waiting.
+    pub more: bool,
+}
+
+impl ScanReport {
+    pub fn add(&mut self, o: &ScanReport) {
+        self.scanned += o.scanned;
+        self.malformed += o.malformed;
+        self.won += o.won;
+        self.lost += o.lost;
+        self.published += o.published;
+        self.more = o.more;
+    }
+}
+
+#[derive(Debug)]
+pub struct Scanner {
+    changelog: Arc<dyn Changelog>,
+    queue: Arc<dyn JobQueue>,
+    clock: SharedClock,
+    config: RecoveryConfig,
+    shards: ShardRange,
+    cursor: Option<String>,
+}
+
+impl Scanner {
+    pub fn new(
+        changelog: Arc<dyn Changelog>,
+        queue: Arc<dyn JobQueue>,
+        clock: SharedClock,
+        config: RecoveryConfig,
+        shards: ShardRange,
+    ) -> Self {
+        Self {
+            changelog,
+            queue,
+            clock,
+            config,
+            shards,
+            cursor: None,
+        }
+    }
+
+    /// Scans one page from the cursor, claims what it found, publishes the won claims.
+    pub async fn scan_page(&mut self) -> StoreResult<ScanReport> {
+        let now = self.clock.now();
+        let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
+        let req = ScanRequest {
+            shards: self.shards,
+            cutoff,
+            now,
+            start_after: self.cursor.clone(),
+            limit: self.config.scan_batch,
+        };
+        let page = self
+            .changelog
+            .scan_stale(&req)
+            .instrument(tracing::info_span!(span::SCAN, shards = ?self.shards))
+            .await?;
+        self.cursor = page.resume_after.clone();
+
+        let mut report = ScanReport {
+            scanned: page.rows.len(),
+            more: page.resume_after.is_some(),
+            ..Default::default()
+        };
+        let mut entries = Vec::with_capacity(page.rows.len());
+        for row in page.rows {
+            match row {
+                ScannedRow::Entry(e) => entries.push(e),
+                ScannedRow::Malformed { key, reason } => {
+                    report.malformed += 1;
+                    tracing::error!(row = %key, %reason,
+                        "malformed changelog row left in place; inspect it with `tiersweep inspect`");
+                }
+            }
+        }
+
+        let claims: Vec<StoreResult<Option<CleanupJob>>> = futures::stream::iter(entries)
+            .map(|entry| self.claim(entry, cutoff))
+            .buffer_unordered(self.config.claim_concurrency)
+            .collect()
+            .await;
+        let mut jobs = Vec::with_capacity(claims.len());
+        let mut first_err = None;
+        for claim in claims {
+            match claim {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => report.lost += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; the row stays stale and is retried on a later scan");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        report.won = jobs.len();
+        if !jobs.is_empty() {
+            let messages = jobs.iter().map(|j| j.to_message(BTreeMap::new())).collect();
+            // A failed publish leaves won claims without jobs; their leases expire and the
+            // rows are claimed again, so nothing is lost.
+            self.queue
+                .publish(messages)
+                .instrument(tracing::info_span!(span::PUBLISH, jobs = jobs.len()))
+                .await?;
+            report.published = jobs.len();
+        }
+        match first_err {
+            Some(e) if report.won == 0 && report.lost == 0 => Err(e),
+            _ => Ok(report),
+        }
+    }
+
+    async fn claim(
+        &self,
+        entry: ChangelogEntry,
+        cutoff: crate::model::Timestamp,
+    ) -> StoreResult<Option<CleanupJob>> {
+        let claimer = OwnerToken::mint("recovery");
+        let lease_until = self
+            .clock
+            .now()
+            .saturating_add(self.config.lease_for(entry.record.claims));
+        let span = tracing::info_span!(span::CLAIM, "tiersweep.change_id" = %entry.id);
+        let outcome = self
+            .config
+            .retry
+            .run(span::CLAIM, || {
+                self.changelog
+                    .claim(&entry.id, cutoff, &claimer, lease_until)
+            })
+            .instrument(span)
+            .await?;
+        Ok(match outcome {
+            Claim::Won(_) => Some(CleanupJob::new(entry.id, claimer)),
+            Claim::Lost => None,
+        })
+    }
+
+    /// Scans until cancelled: at once while pages come back full or claims are won,
+    /// `idle_poll` apart when nothing is stale, with backoff on errors.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = None;
+        while !cancel.is_cancelled() {
+            let wait = match self.scan_page().await {
+                Ok(r) => {
+                    backoff = None;
+                    if r.more || r.won > 0 {
+                        continue;
+                    }
+                    self.config.idle_poll
+                }
+                Err(err) => {
+                    let delays = backoff.get_or_insert_with(|| {
+                        backon::BackoffBuilder::build(
+                            self.config.retry.backoff().without_max_times(),
+                        )
+                    });
+                    let delay = delays.next().unwrap_or(self.config.retry.max_delay);
+                    tracing::warn!(error = %err, ?delay, "scan failed; backing off");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!(shards = ?self.shards, "scanner stopped");
+    }
+}

@@ -1,0 +1,52 @@
+//! The one retry policy for store calls that have none of their own (`bigtable_rs`, the
+//! in-memory stores, the writer's compare-and-write): exponential backoff with jitter,
+//! bounded in attempts, retrying only errors the store marked transient.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::error::StoreError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+            max_attempts: 5,
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_attempts.saturating_sub(1))
+            .with_jitter()
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or runs out of attempts.
+    pub async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        op.retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(StoreError::is_transient)
+            .notify(|err, delay| {
+                tracing::debug!(step = what, error = %err, ?delay, "retrying after transient error");
+            })
+            .await
+    }
+}

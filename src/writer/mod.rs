@@ -1,0 +1,237 @@
+//! The two-tier writer that object-store services embed: `put`, `get` and `delete` over HV
+//! and LT, with a [`ChangeGuard`] around every mutation that touches LT.
+//!
+//! The sequences are exactly those of the design (DESIGN.md §1–2):
+//!
+//! ```text
+//! large put:            record → upload new → [guard valid?] CAS old→new → delete old → remove
+//! small put over large: record →              [guard valid?] CAS old→inline → delete old → remove
+//! delete of large:      record →              [guard valid?] CAS old→∅ → delete old → remove
+//! small put / delete of small: CAS only (no LT blob is involved, nothing can be orphaned)
+//! ```
+//!
+//! A crash anywhere leaves a changelog entry that recovery converges. A write that returns
+//! `Ok` is readable; a write that returns an error may or may not have happened (as with
+//! any storage write whose response is lost) and is safe to retry.
+
+pub mod guard;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use guard::{ChangeGuard, GuardState};
+
+use crate::config::{ConfigError, ProtocolConfig};
+use crate::error::StoreError;
+use crate::hv::{CasOutcome, Expected, HvWrite};
+use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision};
+use crate::recovery::converge::{HvView, converge};
+use crate::retry::RetryPolicy;
+use crate::stores::Stores;
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Objects up to this many bytes are stored inline in HV; larger ones go to LT.
+    pub inline_threshold: usize,
+    pub protocol: ProtocolConfig,
+    pub retry: RetryPolicy,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            inline_threshold: 64 * 1024,
+            protocol: ProtocolConfig::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("object {path} was changed by another writer; re-read and retry")]
+    Conflict { path: ObjectPath },
+    #[error(
+        "change {change} on {path} was taken over by recovery before the write committed; retry the write"
+    )]
+    Fenced { path: ObjectPath, change: ChangeId },
+    #[error(
+        "change {change} on {path} lost its guard ({state:?}) before committing; left to recovery, retry the write"
+    )]
+    GuardLost {
+        path: ObjectPath,
+        change: ChangeId,
+        state: GuardState,
+    },
+}
+
+/// The outcome of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    Found(Bytes),
+    NotFound,
+    /// HV points at an LT revision that does not exist: reads as not found, and is reported.
+    Dangling(Revision),
+}
+
+#[derive(Debug, Clone)]
+pub struct TieredStorage {
+    stores: Stores,
+    config: WriterConfig,
+}
+
+impl TieredStorage {
+    pub fn new(stores: Stores, config: WriterConfig) -> Result<Self, ConfigError> {
+        config.protocol.validate()?;
+        Ok(Self { stores, config })
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    pub async fn get(&self, path: &ObjectPath) -> Result<ReadOutcome, StoreError> {
+        let retry = &self.config.retry;
+        match retry.run("read", || self.stores.hv.read(path)).await? {
+            None => Ok(ReadOutcome::NotFound),
+            Some(HvValue::Inline(bytes)) => Ok(ReadOutcome::Found(bytes)),
+            Some(HvValue::Tombstone(rev)) => {
+                match retry.run("get", || self.stores.lt.get(&rev)).await? {
+                    Some(bytes) => Ok(ReadOutcome::Found(bytes)),
+                    None => {
+                        tracing::error!(object = %path, revision = %rev,
+                            "dangling tombstone: HV references a missing LT blob");
+                        Ok(ReadOutcome::Dangling(rev))
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), WriteError> {
+        if bytes.len() > self.config.inline_threshold {
+            let new = Revision::mint(path);
+            self.mutate(path, HvWrite::Tombstone(new.clone()), Some((new, bytes)))
+                .await
+        } else {
+            self.mutate(path, HvWrite::Inline(bytes), None).await
+        }
+    }
+
+    pub async fn delete(&self, path: &ObjectPath) -> Result<(), WriteError> {
+        self.mutate(path, HvWrite::Delete, None).await
+    }
+
+    async fn mutate(
+        &self,
+        path: &ObjectPath,
+        write: HvWrite,
+        upload: Option<(Revision, Bytes)>,
+    ) -> Result<(), WriteError> {
+        let retry = &self.config.retry;
+        let current = retry.run("read", || self.stores.hv.read(path)).await?;
+        let expected = Expected::from_current(current.as_ref());
+        let old = current.as_ref().and_then(HvValue::tombstone).cloned();
+        let new = upload.as_ref().map(|(rev, _)| rev.clone());
+
+        if old.is_none() && new.is_none() {
+            // Nothing in LT before or after: a plain compare-and-write cannot orphan a blob.
+            return match self.cas(path, &expected, &write, None).await? {
+                CasOutcome::Applied => Ok(()),
+                _ => Err(WriteError::Conflict { path: path.clone() }),
+            };
+        }
+
+        let record = ChangeRecord::new(
+            path.clone(),
+            old.clone(),
+            new.clone(),
+            OwnerToken::mint("writer"),
+        );
+        let guard = ChangeGuard::begin(
+            self.stores.changelog.clone(),
+            record,
+            self.config.protocol,
+            self.config.retry,
+        )
+        .await?;
+
+        if let Some((rev, bytes)) = upload
+            && let Err(err) = retry
+                .run("upload", || self.stores.lt.put(&rev, bytes.clone()))
+                .await
+        {
+            // HV still references `old`; the upload may have landed. Clean up now rather
+            // than leave it for recovery.
+            self.complete(guard, old).await?;
+            return Err(err.into());
+        }
+
+        let state = guard.state();
+        if state != GuardState::Valid {
+            return Err(WriteError::GuardLost {
+                path: path.clone(),
+                change: guard.id.clone(),
+                state,
+            });
+        }
+        let referenced = match self.cas(path, &expected, &write, Some(&guard.id)).await? {
+            CasOutcome::Applied => new,
+            // HV holds neither `expected` nor our target, so it references none of our revisions.
+            CasOutcome::Conflict => {
+                self.complete(guard, None).await?;
+                return Err(WriteError::Conflict { path: path.clone() });
+            }
+            CasOutcome::Fenced => {
+                return Err(WriteError::Fenced {
+                    path: path.clone(),
+                    change: guard.id.clone(),
+                });
+            }
+        };
+        self.complete(guard, referenced).await?;
+        Ok(())
+    }
+
+    async fn cas(
+        &self,
+        path: &ObjectPath,
+        expected: &Expected,
+        write: &HvWrite,
+        change: Option<&ChangeId>,
+    ) -> Result<CasOutcome, StoreError> {
+        self.config
+            .retry
+            .run("compare_and_write", || {
+                self.stores
+                    .hv
+                    .compare_and_write(path, expected, write, change)
+            })
+            .await
+    }
+
+    /// Converges the guard's change with what the writer knows HV references, then releases it.
+    async fn complete(
+        &self,
+        mut guard: ChangeGuard,
+        referenced: Option<Revision>,
+    ) -> Result<(), StoreError> {
+        guard.stop();
+        converge(
+            &self.stores,
+            &guard.id,
+            &guard.record,
+            &guard.record.owner,
+            HvView::Known(referenced),
+            &self.config.retry,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Shares one writer between tasks.
+pub type SharedWriter = Arc<TieredStorage>;
