@@ -1,1 +1,51 @@
-//! Test support.
+//! Shared test machinery (feature `testing`): the conformance suites every backend must
+//! pass, the invariant checker every test and demo ends with, and store wrappers that
+//! inject crashes, lost responses, failures and delays.
+
+pub mod conformance;
+pub mod faults;
+pub mod invariants;
+
+use std::sync::Arc;
+
+use crate::changelog::MemoryChangelog;
+use crate::clock::{SharedClock, TokioClock};
+use crate::hv::MemoryHv;
+use crate::lt::MemoryLt;
+use crate::stores::Stores;
+
+/// In-memory stores on a [`TokioClock`], with the concrete handles kept for inspection.
+#[derive(Debug, Clone)]
+pub struct MemoryStores {
+    pub hv: Arc<MemoryHv>,
+    pub lt: Arc<MemoryLt>,
+    pub changelog: Arc<MemoryChangelog>,
+    pub clock: SharedClock,
+}
+
+impl MemoryStores {
+    pub fn new() -> Self {
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        Self {
+            hv: Arc::new(MemoryHv::new(clock.clone())),
+            lt: Arc::new(MemoryLt::new()),
+            changelog: Arc::new(MemoryChangelog::new(clock.clone())),
+            clock,
+        }
+    }
+
+    pub fn stores(&self) -> Stores {
+        Stores {
+            hv: self.hv.clone(),
+            lt: self.lt.clone(),
+            changelog: self.changelog.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+impl Default for MemoryStores {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -172,6 +172,7 @@ impl TieredStorage {
 
         let state = guard.state();
         if state != GuardState::Valid {
+            self.abandon(&guard).await;
             return Err(WriteError::GuardLost {
                 path: path.clone(),
                 change: guard.id.clone(),
@@ -186,6 +187,7 @@ impl TieredStorage {
                 return Err(WriteError::Conflict { path: path.clone() });
             }
             CasOutcome::Fenced => {
+                self.abandon(&guard).await;
                 return Err(WriteError::Fenced {
                     path: path.clone(),
                     change: guard.id.clone(),
@@ -211,6 +213,23 @@ impl TieredStorage {
                     .compare_and_write(path, expected, write, change)
             })
             .await
+    }
+
+    /// Gives the change up to recovery without committing it. The entry is recovery's now,
+    /// but the revision this writer uploaded is its own to delete: no write referencing it
+    /// was or will be committed, and recovery may have converged before the upload landed
+    /// (a paused writer), in which case only this writer knows the blob exists.
+    async fn abandon(&self, guard: &ChangeGuard) {
+        if let Some(new) = &guard.record.new
+            && let Err(err) = self
+                .config
+                .retry
+                .run("delete", || self.stores.lt.delete(new))
+                .await
+        {
+            tracing::warn!(change_id = %guard.id, revision = %new, error = %err,
+                "could not delete the uncommitted upload; recovery deletes it if its entry is still there");
+        }
     }
 
     /// Converges the guard's change with what the writer knows HV references, then releases it.

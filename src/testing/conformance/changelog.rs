@@ -1,0 +1,207 @@
+//! Changelog conformance, including the seed's checks: a fresh entry is not returned by a
+//! scan, a stale entry is claimed once and only once, removing a missing entry is fine.
+
+use std::time::Duration;
+
+use crate::changelog::{Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanRequest, ScannedRow};
+use crate::model::{
+    ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, Timestamp,
+};
+
+const MS: Duration = Duration::from_millis(1);
+const LEASE: Duration = Duration::from_secs(600);
+
+fn record() -> ChangeRecord {
+    let p = ObjectPath::new(format!("conformance/{}", uuid::Uuid::now_v7())).unwrap();
+    let mut r = ChangeRecord::new(
+        p.clone(),
+        Some(Revision::mint(&p)),
+        Some(Revision::mint(&p)),
+        OwnerToken::mint("writer"),
+    );
+    r.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    r
+}
+
+async fn scan_ids(cl: &dyn Changelog, cutoff: Timestamp, now: Timestamp) -> Vec<ChangeId> {
+    let mut ids = Vec::new();
+    let mut start_after = None;
+    loop {
+        let req = ScanRequest { shards: ShardRange::ALL, cutoff, now, start_after, limit: 100 };
+        let page = cl.scan_stale(&req).await.unwrap();
+        for row in page.rows {
+            match row {
+                ScannedRow::Entry(e) => ids.push(e.id),
+                ScannedRow::Malformed { key, reason } => panic!("unexpected malformed row {key}: {reason}"),
+            }
+        }
+        start_after = page.resume_after;
+        if start_after.is_none() {
+            return ids;
+        }
+    }
+}
+
+async fn entry(cl: &dyn Changelog, id: &ChangeId) -> ChangelogEntry {
+    cl.get(id).await.unwrap().expect("entry exists")
+}
+
+pub async fn recorded_entry_reads_back(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    let e = entry(cl, &id).await;
+    assert_eq!(e.id, id);
+    assert_eq!(e.record, rec);
+    assert_eq!(e.stamp, stamp);
+    assert_eq!(cl.get(&ChangeId::mint()).await.unwrap(), None);
+}
+
+pub async fn fresh_entry_is_not_stale(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    assert!(!scan_ids(cl, stamp, stamp).await.contains(&id), "stamped at the cutoff is not stale");
+    assert!(scan_ids(cl, stamp.saturating_add(MS), stamp).await.contains(&id));
+}
+
+pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    let cutoff = stamp.saturating_add(MS);
+    let claimers: Vec<OwnerToken> = (0..4).map(|_| OwnerToken::mint("recovery")).collect();
+    let lease_until = stamp.saturating_add(LEASE);
+    let outcomes = futures::future::join_all(
+        claimers.iter().map(|c| cl.claim(&id, cutoff, c, lease_until)),
+    )
+    .await;
+    let won: Vec<ChangelogEntry> = outcomes
+        .into_iter()
+        .filter_map(|o| match o.unwrap() {
+            Claim::Won(e) => Some(e),
+            Claim::Lost => None,
+        })
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one of four concurrent claims wins");
+    let stored = entry(cl, &id).await;
+    assert!(claimers.contains(&stored.record.owner));
+    assert_eq!(stored.record.claims, 1);
+    assert_eq!(stored.stamp, lease_until);
+    assert_eq!(stored.record.object, rec.object);
+    assert_eq!(won[0].record.owner, stored.record.owner);
+    // Claimed rows are stamped into the future: no longer stale at the old cutoff.
+    assert!(!scan_ids(cl, cutoff, cutoff).await.contains(&id));
+    let again = cl.claim(&id, cutoff, &OwnerToken::mint("recovery"), lease_until).await.unwrap();
+    assert_eq!(again, Claim::Lost);
+    // Once the lease has passed it can be claimed again, and the count grows.
+    let later = lease_until.saturating_add(MS);
+    assert!(scan_ids(cl, later, later).await.contains(&id));
+    let again = cl.claim(&id, later, &OwnerToken::mint("recovery"), later.saturating_add(LEASE)).await.unwrap();
+    assert!(matches!(again, Claim::Won(e) if e.record.claims == 2));
+}
+
+pub async fn claim_fences_the_writer(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    let claimer = OwnerToken::mint("recovery");
+    let won = cl.claim(&id, stamp.saturating_add(MS), &claimer, stamp.saturating_add(LEASE)).await.unwrap();
+    assert!(matches!(won, Claim::Won(_)));
+    assert_eq!(cl.heartbeat(&id, &rec.owner).await.unwrap(), Heartbeat::Refused);
+    assert_eq!(cl.remove(&id, &rec.owner).await.unwrap(), Removal::NotOwned);
+    assert_eq!(entry(cl, &id).await.record.owner, claimer, "the writer cannot take the row back");
+}
+
+pub async fn heartbeat_refreshes_only_for_the_owner(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(cl.heartbeat(&id, &rec.owner).await.unwrap(), Heartbeat::Refreshed);
+    let refreshed = entry(cl, &id).await;
+    assert!(refreshed.stamp >= stamp, "a heartbeat never moves the stamp back");
+    assert_eq!(refreshed.record, rec, "a heartbeat leaves the record as it was");
+    assert_eq!(
+        cl.heartbeat(&id, &OwnerToken::mint("writer")).await.unwrap(),
+        Heartbeat::Refused
+    );
+    assert_eq!(
+        cl.heartbeat(&ChangeId::mint(), &rec.owner).await.unwrap(),
+        Heartbeat::Refused,
+        "a heartbeat does not resurrect a removed row"
+    );
+    assert_eq!(cl.get(&id).await.unwrap().map(|e| e.record.owner), Some(rec.owner));
+}
+
+pub async fn remove_is_conditional_and_missing_is_fine(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    cl.record(&id, &rec).await.unwrap();
+    assert_eq!(cl.remove(&id, &OwnerToken::mint("x")).await.unwrap(), Removal::NotOwned);
+    assert!(cl.get(&id).await.unwrap().is_some());
+    assert_eq!(cl.remove(&id, &rec.owner).await.unwrap(), Removal::Removed);
+    assert_eq!(cl.get(&id).await.unwrap(), None);
+    assert_eq!(cl.remove(&id, &rec.owner).await.unwrap(), Removal::NotOwned);
+    assert_eq!(cl.remove(&ChangeId::mint(), &rec.owner).await.unwrap(), Removal::NotOwned);
+}
+
+pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
+    let (id, mut rec) = (ChangeId::mint(), record());
+    let probe = cl.record(&ChangeId::mint(), &record()).await.unwrap();
+    rec.cleanup_after = Some(probe.saturating_add(Duration::from_secs(3600)));
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    let cutoff = stamp.saturating_add(MS);
+    assert!(!scan_ids(cl, cutoff, cutoff).await.contains(&id));
+    let after = rec.cleanup_after.unwrap();
+    assert!(scan_ids(cl, cutoff, after).await.contains(&id));
+}
+
+pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
+    let mut ids = Vec::new();
+    let mut last = Timestamp(0);
+    for _ in 0..12 {
+        let id = ChangeId::mint();
+        last = last.max(cl.record(&id, &record()).await.unwrap());
+        ids.push(id);
+    }
+    let cutoff = last.saturating_add(MS);
+    // Pages of 5 stop at the limit and resume after the last key read.
+    let mut seen = Vec::new();
+    let mut start_after = None;
+    let mut pages = 0;
+    loop {
+        let req = ScanRequest { shards: ShardRange::ALL, cutoff, now: cutoff, start_after, limit: 5 };
+        let page = cl.scan_stale(&req).await.unwrap();
+        assert!(page.rows.len() <= 5);
+        pages += 1;
+        for row in page.rows {
+            if let ScannedRow::Entry(e) = row {
+                seen.push(e.id);
+            }
+        }
+        start_after = page.resume_after;
+        if start_after.is_none() {
+            break;
+        }
+    }
+    assert!(pages >= 3, "12 rows in pages of 5 take at least 3 pages");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "scans return rows in key order");
+    for id in &ids {
+        assert!(seen.contains(id), "{id} missing from the paged scan");
+    }
+    // Each half of a 2-scanner split sees exactly its own shards.
+    for i in 0..2 {
+        let shards = ShardRange::for_member(i, 2).unwrap();
+        let req = ScanRequest { shards, cutoff, now: cutoff, start_after: None, limit: 1000 };
+        let page = cl.scan_stale(&req).await.unwrap();
+        for row in &page.rows {
+            if let ScannedRow::Entry(e) = row {
+                assert!(shards.contains(e.id.shard()), "{} outside {shards:?}", e.id);
+            }
+        }
+        let mine = ids.iter().filter(|id| shards.contains(id.shard())).count();
+        let found = page
+            .rows
+            .iter()
+            .filter(|r| matches!(r, ScannedRow::Entry(e) if ids.contains(&e.id)))
+            .count();
+        assert_eq!(found, mine);
+    }
+}

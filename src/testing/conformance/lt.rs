@@ -1,0 +1,52 @@
+//! LT store conformance.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use crate::lt::LtStore;
+use crate::model::{ObjectPath, Revision};
+
+fn rev() -> Revision {
+    Revision::mint(&ObjectPath::new(format!("conformance/{}", uuid::Uuid::now_v7())).unwrap())
+}
+
+pub async fn put_get_exists_delete(lt: &dyn LtStore) {
+    let r = rev();
+    assert!(!lt.exists(&r).await.unwrap());
+    assert_eq!(lt.get(&r).await.unwrap(), None);
+    lt.put(&r, Bytes::from_static(b"payload")).await.unwrap();
+    assert!(lt.exists(&r).await.unwrap());
+    assert_eq!(lt.get(&r).await.unwrap(), Some(Bytes::from_static(b"payload")));
+    lt.delete(&r).await.unwrap();
+    assert!(!lt.exists(&r).await.unwrap());
+    assert_eq!(lt.get(&r).await.unwrap(), None);
+}
+
+pub async fn delete_of_missing_blob_succeeds(lt: &dyn LtStore) {
+    let r = rev();
+    lt.delete(&r).await.unwrap();
+    lt.put(&r, Bytes::from_static(b"x")).await.unwrap();
+    lt.delete(&r).await.unwrap();
+    lt.delete(&r).await.unwrap();
+}
+
+pub async fn list_pages_through_everything(lt: &dyn LtStore) {
+    let mut put = BTreeSet::new();
+    for _ in 0..25 {
+        let r = rev();
+        lt.put(&r, Bytes::from_static(b"x")).await.unwrap();
+        put.insert(r.as_str().to_owned());
+    }
+    let mut listed = BTreeSet::new();
+    let mut token = None;
+    loop {
+        let page = lt.list(token).await.unwrap();
+        listed.extend(page.names);
+        token = page.next;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert!(put.is_subset(&listed), "missing from listing: {:?}", put.difference(&listed).collect::<Vec<_>>());
+}

@@ -1,0 +1,320 @@
+//! Fault injection by wrapping stores, not by editing them (the `object_store` throttle
+//! pattern). One [`Faults`] plan is shared by the wrappers of all three stores, so a rule
+//! like "crash after the 3rd call" counts calls across the whole write sequence.
+//!
+//! A crash makes the wrapped process "die": the triggering call and every later call on any
+//! wrapper sharing the plan hang forever, heartbeats included. The test then drops the
+//! writer's future; recovery runs on the unwrapped stores.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::changelog::{
+    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest,
+};
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::hv::{CasOutcome, Expected, HvStore, HvWrite};
+use crate::lt::{ListPage, LtStore};
+use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision, Timestamp};
+use crate::stores::Stores;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    HvRead,
+    HvCas,
+    HvFence,
+    LtPut,
+    LtGet,
+    LtExists,
+    LtDelete,
+    LtList,
+    Record,
+    Heartbeat,
+    Scan,
+    Claim,
+    Get,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The process dies before the call takes effect.
+    CrashBefore,
+    /// The call takes effect, then the process dies before it sees the response.
+    CrashAfter,
+    /// The call takes effect, but the response is lost: the caller sees a transient error.
+    LoseResponse,
+    /// The call fails with a transient error and does not take effect.
+    Fail,
+    /// The call is held this long before it is sent (a pause, a slow network).
+    Delay(Duration),
+}
+
+/// Applies `fault` to calls matching `op` (any op but heartbeats when `None`), starting
+/// with the `(skip + 1)`-th matching call, `times` times.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub op: Option<Op>,
+    pub skip: usize,
+    pub times: usize,
+    pub fault: Fault,
+}
+
+impl Rule {
+    pub fn nth_call(n: usize, fault: Fault) -> Self {
+        Self {
+            op: None,
+            skip: n,
+            times: 1,
+            fault,
+        }
+    }
+
+    pub fn on(op: Op, fault: Fault) -> Self {
+        Self {
+            op: Some(op),
+            skip: 0,
+            times: usize::MAX,
+            fault,
+        }
+    }
+
+    pub fn once(op: Op, fault: Fault) -> Self {
+        Self {
+            op: Some(op),
+            skip: 0,
+            times: 1,
+            fault,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rules: Vec<(Rule, usize)>,
+    calls: Vec<Op>,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    state: Mutex<State>,
+    crashed: AtomicBool,
+    crash: Notify,
+}
+
+impl Faults {
+    pub fn new(rules: impl IntoIterator<Item = Rule>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                rules: rules.into_iter().map(|r| (r, 0)).collect(),
+                calls: Vec::new(),
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Wraps all three stores with this plan.
+    pub fn wrap(self: &Arc<Self>, stores: &Stores) -> Stores {
+        Stores {
+            hv: Arc::new(FaultyHv {
+                inner: stores.hv.clone(),
+                faults: self.clone(),
+            }),
+            lt: Arc::new(FaultyLt {
+                inner: stores.lt.clone(),
+                faults: self.clone(),
+            }),
+            changelog: Arc::new(FaultyChangelog {
+                inner: stores.changelog.clone(),
+                faults: self.clone(),
+            }),
+            clock: stores.clock.clone(),
+        }
+    }
+
+    pub fn is_crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the plan has crashed the process.
+    pub async fn crashed(&self) {
+        let notified = self.crash.notified();
+        if !self.is_crashed() {
+            notified.await;
+        }
+    }
+
+    /// The calls seen so far (heartbeats excluded), in order.
+    pub fn calls(&self) -> Vec<Op> {
+        self.lock().calls.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn crash_now(&self) {
+        self.crashed.store(true, Ordering::SeqCst);
+        self.crash.notify_waiters();
+    }
+
+    fn next_fault(&self, op: Op) -> Option<Fault> {
+        let mut state = self.lock();
+        if op != Op::Heartbeat {
+            state.calls.push(op);
+        }
+        let seen_of = |rule: &Rule| -> bool {
+            match rule.op {
+                Some(o) => o == op,
+                None => op != Op::Heartbeat,
+            }
+        };
+        let mut hit = None;
+        for (rule, seen) in state.rules.iter_mut() {
+            if !seen_of(rule) {
+                continue;
+            }
+            *seen += 1;
+            if hit.is_none() && *seen > rule.skip && *seen - rule.skip <= rule.times {
+                hit = Some(rule.fault);
+            }
+        }
+        hit
+    }
+
+    async fn run<T>(
+        &self,
+        op: Op,
+        store: StoreKind,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        if self.is_crashed() {
+            std::future::pending::<()>().await;
+        }
+        let lost = || StoreError::new(store, "injected", format!("{op:?}"), ErrorKind::Transient, "injected fault");
+        match self.next_fault(op) {
+            None => call.await,
+            Some(Fault::CrashBefore) => {
+                self.crash_now();
+                std::future::pending().await
+            }
+            Some(Fault::CrashAfter) => {
+                let _ = call.await;
+                self.crash_now();
+                std::future::pending().await
+            }
+            Some(Fault::LoseResponse) => {
+                let _ = call.await;
+                Err(lost())
+            }
+            Some(Fault::Fail) => Err(lost()),
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                if self.is_crashed() {
+                    std::future::pending::<()>().await;
+                }
+                call.await
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FaultyHv {
+    inner: Arc<dyn HvStore>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl HvStore for FaultyHv {
+    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+        self.faults.run(Op::HvRead, StoreKind::Hv, self.inner.read(path)).await
+    }
+    async fn compare_and_write(
+        &self,
+        path: &ObjectPath,
+        expected: &Expected,
+        write: &HvWrite,
+        change: Option<&ChangeId>,
+    ) -> StoreResult<CasOutcome> {
+        let call = self.inner.compare_and_write(path, expected, write, change);
+        self.faults.run(Op::HvCas, StoreKind::Hv, call).await
+    }
+    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
+        let call = self.inner.fence(path, change);
+        self.faults.run(Op::HvFence, StoreKind::Hv, call).await
+    }
+}
+
+#[derive(Debug)]
+struct FaultyLt {
+    inner: Arc<dyn LtStore>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl LtStore for FaultyLt {
+    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+        self.faults.run(Op::LtPut, StoreKind::Lt, self.inner.put(rev, bytes)).await
+    }
+    async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
+        self.faults.run(Op::LtGet, StoreKind::Lt, self.inner.get(rev)).await
+    }
+    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
+        self.faults.run(Op::LtExists, StoreKind::Lt, self.inner.exists(rev)).await
+    }
+    async fn delete(&self, rev: &Revision) -> StoreResult<()> {
+        self.faults.run(Op::LtDelete, StoreKind::Lt, self.inner.delete(rev)).await
+    }
+    async fn list(&self, page_token: Option<String>) -> StoreResult<ListPage> {
+        self.faults.run(Op::LtList, StoreKind::Lt, self.inner.list(page_token)).await
+    }
+}
+
+#[derive(Debug)]
+struct FaultyChangelog {
+    inner: Arc<dyn Changelog>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Changelog for FaultyChangelog {
+    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
+        let call = self.inner.record(id, record);
+        self.faults.run(Op::Record, StoreKind::Changelog, call).await
+    }
+    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
+        let call = self.inner.heartbeat(id, owner);
+        self.faults.run(Op::Heartbeat, StoreKind::Changelog, call).await
+    }
+    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
+        let call = self.inner.scan_stale(req);
+        self.faults.run(Op::Scan, StoreKind::Changelog, call).await
+    }
+    async fn claim(
+        &self,
+        id: &ChangeId,
+        cutoff: Timestamp,
+        claimer: &OwnerToken,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claim> {
+        let call = self.inner.claim(id, cutoff, claimer, lease_until);
+        self.faults.run(Op::Claim, StoreKind::Changelog, call).await
+    }
+    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
+        self.faults.run(Op::Get, StoreKind::Changelog, self.inner.get(id)).await
+    }
+    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
+        let call = self.inner.remove(id, owner);
+        self.faults.run(Op::Remove, StoreKind::Changelog, call).await
+    }
+    fn is_noop(&self) -> bool {
+        self.inner.is_noop()
+    }
+}
