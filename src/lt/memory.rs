@@ -47,14 +47,19 @@ impl LtStore for MemoryLt {
         Ok(())
     }
 
-    async fn list(&self, page_token: Option<String>) -> StoreResult<ListPage> {
+    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
+        use std::ops::Bound;
         let blobs = self.blobs();
-        let range = match &page_token {
-            Some(after) => blobs
-                .range::<String, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => blobs.range::<String, _>(..),
+        let start = match page_token {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(prefix.to_owned()),
         };
-        let names: Vec<String> = range.take(PAGE).map(|(k, _)| k.clone()).collect();
+        let names: Vec<String> = blobs
+            .range::<String, _>((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(PAGE)
+            .map(|(k, _)| k.clone())
+            .collect();
         let next = (names.len() == PAGE).then(|| names[PAGE - 1].clone());
         Ok(ListPage { names, next })
     }

@@ -30,6 +30,7 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
     async fn exists(&self, rev: &Revision) -> StoreResult<bool>;
     /// Deletes the blob; a missing blob is success.
     async fn delete(&self, rev: &Revision) -> StoreResult<()>;
-    /// Lists blob names page by page, for invariant checks and operators' tools.
-    async fn list(&self, page_token: Option<String>) -> StoreResult<ListPage>;
+    /// Lists blob names that start with `prefix`, page by page, for invariant checks and
+    /// operators' tools.
+    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage>;
 }

@@ -197,7 +197,15 @@ impl Faults {
         if self.is_crashed() {
             std::future::pending::<()>().await;
         }
-        let lost = || StoreError::new(store, "injected", format!("{op:?}"), ErrorKind::Transient, "injected fault");
+        let lost = || {
+            StoreError::new(
+                store,
+                "injected",
+                format!("{op:?}"),
+                ErrorKind::Transient,
+                "injected fault",
+            )
+        };
         match self.next_fault(op) {
             None => call.await,
             Some(Fault::CrashBefore) => {
@@ -234,7 +242,9 @@ struct FaultyHv {
 #[async_trait]
 impl HvStore for FaultyHv {
     async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
-        self.faults.run(Op::HvRead, StoreKind::Hv, self.inner.read(path)).await
+        self.faults
+            .run(Op::HvRead, StoreKind::Hv, self.inner.read(path))
+            .await
     }
     async fn compare_and_write(
         &self,
@@ -261,19 +271,28 @@ struct FaultyLt {
 #[async_trait]
 impl LtStore for FaultyLt {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
-        self.faults.run(Op::LtPut, StoreKind::Lt, self.inner.put(rev, bytes)).await
+        self.faults
+            .run(Op::LtPut, StoreKind::Lt, self.inner.put(rev, bytes))
+            .await
     }
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
-        self.faults.run(Op::LtGet, StoreKind::Lt, self.inner.get(rev)).await
+        self.faults
+            .run(Op::LtGet, StoreKind::Lt, self.inner.get(rev))
+            .await
     }
     async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
-        self.faults.run(Op::LtExists, StoreKind::Lt, self.inner.exists(rev)).await
+        self.faults
+            .run(Op::LtExists, StoreKind::Lt, self.inner.exists(rev))
+            .await
     }
     async fn delete(&self, rev: &Revision) -> StoreResult<()> {
-        self.faults.run(Op::LtDelete, StoreKind::Lt, self.inner.delete(rev)).await
+        self.faults
+            .run(Op::LtDelete, StoreKind::Lt, self.inner.delete(rev))
+            .await
     }
-    async fn list(&self, page_token: Option<String>) -> StoreResult<ListPage> {
-        self.faults.run(Op::LtList, StoreKind::Lt, self.inner.list(page_token)).await
+    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
+        let call = self.inner.list(prefix, page_token);
+        self.faults.run(Op::LtList, StoreKind::Lt, call).await
     }
 }
 
@@ -287,11 +306,15 @@ struct FaultyChangelog {
 impl Changelog for FaultyChangelog {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
         let call = self.inner.record(id, record);
-        self.faults.run(Op::Record, StoreKind::Changelog, call).await
+        self.faults
+            .run(Op::Record, StoreKind::Changelog, call)
+            .await
     }
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
         let call = self.inner.heartbeat(id, owner);
-        self.faults.run(Op::Heartbeat, StoreKind::Changelog, call).await
+        self.faults
+            .run(Op::Heartbeat, StoreKind::Changelog, call)
+            .await
     }
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
         let call = self.inner.scan_stale(req);
@@ -308,11 +331,15 @@ impl Changelog for FaultyChangelog {
         self.faults.run(Op::Claim, StoreKind::Changelog, call).await
     }
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
-        self.faults.run(Op::Get, StoreKind::Changelog, self.inner.get(id)).await
+        self.faults
+            .run(Op::Get, StoreKind::Changelog, self.inner.get(id))
+            .await
     }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let call = self.inner.remove(id, owner);
-        self.faults.run(Op::Remove, StoreKind::Changelog, call).await
+        self.faults
+            .run(Op::Remove, StoreKind::Changelog, call)
+            .await
     }
     fn is_noop(&self) -> bool {
         self.inner.is_noop()

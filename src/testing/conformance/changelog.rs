@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::changelog::{Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanRequest, ScannedRow};
+use crate::changelog::{
+    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanRequest, ScannedRow,
+};
 use crate::model::{
     ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, Timestamp,
 };
@@ -27,12 +29,20 @@ async fn scan_ids(cl: &dyn Changelog, cutoff: Timestamp, now: Timestamp) -> Vec<
     let mut ids = Vec::new();
     let mut start_after = None;
     loop {
-        let req = ScanRequest { shards: ShardRange::ALL, cutoff, now, start_after, limit: 100 };
+        let req = ScanRequest {
+            shards: ShardRange::ALL,
+            cutoff,
+            now,
+            start_after,
+            limit: 100,
+        };
         let page = cl.scan_stale(&req).await.unwrap();
         for row in page.rows {
             match row {
                 ScannedRow::Entry(e) => ids.push(e.id),
-                ScannedRow::Malformed { key, reason } => panic!("unexpected malformed row {key}: {reason}"),
+                ScannedRow::Malformed { key, reason } => {
+                    panic!("unexpected malformed row {key}: {reason}")
+                }
             }
         }
         start_after = page.resume_after;
@@ -59,8 +69,15 @@ pub async fn recorded_entry_reads_back(cl: &dyn Changelog) {
 pub async fn fresh_entry_is_not_stale(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
     let stamp = cl.record(&id, &rec).await.unwrap();
-    assert!(!scan_ids(cl, stamp, stamp).await.contains(&id), "stamped at the cutoff is not stale");
-    assert!(scan_ids(cl, stamp.saturating_add(MS), stamp).await.contains(&id));
+    assert!(
+        !scan_ids(cl, stamp, stamp).await.contains(&id),
+        "stamped at the cutoff is not stale"
+    );
+    assert!(
+        scan_ids(cl, stamp.saturating_add(MS), stamp)
+            .await
+            .contains(&id)
+    );
 }
 
 pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
@@ -70,7 +87,9 @@ pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
     let claimers: Vec<OwnerToken> = (0..4).map(|_| OwnerToken::mint("recovery")).collect();
     let lease_until = stamp.saturating_add(LEASE);
     let outcomes = futures::future::join_all(
-        claimers.iter().map(|c| cl.claim(&id, cutoff, c, lease_until)),
+        claimers
+            .iter()
+            .map(|c| cl.claim(&id, cutoff, c, lease_until)),
     )
     .await;
     let won: Vec<ChangelogEntry> = outcomes
@@ -89,12 +108,23 @@ pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
     assert_eq!(won[0].record.owner, stored.record.owner);
     // Claimed rows are stamped into the future: no longer stale at the old cutoff.
     assert!(!scan_ids(cl, cutoff, cutoff).await.contains(&id));
-    let again = cl.claim(&id, cutoff, &OwnerToken::mint("recovery"), lease_until).await.unwrap();
+    let again = cl
+        .claim(&id, cutoff, &OwnerToken::mint("recovery"), lease_until)
+        .await
+        .unwrap();
     assert_eq!(again, Claim::Lost);
     // Once the lease has passed it can be claimed again, and the count grows.
     let later = lease_until.saturating_add(MS);
     assert!(scan_ids(cl, later, later).await.contains(&id));
-    let again = cl.claim(&id, later, &OwnerToken::mint("recovery"), later.saturating_add(LEASE)).await.unwrap();
+    let again = cl
+        .claim(
+            &id,
+            later,
+            &OwnerToken::mint("recovery"),
+            later.saturating_add(LEASE),
+        )
+        .await
+        .unwrap();
     assert!(matches!(again, Claim::Won(e) if e.record.claims == 2));
 }
 
@@ -102,23 +132,49 @@ pub async fn claim_fences_the_writer(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
     let stamp = cl.record(&id, &rec).await.unwrap();
     let claimer = OwnerToken::mint("recovery");
-    let won = cl.claim(&id, stamp.saturating_add(MS), &claimer, stamp.saturating_add(LEASE)).await.unwrap();
+    let won = cl
+        .claim(
+            &id,
+            stamp.saturating_add(MS),
+            &claimer,
+            stamp.saturating_add(LEASE),
+        )
+        .await
+        .unwrap();
     assert!(matches!(won, Claim::Won(_)));
-    assert_eq!(cl.heartbeat(&id, &rec.owner).await.unwrap(), Heartbeat::Refused);
+    assert_eq!(
+        cl.heartbeat(&id, &rec.owner).await.unwrap(),
+        Heartbeat::Refused
+    );
     assert_eq!(cl.remove(&id, &rec.owner).await.unwrap(), Removal::NotOwned);
-    assert_eq!(entry(cl, &id).await.record.owner, claimer, "the writer cannot take the row back");
+    assert_eq!(
+        entry(cl, &id).await.record.owner,
+        claimer,
+        "the writer cannot take the row back"
+    );
 }
 
 pub async fn heartbeat_refreshes_only_for_the_owner(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
     let stamp = cl.record(&id, &rec).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(cl.heartbeat(&id, &rec.owner).await.unwrap(), Heartbeat::Refreshed);
-    let refreshed = entry(cl, &id).await;
-    assert!(refreshed.stamp >= stamp, "a heartbeat never moves the stamp back");
-    assert_eq!(refreshed.record, rec, "a heartbeat leaves the record as it was");
     assert_eq!(
-        cl.heartbeat(&id, &OwnerToken::mint("writer")).await.unwrap(),
+        cl.heartbeat(&id, &rec.owner).await.unwrap(),
+        Heartbeat::Refreshed
+    );
+    let refreshed = entry(cl, &id).await;
+    assert!(
+        refreshed.stamp >= stamp,
+        "a heartbeat never moves the stamp back"
+    );
+    assert_eq!(
+        refreshed.record, rec,
+        "a heartbeat leaves the record as it was"
+    );
+    assert_eq!(
+        cl.heartbeat(&id, &OwnerToken::mint("writer"))
+            .await
+            .unwrap(),
         Heartbeat::Refused
     );
     assert_eq!(
@@ -126,18 +182,27 @@ pub async fn heartbeat_refreshes_only_for_the_owner(cl: &dyn Changelog) {
         Heartbeat::Refused,
         "a heartbeat does not resurrect a removed row"
     );
-    assert_eq!(cl.get(&id).await.unwrap().map(|e| e.record.owner), Some(rec.owner));
+    assert_eq!(
+        cl.get(&id).await.unwrap().map(|e| e.record.owner),
+        Some(rec.owner)
+    );
 }
 
 pub async fn remove_is_conditional_and_missing_is_fine(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
     cl.record(&id, &rec).await.unwrap();
-    assert_eq!(cl.remove(&id, &OwnerToken::mint("x")).await.unwrap(), Removal::NotOwned);
+    assert_eq!(
+        cl.remove(&id, &OwnerToken::mint("x")).await.unwrap(),
+        Removal::NotOwned
+    );
     assert!(cl.get(&id).await.unwrap().is_some());
     assert_eq!(cl.remove(&id, &rec.owner).await.unwrap(), Removal::Removed);
     assert_eq!(cl.get(&id).await.unwrap(), None);
     assert_eq!(cl.remove(&id, &rec.owner).await.unwrap(), Removal::NotOwned);
-    assert_eq!(cl.remove(&ChangeId::mint(), &rec.owner).await.unwrap(), Removal::NotOwned);
+    assert_eq!(
+        cl.remove(&ChangeId::mint(), &rec.owner).await.unwrap(),
+        Removal::NotOwned
+    );
 }
 
 pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
@@ -165,7 +230,13 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
     let mut start_after = None;
     let mut pages = 0;
     loop {
-        let req = ScanRequest { shards: ShardRange::ALL, cutoff, now: cutoff, start_after, limit: 5 };
+        let req = ScanRequest {
+            shards: ShardRange::ALL,
+            cutoff,
+            now: cutoff,
+            start_after,
+            limit: 5,
+        };
         let page = cl.scan_stale(&req).await.unwrap();
         assert!(page.rows.len() <= 5);
         pages += 1;
@@ -189,7 +260,13 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
     // Each half of a 2-scanner split sees exactly its own shards.
     for i in 0..2 {
         let shards = ShardRange::for_member(i, 2).unwrap();
-        let req = ScanRequest { shards, cutoff, now: cutoff, start_after: None, limit: 1000 };
+        let req = ScanRequest {
+            shards,
+            cutoff,
+            now: cutoff,
+            start_after: None,
+            limit: 1000,
+        };
         let page = cl.scan_stale(&req).await.unwrap();
         for row in &page.rows {
             if let ScannedRow::Entry(e) = row {

@@ -16,24 +16,44 @@ pub async fn absent_reads_none(hv: &dyn HvStore) {
 pub async fn cas_applies_on_match_and_conflicts_otherwise(hv: &dyn HvStore) {
     let p = path();
     let inline = HvWrite::Inline(Bytes::from_static(b"small"));
-    let out = hv.compare_and_write(&p, &Expected::NoTombstone, &inline, None).await.unwrap();
-    assert_eq!(out, CasOutcome::Applied);
-    assert_eq!(hv.read(&p).await.unwrap(), Some(HvValue::Inline(Bytes::from_static(b"small"))));
-
-    let rev = Revision::mint(&p);
-    let wrong = Expected::Tombstone(Revision::mint(&p));
-    let out = hv.compare_and_write(&p, &wrong, &HvWrite::Tombstone(rev.clone()), None).await.unwrap();
-    assert_eq!(out, CasOutcome::Conflict);
-
     let out = hv
-        .compare_and_write(&p, &Expected::NoTombstone, &HvWrite::Tombstone(rev.clone()), None)
+        .compare_and_write(&p, &Expected::NoTombstone, &inline, None)
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Applied);
-    assert_eq!(hv.read(&p).await.unwrap(), Some(HvValue::Tombstone(rev.clone())));
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        Some(HvValue::Inline(Bytes::from_static(b"small")))
+    );
+
+    let rev = Revision::mint(&p);
+    let wrong = Expected::Tombstone(Revision::mint(&p));
+    let out = hv
+        .compare_and_write(&p, &wrong, &HvWrite::Tombstone(rev.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(out, CasOutcome::Conflict);
+
+    let out = hv
+        .compare_and_write(
+            &p,
+            &Expected::NoTombstone,
+            &HvWrite::Tombstone(rev.clone()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, CasOutcome::Applied);
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        Some(HvValue::Tombstone(rev.clone()))
+    );
 
     // An inline write over a tombstone must name the tombstone.
-    let out = hv.compare_and_write(&p, &Expected::NoTombstone, &inline, None).await.unwrap();
+    let out = hv
+        .compare_and_write(&p, &Expected::NoTombstone, &inline, None)
+        .await
+        .unwrap();
     assert_eq!(out, CasOutcome::Conflict);
     let out = hv
         .compare_and_write(&p, &Expected::Tombstone(rev), &HvWrite::Delete, None)
@@ -49,7 +69,10 @@ pub async fn retried_cas_is_idempotent(hv: &dyn HvStore) {
     let change = ChangeId::mint();
     let first = HvWrite::Tombstone(a.clone());
     for _ in 0..2 {
-        let out = hv.compare_and_write(&p, &Expected::NoTombstone, &first, Some(&change)).await.unwrap();
+        let out = hv
+            .compare_and_write(&p, &Expected::NoTombstone, &first, Some(&change))
+            .await
+            .unwrap();
         assert_eq!(out, CasOutcome::Applied);
     }
     let second = HvWrite::Tombstone(b.clone());
@@ -58,11 +81,21 @@ pub async fn retried_cas_is_idempotent(hv: &dyn HvStore) {
             .compare_and_write(&p, &Expected::Tombstone(a.clone()), &second, None)
             .await
             .unwrap();
-        assert_eq!(out, CasOutcome::Applied, "a retry succeeds because the row holds the target");
+        assert_eq!(
+            out,
+            CasOutcome::Applied,
+            "a retry succeeds because the row holds the target"
+        );
     }
-    assert_eq!(hv.read(&p).await.unwrap(), Some(HvValue::Tombstone(b.clone())));
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        Some(HvValue::Tombstone(b.clone()))
+    );
     for _ in 0..2 {
-        let out = hv.compare_and_write(&p, &Expected::Tombstone(b.clone()), &HvWrite::Delete, None).await.unwrap();
+        let out = hv
+            .compare_and_write(&p, &Expected::Tombstone(b.clone()), &HvWrite::Delete, None)
+            .await
+            .unwrap();
         assert_eq!(out, CasOutcome::Applied);
     }
 }
@@ -70,25 +103,50 @@ pub async fn retried_cas_is_idempotent(hv: &dyn HvStore) {
 pub async fn fence_refuses_the_fenced_change_only(hv: &dyn HvStore) {
     let p = path();
     let old = Revision::mint(&p);
-    hv.compare_and_write(&p, &Expected::NoTombstone, &HvWrite::Tombstone(old.clone()), None)
-        .await
-        .unwrap();
+    hv.compare_and_write(
+        &p,
+        &Expected::NoTombstone,
+        &HvWrite::Tombstone(old.clone()),
+        None,
+    )
+    .await
+    .unwrap();
     let (fenced, other) = (ChangeId::mint(), ChangeId::mint());
     let seen = hv.fence(&p, &fenced).await.unwrap();
-    assert_eq!(seen, Some(HvValue::Tombstone(old.clone())), "fence returns what the row holds");
+    assert_eq!(
+        seen,
+        Some(HvValue::Tombstone(old.clone())),
+        "fence returns what the row holds"
+    );
     let fenced_write = HvWrite::Tombstone(Revision::mint(&p));
     let out = hv
-        .compare_and_write(&p, &Expected::Tombstone(old.clone()), &fenced_write, Some(&fenced))
+        .compare_and_write(
+            &p,
+            &Expected::Tombstone(old.clone()),
+            &fenced_write,
+            Some(&fenced),
+        )
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Fenced);
-    assert_eq!(hv.read(&p).await.unwrap(), Some(HvValue::Tombstone(old.clone())));
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        Some(HvValue::Tombstone(old.clone()))
+    );
     // Fencing twice is fine and changes nothing.
-    assert_eq!(hv.fence(&p, &fenced).await.unwrap(), Some(HvValue::Tombstone(old.clone())));
+    assert_eq!(
+        hv.fence(&p, &fenced).await.unwrap(),
+        Some(HvValue::Tombstone(old.clone()))
+    );
 
     let new = Revision::mint(&p);
     let out = hv
-        .compare_and_write(&p, &Expected::Tombstone(old), &HvWrite::Tombstone(new.clone()), Some(&other))
+        .compare_and_write(
+            &p,
+            &Expected::Tombstone(old),
+            &HvWrite::Tombstone(new.clone()),
+            Some(&other),
+        )
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Applied);
@@ -98,12 +156,26 @@ pub async fn fence_refuses_the_fenced_change_only(hv: &dyn HvStore) {
 pub async fn fences_survive_deletes(hv: &dyn HvStore) {
     let p = path();
     let fenced = ChangeId::mint();
-    assert_eq!(hv.fence(&p, &fenced).await.unwrap(), None, "fencing an absent row");
-    assert_eq!(hv.read(&p).await.unwrap(), None, "a fence alone is not object data");
-    let out = hv.compare_and_write(&p, &Expected::NoTombstone, &HvWrite::Delete, None).await.unwrap();
+    assert_eq!(
+        hv.fence(&p, &fenced).await.unwrap(),
+        None,
+        "fencing an absent row"
+    );
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        None,
+        "a fence alone is not object data"
+    );
+    let out = hv
+        .compare_and_write(&p, &Expected::NoTombstone, &HvWrite::Delete, None)
+        .await
+        .unwrap();
     assert_eq!(out, CasOutcome::Applied);
     let late = HvWrite::Tombstone(Revision::mint(&p));
-    let out = hv.compare_and_write(&p, &Expected::NoTombstone, &late, Some(&fenced)).await.unwrap();
+    let out = hv
+        .compare_and_write(&p, &Expected::NoTombstone, &late, Some(&fenced))
+        .await
+        .unwrap();
     assert_eq!(out, CasOutcome::Fenced, "a delete must not lift a fence");
     assert_eq!(hv.read(&p).await.unwrap(), None);
 }

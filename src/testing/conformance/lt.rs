@@ -11,13 +11,20 @@ fn rev() -> Revision {
     Revision::mint(&ObjectPath::new(format!("conformance/{}", uuid::Uuid::now_v7())).unwrap())
 }
 
+fn rev_under(dir: &str) -> Revision {
+    Revision::mint(&ObjectPath::new(format!("{dir}/{}", uuid::Uuid::now_v7())).unwrap())
+}
+
 pub async fn put_get_exists_delete(lt: &dyn LtStore) {
     let r = rev();
     assert!(!lt.exists(&r).await.unwrap());
     assert_eq!(lt.get(&r).await.unwrap(), None);
     lt.put(&r, Bytes::from_static(b"payload")).await.unwrap();
     assert!(lt.exists(&r).await.unwrap());
-    assert_eq!(lt.get(&r).await.unwrap(), Some(Bytes::from_static(b"payload")));
+    assert_eq!(
+        lt.get(&r).await.unwrap(),
+        Some(Bytes::from_static(b"payload"))
+    );
     lt.delete(&r).await.unwrap();
     assert!(!lt.exists(&r).await.unwrap());
     assert_eq!(lt.get(&r).await.unwrap(), None);
@@ -32,21 +39,27 @@ pub async fn delete_of_missing_blob_succeeds(lt: &dyn LtStore) {
 }
 
 pub async fn list_pages_through_everything(lt: &dyn LtStore) {
+    let dir = format!("listing/{}", uuid::Uuid::now_v7());
     let mut put = BTreeSet::new();
     for _ in 0..25 {
-        let r = rev();
+        let r = rev_under(&dir);
         lt.put(&r, Bytes::from_static(b"x")).await.unwrap();
         put.insert(r.as_str().to_owned());
     }
+    let outside = rev();
+    lt.put(&outside, Bytes::from_static(b"x")).await.unwrap();
     let mut listed = BTreeSet::new();
     let mut token = None;
     loop {
-        let page = lt.list(token).await.unwrap();
+        let page = lt.list(&format!("{dir}/"), token).await.unwrap();
         listed.extend(page.names);
         token = page.next;
         if token.is_none() {
             break;
         }
     }
-    assert!(put.is_subset(&listed), "missing from listing: {:?}", put.difference(&listed).collect::<Vec<_>>());
+    assert_eq!(
+        put, listed,
+        "a prefix listing returns exactly the blobs under the prefix"
+    );
 }

@@ -29,11 +29,17 @@ macro_rules! conformance_tests {
 #[macro_export]
 macro_rules! hv_conformance {
     ($make:expr) => {
-        $crate::conformance_tests!(hv, $make, [
-            absent_reads_none, cas_applies_on_match_and_conflicts_otherwise,
-            retried_cas_is_idempotent, fence_refuses_the_fenced_change_only,
-            fences_survive_deletes,
-        ]);
+        $crate::conformance_tests!(
+            hv,
+            $make,
+            [
+                absent_reads_none,
+                cas_applies_on_match_and_conflicts_otherwise,
+                retried_cas_is_idempotent,
+                fence_refuses_the_fenced_change_only,
+                fences_survive_deletes,
+            ]
+        );
     };
 }
 
@@ -41,9 +47,15 @@ macro_rules! hv_conformance {
 #[macro_export]
 macro_rules! lt_conformance {
     ($make:expr) => {
-        $crate::conformance_tests!(lt, $make, [
-            put_get_exists_delete, delete_of_missing_blob_succeeds, list_pages_through_everything,
-        ]);
+        $crate::conformance_tests!(
+            lt,
+            $make,
+            [
+                put_get_exists_delete,
+                delete_of_missing_blob_succeeds,
+                list_pages_through_everything,
+            ]
+        );
     };
 }
 
@@ -51,12 +63,20 @@ macro_rules! lt_conformance {
 #[macro_export]
 macro_rules! changelog_conformance {
     ($make:expr) => {
-        $crate::conformance_tests!(changelog, $make, [
-            recorded_entry_reads_back, fresh_entry_is_not_stale, stale_entry_is_claimed_once,
-            claim_fences_the_writer, heartbeat_refreshes_only_for_the_owner,
-            remove_is_conditional_and_missing_is_fine, cleanup_after_is_honoured,
-            scan_pages_resume_and_respect_shards,
-        ]);
+        $crate::conformance_tests!(
+            changelog,
+            $make,
+            [
+                recorded_entry_reads_back,
+                fresh_entry_is_not_stale,
+                stale_entry_is_claimed_once,
+                claim_fences_the_writer,
+                heartbeat_refreshes_only_for_the_owner,
+                remove_is_conditional_and_missing_is_fine,
+                cleanup_after_is_honoured,
+                scan_pages_resume_and_respect_shards,
+            ]
+        );
     };
 }
 
@@ -64,9 +84,15 @@ macro_rules! changelog_conformance {
 #[macro_export]
 macro_rules! queue_conformance {
     ($make:expr) => {
-        $crate::conformance_tests!(queue, $make, [
-            published_jobs_are_delivered_and_acked, nacked_and_dropped_jobs_are_redelivered,
-            dead_lettered_jobs_are_not_redelivered, flow_control_bounds_outstanding,
-        ]);
+        $crate::conformance_tests!(
+            queue,
+            $make,
+            [
+                published_jobs_are_delivered_and_acked,
+                nacked_and_dropped_jobs_are_redelivered,
+                dead_lettered_jobs_are_not_redelivered,
+                flow_control_bounds_outstanding,
+            ]
+        );
     };
 }

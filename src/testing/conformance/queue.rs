@@ -35,9 +35,16 @@ pub async fn published_jobs_are_delivered_and_acked(q: &dyn JobQueue) {
         let d = next(&mut sub).await;
         assert_eq!(d.attempt, 1);
         assert!(!d.message_id.is_empty());
-        let original = sent.iter().find(|m| m.data == d.message.data).expect("a message we sent");
+        let original = sent
+            .iter()
+            .find(|m| m.data == d.message.data)
+            .expect("a message we sent");
         for (k, v) in &original.attributes {
-            assert_eq!(d.message.attributes.get(k), Some(v), "attribute {k} survives");
+            assert_eq!(
+                d.message.attributes.get(k),
+                Some(v),
+                "attribute {k} survives"
+            );
         }
         got.insert(d.message.data.clone());
         d.ack();
@@ -74,12 +81,18 @@ pub async fn dead_lettered_jobs_are_not_redelivered(q: &dyn JobQueue) {
 }
 
 pub async fn flow_control_bounds_outstanding(q: &dyn JobQueue) {
-    let mut sub = q.subscribe(FlowControl { max_outstanding: 2 }).await.unwrap();
+    let mut sub = q
+        .subscribe(FlowControl { max_outstanding: 2 })
+        .await
+        .unwrap();
     q.publish((0..3).map(message).collect()).await.unwrap();
     let a = next(&mut sub).await;
     let b = next(&mut sub).await;
     let blocked = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
-    assert!(blocked.is_err(), "a third delivery waits while two are unsettled");
+    assert!(
+        blocked.is_err(),
+        "a third delivery waits while two are unsettled"
+    );
     a.ack();
     let c = next(&mut sub).await;
     b.ack();

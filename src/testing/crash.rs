@@ -1,0 +1,162 @@
+//! The crash matrix: every two-tier mutation, crashed before and after each of its store
+//! calls, then recovered; shared by the in-memory tests and the emulator tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::faults::{Fault, Faults, Op, Rule};
+use super::invariants::{self, Acceptable};
+use crate::model::ObjectPath;
+use crate::recovery::{EmbeddedRecovery, RecoveryConfig};
+use crate::stores::Stores;
+use crate::writer::{TieredStorage, WriterConfig};
+
+/// Bytes above the inline threshold used by the scenarios.
+pub const INLINE_THRESHOLD: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// A large put of a new object.
+    LargePut,
+    /// A large put over a large object.
+    LargeOverLarge,
+    /// A small put over a large object.
+    SmallOverLarge,
+    /// A delete of a large object.
+    DeleteLarge,
+}
+
+pub const SCENARIOS: [Scenario; 4] = [
+    Scenario::LargePut,
+    Scenario::LargeOverLarge,
+    Scenario::SmallOverLarge,
+    Scenario::DeleteLarge,
+];
+
+fn large(tag: &str) -> Bytes {
+    Bytes::from(format!("{tag}:{}", "L".repeat(INLINE_THRESHOLD * 2)))
+}
+
+impl Scenario {
+    /// The value before and after the operation.
+    pub fn values(self) -> (Option<Bytes>, Option<Bytes>) {
+        match self {
+            Scenario::LargePut => (None, Some(large("new"))),
+            Scenario::LargeOverLarge => (Some(large("old")), Some(large("new"))),
+            Scenario::SmallOverLarge => (Some(large("old")), Some(Bytes::from_static(b"small"))),
+            Scenario::DeleteLarge => (Some(large("old")), None),
+        }
+    }
+
+    pub async fn prepare(self, writer: &TieredStorage, path: &ObjectPath) {
+        if let (Some(before), _) = self.values() {
+            writer
+                .put(path, before)
+                .await
+                .expect("preparing the scenario");
+        }
+    }
+
+    pub async fn run(
+        self,
+        writer: &TieredStorage,
+        path: &ObjectPath,
+    ) -> Result<(), crate::writer::WriteError> {
+        match self.values().1 {
+            Some(after) => writer.put(path, after).await,
+            None => writer.delete(path).await,
+        }
+    }
+}
+
+/// Protocol timings for tests: short, so emulator runs wait seconds, not minutes.
+pub fn test_writer_config(protocol: crate::config::ProtocolConfig) -> WriterConfig {
+    WriterConfig {
+        inline_threshold: INLINE_THRESHOLD,
+        protocol,
+        ..Default::default()
+    }
+}
+
+pub fn test_recovery_config(protocol: crate::config::ProtocolConfig) -> RecoveryConfig {
+    RecoveryConfig {
+        protocol,
+        scan_batch: 50,
+        claim_lease: protocol.heartbeat_interval * 4,
+        ..Default::default()
+    }
+}
+
+/// One crash point: the `call`-th store call of the operation, crashed before or after it
+/// takes effect.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashPoint {
+    pub call: usize,
+    pub fault: Fault,
+}
+
+/// The store calls one clean run of `scenario` makes, in order (heartbeats excluded).
+pub async fn calls_of(scenario: Scenario, stores: &Stores, config: WriterConfig) -> Vec<Op> {
+    let path = unique_path();
+    let clean = TieredStorage::new(stores.clone(), config).expect("valid config");
+    scenario.prepare(&clean, &path).await;
+    let faults = Faults::new([]);
+    let writer = TieredStorage::new(faults.wrap(stores), config).expect("valid config");
+    scenario
+        .run(&writer, &path)
+        .await
+        .expect("clean run succeeds");
+    faults.calls()
+}
+
+pub fn unique_path() -> ObjectPath {
+    ObjectPath::new(format!("crash/{}", uuid::Uuid::now_v7())).expect("valid path")
+}
+
+/// Runs `scenario` with a crash at `point`, waits past the staleness threshold, runs one
+/// recovery pass, and checks that I1 and I2 hold for the object.
+pub async fn crash_and_recover(
+    scenario: Scenario,
+    point: CrashPoint,
+    stores: &Stores,
+    writer_config: WriterConfig,
+    recovery_config: RecoveryConfig,
+) {
+    let path = unique_path();
+    let clean = TieredStorage::new(stores.clone(), writer_config).expect("valid config");
+    scenario.prepare(&clean, &path).await;
+
+    let faults = Faults::new([Rule::nth_call(point.call, point.fault)]);
+    let writer = TieredStorage::new(faults.wrap(stores), writer_config).expect("valid config");
+    let op = tokio::spawn({
+        let path = path.clone();
+        async move { scenario.run(&writer, &path).await }
+    });
+    let abort = op.abort_handle();
+    let acked = tokio::select! {
+        r = op => matches!(r, Ok(Ok(()))),
+        _ = faults.crashed() => { abort.abort(); false }
+    };
+    assert!(
+        !acked,
+        "{scenario:?} {point:?}: the operation must not complete after a crash"
+    );
+
+    tokio::time::sleep(writer_config.protocol.staleness_threshold + Duration::from_millis(50))
+        .await;
+    let recovery = EmbeddedRecovery::new(stores.clone(), recovery_config);
+    let pass = recovery.run_pass().await.expect("recovery pass");
+
+    let (before, after) = scenario.values();
+    let expected: BTreeMap<ObjectPath, Acceptable> =
+        BTreeMap::from([(path.clone(), vec![before, after])]);
+    let report = invariants::check(stores, &expected)
+        .await
+        .expect("invariant check");
+    assert!(
+        report.is_converged(),
+        "{scenario:?} crashed at {point:?}: {report:#?}\nrecovery pass: {pass:#?}"
+    );
+}

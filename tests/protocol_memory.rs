@@ -1,0 +1,313 @@
+//! The protocol's crash and race tests on the in-memory stores, under paused tokio time so
+//! that waiting out heartbeats and thresholds costs nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tiersweep::config::ProtocolConfig;
+use tiersweep::recovery::EmbeddedRecovery;
+use tiersweep::testing::MemoryStores;
+use tiersweep::testing::crash::{
+    self, CrashPoint, SCENARIOS, Scenario, test_recovery_config, test_writer_config,
+};
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::invariants::{self, Acceptable};
+use tiersweep::writer::{GuardState, TieredStorage, WriteError};
+
+fn protocol() -> ProtocolConfig {
+    ProtocolConfig::default()
+}
+
+fn writer(stores: &tiersweep::Stores) -> TieredStorage {
+    TieredStorage::new(stores.clone(), test_writer_config(protocol())).unwrap()
+}
+
+async fn recover(stores: &tiersweep::Stores) -> tiersweep::recovery::embedded::PassReport {
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_secs(1)).await;
+    EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol()))
+        .run_pass()
+        .await
+        .unwrap()
+}
+
+async fn check(
+    stores: &tiersweep::Stores,
+    path: &tiersweep::model::ObjectPath,
+    acceptable: Acceptable,
+) -> invariants::InvariantReport {
+    invariants::check(stores, &BTreeMap::from([(path.clone(), acceptable)]))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_every_step_converges_after_one_recovery_pass() {
+    let config = test_writer_config(protocol());
+    let mut points = 0;
+    for scenario in SCENARIOS {
+        let calls = crash::calls_of(scenario, &MemoryStores::new().stores(), config).await;
+        // record, upload (large puts only), CAS, old-blob delete (when there is an old blob), remove.
+        assert!(
+            calls.contains(&Op::Record)
+                && calls.contains(&Op::HvCas)
+                && calls.contains(&Op::Remove),
+            "{scenario:?} makes the protocol's calls: {calls:?}"
+        );
+        for call in 0..calls.len() {
+            for fault in [Fault::CrashBefore, Fault::CrashAfter] {
+                let stores = MemoryStores::new().stores();
+                crash::crash_and_recover(
+                    scenario,
+                    CrashPoint { call, fault },
+                    &stores,
+                    config,
+                    test_recovery_config(protocol()),
+                )
+                .await;
+                points += 1;
+            }
+        }
+    }
+    assert!(points >= 4 * 2 * 4, "covered {points} crash points");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_cas_response_is_retried_idempotently() {
+    let stores = MemoryStores::new().stores();
+    let path = crash::unique_path();
+    let faults = Faults::new([Rule::once(Op::HvCas, Fault::LoseResponse)]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+    let (_, after) = Scenario::LargePut.values();
+    w.put(&path, after.clone().unwrap())
+        .await
+        .expect("the retry sees its own write");
+    assert_eq!(
+        faults.calls().iter().filter(|o| **o == Op::HvCas).count(),
+        2
+    );
+    check(&stores, &path, vec![after]).await.assert_converged();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cas_whose_responses_are_all_lost_converges_through_recovery() {
+    let stores = MemoryStores::new().stores();
+    let path = crash::unique_path();
+    writer(&stores)
+        .put(&path, Scenario::LargeOverLarge.values().0.unwrap())
+        .await
+        .unwrap();
+    let faults = Faults::new([Rule::on(Op::HvCas, Fault::LoseResponse)]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+    let (before, after) = Scenario::LargeOverLarge.values();
+    let err = w.put(&path, after.clone().unwrap()).await.unwrap_err();
+    assert!(matches!(err, WriteError::Store(_)), "{err}");
+    // The write did land; recovery must keep it and delete the old revision.
+    let pass = recover(&stores).await;
+    assert_eq!(pass.converged, 1);
+    let report = check(&stores, &path, vec![after]).await;
+    report.assert_converged();
+    let _ = before;
+}
+
+#[tokio::test(start_paused = true)]
+async fn racing_writers_leave_the_winner_and_clean_the_loser() {
+    let stores = MemoryStores::new().stores();
+    let path = crash::unique_path();
+    // Uploads of different lengths: both writers read HV before either commits.
+    let slow_upload =
+        |secs| Faults::new([Rule::on(Op::LtPut, Fault::Delay(Duration::from_secs(secs)))]);
+    let wa =
+        TieredStorage::new(slow_upload(1).wrap(&stores), test_writer_config(protocol())).unwrap();
+    let wb =
+        TieredStorage::new(slow_upload(2).wrap(&stores), test_writer_config(protocol())).unwrap();
+    let a = Bytes::from(format!("A{}", "x".repeat(64)));
+    let b = Bytes::from(format!("B{}", "x".repeat(64)));
+    let (ra, rb) = tokio::join!(wa.put(&path, a.clone()), wb.put(&path, b.clone()));
+    let winner = match (&ra, &rb) {
+        (Ok(()), Err(WriteError::Conflict { .. })) => a,
+        (Err(WriteError::Conflict { .. }), Ok(())) => b,
+        other => panic!("exactly one writer wins: {other:?}"),
+    };
+    // No recovery needed: the loser cleaned up its own blob.
+    check(&stores, &path, vec![Some(winner)])
+        .await
+        .assert_converged();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_heartbeat_aborts_before_the_cas_and_recovery_converges() {
+    let stores = MemoryStores::new().stores();
+    let path = crash::unique_path();
+    let (before, after) = Scenario::LargeOverLarge.values();
+    writer(&stores)
+        .put(&path, before.clone().unwrap())
+        .await
+        .unwrap();
+    let faults = Faults::new([
+        Rule::on(Op::Heartbeat, Fault::Fail),
+        Rule::on(Op::LtPut, Fault::Delay(Duration::from_secs(15))),
+    ]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+    let err = w.put(&path, after.unwrap()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WriteError::GuardLost {
+                state: GuardState::HeartbeatFailed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        !faults.calls().contains(&Op::HvCas),
+        "no CAS after the guard failed"
+    );
+    let pass = recover(&stores).await;
+    assert_eq!(pass.converged, 1);
+    check(&stores, &path, vec![before]).await.assert_converged();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_writer_is_fenced_and_leaves_nothing_behind() {
+    let stores = MemoryStores::new().stores();
+    let path = crash::unique_path();
+    let (before, after) = Scenario::LargeOverLarge.values();
+    writer(&stores)
+        .put(&path, before.clone().unwrap())
+        .await
+        .unwrap();
+    // The process stalls for 60 s in the middle of its upload: no heartbeat gets out.
+    let pause = Duration::from_secs(60);
+    let faults = Faults::new([
+        Rule::on(Op::Heartbeat, Fault::Delay(pause)),
+        Rule::on(Op::LtPut, Fault::Delay(pause)),
+    ]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+    let write = tokio::spawn({
+        let path = path.clone();
+        async move { w.put(&path, after.unwrap()).await }
+    });
+    // Meanwhile recovery elsewhere finds the entry stale, claims and converges it.
+    let pass = recover(&stores).await;
+    assert_eq!(pass.scan.won, 1);
+    assert_eq!(pass.converged, 1);
+    let err = write.await.unwrap().unwrap_err();
+    // Expired on its own clock, or failed because the heartbeat could not get out in time.
+    assert!(matches!(err, WriteError::GuardLost { .. }), "{err}");
+    assert!(
+        !faults.calls().contains(&Op::HvCas),
+        "an expired guard never sends its CAS"
+    );
+    // The upload landed after recovery converged; the writer deleted it itself.
+    check(&stores, &path, vec![before]).await.assert_converged();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cas_that_arrives_after_recovery_is_refused_by_the_fence() {
+    let stores = MemoryStores::new().stores();
+    let path = crash::unique_path();
+    let (before, after) = Scenario::LargeOverLarge.values();
+    writer(&stores)
+        .put(&path, before.clone().unwrap())
+        .await
+        .unwrap();
+    // The guard is valid when checked, then the process stalls with its CAS unsent.
+    let pause = Duration::from_secs(60);
+    let faults = Faults::new([
+        Rule::on(Op::Heartbeat, Fault::Delay(pause)),
+        Rule::once(Op::HvCas, Fault::Delay(pause)),
+    ]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+    let write = tokio::spawn({
+        let path = path.clone();
+        async move { w.put(&path, after.unwrap()).await }
+    });
+    let pass = recover(&stores).await;
+    assert_eq!(pass.converged, 1);
+    let err = write.await.unwrap().unwrap_err();
+    assert!(matches!(err, WriteError::Fenced { .. }), "{err}");
+    check(&stores, &path, vec![before]).await.assert_converged();
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_recoveries_claim_every_stale_entry_exactly_once() {
+    let stores = MemoryStores::new().stores();
+    let mut expected = BTreeMap::new();
+    let n = 60;
+    for i in 0..n {
+        let path = crash::unique_path();
+        let (before, after) = Scenario::LargePut.values();
+        // Crash right after the upload: an entry and an orphan-to-be for each object.
+        let faults = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
+        let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+        let op = tokio::spawn({
+            let path = path.clone();
+            let after = after.clone();
+            async move { w.put(&path, after.unwrap()).await }
+        });
+        faults.crashed().await;
+        op.abort();
+        expected.insert(path, vec![before, after]);
+        let _ = i;
+    }
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_secs(1)).await;
+    let config = test_recovery_config(protocol());
+    let r1 = EmbeddedRecovery::new(stores.clone(), config.clone());
+    let r2 = EmbeddedRecovery::new(stores.clone(), config);
+    let (p1, p2) = tokio::join!(r1.run_pass(), r2.run_pass());
+    let (p1, p2) = (p1.unwrap(), p2.unwrap());
+    assert_eq!(
+        p1.scan.won + p2.scan.won,
+        n,
+        "every entry claimed once: {p1:?} {p2:?}"
+    );
+    assert_eq!(p1.converged + p2.converged, n);
+    invariants::check(&stores, &expected)
+        .await
+        .unwrap()
+        .assert_converged();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dangling_tombstone_reads_as_not_found_and_is_reported() {
+    let ms = MemoryStores::new();
+    let stores = ms.stores();
+    let path = crash::unique_path();
+    let w = writer(&stores);
+    w.put(&path, Scenario::LargePut.values().1.unwrap())
+        .await
+        .unwrap();
+    let Some(tiersweep::model::HvValue::Tombstone(rev)) = stores.hv.read(&path).await.unwrap()
+    else {
+        panic!("a large put leaves a tombstone");
+    };
+    stores.lt.delete(&rev).await.unwrap();
+    assert_eq!(
+        w.get(&path).await.unwrap(),
+        tiersweep::writer::ReadOutcome::Dangling(rev.clone())
+    );
+    let report = check(&stores, &path, vec![]).await;
+    assert_eq!(report.dangling, vec![(path, rev)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_rows_are_reported_and_left_in_place() {
+    let ms = MemoryStores::new();
+    let stores = ms.stores();
+    let id = tiersweep::model::ChangeId::mint();
+    ms.changelog.insert_raw(
+        id.as_str(),
+        b"{\"v\":1,\"object\":".to_vec(),
+        ms.clock.now(),
+    );
+    let pass = recover(&stores).await;
+    assert_eq!(pass.scan.malformed, 1);
+    assert_eq!(pass.scan.won, 0);
+    assert_eq!(
+        ms.changelog.keys(),
+        vec![id.as_str().to_owned()],
+        "the row stays for an operator"
+    );
+}
