@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{CasOutcome, Expected, FENCE_TTL, HvStore, HvWrite};
+use super::{CasOutcome, Expected, FENCE_TTL, Fence, HvStore, HvWrite};
 use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, HvValue, ObjectPath, Timestamp};
@@ -14,8 +14,9 @@ use crate::model::{ChangeId, HvValue, ObjectPath, Timestamp};
 #[derive(Debug, Default)]
 struct Row {
     value: Option<HvValue>,
-    /// Fenced changes and when they were fenced; pruned after [`FENCE_TTL`] like Bigtable's GC.
-    fences: HashMap<ChangeId, Timestamp>,
+    /// Changes that may no longer write here, how and when; pruned after [`FENCE_TTL`]
+    /// like Bigtable's max-age GC.
+    fences: HashMap<ChangeId, (Fence, Timestamp)>,
 }
 
 #[derive(Debug)]
@@ -45,7 +46,7 @@ impl MemoryHv {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let row = rows.entry(path.clone()).or_default();
         row.fences
-            .retain(|_, at| at.saturating_add(FENCE_TTL) > now);
+            .retain(|_, (_, at)| at.saturating_add(FENCE_TTL) > now);
         let out = f(row, now);
         if row.value.is_none() && row.fences.is_empty() {
             rows.remove(path);
@@ -67,24 +68,22 @@ impl HvStore for MemoryHv {
         write: &HvWrite,
         change: Option<&ChangeId>,
     ) -> StoreResult<CasOutcome> {
-        Ok(self.with_row(path, |row, _| {
-            let fenced = change.is_some_and(|c| row.fences.contains_key(c));
-            if !fenced && expected.matches(row.value.as_ref()) {
+        Ok(self.with_row(path, |row, now| {
+            let fence = change.and_then(|c| row.fences.get(c).map(|(f, _)| *f));
+            if fence.is_none() && expected.matches(row.value.as_ref()) {
                 row.value = write.clone().into_value();
-                CasOutcome::Applied
-            } else if write.is_held_by(row.value.as_ref()) {
-                CasOutcome::Applied
-            } else if fenced {
-                CasOutcome::Fenced
-            } else {
-                CasOutcome::Conflict
+                if let Some(c) = change {
+                    row.fences.insert(c.clone(), (Fence::Applied, now));
+                }
+                return CasOutcome::Applied;
             }
+            super::outcome_of_refused(write, row.value.as_ref(), fence)
         }))
     }
 
     async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
         Ok(self.with_row(path, |row, now| {
-            row.fences.insert(change.clone(), now);
+            row.fences.insert(change.clone(), (Fence::Recovery, now));
             row.value.clone()
         }))
     }

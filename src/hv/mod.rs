@@ -6,11 +6,15 @@
 //!
 //! * **Idempotent retry.** A write whose response was lost can be sent again: when the row
 //!   already holds the target, the retry reports [`CasOutcome::Applied`].
-//! * **Fencing.** Recovery, before deciding what to delete for a change, marks the row with
-//!   a fence for that change ([`HvStore::fence`]). A compare-and-write made on behalf of a
-//!   fenced change is refused from then on, however late it arrives. This closes the window
-//!   that a writer-side validity check alone cannot: a writer that checked its guard, then
-//!   stalled before its CAS reached the server.
+//! * **A change writes at most once.** A write made for a change leaves a fence for that
+//!   change in the row ([`Fence::Applied`]). Without it, a retry whose first attempt landed
+//!   could land *again* after other writers moved the row on and back (A→B→A): it would
+//!   re-point the row at a revision that the intervening writer already deleted.
+//! * **Fencing.** Recovery, before deciding what to delete for a change, fences the row for
+//!   that change ([`HvStore::fence`], [`Fence::Recovery`]). A compare-and-write made on behalf
+//!   of a fenced change is refused from then on, however late it arrives. This closes the
+//!   window that a writer-side validity check alone cannot: a writer that checked its
+//!   guard, then stalled before its CAS reached the server.
 
 pub mod memory;
 
@@ -24,9 +28,11 @@ use crate::model::{ChangeId, HvValue, ObjectPath, Revision};
 
 pub use memory::MemoryHv;
 
-/// How long a fence outlives the change it fences. It must exceed the longest time a CAS
-/// can spend in flight; Bigtable drops requests past their deadline (seconds), so a day is
-/// generous. Implemented as a max-age GC rule on the fence column family.
+/// How long a fence outlives the change it fences. It must exceed the longest time a
+/// writer can stall between its guard check and its CAS reaching the server, and the
+/// longest retry of a CAS; both are seconds in practice, so a day is generous. Implemented
+/// as a max-age GC rule on the fence column family. The cost is one small cell per guarded
+/// write per row per day.
 pub const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What the row must hold for a compare-and-write to apply.
@@ -50,6 +56,34 @@ impl Expected {
         match self {
             Expected::NoTombstone => current.and_then(HvValue::tombstone).is_none(),
             Expected::Tombstone(rev) => current.and_then(HvValue::tombstone) == Some(rev),
+        }
+    }
+}
+
+/// Why a change may no longer write to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The change's own write landed; a retry must not land again.
+    Applied,
+    /// Recovery took the change over.
+    Recovery,
+}
+
+/// The outcome of a compare-and-write whose predicate did not hold, given what the row
+/// holds and how the change is fenced there. One rule for every backend.
+pub fn outcome_of_refused(
+    write: &HvWrite,
+    current: Option<&HvValue>,
+    fence: Option<Fence>,
+) -> CasOutcome {
+    if write.is_held_by(current) {
+        CasOutcome::Applied
+    } else {
+        match fence {
+            // An earlier attempt landed and has since been superseded by another writer.
+            Some(Fence::Applied) => CasOutcome::Applied,
+            Some(Fence::Recovery) => CasOutcome::Fenced,
+            None => CasOutcome::Conflict,
         }
     }
 }
@@ -99,8 +133,8 @@ pub trait HvStore: Send + Sync + std::fmt::Debug {
     async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>>;
 
     /// Writes `write` if the row matches `expected` and, when `change` is given, the row is
-    /// not fenced for that change. Reports `Applied` without writing when the row already
-    /// holds the target.
+    /// not fenced for that change (and then fences it, [`Fence::Applied`]). Otherwise writes
+    /// nothing and reports [`outcome_of_refused`].
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
