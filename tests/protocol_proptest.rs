@@ -38,7 +38,11 @@ fn fault(rng: &mut StdRng) -> Vec<Rule> {
     match rng.random_range(0..20) {
         0..=9 => vec![],
         10..=14 => {
-            let f = if rng.random_bool(0.5) { Fault::CrashBefore } else { Fault::CrashAfter };
+            let f = if rng.random_bool(0.5) {
+                Fault::CrashBefore
+            } else {
+                Fault::CrashAfter
+            };
             vec![Rule::nth_call(rng.random_range(0..7), f)]
         }
         15..=16 => vec![
@@ -70,24 +74,28 @@ async fn run_case(seed: u64) -> Result<(), String> {
                 let path = paths[rng.random_range(0..OBJECTS)].clone();
                 let v = value(&mut rng, step);
                 let rules = fault(&mut rng);
-                eprintln!("step {step}: write {path} = {:?} with {rules:?}", v.as_ref().map(|b| b.len()));
+                eprintln!(
+                    "step {step}: write {path} = {:?} with {rules:?}",
+                    v.as_ref().map(|b| b.len())
+                );
                 let faults = Faults::new(rules);
                 let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol))
                     .map_err(|e| e.to_string())?;
                 let task = tokio::spawn({
                     let (path, v) = (path.clone(), v.clone());
                     async move {
-                        match v {
+                        let r = match v {
                             Some(b) => w.put(&path, b).await,
                             None => w.delete(&path).await,
-                        }
+                        };
+                        (r, tokio::time::Instant::now())
                     }
                 });
                 let abort = task.abort_handle();
                 // Give the write a moment; a crashed one is abandoned, a paused one runs on.
                 let mut task = task;
                 tokio::select! {
-                    r = &mut task => settle(&mut acceptable, &path, v, r.ok()),
+                    r = &mut task => settle(&mut acceptable, &path, v, r.ok().map(|(r, _)| r)),
                     _ = faults.crashed() => { abort.abort(); acceptable.get_mut(&path).unwrap().push(v) }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
                         in_flight.push(InFlight { path, value: v, faults, task });
@@ -108,7 +116,9 @@ async fn run_case(seed: u64) -> Result<(), String> {
             }
         }
         settle_finished(&mut acceptable, &mut in_flight, false).await;
-        let report = invariants::check(&stores, &acceptable).await.map_err(|e| e.to_string())?;
+        let report = invariants::check(&stores, &acceptable)
+            .await
+            .map_err(|e| e.to_string())?;
         if !report.dangling.is_empty() {
             return Err(format!("I1 violated after step {step}: {report:#?}"));
         }
@@ -126,7 +136,9 @@ async fn run_case(seed: u64) -> Result<(), String> {
         // Rows claimed by a pass whose job failed come back after their lease.
         tokio::time::sleep(test_recovery_config(protocol).lease_for(4) * 2).await;
     }
-    let report = invariants::check(&stores, &acceptable).await.map_err(|e| e.to_string())?;
+    let report = invariants::check(&stores, &acceptable)
+        .await
+        .map_err(|e| e.to_string())?;
     if !report.is_converged() {
         return Err(format!("I1/I2 violated at the end: {report:#?}"));
     }
@@ -137,7 +149,8 @@ struct InFlight {
     path: ObjectPath,
     value: Option<Bytes>,
     faults: std::sync::Arc<Faults>,
-    task: tokio::task::JoinHandle<Result<(), WriteError>>,
+    /// The outcome and when it was reached.
+    task: tokio::task::JoinHandle<(Result<(), WriteError>, tokio::time::Instant)>,
 }
 
 /// Settles in-flight writes that have finished, in the order they finished (which, with
@@ -148,13 +161,16 @@ async fn settle_finished(
     in_flight: &mut Vec<InFlight>,
     all: bool,
 ) {
+    let mut done = Vec::new();
     let mut i = 0;
     while i < in_flight.len() {
         let f = &in_flight[i];
         if f.task.is_finished() || (all && !f.faults.is_crashed()) {
             let f = in_flight.remove(i);
-            let outcome = f.task.await.ok();
-            settle(acceptable, &f.path, f.value, outcome);
+            match f.task.await {
+                Ok((outcome, at)) => done.push((at, f.path, f.value, Some(outcome))),
+                Err(_) => acceptable.get_mut(&f.path).unwrap().push(f.value),
+            }
         } else if all {
             let f = in_flight.remove(i);
             f.task.abort();
@@ -162,6 +178,10 @@ async fn settle_finished(
         } else {
             i += 1;
         }
+    }
+    done.sort_by_key(|(at, ..)| *at);
+    for (_, path, value, outcome) in done {
+        settle(acceptable, &path, value, outcome);
     }
 }
 
@@ -175,7 +195,9 @@ fn settle(
     match outcome {
         Some(Ok(())) => *set = vec![v],
         // Refused before HV changed: the value cannot appear.
-        Some(Err(WriteError::Conflict { .. } | WriteError::Fenced { .. } | WriteError::GuardLost { .. })) => {}
+        Some(Err(
+            WriteError::Conflict { .. } | WriteError::Fenced { .. } | WriteError::GuardLost { .. },
+        )) => {}
         // Unknown outcome.
         _ => set.push(v),
     }

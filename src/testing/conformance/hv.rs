@@ -185,15 +185,32 @@ pub async fn a_change_writes_at_most_once(hv: &dyn HvStore) {
     let (mine, theirs) = (Revision::mint(&p), Revision::mint(&p));
     let change = ChangeId::mint();
     let write = HvWrite::Tombstone(mine.clone());
-    let out = hv.compare_and_write(&p, &Expected::NoTombstone, &write, Some(&change)).await.unwrap();
-    assert_eq!(out, CasOutcome::Applied);
-    // Others move the row on and back to a state our expectation matches (A→B→A).
-    hv.compare_and_write(&p, &Expected::Tombstone(mine.clone()), &HvWrite::Tombstone(theirs.clone()), None)
+    let out = hv
+        .compare_and_write(&p, &Expected::NoTombstone, &write, Some(&change))
         .await
         .unwrap();
-    hv.compare_and_write(&p, &Expected::Tombstone(theirs), &HvWrite::Delete, None).await.unwrap();
-    // A late retry of our write reports success (it did land once) but must not land again.
-    let out = hv.compare_and_write(&p, &Expected::NoTombstone, &write, Some(&change)).await.unwrap();
     assert_eq!(out, CasOutcome::Applied);
-    assert_eq!(hv.read(&p).await.unwrap(), None, "the retry re-applied a superseded write");
+    // Others move the row on and back to a state our expectation matches (A→B→A).
+    hv.compare_and_write(
+        &p,
+        &Expected::Tombstone(mine.clone()),
+        &HvWrite::Tombstone(theirs.clone()),
+        None,
+    )
+    .await
+    .unwrap();
+    hv.compare_and_write(&p, &Expected::Tombstone(theirs), &HvWrite::Delete, None)
+        .await
+        .unwrap();
+    // A late retry of our write reports success (it did land once) but must not land again.
+    let out = hv
+        .compare_and_write(&p, &Expected::NoTombstone, &write, Some(&change))
+        .await
+        .unwrap();
+    assert_eq!(out, CasOutcome::Applied);
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        None,
+        "the retry re-applied a superseded write"
+    );
 }

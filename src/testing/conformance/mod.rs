@@ -37,7 +37,8 @@ macro_rules! hv_conformance {
                 cas_applies_on_match_and_conflicts_otherwise,
                 retried_cas_is_idempotent,
                 fence_refuses_the_fenced_change_only,
-                fences_survive_deletes, a_change_writes_at_most_once,
+                fences_survive_deletes,
+                a_change_writes_at_most_once,
             ]
         );
     };
