@@ -99,7 +99,7 @@ async fn a_cas_whose_responses_are_all_lost_converges_through_recovery() {
         .unwrap();
     let faults = Faults::new([Rule::on(Op::HvCas, Fault::LoseResponse)]);
     let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
-    let (before, after) = Scenario::LargeOverLarge.values();
+    let after = Scenario::LargeOverLarge.values().1;
     let err = w.put(&path, after.clone().unwrap()).await.unwrap_err();
     assert!(matches!(err, WriteError::Store(_)), "{err}");
     // The write did land; recovery must keep it and delete the old revision.
@@ -107,7 +107,6 @@ async fn a_cas_whose_responses_are_all_lost_converges_through_recovery() {
     assert_eq!(pass.converged, 1);
     let report = check(&stores, &path, vec![after]).await;
     report.assert_converged();
-    let _ = before;
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,8 +168,10 @@ async fn a_failed_heartbeat_aborts_before_the_cas_and_recovery_converges() {
     check(&stores, &path, vec![before]).await.assert_converged();
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_paused_writer_is_fenced_and_leaves_nothing_behind() {
+/// Overwrites a large object with a writer that stalls for 60 s where `stalled` says (its
+/// heartbeats stall too), runs recovery elsewhere meanwhile, and checks that the object
+/// converged to its old value. Returns the writer's error and the calls it made.
+async fn stalled_overwrite(stalled: Rule) -> (WriteError, Vec<Op>) {
     let stores = MemoryStores::new().stores();
     let path = crash::unique_path();
     let (before, after) = Scenario::LargeOverLarge.values();
@@ -178,12 +179,7 @@ async fn a_paused_writer_is_fenced_and_leaves_nothing_behind() {
         .put(&path, before.clone().unwrap())
         .await
         .unwrap();
-    // The process stalls for 60 s in the middle of its upload: no heartbeat gets out.
-    let pause = Duration::from_secs(60);
-    let faults = Faults::new([
-        Rule::on(Op::Heartbeat, Fault::Delay(pause)),
-        Rule::on(Op::LtPut, Fault::Delay(pause)),
-    ]);
+    let faults = Faults::new([Rule::on(Op::Heartbeat, Fault::Delay(STALL)), stalled]);
     let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
     let write = tokio::spawn({
         let path = path.clone();
@@ -191,44 +187,33 @@ async fn a_paused_writer_is_fenced_and_leaves_nothing_behind() {
     });
     // Meanwhile recovery elsewhere finds the entry stale, claims and converges it.
     let pass = recover(&stores).await;
-    assert_eq!(pass.scan.won, 1);
-    assert_eq!(pass.converged, 1);
+    assert_eq!((pass.scan.won, pass.converged), (1, 1), "{pass:?}");
     let err = write.await.unwrap().unwrap_err();
+    check(&stores, &path, vec![before]).await.assert_converged();
+    (err, faults.calls())
+}
+
+const STALL: Duration = Duration::from_secs(60);
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_writer_is_fenced_and_leaves_nothing_behind() {
+    // The process stalls in the middle of its upload. The upload lands after recovery
+    // converged; the writer, finding its guard invalid, deletes it itself.
+    let (err, calls) = stalled_overwrite(Rule::on(Op::LtPut, Fault::Delay(STALL))).await;
     // Expired on its own clock, or failed because the heartbeat could not get out in time.
     assert!(matches!(err, WriteError::GuardLost { .. }), "{err}");
     assert!(
-        !faults.calls().contains(&Op::HvCas),
-        "an expired guard never sends its CAS"
+        !calls.contains(&Op::HvCas),
+        "an invalid guard never sends its CAS"
     );
-    // The upload landed after recovery converged; the writer deleted it itself.
-    check(&stores, &path, vec![before]).await.assert_converged();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cas_that_arrives_after_recovery_is_refused_by_the_fence() {
-    let stores = MemoryStores::new().stores();
-    let path = crash::unique_path();
-    let (before, after) = Scenario::LargeOverLarge.values();
-    writer(&stores)
-        .put(&path, before.clone().unwrap())
-        .await
-        .unwrap();
     // The guard is valid when checked, then the process stalls with its CAS unsent.
-    let pause = Duration::from_secs(60);
-    let faults = Faults::new([
-        Rule::on(Op::Heartbeat, Fault::Delay(pause)),
-        Rule::once(Op::HvCas, Fault::Delay(pause)),
-    ]);
-    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
-    let write = tokio::spawn({
-        let path = path.clone();
-        async move { w.put(&path, after.unwrap()).await }
-    });
-    let pass = recover(&stores).await;
-    assert_eq!(pass.converged, 1);
-    let err = write.await.unwrap().unwrap_err();
+    let (err, calls) = stalled_overwrite(Rule::once(Op::HvCas, Fault::Delay(STALL))).await;
     assert!(matches!(err, WriteError::Fenced { .. }), "{err}");
-    check(&stores, &path, vec![before]).await.assert_converged();
+    assert!(calls.contains(&Op::HvCas));
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,7 +221,7 @@ async fn concurrent_recoveries_claim_every_stale_entry_exactly_once() {
     let stores = MemoryStores::new().stores();
     let mut expected = BTreeMap::new();
     let n = 60;
-    for i in 0..n {
+    for _ in 0..n {
         let path = crash::unique_path();
         let (before, after) = Scenario::LargePut.values();
         // Crash right after the upload: an entry and an orphan-to-be for each object.
@@ -250,7 +235,6 @@ async fn concurrent_recoveries_claim_every_stale_entry_exactly_once() {
         faults.crashed().await;
         op.abort();
         expected.insert(path, vec![before, after]);
-        let _ = i;
     }
     tokio::time::sleep(protocol().staleness_threshold + Duration::from_secs(1)).await;
     let config = test_recovery_config(protocol());
