@@ -95,10 +95,10 @@ async fn run_case(seed: u64) -> Result<(), String> {
                 // Give the write a moment; a crashed one is abandoned, a paused one runs on.
                 let mut task = task;
                 tokio::select! {
-                    r = &mut task => settle(&mut acceptable, &path, v, r.ok().map(|(r, _)| r)),
+                    r = &mut task => in_flight.push(InFlight { path, value: v, faults, task: Err(r.ok()) }),
                     _ = faults.crashed() => { abort.abort(); acceptable.get_mut(&path).unwrap().push(v) }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        in_flight.push(InFlight { path, value: v, faults, task });
+                        in_flight.push(InFlight { path, value: v, faults, task: Ok(task) });
                     }
                 }
             }
@@ -145,12 +145,14 @@ async fn run_case(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+type Finished = (Result<(), WriteError>, tokio::time::Instant);
+
 struct InFlight {
     path: ObjectPath,
     value: Option<Bytes>,
     faults: std::sync::Arc<Faults>,
-    /// The outcome and when it was reached.
-    task: tokio::task::JoinHandle<(Result<(), WriteError>, tokio::time::Instant)>,
+    /// The running write, or its outcome and when it was reached (`None`: it panicked).
+    task: Result<tokio::task::JoinHandle<Finished>, Option<Finished>>,
 }
 
 /// Settles in-flight writes that have finished, in the order they finished (which, with
@@ -165,23 +167,39 @@ async fn settle_finished(
     let mut i = 0;
     while i < in_flight.len() {
         let f = &in_flight[i];
-        if f.task.is_finished() || (all && !f.faults.is_crashed()) {
+        let finished = f.task.as_ref().map_or(true, |t| t.is_finished());
+        if finished || (all && !f.faults.is_crashed()) {
             let f = in_flight.remove(i);
-            match f.task.await {
-                Ok((outcome, at)) => done.push((at, f.path, f.value, Some(outcome))),
-                Err(_) => acceptable.get_mut(&f.path).unwrap().push(f.value),
+            let outcome = match f.task {
+                Ok(task) => task.await.ok(),
+                Err(outcome) => outcome,
+            };
+            match outcome {
+                Some((outcome, at)) => done.push((at, f.path, f.value, Some(outcome))),
+                None => acceptable.get_mut(&f.path).unwrap().push(f.value),
             }
         } else if all {
             let f = in_flight.remove(i);
-            f.task.abort();
+            if let Ok(task) = f.task {
+                task.abort();
+            }
             acceptable.get_mut(&f.path).unwrap().push(f.value);
         } else {
             i += 1;
         }
     }
     done.sort_by_key(|(at, ..)| *at);
-    for (_, path, value, outcome) in done {
+    // Writes that finished at the same instant may have landed in either order.
+    let mut previous: Option<(tokio::time::Instant, ObjectPath)> = None;
+    for (at, path, value, outcome) in done {
+        let tie = previous.as_ref() == Some(&(at, path.clone()));
+        let before = acceptable.get(&path).cloned().unwrap_or_default();
         settle(acceptable, &path, value, outcome);
+        if tie {
+            let set = acceptable.get_mut(&path).unwrap();
+            set.extend(before);
+        }
+        previous = Some((at, path));
     }
 }
 
