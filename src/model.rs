@@ -401,10 +401,6 @@ impl OwnerToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn is_recovery(&self) -> bool {
-        self.0.starts_with("recovery:")
-    }
 }
 
 impl TryFrom<String> for OwnerToken {

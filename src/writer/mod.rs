@@ -16,8 +16,6 @@
 
 pub mod guard;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 pub use guard::{ChangeGuard, GuardState};
@@ -251,6 +249,3 @@ impl TieredStorage {
         Ok(())
     }
 }
-
-/// Shares one writer between tasks.
-pub type SharedWriter = Arc<TieredStorage>;
