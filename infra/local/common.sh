@@ -1,0 +1,72 @@
+# Shared settings for the infra/local scripts. Sourced, not run.
+#
+# Every name and port here can be overridden from the environment; the defaults are the
+# ones docker-compose.yml and the tiersweep defaults use, so one set of names serves all.
+
+TIERSWEEP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# Where PIDs, logs and the fake-gcs-server venv live. Ignored by git.
+STATE_DIR="${TIERSWEEP_LOCAL_DIR:-$TIERSWEEP_ROOT/.local}"
+
+BIGTABLE_PORT="${TIERSWEEP_BIGTABLE_PORT:-8086}"
+PUBSUB_PORT="${TIERSWEEP_PUBSUB_PORT:-8085}"
+GCS_PORT="${TIERSWEEP_GCS_PORT:-4443}"
+
+PROJECT="${TIERSWEEP_PROJECT:-tiersweep-local}"
+INSTANCE="${TIERSWEEP_BIGTABLE_INSTANCE:-tiersweep}"
+HV_TABLE="${TIERSWEEP_HV_TABLE:-objects}"
+CHANGELOG_TABLE="${TIERSWEEP_CHANGELOG_TABLE:-changelog}"
+TOPIC="${TIERSWEEP_TOPIC:-cleanup-jobs}"
+DEAD_LETTER_TOPIC="${TIERSWEEP_DEAD_LETTER_TOPIC:-cleanup-jobs-dead-letter}"
+SUBSCRIPTION="${TIERSWEEP_SUBSCRIPTION:-cleanup-workers}"
+DEAD_LETTER_SUBSCRIPTION="${TIERSWEEP_DEAD_LETTER_SUBSCRIPTION:-cleanup-jobs-dead-letter-audit}"
+BUCKET="${TIERSWEEP_BUCKET:-tiersweep-lt}"
+# Deliveries before Pub/Sub dead-letters a job (the service allows 5..100).
+MAX_DELIVERY_ATTEMPTS="${TIERSWEEP_MAX_DELIVERY_ATTEMPTS:-5}"
+ACK_DEADLINE_SECONDS="${TIERSWEEP_ACK_DEADLINE_SECONDS:-60}"
+
+# The column families; src/bigtable/layout.rs names the same ones.
+HV_FAMILIES="v:maxversions=1 f:maxage=24h"
+CHANGELOG_FAMILIES="c:maxversions=1"
+
+log() { echo "infra/local: $*" >&2; }
+die() { echo "infra/local: error: $*" >&2; exit 1; }
+
+sdk_root() {
+  if [[ -n "${CLOUDSDK_ROOT_DIR:-}" ]]; then echo "$CLOUDSDK_ROOT_DIR"; return; fi
+  command -v gcloud >/dev/null 2>&1 || return 1
+  gcloud info --format='value(installation.sdk_root)' 2>/dev/null
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for NAME PORT PIDFILE: waits until the port answers, or fails with the log's tail.
+wait_for() {
+  local name=$1 port=$2 pidfile=$3 i
+  for i in $(seq 1 120); do
+    if port_open "$port"; then return 0; fi
+    if [[ -f $pidfile ]] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      tail -n 20 "$STATE_DIR/$name.log" >&2 || true
+      die "$name exited during startup; its log is $STATE_DIR/$name.log"
+    fi
+    sleep 0.5
+  done
+  tail -n 20 "$STATE_DIR/$name.log" >&2 || true
+  die "$name did not open 127.0.0.1:$port within 60 s; its log is $STATE_DIR/$name.log"
+}
+
+# The PID recorded for NAME when that process is still alive.
+live_pid() {
+  local pidfile="$STATE_DIR/$1.pid"
+  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+}
+
+print_env() {
+  cat <<ENV
+export BIGTABLE_EMULATOR_HOST=127.0.0.1:$BIGTABLE_PORT
+export PUBSUB_EMULATOR_HOST=127.0.0.1:$PUBSUB_PORT
+export STORAGE_EMULATOR_HOST=http://127.0.0.1:$GCS_PORT
+export TIERSWEEP_PROJECT=$PROJECT
+export TIERSWEEP_BIGTABLE_INSTANCE=$INSTANCE
+ENV
+}
