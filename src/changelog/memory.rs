@@ -137,19 +137,23 @@ impl Changelog for MemoryChangelog {
 
     async fn claim(
         &self,
-        id: &ChangeId,
+        seen: &ChangelogEntry,
         cutoff: Timestamp,
         claimer: &OwnerToken,
         lease_until: Timestamp,
     ) -> StoreResult<Claim> {
+        let key = seen.id.as_str();
         let mut rows = self.rows();
-        let Some(row) = rows.get_mut(id.as_str()) else {
+        let Some(row) = rows.get_mut(key) else {
             return Ok(Claim::Lost);
         };
-        if row.stamp >= cutoff {
+        let mut entry = decode(key, row).map_err(|r| malformed("claim", key, r))?;
+        if &entry.record.owner == claimer {
+            return Ok(Claim::Won(entry));
+        }
+        if row.stamp >= cutoff || entry.record.owner != seen.record.owner {
             return Ok(Claim::Lost);
         }
-        let mut entry = decode(id.as_str(), row).map_err(|r| malformed("claim", id.as_str(), r))?;
         entry.record.owner = claimer.clone();
         entry.record.claims = entry.record.claims.saturating_add(1);
         entry.stamp = lease_until;

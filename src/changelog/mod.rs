@@ -93,11 +93,15 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
     /// Reads up to `limit` stale rows in key order.
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage>;
 
-    /// If the row is still stamped before `cutoff`, makes `claimer` its owner, counts the
-    /// claim and stamps it `lease_until`.
+    /// If the row is still as the scan saw it (`seen`: same owner) and stamped before
+    /// `cutoff`, makes `claimer` its owner, counts the claim and stamps it `lease_until`.
+    ///
+    /// Taking the scanned entry lets a backend claim in one compare-and-set, without reading
+    /// the row first. A claim is idempotent for its claimer: when `claimer` already owns the
+    /// row (an earlier attempt landed but its response was lost), the claim is won.
     async fn claim(
         &self,
-        id: &ChangeId,
+        seen: &ChangelogEntry,
         cutoff: Timestamp,
         claimer: &OwnerToken,
         lease_until: Timestamp,

@@ -27,7 +27,7 @@ impl Changelog for NoopChangelog {
 
     async fn claim(
         &self,
-        _: &ChangeId,
+        _: &ChangelogEntry,
         _: Timestamp,
         _: &OwnerToken,
         _: Timestamp,

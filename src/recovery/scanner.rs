@@ -155,7 +155,7 @@ impl Scanner {
             .retry
             .run(span::CLAIM, || {
                 self.changelog
-                    .claim(&entry.id, cutoff, &claimer, lease_until)
+                    .claim(&entry, cutoff, &claimer, lease_until)
             })
             .instrument(span)
             .await?;

@@ -322,12 +322,12 @@ impl Changelog for FaultyChangelog {
     }
     async fn claim(
         &self,
-        id: &ChangeId,
+        seen: &ChangelogEntry,
         cutoff: Timestamp,
         claimer: &OwnerToken,
         lease_until: Timestamp,
     ) -> StoreResult<Claim> {
-        let call = self.inner.claim(id, cutoff, claimer, lease_until);
+        let call = self.inner.claim(seen, cutoff, claimer, lease_until);
         self.faults.run(Op::Claim, StoreKind::Changelog, call).await
     }
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {

@@ -86,10 +86,11 @@ pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
     let cutoff = stamp.saturating_add(MS);
     let claimers: Vec<OwnerToken> = (0..4).map(|_| OwnerToken::mint("recovery")).collect();
     let lease_until = stamp.saturating_add(LEASE);
+    let seen = entry(cl, &id).await;
     let outcomes = futures::future::join_all(
         claimers
             .iter()
-            .map(|c| cl.claim(&id, cutoff, c, lease_until)),
+            .map(|c| cl.claim(&seen, cutoff, c, lease_until)),
     )
     .await;
     let won: Vec<ChangelogEntry> = outcomes
@@ -109,16 +110,27 @@ pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
     // Claimed rows are stamped into the future: no longer stale at the old cutoff.
     assert!(!scan_ids(cl, cutoff, cutoff).await.contains(&id));
     let again = cl
-        .claim(&id, cutoff, &OwnerToken::mint("recovery"), lease_until)
+        .claim(&stored, cutoff, &OwnerToken::mint("recovery"), lease_until)
         .await
         .unwrap();
     assert_eq!(again, Claim::Lost);
     // Once the lease has passed it can be claimed again, and the count grows.
     let later = lease_until.saturating_add(MS);
     assert!(scan_ids(cl, later, later).await.contains(&id));
+    // ...but not on the strength of the first scan: the row has moved on since.
+    let stale_view = cl
+        .claim(
+            &seen,
+            later,
+            &OwnerToken::mint("recovery"),
+            later.saturating_add(LEASE),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale_view, Claim::Lost, "a claim from an outdated scan loses");
     let again = cl
         .claim(
-            &id,
+            &stored,
             later,
             &OwnerToken::mint("recovery"),
             later.saturating_add(LEASE),
@@ -134,7 +146,7 @@ pub async fn claim_fences_the_writer(cl: &dyn Changelog) {
     let claimer = OwnerToken::mint("recovery");
     let won = cl
         .claim(
-            &id,
+            &entry(cl, &id).await,
             stamp.saturating_add(MS),
             &claimer,
             stamp.saturating_add(LEASE),
@@ -281,4 +293,20 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
             .count();
         assert_eq!(found, mine);
     }
+}
+
+/// A claim whose response was lost is retried; the retry must win, not count as lost.
+pub async fn claim_retry_by_its_claimer_wins(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    let seen = entry(cl, &id).await;
+    let (cutoff, lease_until) = (stamp.saturating_add(MS), stamp.saturating_add(LEASE));
+    let claimer = OwnerToken::mint("recovery");
+    let first = cl.claim(&seen, cutoff, &claimer, lease_until).await.unwrap();
+    let retry = cl.claim(&seen, cutoff, &claimer, lease_until).await.unwrap();
+    assert!(matches!(first, Claim::Won(_)));
+    assert!(
+        matches!(&retry, Claim::Won(e) if e.record.owner == claimer && e.record.claims == 1),
+        "retry: {retry:?}"
+    );
 }
