@@ -35,6 +35,7 @@
 //! library object-store services embed; [`recovery`] holds the scanner, the cleaner, the one
 //! [`converge`](recovery::converge) function and the embedded loop.
 
+pub mod bigtable;
 pub mod changelog;
 pub mod clock;
 pub mod config;

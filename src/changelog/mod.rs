@@ -13,6 +13,7 @@
 //! The row key is the [`ChangeId`], prefixed by a hash-derived shard so that writes spread
 //! across the key space and scanners can split it.
 
+pub mod bigtable;
 pub mod memory;
 pub mod noop;
 
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord, OwnerToken, ShardRange, Timestamp};
 
+pub use bigtable::BigtableChangelog;
 pub use memory::MemoryChangelog;
 pub use noop::NoopChangelog;
 

@@ -16,6 +16,7 @@
 //!   window that a writer-side validity check alone cannot: a writer that checked its
 //!   guard, then stalled before its CAS reached the server.
 
+pub mod bigtable;
 pub mod memory;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, HvValue, ObjectPath, Revision};
 
+pub use bigtable::BigtableHv;
 pub use memory::MemoryHv;
 
 /// How long a fence outlives the change it fences. It must exceed the longest time a

@@ -5,6 +5,7 @@
 //! Deleting a missing blob succeeds: revisions are never reused, so "already gone" is the
 //! goal state, and recovery may delete the same revision any number of times.
 
+pub mod gcs;
 pub mod memory;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use crate::error::StoreResult;
 use crate::model::Revision;
 
+pub use gcs::GcsLt;
 pub use memory::MemoryLt;
 
 /// One page of a listing: blob names relative to the store's prefix.

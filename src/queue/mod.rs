@@ -11,6 +11,7 @@
 //! Messages are opaque here; the cleanup job format lives in `recovery::job`.
 
 pub mod memory;
+pub mod pubsub;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use crate::error::StoreResult;
 
 pub use memory::MemoryQueue;
+pub use pubsub::PubsubQueue;
 
 /// The attribute that carries a dead-lettered message's reason.
 pub const DEAD_LETTER_REASON: &str = "tiersweep_dead_letter_reason";
@@ -86,12 +88,16 @@ impl Drop for Delivery {
 pub struct FlowControl {
     /// Unsettled deliveries a subscription may hold at once.
     pub max_outstanding: usize,
+    /// Unsettled message bytes a subscription may hold at once. Jobs are small (a row key
+    /// and a claim token), so the count binds first; this guards against foreign messages.
+    pub max_outstanding_bytes: usize,
 }
 
 impl Default for FlowControl {
     fn default() -> Self {
         Self {
             max_outstanding: 64,
+            max_outstanding_bytes: 16 << 20,
         }
     }
 }

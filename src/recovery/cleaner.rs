@@ -150,6 +150,7 @@ impl Cleaner {
     pub async fn run(self, cancel: CancellationToken, drain_deadline: std::time::Duration) {
         let flow = FlowControl {
             max_outstanding: self.config.cleaner_concurrency,
+            ..FlowControl::default()
         };
         let mut subscription = loop {
             match self.queue.subscribe(flow).await {

@@ -96,6 +96,7 @@ impl EmbeddedRecovery {
             .queue
             .subscribe(FlowControl {
                 max_outstanding: self.config.cleaner_concurrency,
+                ..FlowControl::default()
             })
             .await?;
         loop {

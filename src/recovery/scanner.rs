@@ -154,8 +154,7 @@ impl Scanner {
             .config
             .retry
             .run(span::CLAIM, || {
-                self.changelog
-                    .claim(&entry, cutoff, &claimer, lease_until)
+                self.changelog.claim(&entry, cutoff, &claimer, lease_until)
             })
             .instrument(span)
             .await?;

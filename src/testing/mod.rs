@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod crash;
+pub mod emulators;
 pub mod faults;
 pub mod invariants;
 

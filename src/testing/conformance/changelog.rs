@@ -127,7 +127,11 @@ pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
         )
         .await
         .unwrap();
-    assert_eq!(stale_view, Claim::Lost, "a claim from an outdated scan loses");
+    assert_eq!(
+        stale_view,
+        Claim::Lost,
+        "a claim from an outdated scan loses"
+    );
     let again = cl
         .claim(
             &stored,
@@ -302,8 +306,14 @@ pub async fn claim_retry_by_its_claimer_wins(cl: &dyn Changelog) {
     let seen = entry(cl, &id).await;
     let (cutoff, lease_until) = (stamp.saturating_add(MS), stamp.saturating_add(LEASE));
     let claimer = OwnerToken::mint("recovery");
-    let first = cl.claim(&seen, cutoff, &claimer, lease_until).await.unwrap();
-    let retry = cl.claim(&seen, cutoff, &claimer, lease_until).await.unwrap();
+    let first = cl
+        .claim(&seen, cutoff, &claimer, lease_until)
+        .await
+        .unwrap();
+    let retry = cl
+        .claim(&seen, cutoff, &claimer, lease_until)
+        .await
+        .unwrap();
     assert!(matches!(first, Claim::Won(_)));
     assert!(
         matches!(&retry, Claim::Won(e) if e.record.owner == claimer && e.record.claims == 1),

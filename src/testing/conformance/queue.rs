@@ -82,7 +82,10 @@ pub async fn dead_lettered_jobs_are_not_redelivered(q: &dyn JobQueue) {
 
 pub async fn flow_control_bounds_outstanding(q: &dyn JobQueue) {
     let mut sub = q
-        .subscribe(FlowControl { max_outstanding: 2 })
+        .subscribe(FlowControl {
+            max_outstanding: 2,
+            ..FlowControl::default()
+        })
         .await
         .unwrap();
     q.publish((0..3).map(message).collect()).await.unwrap();

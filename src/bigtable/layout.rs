@@ -1,0 +1,51 @@
+//! The tables' column families and qualifiers: the one place that names them.
+//! `infra/local/common.sh`, `infra/terraform` and [`super::admin`] create the same families.
+//!
+//! **HV table** (row key = object path)
+//! * family `v`, one version: `v:inline` = the object's bytes, or `v:tombstone` = the LT
+//!   revision name. Never both: every write deletes the family before setting one.
+//! * family `f`, max age [`FENCE_TTL`](crate::hv::FENCE_TTL): `f:<change id>` = `applied` or
+//!   `recovery`, the fences that stop a change from writing the row again.
+//!
+//! **Changelog table** (row key = change id, `{shard:02x}/{uuid v7}`)
+//! * family `c`, one version: `c:record` = the serde-encoded [`ChangeRecord`](crate::model::ChangeRecord);
+//!   `c:owner` = the owner token, duplicated out of the record so that predicates can compare
+//!   it without decoding. The **timestamp of `c:owner` is the row's liveness stamp**: records,
+//!   heartbeats and claims rewrite it, and the staleness scan is a timestamp-range filter on it.
+
+use std::time::Duration;
+
+pub mod hv {
+    pub const DATA: &str = "v";
+    pub const INLINE: &[u8] = b"inline";
+    pub const TOMBSTONE: &[u8] = b"tombstone";
+    pub const FENCES: &str = "f";
+    pub const APPLIED: &[u8] = b"applied";
+    pub const RECOVERY: &[u8] = b"recovery";
+}
+
+pub mod changelog {
+    pub const FAMILY: &str = "c";
+    pub const RECORD: &[u8] = b"record";
+    pub const OWNER: &[u8] = b"owner";
+}
+
+/// How a column family is garbage-collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gc {
+    MaxVersions(i32),
+    MaxAge(Duration),
+}
+
+/// The families of the HV table.
+pub fn hv_families() -> [(&'static str, Gc); 2] {
+    [
+        (hv::DATA, Gc::MaxVersions(1)),
+        (hv::FENCES, Gc::MaxAge(crate::hv::FENCE_TTL)),
+    ]
+}
+
+/// The families of the changelog table.
+pub fn changelog_families() -> [(&'static str, Gc); 1] {
+    [(changelog::FAMILY, Gc::MaxVersions(1))]
+}

@@ -1,0 +1,273 @@
+//! Plumbing the Bigtable HV store and the Bigtable changelog share: one connection, the
+//! three RPCs they use (`ReadRows`, `MutateRow`, `CheckAndMutateRow`), the filter and
+//! mutation vocabulary, and the mapping of `bigtable_rs` errors onto [`StoreError`].
+//!
+//! `bigtable_rs` has no retry of its own; the protocol layers (writer, scanner, cleaner)
+//! wrap every store call in the one [`RetryPolicy`](crate::retry::RetryPolicy), because
+//! whether a retry is safe is a protocol question (see `hv` and `changelog`), not a
+//! transport one. Calls here are single attempts.
+
+pub mod admin;
+pub(crate) mod filter;
+pub mod layout;
+
+use std::time::Duration;
+
+use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError, RowCell};
+use bigtable_rs::google::bigtable::v2::{
+    CheckAndMutateRowRequest, MutateRowRequest, Mutation, ReadRowsRequest, RowFilter, RowSet,
+};
+use serde::Deserialize;
+
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+
+/// Where the tables live and how to reach them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BigtableConfig {
+    pub project: String,
+    pub instance: String,
+    /// App profile for data calls. On Cloud Bigtable use one with single-cluster routing and
+    /// transactional writes allowed: `CheckAndMutateRow` is refused without them.
+    pub app_profile: Option<String>,
+    /// `host:port` of an emulator; unset means Cloud Bigtable with Application Default
+    /// Credentials. Defaults to `BIGTABLE_EMULATOR_HOST`.
+    pub emulator_host: Option<String>,
+    pub hv_table: String,
+    pub changelog_table: String,
+    /// HTTP/2 connections to spread calls over.
+    pub channels: usize,
+    /// Deadline for one RPC.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for BigtableConfig {
+    fn default() -> Self {
+        Self {
+            project: "tiersweep-local".into(),
+            instance: "tiersweep".into(),
+            app_profile: None,
+            emulator_host: std::env::var("BIGTABLE_EMULATOR_HOST").ok(),
+            hv_table: "objects".into(),
+            changelog_table: "changelog".into(),
+            channels: 4,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A connected client, cheap to clone. `bigtable_rs` methods take `&mut self`, so every
+/// call works on its own clone of the handle (a clone of the channel, not a new connection).
+#[derive(Clone)]
+pub struct BigtableClient {
+    data: BigTable,
+    app_profile: String,
+}
+
+impl std::fmt::Debug for BigtableClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BigtableClient")
+            .field("app_profile", &self.app_profile)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One table of one instance, named for requests and for errors.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    pub(crate) store: StoreKind,
+    /// `projects/…/instances/…/tables/…`, as requests want it.
+    full_name: String,
+    /// The table id, as errors show it.
+    pub(crate) id: String,
+}
+
+impl Table {
+    pub(crate) fn target(&self, row: &[u8]) -> String {
+        format!("table {} row {}", self.id, String::from_utf8_lossy(row))
+    }
+}
+
+impl BigtableClient {
+    /// Connects lazily: the first RPC opens the channels, so an unreachable service shows
+    /// up as a transient error on that call rather than here.
+    pub async fn connect(config: &BigtableConfig) -> StoreResult<Self> {
+        let channels = config.channels.max(1);
+        let timeout = Some(config.timeout);
+        let conn = match &config.emulator_host {
+            Some(host) => BigTableConnection::new_with_emulator(
+                host,
+                &config.project,
+                &config.instance,
+                false,
+                channels,
+                timeout,
+            ),
+            None => {
+                BigTableConnection::new(&config.project, &config.instance, false, channels, timeout)
+                    .await
+            }
+        }
+        .map_err(|e| {
+            let target = format!("instance {}/{}", config.project, config.instance);
+            error(StoreKind::Hv, "connect", target, e)
+        })?;
+        Ok(Self {
+            data: conn.client(),
+            app_profile: config.app_profile.clone().unwrap_or_default(),
+        })
+    }
+
+    pub(crate) fn table(&self, store: StoreKind, id: &str) -> Table {
+        Table {
+            store,
+            full_name: self.data.get_full_table_name(id),
+            id: id.to_owned(),
+        }
+    }
+
+    /// Applies `when_matched` if `predicate` yields any cell, else `when_unmatched`.
+    /// Returns whether the predicate matched.
+    pub(crate) async fn check_and_mutate(
+        &self,
+        table: &Table,
+        row: &[u8],
+        predicate: RowFilter,
+        when_matched: Vec<Mutation>,
+        when_unmatched: Vec<Mutation>,
+    ) -> StoreResult<bool> {
+        let request = CheckAndMutateRowRequest {
+            table_name: table.full_name.clone(),
+            app_profile_id: self.app_profile.clone(),
+            row_key: row.to_vec(),
+            predicate_filter: Some(predicate),
+            true_mutations: when_matched,
+            false_mutations: when_unmatched,
+            ..Default::default()
+        };
+        let response = self
+            .data
+            .clone()
+            .check_and_mutate_row(request)
+            .await
+            .map_err(|e| error(table.store, "CheckAndMutateRow", table.target(row), e))?;
+        Ok(response.predicate_matched)
+    }
+
+    pub(crate) async fn mutate_row(
+        &self,
+        table: &Table,
+        row: &[u8],
+        mutations: Vec<Mutation>,
+    ) -> StoreResult<()> {
+        let request = MutateRowRequest {
+            table_name: table.full_name.clone(),
+            app_profile_id: self.app_profile.clone(),
+            row_key: row.to_vec(),
+            mutations,
+            ..Default::default()
+        };
+        self.data
+            .clone()
+            .mutate_row(request)
+            .await
+            .map_err(|e| error(table.store, "MutateRow", table.target(row), e))?;
+        Ok(())
+    }
+
+    /// The cells of one row that `filter` passes; `None` when it passes none.
+    pub(crate) async fn read_row(
+        &self,
+        table: &Table,
+        row: &[u8],
+        filter: RowFilter,
+    ) -> StoreResult<Option<Vec<RowCell>>> {
+        let rows = RowSet {
+            row_keys: vec![row.to_vec()],
+            row_ranges: vec![],
+        };
+        let mut found = self
+            .read_rows_in(table, rows, filter, 1, || table.target(row))
+            .await?;
+        Ok(found.pop().map(|(_, cells)| cells))
+    }
+
+    /// Up to `limit` rows of `rows` (in key order) for which `filter` passes any cell.
+    /// Rows the filter empties are skipped by the server and do not count toward `limit`.
+    pub(crate) async fn read_rows(
+        &self,
+        table: &Table,
+        rows: RowSet,
+        filter: RowFilter,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<RowCell>)>> {
+        let what = || format!("table {} (range scan)", table.id);
+        self.read_rows_in(table, rows, filter, limit, what).await
+    }
+
+    async fn read_rows_in(
+        &self,
+        table: &Table,
+        rows: RowSet,
+        filter: RowFilter,
+        limit: usize,
+        target: impl FnOnce() -> String,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<RowCell>)>> {
+        let request = ReadRowsRequest {
+            table_name: table.full_name.clone(),
+            app_profile_id: self.app_profile.clone(),
+            rows: Some(rows),
+            filter: Some(filter),
+            rows_limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        self.data
+            .clone()
+            .read_rows(request)
+            .await
+            .map_err(|e| error(table.store, "ReadRows", target(), e))
+    }
+}
+
+/// Bigtable timestamps are microseconds at millisecond granularity.
+pub(crate) fn micros(t: crate::model::Timestamp) -> i64 {
+    t.millis().saturating_mul(1000)
+}
+
+pub(crate) fn from_micros(us: i64) -> crate::model::Timestamp {
+    crate::model::Timestamp(us.div_euclid(1000))
+}
+
+fn error(store: StoreKind, op: &'static str, target: String, err: BtError) -> StoreError {
+    use tonic::Code;
+    let (kind, hint) = match &err {
+        BtError::RpcError(status) => match status.code() {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::Unknown
+            | Code::Cancelled => (ErrorKind::Transient, ""),
+            Code::NotFound => (
+                ErrorKind::Permanent,
+                "; does the table exist? Create it with infra/local/provision.sh (emulator) \
+                 or infra/terraform (Cloud Bigtable)",
+            ),
+            Code::PermissionDenied | Code::Unauthenticated => (
+                ErrorKind::Permanent,
+                "; check the service account's Bigtable roles and the app profile",
+            ),
+            _ => (ErrorKind::Permanent, ""),
+        },
+        BtError::TransportError(_)
+        | BtError::IoError(_)
+        | BtError::TimeoutError(_)
+        | BtError::AccessTokenError(_)
+        | BtError::ChunkError(_) => (ErrorKind::Transient, ""),
+        _ => (ErrorKind::Permanent, ""),
+    };
+    let message = format!("{err}{hint}");
+    StoreError::new(store, op, target, kind, message).with_source(err)
+}

@@ -1,0 +1,275 @@
+//! The changelog on Bigtable. The row key is the change id, whose hash-derived shard prefix
+//! spreads writes over the key space (time-ordered keys would hot-spot one tablet) and gives
+//! scanners disjoint key ranges. The liveness stamp is the timestamp of the `c:owner` cell
+//! ([`layout`](crate::bigtable::layout)), so:
+//!
+//! * the staleness scan is one `ReadRows` over the shard range whose filter passes a row
+//!   only when its owner cell is stamped before the cutoff, with `rows_limit`;
+//! * heartbeat, claim and remove are each one `CheckAndMutateRow` conditioned on the owner
+//!   cell's value (and, for the claim, its stamp).
+//!
+//! Stamps are set by the caller's clock in milliseconds, as Bigtable's default timestamp
+//! granularity requires. Each write deletes the family before setting cells, so the
+//! one-version GC rule, which is applied lazily, never leaves an older stamp visible.
+
+use async_trait::async_trait;
+use bigtable_rs::bigtable::RowCell;
+use bigtable_rs::google::bigtable::v2::{RowRange, RowSet, row_range};
+
+use super::{
+    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest, ScannedRow,
+};
+use crate::bigtable::filter::{
+    block_all, chain, column, condition, delete_column, delete_family, delete_row, family, latest,
+    set_cell, stamped_before, value_is,
+};
+use crate::bigtable::layout::changelog::{FAMILY, OWNER, RECORD};
+use crate::bigtable::{BigtableClient, Table, from_micros, micros};
+use crate::clock::SharedClock;
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
+
+#[derive(Debug, Clone)]
+pub struct BigtableChangelog {
+    client: BigtableClient,
+    table: Table,
+    clock: SharedClock,
+}
+
+impl BigtableChangelog {
+    pub fn new(client: BigtableClient, table_id: &str, clock: SharedClock) -> Self {
+        let table = client.table(StoreKind::Changelog, table_id);
+        Self {
+            client,
+            table,
+            clock,
+        }
+    }
+
+    /// Writes the whole row: record and owner, both stamped `stamp`.
+    fn row_cells(
+        record: &ChangeRecord,
+        stamp: Timestamp,
+    ) -> Vec<bigtable_rs::google::bigtable::v2::Mutation> {
+        vec![
+            delete_family(FAMILY),
+            set_cell(FAMILY, RECORD, micros(stamp), record.encode()),
+            set_cell(
+                FAMILY,
+                OWNER,
+                micros(stamp),
+                record.owner.as_str().as_bytes().to_vec(),
+            ),
+        ]
+    }
+
+    async fn read(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
+        let key = id.as_str().as_bytes();
+        let cells = self.client.read_row(&self.table, key, whole_row()).await?;
+        cells
+            .map(|cells| {
+                decode(key, cells).map_err(|reason| {
+                    StoreError::new(
+                        StoreKind::Changelog,
+                        "decode",
+                        self.table.target(key),
+                        ErrorKind::Malformed,
+                        reason,
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+fn whole_row() -> bigtable_rs::google::bigtable::v2::RowFilter {
+    chain(vec![family(FAMILY), latest()])
+}
+
+/// The newest owner cell, if its value is `owner`.
+fn owned_by(owner: &OwnerToken) -> bigtable_rs::google::bigtable::v2::RowFilter {
+    chain(vec![
+        column(FAMILY, OWNER),
+        latest(),
+        value_is(owner.as_str().as_bytes()),
+    ])
+}
+
+fn decode(key: &[u8], cells: Vec<RowCell>) -> Result<ChangelogEntry, String> {
+    let key = std::str::from_utf8(key).map_err(|_| "row key is not UTF-8".to_owned())?;
+    let id = ChangeId::parse(key).map_err(|e| e.to_string())?;
+    let (mut record, mut owner) = (None, None);
+    for cell in cells {
+        match cell.qualifier.as_slice() {
+            RECORD => record = Some(cell.value),
+            OWNER => owner = Some((cell.value, cell.timestamp_micros)),
+            _ => {}
+        }
+    }
+    let record = record.ok_or("no c:record cell")?;
+    let (owner, stamp) = owner.ok_or("no c:owner cell")?;
+    let record = ChangeRecord::decode(&record).map_err(|e| e.to_string())?;
+    if owner != record.owner.as_str().as_bytes() {
+        return Err(format!(
+            "c:owner {:?} disagrees with the record's owner {}",
+            String::from_utf8_lossy(&owner),
+            record.owner
+        ));
+    }
+    Ok(ChangelogEntry {
+        id,
+        record,
+        stamp: from_micros(stamp),
+    })
+}
+
+#[async_trait]
+impl Changelog for BigtableChangelog {
+    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
+        let stamp = self.clock.now();
+        let key = id.as_str().as_bytes();
+        self.client
+            .mutate_row(&self.table, key, Self::row_cells(record, stamp))
+            .await?;
+        Ok(stamp)
+    }
+
+    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
+        let now = self.clock.now();
+        let key = id.as_str().as_bytes();
+        // Only the owner cell is re-stamped; its delete-then-set keeps one version.
+        let restamp = vec![
+            delete_column(FAMILY, OWNER),
+            set_cell(
+                FAMILY,
+                OWNER,
+                micros(now),
+                owner.as_str().as_bytes().to_vec(),
+            ),
+        ];
+        let matched = self
+            .client
+            .check_and_mutate(&self.table, key, owned_by(owner), restamp, vec![])
+            .await?;
+        Ok(if matched {
+            Heartbeat::Refreshed
+        } else {
+            Heartbeat::Refused
+        })
+    }
+
+    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
+        let range_start = req.shards.start_key();
+        let start = match &req.start_after {
+            Some(after) if *after >= range_start => {
+                row_range::StartKey::StartKeyOpen(after.clone().into_bytes())
+            }
+            _ => row_range::StartKey::StartKeyClosed(range_start.into_bytes()),
+        };
+        let rows = RowSet {
+            row_keys: vec![],
+            row_ranges: vec![RowRange {
+                start_key: Some(start),
+                end_key: req
+                    .shards
+                    .end_key()
+                    .map(|k| row_range::EndKey::EndKeyOpen(k.into_bytes())),
+            }],
+        };
+        let stale = chain(vec![
+            column(FAMILY, OWNER),
+            latest(),
+            stamped_before(micros(req.cutoff)),
+        ]);
+        let filter = condition(stale, whole_row(), block_all());
+        let found = self
+            .client
+            .read_rows(&self.table, rows, filter, req.limit)
+            .await?;
+        let mut page = ScanPage::default();
+        if found.len() >= req.limit {
+            page.resume_after = found
+                .last()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned());
+        }
+        for (key, cells) in found {
+            match decode(&key, cells) {
+                Ok(entry) => {
+                    if entry.record.cleanup_after.is_none_or(|t| t <= req.now) {
+                        page.rows.push(ScannedRow::Entry(entry));
+                    }
+                }
+                Err(reason) => page.rows.push(ScannedRow::Malformed {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason,
+                }),
+            }
+        }
+        Ok(page)
+    }
+
+    async fn claim(
+        &self,
+        seen: &ChangelogEntry,
+        cutoff: Timestamp,
+        claimer: &OwnerToken,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claim> {
+        let key = seen.id.as_str().as_bytes();
+        let mut record = seen.record.clone();
+        record.owner = claimer.clone();
+        record.claims = record.claims.saturating_add(1);
+        let still_stale = chain(vec![
+            column(FAMILY, OWNER),
+            latest(),
+            value_is(seen.record.owner.as_str().as_bytes()),
+            stamped_before(micros(cutoff)),
+        ]);
+        let matched = self
+            .client
+            .check_and_mutate(
+                &self.table,
+                key,
+                still_stale,
+                Self::row_cells(&record, lease_until),
+                vec![],
+            )
+            .await?;
+        if matched {
+            return Ok(Claim::Won(ChangelogEntry {
+                id: seen.id.clone(),
+                record,
+                stamp: lease_until,
+            }));
+        }
+        // Refused: either someone else moved the row on, or this is a retry whose first
+        // attempt landed. Claimer tokens are unique per claim, so the row tells which.
+        Ok(match self.read(&seen.id).await? {
+            Some(entry) if &entry.record.owner == claimer => Claim::Won(entry),
+            _ => Claim::Lost,
+        })
+    }
+
+    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
+        self.read(id).await
+    }
+
+    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
+        let key = id.as_str().as_bytes();
+        let matched = self
+            .client
+            .check_and_mutate(
+                &self.table,
+                key,
+                owned_by(owner),
+                vec![delete_row()],
+                vec![],
+            )
+            .await?;
+        Ok(if matched {
+            Removal::Removed
+        } else {
+            Removal::NotOwned
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! The LT store on Cloud Storage.
+//!
+//! Uploads and downloads go through the official `google-cloud-storage` client (resumable
+//! uploads, checksums, its own retry policy). Existence checks, deletes and listings do not:
+//! in that crate they live on the gRPC `StorageControl` client, and fake-gcs-server (the
+//! emulator) speaks only the JSON API. Those three calls therefore use the JSON API
+//! directly, with the same credentials the client uses. The JSON API is a first-class GCS
+//! interface, so one code path serves the emulator and production alike, and the emulator
+//! tests exercise exactly what runs in production.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
+use google_cloud_storage::client::Storage;
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+
+use super::{ListPage, LtStore};
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::model::Revision;
+
+const GCS: &str = "https://storage.googleapis.com";
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcsConfig {
+    pub bucket: String,
+    /// Base URL of an emulator (`http://host:port`); unset means Cloud Storage with
+    /// Application Default Credentials. Defaults to `STORAGE_EMULATOR_HOST`.
+    pub emulator_url: Option<String>,
+    /// Deadline for one JSON API call.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for GcsConfig {
+    fn default() -> Self {
+        Self {
+            bucket: "tiersweep-lt".into(),
+            emulator_url: std::env::var("STORAGE_EMULATOR_HOST").ok().map(|h| {
+                if h.contains("://") {
+                    h
+                } else {
+                    format!("http://{h}")
+                }
+            }),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GcsLt {
+    storage: Storage,
+    http: reqwest::Client,
+    credentials: Credentials,
+    /// `…/storage/v1/b/{bucket}/o`, the JSON API's object collection.
+    objects: Url,
+    bucket: String,
+    /// `projects/_/buckets/{bucket}`, as the official client names buckets.
+    bucket_path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Listing {
+    #[serde(default)]
+    items: Vec<Item>,
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    name: String,
+}
+
+impl GcsLt {
+    /// Builds the clients and checks that the bucket exists, so that a wrong bucket name
+    /// fails here, by name, instead of as deletes that quietly find nothing.
+    pub async fn connect(config: &GcsConfig) -> StoreResult<Self> {
+        let bucket = &config.bucket;
+        let fail = |kind, message: String| {
+            StoreError::new(
+                StoreKind::Lt,
+                "connect",
+                format!("bucket {bucket}"),
+                kind,
+                message,
+            )
+        };
+        let (base, credentials) = match &config.emulator_url {
+            Some(url) => (
+                url.trim_end_matches('/').to_owned(),
+                credentials::anonymous::Builder::new().build(),
+            ),
+            None => {
+                let creds = credentials::Builder::default().build().map_err(|e| {
+                    fail(
+                        ErrorKind::Permanent,
+                        format!("no Application Default Credentials: {e}"),
+                    )
+                })?;
+                (GCS.to_owned(), creds)
+            }
+        };
+        let storage = Storage::builder()
+            .with_endpoint(base.clone())
+            .with_credentials(credentials.clone())
+            .build()
+            .await
+            .map_err(|e| {
+                fail(
+                    ErrorKind::Permanent,
+                    format!("building the storage client: {e}"),
+                )
+            })?;
+        let mut objects = Url::parse(&base)
+            .map_err(|e| fail(ErrorKind::Permanent, format!("bad endpoint {base:?}: {e}")))?;
+        objects
+            .path_segments_mut()
+            .map_err(|()| fail(ErrorKind::Permanent, format!("bad endpoint {base:?}")))?
+            .pop_if_empty()
+            .extend(["storage", "v1", "b", bucket.as_str(), "o"]);
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| {
+                fail(
+                    ErrorKind::Permanent,
+                    format!("building the HTTP client: {e}"),
+                )
+            })?;
+        let lt = Self {
+            storage,
+            http,
+            credentials,
+            objects,
+            bucket: bucket.clone(),
+            bucket_path: format!("projects/_/buckets/{bucket}"),
+        };
+        lt.check_bucket().await?;
+        Ok(lt)
+    }
+
+    async fn check_bucket(&self) -> StoreResult<()> {
+        let mut url = self.objects.clone();
+        url.path_segments_mut()
+            .map_err(|()| self.err("connect", "", ErrorKind::Permanent, "bad URL".into()))?
+            .pop();
+        let response = self.send(Method::GET, url, "connect", "").await?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(self.err(
+                "connect",
+                "",
+                ErrorKind::Permanent,
+                "bucket does not exist; create it (infra/local/provision.sh, infra/terraform) or fix lt.bucket".into(),
+            )),
+            s => Err(self.status_error("connect", "", s, response).await),
+        }
+    }
+
+    fn object_url(&self, name: &str) -> Url {
+        let mut url = self.objects.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(name);
+        }
+        url
+    }
+
+    fn err(&self, op: &'static str, object: &str, kind: ErrorKind, message: String) -> StoreError {
+        StoreError::new(
+            StoreKind::Lt,
+            op,
+            format!("gs://{}/{object}", self.bucket),
+            kind,
+            message,
+        )
+    }
+
+    async fn status_error(
+        &self,
+        op: &'static str,
+        object: &str,
+        status: StatusCode,
+        response: reqwest::Response,
+    ) -> StoreError {
+        let kind = if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
+        let body = response.text().await.unwrap_or_default();
+        let body: String = body.chars().take(300).collect();
+        self.err(op, object, kind, format!("HTTP {status}: {body}"))
+    }
+
+    /// One authenticated JSON API request.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        op: &'static str,
+        object: &str,
+    ) -> StoreResult<reqwest::Response> {
+        let headers = match self.credentials.headers(http::Extensions::new()).await {
+            Ok(CacheableResource::New { data, .. }) => data,
+            Ok(CacheableResource::NotModified) => http::HeaderMap::new(),
+            Err(e) => {
+                let kind = if e.is_transient() {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Permanent
+                };
+                return Err(self.err(op, object, kind, format!("credentials: {e}")));
+            }
+        };
+        self.http
+            .request(method, url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| {
+                let kind = if e.is_timeout() || e.is_connect() || e.is_request() {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Permanent
+                };
+                self.err(op, object, kind, e.to_string()).with_source(e)
+            })
+    }
+
+    fn client_error(
+        &self,
+        op: &'static str,
+        object: &str,
+        e: google_cloud_storage::Error,
+    ) -> StoreError {
+        let code = e.http_status_code();
+        let kind = if e.is_timeout()
+            || e.is_io()
+            || e.is_connect()
+            || e.is_exhausted()
+            || code.is_some_and(|c| c >= 500 || c == 429 || c == 408)
+        {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
+        self.err(op, object, kind, e.to_string()).with_source(e)
+    }
+}
+
+fn is_not_found(e: &google_cloud_storage::Error) -> bool {
+    e.http_status_code() == Some(404)
+        || e.status()
+            .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound)
+}
+
+#[async_trait]
+impl LtStore for GcsLt {
+    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+        self.storage
+            .write_object(&self.bucket_path, rev.as_str(), bytes)
+            .send_buffered()
+            .await
+            .map_err(|e| self.client_error("write_object", rev.as_str(), e))?;
+        Ok(())
+    }
+
+    async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
+        let name = rev.as_str();
+        let mut response = match self
+            .storage
+            .read_object(&self.bucket_path, name)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.client_error("read_object", name, e)),
+        };
+        let mut contents = Vec::new();
+        while let Some(chunk) = response.next().await {
+            let chunk = chunk.map_err(|e| self.client_error("read_object", name, e))?;
+            contents.extend_from_slice(&chunk);
+        }
+        Ok(Some(Bytes::from(contents)))
+    }
+
+    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
+        let name = rev.as_str();
+        let mut url = self.object_url(name);
+        url.query_pairs_mut().append_pair("fields", "name");
+        let response = self.send(Method::GET, url, "exists", name).await?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(self.status_error("exists", name, s, response).await),
+        }
+    }
+
+    async fn delete(&self, rev: &Revision) -> StoreResult<()> {
+        let name = rev.as_str();
+        let response = self
+            .send(Method::DELETE, self.object_url(name), "delete", name)
+            .await?;
+        match response.status() {
+            // 404: already gone, which is what a delete wants. The bucket itself was
+            // checked at connect, so this is the object.
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            s => Err(self.status_error("delete", name, s, response).await),
+        }
+    }
+
+    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
+        let mut url = self.objects.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("prefix", prefix)
+                .append_pair("maxResults", "1000")
+                .append_pair("fields", "items(name),nextPageToken");
+            if let Some(token) = &page_token {
+                q.append_pair("pageToken", token);
+            }
+        }
+        let response = self.send(Method::GET, url, "list", prefix).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.status_error("list", prefix, status, response).await);
+        }
+        let listing: Listing = response.json().await.map_err(|e| {
+            self.err(
+                "list",
+                prefix,
+                ErrorKind::Malformed,
+                format!("unreadable listing: {e}"),
+            )
+        })?;
+        Ok(ListPage {
+            names: listing.items.into_iter().map(|i| i.name).collect(),
+            next: listing.next_page_token,
+        })
+    }
+}

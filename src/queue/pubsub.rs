@@ -1,0 +1,284 @@
+//! The job queue on Pub/Sub, through the official `google-cloud-pubsub` client: a batching
+//! publisher, a streaming-pull subscriber with flow control, and the subscription's own
+//! dead-letter policy for jobs that keep failing.
+//!
+//! The client does not read `PUBSUB_EMULATOR_HOST`; [`PubsubConfig::default`] does, and
+//! [`PubsubQueue::connect`] then points the client at the emulator with anonymous
+//! credentials.
+//!
+//! Delivery attempts come from the subscription's dead-letter policy (Pub/Sub counts them
+//! only when one is set). Without one, every delivery reports attempt 1 and jobs are never
+//! dead-lettered by count, so [`PubsubQueue::connect`] refuses a subscription without it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use google_cloud_auth::credentials::{self, Credentials};
+use google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber, SubscriptionAdmin};
+use google_cloud_pubsub::subscriber::MessageStream;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{DEAD_LETTER_REASON, Delivery, FlowControl, JobQueue, Message, Settle, Subscription};
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubsubConfig {
+    pub project: String,
+    /// Where scanners publish cleanup jobs.
+    pub topic: String,
+    /// What cleaners pull from; must have a dead-letter policy.
+    pub subscription: String,
+    /// Where poison jobs go at once (and where the dead-letter policy sends the rest).
+    pub dead_letter_topic: String,
+    /// `host:port` of an emulator; unset means Cloud Pub/Sub with Application Default
+    /// Credentials. Defaults to `PUBSUB_EMULATOR_HOST`.
+    pub emulator_host: Option<String>,
+    /// Messages per publish request (the client also sends when 10 ms have passed).
+    pub publish_batch: u32,
+}
+
+impl Default for PubsubConfig {
+    fn default() -> Self {
+        Self {
+            project: "tiersweep-local".into(),
+            topic: "cleanup-jobs".into(),
+            subscription: "cleanup-workers".into(),
+            dead_letter_topic: "cleanup-jobs-dead-letter".into(),
+            emulator_host: std::env::var("PUBSUB_EMULATOR_HOST").ok(),
+            publish_batch: 100,
+        }
+    }
+}
+
+impl PubsubConfig {
+    fn topic_path(&self, topic: &str) -> String {
+        format!("projects/{}/topics/{topic}", self.project)
+    }
+
+    fn subscription_path(&self) -> String {
+        format!(
+            "projects/{}/subscriptions/{}",
+            self.project, self.subscription
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PubsubQueue {
+    jobs: Publisher,
+    dead_letters: Publisher,
+    subscriber: Subscriber,
+    subscription: String,
+    topic: String,
+    dead_letter_topic: String,
+}
+
+fn queue_error(op: &'static str, target: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(
+        StoreKind::Queue,
+        op,
+        target,
+        ErrorKind::Transient,
+        e.to_string(),
+    )
+}
+
+impl PubsubQueue {
+    /// Builds the clients and checks that the subscription exists and has a dead-letter
+    /// policy, so that a wrong name or a subscription that would retry poison jobs forever
+    /// fails at start, by name.
+    pub async fn connect(config: &PubsubConfig) -> StoreResult<Self> {
+        let subscription = config.subscription_path();
+        let fail = |kind, message: String| {
+            StoreError::new(
+                StoreKind::Queue,
+                "connect",
+                subscription.clone(),
+                kind,
+                message,
+            )
+        };
+        let (endpoint, creds): (Option<String>, Option<Credentials>) = match &config.emulator_host {
+            Some(host) => (
+                Some(format!("http://{host}")),
+                Some(credentials::anonymous::Builder::new().build()),
+            ),
+            None => (None, None),
+        };
+        macro_rules! configure {
+            ($builder:expr) => {{
+                let mut b = $builder;
+                if let Some(e) = &endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                if let Some(c) = &creds {
+                    b = b.with_credentials(c.clone());
+                }
+                b.build()
+                    .await
+                    .map_err(|e| fail(ErrorKind::Permanent, format!("building the client: {e}")))?
+            }};
+        }
+        let base: BasePublisher = configure!(BasePublisher::builder());
+        let subscriber: Subscriber = configure!(Subscriber::builder());
+        let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
+
+        let found = admin
+            .get_subscription()
+            .set_subscription(subscription.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                let kind = if e.status().is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound) {
+                    ErrorKind::Permanent
+                } else {
+                    ErrorKind::Transient
+                };
+                fail(kind, format!("cannot read the subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
+            })?;
+        if found
+            .dead_letter_policy
+            .as_ref()
+            .is_none_or(|p| p.dead_letter_topic.is_empty())
+        {
+            return Err(fail(
+                ErrorKind::Permanent,
+                "the subscription has no dead-letter policy: jobs that keep failing would be retried \
+                 forever and delivery attempts are not counted; set one (see infra/local/provision.sh)"
+                    .into(),
+            ));
+        }
+        let batch = config.publish_batch.max(1);
+        let publisher = |topic: &str| {
+            base.publisher(config.topic_path(topic))
+                .set_message_count_threshold(batch)
+                .set_delay_threshold(Duration::from_millis(10))
+                .build()
+        };
+        Ok(Self {
+            jobs: publisher(&config.topic),
+            dead_letters: publisher(&config.dead_letter_topic),
+            subscriber,
+            subscription,
+            topic: config.topic_path(&config.topic),
+            dead_letter_topic: config.topic_path(&config.dead_letter_topic),
+        })
+    }
+
+    async fn publish_to(
+        publisher: &Publisher,
+        topic: &str,
+        batch: Vec<Message>,
+    ) -> StoreResult<Vec<String>> {
+        let pending: Vec<_> = batch
+            .into_iter()
+            .map(|m| {
+                let msg = google_cloud_pubsub::model::Message::new()
+                    .set_data(m.data)
+                    .set_attributes(m.attributes);
+                publisher.publish(msg)
+            })
+            .collect();
+        publisher.flush().await;
+        let mut ids = Vec::with_capacity(pending.len());
+        for result in futures::future::join_all(pending).await {
+            ids.push(result.map_err(|e| queue_error("publish", topic, e))?);
+        }
+        Ok(ids)
+    }
+}
+
+#[async_trait]
+impl JobQueue for PubsubQueue {
+    async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
+        Self::publish_to(&self.jobs, &self.topic, batch)
+            .await
+            .map(drop)
+    }
+
+    async fn subscribe(&self, flow: FlowControl) -> StoreResult<Box<dyn Subscription>> {
+        let stream = self
+            .subscriber
+            .subscribe(self.subscription.clone())
+            .set_max_outstanding_messages(i64::try_from(flow.max_outstanding).unwrap_or(i64::MAX))
+            .set_max_outstanding_bytes(
+                i64::try_from(flow.max_outstanding_bytes).unwrap_or(i64::MAX),
+            )
+            .build();
+        Ok(Box::new(PubsubSubscription {
+            stream,
+            subscription: self.subscription.clone(),
+            permits: Arc::new(Semaphore::new(flow.max_outstanding.max(1))),
+        }))
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
+        let mut message = delivery.message.clone();
+        message
+            .attributes
+            .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        message.attributes.insert(
+            "tiersweep_source_message_id".to_owned(),
+            delivery.message_id.clone(),
+        );
+        // Published before the ack: if the publish fails, the delivery is nacked (dropped)
+        // and comes back, so a poison job is never lost between the two topics.
+        Self::publish_to(&self.dead_letters, &self.dead_letter_topic, vec![message]).await?;
+        delivery.ack();
+        Ok(())
+    }
+}
+
+/// Pub/Sub enforces flow control on the server, which the emulator does not do; a permit
+/// per unsettled delivery enforces it here too, so the bound holds wherever we run.
+struct PubsubSubscription {
+    stream: MessageStream,
+    subscription: String,
+    permits: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl Subscription for PubsubSubscription {
+    async fn next(&mut self) -> Option<StoreResult<Delivery>> {
+        // Cancellation-safe: a permit acquired and then dropped with the future is returned.
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        let (message, handler) = match self.stream.next().await? {
+            Ok(pair) => pair,
+            Err(e) => return Some(Err(queue_error("StreamingPull", &self.subscription, e))),
+        };
+        let attempt = handler
+            .delivery_attempt()
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(1)
+            .max(1);
+        let attributes: BTreeMap<String, String> = message.attributes.into_iter().collect();
+        Some(Ok(Delivery::new(
+            message.message_id,
+            attempt,
+            Message {
+                data: message.data,
+                attributes,
+            },
+            Box::new(PubsubHandle(handler, permit)),
+        )))
+    }
+}
+
+/// Settles one delivery; its flow-control permit is released when it is dropped.
+#[derive(Debug)]
+struct PubsubHandle(Handler, OwnedSemaphorePermit);
+
+impl Settle for PubsubHandle {
+    fn ack(self: Box<Self>) {
+        self.0.ack();
+    }
+
+    fn nack(self: Box<Self>) {
+        self.0.nack();
+    }
+}

@@ -1,0 +1,255 @@
+//! Fixtures for tests against the real emulators: make sure they run (starting them with
+//! `infra/local/start.sh` when they do not), and give every test its own tables, topics,
+//! subscription and bucket so tests run in parallel without seeing each other's data.
+//!
+//! A missing emulator is a test failure with instructions, never a skip: a skipped
+//! emulator test that reports green would hide exactly the gap these tests exist to close.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::bigtable::{BigtableClient, BigtableConfig};
+use crate::changelog::BigtableChangelog;
+use crate::clock::SharedClock;
+use crate::hv::BigtableHv;
+use crate::lt::GcsLt;
+use crate::lt::gcs::GcsConfig;
+use crate::queue::PubsubQueue;
+use crate::queue::pubsub::PubsubConfig;
+use crate::stores::Stores;
+
+/// Where the emulators answer. Defaults match `infra/local/common.sh`; the usual
+/// `*_EMULATOR_HOST` variables override them.
+#[derive(Debug, Clone)]
+pub struct Emulators {
+    pub bigtable: String,
+    pub pubsub: String,
+    /// Base URL, `http://host:port`.
+    pub gcs: String,
+    pub project: String,
+    pub instance: String,
+}
+
+static EMULATORS: OnceCell<Emulators> = OnceCell::const_new();
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn host_port(url: &str) -> &str {
+    url.split("://").last().unwrap_or(url)
+}
+
+async fn answers(host_port: &str) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(host_port)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+/// The running emulators; starts them on first use in this process if they are down.
+/// Panics, with what to do, when they cannot be started.
+pub async fn emulators() -> &'static Emulators {
+    EMULATORS
+        .get_or_init(|| async {
+            let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+            let e = Emulators {
+                bigtable: env("BIGTABLE_EMULATOR_HOST", "127.0.0.1:8086"),
+                pubsub: env("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+                gcs: env("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443"),
+                project: env("TIERSWEEP_PROJECT", "tiersweep-local"),
+                instance: env("TIERSWEEP_BIGTABLE_INSTANCE", "tiersweep"),
+            };
+            let mut down = Vec::new();
+            for addr in [e.bigtable.as_str(), e.pubsub.as_str(), host_port(&e.gcs)] {
+                if !answers(addr).await {
+                    down.push(addr.to_owned());
+                }
+            }
+            if !down.is_empty() {
+                start(&down).await;
+            }
+            e
+        })
+        .await
+}
+
+async fn start(down: &[String]) {
+    let script = repo_root().join("infra/local/start.sh");
+    eprintln!(
+        "emulators not answering on {down:?}; starting them with {}",
+        script.display()
+    );
+    let output = tokio::process::Command::new(&script)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "the emulators are not running and {} could not start them.\n\
+         Emulator tests never skip: install what it asks for, or start the emulators yourself \
+         and export BIGTABLE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST.\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A fresh name for one test's resources: lowercase, short, valid for tables, topics and
+/// buckets alike.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
+
+impl Emulators {
+    pub fn bigtable_config(&self, hv_table: &str, changelog_table: &str) -> BigtableConfig {
+        BigtableConfig {
+            project: self.project.clone(),
+            instance: self.instance.clone(),
+            emulator_host: Some(self.bigtable.clone()),
+            hv_table: hv_table.to_owned(),
+            changelog_table: changelog_table.to_owned(),
+            ..BigtableConfig::default()
+        }
+    }
+
+    /// A client and a config naming two new, empty tables.
+    pub async fn new_tables(&self) -> (BigtableClient, BigtableConfig) {
+        let config = self.bigtable_config(&unique("hv"), &unique("changelog"));
+        crate::bigtable::admin::ensure_tables_on_emulator(
+            &self.bigtable,
+            &self.project,
+            &self.instance,
+            &config.hv_table,
+            &config.changelog_table,
+        )
+        .await
+        .expect("creating tables on the Bigtable emulator");
+        let client = BigtableClient::connect(&config)
+            .await
+            .expect("Bigtable client");
+        (client, config)
+    }
+
+    pub async fn hv(&self) -> Arc<BigtableHv> {
+        let (client, config) = self.new_tables().await;
+        Arc::new(BigtableHv::new(client, &config.hv_table))
+    }
+
+    pub async fn changelog(&self, clock: SharedClock) -> Arc<BigtableChangelog> {
+        let (client, config) = self.new_tables().await;
+        Arc::new(BigtableChangelog::new(
+            client,
+            &config.changelog_table,
+            clock,
+        ))
+    }
+
+    /// A new, empty bucket.
+    pub async fn gcs_config(&self) -> GcsConfig {
+        let bucket = unique("lt");
+        let url = format!("{}/storage/v1/b?project={}", self.gcs, self.project);
+        let response = reqwest::Client::new()
+            .post(&url)
+            .json(&serde_json::json!({ "name": bucket }))
+            .send()
+            .await
+            .expect("fake-gcs-server answers");
+        assert!(
+            response.status().is_success(),
+            "creating bucket {bucket}: HTTP {}",
+            response.status()
+        );
+        GcsConfig {
+            bucket,
+            emulator_url: Some(self.gcs.clone()),
+            ..GcsConfig::default()
+        }
+    }
+
+    pub async fn lt(&self) -> Arc<GcsLt> {
+        Arc::new(
+            GcsLt::connect(&self.gcs_config().await)
+                .await
+                .expect("GCS client"),
+        )
+    }
+
+    /// New topics and a subscription with the same policies `infra/local/provision.sh`
+    /// sets, except a short ack deadline so that abandoned deliveries return quickly.
+    pub async fn pubsub_config(&self) -> PubsubConfig {
+        let config = PubsubConfig {
+            project: self.project.clone(),
+            topic: unique("jobs"),
+            subscription: unique("cleaners"),
+            dead_letter_topic: unique("dead"),
+            emulator_host: Some(self.pubsub.clone()),
+            ..PubsubConfig::default()
+        };
+        let base = format!("http://{}/v1/projects/{}", self.pubsub, self.project);
+        let topic = |t: &str| format!("projects/{}/topics/{t}", self.project);
+        let http = reqwest::Client::new();
+        let put = |path: String, body: serde_json::Value| {
+            let request = http.put(format!("{base}/{path}")).json(&body);
+            async move {
+                let response = request.send().await.expect("Pub/Sub emulator answers");
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                assert!(status.is_success(), "PUT {path}: HTTP {status}: {text}");
+            }
+        };
+        put(format!("topics/{}", config.topic), serde_json::json!({})).await;
+        put(
+            format!("topics/{}", config.dead_letter_topic),
+            serde_json::json!({}),
+        )
+        .await;
+        put(
+            format!("subscriptions/{}", config.subscription),
+            serde_json::json!({
+                "topic": topic(&config.topic),
+                "ackDeadlineSeconds": 10,
+                "retryPolicy": {"minimumBackoff": "0.1s", "maximumBackoff": "1s"},
+                "deadLetterPolicy": {
+                    "deadLetterTopic": topic(&config.dead_letter_topic),
+                    "maxDeliveryAttempts": 5
+                }
+            }),
+        )
+        .await;
+        put(
+            format!("subscriptions/{}-audit", config.dead_letter_topic),
+            serde_json::json!({ "topic": topic(&config.dead_letter_topic), "ackDeadlineSeconds": 10 }),
+        )
+        .await;
+        config
+    }
+
+    pub async fn queue(&self) -> PubsubQueue {
+        PubsubQueue::connect(&self.pubsub_config().await)
+            .await
+            .expect("Pub/Sub client")
+    }
+
+    /// HV, LT and changelog on the emulators, with fresh tables and bucket.
+    pub async fn stores(&self, clock: SharedClock) -> Stores {
+        let (client, config) = self.new_tables().await;
+        Stores {
+            hv: Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
+            lt: self.lt().await,
+            changelog: Arc::new(BigtableChangelog::new(
+                client,
+                &config.changelog_table,
+                clock.clone(),
+            )),
+            clock,
+        }
+    }
+}
