@@ -264,21 +264,27 @@ impl Subscription for PubsubSubscription {
                 data: message.data,
                 attributes,
             },
-            Box::new(PubsubHandle(handler, permit)),
+            Box::new(PubsubHandle {
+                handler,
+                _permit: permit,
+            }),
         )))
     }
 }
 
 /// Settles one delivery; its flow-control permit is released when it is dropped.
 #[derive(Debug)]
-struct PubsubHandle(Handler, OwnedSemaphorePermit);
+struct PubsubHandle {
+    handler: Handler,
+    _permit: OwnedSemaphorePermit,
+}
 
 impl Settle for PubsubHandle {
     fn ack(self: Box<Self>) {
-        self.0.ack();
+        self.handler.ack();
     }
 
     fn nack(self: Box<Self>) {
-        self.0.nack();
+        self.handler.nack();
     }
 }
