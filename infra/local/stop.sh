@@ -2,10 +2,15 @@
 # Stops the emulators that start.sh started, by their recorded PIDs (each leads its own
 # process group, so the Pub/Sub emulator's JVM goes with its launcher). Emulators that
 # start.sh found already running are someone else's and are left alone.
+#
+#   infra/local/stop.sh                 # all three
+#   infra/local/stop.sh pubsub gcs      # just these
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-for name in bigtable pubsub gcs; do
+names=("$@")
+[[ ${#names[@]} -gt 0 ]] || names=(bigtable pubsub gcs)
+for name in "${names[@]}"; do
   pidfile="$STATE_DIR/$name.pid"
   if pid="$(live_pid "$name")"; then
     log "stopping $name (pid $pid)"

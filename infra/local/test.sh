@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test tiersweep has. This is the README's test command and what CI runs.
 #
-# It installs what it needs and is safe to run repeatedly. As the emulator backends land,
-# this script also starts the emulators (infra/local/) before the tests and stops them after.
+# Installs what it needs (cargo-nextest; the emulators' venv via start.sh), starts the
+# Bigtable, Pub/Sub and GCS emulators on loopback unless they already answer, runs format,
+# lint and the whole test suite, and stops the emulators it started. Extra arguments go to
+# `cargo nextest run` (e.g. a test-name filter).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,4 +15,15 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# Stop on exit only what this run started; emulators that were already up stay up.
+source infra/local/common.sh
+started=()
+for name in bigtable pubsub gcs; do live_pid "$name" >/dev/null || started+=("$name"); done
+cleanup() { [[ ${#started[@]} -eq 0 ]] || infra/local/stop.sh "${started[@]}"; }
+trap cleanup EXIT
+eval "$(infra/local/start.sh)"
+
+# Emulator tests must fail, never skip, when an emulator is missing.
+export CI="${CI:-true}"
 cargo nextest run --workspace --all-features --no-fail-fast "$@"

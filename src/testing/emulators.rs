@@ -232,6 +232,70 @@ impl Emulators {
         config
     }
 
+    /// Pulls (and acks) what reached `config`'s dead-letter topic, through the audit
+    /// subscription [`pubsub_config`](Self::pubsub_config) made; waits up to `wait` for at
+    /// least `want` messages.
+    pub async fn dead_letters(
+        &self,
+        config: &PubsubConfig,
+        want: usize,
+        wait: Duration,
+    ) -> Vec<crate::queue::Message> {
+        use base64::Engine;
+        let sub = format!(
+            "http://{}/v1/projects/{}/subscriptions/{}-audit",
+            self.pubsub, self.project, config.dead_letter_topic
+        );
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        while got.len() < want && tokio::time::Instant::now() < deadline {
+            let body: serde_json::Value = http
+                .post(format!("{sub}:pull"))
+                .json(&serde_json::json!({ "maxMessages": 100, "returnImmediately": true }))
+                .send()
+                .await
+                .expect("Pub/Sub emulator answers")
+                .json()
+                .await
+                .expect("a pull response");
+            let received = body["receivedMessages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if received.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let mut ack_ids = Vec::new();
+            for r in received {
+                ack_ids.push(r["ackId"].clone());
+                let m = &r["message"];
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(m["data"].as_str().unwrap_or_default())
+                    .expect("base64 data");
+                let attributes = m["attributes"]
+                    .as_object()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                got.push(crate::queue::Message {
+                    data: data.into(),
+                    attributes,
+                });
+            }
+            http.post(format!("{sub}:acknowledge"))
+                .json(&serde_json::json!({ "ackIds": ack_ids }))
+                .send()
+                .await
+                .expect("ack dead letters");
+        }
+        got
+    }
+
     pub async fn queue(&self) -> PubsubQueue {
         PubsubQueue::connect(&self.pubsub_config().await)
             .await

@@ -49,12 +49,29 @@ pub async fn cas_applies_on_match_and_conflicts_otherwise(hv: &dyn HvStore) {
         Some(HvValue::Tombstone(rev.clone()))
     );
 
-    // An inline write over a tombstone must name the tombstone.
+    // An inline write over a tombstone must name the tombstone, and the right one, with
+    // or without a change to fence.
     let out = hv
         .compare_and_write(&p, &Expected::NoTombstone, &inline, None)
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Conflict);
+    let other = Expected::Tombstone(Revision::mint(&p));
+    for change in [None, Some(ChangeId::mint())] {
+        let out = hv
+            .compare_and_write(&p, &other, &inline, change.as_ref())
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            CasOutcome::Conflict,
+            "another tombstone, change {change:?}"
+        );
+    }
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        Some(HvValue::Tombstone(rev.clone()))
+    );
     let out = hv
         .compare_and_write(&p, &Expected::Tombstone(rev), &HvWrite::Delete, None)
         .await

@@ -1,0 +1,188 @@
+//! The protocol's crash and race tests on the emulator backends (cbtemulator for HV and the
+//! changelog, fake-gcs-server for LT), in real time with a short protocol so that waiting
+//! out the staleness threshold costs about a second. Each test gets fresh tables and bucket.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tiersweep::clock;
+use tiersweep::config::ProtocolConfig;
+use tiersweep::recovery::EmbeddedRecovery;
+use tiersweep::recovery::embedded::PassReport;
+use tiersweep::testing::crash::{
+    self, CrashPoint, Scenario, test_recovery_config, test_writer_config,
+};
+use tiersweep::testing::emulators::emulators;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::invariants;
+use tiersweep::writer::{TieredStorage, WriteError};
+
+fn protocol() -> ProtocolConfig {
+    let p = ProtocolConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        staleness_threshold: Duration::from_millis(1000),
+        safety_margin: Duration::from_millis(300),
+    };
+    p.validate().expect("test protocol is valid");
+    p
+}
+
+async fn stores() -> tiersweep::Stores {
+    emulators().await.stores(clock::system()).await
+}
+
+async fn recover(stores: &tiersweep::Stores) -> PassReport {
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
+    EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol()))
+        .run_pass()
+        .await
+        .expect("recovery pass")
+}
+
+/// Crashes `scenario` before and after each of its store calls, recovering after each.
+async fn crash_matrix(scenario: Scenario) {
+    let config = test_writer_config(protocol());
+    let calls = crash::calls_of(scenario, &stores().await, config).await;
+    assert!(calls.contains(&Op::HvCas), "{calls:?}");
+    for call in 0..calls.len() {
+        for fault in [Fault::CrashBefore, Fault::CrashAfter] {
+            crash::crash_and_recover(
+                scenario,
+                CrashPoint { call, fault },
+                &stores().await,
+                config,
+                test_recovery_config(protocol()),
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_large_put() {
+    crash_matrix(Scenario::LargePut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_large_over_large() {
+    crash_matrix(Scenario::LargeOverLarge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_small_over_large() {
+    crash_matrix(Scenario::SmallOverLarge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_delete_large() {
+    crash_matrix(Scenario::DeleteLarge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_cas_response_is_retried_idempotently() {
+    let stores = stores().await;
+    let path = crash::unique_path();
+    let faults = Faults::new([Rule::once(Op::HvCas, Fault::LoseResponse)]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+    let (_, after) = Scenario::LargePut.values();
+    w.put(&path, after.clone().unwrap())
+        .await
+        .expect("the retry finds its own write and succeeds");
+    let expected = BTreeMap::from([(path, vec![after])]);
+    invariants::check(&stores, &expected)
+        .await
+        .unwrap()
+        .assert_converged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cas_that_arrives_after_recovery_is_refused_by_the_fence() {
+    let stores = stores().await;
+    let path = crash::unique_path();
+    let (before, after) = Scenario::LargeOverLarge.values();
+    let config = test_writer_config(protocol());
+    TieredStorage::new(stores.clone(), config)
+        .unwrap()
+        .put(&path, before.clone().unwrap())
+        .await
+        .unwrap();
+    // Heartbeats stall, and the CAS stalls after its guard check, past the threshold.
+    let stall = protocol().staleness_threshold * 3;
+    let faults = Faults::new([
+        Rule::on(Op::Heartbeat, Fault::Delay(stall)),
+        Rule::once(Op::HvCas, Fault::Delay(stall)),
+    ]);
+    let w = TieredStorage::new(faults.wrap(&stores), config).unwrap();
+    let write = tokio::spawn({
+        let path = path.clone();
+        async move { w.put(&path, after.unwrap()).await }
+    });
+    let pass = recover(&stores).await;
+    assert_eq!((pass.scan.won, pass.converged), (1, 1), "{pass:?}");
+    let err = write.await.unwrap().unwrap_err();
+    assert!(matches!(err, WriteError::Fenced { .. }), "{err}");
+    let expected = BTreeMap::from([(path, vec![before])]);
+    invariants::check(&stores, &expected)
+        .await
+        .unwrap()
+        .assert_converged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_recoveries_claim_every_stale_entry_exactly_once() {
+    let stores = stores().await;
+    let n = 30;
+    let mut expected = BTreeMap::new();
+    for _ in 0..n {
+        let path = crash::unique_path();
+        let (before, after) = Scenario::LargePut.values();
+        let faults = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
+        let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
+        let op = tokio::spawn({
+            let (path, after) = (path.clone(), after.clone());
+            async move { w.put(&path, after.unwrap()).await }
+        });
+        faults.crashed().await;
+        op.abort();
+        expected.insert(path, vec![before, after]);
+    }
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
+    let config = test_recovery_config(protocol());
+    let r1 = EmbeddedRecovery::new(stores.clone(), config.clone());
+    let r2 = EmbeddedRecovery::new(stores.clone(), config);
+    let (p1, p2) = tokio::join!(r1.run_pass(), r2.run_pass());
+    let (p1, p2) = (p1.unwrap(), p2.unwrap());
+    assert_eq!(p1.scan.won + p2.scan.won, n, "{p1:?} {p2:?}");
+    assert_eq!(p1.converged + p2.converged, n);
+    invariants::check(&stores, &expected)
+        .await
+        .unwrap()
+        .assert_converged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_rows_are_reported_and_left_in_place() {
+    let e = emulators().await;
+    let (client, config) = e.new_tables().await;
+    let changelog = tiersweep::changelog::BigtableChangelog::new(
+        client,
+        &config.changelog_table,
+        clock::system(),
+    );
+    let id = tiersweep::model::ChangeId::mint();
+    let stamp = clock::system().now();
+    changelog
+        .insert_raw(id.as_str(), b"{\"v\":1,\"object\":".to_vec(), stamp)
+        .await
+        .unwrap();
+    let mut stores = e.stores(clock::system()).await;
+    stores.changelog = std::sync::Arc::new(changelog);
+    let pass = recover(&stores).await;
+    assert_eq!((pass.scan.malformed, pass.scan.won), (1, 0), "{pass:?}");
+    let err = stores.changelog.get(&id).await.unwrap_err();
+    assert_eq!(err.kind, tiersweep::ErrorKind::Malformed, "{err}");
+    assert!(
+        err.target.contains(id.as_str()),
+        "the error names the row: {err}"
+    );
+}
