@@ -27,8 +27,12 @@ pub use embedded::EmbeddedRecovery;
 pub use job::CleanupJob;
 pub use scanner::{ScanReport, Scanner};
 
-#[derive(Debug, Clone)]
+/// How the scanner and cleaner pools work. Read from the `[recovery]` section of the
+/// configuration file; `protocol` comes from `[protocol]`, shared with the writers.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RecoveryConfig {
+    #[serde(skip)]
     pub protocol: ProtocolConfig,
     /// Rows read per scan request.
     pub scan_batch: usize,
@@ -37,8 +41,10 @@ pub struct RecoveryConfig {
     /// How long a claimed row is withheld from scans while its job is in flight. Doubles
     /// with every re-claim of the same row (up to 16x), so a job that keeps failing is
     /// retried ever more slowly rather than flooding the queue.
+    #[serde(with = "crate::config::duration")]
     pub claim_lease: Duration,
     /// Wait between scans when nothing was stale.
+    #[serde(with = "crate::config::duration")]
     pub idle_poll: Duration,
     /// Jobs a cleaner converges at once (and holds unsettled).
     pub cleaner_concurrency: usize,
@@ -46,6 +52,7 @@ pub struct RecoveryConfig {
     pub max_delivery_attempts: u32,
     /// Only objects under this prefix may be converged (invariant I4); "" allows all.
     pub object_prefix: String,
+    #[serde(skip)]
     pub retry: RetryPolicy,
 }
 

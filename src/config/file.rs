@@ -1,0 +1,286 @@
+//! The configuration every tiersweep process reads: one TOML file, then environment
+//! overrides, then command-line overrides, validated once before anything connects.
+//!
+//! ```toml
+//! [bigtable]            # crate::bigtable::BigtableConfig
+//! [gcs]                 # crate::lt::gcs::GcsConfig
+//! [pubsub]              # crate::queue::pubsub::PubsubConfig
+//! [protocol]            # ProtocolConfig: heartbeat_interval, staleness_threshold, safety_margin
+//! [recovery]            # crate::recovery::RecoveryConfig
+//! [worker]              # WorkerConfig: shard split, health endpoint, shutdown deadline
+//! ```
+//!
+//! Overrides name a key as `section.key`: on the command line `--set pubsub.topic=jobs`,
+//! in the environment `TIERSWEEP_PUBSUB__TOPIC=jobs` (section and key separated by a double
+//! underscore). Values are read as TOML when they parse as such (`5`, `true`) and as
+//! strings otherwise (`10s`, `my-project`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, ProtocolConfig};
+use crate::bigtable::BigtableConfig;
+use crate::lt::gcs::GcsConfig;
+use crate::model::ShardRange;
+use crate::queue::pubsub::PubsubConfig;
+use crate::recovery::RecoveryConfig;
+
+/// The environment prefix for overrides.
+pub const ENV_PREFIX: &str = "TIERSWEEP_";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub bigtable: BigtableConfig,
+    pub gcs: GcsConfig,
+    pub pubsub: PubsubConfig,
+    pub protocol: ProtocolConfig,
+    pub recovery: RecoveryConfig,
+    pub worker: WorkerConfig,
+}
+
+/// What one worker process is, as opposed to what the pool does.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// This scanner's place in its pool (e.g. a StatefulSet ordinal) and the pool's size:
+    /// scanner `i` of `n` scans the i-th of n equal shard ranges, so scanners do not race
+    /// for the same rows.
+    pub member_index: u16,
+    pub member_count: u16,
+    /// Where `/healthz`, `/readyz` (and `/metrics`) are served; unset disables them.
+    pub health_listen: Option<SocketAddr>,
+    /// After SIGTERM, how long in-flight jobs may run before they are abandoned to
+    /// redelivery. Keep it below the pod's `terminationGracePeriodSeconds`.
+    #[serde(with = "super::duration")]
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            member_index: 0,
+            member_count: 1,
+            health_listen: None,
+            shutdown_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("override {name}: {reason}")]
+    Override { name: String, reason: String },
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl LoadError {
+    fn invalid(section: &str, e: ConfigError) -> Self {
+        LoadError::Invalid {
+            field: format!("{section}.{}", e.field),
+            reason: e.reason,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `TIERSWEEP_<SECTION>__<KEY>` variables from `env`,
+    /// then `overrides` (`section.key=value`), and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Self, LoadError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>().map_err(|e| LoadError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        env.sort();
+        for (name, value) in env {
+            let key = name[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replacen("__", ".", 1);
+            apply(&mut table, &key, &value)
+                .map_err(|reason| LoadError::Override { name, reason })?;
+        }
+        for o in overrides {
+            let (key, value) = o.split_once('=').ok_or_else(|| LoadError::Override {
+                name: o.clone(),
+                reason: "expected section.key=value".into(),
+            })?;
+            apply(&mut table, key.trim(), value.trim()).map_err(|reason| LoadError::Override {
+                name: key.to_owned(),
+                reason,
+            })?;
+        }
+        let origin = file.map_or("(defaults and overrides)".to_owned(), |p| {
+            p.display().to_string()
+        });
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| LoadError::Parse {
+                path: origin,
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The recovery settings with the shared protocol filled in.
+    pub fn recovery(&self) -> RecoveryConfig {
+        RecoveryConfig {
+            protocol: self.protocol,
+            ..self.recovery.clone()
+        }
+    }
+
+    /// The shards this worker scans.
+    pub fn shards(&self) -> ShardRange {
+        // validate() has checked index < count.
+        ShardRange::for_member(self.worker.member_index, self.worker.member_count)
+            .unwrap_or(ShardRange::ALL)
+    }
+
+    pub fn validate(&self) -> Result<(), LoadError> {
+        self.protocol
+            .validate()
+            .map_err(|e| LoadError::invalid("protocol", e))?;
+        self.recovery()
+            .validate()
+            .map_err(|e| LoadError::invalid("recovery", e))?;
+        ShardRange::for_member(self.worker.member_index, self.worker.member_count).map_err(
+            |e| LoadError::Invalid {
+                field: "worker.member_index".into(),
+                reason: format!("{e} (member_count is {})", self.worker.member_count),
+            },
+        )?;
+        let required = [
+            ("bigtable.project", &self.bigtable.project),
+            ("bigtable.instance", &self.bigtable.instance),
+            ("bigtable.hv_table", &self.bigtable.hv_table),
+            ("bigtable.changelog_table", &self.bigtable.changelog_table),
+            ("gcs.bucket", &self.gcs.bucket),
+            ("pubsub.project", &self.pubsub.project),
+            ("pubsub.topic", &self.pubsub.topic),
+            ("pubsub.subscription", &self.pubsub.subscription),
+            ("pubsub.dead_letter_topic", &self.pubsub.dead_letter_topic),
+        ];
+        for (field, value) in required {
+            if value.trim().is_empty() {
+                return Err(LoadError::Invalid {
+                    field: field.into(),
+                    reason: "must not be empty".into(),
+                });
+            }
+        }
+        if self.worker.shutdown_deadline >= self.recovery.claim_lease {
+            return Err(LoadError::Invalid {
+                field: "worker.shutdown_deadline".into(),
+                reason:
+                    "must be shorter than recovery.claim_lease, or a job abandoned at shutdown \
+                         could be re-claimed while it still runs"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Sets `section.key` in `table` to `value`, read as TOML when it parses, else as a string.
+fn apply(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
+    let (section, field) = key
+        .split_once('.')
+        .filter(|(s, f)| !s.is_empty() && !f.is_empty() && !f.contains('.'))
+        .ok_or_else(|| format!("{key:?} is not of the form section.key"))?;
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let section_table = entry
+        .as_table_mut()
+        .ok_or_else(|| format!("{section} is not a section"))?;
+    section_table.insert(field.to_owned(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)], overrides: &[&str]) -> Result<Config, LoadError> {
+        let dir = std::env::temp_dir().join(format!("tiersweep-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiersweep.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::load(Some(&path), env, &overrides)
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let c = load(
+            "[pubsub]\ntopic = \"from-file\"\nsubscription = \"s\"\n[protocol]\nheartbeat_interval = \"2s\"\nstaleness_threshold = \"9s\"\nsafety_margin = \"1s\"\n",
+            &[("TIERSWEEP_PUBSUB__TOPIC", "from-env"), ("TIERSWEEP_RECOVERY__SCAN_BATCH", "7")],
+            &["pubsub.subscription=from-flag", "recovery.idle_poll=250ms"],
+        )
+        .unwrap();
+        assert_eq!(c.pubsub.topic, "from-env");
+        assert_eq!(c.pubsub.subscription, "from-flag");
+        assert_eq!(c.recovery.scan_batch, 7);
+        assert_eq!(c.recovery.idle_poll, Duration::from_millis(250));
+        assert_eq!(
+            c.recovery().protocol.heartbeat_interval,
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = load("[pubsub]\ntopik = \"x\"\n", &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("topik"), "{err}");
+        let err = load("[protocol]\nstaleness_threshold = \"5s\"\n", &[], &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("protocol.staleness_threshold"),
+            "{err}"
+        );
+        let err = load("", &[], &["recovery.claim_lease=soon"]).unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+        let err = load("", &[], &["worker.member_index=3", "worker.member_count=3"]).unwrap_err();
+        assert!(err.to_string().contains("worker.member_index"), "{err}");
+        let err = load("", &[], &["gcs.bucket="]).unwrap_err();
+        assert!(err.to_string().contains("gcs.bucket"), "{err}");
+        let err = load("", &[], &["nodot=1"]).unwrap_err();
+        assert!(err.to_string().contains("section.key"), "{err}");
+        let err = Config::load(Some(Path::new("/no/such/file.toml")), [], &[]).unwrap_err();
+        assert!(err.to_string().contains("/no/such/file.toml"), "{err}");
+    }
+}
