@@ -39,7 +39,10 @@ pub mod bigtable;
 pub mod changelog;
 pub mod clock;
 pub mod config;
+#[cfg(any(test, feature = "testing"))]
+pub mod demo;
 pub mod error;
+pub mod health;
 pub mod hv;
 pub mod lt;
 pub mod model;

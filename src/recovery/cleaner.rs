@@ -141,6 +141,8 @@ impl Cleaner {
         )
         .instrument(tracing::info_span!(span::CONVERGE, "tiersweep.change_id" = %entry.id))
         .await?;
+        tracing::info!(change = %entry.id, object = %entry.record.object,
+            deleted = report.deleted.len(), "converged change");
         Ok(JobOutcome::Converged(report))
     }
 

@@ -13,6 +13,7 @@
 pub mod cleaner;
 pub mod converge;
 pub mod embedded;
+pub mod inspect;
 pub mod job;
 pub mod scanner;
 

@@ -172,6 +172,16 @@ impl Scanner {
             let wait = match self.scan_page().await {
                 Ok(r) => {
                     backoff = None;
+                    if r.scanned > 0 {
+                        tracing::info!(
+                            scanned = r.scanned,
+                            won = r.won,
+                            lost = r.lost,
+                            published = r.published,
+                            malformed = r.malformed,
+                            "scanned stale rows"
+                        );
+                    }
                     if r.more || r.won > 0 {
                         continue;
                     }

@@ -58,30 +58,70 @@ async fn answers(host_port: &str) -> bool {
 /// Panics, with what to do, when they cannot be started.
 pub async fn emulators() -> &'static Emulators {
     EMULATORS
-        .get_or_init(|| async {
-            let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
-            let e = Emulators {
-                bigtable: env("BIGTABLE_EMULATOR_HOST", "127.0.0.1:8086"),
-                pubsub: env("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
-                gcs: env("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443"),
-                project: env("TIERSWEEP_PROJECT", "tiersweep-local"),
-                instance: env("TIERSWEEP_BIGTABLE_INSTANCE", "tiersweep"),
-            };
-            let mut down = Vec::new();
-            for addr in [e.bigtable.as_str(), e.pubsub.as_str(), host_port(&e.gcs)] {
-                if !answers(addr).await {
-                    down.push(addr.to_owned());
-                }
-            }
-            if !down.is_empty() {
-                start(&down).await;
-            }
-            e
-        })
+        .get_or_init(|| async { start_or_reuse().await.unwrap_or_else(|e| panic!("{e}")) })
         .await
 }
 
-async fn start(down: &[String]) {
+fn configured() -> Emulators {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    Emulators {
+        bigtable: env("BIGTABLE_EMULATOR_HOST", "127.0.0.1:8086"),
+        pubsub: env("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+        gcs: env("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443"),
+        project: env("TIERSWEEP_PROJECT", "tiersweep-local"),
+        instance: env("TIERSWEEP_BIGTABLE_INSTANCE", "tiersweep"),
+    }
+}
+
+async fn down(e: &Emulators) -> Vec<String> {
+    let mut down = Vec::new();
+    for addr in [e.bigtable.as_str(), e.pubsub.as_str(), host_port(&e.gcs)] {
+        if !answers(addr).await {
+            down.push(addr.to_owned());
+        }
+    }
+    down
+}
+
+/// The emulators, if all three answer now.
+pub async fn running() -> Option<Emulators> {
+    let e = configured();
+    down(&e).await.is_empty().then_some(e)
+}
+
+/// True when the gcloud SDK with both emulators (and Java for Pub/Sub's) is installed, so
+/// that `infra/local/start.sh` can start them without installing anything.
+pub async fn installed() -> bool {
+    let Ok(out) = tokio::process::Command::new("gcloud")
+        .args(["info", "--format=value(installation.sdk_root)"])
+        .output()
+        .await
+    else {
+        return false;
+    };
+    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    out.status.success()
+        && root.join("platform/bigtable-emulator/cbtemulator").exists()
+        && root
+            .join("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+            .exists()
+        && std::process::Command::new("java")
+            .arg("-version")
+            .output()
+            .is_ok()
+}
+
+/// The emulators, started with `infra/local/start.sh` when any of them is down.
+pub async fn start_or_reuse() -> Result<Emulators, String> {
+    let e = configured();
+    let down = down(&e).await;
+    if !down.is_empty() {
+        start(&down).await?;
+    }
+    Ok(e)
+}
+
+async fn start(down: &[String]) -> Result<(), String> {
     let script = repo_root().join("infra/local/start.sh");
     eprintln!(
         "emulators not answering on {down:?}; starting them with {}",
@@ -90,15 +130,17 @@ async fn start(down: &[String]) {
     let output = tokio::process::Command::new(&script)
         .output()
         .await
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "the emulators are not running and {} could not start them.\n\
          Emulator tests never skip: install what it asks for, or start the emulators yourself \
          and export BIGTABLE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST.\n{}",
         script.display(),
         String::from_utf8_lossy(&output.stderr)
-    );
+    ))
 }
 
 /// A fresh name for one test's resources: lowercase, short, valid for tables, topics and

@@ -1,0 +1,271 @@
+//! The demo behind `tiersweep demo`: writer load with injected crashes, then a scanner pool
+//! and a cleaner pool working through what the crashes left, then the invariant checker's
+//! verdict. It runs on whatever [`Stores`] and [`JobQueue`] it is given, so the same code
+//! demonstrates the in-memory embedded mode and the emulators.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::Rng;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProtocolConfig;
+use crate::error::StoreResult;
+use crate::model::{ObjectPath, ShardRange};
+use crate::queue::JobQueue;
+use crate::recovery::{Cleaner, RecoveryConfig, Scanner, inspect};
+use crate::stores::Stores;
+use crate::testing::faults::{Fault, Faults, Rule};
+use crate::testing::invariants::{self, Acceptable};
+use crate::writer::{TieredStorage, WriterConfig};
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub writes: usize,
+    /// Probability that a write is crashed at a random one of its store calls.
+    pub crash_rate: f64,
+    pub scanners: u16,
+    pub cleaners: usize,
+    /// Writes in flight at once.
+    pub writer_concurrency: usize,
+    /// Writes per object: several writes to one object exercise overwrites and deletes.
+    pub writes_per_object: usize,
+    /// Short timings, so the demo waits seconds for changes to go stale.
+    pub protocol: ProtocolConfig,
+    /// Give up waiting for convergence after this long.
+    pub deadline: Duration,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            writes: 1000,
+            crash_rate: 0.1,
+            scanners: 2,
+            cleaners: 4,
+            writer_concurrency: 32,
+            writes_per_object: 4,
+            protocol: ProtocolConfig {
+                heartbeat_interval: Duration::from_millis(500),
+                staleness_threshold: Duration::from_secs(2),
+                safety_margin: Duration::from_millis(500),
+            },
+            deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The verdict, as `tiersweep demo --json` prints it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DemoReport {
+    pub backend: String,
+    pub writes: usize,
+    pub acked: usize,
+    pub crashes_injected: usize,
+    /// Changelog rows recovery removed.
+    pub changes_recovered: usize,
+    pub orphans: usize,
+    pub dangling_tombstones: usize,
+    pub lost_objects: usize,
+    pub changelog_remaining: usize,
+    pub elapsed_s: f64,
+    pub write_phase_s: f64,
+    pub recovery_phase_s: f64,
+    pub converged: bool,
+}
+
+/// What the demo is doing, for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    Writing {
+        done: usize,
+        total: usize,
+        crashed: usize,
+    },
+    WaitingForStaleness(Duration),
+    Recovering {
+        remaining: usize,
+        total: usize,
+    },
+}
+
+/// Demo values: large ones go to LT, small ones stay inline.
+const INLINE_THRESHOLD: usize = 1024;
+
+fn value(rng: &mut impl Rng, tag: &str) -> Option<Bytes> {
+    match rng.random_range(0..10) {
+        0 => None,
+        1 | 2 => Some(Bytes::from(format!("small {tag}"))),
+        _ => Some(Bytes::from(format!(
+            "{tag}:{}",
+            "L".repeat(INLINE_THRESHOLD * 2)
+        ))),
+    }
+}
+
+pub async fn run(
+    backend: &str,
+    stores: Stores,
+    queue: Arc<dyn JobQueue>,
+    config: &DemoConfig,
+    progress: impl Fn(Progress) + Send + Sync,
+) -> StoreResult<DemoReport> {
+    let started = Instant::now();
+    let writer_config = WriterConfig {
+        inline_threshold: INLINE_THRESHOLD,
+        protocol: config.protocol,
+        ..WriterConfig::default()
+    };
+    let recovery = RecoveryConfig {
+        protocol: config.protocol,
+        scan_batch: 200,
+        claim_lease: config.protocol.staleness_threshold * 10,
+        idle_poll: Duration::from_millis(200),
+        cleaner_concurrency: 32,
+        ..RecoveryConfig::default()
+    };
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let objects = config.writes.div_ceil(config.writes_per_object.max(1));
+    let done = AtomicUsize::new(0);
+    let crashed = AtomicUsize::new(0);
+    let acked = AtomicUsize::new(0);
+
+    // Phase 1: writers, each object's writes in order, objects concurrently.
+    let expected: BTreeMap<ObjectPath, Acceptable> = futures::stream::iter(0..objects)
+        .map(|o| {
+            let stores = stores.clone();
+            let (done, crashed, acked, progress) = (&done, &crashed, &acked, &progress);
+            let path = ObjectPath::new(format!("demo/{run_id}/{o:06}")).expect("valid path");
+            let writes = config
+                .writes_per_object
+                .min(config.writes - o * config.writes_per_object);
+            async move {
+                let mut acceptable: Acceptable = vec![None];
+                for w in 0..writes {
+                    let (next, crash) = {
+                        let mut rng = rand::rng();
+                        let crash = rng.random_bool(config.crash_rate.clamp(0.0, 1.0)).then(|| {
+                            let fault = if rng.random_bool(0.5) {
+                                Fault::CrashBefore
+                            } else {
+                                Fault::CrashAfter
+                            };
+                            Rule::nth_call(rng.random_range(0..5), fault)
+                        });
+                        (value(&mut rng, &format!("{o}.{w}")), crash)
+                    };
+                    let faults = Faults::new(crash);
+                    let writer = TieredStorage::new(faults.wrap(&stores), writer_config)
+                        .expect("demo writer config is valid");
+                    let op = {
+                        let (path, next) = (path.clone(), next.clone());
+                        tokio::spawn(async move {
+                            match next {
+                                Some(v) => writer.put(&path, v).await,
+                                None => writer.delete(&path).await,
+                            }
+                        })
+                    };
+                    let abort = op.abort_handle();
+                    let outcome = tokio::select! {
+                        r = op => Some(r),
+                        _ = faults.crashed() => { abort.abort(); None }
+                    };
+                    match outcome {
+                        Some(Ok(Ok(()))) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            acceptable = vec![next];
+                        }
+                        Some(Ok(Err(e))) => {
+                            tracing::warn!(object = %path, error = %e, "write failed");
+                            acceptable.push(next);
+                        }
+                        _ => {
+                            crashed.fetch_add(1, Ordering::Relaxed);
+                            acceptable.push(next);
+                        }
+                    }
+                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if d % 50 == 0 || d == config.writes {
+                        progress(Progress::Writing {
+                            done: d,
+                            total: config.writes,
+                            crashed: crashed.load(Ordering::Relaxed),
+                        });
+                    }
+                }
+                (path, acceptable)
+            }
+        })
+        .buffer_unordered(config.writer_concurrency.max(1))
+        .collect()
+        .await;
+    let write_phase = started.elapsed();
+
+    // Phase 2: let what the crashes left go stale.
+    let wait = config.protocol.staleness_threshold + Duration::from_millis(200);
+    progress(Progress::WaitingForStaleness(wait));
+    tokio::time::sleep(wait).await;
+
+    // Phase 3: the pools, until the changelog is empty.
+    let recovery_started = Instant::now();
+    let page = recovery.scan_batch;
+    let threshold = config.protocol.staleness_threshold;
+    let initial = inspect::backlog(&stores, threshold, page).await?.rows;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    for i in 0..config.scanners.max(1) {
+        let shards = ShardRange::for_member(i, config.scanners.max(1)).unwrap_or(ShardRange::ALL);
+        let scanner = Scanner::new(
+            stores.changelog.clone(),
+            queue.clone(),
+            stores.clock.clone(),
+            recovery.clone(),
+            shards,
+        );
+        tracker.spawn(scanner.run(cancel.clone()));
+    }
+    for _ in 0..config.cleaners.max(1) {
+        let cleaner = Cleaner::new(stores.clone(), queue.clone(), recovery.clone());
+        tracker.spawn(cleaner.run(cancel.clone(), Duration::from_secs(5)));
+    }
+    tracker.close();
+    let give_up = Instant::now() + config.deadline;
+    let remaining = loop {
+        let remaining = inspect::backlog(&stores, threshold, page).await?.rows;
+        progress(Progress::Recovering {
+            remaining,
+            total: initial,
+        });
+        if remaining == 0 || Instant::now() > give_up {
+            break remaining;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    cancel.cancel();
+    tracker.wait().await;
+    let recovery_phase = recovery_started.elapsed();
+
+    let check = invariants::check(&stores, &expected).await?;
+    Ok(DemoReport {
+        backend: backend.to_owned(),
+        writes: config.writes,
+        acked: acked.into_inner(),
+        crashes_injected: crashed.into_inner(),
+        changes_recovered: initial.saturating_sub(remaining),
+        orphans: check.orphans.len(),
+        dangling_tombstones: check.dangling.len(),
+        lost_objects: check.lost.len(),
+        changelog_remaining: check.changelog_remaining,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        write_phase_s: write_phase.as_secs_f64(),
+        recovery_phase_s: recovery_phase.as_secs_f64(),
+        converged: check.is_converged(),
+    })
+}

@@ -1,0 +1,198 @@
+//! Read-only views for operators: the backlog by age, one change in full, and what
+//! recovery would delete. Nothing here claims, fences, deletes or writes.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::converge::unreferenced;
+use crate::changelog::{ChangelogEntry, ScanRequest, ScannedRow};
+use crate::error::StoreResult;
+use crate::model::{ChangeId, HvValue, ShardRange, Timestamp};
+use crate::stores::Stores;
+
+/// Upper bounds of the age buckets, beyond the staleness threshold.
+const BUCKETS: [(&str, Duration); 5] = [
+    ("< 1m", Duration::from_secs(60)),
+    ("< 10m", Duration::from_secs(600)),
+    ("< 1h", Duration::from_secs(3600)),
+    ("< 1d", Duration::from_secs(86_400)),
+    (">= 1d", Duration::MAX),
+];
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Backlog {
+    pub rows: usize,
+    /// Stamped within the staleness threshold: writers are still working on them.
+    pub live: usize,
+    /// Stamped into the future: claimed, with a cleanup job in flight.
+    pub claimed: usize,
+    /// Past the threshold and waiting for a scanner, by age.
+    pub stale: usize,
+    pub stale_by_age: Vec<(String, usize)>,
+    pub malformed: usize,
+    pub oldest_stale: Option<OldestStale>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OldestStale {
+    pub change: String,
+    pub object: String,
+    pub age_s: u64,
+    pub claims: u32,
+}
+
+/// Counts every changelog row, a page at a time (memory stays flat in the backlog).
+pub async fn backlog(stores: &Stores, threshold: Duration, page: usize) -> StoreResult<Backlog> {
+    let now = stores.clock.now();
+    let cutoff = now.saturating_sub(threshold);
+    let mut b = Backlog {
+        stale_by_age: BUCKETS.iter().map(|(l, _)| ((*l).to_owned(), 0)).collect(),
+        ..Backlog::default()
+    };
+    let mut start_after = None;
+    loop {
+        let req = ScanRequest {
+            shards: ShardRange::ALL,
+            // Everything: rows stamped at any time, whatever their cleanup_after.
+            cutoff: Timestamp(i64::MAX),
+            now: Timestamp(i64::MAX),
+            start_after,
+            limit: page,
+        };
+        let result = stores.changelog.scan_stale(&req).await?;
+        for row in result.rows {
+            b.rows += 1;
+            let e = match row {
+                ScannedRow::Entry(e) => e,
+                ScannedRow::Malformed { .. } => {
+                    b.malformed += 1;
+                    continue;
+                }
+            };
+            if e.stamp > now {
+                b.claimed += 1;
+            } else if e.stamp >= cutoff {
+                b.live += 1;
+            } else {
+                b.stale += 1;
+                let age = e.stamp.age_at(now);
+                let i = BUCKETS
+                    .iter()
+                    .position(|(_, max)| age < *max)
+                    .unwrap_or(BUCKETS.len() - 1);
+                b.stale_by_age[i].1 += 1;
+                if b.oldest_stale
+                    .as_ref()
+                    .is_none_or(|o| age.as_secs() > o.age_s)
+                {
+                    b.oldest_stale = Some(OldestStale {
+                        change: e.id.to_string(),
+                        object: e.record.object.to_string(),
+                        age_s: age.as_secs(),
+                        claims: e.record.claims,
+                    });
+                }
+            }
+        }
+        start_after = result.resume_after;
+        if start_after.is_none() {
+            return Ok(b);
+        }
+    }
+}
+
+/// One change as the stores see it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeView {
+    pub change: String,
+    pub object: String,
+    pub owner: String,
+    pub claims: u32,
+    pub stamp_ms: i64,
+    pub age_s: i64,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub traceparent: Option<String>,
+    /// What HV holds for the object: `absent`, `inline (N bytes)` or the tombstone's revision.
+    pub hv: String,
+    /// Each of the change's revisions and whether its blob exists.
+    pub blobs: Vec<(String, bool)>,
+    /// What converging now would delete (HV read without a fence: a live writer may still
+    /// change it).
+    pub would_delete: Vec<String>,
+}
+
+pub async fn inspect(stores: &Stores, id: &ChangeId) -> StoreResult<Option<ChangeView>> {
+    let Some(entry) = stores.changelog.get(id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(view(stores, &entry).await?))
+}
+
+pub async fn view(stores: &Stores, entry: &ChangelogEntry) -> StoreResult<ChangeView> {
+    let r = &entry.record;
+    let hv = stores.hv.read(&r.object).await?;
+    let referenced = hv.as_ref().and_then(HvValue::tombstone);
+    let mut blobs = Vec::new();
+    for rev in r.revisions() {
+        blobs.push((rev.to_string(), stores.lt.exists(rev).await?));
+    }
+    let now = stores.clock.now();
+    Ok(ChangeView {
+        change: entry.id.to_string(),
+        object: r.object.to_string(),
+        owner: r.owner.to_string(),
+        claims: r.claims,
+        stamp_ms: entry.stamp.millis(),
+        age_s: (now.millis() - entry.stamp.millis()) / 1000,
+        old: r.old.as_ref().map(ToString::to_string),
+        new: r.new.as_ref().map(ToString::to_string),
+        traceparent: r.traceparent.clone(),
+        hv: match &hv {
+            None => "absent".into(),
+            Some(HvValue::Inline(b)) => format!("inline ({} bytes)", b.len()),
+            Some(HvValue::Tombstone(rev)) => format!("tombstone {rev}"),
+        },
+        blobs,
+        would_delete: unreferenced(r, referenced)
+            .map(ToString::to_string)
+            .collect(),
+    })
+}
+
+/// Calls `each` with the view of every stale change, in key order, a page at a time.
+/// Returns how many there were and how many rows were malformed.
+pub async fn dry_run(
+    stores: &Stores,
+    threshold: Duration,
+    page: usize,
+    mut each: impl FnMut(ChangeView),
+) -> StoreResult<(usize, usize)> {
+    let now = stores.clock.now();
+    let (mut seen, mut malformed) = (0, 0);
+    let mut start_after = None;
+    loop {
+        let req = ScanRequest {
+            shards: ShardRange::ALL,
+            cutoff: now.saturating_sub(threshold),
+            now,
+            start_after,
+            limit: page,
+        };
+        let result = stores.changelog.scan_stale(&req).await?;
+        for row in result.rows {
+            match row {
+                ScannedRow::Entry(e) => {
+                    seen += 1;
+                    each(view(stores, &e).await?);
+                }
+                ScannedRow::Malformed { .. } => malformed += 1,
+            }
+        }
+        start_after = result.resume_after;
+        if start_after.is_none() {
+            return Ok((seen, malformed));
+        }
+    }
+}

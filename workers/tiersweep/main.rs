@@ -1,0 +1,99 @@
+//! `tiersweep`: the one binary for every tiersweep process. `scan` and `clean` are the
+//! worker pools' entry points; `demo` runs the whole pipeline on one machine; `status`,
+//! `inspect` and `recover --dry-run` are the operator's tools. The work itself lives in the
+//! library; this file parses arguments and wires things together.
+
+mod demo;
+mod ops;
+mod worker;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tiersweep::config::Config;
+use tiersweep::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tiersweep",
+    version,
+    about = "Crash recovery for tiered object storage (Bigtable HV + GCS LT)",
+    long_about = "Crash recovery for tiered object storage on Google Cloud.\n\n\
+        Writers record every two-tier mutation in a Bigtable changelog before they start and \
+        heartbeat it. Stale-scan workers (`tiersweep scan`) claim abandoned rows and publish \
+        cleanup jobs to Pub/Sub; cleanup workers (`tiersweep clean`) converge them: delete each \
+        LT revision HV does not reference, then remove the row.\n\n\
+        Configuration: a TOML file (--config), then TIERSWEEP_<SECTION>__<KEY> environment \
+        variables, then --set section.key=value flags. BIGTABLE_EMULATOR_HOST, \
+        PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST point it at the emulators \
+        (infra/local/start.sh prints them)."
+)]
+struct Cli {
+    /// TOML configuration file (see infra/local/tiersweep.toml for every key).
+    #[arg(long, env = "TIERSWEEP_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set pubsub.topic=jobs (repeatable; wins over file and env).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", global = true)]
+    overrides: Vec<String>,
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text, global = true)]
+    log_format: LogFormatArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole pipeline on this machine: writer load with injected crashes, a scanner
+    /// pool and a cleaner pool, then a convergence report checked against the invariants.
+    Demo(demo::DemoArgs),
+    /// Run a stale-scan worker: scan this member's shards for stale changelog rows, claim
+    /// them, publish cleanup jobs. Runs until SIGTERM/SIGINT.
+    Scan(worker::WorkerArgs),
+    /// Run a cleanup worker: pull jobs, converge HV and LT, remove the row. Runs until
+    /// SIGTERM/SIGINT, then finishes in-flight jobs within worker.shutdown_deadline.
+    Clean(worker::WorkerArgs),
+    /// Show the changelog backlog by age and the oldest stale change.
+    Status(ops::StatusArgs),
+    /// Show one change: its changelog row, what HV holds for its object, which of its
+    /// revisions exist in LT.
+    Inspect(ops::InspectArgs),
+    /// Show what recovery would delete for each stale change, without claiming, fencing or
+    /// deleting anything.
+    Recover(ops::RecoverArgs),
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides)
+        .context("loading configuration")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    };
+    // The demo draws its own progress; its workers' routine logs would only interleave.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    telemetry::init_logging(format, default_level);
+    match &cli.command {
+        Command::Demo(args) => demo::run(args, &cli).await,
+        Command::Scan(args) => worker::scan(args, load_config(&cli)?).await,
+        Command::Clean(args) => worker::clean(args, load_config(&cli)?).await,
+        Command::Status(args) => ops::status(args, load_config(&cli)?).await,
+        Command::Inspect(args) => ops::inspect(args, load_config(&cli)?).await,
+        Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
+    }
+}

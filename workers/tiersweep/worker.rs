@@ -1,0 +1,170 @@
+//! `tiersweep scan` and `tiersweep clean`: connect, report readiness, run the library's
+//! scanner or cleaner until SIGTERM/SIGINT, drain, exit 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tiersweep::Stores;
+use tiersweep::clock;
+use tiersweep::config::Config;
+use tiersweep::health::{self, Readiness};
+use tiersweep::queue::PubsubQueue;
+use tiersweep::recovery::{Cleaner, Scanner};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// This worker's index in its pool (overrides worker.member_index; scanners only).
+    #[arg(long)]
+    member_index: Option<u16>,
+    /// The pool's size (overrides worker.member_count; scanners only).
+    #[arg(long)]
+    member_count: Option<u16>,
+    /// Serve /healthz and /readyz on this address (overrides worker.health_listen).
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
+}
+
+impl WorkerArgs {
+    fn apply(&self, mut config: Config) -> Result<Config> {
+        if let Some(i) = self.member_index {
+            config.worker.member_index = i;
+        }
+        if let Some(n) = self.member_count {
+            config.worker.member_count = n;
+        }
+        if self.health_listen.is_some() {
+            config.worker.health_listen = self.health_listen;
+        }
+        config.validate().context("validating configuration")?;
+        Ok(config)
+    }
+}
+
+/// Cancels `cancel` on the first SIGTERM or SIGINT.
+pub fn cancel_on_signals(cancel: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+        tracing::info!(
+            signal = which,
+            "shutting down: no new work; finishing what is in flight"
+        );
+        cancel.cancel();
+    });
+    Ok(())
+}
+
+/// What every worker does before its loop: signals, health endpoints, connections.
+/// Connection failures that may pass (service unreachable) are retried until the
+/// shutdown signal; permanent ones (missing table, bucket, subscription) end the process.
+struct Started {
+    cancel: CancellationToken,
+    readiness: Readiness,
+    stores: Stores,
+    queue: Arc<PubsubQueue>,
+    /// The health server has its own token: it keeps answering (not ready) while in-flight
+    /// work drains after the signal.
+    health: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+async fn start(config: &Config, role: &str) -> Result<Option<Started>> {
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone())?;
+    let readiness = Readiness::default();
+    let health_cancel = CancellationToken::new();
+    let health = match config.worker.health_listen {
+        Some(addr) => {
+            let (bound, task) = health::serve(addr, readiness.clone(), health_cancel.clone())
+                .await
+                .with_context(|| format!("binding the health endpoint {addr}"))?;
+            tracing::info!(%bound, "serving /healthz and /readyz");
+            Some((health_cancel, task))
+        }
+        None => None,
+    };
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let attempt = async {
+            let stores = Stores::connect(config, clock::system()).await?;
+            stores.check().await?;
+            let queue = PubsubQueue::connect(&config.pubsub).await?;
+            Ok::<_, tiersweep::StoreError>((stores, queue))
+        };
+        match attempt.await {
+            Ok((stores, queue)) => {
+                readiness.set(true);
+                tracing::info!(role, "connected to Bigtable, GCS and Pub/Sub; ready");
+                return Ok(Some(Started {
+                    cancel,
+                    readiness,
+                    stores,
+                    queue: Arc::new(queue),
+                    health,
+                }));
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, ?delay, "cannot connect yet; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => bail!("{role} cannot start: {e}"),
+        }
+    }
+}
+
+pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
+    let config = args.apply(config)?;
+    let Some(s) = start(&config, "scanner").await? else {
+        return Ok(());
+    };
+    let shards = config.shards();
+    tracing::info!(
+        member = config.worker.member_index,
+        of = config.worker.member_count,
+        ?shards,
+        "scanning"
+    );
+    let scanner = Scanner::new(
+        s.stores.changelog.clone(),
+        s.queue.clone(),
+        s.stores.clock.clone(),
+        config.recovery(),
+        shards,
+    );
+    scanner.run(s.cancel.clone()).await;
+    finish(s).await
+}
+
+pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
+    let config = args.apply(config)?;
+    let Some(s) = start(&config, "cleaner").await? else {
+        return Ok(());
+    };
+    tracing::info!(subscription = %config.pubsub.subscription,
+        concurrency = config.recovery.cleaner_concurrency, "cleaning");
+    let cleaner = Cleaner::new(s.stores.clone(), s.queue.clone(), config.recovery());
+    cleaner
+        .run(s.cancel.clone(), config.worker.shutdown_deadline)
+        .await;
+    finish(s).await
+}
+
+async fn finish(s: Started) -> Result<()> {
+    s.readiness.set(false);
+    if let Some((cancel, task)) = s.health {
+        cancel.cancel();
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
