@@ -344,6 +344,22 @@ impl Emulators {
             .expect("Pub/Sub client")
     }
 
+    /// A full configuration naming fresh tables, bucket, topics and subscription, with the
+    /// given protocol; `env()` turns it into the variables a child process reads.
+    pub async fn fresh_config(
+        &self,
+        protocol: crate::config::ProtocolConfig,
+    ) -> crate::config::Config {
+        let (_, bigtable) = self.new_tables().await;
+        crate::config::Config {
+            bigtable,
+            gcs: self.gcs_config().await,
+            pubsub: self.pubsub_config().await,
+            protocol,
+            ..crate::config::Config::default()
+        }
+    }
+
     /// HV, LT and changelog on the emulators, with fresh tables and bucket.
     pub async fn stores(&self, clock: SharedClock) -> Stores {
         let (client, config) = self.new_tables().await;
@@ -358,4 +374,73 @@ impl Emulators {
             clock,
         }
     }
+}
+
+/// The `TIERSWEEP_<SECTION>__<KEY>` variables that make a child `tiersweep` process use
+/// `config`'s resources and timings (and the emulator endpoints).
+pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
+    use crate::config::duration::format;
+    let mut env = vec![
+        (
+            "TIERSWEEP_BIGTABLE__PROJECT",
+            config.bigtable.project.clone(),
+        ),
+        (
+            "TIERSWEEP_BIGTABLE__INSTANCE",
+            config.bigtable.instance.clone(),
+        ),
+        (
+            "TIERSWEEP_BIGTABLE__HV_TABLE",
+            config.bigtable.hv_table.clone(),
+        ),
+        (
+            "TIERSWEEP_BIGTABLE__CHANGELOG_TABLE",
+            config.bigtable.changelog_table.clone(),
+        ),
+        ("TIERSWEEP_GCS__BUCKET", config.gcs.bucket.clone()),
+        ("TIERSWEEP_PUBSUB__PROJECT", config.pubsub.project.clone()),
+        ("TIERSWEEP_PUBSUB__TOPIC", config.pubsub.topic.clone()),
+        (
+            "TIERSWEEP_PUBSUB__SUBSCRIPTION",
+            config.pubsub.subscription.clone(),
+        ),
+        (
+            "TIERSWEEP_PUBSUB__DEAD_LETTER_TOPIC",
+            config.pubsub.dead_letter_topic.clone(),
+        ),
+        (
+            "TIERSWEEP_PROTOCOL__HEARTBEAT_INTERVAL",
+            format(config.protocol.heartbeat_interval),
+        ),
+        (
+            "TIERSWEEP_PROTOCOL__STALENESS_THRESHOLD",
+            format(config.protocol.staleness_threshold),
+        ),
+        (
+            "TIERSWEEP_PROTOCOL__SAFETY_MARGIN",
+            format(config.protocol.safety_margin),
+        ),
+        (
+            "TIERSWEEP_RECOVERY__CLAIM_LEASE",
+            format(config.recovery.claim_lease),
+        ),
+        (
+            "TIERSWEEP_RECOVERY__IDLE_POLL",
+            format(config.recovery.idle_poll),
+        ),
+        (
+            "TIERSWEEP_RECOVERY__OBJECT_PREFIX",
+            format!("{:?}", config.recovery.object_prefix),
+        ),
+    ];
+    let hosts = [
+        (
+            "BIGTABLE_EMULATOR_HOST",
+            config.bigtable.emulator_host.clone(),
+        ),
+        ("PUBSUB_EMULATOR_HOST", config.pubsub.emulator_host.clone()),
+        ("STORAGE_EMULATOR_HOST", config.gcs.emulator_url.clone()),
+    ];
+    env.extend(hosts.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
