@@ -310,3 +310,91 @@ async fn wait_until_only(stores: &Stores, keep: &ChangeId, within: Duration) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn run_cli(config: &Config, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tiersweep"))
+        .args(args)
+        .envs(env_for(config))
+        .output()
+        .expect("running tiersweep");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_inspect_and_dry_run_report_without_changing_anything() {
+    let (config, stores) = setup().await;
+    let expected = crashed_puts(&stores, 3).await;
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
+
+    let (ok, out, err) = run_cli(&config, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (status["rows"].as_u64(), status["stale"].as_u64()),
+        (Some(3), Some(3)),
+        "{status}"
+    );
+    assert!(status["oldest_stale"]["change"].is_string(), "{status}");
+
+    let (ok, out, err) = run_cli(&config, &["recover", "--dry-run", "--json"]);
+    assert!(ok, "{err}");
+    let views: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(views.len(), 3, "{out}");
+    for v in &views {
+        // Each crashed put uploaded its new revision; HV does not reference it.
+        let doomed = v["would_delete"][0]
+            .as_str()
+            .expect("one revision to delete");
+        assert_eq!(Some(doomed), v["new"].as_str(), "{v}");
+        let rev = tiersweep::model::Revision::parse(doomed).unwrap();
+        assert!(
+            stores.lt.exists(&rev).await.unwrap(),
+            "a dry run deletes nothing"
+        );
+    }
+    assert!(err.contains("nothing was changed"), "{err}");
+
+    let change = views[0]["change"].as_str().unwrap();
+    let (ok, out, err) = run_cli(&config, &["inspect", change]);
+    assert!(ok, "{err}");
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["change"].as_str(), Some(change));
+    assert_eq!(view["hv"].as_str(), Some("absent"));
+
+    let (ok, _, err) = run_cli(&config, &["inspect", "not-a-change"]);
+    assert!(!ok && err.contains("not a change id"), "{err}");
+    let (ok, _, err) = run_cli(&config, &["recover"]);
+    assert!(!ok && err.contains("--dry-run"), "{err}");
+
+    // Still all there: nothing above claimed, fenced or deleted.
+    assert_eq!(rows(&stores).await.unwrap(), 3);
+    let report = invariants::check(&stores, &expected).await.unwrap();
+    assert_eq!(report.orphans.len(), 3, "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_setting_stops_a_worker_with_the_field_named() {
+    let (config, _) = setup().await;
+    let (ok, _, err) = run_cli(
+        &config,
+        &["scan", "--set", "protocol.staleness_threshold=300ms"],
+    );
+    assert!(!ok);
+    assert!(err.contains("protocol.staleness_threshold"), "{err}");
+    let (ok, _, err) = run_cli(
+        &config,
+        &["clean", "--set", "gcs.bucket=no-such-bucket-here"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("no-such-bucket-here") && err.contains("does not exist"),
+        "{err}"
+    );
+}

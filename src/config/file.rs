@@ -264,6 +264,22 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/local/tiersweep.toml");
+        let example = Config::load(Some(&path), [], &[]).unwrap();
+        let defaults = Config::default();
+        assert_eq!(example.protocol, defaults.protocol);
+        assert_eq!(example.worker, defaults.worker);
+        assert_eq!(example.pubsub, defaults.pubsub);
+        assert_eq!(example.gcs, defaults.gcs);
+        assert_eq!(example.bigtable, defaults.bigtable);
+        assert_eq!(
+            format!("{:?}", example.recovery),
+            format!("{:?}", defaults.recovery)
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let err = load("[pubsub]\ntopik = \"x\"\n", &[], &[]).unwrap_err();
         assert!(err.to_string().contains("topik"), "{err}");
