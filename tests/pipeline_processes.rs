@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tiersweep::clock;
@@ -39,6 +40,10 @@ struct Worker(Child);
 
 impl Worker {
     fn spawn(config: &Config, args: &[&str]) -> Self {
+        Self::spawn_with(config, args)
+    }
+
+    fn spawn_with(config: &Config, args: &[&str]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_tiersweep"))
             .args(args)
             .envs(env_for(config))
@@ -397,4 +402,98 @@ async fn a_bad_setting_stops_a_worker_with_the_field_named() {
         err.contains("no-such-bucket-here") && err.contains("does not exist"),
         "{err}"
     );
+}
+
+/// A TCP proxy to `target` that can be told to stop forwarding, freezing every call in
+/// flight through it, as a process stalled mid-job would.
+async fn stalling_proxy(target: String) -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let flag = stalled.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            tokio::spawn(pump(ri, wo, flag.clone()));
+            tokio::spawn(pump(ro, wi, flag.clone()));
+        }
+    });
+    (addr, stalled)
+}
+
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    stalled: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        while stalled.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_cleaner_is_killed_mid_job_is_redelivered_and_converged() {
+    let (config, stores) = setup().await;
+    let expected = crashed_puts(&stores, 1).await;
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
+
+    // Cleaner A reaches Bigtable through a proxy we can freeze, with a long RPC deadline,
+    // so that it hangs inside its job until we kill it.
+    let bigtable = config.bigtable.emulator_host.clone().unwrap();
+    let (proxy, stalled) = stalling_proxy(bigtable).await;
+    let mut a_config = config.clone();
+    a_config.bigtable.emulator_host = Some(proxy.to_string());
+    let health = free_port();
+    let a = Worker::spawn_with(
+        &a_config,
+        &[
+            "clean",
+            "--health-listen",
+            &health.to_string(),
+            "--set",
+            "bigtable.timeout=120s",
+            "--set",
+            "pubsub.lease_extension=10s",
+        ],
+    );
+    wait_for_ready(health).await;
+    stalled.store(true, Ordering::Relaxed);
+
+    let queue: Arc<dyn JobQueue> = Arc::new(PubsubQueue::connect(&config.pubsub).await.unwrap());
+    let mut scanner = tiersweep::recovery::Scanner::new(
+        stores.changelog.clone(),
+        queue,
+        stores.clock.clone(),
+        config.recovery(),
+        tiersweep::model::ShardRange::ALL,
+    );
+    let scan = scanner.scan_page().await.unwrap();
+    assert_eq!(scan.published, 1, "{scan:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rows(&stores).await.unwrap(), 1, "A is stuck inside the job");
+    drop(a); // SIGKILL: no nack, no drain; the delivery's ack deadline has to run out.
+
+    let b = Worker::spawn(&config, &["clean"]);
+    // Observed on the Pub/Sub emulator: the dead subscriber's job comes back after about
+    // 60 s, although both the subscription's ack deadline and A's lease extension are 10 s.
+    wait_until_empty(&stores, Duration::from_secs(120)).await;
+    assert!(b.terminate().success());
+    invariants::check(&stores, &expected)
+        .await
+        .unwrap()
+        .assert_converged();
 }

@@ -40,6 +40,11 @@ pub struct PubsubConfig {
     pub emulator_host: Option<String>,
     /// Messages per publish request (the client also sends when 10 ms have passed).
     pub publish_batch: u32,
+    /// How far the subscriber extends a delivery's deadline at a time (10 s – 10 min). A
+    /// job held by a cleaner that died comes back to the pool this long after the last
+    /// extension, whatever the subscription's own ack deadline says.
+    #[serde(with = "crate::config::duration")]
+    pub lease_extension: Duration,
 }
 
 impl Default for PubsubConfig {
@@ -51,6 +56,7 @@ impl Default for PubsubConfig {
             dead_letter_topic: "cleanup-jobs-dead-letter".into(),
             emulator_host: std::env::var("PUBSUB_EMULATOR_HOST").ok(),
             publish_batch: 100,
+            lease_extension: Duration::from_secs(60),
         }
     }
 }
@@ -76,6 +82,7 @@ pub struct PubsubQueue {
     subscription: String,
     topic: String,
     dead_letter_topic: String,
+    lease_extension: Duration,
 }
 
 fn queue_error(op: &'static str, target: &str, e: impl std::fmt::Display) -> StoreError {
@@ -167,6 +174,7 @@ impl PubsubQueue {
             subscription,
             topic: config.topic_path(&config.topic),
             dead_letter_topic: config.topic_path(&config.dead_letter_topic),
+            lease_extension: config.lease_extension,
         })
     }
 
