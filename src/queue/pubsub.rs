@@ -217,6 +217,7 @@ impl JobQueue for PubsubQueue {
             .set_max_outstanding_bytes(
                 i64::try_from(flow.max_outstanding_bytes).unwrap_or(i64::MAX),
             )
+            .set_max_lease_extension(self.lease_extension)
             .build();
         Ok(Box::new(PubsubSubscription {
             stream,
