@@ -14,7 +14,6 @@ use tiersweep::queue::{DEAD_LETTER_REASON, JobQueue, Message, PubsubQueue};
 use tiersweep::recovery::{CleanupJob, inspect};
 use tiersweep::testing::crash::{self, Scenario, test_writer_config};
 use tiersweep::testing::emulators::{emulators, env_for};
-use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::testing::invariants::{self, Acceptable};
 use tiersweep::writer::TieredStorage;
 use tiersweep::{StoreResult, Stores};
@@ -78,24 +77,8 @@ impl Drop for Worker {
     }
 }
 
-/// Leaves `n` large puts crashed right after their upload: a changelog row and an
-/// unreferenced blob each.
 async fn crashed_puts(stores: &Stores, n: usize) -> BTreeMap<ObjectPath, Acceptable> {
-    let mut expected = BTreeMap::new();
-    for _ in 0..n {
-        let path = crash::unique_path();
-        let (before, after) = Scenario::LargePut.values();
-        let faults = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
-        let w = TieredStorage::new(faults.wrap(stores), test_writer_config(protocol())).unwrap();
-        let op = tokio::spawn({
-            let (path, after) = (path.clone(), after.clone());
-            async move { w.put(&path, after.unwrap()).await }
-        });
-        faults.crashed().await;
-        op.abort();
-        expected.insert(path, vec![before, after]);
-    }
-    expected
+    crash::crashed_large_puts(stores, test_writer_config(protocol()), n).await
 }
 
 async fn rows(stores: &Stores) -> StoreResult<usize> {

@@ -130,34 +130,7 @@ async fn a_cas_that_arrives_after_recovery_is_refused_by_the_fence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_recoveries_claim_every_stale_entry_exactly_once() {
-    let stores = stores().await;
-    let n = 30;
-    let mut expected = BTreeMap::new();
-    for _ in 0..n {
-        let path = crash::unique_path();
-        let (before, after) = Scenario::LargePut.values();
-        let faults = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
-        let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
-        let op = tokio::spawn({
-            let (path, after) = (path.clone(), after.clone());
-            async move { w.put(&path, after.unwrap()).await }
-        });
-        faults.crashed().await;
-        op.abort();
-        expected.insert(path, vec![before, after]);
-    }
-    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
-    let config = test_recovery_config(protocol());
-    let r1 = EmbeddedRecovery::new(stores.clone(), config.clone());
-    let r2 = EmbeddedRecovery::new(stores.clone(), config);
-    let (p1, p2) = tokio::join!(r1.run_pass(), r2.run_pass());
-    let (p1, p2) = (p1.unwrap(), p2.unwrap());
-    assert_eq!(p1.scan.won + p2.scan.won, n, "{p1:?} {p2:?}");
-    assert_eq!(p1.converged + p2.converged, n);
-    invariants::check(&stores, &expected)
-        .await
-        .unwrap()
-        .assert_converged();
+    crash::concurrent_recoveries(&stores().await, protocol(), 30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -218,40 +218,7 @@ async fn a_cas_that_arrives_after_recovery_is_refused_by_the_fence() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_recoveries_claim_every_stale_entry_exactly_once() {
-    let stores = MemoryStores::new().stores();
-    let mut expected = BTreeMap::new();
-    let n = 60;
-    for _ in 0..n {
-        let path = crash::unique_path();
-        let (before, after) = Scenario::LargePut.values();
-        // Crash right after the upload: an entry and an orphan-to-be for each object.
-        let faults = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
-        let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
-        let op = tokio::spawn({
-            let path = path.clone();
-            let after = after.clone();
-            async move { w.put(&path, after.unwrap()).await }
-        });
-        faults.crashed().await;
-        op.abort();
-        expected.insert(path, vec![before, after]);
-    }
-    tokio::time::sleep(protocol().staleness_threshold + Duration::from_secs(1)).await;
-    let config = test_recovery_config(protocol());
-    let r1 = EmbeddedRecovery::new(stores.clone(), config.clone());
-    let r2 = EmbeddedRecovery::new(stores.clone(), config);
-    let (p1, p2) = tokio::join!(r1.run_pass(), r2.run_pass());
-    let (p1, p2) = (p1.unwrap(), p2.unwrap());
-    assert_eq!(
-        p1.scan.won + p2.scan.won,
-        n,
-        "every entry claimed once: {p1:?} {p2:?}"
-    );
-    assert_eq!(p1.converged + p2.converged, n);
-    invariants::check(&stores, &expected)
-        .await
-        .unwrap()
-        .assert_converged();
+    crash::concurrent_recoveries(&MemoryStores::new().stores(), protocol(), 60).await;
 }
 
 #[tokio::test(start_paused = true)]
