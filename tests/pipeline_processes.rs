@@ -479,3 +479,38 @@ async fn a_job_whose_cleaner_is_killed_mid_job_is_redelivered_and_converged() {
         .unwrap()
         .assert_converged();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_for_an_object_outside_the_prefix_is_dead_lettered_and_deletes_nothing() {
+    let (mut config, stores) = setup().await;
+    // The crashed object lives under crash/; this pool may only touch tenant-a/.
+    config.recovery.object_prefix = "tenant-a/".into();
+    let expected = crashed_puts(&stores, 1).await;
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
+    let queue: Arc<dyn JobQueue> = Arc::new(PubsubQueue::connect(&config.pubsub).await.unwrap());
+    let mut scanner = tiersweep::recovery::Scanner::new(
+        stores.changelog.clone(),
+        queue,
+        stores.clock.clone(),
+        config.recovery(),
+        tiersweep::model::ShardRange::ALL,
+    );
+    assert_eq!(scanner.scan_page().await.unwrap().published, 1);
+
+    let cleaner = Worker::spawn(&config, &["clean"]);
+    let dead = emulators()
+        .await
+        .dead_letters(&config.pubsub, 1, Duration::from_secs(30))
+        .await;
+    assert!(cleaner.terminate().success());
+    assert_eq!(dead.len(), 1);
+    let reason = &dead[0].attributes[DEAD_LETTER_REASON];
+    assert!(reason.contains("outside the configured prefix"), "{reason}");
+    // Nothing deleted, the row kept for an operator (I4, I5).
+    let report = invariants::check(&stores, &expected).await.unwrap();
+    assert_eq!(
+        (report.orphans.len(), report.changelog_remaining),
+        (1, 1),
+        "{report:#?}"
+    );
+}

@@ -182,7 +182,10 @@ impl Cleaner {
                 None => break,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pull failed; backing off");
-                    tokio::time::sleep(this.config.retry.min_delay).await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(this.config.retry.min_delay) => {}
+                    }
                 }
                 Some(Ok(delivery)) => {
                     let this = this.clone();

@@ -100,6 +100,12 @@ async fn start(config: &Config, role: &str) -> Result<Option<Started>> {
         match attempt.await {
             Ok((stores, queue)) => {
                 readiness.set(true);
+                // Not ready from the signal on, while in-flight work drains.
+                let (signalled, r) = (cancel.clone(), readiness.clone());
+                tokio::spawn(async move {
+                    signalled.cancelled().await;
+                    r.set(false);
+                });
                 tracing::info!(role, "connected to Bigtable, GCS and Pub/Sub; ready");
                 return Ok(Some(Started {
                     cancel,
