@@ -109,6 +109,41 @@ fn value(rng: &mut impl Rng, tag: &str) -> Option<Bytes> {
     }
 }
 
+enum Outcome {
+    Acked,
+    Failed,
+    Crashed,
+}
+
+/// One put (or delete, for `None`) of `path`, crashed where `crash` says.
+async fn write_once(
+    stores: &Stores,
+    config: WriterConfig,
+    path: &ObjectPath,
+    value: Option<Bytes>,
+    crash: Option<Rule>,
+) -> Outcome {
+    let faults = Faults::new(crash);
+    let writer =
+        TieredStorage::new(faults.wrap(stores), config).expect("demo writer config is valid");
+    let path = path.clone();
+    let op = async move {
+        let result = match value {
+            Some(v) => writer.put(&path, v).await,
+            None => writer.delete(&path).await,
+        };
+        result.map_err(|e| (path, e))
+    };
+    match faults.run_until_crash(op).await {
+        Some(Ok(())) => Outcome::Acked,
+        Some(Err((path, e))) => {
+            tracing::warn!(object = %path, error = %e, "write failed");
+            Outcome::Failed
+        }
+        None => Outcome::Crashed,
+    }
+}
+
 pub async fn run(
     backend: &str,
     stores: Stores,
@@ -160,33 +195,13 @@ pub async fn run(
                         });
                         (value(&mut rng, &format!("{o}.{w}")), crash)
                     };
-                    let faults = Faults::new(crash);
-                    let writer = TieredStorage::new(faults.wrap(&stores), writer_config)
-                        .expect("demo writer config is valid");
-                    let op = {
-                        let (path, next) = (path.clone(), next.clone());
-                        tokio::spawn(async move {
-                            match next {
-                                Some(v) => writer.put(&path, v).await,
-                                None => writer.delete(&path).await,
-                            }
-                        })
-                    };
-                    let abort = op.abort_handle();
-                    let outcome = tokio::select! {
-                        r = op => Some(r),
-                        _ = faults.crashed() => { abort.abort(); None }
-                    };
-                    match outcome {
-                        Some(Ok(Ok(()))) => {
+                    match write_once(&stores, writer_config, &path, next.clone(), crash).await {
+                        Outcome::Acked => {
                             acked.fetch_add(1, Ordering::Relaxed);
                             acceptable = vec![next];
                         }
-                        Some(Ok(Err(e))) => {
-                            tracing::warn!(object = %path, error = %e, "write failed");
-                            acceptable.push(next);
-                        }
-                        _ => {
+                        Outcome::Failed => acceptable.push(next),
+                        Outcome::Crashed => {
                             crashed.fetch_add(1, Ordering::Relaxed);
                             acceptable.push(next);
                         }

@@ -130,15 +130,13 @@ pub async fn crash_and_recover(
 
     let faults = Faults::new([Rule::nth_call(point.call, point.fault)]);
     let writer = TieredStorage::new(faults.wrap(stores), writer_config).expect("valid config");
-    let op = tokio::spawn({
-        let path = path.clone();
-        async move { scenario.run(&writer, &path).await }
-    });
-    let abort = op.abort_handle();
-    let acked = tokio::select! {
-        r = op => matches!(r, Ok(Ok(()))),
-        _ = faults.crashed() => { abort.abort(); false }
-    };
+    let outcome = faults
+        .run_until_crash({
+            let path = path.clone();
+            async move { scenario.run(&writer, &path).await }
+        })
+        .await;
+    let acked = matches!(outcome, Some(Ok(())));
     assert!(
         !acked,
         "{scenario:?} {point:?}: the operation must not complete after a crash"
@@ -174,12 +172,13 @@ pub async fn crashed_large_puts(
         let (before, after) = Scenario::LargePut.values();
         let faults = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
         let writer = TieredStorage::new(faults.wrap(stores), config).expect("valid config");
-        let op = tokio::spawn({
-            let (path, after) = (path.clone(), after.clone());
-            async move { Scenario::LargePut.run(&writer, &path).await.map(|()| after) }
-        });
-        faults.crashed().await;
-        op.abort();
+        let outcome = faults
+            .run_until_crash({
+                let path = path.clone();
+                async move { Scenario::LargePut.run(&writer, &path).await }
+            })
+            .await;
+        assert!(outcome.is_none(), "the put crashes after its upload");
         expected.insert(path, vec![before, after]);
     }
     expected

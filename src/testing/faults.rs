@@ -150,6 +150,20 @@ impl Faults {
         }
     }
 
+    /// Runs `op` as its own task until it finishes or a rule crashes it. A crash aborts the
+    /// task where it stands, as a killed process stops; `None` then (or if `op` panicked).
+    pub async fn run_until_crash<T: Send + 'static>(
+        &self,
+        op: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let task = tokio::spawn(op);
+        let abort = task.abort_handle();
+        tokio::select! {
+            r = task => r.ok(),
+            _ = self.crashed() => { abort.abort(); None }
+        }
+    }
+
     /// The calls seen so far (heartbeats excluded), in order.
     pub fn calls(&self) -> Vec<Op> {
         self.lock().calls.clone()
