@@ -1,5 +1,11 @@
-//! Telemetry vocabulary: every span name, field and log event tiersweep emits is declared
-//! here, so operators, dashboards and tests read one file.
+//! Telemetry: the vocabulary every span and attribute uses (here, so operators, dashboards
+//! and tests read one file), the process setup ([`setup`]: logs, OTLP trace export), and
+//! trace-context propagation through job messages and change records ([`propagation`]).
+
+pub mod propagation;
+pub mod setup;
+
+pub use setup::{LogFormat, Telemetry, init};
 
 /// Span names, one per pipeline step. Every span carries the change id in [`CHANGE_ID`].
 pub mod span {
@@ -16,37 +22,19 @@ pub mod span {
 /// The span field that identifies a change across every step and process.
 pub const CHANGE_ID: &str = "tiersweep.change_id";
 
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// Human-readable, for terminals.
-    #[default]
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
 
-/// Installs the process's tracing subscriber: a log layer on stderr filtered by `RUST_LOG`
-/// (default `default_level`). The filter sits on the log layer only: a global filter would also
-/// silence the spans that trace export and context propagation need.
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer};
-
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let layer = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed(),
-    };
-    // A second init (tests running several commands in one process) keeps the first.
-    let _ = tracing_subscriber::registry().with(layer).try_init();
+/// Attribute names from the OpenTelemetry semantic conventions, and the values tiersweep
+/// gives them.
+pub mod attr {
+    pub const MESSAGING_SYSTEM: &str = "messaging.system";
+    pub const GCP_PUBSUB: &str = "gcp_pubsub";
+    pub const MESSAGING_OPERATION: &str = "messaging.operation.name";
+    pub const MESSAGING_DESTINATION: &str = "messaging.destination.name";
+    pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+    pub const DELIVERY_ATTEMPT: &str = "messaging.gcp_pubsub.message.delivery_attempt";
+    pub const DB_SYSTEM: &str = "db.system.name";
+    pub const GCP_BIGTABLE: &str = "gcp.bigtable";
+    pub const DB_OPERATION: &str = "db.operation.name";
+    pub const DB_COLLECTION: &str = "db.collection.name";
+    pub const ERROR_TYPE: &str = "error.type";
 }

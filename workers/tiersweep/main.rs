@@ -87,13 +87,21 @@ async fn main() -> Result<()> {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    telemetry::init_logging(format, default_level);
-    match &cli.command {
+    let service = match cli.command {
+        Command::Scan(_) => "tiersweep-scanner",
+        Command::Clean(_) => "tiersweep-cleaner",
+        _ => "tiersweep",
+    };
+    let telemetry = telemetry::init(format, default_level, service);
+    let result = match &cli.command {
         Command::Demo(args) => demo::run(args, &cli).await,
         Command::Scan(args) => worker::scan(args, load_config(&cli)?).await,
         Command::Clean(args) => worker::clean(args, load_config(&cli)?).await,
         Command::Status(args) => ops::status(args, load_config(&cli)?).await,
         Command::Inspect(args) => ops::inspect(args, load_config(&cli)?).await,
         Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
-    }
+    };
+    // Last: the spans of the drained work are flushed before the process exits.
+    telemetry.shutdown();
+    result
 }
