@@ -146,12 +146,10 @@ impl BigtableClient {
             false_mutations: when_unmatched,
             ..Default::default()
         };
-        let response = self
-            .data
-            .clone()
-            .check_and_mutate_row(request)
+        let op = "CheckAndMutateRow";
+        let response = traced(table, op, self.data.clone().check_and_mutate_row(request))
             .await
-            .map_err(|e| error(table.store, "CheckAndMutateRow", table.target(row), e))?;
+            .map_err(|e| error(table.store, op, table.target(row), e))?;
         Ok(response.predicate_matched)
     }
 
@@ -168,11 +166,10 @@ impl BigtableClient {
             mutations,
             ..Default::default()
         };
-        self.data
-            .clone()
-            .mutate_row(request)
+        let op = "MutateRow";
+        traced(table, op, self.data.clone().mutate_row(request))
             .await
-            .map_err(|e| error(table.store, "MutateRow", table.target(row), e))?;
+            .map_err(|e| error(table.store, op, table.target(row), e))?;
         Ok(())
     }
 
@@ -222,12 +219,44 @@ impl BigtableClient {
             rows_limit: i64::try_from(limit).unwrap_or(i64::MAX),
             ..Default::default()
         };
-        self.data
-            .clone()
-            .read_rows(request)
+        let op = "ReadRows";
+        traced(table, op, self.data.clone().read_rows(request))
             .await
-            .map_err(|e| error(table.store, "ReadRows", target(), e))
+            .map_err(|e| error(table.store, op, target(), e))
     }
+}
+
+/// Runs one RPC inside a CLIENT span named and attributed by the OpenTelemetry database
+/// conventions; a failure is recorded on the span that failed.
+async fn traced<T>(
+    table: &Table,
+    op: &'static str,
+    call: impl std::future::Future<Output = Result<T, BtError>>,
+) -> Result<T, BtError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("bigtable",
+        otel.name = %format!("{op} {}", table.id),
+        otel.kind = "client",
+        db.system.name = crate::telemetry::attr::GCP_BIGTABLE,
+        db.operation.name = op,
+        db.collection.name = %table.id,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let result = call.instrument(span.clone()).await;
+    if let Err(e) = &result {
+        let kind = match e {
+            BtError::RpcError(status) => format!("{:?}", status.code()),
+            other => format!("{other}")
+                .split(':')
+                .next()
+                .unwrap_or("error")
+                .to_owned(),
+        };
+        span.record("error.type", kind.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    result
 }
 
 /// Bigtable timestamps are microseconds at millisecond granularity.

@@ -16,6 +16,7 @@ use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
 use google_cloud_storage::client::Storage;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::{ListPage, LtStore};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
@@ -224,6 +225,7 @@ impl GcsLt {
             .request(method, url)
             .headers(headers)
             .send()
+            .instrument(self.span(op))
             .await
             .map_err(|e| {
                 let kind = if e.is_timeout() || e.is_connect() || e.is_request() {
@@ -233,6 +235,15 @@ impl GcsLt {
                 };
                 self.err(op, object, kind, e.to_string()).with_source(e)
             })
+    }
+
+    /// A CLIENT span for one call, named `{op} {bucket}`.
+    fn span(&self, op: &'static str) -> tracing::Span {
+        tracing::info_span!("gcs",
+            otel.name = %format!("{op} {}", self.bucket),
+            otel.kind = "client",
+            "gcp.gcs.bucket" = %self.bucket,
+            "tiersweep.lt.operation" = op)
     }
 
     fn client_error(
@@ -268,6 +279,7 @@ impl LtStore for GcsLt {
         self.storage
             .write_object(&self.bucket_path, rev.as_str(), bytes)
             .send_buffered()
+            .instrument(self.span("write_object"))
             .await
             .map_err(|e| self.client_error("write_object", rev.as_str(), e))?;
         Ok(())

@@ -152,6 +152,10 @@ impl Subscription for MemorySubscription {
 
 #[async_trait]
 impl JobQueue for MemoryQueue {
+    fn destination(&self) -> String {
+        "in-process".to_owned()
+    }
+
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
         for message in batch {
             let slot = self

@@ -116,6 +116,9 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug {
 
     async fn subscribe(&self, flow: FlowControl) -> StoreResult<Box<dyn Subscription>>;
 
+    /// Where published jobs go (a topic name), for telemetry.
+    fn destination(&self) -> String;
+
     /// Sends `delivery` to the dead-letter destination with `reason`, then acks it.
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()>;
 }

@@ -203,6 +203,10 @@ impl PubsubQueue {
 
 #[async_trait]
 impl JobQueue for PubsubQueue {
+    fn destination(&self) -> String {
+        self.topic.clone()
+    }
+
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
         Self::publish_to(&self.jobs, &self.topic, batch)
             .await

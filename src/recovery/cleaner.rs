@@ -23,7 +23,9 @@ use super::job::CleanupJob;
 use crate::error::{ErrorKind, StoreError};
 use crate::queue::{Delivery, FlowControl, JobQueue};
 use crate::stores::Stores;
-use crate::telemetry::span;
+use crate::telemetry::{attr, propagation, span};
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -35,6 +37,19 @@ pub enum JobOutcome {
     /// Nacked for redelivery.
     Retry(String),
     DeadLettered(String),
+}
+
+impl JobOutcome {
+    /// A short name for spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobOutcome::Converged(_) => "converged",
+            JobOutcome::AlreadyConverged => "already_converged",
+            JobOutcome::NotOurClaim => "not_our_claim",
+            JobOutcome::Retry(_) => "retry",
+            JobOutcome::DeadLettered(_) => "dead_lettered",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -69,26 +84,48 @@ impl Cleaner {
 
     /// Processes one delivery to the end: it is acked, nacked or dead-lettered on return.
     pub async fn process(&self, delivery: Delivery) -> JobOutcome {
-        let span = tracing::info_span!(span::PROCESS,
+        let span = tracing::info_span!(parent: None, span::PROCESS,
+            otel.kind = "consumer",
+            "messaging.system" = attr::GCP_PUBSUB,
+            "messaging.operation.name" = "process",
+            "messaging.destination.name" = %self.queue.destination(),
             "messaging.message.id" = %delivery.message_id,
             "messaging.gcp_pubsub.message.delivery_attempt" = delivery.attempt,
-            "tiersweep.change_id" = tracing::field::Empty);
+            "tiersweep.change_id" = tracing::field::Empty,
+            "tiersweep.outcome" = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty);
+        // Same trace as the scan that claimed the change, and linked to the job's producer
+        // span as the messaging conventions ask.
+        let producer = propagation::extract(&delivery.message.attributes);
+        let producer_span = producer.span().span_context().clone();
+        if producer_span.is_valid() {
+            // Errs only without an OpenTelemetry layer, when there is nothing to parent.
+            let _ = span.set_parent(producer);
+            span.add_link(producer_span);
+        }
         async move {
             let result = self.try_process(&delivery).await;
+            let current = tracing::Span::current();
             let outcome = match result {
                 Ok(outcome) => outcome,
                 Err(Failure::Transient(reason))
                     if delivery.attempt < self.config.max_delivery_attempts =>
                 {
                     tracing::warn!(%reason, attempt = delivery.attempt, "job failed; nacking for redelivery");
-                    delivery.nack();
+                    current.record("error.type", "transient");
+                    current.record("otel.status_code", "ERROR");
+                    tracing::info_span!(span::NACK).in_scope(|| delivery.nack());
                     return JobOutcome::Retry(reason);
                 }
                 Err(Failure::Transient(reason) | Failure::Permanent(reason)) => {
+                    current.record("error.type", "dead_letter");
+                    current.record("otel.status_code", "ERROR");
                     return self.dead_letter(delivery, reason).await;
                 }
             };
-            delivery.ack();
+            current.record("tiersweep.outcome", outcome.name());
+            tracing::info_span!(span::ACK).in_scope(|| delivery.ack());
             outcome
         }
         .instrument(span)
@@ -115,6 +152,14 @@ impl Cleaner {
         else {
             return Ok(JobOutcome::AlreadyConverged);
         };
+        if let Some(writer) = entry
+            .record
+            .traceparent
+            .as_deref()
+            .and_then(propagation::span_context)
+        {
+            tracing::Span::current().add_link(writer);
+        }
         if entry.record.owner != job.claim {
             tracing::info!(owner = %entry.record.owner, claim = %job.claim,
                 "row is owned by someone else; job is stale or forged, touching nothing");

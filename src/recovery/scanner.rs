@@ -4,7 +4,6 @@
 //! Scans resume from a cursor and wrap around at the end of the shard range, so rows that
 //! stay stale (malformed rows, claims that keep failing) cannot starve the rest.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -18,7 +17,8 @@ use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{OwnerToken, ShardRange};
 use crate::queue::JobQueue;
-use crate::telemetry::span;
+use crate::telemetry::{attr, propagation, span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanReport {
@@ -72,6 +72,16 @@ impl Scanner {
 
     /// Scans one page from the cursor, claims what it found, publishes the won claims.
     pub async fn scan_page(&mut self) -> StoreResult<ScanReport> {
+        // Each page starts its own trace; every change it claims hangs off it.
+        let span = tracing::info_span!(parent: None, span::SCAN,
+            shards = ?self.shards, rows = tracing::field::Empty, won = tracing::field::Empty);
+        let report = self.scan_page_in(&span).instrument(span.clone()).await?;
+        span.record("rows", report.scanned);
+        span.record("won", report.won);
+        Ok(report)
+    }
+
+    async fn scan_page_in(&mut self, scan: &tracing::Span) -> StoreResult<ScanReport> {
         let now = self.clock.now();
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
         let req = ScanRequest {
@@ -81,11 +91,7 @@ impl Scanner {
             start_after: self.cursor.clone(),
             limit: self.config.scan_batch,
         };
-        let page = self
-            .changelog
-            .scan_stale(&req)
-            .instrument(tracing::info_span!(span::SCAN, shards = ?self.shards))
-            .await?;
+        let page = self.changelog.scan_stale(&req).await?;
         self.cursor = page.resume_after.clone();
 
         let mut report = ScanReport {
@@ -105,11 +111,12 @@ impl Scanner {
             }
         }
 
-        let claims: Vec<StoreResult<Option<CleanupJob>>> = futures::stream::iter(entries)
-            .map(|entry| self.claim(entry, cutoff))
-            .buffer_unordered(self.config.claim_concurrency)
-            .collect()
-            .await;
+        let claims: Vec<StoreResult<Option<(CleanupJob, tracing::Span)>>> =
+            futures::stream::iter(entries)
+                .map(|entry| self.claim(entry, cutoff, scan))
+                .buffer_unordered(self.config.claim_concurrency)
+                .collect()
+                .await;
         let mut jobs = Vec::with_capacity(claims.len());
         let mut first_err = None;
         for claim in claims {
@@ -124,13 +131,21 @@ impl Scanner {
         }
         report.won = jobs.len();
         if !jobs.is_empty() {
-            let messages = jobs.iter().map(|j| j.to_message(BTreeMap::new())).collect();
+            // Each job carries its own producer span's context; the spans stay open until
+            // the batch is accepted, so they time the publish.
+            let messages = jobs
+                .iter()
+                .map(|(job, span)| job.to_message(propagation::inject(span)))
+                .collect();
             // A failed publish leaves won claims without jobs; their leases expire and the
             // rows are claimed again, so nothing is lost.
-            self.queue
-                .publish(messages)
-                .instrument(tracing::info_span!(span::PUBLISH, jobs = jobs.len()))
-                .await?;
+            if let Err(e) = self.queue.publish(messages).await {
+                for (_, span) in &jobs {
+                    span.record("error.type", "publish");
+                    span.record("otel.status_code", "ERROR");
+                }
+                return Err(e);
+            }
             report.published = jobs.len();
         }
         match first_err {
@@ -139,27 +154,50 @@ impl Scanner {
         }
     }
 
+    /// Claims one row. A won claim comes back with its job and the job's producer span.
     async fn claim(
         &self,
         entry: ChangelogEntry,
         cutoff: crate::model::Timestamp,
-    ) -> StoreResult<Option<CleanupJob>> {
+        scan: &tracing::Span,
+    ) -> StoreResult<Option<(CleanupJob, tracing::Span)>> {
         let claimer = OwnerToken::mint("recovery");
         let lease_until = self
             .clock
             .now()
             .saturating_add(self.config.lease_for(entry.record.claims));
-        let span = tracing::info_span!(span::CLAIM, "tiersweep.change_id" = %entry.id);
+        let span = tracing::info_span!(parent: scan, span::CLAIM,
+            "tiersweep.change_id" = %entry.id, "tiersweep.claim.won" = tracing::field::Empty);
+        // The recovery trace points back at the request whose crash left the change.
+        if let Some(writer) = entry
+            .record
+            .traceparent
+            .as_deref()
+            .and_then(propagation::span_context)
+        {
+            span.add_link(writer);
+        }
         let outcome = self
             .config
             .retry
             .run(span::CLAIM, || {
                 self.changelog.claim(&entry, cutoff, &claimer, lease_until)
             })
-            .instrument(span)
+            .instrument(span.clone())
             .await?;
+        span.record("tiersweep.claim.won", matches!(outcome, Claim::Won(_)));
         Ok(match outcome {
-            Claim::Won(_) => Some(CleanupJob::new(entry.id, claimer)),
+            Claim::Won(_) => {
+                let publish = tracing::info_span!(parent: &span, span::PUBLISH,
+                    otel.kind = "producer",
+                    "tiersweep.change_id" = %entry.id,
+                    "messaging.system" = attr::GCP_PUBSUB,
+                    "messaging.operation.name" = "create",
+                    "messaging.destination.name" = %self.queue.destination(),
+                    error.type = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty);
+                Some((CleanupJob::new(entry.id, claimer), publish))
+            }
             Claim::Lost => None,
         })
     }

@@ -17,11 +17,12 @@ pub mod span {
     pub const RECORD: &str = "record";
     pub const HEARTBEAT: &str = "heartbeat";
     pub const WRITE: &str = "write";
+    pub const ACK: &str = "ack";
+    pub const NACK: &str = "nack";
 }
 
 /// The span field that identifies a change across every step and process.
 pub const CHANGE_ID: &str = "tiersweep.change_id";
-
 
 /// Attribute names from the OpenTelemetry semantic conventions, and the values tiersweep
 /// gives them.

@@ -44,9 +44,12 @@ impl Telemetry {
 }
 
 fn otlp_configured() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
 }
 
 /// Installs the process's tracing subscriber: a log layer on stderr filtered by `RUST_LOG`
@@ -81,7 +84,11 @@ pub fn init(format: LogFormat, default_level: &str, service_name: &str) -> Telem
                 telemetry.tracer_provider = Some(provider);
                 // Our spans only: client libraries' internal spans would drown the pipeline's.
                 let targets = Targets::new().with_target("tiersweep", tracing::Level::INFO);
-                Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(targets))
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(targets),
+                )
             }
             Err(e) => {
                 eprintln!("tiersweep: OTLP trace export disabled: {e}");
@@ -105,6 +112,9 @@ pub fn init(format: LogFormat, default_level: &str, service_name: &str) -> Telem
             .boxed(),
     };
     // A second init (tests running several commands in one process) keeps the first.
-    let _ = tracing_subscriber::registry().with(layer).with(otel).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(otel)
+        .try_init();
     telemetry
 }

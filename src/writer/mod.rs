@@ -129,6 +129,18 @@ impl TieredStorage {
         write: HvWrite,
         upload: Option<(Revision, Bytes)>,
     ) -> Result<(), WriteError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(crate::telemetry::span::WRITE,
+            "tiersweep.object" = %path, "tiersweep.change_id" = tracing::field::Empty);
+        self.mutate_in(path, write, upload).instrument(span).await
+    }
+
+    async fn mutate_in(
+        &self,
+        path: &ObjectPath,
+        write: HvWrite,
+        upload: Option<(Revision, Bytes)>,
+    ) -> Result<(), WriteError> {
         let retry = &self.config.retry;
         let current = retry.run("read", || self.stores.hv.read(path)).await?;
         let expected = Expected::from_current(current.as_ref());
@@ -143,12 +155,14 @@ impl TieredStorage {
             };
         }
 
-        let record = ChangeRecord::new(
+        let mut record = ChangeRecord::new(
             path.clone(),
             old.clone(),
             new.clone(),
             OwnerToken::mint("writer"),
         );
+        // Recovery links its trace back to this request if the change is abandoned.
+        record.traceparent = crate::telemetry::propagation::current_traceparent();
         let guard = ChangeGuard::begin(
             self.stores.changelog.clone(),
             record,
@@ -156,6 +170,7 @@ impl TieredStorage {
             self.config.retry,
         )
         .await?;
+        tracing::Span::current().record("tiersweep.change_id", guard.id.as_str());
 
         if let Some((rev, bytes)) = upload
             && let Err(err) = retry
