@@ -60,15 +60,21 @@ pub fn init(format: LogFormat, default_level: &str, service_name: &str) -> Telem
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let mut telemetry = Telemetry::default();
     let otel = if otlp_configured() {
-        // Built off the async runtime: the HTTP transport's blocking client must not be
-        // created (or dropped) on a runtime thread.
-        let built = std::thread::spawn(|| opentelemetry_otlp::SpanExporter::builder().build())
-            .join()
-            .unwrap_or_else(|_| {
+        // The gRPC transport needs the async runtime when it is built; the HTTP
+        // transport's blocking client must be built (and dropped) off it.
+        let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_default();
+        let build = || opentelemetry_otlp::SpanExporter::builder().build();
+        let built = if protocol.trim() == "grpc" {
+            build()
+        } else {
+            std::thread::spawn(build).join().unwrap_or_else(|_| {
                 Err(opentelemetry_otlp::ExporterBuildError::InternalFailure(
                     "exporter construction panicked".into(),
                 ))
-            });
+            })
+        };
         match built {
             Ok(exporter) => {
                 let mut resource = Resource::builder();

@@ -156,7 +156,8 @@ impl Faults {
         &self,
         op: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Option<T> {
-        let task = tokio::spawn(op);
+        // In the caller's span, as the request it stands for would be.
+        let task = tokio::spawn(tracing::Instrument::in_current_span(op));
         let abort = task.abort_handle();
         tokio::select! {
             r = task => r.ok(),

@@ -1,0 +1,268 @@
+//! One trace per recovered change, across processes: a scanner and a cleaner run as
+//! separate processes against the emulators and export to an OTLP receiver inside this
+//! test, which then follows each change from `scan` to `converge` and back to the crashed
+//! writer's request.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use tiersweep::Stores;
+use tiersweep::clock;
+use tiersweep::config::ProtocolConfig;
+use tiersweep::testing::crash::{self, test_writer_config};
+use tiersweep::testing::emulators::{emulators, env_for};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Spans as received, with the service that sent them.
+#[derive(Default, Clone)]
+struct Receiver(Arc<Mutex<Vec<(String, Span)>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| string(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn value<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()
+}
+
+fn string(attrs: &[KeyValue], key: &str) -> Option<String> {
+    match value(attrs, key)? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn protocol() -> ProtocolConfig {
+    ProtocolConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        staleness_threshold: Duration::from_millis(1000),
+        safety_margin: Duration::from_millis(300),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_writer() {
+    // The writers in this process record trace context, as an instrumented service would.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("writer")));
+    // Global, not thread-local: the writers' tasks run on the runtime's worker threads.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream_listener(listener)),
+    );
+
+    let e = emulators().await;
+    let mut config = e.fresh_config(protocol()).await;
+    config.recovery.claim_lease = Duration::from_secs(30);
+    config.recovery.idle_poll = Duration::from_millis(200);
+    let stores = Stores::connect(&config, clock::system()).await.unwrap();
+    let n = 3;
+    let request = tracing::info_span!("crashed request");
+    let writer_trace = {
+        let _g = request.enter();
+        tiersweep::telemetry::propagation::current_traceparent().expect("a traced request")
+    };
+    let writer_trace_id = writer_trace.split('-').nth(1).unwrap().to_owned();
+    let expected = {
+        use tracing::Instrument;
+        crash::crashed_large_puts(&stores, test_writer_config(protocol()), n)
+            .instrument(request)
+            .await
+    };
+
+    let mut env = env_for(&config);
+    env.push((
+        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        format!("http://{otlp}"),
+    ));
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    let spawn = |cmd: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tiersweep"))
+            .arg(cmd)
+            .envs(env.clone())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut scanner, mut cleaner) = (spawn("scan"), spawn("clean"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tiersweep::recovery::inspect::backlog(&stores, Duration::ZERO, 100)
+        .await
+        .unwrap()
+        .rows
+        > 0
+    {
+        assert!(Instant::now() < deadline, "not converged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for child in [&mut scanner, &mut cleaner] {
+        let pid = child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "clean exit flushes the spans"
+        );
+    }
+    tiersweep::testing::invariants::check(&stores, &expected)
+        .await
+        .unwrap()
+        .assert_converged();
+
+    let spans = receiver.0.lock().unwrap().clone();
+    let by_change = |name: &str| -> BTreeMap<String, (String, Span)> {
+        spans
+            .iter()
+            .filter(|(_, s)| s.name == name)
+            .filter_map(|(svc, s)| {
+                string(&s.attributes, "tiersweep.change_id").map(|c| (c, (svc.clone(), s.clone())))
+            })
+            .collect()
+    };
+    let (claims, publishes, processes, converges) = (
+        by_change("claim"),
+        by_change("publish"),
+        by_change("process"),
+        by_change("converge"),
+    );
+    let converged: BTreeSet<&String> = converges.keys().collect();
+    assert_eq!(
+        converged.len(),
+        n,
+        "a converge span per change: {:?}",
+        spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+    );
+    for change in converged {
+        let (scan_svc, claim) = &claims[change];
+        let (_, publish) = &publishes[change];
+        let (clean_svc, process) = &processes[change];
+        let (_, converge) = &converges[change];
+        assert_eq!(scan_svc, "tiersweep-scanner");
+        assert_eq!(clean_svc, "tiersweep-cleaner");
+        // One trace from the scan to the converge, across the two processes.
+        let trace = &claim.trace_id;
+        for s in [publish, process, converge] {
+            assert_eq!(&s.trace_id, trace, "{} is in the change's trace", s.name);
+        }
+        let scan = spans
+            .iter()
+            .find(|(_, s)| s.span_id == claim.parent_span_id)
+            .map(|(_, s)| s)
+            .expect("the claim's parent span was exported");
+        assert_eq!(scan.name, "scan");
+        // Kinds and the producer link.
+        assert_eq!(publish.kind, SpanKind::Producer as i32);
+        assert_eq!(process.kind, SpanKind::Consumer as i32);
+        assert!(
+            process.links.iter().any(|l| l.span_id == publish.span_id),
+            "process links to its producer"
+        );
+        assert_eq!(process.parent_span_id, publish.span_id);
+        assert_eq!(converge.parent_span_id, process.span_id);
+        // Messaging conventions.
+        for s in [publish, process] {
+            assert_eq!(
+                string(&s.attributes, "messaging.system").as_deref(),
+                Some("gcp_pubsub")
+            );
+            assert!(
+                string(&s.attributes, "messaging.destination.name")
+                    .is_some_and(|d| d.contains(&config.pubsub.topic))
+            );
+        }
+        assert!(string(&process.attributes, "messaging.message.id").is_some());
+        assert_eq!(
+            string(
+                &process.attributes,
+                "messaging.gcp_pubsub.message.delivery_attempt"
+            )
+            .as_deref(),
+            Some("1")
+        );
+        // The link back to the crashed writer's request.
+        assert!(
+            claim
+                .links
+                .iter()
+                .any(|l| hex(&l.trace_id) == writer_trace_id),
+            "claim links to the writer's trace {writer_trace_id}"
+        );
+        // Database client spans under the change's trace.
+        let db: Vec<&Span> = spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| &s.trace_id == trace && s.kind == SpanKind::Client as i32)
+            .filter(|s| string(&s.attributes, "db.system.name").as_deref() == Some("gcp.bigtable"))
+            .collect();
+        assert!(
+            db.iter()
+                .any(|s| string(&s.attributes, "db.operation.name").as_deref()
+                    == Some("CheckAndMutateRow")
+                    && string(&s.attributes, "db.collection.name").as_deref()
+                        == Some(config.bigtable.changelog_table.as_str())),
+            "a CheckAndMutateRow client span on the changelog table"
+        );
+    }
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
