@@ -1,6 +1,6 @@
 //! The HTTP endpoints Kubernetes probes: `/healthz` (the process is alive: its loops are
-//! turning) and `/readyz` (it has reached its services). Issue-level metrics hang off the
-//! same server.
+//! turning) and `/readyz` (it has reached its services), and `/metrics` for Prometheus
+//! scrapes (the same registry OTLP metric export reads).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +36,20 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    crate::telemetry::metrics::render_prometheus(
+                        &crate::telemetry::metrics::METRICS,
+                    ),
+                )
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

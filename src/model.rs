@@ -249,6 +249,13 @@ pub struct ShardRange {
     pub last: Shard,
 }
 
+/// `00-ff`: the form logs and the backlog metrics' `shards` label use.
+impl std::fmt::Display for ShardRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x}-{:02x}", self.first.0, self.last.0)
+    }
+}
+
 impl ShardRange {
     pub const ALL: ShardRange = ShardRange {
         first: Shard(0),
@@ -328,6 +335,15 @@ impl ChangeId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// When the writer minted the id (ids are UUIDv7), which is when the change began.
+    /// Recovery lag is measured from it.
+    pub fn minted_at(&self) -> Option<Timestamp> {
+        let (_, id) = self.0.split_once('/')?;
+        let (secs, nanos) = Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+        let millis = i64::try_from(secs).ok()?.checked_mul(1000)? + i64::from(nanos / 1_000_000);
+        Some(Timestamp(millis))
     }
 
     pub fn shard(&self) -> Shard {

@@ -211,9 +211,13 @@ async fn a_paused_writer_is_fenced_and_leaves_nothing_behind() {
 #[tokio::test(start_paused = true)]
 async fn a_cas_that_arrives_after_recovery_is_refused_by_the_fence() {
     // The guard is valid when checked, then the process stalls with its CAS unsent.
+    let fenced = || tiersweep::telemetry::metrics::METRICS.writers_fenced.get();
+    let before = fenced();
     let (err, calls) = stalled_overwrite(Rule::once(Op::HvCas, Fault::Delay(STALL))).await;
     assert!(matches!(err, WriteError::Fenced { .. }), "{err}");
     assert!(calls.contains(&Op::HvCas));
+    // Counted once (nextest gives each test its own process, so nothing else moves it).
+    assert_eq!(fenced() - before, 1);
 }
 
 #[tokio::test(start_paused = true)]

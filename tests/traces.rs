@@ -1,13 +1,20 @@
 //! One trace per recovered change, across processes: a scanner and a cleaner run as
 //! separate processes against the emulators and export to an OTLP receiver inside this
 //! test, which then follows each change from `scan` to `converge` and back to the crashed
-//! writer's request.
+//! writer's request. The same run checks the metrics both processes export over OTLP and
+//! serve on `/metrics`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -16,6 +23,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tiersweep::Stores;
@@ -49,6 +58,59 @@ impl TraceService for Receiver {
             }
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Latest value of each (service, metric, attributes) series; the exporter sends
+/// cumulative sums, so the latest is the total.
+#[derive(Default, Clone)]
+struct MetricsReceiver(Arc<Mutex<BTreeMap<Series, f64>>>);
+
+/// (service, metric name, `key=value,…` attributes)
+type Series = (String, String, String);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut series = self.0.lock().unwrap();
+        for rm in request.into_inner().resource_metrics {
+            let service = rm
+                .resource
+                .as_ref()
+                .and_then(|r| string(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for metric in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
+                let points = match metric.data {
+                    Some(Data::Sum(s)) => s.data_points,
+                    Some(Data::Gauge(g)) => g.data_points,
+                    _ => continue,
+                };
+                for p in points {
+                    let labels = p
+                        .attributes
+                        .iter()
+                        .map(|kv| {
+                            format!(
+                                "{}={}",
+                                kv.key,
+                                string(&p.attributes, &kv.key).unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let v = match p.value {
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        None => continue,
+                    };
+                    series.insert((service.clone(), metric.name.clone(), labels), v);
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
@@ -93,11 +155,13 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let receiver = Receiver::default();
+    let metrics = MetricsReceiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let otlp = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(receiver.clone()))
+            .add_service(MetricsServiceServer::new(metrics.clone()))
             .serve_with_incoming(tokio_stream_listener(listener)),
     );
 
@@ -127,15 +191,22 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
     ));
     env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
     env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
-    let spawn = |cmd: &str| {
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let spawn = |cmd: &str, args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tiersweep"))
             .arg(cmd)
+            .args(args)
             .envs(env.clone())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap()
     };
-    let (mut scanner, mut cleaner) = (spawn("scan"), spawn("clean"));
+    let (mut scanner, mut cleaner) = (
+        spawn("scan", &[]),
+        spawn("clean", &["--health-listen", &health.to_string()]),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while tiersweep::recovery::inspect::backlog(&stores, Duration::ZERO, 100)
         .await
@@ -145,6 +216,27 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
     {
         assert!(Instant::now() < deadline, "not converged");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The cleaner's Prometheus endpoint counts what it did (the row is removed before the
+    // counter moves, so give it a moment).
+    let scrape = format!("http://{health}/metrics");
+    let converged_line = format!("tiersweep_jobs_processed_total{{outcome=\"converged\"}} {n}\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = match reqwest::get(&scrape).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(&converged_line) {
+            assert!(text.contains("# TYPE tiersweep_recovery_lag_seconds histogram"));
+            assert!(text.contains(&format!("tiersweep_recovery_lag_seconds_count {n}\n")));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{scrape} never showed {converged_line}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for child in [&mut scanner, &mut cleaner] {
         let pid = child.id().to_string();
@@ -256,6 +348,82 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
             "a CheckAndMutateRow client span on the changelog table"
         );
     }
+
+    // Keep one change's whole trace for docs/observability.md's waterfall
+    // (`docs/tools/waterfall.py` renders it).
+    let first = &claims[converges.keys().next().unwrap()].1;
+    let capture: Vec<serde_json::Value> = spans
+        .iter()
+        .filter(|(_, s)| s.trace_id == first.trace_id)
+        .map(|(svc, s)| to_json(svc, s))
+        .collect();
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("recovered-change-trace.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&capture).unwrap()).unwrap();
+    eprintln!("captured trace: {}", out.display());
+
+    // Both processes flushed their metrics at exit.
+    let metrics = metrics.0.lock().unwrap().clone();
+    let get = |svc: &str, name: &str, labels: &str| {
+        metrics
+            .get(&(svc.to_owned(), name.to_owned(), labels.to_owned()))
+            .copied()
+    };
+    let n = n as f64;
+    assert_eq!(
+        get("tiersweep-scanner", "tiersweep.claims", "outcome=won"),
+        Some(n),
+        "{metrics:?}"
+    );
+    assert_eq!(
+        get("tiersweep-scanner", "tiersweep.jobs.published", ""),
+        Some(n)
+    );
+    assert!(
+        get("tiersweep-scanner", "tiersweep.changelog.rows_scanned", "").is_some_and(|v| v >= n)
+    );
+    assert_eq!(
+        get(
+            "tiersweep-cleaner",
+            "tiersweep.jobs.processed",
+            "outcome=converged"
+        ),
+        Some(n)
+    );
+    assert_eq!(
+        get("tiersweep-cleaner", "tiersweep.blobs.deleted", ""),
+        Some(n)
+    );
+    assert_eq!(
+        get(
+            "tiersweep-scanner",
+            "tiersweep.backlog.stale_rows",
+            "shards=00-ff"
+        )
+        .map(|v| v >= 0.0),
+        Some(true),
+        "the backlog gauge is exported"
+    );
+}
+
+fn to_json(service: &str, s: &Span) -> serde_json::Value {
+    let attributes: serde_json::Map<String, serde_json::Value> = s
+        .attributes
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), string(&s.attributes, &kv.key)?.into())))
+        .collect();
+    serde_json::json!({
+        "service": service,
+        "name": s.name,
+        "kind": SpanKind::try_from(s.kind).map(|k| k.as_str_name()).unwrap_or("?"),
+        "trace_id": hex(&s.trace_id),
+        "span_id": hex(&s.span_id),
+        "parent_span_id": hex(&s.parent_span_id),
+        "start_unix_nano": s.start_time_unix_nano,
+        "end_unix_nano": s.end_time_unix_nano,
+        "status": s.status.as_ref().map(|st| st.code).unwrap_or(0),
+        "attributes": attributes,
+        "links": s.links.iter().map(|l| format!("{}/{}", hex(&l.trace_id), hex(&l.span_id))).collect::<Vec<_>>(),
+    })
 }
 
 fn tokio_stream_listener(

@@ -221,20 +221,34 @@ impl GcsLt {
                 return Err(self.err(op, object, kind, format!("credentials: {e}")));
             }
         };
-        self.http
+        let span = self.span(op);
+        let result = self
+            .http
             .request(method, url)
             .headers(headers)
             .send()
-            .instrument(self.span(op))
-            .await
-            .map_err(|e| {
-                let kind = if e.is_timeout() || e.is_connect() || e.is_request() {
-                    ErrorKind::Transient
-                } else {
-                    ErrorKind::Permanent
-                };
-                self.err(op, object, kind, e.to_string()).with_source(e)
-            })
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(r) => {
+                let status = r.status();
+                span.record("http.response.status_code", status.as_u16());
+                // A 404 is an answer (gone, absent), not a failure.
+                if !status.is_success() && status != StatusCode::NOT_FOUND {
+                    record_error(&span, status.as_str());
+                }
+            }
+            Err(e) if e.is_timeout() => record_error(&span, "timeout"),
+            Err(_) => record_error(&span, "transport"),
+        }
+        result.map_err(|e| {
+            let kind = if e.is_timeout() || e.is_connect() || e.is_request() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Permanent
+            };
+            self.err(op, object, kind, e.to_string()).with_source(e)
+        })
     }
 
     /// A CLIENT span for one call, named `{op} {bucket}`.
@@ -243,7 +257,10 @@ impl GcsLt {
             otel.name = %format!("{op} {}", self.bucket),
             otel.kind = "client",
             "gcp.gcs.bucket" = %self.bucket,
-            "tiersweep.lt.operation" = op)
+            "tiersweep.lt.operation" = op,
+            "http.response.status_code" = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty)
     }
 
     fn client_error(
@@ -267,6 +284,11 @@ impl GcsLt {
     }
 }
 
+fn record_error(span: &tracing::Span, kind: &str) {
+    span.record("error.type", kind);
+    span.record("otel.status_code", "ERROR");
+}
+
 fn is_not_found(e: &google_cloud_storage::Error) -> bool {
     e.http_status_code() == Some(404)
         || e.status()
@@ -276,12 +298,19 @@ fn is_not_found(e: &google_cloud_storage::Error) -> bool {
 #[async_trait]
 impl LtStore for GcsLt {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+        let span = self.span("write_object");
         self.storage
             .write_object(&self.bucket_path, rev.as_str(), bytes)
             .send_buffered()
-            .instrument(self.span("write_object"))
+            .instrument(span.clone())
             .await
-            .map_err(|e| self.client_error("write_object", rev.as_str(), e))?;
+            .map_err(|e| {
+                let kind = e
+                    .http_status_code()
+                    .map_or("error".into(), |c| c.to_string());
+                record_error(&span, &kind);
+                self.client_error("write_object", rev.as_str(), e)
+            })?;
         Ok(())
     }
 

@@ -23,6 +23,7 @@ use super::job::CleanupJob;
 use crate::error::{ErrorKind, StoreError};
 use crate::queue::{Delivery, FlowControl, JobQueue};
 use crate::stores::Stores;
+use crate::telemetry::metrics::METRICS;
 use crate::telemetry::{attr, propagation, span};
 use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -84,6 +85,25 @@ impl Cleaner {
 
     /// Processes one delivery to the end: it is acked, nacked or dead-lettered on return.
     pub async fn process(&self, delivery: Delivery) -> JobOutcome {
+        let outcome = self.process_traced(delivery).await;
+        let m = &METRICS;
+        match &outcome {
+            JobOutcome::Converged(r) => {
+                m.jobs_converged.inc();
+                m.blobs_deleted.add(r.deleted.len() as u64);
+                if r.dangling.is_some() {
+                    m.dangling_tombstones.inc();
+                }
+            }
+            JobOutcome::AlreadyConverged => m.jobs_already_converged.inc(),
+            JobOutcome::NotOurClaim => m.jobs_not_our_claim.inc(),
+            JobOutcome::Retry(_) => m.jobs_failed.inc(),
+            JobOutcome::DeadLettered(_) => m.jobs_dead_lettered.inc(),
+        }
+        outcome
+    }
+
+    async fn process_traced(&self, delivery: Delivery) -> JobOutcome {
         let span = tracing::info_span!(parent: None, span::PROCESS,
             otel.kind = "consumer",
             "messaging.system" = attr::GCP_PUBSUB,
@@ -186,8 +206,15 @@ impl Cleaner {
         )
         .instrument(tracing::info_span!(span::CONVERGE, "tiersweep.change_id" = %entry.id))
         .await?;
+        let age = entry
+            .id
+            .minted_at()
+            .map(|t| t.age_at(self.stores.clock.now()));
+        if let Some(age) = age {
+            METRICS.recovery_lag.record(age);
+        }
         tracing::info!(change = %entry.id, object = %entry.record.object,
-            deleted = report.deleted.len(), "converged change");
+            deleted = report.deleted.len(), ?age, "converged change");
         Ok(JobOutcome::Converged(report))
     }
 

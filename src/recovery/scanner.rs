@@ -17,6 +17,7 @@ use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{OwnerToken, ShardRange};
 use crate::queue::JobQueue;
+use crate::telemetry::metrics::{Backlog, METRICS};
 use crate::telemetry::{attr, propagation, span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -50,6 +51,9 @@ pub struct Scanner {
     config: RecoveryConfig,
     shards: ShardRange,
     cursor: Option<String>,
+    /// The backlog the current pass over the shards has seen so far; published to the
+    /// metrics when the pass wraps around.
+    pass: Backlog,
 }
 
 impl Scanner {
@@ -67,6 +71,7 @@ impl Scanner {
             config,
             shards,
             cursor: None,
+            pass: Backlog::default(),
         }
     }
 
@@ -93,6 +98,8 @@ impl Scanner {
         };
         let page = self.changelog.scan_stale(&req).await?;
         self.cursor = page.resume_after.clone();
+        METRICS.rows_scanned.add(page.rows.len() as u64);
+        self.pass.stale_rows += page.rows.len() as u64;
 
         let mut report = ScanReport {
             scanned: page.rows.len(),
@@ -102,9 +109,14 @@ impl Scanner {
         let mut entries = Vec::with_capacity(page.rows.len());
         for row in page.rows {
             match row {
-                ScannedRow::Entry(e) => entries.push(e),
+                ScannedRow::Entry(e) => {
+                    let age = e.stamp.age_at(now);
+                    self.pass.oldest_stale_age = self.pass.oldest_stale_age.max(age);
+                    entries.push(e);
+                }
                 ScannedRow::Malformed { key, reason } => {
                     report.malformed += 1;
+                    METRICS.rows_malformed.inc();
                     tracing::error!(row = %key, %reason,
                         "malformed changelog row left in place; inspect it with `tiersweep inspect`");
                 }
@@ -117,6 +129,9 @@ impl Scanner {
                 .buffer_unordered(self.config.claim_concurrency)
                 .collect()
                 .await;
+        if page.resume_after.is_none() {
+            METRICS.set_backlog(&self.shards.to_string(), std::mem::take(&mut self.pass));
+        }
         let mut jobs = Vec::with_capacity(claims.len());
         let mut first_err = None;
         for claim in claims {
@@ -124,12 +139,15 @@ impl Scanner {
                 Ok(Some(job)) => jobs.push(job),
                 Ok(None) => report.lost += 1,
                 Err(e) => {
+                    METRICS.claims_failed.inc();
                     tracing::warn!(error = %e, "claim failed; the row stays stale and is retried on a later scan");
                     first_err.get_or_insert(e);
                 }
             }
         }
         report.won = jobs.len();
+        METRICS.claims_won.add(report.won as u64);
+        METRICS.claims_lost.add(report.lost as u64);
         if !jobs.is_empty() {
             // Each job carries its own producer span's context; the spans stay open until
             // the batch is accepted, so they time the publish.
@@ -147,6 +165,7 @@ impl Scanner {
                 return Err(e);
             }
             report.published = jobs.len();
+            METRICS.jobs_published.add(jobs.len() as u64);
         }
         match first_err {
             Some(e) if report.won == 0 && report.lost == 0 => Err(e),

@@ -2,6 +2,7 @@
 //! and tests read one file), the process setup ([`setup`]: logs, OTLP trace export), and
 //! trace-context propagation through job messages and change records ([`propagation`]).
 
+pub mod metrics;
 pub mod propagation;
 pub mod setup;
 
@@ -14,8 +15,6 @@ pub mod span {
     pub const PUBLISH: &str = "publish";
     pub const PROCESS: &str = "process";
     pub const CONVERGE: &str = "converge";
-    pub const RECORD: &str = "record";
-    pub const HEARTBEAT: &str = "heartbeat";
     pub const WRITE: &str = "write";
     pub const ACK: &str = "ack";
     pub const NACK: &str = "nack";

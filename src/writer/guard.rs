@@ -11,6 +11,7 @@
 //! cancelled, or the process is dying) stops the heartbeat and does nothing else: the entry
 //! goes stale and recovery converges it.
 
+use crate::telemetry::metrics::METRICS;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +23,6 @@ use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord};
 use crate::retry::RetryPolicy;
-use crate::telemetry::span;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardState {
@@ -62,7 +62,7 @@ impl ChangeGuard {
         let id = ChangeId::mint();
         let sent = Instant::now();
         retry
-            .run(span::RECORD, || changelog.record(&id, &record))
+            .run("record", || changelog.record(&id, &record))
             .await?;
         let shared = Arc::new(Shared {
             last_sent_ok: Mutex::new(sent),
@@ -142,7 +142,7 @@ async fn heartbeat_loop(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             + protocol.guard_validity();
-        let attempt = retry.run(span::HEARTBEAT, || changelog.heartbeat(&id, &owner));
+        let attempt = retry.run("heartbeat", || changelog.heartbeat(&id, &owner));
         match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(Heartbeat::Refreshed)) => {
                 *shared
@@ -156,11 +156,13 @@ async fn heartbeat_loop(
                 return;
             }
             Ok(Err(err)) => {
+                METRICS.heartbeat_failures.inc();
                 tracing::warn!(change_id = %id, error = %err, "heartbeat failed; leaving the change to recovery");
                 shared.failed.store(true, Ordering::SeqCst);
                 return;
             }
             Err(_) => {
+                METRICS.heartbeat_failures.inc();
                 tracing::warn!(change_id = %id, "heartbeat did not complete within the guard's validity; leaving the change to recovery");
                 shared.failed.store(true, Ordering::SeqCst);
                 return;

@@ -16,6 +16,7 @@
 
 pub mod guard;
 
+use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
 
 pub use guard::{ChangeGuard, GuardState};
@@ -185,6 +186,9 @@ impl TieredStorage {
 
         let state = guard.state();
         if state != GuardState::Valid {
+            if state == GuardState::Fenced {
+                METRICS.writers_fenced.inc();
+            }
             self.abandon(&guard).await;
             return Err(WriteError::GuardLost {
                 path: path.clone(),
@@ -200,6 +204,7 @@ impl TieredStorage {
                 return Err(WriteError::Conflict { path: path.clone() });
             }
             CasOutcome::Fenced => {
+                METRICS.writers_fenced.inc();
                 self.abandon(&guard).await;
                 return Err(WriteError::Fenced {
                     path: path.clone(),

@@ -1,0 +1,515 @@
+//! Metrics: one process-wide registry of atomics that feeds both the Prometheus scrape
+//! endpoint on the health server ([`render_prometheus`]) and OpenTelemetry metric export
+//! ([`install_otel`]), so the two can never disagree.
+//!
+//! The registry is a `static` because counts are taken deep in the library (a writer's
+//! heartbeat task, the converge step) and a process has one scrape endpoint; threading a
+//! handle through every constructor would buy nothing. Tests compare [`Snapshot`]s taken
+//! before and after the work they measure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
+
+/// A monotonic count, optionally one series of a labelled family (same `name`).
+#[derive(Debug)]
+pub struct Counter {
+    /// The OpenTelemetry name; Prometheus gets it with `.` → `_` and a `_total` suffix.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub label: Option<(&'static str, &'static str)>,
+    value: AtomicU64,
+}
+
+impl Counter {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            label: None,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    const fn labelled(
+        name: &'static str,
+        help: &'static str,
+        key: &'static str,
+        value: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            help,
+            label: Some((key, value)),
+            value: AtomicU64::new(0),
+        }
+    }
+
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// Bucket bounds of the recovery-lag histogram, in seconds: a change is at least one
+/// staleness threshold (default 60 s) old when recovery may touch it, and an hour-old
+/// change is an incident.
+pub const LAG_BOUNDS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug)]
+pub struct Histogram {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// Counts per bucket of [`LAG_BOUNDS`], the last one for values above every bound.
+    buckets: [AtomicU64; LAG_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+    otel: OnceLock<opentelemetry::metrics::Histogram<f64>>,
+}
+
+impl Histogram {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            buckets: [const { AtomicU64::new(0) }; LAG_BOUNDS.len() + 1],
+            sum_micros: AtomicU64::new(0),
+            otel: OnceLock::new(),
+        }
+    }
+
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LAG_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LAG_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Some(h) = self.otel.get() {
+            h.record(secs, &[]);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_micros.load(Ordering::Relaxed))
+    }
+
+    /// Cumulative counts per bound, as Prometheus wants them (the last is `+Inf`).
+    fn cumulative(&self) -> Vec<u64> {
+        let mut total = 0;
+        self.buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect()
+    }
+}
+
+/// What the last complete scan pass of one shard range saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    pub stale_rows: u64,
+    /// Age of the oldest stale row: now minus its last heartbeat (or claim).
+    pub oldest_stale_age: Duration,
+}
+
+/// Every metric tiersweep exports. The documentation in `docs/observability.md` lists the
+/// same set; a test checks the two agree.
+#[derive(Debug)]
+pub struct Metrics {
+    pub rows_scanned: Counter,
+    pub rows_malformed: Counter,
+    pub claims_won: Counter,
+    pub claims_lost: Counter,
+    pub claims_failed: Counter,
+    pub jobs_published: Counter,
+    pub jobs_converged: Counter,
+    pub jobs_already_converged: Counter,
+    pub jobs_not_our_claim: Counter,
+    pub jobs_failed: Counter,
+    pub jobs_dead_lettered: Counter,
+    pub blobs_deleted: Counter,
+    pub dangling_tombstones: Counter,
+    pub heartbeat_failures: Counter,
+    pub writers_fenced: Counter,
+    pub recovery_lag: Histogram,
+    backlog: Mutex<BTreeMap<String, Backlog>>,
+}
+
+const JOBS: &str = "tiersweep.jobs.processed";
+const JOBS_HELP: &str =
+    "Cleanup job deliveries a cleaner finished, by outcome (failed = nacked for redelivery).";
+const CLAIMS: &str = "tiersweep.claims";
+const CLAIMS_HELP: &str =
+    "Claims a scanner attempted on stale rows, by outcome (lost = another scanner won the CAS).";
+
+/// The process's registry.
+pub static METRICS: Metrics = Metrics::new();
+
+impl Metrics {
+    /// A zeroed registry. Processes use [`METRICS`]; tests make their own.
+    pub const fn new() -> Self {
+        Self {
+            rows_scanned: Counter::new(
+                "tiersweep.changelog.rows_scanned",
+                "Stale changelog rows (malformed ones included) returned by scans.",
+            ),
+            rows_malformed: Counter::new(
+                "tiersweep.changelog.rows_malformed",
+                "Changelog rows a scan could not parse; left in place for an operator.",
+            ),
+            claims_won: Counter::labelled(CLAIMS, CLAIMS_HELP, "outcome", "won"),
+            claims_lost: Counter::labelled(CLAIMS, CLAIMS_HELP, "outcome", "lost"),
+            claims_failed: Counter::labelled(CLAIMS, CLAIMS_HELP, "outcome", "error"),
+            jobs_published: Counter::new(
+                "tiersweep.jobs.published",
+                "Cleanup jobs a scanner published (one per claim won).",
+            ),
+            jobs_converged: Counter::labelled(JOBS, JOBS_HELP, "outcome", "converged"),
+            jobs_already_converged: Counter::labelled(
+                JOBS,
+                JOBS_HELP,
+                "outcome",
+                "already_converged",
+            ),
+            jobs_not_our_claim: Counter::labelled(JOBS, JOBS_HELP, "outcome", "not_our_claim"),
+            jobs_failed: Counter::labelled(JOBS, JOBS_HELP, "outcome", "failed"),
+            jobs_dead_lettered: Counter::labelled(JOBS, JOBS_HELP, "outcome", "dead_lettered"),
+            blobs_deleted: Counter::new(
+                "tiersweep.blobs.deleted",
+                "LT blobs recovery deleted because HV does not reference them.",
+            ),
+            dangling_tombstones: Counter::new(
+                "tiersweep.tombstones.dangling",
+                "HV tombstones found referencing a missing LT blob; each needs an operator.",
+            ),
+            heartbeat_failures: Counter::new(
+                "tiersweep.writer.heartbeat_failures",
+                "Writer heartbeats that failed or timed out; the change is left to recovery.",
+            ),
+            writers_fenced: Counter::new(
+                "tiersweep.writer.fenced",
+                "Writes refused because recovery had claimed or fenced their change.",
+            ),
+            recovery_lag: Histogram::new(
+                "tiersweep.recovery.lag",
+                "Age of a change (since its writer recorded it) when recovery converged it.",
+            ),
+            backlog: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const STALE_ROWS: (&str, &str) = (
+    "tiersweep.backlog.stale_rows",
+    "Stale changelog rows seen by the last complete scan pass of a shard range.",
+);
+const OLDEST_STALE: (&str, &str) = (
+    "tiersweep.backlog.oldest_stale_age",
+    "Age of the oldest stale row in the last complete scan pass of a shard range.",
+);
+
+impl Metrics {
+    pub fn counters(&self) -> [&Counter; 15] {
+        [
+            &self.rows_scanned,
+            &self.rows_malformed,
+            &self.claims_won,
+            &self.claims_lost,
+            &self.claims_failed,
+            &self.jobs_published,
+            &self.jobs_converged,
+            &self.jobs_already_converged,
+            &self.jobs_not_our_claim,
+            &self.jobs_failed,
+            &self.jobs_dead_lettered,
+            &self.blobs_deleted,
+            &self.dangling_tombstones,
+            &self.heartbeat_failures,
+            &self.writers_fenced,
+        ]
+    }
+
+    /// Replaces the backlog a scanner of `shards` saw in its last complete pass.
+    pub fn set_backlog(&self, shards: &str, backlog: Backlog) {
+        self.backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(shards.to_owned(), backlog);
+    }
+
+    pub fn backlog(&self) -> BTreeMap<String, Backlog> {
+        self.backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            counters: self
+                .counters()
+                .iter()
+                .map(|c| (series(c), c.get()))
+                .collect(),
+            lag_count: self.recovery_lag.count(),
+        }
+    }
+}
+
+/// Counter values at one moment, keyed by Prometheus series (`name{label="v"}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub counters: BTreeMap<String, u64>,
+    pub lag_count: u64,
+}
+
+impl Snapshot {
+    /// What moved since `earlier`, leaving out what did not.
+    pub fn since(&self, earlier: &Snapshot) -> BTreeMap<String, u64> {
+        self.counters
+            .iter()
+            .map(|(k, v)| (k.clone(), v - earlier.counters.get(k).copied().unwrap_or(0)))
+            .filter(|(_, d)| *d > 0)
+            .collect()
+    }
+}
+
+/// `tiersweep.claims` + `_total` → `tiersweep_claims_total`.
+pub fn prometheus_name(otel: &str, suffix: &str) -> String {
+    format!("{}{suffix}", otel.replace('.', "_"))
+}
+
+fn series(c: &Counter) -> String {
+    let name = prometheus_name(c.name, "_total");
+    match c.label {
+        Some((k, v)) => format!("{name}{{{k}=\"{v}\"}}"),
+        None => name,
+    }
+}
+
+/// The registry in the Prometheus text exposition format (version 0.0.4).
+pub fn render_prometheus(m: &Metrics) -> String {
+    let mut out = String::new();
+    let mut last = "";
+    for c in m.counters() {
+        if c.name != last {
+            let name = prometheus_name(c.name, "_total");
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", c.help);
+            last = c.name;
+        }
+        let _ = writeln!(out, "{} {}", series(c), c.get());
+    }
+
+    let h = &m.recovery_lag;
+    let name = prometheus_name(h.name, "_seconds");
+    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", h.help);
+    let cumulative = h.cumulative();
+    for (bound, n) in LAG_BOUNDS.iter().zip(&cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let count = cumulative.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", h.sum().as_secs_f64());
+    let _ = writeln!(out, "{name}_count {count}");
+
+    let backlog = m.backlog();
+    for ((otel, help), suffix) in [(STALE_ROWS, ""), (OLDEST_STALE, "_seconds")] {
+        let name = prometheus_name(otel, suffix);
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (shards, b) in &backlog {
+            let value = if suffix.is_empty() {
+                b.stale_rows as f64
+            } else {
+                b.oldest_stale_age.as_secs_f64()
+            };
+            let _ = writeln!(out, "{name}{{shards=\"{shards}\"}} {value}");
+        }
+    }
+    out
+}
+
+/// Registers the registry with an OpenTelemetry meter: observable instruments read the
+/// atomics at each collection; the lag histogram records into both from then on.
+pub fn install_otel(meter: &Meter, m: &'static Metrics) {
+    let mut families: BTreeMap<&'static str, Vec<&'static Counter>> = BTreeMap::new();
+    for c in m.counters() {
+        families.entry(c.name).or_default().push(c);
+    }
+    for (name, series) in families {
+        let help = series[0].help;
+        meter
+            .u64_observable_counter(name)
+            .with_description(help)
+            .with_callback(move |observer| {
+                for c in &series {
+                    let attrs: Vec<KeyValue> = c
+                        .label
+                        .map(|(k, v)| KeyValue::new(k, v))
+                        .into_iter()
+                        .collect();
+                    observer.observe(c.get(), &attrs);
+                }
+            })
+            .build();
+    }
+    let h = &m.recovery_lag;
+    let _ = h.otel.set(
+        meter
+            .f64_histogram(h.name)
+            .with_description(h.help)
+            .with_unit("s")
+            .with_boundaries(LAG_BOUNDS.to_vec())
+            .build(),
+    );
+    meter
+        .u64_observable_gauge(STALE_ROWS.0)
+        .with_description(STALE_ROWS.1)
+        .with_callback(move |observer| {
+            for (shards, b) in m.backlog() {
+                observer.observe(b.stale_rows, &[KeyValue::new("shards", shards)]);
+            }
+        })
+        .build();
+    meter
+        .f64_observable_gauge(OLDEST_STALE.0)
+        .with_description(OLDEST_STALE.1)
+        .with_unit("s")
+        .with_callback(move |observer| {
+            for (shards, b) in m.backlog() {
+                observer.observe(
+                    b.oldest_stale_age.as_secs_f64(),
+                    &[KeyValue::new("shards", shards)],
+                );
+            }
+        })
+        .build();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_one_header_per_family_and_cumulative_buckets() {
+        let m = Metrics::new();
+        m.claims_won.add(3);
+        m.claims_lost.inc();
+        m.recovery_lag.record(Duration::from_secs(2));
+        m.recovery_lag.record(Duration::from_secs(100));
+        m.set_backlog(
+            "00-7f",
+            Backlog {
+                stale_rows: 7,
+                oldest_stale_age: Duration::from_millis(1500),
+            },
+        );
+        let text = render_prometheus(&m);
+        assert_eq!(
+            text.matches("# TYPE tiersweep_claims_total counter")
+                .count(),
+            1
+        );
+        assert!(text.contains("tiersweep_claims_total{outcome=\"won\"} 3\n"));
+        assert!(text.contains("tiersweep_claims_total{outcome=\"lost\"} 1\n"));
+        assert!(text.contains("tiersweep_recovery_lag_seconds_bucket{le=\"1\"} 0\n"));
+        assert!(text.contains("tiersweep_recovery_lag_seconds_bucket{le=\"5\"} 1\n"));
+        assert!(text.contains("tiersweep_recovery_lag_seconds_bucket{le=\"120\"} 2\n"));
+        assert!(text.contains("tiersweep_recovery_lag_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("tiersweep_recovery_lag_seconds_sum 102\n"));
+        assert!(text.contains("tiersweep_backlog_stale_rows{shards=\"00-7f\"} 7\n"));
+        assert!(
+            text.contains("tiersweep_backlog_oldest_stale_age_seconds{shards=\"00-7f\"} 1.5\n")
+        );
+        // Every sample line belongs to a family declared above it.
+        let mut declared = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap_or_default().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                assert!(
+                    declared.iter().any(|d| name.starts_with(d.as_str())),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_observability_guide_lists_every_metric() {
+        let doc = include_str!("../../docs/observability.md");
+        let m = Metrics::new();
+        let mut names: Vec<String> = m
+            .counters()
+            .iter()
+            .flat_map(|c| [c.name.to_owned(), prometheus_name(c.name, "_total")])
+            .collect();
+        names.extend([
+            m.recovery_lag.name.to_owned(),
+            prometheus_name(m.recovery_lag.name, "_seconds"),
+            STALE_ROWS.0.to_owned(),
+            prometheus_name(STALE_ROWS.0, ""),
+            OLDEST_STALE.0.to_owned(),
+            prometheus_name(OLDEST_STALE.0, "_seconds"),
+        ]);
+        for name in names {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/observability.md does not list {name}"
+            );
+        }
+        for c in m.counters() {
+            if let Some((_, value)) = c.label {
+                assert!(doc.contains(&format!("`{value}`")), "label value {value}");
+            }
+        }
+    }
+
+    #[test]
+    fn snapshots_report_only_what_moved() {
+        let m = Metrics::new();
+        let before = m.snapshot();
+        m.jobs_converged.add(2);
+        m.blobs_deleted.inc();
+        let moved = m.snapshot().since(&before);
+        assert_eq!(
+            moved,
+            BTreeMap::from([
+                ("tiersweep_blobs_deleted_total".to_owned(), 1),
+                (
+                    "tiersweep_jobs_processed_total{outcome=\"converged\"}".to_owned(),
+                    2
+                ),
+            ])
+        );
+    }
+}
