@@ -32,6 +32,9 @@ pub struct DemoConfig {
     pub crash_rate: f64,
     pub scanners: u16,
     pub cleaners: usize,
+    /// Recovery runs elsewhere (the scanner and cleaner pools of docker-compose or a
+    /// cluster): write, then only watch the changelog drain.
+    pub external_recovery: bool,
     /// Writes in flight at once.
     pub writer_concurrency: usize,
     /// Writes per object: several writes to one object exercise overwrites and deletes.
@@ -49,6 +52,7 @@ impl Default for DemoConfig {
             crash_rate: 0.1,
             scanners: 2,
             cleaners: 4,
+            external_recovery: false,
             writer_concurrency: 32,
             writes_per_object: 4,
             protocol: ProtocolConfig {
@@ -235,8 +239,12 @@ pub async fn run(
     let initial = inspect::backlog(&stores, threshold, page).await?.rows;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    for i in 0..config.scanners.max(1) {
-        let shards = ShardRange::for_member(i, config.scanners.max(1)).unwrap_or(ShardRange::ALL);
+    let (scanners, cleaners) = match config.external_recovery {
+        true => (0, 0),
+        false => (config.scanners.max(1), config.cleaners.max(1)),
+    };
+    for i in 0..scanners {
+        let shards = ShardRange::for_member(i, scanners).unwrap_or(ShardRange::ALL);
         let scanner = Scanner::new(
             stores.changelog.clone(),
             queue.clone(),
@@ -246,7 +254,7 @@ pub async fn run(
         );
         tracker.spawn(scanner.run(cancel.clone()));
     }
-    for _ in 0..config.cleaners.max(1) {
+    for _ in 0..cleaners {
         let cleaner = Cleaner::new(stores.clone(), queue.clone(), recovery.clone());
         tracker.spawn(cleaner.run(cancel.clone(), Duration::from_secs(5)));
     }

@@ -7,6 +7,11 @@ TIERSWEEP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # Where PIDs, logs and the fake-gcs-server venv live. Ignored by git.
 STATE_DIR="${TIERSWEEP_LOCAL_DIR:-$TIERSWEEP_ROOT/.local}"
 
+# Where provision.sh finds the emulators: loopback here, service names in docker-compose.
+BIGTABLE_HOST="${TIERSWEEP_BIGTABLE_HOST:-127.0.0.1}"
+PUBSUB_HOST="${TIERSWEEP_PUBSUB_HOST:-127.0.0.1}"
+GCS_HOST="${TIERSWEEP_GCS_HOST:-127.0.0.1}"
+
 BIGTABLE_PORT="${TIERSWEEP_BIGTABLE_PORT:-8086}"
 PUBSUB_PORT="${TIERSWEEP_PUBSUB_PORT:-8085}"
 GCS_PORT="${TIERSWEEP_GCS_PORT:-4443}"

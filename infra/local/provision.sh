@@ -5,9 +5,11 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 CBT="$(command -v cbt || echo "$(sdk_root)/bin/cbt")"
+[[ -x $CBT ]] || die "cbt not found; install it: gcloud components install cbt, or apt-get install google-cloud-cli-cbt"
+mkdir -p "$STATE_DIR"
 # cbt prints a credentials notice on every call even against the emulator; drop just that.
 cbt_() {
-  BIGTABLE_EMULATOR_HOST="127.0.0.1:$BIGTABLE_PORT" "$CBT" -project "$PROJECT" -instance "$INSTANCE" "$@" \
+  BIGTABLE_EMULATOR_HOST="$BIGTABLE_HOST:$BIGTABLE_PORT" "$CBT" -project "$PROJECT" -instance "$INSTANCE" "$@" \
     2> >(grep -v 'creds flag unset' >&2)
 }
 
@@ -41,7 +43,7 @@ put_json() {
   [[ $code == 200 || $code == 409 ]] || die "PUT $1 answered $code: $(cat "$STATE_DIR/last-response")"
 }
 
-PS="http://127.0.0.1:$PUBSUB_PORT/v1/projects/$PROJECT"
+PS="http://$PUBSUB_HOST:$PUBSUB_PORT/v1/projects/$PROJECT"
 put_json "$PS/topics/$TOPIC" '{}'
 put_json "$PS/topics/$DEAD_LETTER_TOPIC" '{}'
 put_json "$PS/subscriptions/$SUBSCRIPTION" "$(cat <<JSON
@@ -61,6 +63,6 @@ put_json "$PS/subscriptions/$DEAD_LETTER_SUBSCRIPTION" \
 log "pubsub topics $TOPIC, $DEAD_LETTER_TOPIC and subscriptions $SUBSCRIPTION, $DEAD_LETTER_SUBSCRIPTION ready"
 
 code="$(curl -sS -o "$STATE_DIR/last-response" -w '%{http_code}' -X POST -H 'content-type: application/json' \
-        --data "{\"name\": \"$BUCKET\"}" "http://127.0.0.1:$GCS_PORT/storage/v1/b?project=$PROJECT")"
+        --data "{\"name\": \"$BUCKET\"}" "http://$GCS_HOST:$GCS_PORT/storage/v1/b?project=$PROJECT")"
 [[ $code == 200 || $code == 409 ]] || die "creating bucket $BUCKET answered $code: $(cat "$STATE_DIR/last-response")"
 log "gcs bucket $BUCKET ready"

@@ -22,6 +22,10 @@ pub enum Backend {
     /// infra/local/start.sh when they are not running. Each run uses fresh tables,
     /// topics and bucket.
     Emulators,
+    /// The stores and topic of the configuration (--config, TIERSWEEP_*), as the
+    /// workers use them: the writer load for docker-compose or a test cluster. Timings
+    /// come from the configuration's [protocol] section.
+    Configured,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,12 +44,16 @@ pub struct DemoArgs {
     /// Cleanup workers pulling jobs from the queue.
     #[arg(long, default_value_t = 4)]
     cleaners: usize,
+    /// Only write, then watch the changelog drain: scanner and cleaner pools running
+    /// elsewhere against the same configuration do the recovery.
+    #[arg(long)]
+    external_recovery: bool,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
 }
 
-pub async fn run(args: &DemoArgs, _cli: &Cli) -> Result<()> {
+pub async fn run(args: &DemoArgs, cli: &Cli) -> Result<()> {
     if !(0.0..=1.0).contains(&args.crash_rate) {
         bail!(
             "--crash-rate must be between 0 and 1, got {}",
@@ -55,13 +63,17 @@ pub async fn run(args: &DemoArgs, _cli: &Cli) -> Result<()> {
     if args.scanners == 0 || args.scanners > 256 || args.cleaners == 0 || args.writes == 0 {
         bail!("--writes and --cleaners must be at least 1, --scanners between 1 and 256");
     }
-    let config = DemoConfig {
+    let mut config = DemoConfig {
         writes: args.writes,
         crash_rate: args.crash_rate,
         scanners: args.scanners,
         cleaners: args.cleaners,
+        external_recovery: args.external_recovery,
         ..DemoConfig::default()
     };
+    if args.external_recovery && args.backend != Backend::Configured {
+        bail!("--external-recovery needs --backend configured: the pools must see the same stores");
+    }
     let backend = match args.backend {
         Backend::Auto if emulators::running().await.is_some() || emulators::installed().await => {
             eprintln!("backend: emulators (auto: the gcloud emulators are installed)");
@@ -76,6 +88,18 @@ pub async fn run(args: &DemoArgs, _cli: &Cli) -> Result<()> {
         b => b,
     };
     let report = match backend {
+        Backend::Configured => {
+            let settings = crate::load_config(cli)?;
+            config.protocol = settings.protocol;
+            let clock = tiersweep::clock::system();
+            let stores = tiersweep::Stores::connect(&settings, clock)
+                .await
+                .context("connecting to the configured stores")?;
+            let queue = PubsubQueue::connect(&settings.pubsub)
+                .await
+                .context("connecting to Pub/Sub")?;
+            execute("configured", stores, Arc::new(queue), &config).await?
+        }
         Backend::Emulators => {
             let e = emulators::start_or_reuse()
                 .await
@@ -106,12 +130,15 @@ async fn execute(
     queue: Arc<dyn JobQueue>,
     config: &DemoConfig,
 ) -> Result<DemoReport> {
+    let pools = if config.external_recovery {
+        "recovery by the external scanner and cleaner pools".to_owned()
+    } else {
+        format!("{} scanners, {} cleaners", config.scanners, config.cleaners)
+    };
     eprintln!(
-        "demo on {backend}: {} writes, {:.0}% crashed, {} scanners, {} cleaners",
+        "demo on {backend}: {} writes, {:.0}% crashed, {pools}",
         config.writes,
         config.crash_rate * 100.0,
-        config.scanners,
-        config.cleaners
     );
     let report = demo::run(backend, stores, queue, config, |p| {
         let line = match p {
