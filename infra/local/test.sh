@@ -3,7 +3,8 @@
 #
 # Installs what it needs (cargo-nextest; the emulators' venv via start.sh), starts the
 # Bigtable, Pub/Sub and GCS emulators on loopback unless they already answer, runs format,
-# lint and the whole test suite, and stops the emulators it started. Extra arguments go to
+# lint, the deployment-file validation (infra/validate.sh) and the whole test suite, and
+# stops the emulators it started. Extra arguments go to
 # `cargo nextest run` (e.g. a test-name filter).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +16,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# Deployment files: compose and Kubernetes schemas, kustomize renders, terraform fmt.
+infra/validate.sh
 
 # Stop on exit only what this run started; emulators that were already up stay up.
 source infra/local/common.sh

@@ -1,0 +1,78 @@
+# One Google service account per pool, least privilege, bound to the pool's Kubernetes
+# service account through Workload Identity (infra/k8s/base/serviceaccounts.yaml).
+
+resource "google_service_account" "scanner" {
+  account_id   = "tiersweep-scanner"
+  display_name = "tiersweep stale-scan workers"
+}
+
+resource "google_service_account" "cleaner" {
+  account_id   = "tiersweep-cleaner"
+  display_name = "tiersweep cleanup workers"
+}
+
+locals {
+  workload_identity = {
+    scanner = google_service_account.scanner.name
+    cleaner = google_service_account.cleaner.name
+  }
+}
+
+resource "google_service_account_iam_member" "workload_identity" {
+  for_each           = local.workload_identity
+  service_account_id = each.value
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "serviceAccount:${var.project}.svc.id.goog[${var.namespace}/tiersweep-${each.key}]"
+}
+
+# Scanner: read and CheckAndMutateRow on the changelog only; publish jobs.
+resource "google_bigtable_table_iam_member" "scanner_changelog" {
+  instance = google_bigtable_instance.tiersweep.name
+  table    = google_bigtable_table.changelog.name
+  role     = "roles/bigtable.user"
+  member   = google_service_account.scanner.member
+}
+
+resource "google_pubsub_topic_iam_member" "scanner_publishes" {
+  topic  = google_pubsub_topic.jobs.id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.scanner.member
+}
+
+# Cleaner: HV read/fence/CAS and the changelog (re-read, remove).
+resource "google_bigtable_table_iam_member" "cleaner_tables" {
+  for_each = toset([google_bigtable_table.hv.name, google_bigtable_table.changelog.name])
+  instance = google_bigtable_instance.tiersweep.name
+  table    = each.value
+  role     = "roles/bigtable.user"
+  member   = google_service_account.cleaner.member
+}
+
+# Cleaner: look at and delete blobs, nothing else (no create, no overwrite, no listing).
+resource "google_project_iam_custom_role" "blob_cleaner" {
+  role_id     = "tiersweepBlobCleaner"
+  title       = "tiersweep blob cleaner"
+  description = "Check that an LT blob exists and delete orphaned ones."
+  permissions = ["storage.objects.get", "storage.objects.delete"]
+}
+
+resource "google_storage_bucket_iam_member" "cleaner_blobs" {
+  bucket = google_storage_bucket.lt.name
+  role   = google_project_iam_custom_role.blob_cleaner.id
+  member = google_service_account.cleaner.member
+}
+
+# Cleaner: consume jobs; read the subscription's settings (it refuses one without a
+# dead-letter policy); dead-letter poison jobs itself, with a reason.
+resource "google_pubsub_subscription_iam_member" "cleaner_subscribes" {
+  for_each     = toset(["roles/pubsub.subscriber", "roles/pubsub.viewer"])
+  subscription = google_pubsub_subscription.cleaners.id
+  role         = each.value
+  member       = google_service_account.cleaner.member
+}
+
+resource "google_pubsub_topic_iam_member" "cleaner_dead_letters" {
+  topic  = google_pubsub_topic.dead_letter.id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.cleaner.member
+}

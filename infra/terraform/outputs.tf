@@ -1,0 +1,15 @@
+output "scanner_service_account" {
+  value = google_service_account.scanner.email
+}
+
+output "cleaner_service_account" {
+  value = google_service_account.cleaner.email
+}
+
+output "bucket" {
+  value = google_storage_bucket.lt.name
+}
+
+output "app_profile" {
+  value = google_bigtable_app_profile.tiersweep.app_profile_id
+}
