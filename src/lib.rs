@@ -35,6 +35,8 @@
 //! library object-store services embed; [`recovery`] holds the scanner, the cleaner, the one
 //! [`converge`](recovery::converge) function and the embedded loop.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod bench;
 pub mod bigtable;
 pub mod changelog;
 pub mod clock;

@@ -11,36 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::changelog::{
-    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest,
-};
+pub use super::intercept::Op;
+use super::intercept::{self, Intercept};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::hv::{CasOutcome, Expected, HvStore, HvWrite};
-use crate::lt::{ListPage, LtStore};
-use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision, Timestamp};
 use crate::stores::Stores;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    HvRead,
-    HvCas,
-    HvFence,
-    LtPut,
-    LtGet,
-    LtExists,
-    LtDelete,
-    LtList,
-    Record,
-    Heartbeat,
-    Scan,
-    Claim,
-    Get,
-    Remove,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -121,21 +97,7 @@ impl Faults {
 
     /// Wraps all three stores with this plan.
     pub fn wrap(self: &Arc<Self>, stores: &Stores) -> Stores {
-        Stores {
-            hv: Arc::new(FaultyHv {
-                inner: stores.hv.clone(),
-                faults: self.clone(),
-            }),
-            lt: Arc::new(FaultyLt {
-                inner: stores.lt.clone(),
-                faults: self.clone(),
-            }),
-            changelog: Arc::new(FaultyChangelog {
-                inner: stores.changelog.clone(),
-                faults: self.clone(),
-            }),
-            clock: stores.clock.clone(),
-        }
+        intercept::wrap(self.clone(), stores)
     }
 
     pub fn is_crashed(&self) -> bool {
@@ -203,7 +165,7 @@ impl Faults {
         hit
     }
 
-    async fn run<T>(
+    async fn apply<T>(
         &self,
         op: Op,
         store: StoreKind,
@@ -248,115 +210,13 @@ impl Faults {
     }
 }
 
-#[derive(Debug)]
-struct FaultyHv {
-    inner: Arc<dyn HvStore>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl HvStore for FaultyHv {
-    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
-        self.faults
-            .run(Op::HvRead, StoreKind::Hv, self.inner.read(path))
-            .await
-    }
-    async fn compare_and_write(
+impl Intercept for Faults {
+    fn run<T: Send>(
         &self,
-        path: &ObjectPath,
-        expected: &Expected,
-        write: &HvWrite,
-        change: Option<&ChangeId>,
-    ) -> StoreResult<CasOutcome> {
-        let call = self.inner.compare_and_write(path, expected, write, change);
-        self.faults.run(Op::HvCas, StoreKind::Hv, call).await
-    }
-    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
-        let call = self.inner.fence(path, change);
-        self.faults.run(Op::HvFence, StoreKind::Hv, call).await
-    }
-}
-
-#[derive(Debug)]
-struct FaultyLt {
-    inner: Arc<dyn LtStore>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl LtStore for FaultyLt {
-    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
-        self.faults
-            .run(Op::LtPut, StoreKind::Lt, self.inner.put(rev, bytes))
-            .await
-    }
-    async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
-        self.faults
-            .run(Op::LtGet, StoreKind::Lt, self.inner.get(rev))
-            .await
-    }
-    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
-        self.faults
-            .run(Op::LtExists, StoreKind::Lt, self.inner.exists(rev))
-            .await
-    }
-    async fn delete(&self, rev: &Revision) -> StoreResult<()> {
-        self.faults
-            .run(Op::LtDelete, StoreKind::Lt, self.inner.delete(rev))
-            .await
-    }
-    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
-        let call = self.inner.list(prefix, page_token);
-        self.faults.run(Op::LtList, StoreKind::Lt, call).await
-    }
-}
-
-#[derive(Debug)]
-struct FaultyChangelog {
-    inner: Arc<dyn Changelog>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl Changelog for FaultyChangelog {
-    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
-        let call = self.inner.record(id, record);
-        self.faults
-            .run(Op::Record, StoreKind::Changelog, call)
-            .await
-    }
-    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
-        let call = self.inner.heartbeat(id, owner);
-        self.faults
-            .run(Op::Heartbeat, StoreKind::Changelog, call)
-            .await
-    }
-    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
-        let call = self.inner.scan_stale(req);
-        self.faults.run(Op::Scan, StoreKind::Changelog, call).await
-    }
-    async fn claim(
-        &self,
-        seen: &ChangelogEntry,
-        cutoff: Timestamp,
-        claimer: &OwnerToken,
-        lease_until: Timestamp,
-    ) -> StoreResult<Claim> {
-        let call = self.inner.claim(seen, cutoff, claimer, lease_until);
-        self.faults.run(Op::Claim, StoreKind::Changelog, call).await
-    }
-    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
-        self.faults
-            .run(Op::Get, StoreKind::Changelog, self.inner.get(id))
-            .await
-    }
-    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
-        let call = self.inner.remove(id, owner);
-        self.faults
-            .run(Op::Remove, StoreKind::Changelog, call)
-            .await
-    }
-    fn is_noop(&self) -> bool {
-        self.inner.is_noop()
+        op: Op,
+        store: StoreKind,
+        call: impl Future<Output = StoreResult<T>> + Send,
+    ) -> impl Future<Output = StoreResult<T>> + Send {
+        self.apply(op, store, call)
     }
 }

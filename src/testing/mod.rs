@@ -6,7 +6,9 @@ pub mod conformance;
 pub mod crash;
 pub mod emulators;
 pub mod faults;
+pub mod intercept;
 pub mod invariants;
+pub mod meter;
 
 use std::sync::Arc;
 

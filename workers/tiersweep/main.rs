@@ -3,6 +3,7 @@
 //! `inspect` and `recover --dry-run` are the operator's tools. The work itself lives in the
 //! library; this file parses arguments and wires things together.
 
+mod bench;
 mod demo;
 mod ops;
 mod worker;
@@ -60,6 +61,10 @@ enum Command {
     /// Run a cleanup worker: pull jobs, converge HV and LT, remove the row. Runs until
     /// SIGTERM/SIGINT, then finishes in-flight jobs within worker.shutdown_deadline.
     Clean(worker::WorkerArgs),
+    /// Measure recovery throughput (sequential baseline vs the pipeline at growing
+    /// concurrency), RPCs per change, lost claims and write-path latency; prints a table,
+    /// writes bench.json and throughput.svg (docs/performance.md explains the figures).
+    Bench(bench::BenchArgs),
     /// Show the changelog backlog by age and the oldest stale change.
     Status(ops::StatusArgs),
     /// Show one change: its changelog row, what HV holds for its object, which of its
@@ -84,7 +89,7 @@ async fn main() -> Result<()> {
     };
     // The demo draws its own progress; its workers' routine logs would only interleave.
     let default_level = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) => "warn",
         _ => "info",
     };
     let service = match cli.command {
@@ -95,6 +100,7 @@ async fn main() -> Result<()> {
     let telemetry = telemetry::init(format, default_level, service);
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args, &cli).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Scan(args) => worker::scan(args, load_config(&cli)?).await,
         Command::Clean(args) => worker::clean(args, load_config(&cli)?).await,
         Command::Status(args) => ops::status(args, load_config(&cli)?).await,

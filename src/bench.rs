@@ -1,0 +1,259 @@
+//! The measurements behind `tiersweep bench` (feature `testing`): a backlog of crashed
+//! changes with real LT blobs, recovered by the seed's shape of loop (one change at a time)
+//! and by the pipeline at growing concurrency, with every store call counted and, on
+//! in-memory stores, charged a cloud-like latency ([`Latency`]).
+//!
+//! Only the measuring lives here; printing, plotting and picking backends is the binary's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProtocolConfig;
+use crate::error::StoreResult;
+use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange};
+use crate::queue::JobQueue;
+use crate::recovery::{Cleaner, EmbeddedRecovery, RecoveryConfig, Scanner};
+use crate::stores::Stores;
+use crate::telemetry::metrics::METRICS;
+use crate::testing::meter::{Meter, Rpcs};
+
+/// Timings short enough that a prepared backlog is stale within seconds.
+pub fn protocol() -> ProtocolConfig {
+    ProtocolConfig {
+        heartbeat_interval: Duration::from_millis(250),
+        staleness_threshold: Duration::from_secs(1),
+        safety_margin: Duration::from_millis(250),
+    }
+}
+
+/// Leaves `n` changes as large puts that crashed right after their upload: a changelog
+/// row and an unreferenced blob each, which recovery must delete. Writes `concurrency`
+/// at a time; returns when all are stale.
+pub async fn prepare_backlog(
+    stores: &Stores,
+    run: &str,
+    n: usize,
+    concurrency: usize,
+) -> StoreResult<()> {
+    let blob = Bytes::from(vec![b'L'; 2048]);
+    let results: Vec<StoreResult<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let blob = blob.clone();
+            async move {
+                let path =
+                    ObjectPath::new(format!("bench/{run}/{i:07}")).expect("bench paths are valid");
+                let rev = Revision::mint(&path);
+                let record =
+                    ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("bench"));
+                stores.changelog.record(&ChangeId::mint(), &record).await?;
+                stores.lt.put(&rev, blob).await
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect::<StoreResult<Vec<()>>>()?;
+    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// One recovery run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub mode: String,
+    /// Jobs in flight in the cleaner (1 for the sequential baseline).
+    pub in_flight: usize,
+    pub scanners: u16,
+    pub changes: usize,
+    pub seconds: f64,
+    pub changes_per_s: f64,
+    pub rpcs: Rpcs,
+    pub rpcs_per_change: f64,
+    pub claims_lost: u64,
+}
+
+impl Run {
+    fn new(
+        mode: &str,
+        in_flight: usize,
+        scanners: u16,
+        changes: usize,
+        took: Duration,
+        meter: &Meter,
+        lost: u64,
+    ) -> Self {
+        let rpcs = meter.rpcs();
+        let seconds = took.as_secs_f64();
+        Self {
+            mode: mode.to_owned(),
+            in_flight,
+            scanners,
+            changes,
+            seconds,
+            changes_per_s: changes as f64 / seconds.max(1e-9),
+            rpcs,
+            rpcs_per_change: rpcs.total() as f64 / changes.max(1) as f64,
+            claims_lost: lost,
+        }
+    }
+}
+
+fn recovery_config(in_flight: usize) -> RecoveryConfig {
+    RecoveryConfig {
+        protocol: protocol(),
+        scan_batch: 500,
+        claim_concurrency: in_flight.clamp(1, 64),
+        claim_lease: Duration::from_secs(120),
+        idle_poll: Duration::from_millis(50),
+        cleaner_concurrency: in_flight.max(1),
+        ..RecoveryConfig::default()
+    }
+}
+
+/// The seed's shape: one loop, one change at a time (claim, publish, converge, next).
+pub async fn baseline(stores: &Stores, meter: &Arc<Meter>, changes: usize) -> StoreResult<Run> {
+    meter.reset();
+    let metered = meter.wrap(stores);
+    let mut config = recovery_config(1);
+    config.claim_concurrency = 1;
+    let started = Instant::now();
+    let recovery = EmbeddedRecovery::new(metered, config);
+    let mut converged = 0;
+    while converged < changes {
+        let pass = recovery.run_pass().await?;
+        if pass.converged == 0 {
+            break;
+        }
+        converged += pass.converged;
+    }
+    Ok(Run::new(
+        "sequential",
+        1,
+        1,
+        converged,
+        started.elapsed(),
+        meter,
+        0,
+    ))
+}
+
+/// The pipeline: `scanners` scanners splitting the shards (or all scanning every shard
+/// when `split` is false) and one cleaner with `in_flight` jobs at once, until `changes`
+/// changes have converged or `deadline` passes.
+pub async fn pipeline(
+    stores: &Stores,
+    queue: Arc<dyn JobQueue>,
+    meter: &Arc<Meter>,
+    changes: usize,
+    scanners: u16,
+    split: bool,
+    in_flight: usize,
+    deadline: Duration,
+) -> StoreResult<Run> {
+    meter.reset();
+    let metered = meter.wrap(stores);
+    let queue = meter.wrap_queue(queue);
+    let config = recovery_config(in_flight);
+    let converged_before = METRICS.jobs_converged.get();
+    let lost_before = METRICS.claims_lost.get();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let started = Instant::now();
+    for i in 0..scanners.max(1) {
+        let shards = if split {
+            ShardRange::for_member(i, scanners.max(1)).unwrap_or(ShardRange::ALL)
+        } else {
+            ShardRange::ALL
+        };
+        let scanner = Scanner::new(
+            metered.changelog.clone(),
+            queue.clone(),
+            metered.clock.clone(),
+            config.clone(),
+            shards,
+        );
+        tracker.spawn(scanner.run(cancel.clone()));
+    }
+    let cleaner = Cleaner::new(metered, queue, config);
+    tracker.spawn(cleaner.run(cancel.clone(), Duration::from_secs(10)));
+    tracker.close();
+    let give_up = started + deadline;
+    let converged = loop {
+        let converged = (METRICS.jobs_converged.get() - converged_before) as usize;
+        if converged >= changes || Instant::now() > give_up {
+            break converged;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = started.elapsed();
+    cancel.cancel();
+    tracker.wait().await;
+    let lost = METRICS.claims_lost.get() - lost_before;
+    let mode = if split {
+        "pipeline"
+    } else {
+        "pipeline-unsplit"
+    };
+    Ok(Run::new(
+        mode, in_flight, scanners, converged, took, meter, lost,
+    ))
+}
+
+/// Latency of single writes, in microseconds, sorted.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteLatency {
+    pub changelog: String,
+    pub op: String,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub samples: usize,
+}
+
+impl WriteLatency {
+    pub fn from_samples(changelog: &str, op: &str, mut us: Vec<u64>) -> Self {
+        us.sort_unstable();
+        let at = |q: f64| {
+            us.get(((us.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        Self {
+            changelog: changelog.to_owned(),
+            op: op.to_owned(),
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            samples: us.len(),
+        }
+    }
+}
+
+/// Times `n` large puts then `n` deletes of fresh objects, one at a time.
+pub async fn write_latency(
+    writer: &crate::writer::TieredStorage,
+    changelog: &str,
+    run: &str,
+    n: usize,
+) -> Result<[WriteLatency; 2], crate::writer::WriteError> {
+    let value = Bytes::from(vec![b'W'; 64 * 1024]);
+    let mut puts = Vec::with_capacity(n);
+    let mut deletes = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = ObjectPath::new(format!("bench/{run}/w{i:06}")).expect("bench paths are valid");
+        let t = Instant::now();
+        writer.put(&path, value.clone()).await?;
+        puts.push(t.elapsed().as_micros() as u64);
+        let t = Instant::now();
+        writer.delete(&path).await?;
+        deletes.push(t.elapsed().as_micros() as u64);
+    }
+    Ok([
+        WriteLatency::from_samples(changelog, "large put (64 KiB)", puts),
+        WriteLatency::from_samples(changelog, "delete", deletes),
+    ])
+}

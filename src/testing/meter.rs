@@ -1,0 +1,214 @@
+//! The benchmarks' call meter: a store and queue hook that counts calls and adds a fixed
+//! latency per service. With [`Latency::cloud`] in-memory stores behave like Cloud Bigtable,
+//! GCS and Pub/Sub seen from a GKE pod in the same region: every call costs a round trip,
+//! so a sequential recovery loop is latency-bound, as it is in production.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::intercept::{self, Intercept, Op};
+use crate::error::{StoreKind, StoreResult};
+use crate::queue::{Delivery, FlowControl, JobQueue, Message, Subscription};
+use crate::stores::Stores;
+
+/// Per-call latency by service. The cloud figures are typical same-region medians:
+/// Bigtable single-row reads and CheckAndMutateRow ≈ 5 ms, a GCS object delete or
+/// metadata read ≈ 30 ms (writes more), a Pub/Sub publish acknowledgement ≈ 20 ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Latency {
+    pub bigtable: Duration,
+    pub gcs_read: Duration,
+    pub gcs_write: Duration,
+    pub gcs_delete: Duration,
+    pub publish: Duration,
+}
+
+impl Latency {
+    pub const NONE: Latency = Latency {
+        bigtable: Duration::ZERO,
+        gcs_read: Duration::ZERO,
+        gcs_write: Duration::ZERO,
+        gcs_delete: Duration::ZERO,
+        publish: Duration::ZERO,
+    };
+
+    pub fn cloud() -> Self {
+        Self {
+            bigtable: Duration::from_millis(5),
+            gcs_read: Duration::from_millis(30),
+            gcs_write: Duration::from_millis(50),
+            gcs_delete: Duration::from_millis(30),
+            publish: Duration::from_millis(20),
+        }
+    }
+
+    fn of(&self, op: Op) -> Duration {
+        match op {
+            Op::LtPut => self.gcs_write,
+            Op::LtDelete => self.gcs_delete,
+            Op::LtGet | Op::LtExists | Op::LtList => self.gcs_read,
+            // A fence is two Bigtable round trips (MutateRow, then ReadRows).
+            Op::HvFence => self.bigtable * 2,
+            _ => self.bigtable,
+        }
+    }
+}
+
+/// Calls per service, as the real backends issue them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Rpcs {
+    pub bigtable: u64,
+    pub gcs: u64,
+    pub pubsub_publish: u64,
+    /// Deliveries settled (each one an ack or nack on the streaming pull).
+    pub pubsub_settle: u64,
+}
+
+impl Rpcs {
+    pub fn total(&self) -> u64 {
+        self.bigtable + self.gcs + self.pubsub_publish + self.pubsub_settle
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Meter {
+    latency: Latency,
+    calls: [AtomicU64; Op::ALL.len()],
+    publishes: AtomicU64,
+    settled: AtomicU64,
+}
+
+impl Meter {
+    pub fn new(latency: Latency) -> Arc<Self> {
+        Arc::new(Self {
+            latency,
+            ..Self::default()
+        })
+    }
+
+    pub fn wrap(self: &Arc<Self>, stores: &Stores) -> Stores {
+        intercept::wrap(self.clone(), stores)
+    }
+
+    pub fn wrap_queue(self: &Arc<Self>, queue: Arc<dyn JobQueue>) -> Arc<dyn JobQueue> {
+        Arc::new(MeteredQueue {
+            inner: queue,
+            meter: self.clone(),
+        })
+    }
+
+    /// Calls per operation (heartbeats included), leaving out those never made.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        Op::ALL
+            .iter()
+            .map(|op| {
+                (
+                    format!("{op:?}"),
+                    self.calls[op.index()].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    pub fn rpcs(&self) -> Rpcs {
+        let mut r = Rpcs {
+            pubsub_publish: self.publishes.load(Ordering::Relaxed),
+            pubsub_settle: self.settled.load(Ordering::Relaxed),
+            ..Rpcs::default()
+        };
+        for op in Op::ALL {
+            let n = self.calls[op.index()].load(Ordering::Relaxed);
+            match op {
+                Op::LtPut | Op::LtGet | Op::LtExists | Op::LtDelete | Op::LtList => r.gcs += n,
+                Op::HvFence => r.bigtable += 2 * n,
+                _ => r.bigtable += n,
+            }
+        }
+        r
+    }
+
+    pub fn reset(&self) {
+        for c in &self.calls {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.publishes.store(0, Ordering::Relaxed);
+        self.settled.store(0, Ordering::Relaxed);
+    }
+
+    async fn delay(d: Duration) {
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+impl Intercept for Meter {
+    fn run<T: Send>(
+        &self,
+        op: Op,
+        _store: StoreKind,
+        call: impl Future<Output = StoreResult<T>> + Send,
+    ) -> impl Future<Output = StoreResult<T>> + Send {
+        self.calls[op.index()].fetch_add(1, Ordering::Relaxed);
+        let d = self.latency.of(op);
+        async move {
+            Self::delay(d).await;
+            call.await
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MeteredQueue {
+    inner: Arc<dyn JobQueue>,
+    meter: Arc<Meter>,
+}
+
+#[async_trait]
+impl JobQueue for MeteredQueue {
+    async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
+        self.meter.publishes.fetch_add(1, Ordering::Relaxed);
+        Meter::delay(self.meter.latency.publish).await;
+        self.inner.publish(batch).await
+    }
+
+    async fn subscribe(&self, flow: FlowControl) -> StoreResult<Box<dyn Subscription>> {
+        let inner = self.inner.subscribe(flow).await?;
+        Ok(Box::new(MeteredSubscription {
+            inner,
+            meter: self.meter.clone(),
+        }))
+    }
+
+    fn destination(&self) -> String {
+        self.inner.destination()
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
+        self.meter.publishes.fetch_add(1, Ordering::Relaxed);
+        self.inner.dead_letter(delivery, reason).await
+    }
+}
+
+struct MeteredSubscription {
+    inner: Box<dyn Subscription>,
+    meter: Arc<Meter>,
+}
+
+#[async_trait]
+impl Subscription for MeteredSubscription {
+    async fn next(&mut self) -> Option<StoreResult<Delivery>> {
+        let d = self.inner.next().await;
+        if matches!(d, Some(Ok(_))) {
+            // Every delivery is settled exactly once (ack, nack, or nack on drop).
+            self.meter.settled.fetch_add(1, Ordering::Relaxed);
+        }
+        d
+    }
+}

@@ -1,0 +1,428 @@
+//! `tiersweep bench`: recovery throughput (sequential baseline vs the pipeline at growing
+//! concurrency) on in-memory stores with cloud-like latency, on in-memory stores without,
+//! and on the emulators; RPCs per change; lost claims with and without the shard split;
+//! write-path latency with and without the changelog. Prints a table, writes JSON and an
+//! SVG plot. The measuring is `tiersweep::bench`; this file picks settings and reports.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tiersweep::bench::{self, Run, WriteLatency};
+use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
+use tiersweep::stores::Stores;
+use tiersweep::testing::meter::{Latency, Meter};
+use tiersweep::testing::{MemoryStores, emulators};
+use tiersweep::writer::{TieredStorage, WriterConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Backlog size for the pipeline runs (at high concurrency; low concurrency runs use
+    /// 100 changes per job in flight, at least 200, so every run takes seconds).
+    #[arg(long, default_value_t = 10_000)]
+    changes: usize,
+    /// Backlog for the sequential baseline (it is slow by design; its rate is what counts).
+    #[arg(long, default_value_t = 300)]
+    baseline_changes: usize,
+    /// Jobs in flight per run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,4,8,16,32,64,128,256"
+    )]
+    in_flight: Vec<usize>,
+    /// Scanners in the pipeline runs.
+    #[arg(long, default_value_t = 2)]
+    scanners: u16,
+    /// Writes per changelog setting in the write-latency runs.
+    #[arg(long, default_value_t = 200)]
+    writes: usize,
+    /// Settings to run: cloud (in-memory stores, cloud-like latency), memory (in-memory,
+    /// no latency), emulators.
+    #[arg(long, value_delimiter = ',', default_value = "cloud,memory,emulators")]
+    settings: Vec<String>,
+    /// Directory for bench.json and throughput.svg.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    command: String,
+    latency: Latency,
+    settings: Vec<Setting>,
+    write_latency: Vec<WriteLatency>,
+}
+
+#[derive(Debug, Serialize)]
+struct Setting {
+    name: String,
+    baseline: Run,
+    pipeline: Vec<Run>,
+    lost_claims: Vec<Run>,
+    best_ratio: f64,
+}
+
+pub async fn run(args: &BenchArgs) -> Result<()> {
+    if args.in_flight.iter().any(|m| *m == 0) || args.changes == 0 || args.baseline_changes == 0 {
+        bail!("--changes, --baseline-changes and every --in-flight value must be at least 1");
+    }
+    for s in &args.settings {
+        if !["cloud", "memory", "emulators"].contains(&s.as_str()) {
+            bail!("--settings: unknown setting {s:?}; use cloud, memory or emulators");
+        }
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut report = Report {
+        machine: machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        latency: Latency::cloud(),
+        settings: Vec::new(),
+        write_latency: Vec::new(),
+    };
+    for name in &args.settings {
+        let (stores, queue, latency) = match name.as_str() {
+            "cloud" => memory(Latency::cloud()),
+            "memory" => memory(Latency::NONE),
+            _ => {
+                let e = emulators::start_or_reuse()
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let stores = e.stores(tiersweep::clock::system()).await;
+                let queue = PubsubQueue::connect(&e.pubsub_config().await)
+                    .await
+                    .context("connecting to the Pub/Sub emulator")?;
+                (stores, Arc::new(queue) as Arc<dyn JobQueue>, Latency::NONE)
+            }
+        };
+        report
+            .settings
+            .push(setting(name, &stores, queue, latency, args).await?);
+        if name == "emulators" {
+            report
+                .write_latency
+                .extend(write_latency(&stores, args.writes).await?);
+        }
+    }
+    let json = args.out.join("bench.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let svg = args.out.join("throughput.svg");
+    std::fs::write(&svg, plot(&report)).with_context(|| format!("writing {}", svg.display()))?;
+    print!("{}", table(&report));
+    eprintln!("wrote {} and {}", json.display(), svg.display());
+    Ok(())
+}
+
+fn memory(latency: Latency) -> (Stores, Arc<dyn JobQueue>, Latency) {
+    let stores = MemoryStores::new().stores();
+    // Room for a full scan page per scanner, so publishing never waits on the cleaner.
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryQueue::new(4096, 5));
+    (stores, queue, latency)
+}
+
+async fn setting(
+    name: &str,
+    stores: &Stores,
+    queue: Arc<dyn JobQueue>,
+    latency: Latency,
+    args: &BenchArgs,
+) -> Result<Setting> {
+    let meter = Meter::new(latency);
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let prepare = |n: usize, tag: String| {
+        let stores = stores.clone();
+        let run = format!("{run_id}-{tag}");
+        async move {
+            eprintln!("[{name}] preparing {n} crashed changes ({tag})");
+            bench::prepare_backlog(&stores, &run, n, 64)
+                .await
+                .context("preparing the backlog")
+        }
+    };
+    let deadline = Duration::from_secs(600);
+
+    prepare(args.baseline_changes, "baseline".into()).await?;
+    eprintln!("[{name}] sequential baseline");
+    let baseline = bench::baseline(stores, &meter, args.baseline_changes).await?;
+    eprintln!("[{name}]   {:.0} changes/s", baseline.changes_per_s);
+
+    let mut pipeline = Vec::new();
+    for &m in &args.in_flight {
+        let n = (m * 100)
+            .clamp(200, args.changes.max(200))
+            .min(args.changes);
+        prepare(n, format!("m{m}")).await?;
+        eprintln!(
+            "[{name}] pipeline, {} scanners, {m} in flight",
+            args.scanners
+        );
+        let r = bench::pipeline(
+            stores,
+            queue.clone(),
+            &meter,
+            n,
+            args.scanners,
+            true,
+            m,
+            deadline,
+        )
+        .await?;
+        eprintln!(
+            "[{name}]   {:.0} changes/s, {:.2} RPCs/change",
+            r.changes_per_s, r.rpcs_per_change
+        );
+        pipeline.push(r);
+    }
+
+    let mut lost_claims = Vec::new();
+    let n = args.changes.min(2000);
+    for split in [true, false] {
+        prepare(n, format!("lost-{split}")).await?;
+        eprintln!("[{name}] 4 scanners, shard split {split}");
+        let r = bench::pipeline(stores, queue.clone(), &meter, n, 4, split, 64, deadline).await?;
+        lost_claims.push(r);
+    }
+    let best = pipeline.iter().map(|r| r.changes_per_s).fold(0.0, f64::max);
+    Ok(Setting {
+        name: name.to_owned(),
+        best_ratio: best / baseline.changes_per_s.max(1e-9),
+        baseline,
+        pipeline,
+        lost_claims,
+    })
+}
+
+async fn write_latency(stores: &Stores, n: usize) -> Result<Vec<WriteLatency>> {
+    let config = WriterConfig {
+        inline_threshold: 1024,
+        protocol: bench::protocol(),
+        ..WriterConfig::default()
+    };
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let noop = Stores {
+        changelog: Arc::new(tiersweep::changelog::NoopChangelog),
+        ..stores.clone()
+    };
+    let mut out = Vec::new();
+    // Interleaved rounds, so drift on a shared machine hits both settings alike.
+    let mut samples: [Vec<WriteLatency>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..4 {
+        for (i, (label, s)) in [("bigtable", stores), ("noop", &noop)]
+            .into_iter()
+            .enumerate()
+        {
+            let writer = TieredStorage::new(s.clone(), config).context("writer config")?;
+            let r = bench::write_latency(&writer, label, &format!("{run}-{label}-{round}"), n / 4)
+                .await
+                .context("timing writes")?;
+            samples[i].extend(r);
+        }
+    }
+    eprintln!("[emulators] write latency measured over {n} puts and deletes per changelog");
+    for s in samples {
+        out.extend(merge(s));
+    }
+    Ok(out)
+}
+
+/// Rounds of the same (changelog, op) merged by their medians' median (robust on a noisy box).
+fn merge(rounds: Vec<WriteLatency>) -> Vec<WriteLatency> {
+    let mut by: std::collections::BTreeMap<(String, String), Vec<WriteLatency>> =
+        Default::default();
+    for r in rounds {
+        by.entry((r.changelog.clone(), r.op.clone()))
+            .or_default()
+            .push(r);
+    }
+    by.into_iter()
+        .map(|((changelog, op), rs)| {
+            let mut p50: Vec<u64> = rs.iter().map(|r| r.p50_us).collect();
+            let mut p99: Vec<u64> = rs.iter().map(|r| r.p99_us).collect();
+            p50.sort_unstable();
+            p99.sort_unstable();
+            WriteLatency {
+                changelog,
+                op,
+                p50_us: p50[p50.len() / 2],
+                p99_us: p99[p99.len() / 2],
+                samples: rs.iter().map(|r| r.samples).sum(),
+            }
+        })
+        .collect()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(String::new(), |kb| format!(", {} GiB", kb / 1024 / 1024));
+    format!("{cpus} CPUs ({model}){mem}")
+}
+
+fn table(r: &Report) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "machine: {}", r.machine);
+    for s in &r.settings {
+        let _ = writeln!(t, "\n== {} ==", s.name);
+        let _ = writeln!(
+            t,
+            "{:<18} {:>9} {:>8} {:>10} {:>9} {:>8} {:>8}",
+            "mode", "in flight", "changes", "changes/s", "vs seq", "RPC/chg", "lost"
+        );
+        for run in std::iter::once(&s.baseline)
+            .chain(&s.pipeline)
+            .chain(&s.lost_claims)
+        {
+            let _ = writeln!(
+                t,
+                "{:<18} {:>9} {:>8} {:>10.0} {:>8.1}x {:>8.2} {:>8}",
+                format!("{} ({}s)", run.mode, run.scanners),
+                run.in_flight,
+                run.changes,
+                run.changes_per_s,
+                run.changes_per_s / s.baseline.changes_per_s.max(1e-9),
+                run.rpcs_per_change,
+                run.claims_lost
+            );
+        }
+    }
+    if !r.write_latency.is_empty() {
+        let _ = writeln!(t, "\n== write latency (emulators) ==");
+        for w in &r.write_latency {
+            let _ = writeln!(
+                t,
+                "{:<10} {:<20} p50 {:>7} us  p99 {:>7} us  ({} samples)",
+                w.changelog, w.op, w.p50_us, w.p99_us, w.samples
+            );
+        }
+    }
+    t
+}
+
+/// Throughput against jobs in flight (log2 x, log10 y), one line per setting, its
+/// sequential baseline dashed.
+fn plot(r: &Report) -> String {
+    let (w, h, l, b) = (720.0, 420.0, 70.0, 50.0);
+    let max_m = r
+        .settings
+        .iter()
+        .flat_map(|s| s.pipeline.iter().map(|p| p.in_flight))
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let rates = r.settings.iter().flat_map(|s| {
+        s.pipeline
+            .iter()
+            .chain([&s.baseline])
+            .map(|p| p.changes_per_s)
+    });
+    let (lo, hi) = rates.fold((f64::MAX, 1.0f64), |(lo, hi), v| {
+        (lo.min(v.max(0.1)), hi.max(v))
+    });
+    let (ylo, yhi) = (
+        lo.log10().floor(),
+        hi.log10().ceil().max(lo.log10().floor() + 1.0),
+    );
+    let x = |m: f64| l + (m.log2() / max_m.log2()) * (w - l - 20.0);
+    let y = |v: f64| (h - b) - ((v.max(0.1).log10() - ylo) / (yhi - ylo)) * (h - b - 30.0);
+    let colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756"];
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="{w}" height="{h}" fill="white"/>"#
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{l}" y="18" font-weight="bold">Recovery throughput vs jobs in flight (dashed: sequential baseline)</text>"#
+    );
+    let mut m = 1.0;
+    while m <= max_m {
+        let _ = write!(
+            s,
+            r##"<line x1="{0}" y1="30" x2="{0}" y2="{1}" stroke="#eee"/><text x="{0}" y="{2}" text-anchor="middle">{3}</text>"##,
+            x(m),
+            h - b,
+            h - b + 16.0,
+            m
+        );
+        m *= 2.0;
+    }
+    let mut e = ylo;
+    while e <= yhi {
+        let v = 10f64.powf(e);
+        let _ = write!(
+            s,
+            r##"<line x1="{l}" y1="{0}" x2="{1}" y2="{0}" stroke="#eee"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
+            y(v),
+            w - 20.0,
+            l - 6.0,
+            y(v) + 4.0,
+            v
+        );
+        e += 1.0;
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">jobs in flight (cleaner concurrency)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">changes/s (log)</text>"#,
+        (w + l) / 2.0,
+        h - 10.0,
+        h / 2.0,
+        h / 2.0
+    );
+    for (i, set) in r.settings.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let pts: Vec<String> = set
+            .pipeline
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.in_flight as f64), y(p.changes_per_s)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#,
+            pts.join(" ")
+        );
+        for p in &set.pipeline {
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
+                x(p.in_flight as f64),
+                y(p.changes_per_s)
+            );
+        }
+        let by = y(set.baseline.changes_per_s);
+        let _ = write!(
+            s,
+            r#"<line x1="{l}" y1="{by:.1}" x2="{}" y2="{by:.1}" stroke="{c}" stroke-dasharray="5,4"/>"#,
+            w - 20.0
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" fill="{c}">{} (best {:.0}x sequential)</text>"#,
+            l + 10.0,
+            40.0 + 16.0 * i as f64,
+            set.name,
+            set.best_ratio
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
