@@ -143,19 +143,36 @@ pub async fn baseline(stores: &Stores, meter: &Arc<Meter>, changes: usize) -> St
     ))
 }
 
-/// The pipeline: `scanners` scanners splitting the shards (or all scanning every shard
-/// when `split` is false) and one cleaner with `in_flight` jobs at once, until `changes`
-/// changes have converged or `deadline` passes.
+/// The shape of one pipeline run.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineRun {
+    /// Stop once this many changes have converged...
+    pub changes: usize,
+    /// ...or this much time has passed.
+    pub deadline: Duration,
+    pub scanners: u16,
+    /// Scanners split the shards between them (as `worker.member_index` does) or all scan
+    /// every shard.
+    pub split: bool,
+    /// Jobs in flight in the one cleaner.
+    pub in_flight: usize,
+}
+
+/// The pipeline: scanners publishing to `queue`, one cleaner consuming it. Use a fresh
+/// queue per run: a real subscription may still hold a finished run's leased messages.
 pub async fn pipeline(
     stores: &Stores,
     queue: Arc<dyn JobQueue>,
     meter: &Arc<Meter>,
-    changes: usize,
-    scanners: u16,
-    split: bool,
-    in_flight: usize,
-    deadline: Duration,
+    shape: PipelineRun,
 ) -> StoreResult<Run> {
+    let PipelineRun {
+        changes,
+        deadline,
+        scanners,
+        split,
+        in_flight,
+    } = shape;
     meter.reset();
     let metered = meter.wrap(stores);
     let queue = meter.wrap_queue(queue);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tiersweep::bench::{self, Run, WriteLatency};
+use tiersweep::bench::{self, PipelineRun, Run, WriteLatency};
 use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
 use tiersweep::stores::Stores;
 use tiersweep::testing::meter::{Latency, Meter};
@@ -68,7 +68,7 @@ struct Setting {
 }
 
 pub async fn run(args: &BenchArgs) -> Result<()> {
-    if args.in_flight.iter().any(|m| *m == 0) || args.changes == 0 || args.baseline_changes == 0 {
+    if args.in_flight.contains(&0) || args.changes == 0 || args.baseline_changes == 0 {
         bail!("--changes, --baseline-changes and every --in-flight value must be at least 1");
     }
     for s in &args.settings {
@@ -86,23 +86,24 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         write_latency: Vec::new(),
     };
     for name in &args.settings {
-        let (stores, queue, latency) = match name.as_str() {
-            "cloud" => memory(Latency::cloud()),
-            "memory" => memory(Latency::NONE),
+        let (stores, queues, latency) = match name.as_str() {
+            "cloud" => (
+                MemoryStores::new().stores(),
+                Queues::Memory,
+                Latency::cloud(),
+            ),
+            "memory" => (MemoryStores::new().stores(), Queues::Memory, Latency::NONE),
             _ => {
                 let e = emulators::start_or_reuse()
                     .await
                     .map_err(anyhow::Error::msg)?;
                 let stores = e.stores(tiersweep::clock::system()).await;
-                let queue = PubsubQueue::connect(&e.pubsub_config().await)
-                    .await
-                    .context("connecting to the Pub/Sub emulator")?;
-                (stores, Arc::new(queue) as Arc<dyn JobQueue>, Latency::NONE)
+                (stores, Queues::Emulator(e), Latency::NONE)
             }
         };
         report
             .settings
-            .push(setting(name, &stores, queue, latency, args).await?);
+            .push(setting(name, &stores, &queues, latency, args).await?);
         if name == "emulators" {
             report
                 .write_latency
@@ -119,17 +120,30 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn memory(latency: Latency) -> (Stores, Arc<dyn JobQueue>, Latency) {
-    let stores = MemoryStores::new().stores();
-    // Room for a full scan page per scanner, so publishing never waits on the cleaner.
-    let queue: Arc<dyn JobQueue> = Arc::new(MemoryQueue::new(4096, 5));
-    (stores, queue, latency)
+/// Where each run's fresh queue comes from.
+enum Queues {
+    Memory,
+    Emulator(emulators::Emulators),
+}
+
+impl Queues {
+    async fn fresh(&self) -> Result<Arc<dyn JobQueue>> {
+        Ok(match self {
+            // Room for full scan pages, so publishing never waits on the cleaner.
+            Queues::Memory => Arc::new(MemoryQueue::new(4096, 5)),
+            Queues::Emulator(e) => Arc::new(
+                PubsubQueue::connect(&e.pubsub_config().await)
+                    .await
+                    .context("connecting to the Pub/Sub emulator")?,
+            ),
+        })
+    }
 }
 
 async fn setting(
     name: &str,
     stores: &Stores,
-    queue: Arc<dyn JobQueue>,
+    queues: &Queues,
     latency: Latency,
     args: &BenchArgs,
 ) -> Result<Setting> {
@@ -162,17 +176,14 @@ async fn setting(
             "[{name}] pipeline, {} scanners, {m} in flight",
             args.scanners
         );
-        let r = bench::pipeline(
-            stores,
-            queue.clone(),
-            &meter,
-            n,
-            args.scanners,
-            true,
-            m,
+        let shape = PipelineRun {
+            changes: n,
             deadline,
-        )
-        .await?;
+            scanners: args.scanners,
+            split: true,
+            in_flight: m,
+        };
+        let r = bench::pipeline(stores, queues.fresh().await?, &meter, shape).await?;
         eprintln!(
             "[{name}]   {:.0} changes/s, {:.2} RPCs/change",
             r.changes_per_s, r.rpcs_per_change
@@ -185,7 +196,14 @@ async fn setting(
     for split in [true, false] {
         prepare(n, format!("lost-{split}")).await?;
         eprintln!("[{name}] 4 scanners, shard split {split}");
-        let r = bench::pipeline(stores, queue.clone(), &meter, n, 4, split, 64, deadline).await?;
+        let shape = PipelineRun {
+            changes: n,
+            deadline,
+            scanners: 4,
+            split,
+            in_flight: 64,
+        };
+        let r = bench::pipeline(stores, queues.fresh().await?, &meter, shape).await?;
         lost_claims.push(r);
     }
     let best = pipeline.iter().map(|r| r.changes_per_s).fold(0.0, f64::max);
