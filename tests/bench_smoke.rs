@@ -36,7 +36,10 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
         let pipeline = s["pipeline"].as_array().unwrap();
         assert_eq!(pipeline.len(), 2);
         for run in pipeline.iter().chain(s["lost_claims"].as_array().unwrap()) {
-            assert_eq!(run["changes"], 200, "every prepared change converged: {run}");
+            assert_eq!(
+                run["changes"], 200,
+                "every prepared change converged: {run}"
+            );
             let rpcs = run["rpcs_per_change"].as_f64().unwrap();
             // claim, re-read, fence (2), delete, remove, settle, plus amortised scans/publishes.
             assert!((6.0..12.0).contains(&rpcs), "{run}");
