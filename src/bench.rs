@@ -76,6 +76,8 @@ pub struct Run {
     pub rpcs: Rpcs,
     pub rpcs_per_change: f64,
     pub claims_lost: u64,
+    /// The run hit its deadline before every prepared change converged.
+    pub timed_out: bool,
 }
 
 impl Run {
@@ -100,6 +102,7 @@ impl Run {
             rpcs,
             rpcs_per_change: rpcs.total() as f64 / changes.max(1) as f64,
             claims_lost: lost,
+            timed_out: false,
         }
     }
 }
@@ -217,9 +220,9 @@ pub async fn pipeline(
     } else {
         "pipeline-unsplit"
     };
-    Ok(Run::new(
-        mode, in_flight, scanners, converged, took, meter, lost,
-    ))
+    let mut run = Run::new(mode, in_flight, scanners, converged, took, meter, lost);
+    run.timed_out = converged < changes;
+    Ok(run)
 }
 
 /// Latency of single writes, in microseconds, sorted.

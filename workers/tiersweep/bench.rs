@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// no latency), emulators.
     #[arg(long, value_delimiter = ',', default_value = "cloud,memory,emulators")]
     settings: Vec<String>,
+    /// Give up on a pipeline run after this many seconds (it is then marked TIMED OUT).
+    #[arg(long, default_value_t = 120)]
+    run_deadline_s: u64,
     /// Directory for bench.json and throughput.svg.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -159,7 +162,7 @@ async fn setting(
                 .context("preparing the backlog")
         }
     };
-    let deadline = Duration::from_secs(600);
+    let deadline = Duration::from_secs(args.run_deadline_s.max(1));
 
     prepare(args.baseline_changes, "baseline".into()).await?;
     eprintln!("[{name}] sequential baseline");
@@ -323,6 +326,13 @@ fn table(r: &Report) -> String {
                 run.rpcs_per_change,
                 run.claims_lost
             );
+            if run.timed_out {
+                let _ = writeln!(
+                    t,
+                    "  ^ TIMED OUT: only {} changes converged before the deadline",
+                    run.changes
+                );
+            }
         }
     }
     if !r.write_latency.is_empty() {
