@@ -40,6 +40,7 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
                 run["changes"], 200,
                 "every prepared change converged: {run}"
             );
+            assert_eq!(run["timed_out"], false, "{run}");
             let rpcs = run["rpcs_per_change"].as_f64().unwrap();
             // claim, re-read, fence (2), delete, remove, settle, plus amortised scans/publishes.
             assert!((6.0..12.0).contains(&rpcs), "{run}");
