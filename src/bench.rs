@@ -16,9 +16,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange};
+use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
 use crate::queue::JobQueue;
-use crate::recovery::{Cleaner, EmbeddedRecovery, RecoveryConfig, Scanner};
+use crate::recovery::pool::{self, Pools};
+use crate::recovery::{EmbeddedRecovery, RecoveryConfig};
 use crate::stores::Stores;
 use crate::telemetry::metrics::METRICS;
 use crate::testing::meter::{Meter, Rpcs};
@@ -185,23 +186,13 @@ pub async fn pipeline(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let started = Instant::now();
-    for i in 0..scanners.max(1) {
-        let shards = if split {
-            ShardRange::for_member(i, scanners.max(1)).unwrap_or(ShardRange::ALL)
-        } else {
-            ShardRange::ALL
-        };
-        let scanner = Scanner::new(
-            metered.changelog.clone(),
-            queue.clone(),
-            metered.clock.clone(),
-            config.clone(),
-            shards,
-        );
-        tracker.spawn(scanner.run(cancel.clone()));
-    }
-    let cleaner = Cleaner::new(metered, queue, config);
-    tracker.spawn(cleaner.run(cancel.clone(), Duration::from_secs(10)));
+    let pools = Pools {
+        scanners: scanners.max(1),
+        split,
+        cleaners: 1,
+        drain: Duration::from_secs(10),
+    };
+    pool::spawn(&tracker, &cancel, &metered, &queue, &config, pools);
     tracker.close();
     let give_up = started + deadline;
     let converged = loop {

@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
-use crate::model::{ObjectPath, ShardRange};
+use crate::model::ObjectPath;
 use crate::queue::JobQueue;
-use crate::recovery::{Cleaner, RecoveryConfig, Scanner, inspect};
+use crate::recovery::pool::{self, Pools};
+use crate::recovery::{RecoveryConfig, inspect};
 use crate::stores::Stores;
 use crate::testing::faults::{Fault, Faults, Rule};
 use crate::testing::invariants::{self, Acceptable};
@@ -239,24 +240,14 @@ pub async fn run(
     let initial = inspect::backlog(&stores, threshold, page).await?.rows;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let (scanners, cleaners) = match config.external_recovery {
-        true => (0, 0),
-        false => (config.scanners.max(1), config.cleaners.max(1)),
-    };
-    for i in 0..scanners {
-        let shards = ShardRange::for_member(i, scanners).unwrap_or(ShardRange::ALL);
-        let scanner = Scanner::new(
-            stores.changelog.clone(),
-            queue.clone(),
-            stores.clock.clone(),
-            recovery.clone(),
-            shards,
-        );
-        tracker.spawn(scanner.run(cancel.clone()));
-    }
-    for _ in 0..cleaners {
-        let cleaner = Cleaner::new(stores.clone(), queue.clone(), recovery.clone());
-        tracker.spawn(cleaner.run(cancel.clone(), Duration::from_secs(5)));
+    if !config.external_recovery {
+        let pools = Pools {
+            scanners: config.scanners.max(1),
+            split: true,
+            cleaners: config.cleaners.max(1),
+            drain: Duration::from_secs(5),
+        };
+        pool::spawn(&tracker, &cancel, &stores, &queue, &recovery, pools);
     }
     tracker.close();
     let give_up = Instant::now() + config.deadline;

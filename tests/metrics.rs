@@ -49,16 +49,7 @@ async fn metrics_move_by_what_a_known_scenario_did() {
     stores.lt.delete(&rev).await.unwrap();
     // An overwrite whose heartbeats fail: the writer gives up before its CAS and leaves the
     // new blob to recovery.
-    let path = crash::unique_path();
-    let (old, new) = Scenario::LargeOverLarge.values();
-    let clean = TieredStorage::new(stores.clone(), wconf).unwrap();
-    clean.put(&path, old.unwrap()).await.unwrap();
-    let faults = Faults::new([
-        Rule::on(Op::Heartbeat, Fault::Fail),
-        Rule::on(Op::LtPut, Fault::Delay(Duration::from_secs(15))),
-    ]);
-    let w = TieredStorage::new(faults.wrap(&stores), wconf).unwrap();
-    let err = w.put(&path, new.unwrap()).await.unwrap_err();
+    let (_, _, err, _) = crash::overwrite_with_failing_heartbeats(&stores, wconf).await;
     assert!(
         matches!(
             err,

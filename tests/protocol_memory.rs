@@ -137,18 +137,8 @@ async fn racing_writers_leave_the_winner_and_clean_the_loser() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_heartbeat_aborts_before_the_cas_and_recovery_converges() {
     let stores = MemoryStores::new().stores();
-    let path = crash::unique_path();
-    let (before, after) = Scenario::LargeOverLarge.values();
-    writer(&stores)
-        .put(&path, before.clone().unwrap())
-        .await
-        .unwrap();
-    let faults = Faults::new([
-        Rule::on(Op::Heartbeat, Fault::Fail),
-        Rule::on(Op::LtPut, Fault::Delay(Duration::from_secs(15))),
-    ]);
-    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol())).unwrap();
-    let err = w.put(&path, after.unwrap()).await.unwrap_err();
+    let (path, before, err, calls) =
+        crash::overwrite_with_failing_heartbeats(&stores, test_writer_config(protocol())).await;
     assert!(
         matches!(
             err,
@@ -159,10 +149,7 @@ async fn a_failed_heartbeat_aborts_before_the_cas_and_recovery_converges() {
         ),
         "{err}"
     );
-    assert!(
-        !faults.calls().contains(&Op::HvCas),
-        "no CAS after the guard failed"
-    );
+    assert!(!calls.contains(&Op::HvCas), "no CAS after the guard failed");
     let pass = recover(&stores).await;
     assert_eq!(pass.converged, 1);
     check(&stores, &path, vec![before]).await.assert_converged();

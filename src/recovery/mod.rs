@@ -15,6 +15,7 @@ pub mod converge;
 pub mod embedded;
 pub mod inspect;
 pub mod job;
+pub mod pool;
 pub mod scanner;
 
 use std::time::Duration;

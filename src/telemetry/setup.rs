@@ -36,10 +36,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn exporting(&self) -> bool {
-        self.tracer_provider.is_some()
-    }
-
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
             && let Err(e) = provider.shutdown()

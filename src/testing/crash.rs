@@ -11,7 +11,7 @@ use super::invariants::{self, Acceptable};
 use crate::model::ObjectPath;
 use crate::recovery::{EmbeddedRecovery, RecoveryConfig};
 use crate::stores::Stores;
-use crate::writer::{TieredStorage, WriterConfig};
+use crate::writer::{TieredStorage, WriteError, WriterConfig};
 
 /// Bytes above the inline threshold used by the scenarios.
 pub const INLINE_THRESHOLD: usize = 16;
@@ -182,6 +182,32 @@ pub async fn crashed_large_puts(
         expected.insert(path, vec![before, after]);
     }
     expected
+}
+
+/// Overwrites a large object with a writer whose heartbeats all fail while its upload is
+/// slow (15 s): the guard fails, the writer gives up before its CAS and leaves the new blob
+/// to recovery. Returns the object, the value it must converge to, the writer's error and
+/// the calls it made.
+pub async fn overwrite_with_failing_heartbeats(
+    stores: &Stores,
+    config: WriterConfig,
+) -> (ObjectPath, Option<Bytes>, WriteError, Vec<Op>) {
+    let path = unique_path();
+    let (before, after) = Scenario::LargeOverLarge.values();
+    let clean = TieredStorage::new(stores.clone(), config).expect("valid config");
+    let old = before.clone().expect("the scenario has an old value");
+    clean.put(&path, old).await.expect("clean put");
+    let faults = Faults::new([
+        Rule::on(Op::Heartbeat, Fault::Fail),
+        Rule::on(Op::LtPut, Fault::Delay(Duration::from_secs(15))),
+    ]);
+    let writer = TieredStorage::new(faults.wrap(stores), config).expect("valid config");
+    let new = after.expect("the scenario has a new value");
+    let err = writer
+        .put(&path, new)
+        .await
+        .expect_err("a writer without heartbeats must not complete");
+    (path, before, err, faults.calls())
 }
 
 /// Two recovery passes run at once over `n` crashed changes: every change is claimed and

@@ -52,10 +52,18 @@ impl Latency {
             Op::LtPut => self.gcs_write,
             Op::LtDelete => self.gcs_delete,
             Op::LtGet | Op::LtExists | Op::LtList => self.gcs_read,
-            // A fence is two Bigtable round trips (MutateRow, then ReadRows).
-            Op::HvFence => self.bigtable * 2,
-            _ => self.bigtable,
+            _ => self.bigtable * bigtable_rpcs(op),
         }
+    }
+}
+
+/// Round trips the Bigtable backend makes for one call: a fence is a MutateRow and then a
+/// ReadRows; every other Bigtable operation is one RPC. 0 for GCS operations.
+fn bigtable_rpcs(op: Op) -> u32 {
+    match op {
+        Op::LtPut | Op::LtGet | Op::LtExists | Op::LtDelete | Op::LtList => 0,
+        Op::HvFence => 2,
+        _ => 1,
     }
 }
 
@@ -124,10 +132,9 @@ impl Meter {
         };
         for op in Op::ALL {
             let n = self.calls[op.index()].load(Ordering::Relaxed);
-            match op {
-                Op::LtPut | Op::LtGet | Op::LtExists | Op::LtDelete | Op::LtList => r.gcs += n,
-                Op::HvFence => r.bigtable += 2 * n,
-                _ => r.bigtable += n,
+            match bigtable_rpcs(op) {
+                0 => r.gcs += n,
+                rpcs => r.bigtable += u64::from(rpcs) * n,
             }
         }
         r
