@@ -5,6 +5,9 @@
 //!
 //! Only the measuring lives here; printing, plotting and picking backends is the binary's.
 
+pub mod ceiling;
+pub mod lag;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +82,10 @@ pub struct Run {
     pub claims_lost: u64,
     /// The run hit its deadline before every prepared change converged.
     pub timed_out: bool,
+    /// For a run that timed out: every counter that moved during it, to show where the
+    /// missing changes stopped (claimed? published? processed how?).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Run {
@@ -104,11 +111,12 @@ impl Run {
             rpcs_per_change: rpcs.total() as f64 / changes.max(1) as f64,
             claims_lost: lost,
             timed_out: false,
+            counters: None,
         }
     }
 }
 
-fn recovery_config(in_flight: usize) -> RecoveryConfig {
+pub(crate) fn recovery_config(in_flight: usize) -> RecoveryConfig {
     RecoveryConfig {
         protocol: protocol(),
         scan_batch: 500,
@@ -181,6 +189,7 @@ pub async fn pipeline(
     let metered = meter.wrap(stores);
     let queue = meter.wrap_queue(queue);
     let config = recovery_config(in_flight);
+    let before = METRICS.snapshot();
     let converged_before = METRICS.jobs_converged.get();
     let lost_before = METRICS.claims_lost.get();
     let cancel = CancellationToken::new();
@@ -212,7 +221,12 @@ pub async fn pipeline(
         "pipeline-unsplit"
     };
     let mut run = Run::new(mode, in_flight, scanners, converged, took, meter, lost);
-    run.timed_out = converged < changes;
+    if converged < changes {
+        let moved = METRICS.snapshot().since(&before);
+        tracing::warn!(converged, changes, ?moved, "pipeline run timed out");
+        run.timed_out = true;
+        run.counters = Some(moved);
+    }
     Ok(run)
 }
 

@@ -4,6 +4,9 @@
 //! write-path latency with and without the changelog. Prints a table, writes JSON and an
 //! SVG plot. The measuring is `tiersweep::bench`; this file picks settings and reports.
 
+mod plot;
+mod rss;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use tiersweep::bench::ceiling::{self, CeilingReport};
+use tiersweep::bench::lag::{self, LagRun, SteadyLoad};
 use tiersweep::bench::{self, PipelineRun, Run, WriteLatency};
 use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
 use tiersweep::stores::Stores;
@@ -44,6 +49,27 @@ pub struct BenchArgs {
     /// no latency), emulators.
     #[arg(long, value_delimiter = ',', default_value = "cloud,memory,emulators")]
     settings: Vec<String>,
+    /// Seconds of steady load (writers plus crashing changes) for the recovery-lag run;
+    /// 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    lag_seconds: u64,
+    /// Changes crashing per second during the lag run.
+    #[arg(long, default_value_t = 50.0)]
+    lag_crashes_per_s: f64,
+    /// Writers writing (and heartbeating) back to back during the lag run.
+    #[arg(long, default_value_t = 4)]
+    lag_writers: usize,
+    /// Backlog for the memory runs (a scanner and a cleaner process on the emulators, peak
+    /// RSS measured); 0 skips them.
+    #[arg(long, default_value_t = 100_000)]
+    rss_changes: usize,
+    /// Calls per RPC kind when measuring the emulators' raw rates (the ceiling).
+    #[arg(long, default_value_t = 2000)]
+    ceiling_calls: usize,
+    /// Calls in flight when measuring the raw rates concurrently (they are also measured
+    /// one at a time).
+    #[arg(long, default_value_t = 32)]
+    ceiling_concurrency: usize,
     /// Give up on a pipeline run after this many seconds (it is then marked TIMED OUT).
     #[arg(long, default_value_t = 120)]
     run_deadline_s: u64,
@@ -59,6 +85,10 @@ struct Report {
     latency: Latency,
     settings: Vec<Setting>,
     write_latency: Vec<WriteLatency>,
+    /// The emulators' raw RPC rates, one at a time and concurrently.
+    ceiling: Vec<CeilingReport>,
+    /// Peak RSS of a scanner and a cleaner process over a large backlog.
+    memory: Vec<rss::RssRun>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +98,7 @@ struct Setting {
     pipeline: Vec<Run>,
     lost_claims: Vec<Run>,
     best_ratio: f64,
+    lag: Option<LagRun>,
 }
 
 pub async fn run(args: &BenchArgs) -> Result<()> {
@@ -87,6 +118,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         latency: Latency::cloud(),
         settings: Vec::new(),
         write_latency: Vec::new(),
+        ceiling: Vec::new(),
+        memory: Vec::new(),
     };
     for name in &args.settings {
         let (stores, queues, latency) = match name.as_str() {
@@ -104,6 +137,23 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 (stores, Queues::Emulator(e), Latency::NONE)
             }
         };
+        if let Queues::Emulator(e) = &queues
+            && args.rss_changes > 0
+        {
+            let deadline = Duration::from_secs(args.run_deadline_s.max(600));
+            report.memory = rss::measure(e, args.rss_changes, deadline).await?;
+        }
+        if let Queues::Emulator(_) = queues {
+            for c in [1, args.ceiling_concurrency] {
+                eprintln!("[{name}] raw RPC rates, {c} in flight");
+                let run = uuid::Uuid::now_v7().simple().to_string();
+                let r =
+                    ceiling::measure(&stores, queues.fresh().await?, &run, args.ceiling_calls, c)
+                        .await
+                        .context("measuring the emulators' raw rates")?;
+                report.ceiling.push(r);
+            }
+        }
         report
             .settings
             .push(setting(name, &stores, &queues, latency, args).await?);
@@ -117,7 +167,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let svg = args.out.join("throughput.svg");
-    std::fs::write(&svg, plot(&report)).with_context(|| format!("writing {}", svg.display()))?;
+    std::fs::write(&svg, plot::plot(&report))
+        .with_context(|| format!("writing {}", svg.display()))?;
     print!("{}", table(&report));
     eprintln!("wrote {} and {}", json.display(), svg.display());
     Ok(())
@@ -209,8 +260,35 @@ async fn setting(
         let r = bench::pipeline(stores, queues.fresh().await?, &meter, shape).await?;
         lost_claims.push(r);
     }
+    let lag = if args.lag_seconds > 0 {
+        eprintln!(
+            "[{name}] steady load for {} s: {} writers, {} crashes/s",
+            args.lag_seconds, args.lag_writers, args.lag_crashes_per_s
+        );
+        let load = SteadyLoad {
+            crashes_per_s: args.lag_crashes_per_s,
+            writers: args.lag_writers,
+            duration: Duration::from_secs(args.lag_seconds),
+            scanners: args.scanners,
+            in_flight: 64,
+            idle_poll: Duration::from_secs(1),
+        };
+        meter.reset();
+        let (metered, queue) = (meter.wrap(stores), meter.wrap_queue(queues.fresh().await?));
+        let r = lag::steady_load(&metered, queue, &format!("{run_id}-lag"), load)
+            .await
+            .context("the steady-load run")?;
+        eprintln!(
+            "[{name}]   lag p50 {} ms, p99 {} ms ({} of {} crashed changes converged)",
+            r.p50_ms, r.p99_ms, r.converged, r.crashed
+        );
+        Some(r)
+    } else {
+        None
+    };
     let best = pipeline.iter().map(|r| r.changes_per_s).fold(0.0, f64::max);
     Ok(Setting {
+        lag,
         name: name.to_owned(),
         best_ratio: best / baseline.changes_per_s.max(1e-9),
         baseline,
@@ -334,6 +412,61 @@ fn table(r: &Report) -> String {
                 );
             }
         }
+        if let Some(l) = &s.lag {
+            let _ = writeln!(
+                t,
+                "recovery lag under steady load ({} writers, {} crashes/s, idle poll {} ms): \
+                 p50 {} ms, p99 {} ms, max {} ms; {} of {} crashed changes converged, {} healthy writes",
+                l.writers,
+                l.crashes_per_s,
+                l.idle_poll_ms,
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                l.converged,
+                l.crashed,
+                l.healthy_writes
+            );
+        }
+    }
+    for c in &r.ceiling {
+        let conc = c.rates.first().map_or(0, |r| r.concurrency);
+        let _ = writeln!(t, "\n== emulators' raw rates, {conc} in flight ==");
+        for rate in &c.rates {
+            let _ = writeln!(
+                t,
+                "{:<9} {:<24} {:>8.0}/s",
+                rate.service, rate.rpc, rate.per_s
+            );
+        }
+        for s in &c.per_service {
+            let _ = writeln!(
+                t,
+                "ceiling from {:<9} {:>8.0} changes/s",
+                s.service, s.changes_per_s
+            );
+        }
+        let _ = writeln!(
+            t,
+            "ceiling {:.0} changes/s (all services on the same cores: {:.0})",
+            c.ceiling, c.shared_cpu_ceiling
+        );
+    }
+    for m in &r.memory {
+        let _ = writeln!(
+            t,
+            "\n== memory: {} over {} items ({:.0} s) ==\nidle {:.1} MiB, peak (VmHWM) {:.1} MiB; RSS as it went: {}",
+            m.worker,
+            m.items,
+            m.seconds,
+            m.idle_mib,
+            m.peak_mib,
+            m.samples
+                .iter()
+                .map(|(done, mib)| format!("{done}: {mib:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if !r.write_latency.is_empty() {
         let _ = writeln!(t, "\n== write latency (emulators) ==");
@@ -346,111 +479,4 @@ fn table(r: &Report) -> String {
         }
     }
     t
-}
-
-/// Throughput against jobs in flight (log2 x, log10 y), one line per setting, its
-/// sequential baseline dashed.
-fn plot(r: &Report) -> String {
-    let (w, h, l, b) = (720.0, 420.0, 70.0, 50.0);
-    let max_m = r
-        .settings
-        .iter()
-        .flat_map(|s| s.pipeline.iter().map(|p| p.in_flight))
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
-    let rates = r.settings.iter().flat_map(|s| {
-        s.pipeline
-            .iter()
-            .chain([&s.baseline])
-            .map(|p| p.changes_per_s)
-    });
-    let (lo, hi) = rates.fold((f64::MAX, 1.0f64), |(lo, hi), v| {
-        (lo.min(v.max(0.1)), hi.max(v))
-    });
-    let (ylo, yhi) = (
-        lo.log10().floor(),
-        hi.log10().ceil().max(lo.log10().floor() + 1.0),
-    );
-    let x = |m: f64| l + (m.log2() / max_m.log2()) * (w - l - 20.0);
-    let y = |v: f64| (h - b) - ((v.max(0.1).log10() - ylo) / (yhi - ylo)) * (h - b - 30.0);
-    let colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756"];
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="{w}" height="{h}" fill="white"/>"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="{l}" y="18" font-weight="bold">Recovery throughput vs jobs in flight (dashed: sequential baseline)</text>"#
-    );
-    let mut m = 1.0;
-    while m <= max_m {
-        let _ = write!(
-            s,
-            r##"<line x1="{0}" y1="30" x2="{0}" y2="{1}" stroke="#eee"/><text x="{0}" y="{2}" text-anchor="middle">{3}</text>"##,
-            x(m),
-            h - b,
-            h - b + 16.0,
-            m
-        );
-        m *= 2.0;
-    }
-    let mut e = ylo;
-    while e <= yhi {
-        let v = 10f64.powf(e);
-        let _ = write!(
-            s,
-            r##"<line x1="{l}" y1="{0}" x2="{1}" y2="{0}" stroke="#eee"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
-            y(v),
-            w - 20.0,
-            l - 6.0,
-            y(v) + 4.0,
-            v
-        );
-        e += 1.0;
-    }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">jobs in flight (cleaner concurrency)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">changes/s (log)</text>"#,
-        (w + l) / 2.0,
-        h - 10.0,
-        h / 2.0,
-        h / 2.0
-    );
-    for (i, set) in r.settings.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        let pts: Vec<String> = set
-            .pipeline
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", x(p.in_flight as f64), y(p.changes_per_s)))
-            .collect();
-        let _ = write!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#,
-            pts.join(" ")
-        );
-        for p in &set.pipeline {
-            let _ = write!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
-                x(p.in_flight as f64),
-                y(p.changes_per_s)
-            );
-        }
-        let by = y(set.baseline.changes_per_s);
-        let _ = write!(
-            s,
-            r#"<line x1="{l}" y1="{by:.1}" x2="{}" y2="{by:.1}" stroke="{c}" stroke-dasharray="5,4"/>"#,
-            w - 20.0
-        );
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" fill="{c}">{} (best {:.0}x sequential)</text>"#,
-            l + 10.0,
-            40.0 + 16.0 * i as f64,
-            set.name,
-            set.best_ratio
-        );
-    }
-    s.push_str("</svg>\n");
-    s
 }

@@ -1,0 +1,167 @@
+//! Peak memory of the real worker processes: `tiersweep scan` over a large changelog, then
+//! `tiersweep clean` over the job backlog it published, each a child process of the bench
+//! on the emulators. RSS comes from `/proc/<pid>/status` (VmRSS sampled as the work
+//! progresses, VmHWM at the end); progress from the worker's own `/metrics`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tiersweep::config::Config;
+use tiersweep::testing::emulators::{Emulators, env_for};
+use tokio::process::{Child, Command};
+
+/// One worker's memory over one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RssRun {
+    pub worker: String,
+    /// Rows scanned or jobs converged.
+    pub items: u64,
+    pub seconds: f64,
+    /// RSS (MiB) when the worker was ready, before any work.
+    pub idle_mib: f64,
+    /// (items done, RSS MiB), about every tenth of the way.
+    pub samples: Vec<(u64, f64)>,
+    /// VmHWM: the peak resident set over the worker's life.
+    pub peak_mib: f64,
+}
+
+/// Prepares `n` crashed changes, then measures a scanner publishing them and a cleaner
+/// converging them.
+pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Result<Vec<RssRun>> {
+    let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
+    let stores = tiersweep::Stores::connect(&config, tiersweep::clock::system())
+        .await
+        .context("connecting to the emulators")?;
+    eprintln!("[memory] preparing {n} crashed changes");
+    tiersweep::bench::prepare_backlog(&stores, "rss", n, 64)
+        .await
+        .context("preparing the backlog")?;
+    let scan = run_worker(
+        &config,
+        &["scan", "--member-index", "0", "--member-count", "1"],
+        "tiersweep_jobs_published_total",
+        n as u64,
+        deadline,
+    )
+    .await
+    .context("the scanner's run")?;
+    let clean = run_worker(
+        &config,
+        &["clean"],
+        "tiersweep_jobs_processed_total{outcome=\"converged\"}",
+        n as u64,
+        deadline,
+    )
+    .await
+    .context("the cleaner's run")?;
+    Ok(vec![scan, clean])
+}
+
+async fn run_worker(
+    config: &Config,
+    args: &[&str],
+    series: &str,
+    target: u64,
+    deadline: Duration,
+) -> Result<RssRun> {
+    let port = free_port()?;
+    let exe = std::env::current_exe().context("locating the tiersweep binary")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .args(["--health-listen", &format!("127.0.0.1:{port}")])
+        .envs(env_for(config))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning a worker")?;
+    let pid = child.id().context("the worker exited at once")?;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let http = reqwest::Client::new();
+    eprintln!("[memory] {} (pid {pid}) over {target} items", args[0]);
+
+    let started = Instant::now();
+    let mut idle = None;
+    let mut samples = Vec::new();
+    let mut next_sample = 0;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the worker exited early with {status}");
+        }
+        if started.elapsed() > deadline {
+            stop(&mut child, pid).await;
+            bail!("the worker did not get through {target} items within {deadline:?}");
+        }
+        let done = match progress(&http, &url, series).await {
+            Some(done) => done,
+            None => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let rss = status_mib(pid, "VmRSS:")?;
+        idle.get_or_insert(rss);
+        if done >= next_sample {
+            samples.push((done, rss));
+            next_sample = done + (target / 10).max(1);
+        }
+        if done >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let peak = status_mib(pid, "VmHWM:")?;
+    let seconds = started.elapsed().as_secs_f64();
+    stop(&mut child, pid).await;
+    Ok(RssRun {
+        worker: args[0].to_owned(),
+        items: target,
+        seconds,
+        idle_mib: idle.unwrap_or(0.0),
+        samples,
+        peak_mib: peak,
+    })
+}
+
+/// The worker's counter, once its health server answers.
+async fn progress(http: &reqwest::Client, url: &str, series: &str) -> Option<u64> {
+    let body = http.get(url).send().await.ok()?.text().await.ok()?;
+    Some(
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+fn status_mib(pid: u32, field: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    Ok(kib / 1024.0)
+}
+
+/// SIGTERM (the worker drains and exits), then a kill if it does not within 30 s.
+async fn stop(child: &mut Child, pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
