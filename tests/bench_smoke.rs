@@ -1,37 +1,57 @@
 //! `tiersweep bench` at a smoke size, so the benchmark cannot rot: it runs, converges every
-//! change it prepared, counts RPCs, and writes its JSON and plot. No timing is asserted.
-//!
-//! The emulator setting is left out here: it reproduces a stall on the Pub/Sub emulator
-//! (see docs/performance.md) that makes its duration unpredictable.
+//! change it prepared, counts RPCs, measures lag, raw rates and worker memory, and writes
+//! its JSON and plot. No timing is asserted.
 
 use std::process::Command;
 
-#[test]
-fn bench_runs_at_smoke_size_and_reports_every_figure() {
-    let out = tempdir();
+use serde_json::Value;
+
+fn bench(name: &str, args: &[&str]) -> (Value, std::path::PathBuf) {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-smoke-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_tiersweep"))
+        .arg("bench")
+        .args(args)
         .args([
-            "bench",
-            "--settings",
-            "memory,cloud",
             "--changes",
             "200",
             "--baseline-changes",
             "20",
-            "--in-flight",
-            "1,16",
+            "--lag-seconds",
+            "2",
         ])
         .arg("--out")
         .arg(&out)
         .status()
         .expect("running tiersweep bench");
     assert!(status.success());
+    let report = serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    (report, out)
+}
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+/// Every crashed change of the steady-load run converged and has a lag.
+fn assert_lag(s: &Value) {
+    let lag = &s["lag"];
+    let crashed = lag["crashed"].as_u64().unwrap();
+    assert!(crashed > 0, "{lag}");
+    assert_eq!(lag["converged"].as_u64().unwrap(), crashed, "{lag}");
+    assert!(
+        lag["p50_ms"].as_u64().unwrap() <= lag["p99_ms"].as_u64().unwrap(),
+        "{lag}"
+    );
+}
+
+#[test]
+fn bench_runs_at_smoke_size_and_reports_every_figure() {
+    let (report, out) = bench(
+        "memory",
+        &["--settings", "memory,cloud", "--in-flight", "1,16"],
+    );
     let settings = report["settings"].as_array().unwrap();
     assert_eq!(settings.len(), 2);
     for s in settings {
+        assert_lag(s);
         assert_eq!(s["baseline"]["changes"], 20, "{s}");
         let pipeline = s["pipeline"].as_array().unwrap();
         assert_eq!(pipeline.len(), 2);
@@ -53,9 +73,60 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// The figures only the emulators give: raw rates and the ceiling, worker processes'
+/// memory, and the pipeline and lag over the real clients.
+#[test]
+fn bench_on_the_emulators_reports_ceiling_and_memory() {
+    let (report, _) = bench(
+        "emulators",
+        &[
+            "--settings",
+            "emulators",
+            "--in-flight",
+            "8",
+            "--ceiling-calls",
+            "100",
+            "--rss-changes",
+            "300",
+            "--writes",
+            "4",
+            "--run-deadline-s",
+            "60",
+        ],
+    );
+    let s = &report["settings"][0];
+    assert_lag(s);
+    for run in s["pipeline"].as_array().unwrap() {
+        assert_eq!(run["timed_out"], false, "{run}");
+        assert_eq!(run["changes"], 200, "{run}");
+    }
+    let ceiling = report["ceiling"].as_array().unwrap();
+    assert_eq!(ceiling.len(), 2, "one at a time and concurrently");
+    for c in ceiling {
+        let rates = c["rates"].as_array().unwrap();
+        assert_eq!(rates.len(), 7, "{c}");
+        for r in rates {
+            assert!(r["per_s"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        let (min, shared) = (
+            c["ceiling"].as_f64().unwrap(),
+            c["shared_cpu_ceiling"].as_f64().unwrap(),
+        );
+        assert!(shared > 0.0 && shared <= min && min.is_finite(), "{c}");
+    }
+    let memory = report["memory"].as_array().unwrap();
+    let workers: Vec<&str> = memory
+        .iter()
+        .map(|m| m["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers, ["scan", "clean"]);
+    for m in memory {
+        assert_eq!(m["items"], 300, "{m}");
+        let (idle, peak) = (
+            m["idle_mib"].as_f64().unwrap(),
+            m["peak_mib"].as_f64().unwrap(),
+        );
+        assert!(idle > 0.0 && peak >= idle, "{m}");
+    }
+    assert_eq!(report["write_latency"].as_array().unwrap().len(), 4);
 }

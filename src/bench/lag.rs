@@ -212,11 +212,6 @@ pub async fn steady_load(
 
     let mut lags = probe.take_lags();
     lags.sort_unstable();
-    let at = |q: f64| {
-        lags.get(((lags.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0)
-    };
     Ok(LagRun {
         crashes_per_s: load.crashes_per_s,
         writers: load.writers,
@@ -224,8 +219,8 @@ pub async fn steady_load(
         crashed,
         converged: lags.len(),
         idle_poll_ms: load.idle_poll.as_millis() as u64,
-        p50_ms: at(0.5),
-        p99_ms: at(0.99),
+        p50_ms: super::percentile(&lags, 0.5),
+        p99_ms: super::percentile(&lags, 0.99),
         max_ms: lags.last().copied().unwrap_or(0),
     })
 }

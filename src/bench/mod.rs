@@ -36,14 +36,25 @@ pub fn protocol() -> ProtocolConfig {
     }
 }
 
-/// Leaves `n` changes as large puts that crashed right after their upload: a changelog
-/// row and an unreferenced blob each, which recovery must delete. Writes `concurrency`
-/// at a time; returns when all are stale.
+/// Whether a prepared crash left its blob behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// After the upload: recovery must delete an unreferenced blob.
+    AfterUpload,
+    /// Before the upload: the same work for recovery (its delete finds nothing), without
+    /// the upload, for backlogs too large to upload to fake-gcs-server in reasonable time.
+    BeforeUpload,
+}
+
+/// Leaves `n` changes as large puts that crashed around their upload: a changelog row
+/// each, and per `crash` an unreferenced blob. Writes `concurrency` at a time; returns when
+/// all are stale.
 pub async fn prepare_backlog(
     stores: &Stores,
     run: &str,
     n: usize,
     concurrency: usize,
+    crash: Crash,
 ) -> StoreResult<()> {
     let blob = Bytes::from(vec![b'L'; 2048]);
     let results: Vec<StoreResult<()>> = futures::stream::iter(0..n)
@@ -56,7 +67,10 @@ pub async fn prepare_backlog(
                 let record =
                     ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("bench"));
                 stores.changelog.record(&ChangeId::mint(), &record).await?;
-                stores.lt.put(&rev, blob).await
+                match crash {
+                    Crash::AfterUpload => stores.lt.put(&rev, blob).await,
+                    Crash::BeforeUpload => Ok(()),
+                }
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -230,6 +244,14 @@ pub async fn pipeline(
     Ok(run)
 }
 
+/// The `q` quantile of sorted samples (nearest rank); 0 when there are none.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Latency of single writes, in microseconds, sorted.
 #[derive(Debug, Clone, Serialize)]
 pub struct WriteLatency {
@@ -243,16 +265,11 @@ pub struct WriteLatency {
 impl WriteLatency {
     pub fn from_samples(changelog: &str, op: &str, mut us: Vec<u64>) -> Self {
         us.sort_unstable();
-        let at = |q: f64| {
-            us.get(((us.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or(0)
-        };
         Self {
             changelog: changelog.to_owned(),
             op: op.to_owned(),
-            p50_us: at(0.5),
-            p99_us: at(0.99),
+            p50_us: percentile(&us, 0.5),
+            p99_us: percentile(&us, 0.99),
             samples: us.len(),
         }
     }

@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{DEAD_LETTER_REASON, Delivery, FlowControl, JobQueue, Message, Settle, Subscription};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::telemetry::metrics::METRICS;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -214,18 +215,15 @@ impl JobQueue for PubsubQueue {
     }
 
     async fn subscribe(&self, flow: FlowControl) -> StoreResult<Box<dyn Subscription>> {
-        let stream = self
-            .subscriber
-            .subscribe(self.subscription.clone())
-            .set_max_outstanding_messages(i64::try_from(flow.max_outstanding).unwrap_or(i64::MAX))
-            .set_max_outstanding_bytes(
-                i64::try_from(flow.max_outstanding_bytes).unwrap_or(i64::MAX),
-            )
-            .set_max_lease_extension(self.lease_extension)
-            .build();
-        Ok(Box::new(PubsubSubscription {
-            stream,
+        let opener = StreamOpener {
+            subscriber: self.subscriber.clone(),
             subscription: self.subscription.clone(),
+            flow,
+            lease_extension: self.lease_extension,
+        };
+        Ok(Box::new(PubsubSubscription {
+            stream: opener.open(),
+            opener,
             permits: Arc::new(Semaphore::new(flow.max_outstanding.max(1))),
         }))
     }
@@ -247,11 +245,38 @@ impl JobQueue for PubsubQueue {
     }
 }
 
+/// What a streaming pull is opened with, kept to open it again.
+struct StreamOpener {
+    subscriber: Subscriber,
+    subscription: String,
+    flow: FlowControl,
+    lease_extension: Duration,
+}
+
+impl StreamOpener {
+    fn open(&self) -> MessageStream {
+        let flow = self.flow;
+        self.subscriber
+            .subscribe(self.subscription.clone())
+            .set_max_outstanding_messages(i64::try_from(flow.max_outstanding).unwrap_or(i64::MAX))
+            .set_max_outstanding_bytes(
+                i64::try_from(flow.max_outstanding_bytes).unwrap_or(i64::MAX),
+            )
+            .set_max_lease_extension(self.lease_extension)
+            .build()
+    }
+}
+
 /// Pub/Sub enforces flow control on the server, which the emulator does not do; a permit
 /// per unsettled delivery enforces it here too, so the bound holds wherever we run.
+///
+/// The client ends a [`MessageStream`] (`None`) when the server closes the streaming pull
+/// without an error, which its docs say does not happen in practice; when it does (the
+/// emulator), a worker must not quietly stop pulling, so a new stream is opened. Deliveries
+/// of the old one stay valid: their handlers settle through its lease loop.
 struct PubsubSubscription {
     stream: MessageStream,
-    subscription: String,
+    opener: StreamOpener,
     permits: Arc<Semaphore>,
 }
 
@@ -260,9 +285,25 @@ impl Subscription for PubsubSubscription {
     async fn next(&mut self) -> Option<StoreResult<Delivery>> {
         // Cancellation-safe: a permit acquired and then dropped with the future is returned.
         let permit = self.permits.clone().acquire_owned().await.ok()?;
-        let (message, handler) = match self.stream.next().await? {
-            Ok(pair) => pair,
-            Err(e) => return Some(Err(queue_error("StreamingPull", &self.subscription, e))),
+        let (message, handler) = loop {
+            match self.stream.next().await {
+                Some(Ok(pair)) => break pair,
+                Some(Err(e)) => {
+                    return Some(Err(queue_error(
+                        "StreamingPull",
+                        &self.opener.subscription,
+                        e,
+                    )));
+                }
+                None => {
+                    METRICS.pull_streams_reopened.inc();
+                    tracing::warn!(subscription = %self.opener.subscription,
+                        "the streaming pull ended without an error; opening a new one");
+                    // Not a tight loop if the server keeps ending streams at once.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.stream = self.opener.open();
+                }
+            }
         };
         let attempt = handler
             .delivery_attempt()

@@ -251,7 +251,10 @@ impl Cleaner {
                 n = subscription.next() => n,
             };
             match next {
-                None => break,
+                None => {
+                    tracing::warn!("the subscription closed; the cleaner stops pulling");
+                    break;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pull failed; backing off");
                     tokio::select! {

@@ -154,6 +154,7 @@ pub struct Metrics {
     pub dangling_tombstones: Counter,
     pub heartbeat_failures: Counter,
     pub writers_fenced: Counter,
+    pub pull_streams_reopened: Counter,
     pub recovery_lag: Histogram,
     backlog: Mutex<BTreeMap<String, Backlog>>,
 }
@@ -213,6 +214,10 @@ impl Metrics {
                 "tiersweep.writer.fenced",
                 "Writes refused because recovery had claimed or fenced their change.",
             ),
+            pull_streams_reopened: Counter::new(
+                "tiersweep.queue.pull_streams_reopened",
+                "Streaming pulls the server ended without an error, reopened by the cleaner.",
+            ),
             recovery_lag: Histogram::new(
                 "tiersweep.recovery.lag",
                 "Age of a change (since its writer recorded it) when recovery converged it.",
@@ -238,7 +243,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 15] {
+    pub fn counters(&self) -> [&Counter; 16] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
@@ -255,6 +260,7 @@ impl Metrics {
             &self.dangling_tombstones,
             &self.heartbeat_failures,
             &self.writers_fenced,
+            &self.pull_streams_reopened,
         ]
     }
 

@@ -137,12 +137,6 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 (stores, Queues::Emulator(e), Latency::NONE)
             }
         };
-        if let Queues::Emulator(e) = &queues
-            && args.rss_changes > 0
-        {
-            let deadline = Duration::from_secs(args.run_deadline_s.max(600));
-            report.memory = rss::measure(e, args.rss_changes, deadline).await?;
-        }
         if let Queues::Emulator(_) = queues {
             for c in [1, args.ceiling_concurrency] {
                 eprintln!("[{name}] raw RPC rates, {c} in flight");
@@ -157,21 +151,33 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         report
             .settings
             .push(setting(name, &stores, &queues, latency, args).await?);
-        if name == "emulators" {
+        if let Queues::Emulator(e) = &queues {
             report
                 .write_latency
                 .extend(write_latency(&stores, args.writes).await?);
+            write_json(&args.out, &report)?;
+            if args.rss_changes > 0 {
+                let deadline = Duration::from_secs(args.run_deadline_s.max(600));
+                report.memory = rss::measure(e, args.rss_changes, deadline).await?;
+            }
         }
+        // After every setting, so a long run that is stopped keeps what it measured.
+        write_json(&args.out, &report)?;
     }
-    let json = args.out.join("bench.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", json.display()))?;
+    let json = write_json(&args.out, &report)?;
     let svg = args.out.join("throughput.svg");
     std::fs::write(&svg, plot::plot(&report))
         .with_context(|| format!("writing {}", svg.display()))?;
     print!("{}", table(&report));
     eprintln!("wrote {} and {}", json.display(), svg.display());
     Ok(())
+}
+
+fn write_json(out: &std::path::Path, report: &Report) -> Result<PathBuf> {
+    let json = out.join("bench.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    Ok(json)
 }
 
 /// Where each run's fresh queue comes from.
@@ -208,7 +214,7 @@ async fn setting(
         let run = format!("{run_id}-{tag}");
         async move {
             eprintln!("[{name}] preparing {n} crashed changes ({tag})");
-            bench::prepare_backlog(&stores, &run, n, 64)
+            bench::prepare_backlog(&stores, &run, n, 64, bench::Crash::AfterUpload)
                 .await
                 .context("preparing the backlog")
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use tiersweep::bench::Crash;
 use tiersweep::config::Config;
 use tiersweep::testing::emulators::{Emulators, env_for};
 use tokio::process::{Child, Command};
@@ -27,15 +28,16 @@ pub struct RssRun {
     pub peak_mib: f64,
 }
 
-/// Prepares `n` crashed changes, then measures a scanner publishing them and a cleaner
+/// Prepares `n` crashed changes (before their upload: fake-gcs-server slows down as it
+/// fills, and the cleaner's work and memory per job are the same), then measures a scanner publishing them and a cleaner
 /// converging them.
 pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Result<Vec<RssRun>> {
     let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
     let stores = tiersweep::Stores::connect(&config, tiersweep::clock::system())
         .await
         .context("connecting to the emulators")?;
-    eprintln!("[memory] preparing {n} crashed changes");
-    tiersweep::bench::prepare_backlog(&stores, "rss", n, 64)
+    eprintln!("[memory] preparing {n} crashed changes (crashed before their upload)");
+    tiersweep::bench::prepare_backlog(&stores, "rss", n, 64, Crash::BeforeUpload)
         .await
         .context("preparing the backlog")?;
     let scan = run_worker(
