@@ -63,8 +63,10 @@ pub struct BenchArgs {
     /// RSS measured); 0 skips them.
     #[arg(long, default_value_t = 100_000)]
     rss_changes: usize,
-    /// Calls per RPC kind when measuring the emulators' raw rates (the ceiling).
-    #[arg(long, default_value_t = 2000)]
+    /// Calls per RPC kind when measuring the emulators' raw rates (the ceiling). The
+    /// default matches the largest backlog: fake-gcs-server's calls slow down as its bucket
+    /// fills, so the ceiling must be measured at the size the pipeline sees.
+    #[arg(long, default_value_t = 10_000)]
     ceiling_calls: usize,
     /// Calls in flight when measuring the raw rates concurrently (they are also measured
     /// one at a time).
