@@ -216,7 +216,8 @@ pub fn report(rates: Vec<RpcRate>) -> CeilingReport {
                 let measured = rates
                     .iter()
                     .find(|r| r.service == *s && r.rpc == *rpc)
-                    .map_or(f64::INFINITY, |r| r.per_s);
+                    // Unmeasured counts as unavailable: no ceiling is claimed for it.
+                    .map_or(0.0, |r| r.per_s);
                 n / measured
             })
             .sum()
@@ -238,5 +239,55 @@ pub fn report(rates: Vec<RpcRate>) -> CeilingReport {
         per_service,
         ceiling,
         shared_cpu_ceiling,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(service: &'static str, rpc: &'static str, per_s: f64) -> RpcRate {
+        RpcRate {
+            service,
+            rpc,
+            concurrency: 1,
+            calls: 1,
+            per_s,
+        }
+    }
+
+    #[test]
+    fn the_ceiling_is_the_slowest_service_and_the_shared_bound_adds_every_share() {
+        let r = report(vec![
+            rate("bigtable", "MutateRow", 1000.0),
+            rate("bigtable", "CheckAndMutateRow", 1000.0),
+            // 2.002 per change at 1001/s: 2 ms.
+            rate("bigtable", "ReadRows", 1001.0),
+            rate("gcs", "object upload (2 KiB)", 1.0),
+            rate("gcs", "object delete", 500.0),
+            rate("pubsub", "publish (100 per batch)", 1e9),
+            rate("pubsub", "pull+ack", 2000.0),
+        ]);
+        let by = |s: &str| {
+            r.per_service
+                .iter()
+                .find(|c| c.service == s)
+                .map(|c| c.changes_per_s)
+                .unwrap()
+        };
+        // Bigtable: 1 + 2 + 2 ms per change; GCS 2 ms; Pub/Sub 0.5 ms (+ 1 ns).
+        assert!((by("bigtable") - 200.0).abs() < 0.01, "{r:?}");
+        assert!((by("gcs") - 500.0).abs() < 0.01, "{r:?}");
+        assert!((by("pubsub") - 2000.0).abs() < 0.01, "{r:?}");
+        assert!((r.ceiling - 200.0).abs() < 0.01);
+        // 5 + 2 + 0.5 ms: the upload is not part of a change's cost.
+        assert!((r.shared_cpu_ceiling - 1000.0 / 7.5).abs() < 0.01, "{r:?}");
+    }
+
+    #[test]
+    fn a_service_without_a_measurement_allows_nothing() {
+        let r = report(vec![rate("gcs", "object delete", 500.0)]);
+        assert_eq!(r.ceiling, 0.0);
+        assert_eq!(r.shared_cpu_ceiling, 0.0);
     }
 }

@@ -281,3 +281,44 @@ async fn crash_steadily(
         None => Ok(n),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryStores;
+
+    #[tokio::test]
+    async fn only_watched_removals_are_timed_from_when_they_turned_stale() {
+        let stores = MemoryStores::new().stores();
+        let probe = LagProbe::new(stores.changelog.clone(), stores.clock.clone());
+        let change = |name: &str| {
+            let path = ObjectPath::new(format!("lag/{name}")).unwrap();
+            let rev = Revision::mint(&path);
+            (
+                ChangeId::mint(),
+                ChangeRecord::new(path, None, Some(rev), OwnerToken::mint("t")),
+            )
+        };
+        let (watched, rec) = change("watched");
+        let (other, other_rec) = change("other");
+        probe.record(&watched, &rec).await.unwrap();
+        probe.record(&other, &other_rec).await.unwrap();
+        let stale_at = Timestamp(stores.clock.now().millis() - 250);
+        probe.watch(watched.clone(), stale_at);
+
+        // Not the owner: nothing removed, nothing timed, still outstanding.
+        let stranger = OwnerToken::mint("stranger");
+        assert_eq!(
+            probe.remove(&watched, &stranger).await.unwrap(),
+            Removal::NotOwned
+        );
+        assert_eq!(probe.outstanding(), 1);
+
+        probe.remove(&other, &other_rec.owner).await.unwrap();
+        probe.remove(&watched, &rec.owner).await.unwrap();
+        let lags = probe.take_lags();
+        assert_eq!(lags.len(), 1, "only the watched change is timed: {lags:?}");
+        assert!((250..5_000).contains(&lags[0]), "{lags:?}");
+        assert_eq!(probe.outstanding(), 0);
+    }
+}
