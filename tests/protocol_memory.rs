@@ -13,7 +13,7 @@ use tiersweep::testing::crash::{
 };
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::testing::invariants::{self, Acceptable};
-use tiersweep::writer::{GuardState, TieredStorage, WriteError};
+use tiersweep::writer::{GuardState, TieredStorage, WriteError, WriterConfig};
 
 fn protocol() -> ProtocolConfig {
     ProtocolConfig::default()
@@ -43,7 +43,19 @@ async fn check(
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_every_step_converges_after_one_recovery_pass() {
-    let config = test_writer_config(protocol());
+    crash_at_every_step(test_writer_config(protocol())).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_every_step_converges_with_background_completion_too() {
+    crash_at_every_step(WriterConfig {
+        background_completions: 4,
+        ..test_writer_config(protocol())
+    })
+    .await;
+}
+
+async fn crash_at_every_step(config: WriterConfig) {
     let mut points = 0;
     for scenario in SCENARIOS {
         let calls = crash::calls_of(scenario, &MemoryStores::new().stores(), config).await;
@@ -107,6 +119,46 @@ async fn a_cas_whose_responses_are_all_lost_converges_through_recovery() {
     assert_eq!(pass.converged, 1);
     let report = check(&stores, &path, vec![after]).await;
     report.assert_converged();
+}
+
+/// The write returns at the CAS; the old blob's delete and the row's removal follow, and
+/// `flush` waits for them.
+#[tokio::test(start_paused = true)]
+async fn background_completion_returns_at_the_commit_and_flush_completes_the_change() {
+    let stores = MemoryStores::new().stores();
+    let path = crash::unique_path();
+    let config = WriterConfig {
+        background_completions: 2,
+        ..test_writer_config(protocol())
+    };
+    let old = Bytes::from(format!("old{}", "x".repeat(64)));
+    let new = Bytes::from(format!("new{}", "y".repeat(64)));
+    TieredStorage::new(stores.clone(), config)
+        .unwrap()
+        .put(&path, old)
+        .await
+        .unwrap();
+    let slow_remove = Faults::new([Rule::on(Op::Remove, Fault::Delay(Duration::from_secs(3)))]);
+    let writer = TieredStorage::new(slow_remove.wrap(&stores), config).unwrap();
+    writer.flush().await;
+
+    writer.put(&path, new.clone()).await.unwrap();
+    assert_eq!(
+        writer.get(&path).await.unwrap(),
+        tiersweep::writer::ReadOutcome::Found(new.clone()),
+        "readable as soon as the write returns"
+    );
+    let pending = check(&stores, &path, vec![Some(new.clone())]).await;
+    assert!(
+        !pending.is_converged(),
+        "the row is still there: {pending:#?}"
+    );
+
+    writer.flush().await;
+    check(&stores, &path, vec![Some(new)])
+        .await
+        .assert_converged();
+    assert!(slow_remove.calls().contains(&Op::Remove));
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,14 +10,21 @@
 //! small put / delete of small: CAS only (no LT blob is involved, nothing can be orphaned)
 //! ```
 //!
+//! With `background_completions`, the write returns after the CAS and "delete old → remove"
+//! runs in the background ([`TieredStorage::flush`] waits for it).
+//!
 //! A crash anywhere leaves a changelog entry that recovery converges. A write that returns
 //! `Ok` is readable; a write that returns an error may or may not have happened (as with
 //! any storage write whose response is lost) and is safe to retry.
 
 pub mod guard;
 
+use std::sync::Arc;
+
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 pub use guard::{ChangeGuard, GuardState};
 
@@ -35,6 +42,12 @@ pub struct WriterConfig {
     pub inline_threshold: usize,
     pub protocol: ProtocolConfig,
     pub retry: RetryPolicy,
+    /// 0: a write returns once its change is complete (old revision deleted, changelog row
+    /// removed). N > 0: a write returns once HV commits, and up to N completions run in the
+    /// background, taking the old-blob delete and the row removal off the write's latency.
+    /// The cost: a process that exits before [`TieredStorage::flush`] leaves those changes
+    /// to recovery (correct, just later), and an overwritten blob outlives the write a little.
+    pub background_completions: usize,
 }
 
 impl Default for WriterConfig {
@@ -43,6 +56,7 @@ impl Default for WriterConfig {
             inline_threshold: 64 * 1024,
             protocol: ProtocolConfig::default(),
             retry: RetryPolicy::default(),
+            background_completions: 0,
         }
     }
 }
@@ -80,12 +94,31 @@ pub enum ReadOutcome {
 pub struct TieredStorage {
     stores: Stores,
     config: WriterConfig,
+    /// One permit per background completion allowed at once; all of them free means none
+    /// is running (what [`TieredStorage::flush`] waits for). Shared by clones.
+    completions: Arc<Semaphore>,
 }
 
 impl TieredStorage {
     pub fn new(stores: Stores, config: WriterConfig) -> Result<Self, ConfigError> {
         config.protocol.validate()?;
-        Ok(Self { stores, config })
+        let completions = Arc::new(Semaphore::new(config.background_completions));
+        Ok(Self {
+            stores,
+            config,
+            completions,
+        })
+    }
+
+    /// Waits until every write completing in the background has completed (or failed and
+    /// been left to recovery). Call it before a graceful shutdown; a no-op when
+    /// `background_completions` is 0.
+    pub async fn flush(&self) {
+        let all = u32::try_from(self.config.background_completions).unwrap_or(u32::MAX);
+        if all > 0 {
+            // Errs only if the semaphore were closed, which it never is.
+            let _ = self.completions.acquire_many(all).await;
+        }
     }
 
     pub fn stores(&self) -> &Stores {
@@ -130,7 +163,6 @@ impl TieredStorage {
         write: HvWrite,
         upload: Option<(Revision, Bytes)>,
     ) -> Result<(), WriteError> {
-        use tracing::Instrument;
         let span = tracing::info_span!(crate::telemetry::span::WRITE,
             "tiersweep.object" = %path, "tiersweep.change_id" = tracing::field::Empty);
         self.mutate_in(path, write, upload).instrument(span).await
@@ -212,7 +244,35 @@ impl TieredStorage {
                 });
             }
         };
-        self.complete(guard, referenced).await?;
+        self.finish(guard, referenced).await?;
+        Ok(())
+    }
+
+    /// Completes a committed change now, or in the background when configured to.
+    async fn finish(
+        &self,
+        guard: ChangeGuard,
+        referenced: Option<Revision>,
+    ) -> Result<(), StoreError> {
+        if self.config.background_completions == 0 {
+            return self.complete(guard, referenced).await;
+        }
+        // Waits when N completions are already running: backpressure, not an unbounded queue.
+        let Ok(slot) = self.completions.clone().acquire_owned().await else {
+            return self.complete(guard, referenced).await;
+        };
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let change = guard.id.clone();
+                if let Err(err) = this.complete(guard, referenced).await {
+                    tracing::warn!(change_id = %change, error = %err,
+                        "completing a committed write failed; recovery converges it once its entry is stale");
+                }
+            }
+            .in_current_span(),
+        );
         Ok(())
     }
 

@@ -284,36 +284,41 @@ async fn setting(
 }
 
 async fn write_latency(stores: &Stores, n: usize) -> Result<Vec<WriteLatency>> {
-    let config = WriterConfig {
+    let inline = WriterConfig {
         inline_threshold: 1024,
         protocol: bench::protocol(),
         ..WriterConfig::default()
+    };
+    let background = WriterConfig {
+        background_completions: 64,
+        ..inline
     };
     let run = uuid::Uuid::now_v7().simple().to_string();
     let noop = Stores {
         changelog: Arc::new(tiersweep::changelog::NoopChangelog),
         ..stores.clone()
     };
-    let mut out = Vec::new();
-    // Interleaved rounds, so drift on a shared machine hits both settings alike.
-    let mut samples: [Vec<WriteLatency>; 2] = [Vec::new(), Vec::new()];
+    let setups = [
+        ("bigtable", stores, inline),
+        ("bigtable, background completion", stores, background),
+        ("noop", &noop, inline),
+    ];
+    // Interleaved rounds, so drift on a shared machine hits every setup alike.
+    let mut samples: Vec<Vec<WriteLatency>> = vec![Vec::new(); setups.len()];
     for round in 0..4 {
-        for (i, (label, s)) in [("bigtable", stores), ("noop", &noop)]
-            .into_iter()
-            .enumerate()
-        {
-            let writer = TieredStorage::new(s.clone(), config).context("writer config")?;
-            let r = bench::write_latency(&writer, label, &format!("{run}-{label}-{round}"), n / 4)
+        for (i, (label, s, config)) in setups.iter().enumerate() {
+            let writer = TieredStorage::new((*s).clone(), *config).context("writer config")?;
+            let tag = format!("{run}-{i}-{round}");
+            let r = bench::write_latency(&writer, label, &tag, n / 4)
                 .await
                 .context("timing writes")?;
+            // Background completions finish before the next setup's round starts.
+            writer.flush().await;
             samples[i].extend(r);
         }
     }
-    eprintln!("[emulators] write latency measured over {n} puts and deletes per changelog");
-    for s in samples {
-        out.extend(merge(s));
-    }
-    Ok(out)
+    eprintln!("[emulators] write latency measured over {n} puts and deletes per setup");
+    Ok(samples.into_iter().flat_map(merge).collect())
 }
 
 /// Rounds of the same (changelog, op) merged by their medians' median (robust on a noisy box).

@@ -150,7 +150,7 @@ pub fn table(r: &Report) -> String {
         for w in &r.write_latency {
             let _ = writeln!(
                 t,
-                "{:<10} {:<20} p50 {:>7} us  p99 {:>7} us  ({} samples)",
+                "{:<32} {:<20} p50 {:>7} us  p99 {:>7} us  ({} samples)",
                 w.changelog, w.op, w.p50_us, w.p99_us, w.samples
             );
         }
