@@ -472,7 +472,11 @@ async fn a_job_whose_cleaner_is_killed_mid_job_is_redelivered_and_converged() {
 
     let b = Worker::spawn(&config, &["clean"]);
     // A's lease extension is 10 s, so its job returns to the pool about 10 s after the kill.
-    wait_until_empty(&stores, Duration::from_secs(60)).await;
+    // The Pub/Sub emulator (0.8.20) fails to close the stream of a client that went away
+    // (a NoSuchMethodError in its reset handler) and may redeliver to that dead stream
+    // again, each time for another 10 s: here the job reached B after 10, 21, 21, 45 and 10 s
+    // in five runs, and once not within 60 s. Cloud Pub/Sub drops a dead stream's leases.
+    wait_until_empty(&stores, Duration::from_secs(180)).await;
     assert!(b.terminate().success());
     invariants::check(&stores, &expected)
         .await
