@@ -61,6 +61,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
+
+    /// This counter's Prometheus series (`name_total{label="v"}`), as `/metrics` shows it.
+    pub fn series(&self) -> String {
+        series(self)
+    }
 }
 
 /// Bucket bounds of the recovery-lag histogram, in seconds: a change is at least one

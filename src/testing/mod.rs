@@ -53,3 +53,8 @@ impl Default for MemoryStores {
         Self::new()
     }
 }
+
+/// A loopback address nothing listens on right now, for a child process's health server.
+pub fn free_local_addr() -> std::io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tiersweep::bench::Crash;
 use tiersweep::config::Config;
+use tiersweep::telemetry::metrics::METRICS;
 use tiersweep::testing::emulators::{Emulators, env_for};
 use tokio::process::{Child, Command};
 
@@ -43,7 +44,7 @@ pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Res
     let scan = run_worker(
         &config,
         &["scan", "--member-index", "0", "--member-count", "1"],
-        "tiersweep_jobs_published_total",
+        &METRICS.jobs_published.series(),
         n as u64,
         deadline,
     )
@@ -52,7 +53,7 @@ pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Res
     let clean = run_worker(
         &config,
         &["clean"],
-        "tiersweep_jobs_processed_total{outcome=\"converged\"}",
+        &METRICS.jobs_converged.series(),
         n as u64,
         deadline,
     )
@@ -68,11 +69,11 @@ async fn run_worker(
     target: u64,
     deadline: Duration,
 ) -> Result<RssRun> {
-    let port = free_port()?;
+    let addr = tiersweep::testing::free_local_addr().context("finding a free port")?;
     let exe = std::env::current_exe().context("locating the tiersweep binary")?;
     let mut child = Command::new(exe)
         .args(args)
-        .args(["--health-listen", &format!("127.0.0.1:{port}")])
+        .args(["--health-listen", &addr.to_string()])
         .envs(env_for(config))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -81,7 +82,7 @@ async fn run_worker(
         .spawn()
         .context("spawning a worker")?;
     let pid = child.id().context("the worker exited at once")?;
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let url = format!("http://{addr}/metrics");
     let http = reqwest::Client::new();
     eprintln!("[memory] {} (pid {pid}) over {target} items", args[0]);
 
@@ -161,9 +162,4 @@ async fn stop(child: &mut Child, pid: u32) {
     {
         let _ = child.kill().await;
     }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
 }
