@@ -1,22 +1,29 @@
-# One image for every tiersweep role (scan, clean, status, inspect, recover, demo).
+# One image for every tiersweep worker role (scan, clean, status, inspect, recover).
 #
 #   docker build -t tiersweep .
 #   docker run --rm tiersweep --help
 #
-# Build stage: the dependency tree is compiled in its own layer (against a stub main), so
+# The release image builds the `tiersweep-workers` package without default features, so
+# it carries no test machinery, demo or benchmark (infra/check-release.sh checks the same
+# feature set in CI). `--build-arg FEATURES=dev` builds the image with `tiersweep demo` and
+# `tiersweep bench`, which docker-compose.yml uses for its writer load.
+#
+# Build stage: the dependency tree is compiled in its own layer (against stub sources), so
 # editing tiersweep's sources rebuilds only tiersweep.
 FROM rust:1.95-slim-bookworm AS build
+ARG FEATURES=""
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY workers/Cargo.toml workers/Cargo.toml
 RUN mkdir -p src workers/tiersweep \
  && echo 'fn main() {}' > workers/tiersweep/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked --bin tiersweep \
- && rm -rf src workers
+ && cargo build --release --locked -p tiersweep-workers --no-default-features --features "$FEATURES" \
+ && rm -rf src workers/tiersweep
 COPY src src
 COPY workers workers
 RUN touch src/lib.rs workers/tiersweep/main.rs \
- && cargo build --release --locked --bin tiersweep \
+ && cargo build --release --locked -p tiersweep-workers --no-default-features --features "$FEATURES" \
  && cp target/release/tiersweep /tiersweep
 
 # Runtime: glibc + CA certificates, no shell, no package manager, uid 65532.

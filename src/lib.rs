@@ -35,13 +35,13 @@
 //! library object-store services embed; [`recovery`] holds the scanner, the cleaner, the one
 //! [`converge`](recovery::converge) function and the embedded loop.
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "dev")]
 pub mod bench;
 pub mod bigtable;
 pub mod changelog;
 pub mod clock;
 pub mod config;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "dev")]
 pub mod demo;
 pub mod error;
 pub mod health;

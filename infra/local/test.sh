@@ -16,8 +16,12 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The release feature set, as the Dockerfile builds it, must lint clean too.
+cargo clippy -p tiersweep-workers --no-default-features -- -D warnings
 # Deployment files: compose and Kubernetes schemas, kustomize renders, terraform fmt.
 infra/validate.sh
+# The binary the release image ships contains no test, demo or benchmark code.
+infra/check-release.sh
 
 # Stop on exit only what this run started; emulators that were already up stay up.
 source infra/local/common.sh
@@ -25,6 +29,8 @@ started=()
 for name in bigtable pubsub gcs; do live_pid "$name" >/dev/null || started+=("$name"); done
 cleanup() { [[ ${#started[@]} -eq 0 ]] || infra/local/stop.sh "${started[@]}"; }
 trap cleanup EXIT
-eval "$(infra/local/start.sh)"
+# Not `eval "$(start.sh)"`: that would carry on after start.sh failed.
+emulator_env=$(infra/local/start.sh)
+eval "$emulator_env"
 
 cargo nextest run --workspace --all-features --no-fail-fast "$@"

@@ -3,7 +3,9 @@
 //! `inspect` and `recover --dry-run` are the operator's tools. The work itself lives in the
 //! library; this file parses arguments and wires things together.
 
+#[cfg(feature = "dev")]
 mod bench;
+#[cfg(feature = "dev")]
 mod demo;
 mod ops;
 mod worker;
@@ -54,6 +56,7 @@ enum LogFormatArg {
 enum Command {
     /// Run the whole pipeline on this machine: writer load with injected crashes, a scanner
     /// pool and a cleaner pool, then a convergence report checked against the invariants.
+    #[cfg(feature = "dev")]
     Demo(demo::DemoArgs),
     /// Run a stale-scan worker: scan this member's shards for stale changelog rows, claim
     /// them, publish cleanup jobs. Runs until SIGTERM/SIGINT.
@@ -64,6 +67,7 @@ enum Command {
     /// Measure recovery throughput (sequential baseline vs the pipeline at growing
     /// concurrency), RPCs per change, lost claims and write-path latency; prints a table,
     /// writes bench.json and throughput.svg (docs/performance.md explains the figures).
+    #[cfg(feature = "dev")]
     Bench(bench::BenchArgs),
     /// Show the changelog backlog by age and the oldest stale change.
     Status(ops::StatusArgs),
@@ -73,6 +77,18 @@ enum Command {
     /// Show what recovery would delete for each stale change, without claiming, fencing or
     /// deleting anything.
     Recover(ops::RecoverArgs),
+}
+
+impl Command {
+    /// The demo and the benchmark draw their own progress; their workers' routine logs
+    /// would only interleave with it.
+    fn is_dev(&self) -> bool {
+        #[cfg(feature = "dev")]
+        if matches!(self, Command::Demo(_) | Command::Bench(_)) {
+            return true;
+        }
+        false
+    }
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -87,11 +103,7 @@ async fn main() -> Result<()> {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
     };
-    // The demo draws its own progress; its workers' routine logs would only interleave.
-    let default_level = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn",
-        _ => "info",
-    };
+    let default_level = if cli.command.is_dev() { "warn" } else { "info" };
     let service = match cli.command {
         Command::Scan(_) => "tiersweep-scanner",
         Command::Clean(_) => "tiersweep-cleaner",
@@ -99,7 +111,9 @@ async fn main() -> Result<()> {
     };
     let telemetry = telemetry::init(format, default_level, service);
     let result = match &cli.command {
+        #[cfg(feature = "dev")]
         Command::Demo(args) => demo::run(args, &cli).await,
+        #[cfg(feature = "dev")]
         Command::Bench(args) => bench::run(args).await,
         Command::Scan(args) => worker::scan(args, load_config(&cli)?).await,
         Command::Clean(args) => worker::clean(args, load_config(&cli)?).await,
