@@ -237,7 +237,9 @@ pub async fn run(
     let recovery_started = Instant::now();
     let page = recovery.scan_batch;
     let threshold = config.protocol.staleness_threshold;
-    let initial = inspect::backlog(&stores, threshold, page).await?.rows;
+    let initial = inspect::backlog(stores.changelog.as_ref(), &stores.clock, threshold, page)
+        .await?
+        .rows;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     if !config.external_recovery {
@@ -252,7 +254,9 @@ pub async fn run(
     tracker.close();
     let give_up = Instant::now() + config.deadline;
     let remaining = loop {
-        let remaining = inspect::backlog(&stores, threshold, page).await?.rows;
+        let remaining = inspect::backlog(stores.changelog.as_ref(), &stores.clock, threshold, page)
+            .await?
+            .rows;
         progress(Progress::Recovering {
             remaining,
             total: initial,

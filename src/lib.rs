@@ -46,6 +46,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod hv;
+pub mod iam;
 pub mod lt;
 pub mod model;
 pub mod queue;

@@ -1,12 +1,21 @@
 //! The three stores a two-tier mutation touches, bundled, because the writer, converge and
 //! every recovery worker need all three and must agree on which.
+//!
+//! Each process connects only to what it uses and checks only that, with calls its
+//! service account is granted (`infra/terraform/iam.tf`, the contract in [`crate::iam`]):
+//! the scanner and `tiersweep status` open the changelog alone ([`connect_changelog`]);
+//! cleaners, writers and the other operator views open all three ([`Stores::connect`]),
+//! with the bucket access they need.
 
 use std::sync::Arc;
 
-use crate::changelog::Changelog;
+use crate::changelog::{BigtableChangelog, Changelog};
 use crate::clock::SharedClock;
-use crate::hv::HvStore;
-use crate::lt::LtStore;
+use crate::config::Config;
+use crate::error::StoreResult;
+use crate::hv::{BigtableHv, HvStore};
+use crate::lt::{GcsLt, LtAccess, LtStore};
+use crate::model::{ChangeId, ObjectPath};
 
 #[derive(Debug, Clone)]
 pub struct Stores {
@@ -18,20 +27,22 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Connects the three stores `config` names: Bigtable for HV and the changelog, GCS for
-    /// LT. Fails, naming the store and target, when a table or bucket is missing.
+    /// Connects the three stores `config` names, Bigtable for HV and the changelog, GCS
+    /// for LT, and checks each: one probe read of each table, and the bucket's existence
+    /// and the permissions `access` needs. Fails, naming the store and target, when a
+    /// table or bucket is missing or a grant is.
     pub async fn connect(
-        config: &crate::config::Config,
+        config: &Config,
         clock: SharedClock,
-    ) -> crate::error::StoreResult<Self> {
+        access: LtAccess,
+    ) -> StoreResult<Self> {
         let client = crate::bigtable::BigtableClient::connect(&config.bigtable).await?;
-        let hv = crate::hv::BigtableHv::new(client.clone(), &config.bigtable.hv_table);
-        let changelog = crate::changelog::BigtableChangelog::new(
-            client,
-            &config.bigtable.changelog_table,
-            clock.clone(),
-        );
-        let lt = crate::lt::GcsLt::connect(&config.gcs).await?;
+        let hv = BigtableHv::new(client.clone(), &config.bigtable.hv_table);
+        hv.read(&probe_path()).await?;
+        let changelog =
+            BigtableChangelog::new(client, &config.bigtable.changelog_table, clock.clone());
+        changelog.get(&ChangeId::mint()).await?;
+        let lt = GcsLt::connect(&config.gcs, access).await?;
         Ok(Self {
             hv: Arc::new(hv),
             lt: Arc::new(lt),
@@ -41,17 +52,18 @@ impl Stores {
     }
 }
 
-impl Stores {
-    /// One cheap read from each store, so that a missing table or an unreachable service
-    /// shows up at start (and in readiness) rather than on the first job.
-    pub async fn check(&self) -> crate::error::StoreResult<()> {
-        let probe = crate::model::ObjectPath::new("tiersweep-readiness-probe")
-            .expect("a valid constant path");
-        self.hv.read(&probe).await?;
-        self.changelog.get(&crate::model::ChangeId::mint()).await?;
-        self.lt
-            .exists(&crate::model::Revision::mint(&probe))
-            .await?;
-        Ok(())
-    }
+/// Connects the changelog alone and checks its table with one probe read: all that the
+/// scanner and `tiersweep status` use.
+pub async fn connect_changelog(
+    config: &Config,
+    clock: SharedClock,
+) -> StoreResult<Arc<dyn Changelog>> {
+    let client = crate::bigtable::BigtableClient::connect(&config.bigtable).await?;
+    let changelog = BigtableChangelog::new(client, &config.bigtable.changelog_table, clock);
+    changelog.get(&ChangeId::mint()).await?;
+    Ok(Arc::new(changelog))
+}
+
+fn probe_path() -> ObjectPath {
+    ObjectPath::new("tiersweep-readiness-probe").expect("a valid constant path")
 }

@@ -14,7 +14,9 @@ async fn a_missing_bucket_is_refused_at_connect_by_name() {
     let e = emulators().await;
     let mut config = e.gcs_config().await;
     config.bucket = "tiersweep-no-such-bucket".into();
-    let err = GcsLt::connect(&config).await.unwrap_err();
+    let err = GcsLt::connect(&config, tiersweep::lt::LtAccess::Write)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
     assert!(err.target.contains("tiersweep-no-such-bucket"), "{err}");
     assert!(err.message.contains("does not exist"), "{err}");
@@ -53,6 +55,8 @@ async fn an_unreachable_gcs_is_a_transient_error_at_connect() {
     let e = emulators().await;
     let mut config = e.gcs_config().await;
     config.emulator_url = Some("http://127.0.0.1:9".into());
-    let err = GcsLt::connect(&config).await.unwrap_err();
+    let err = GcsLt::connect(&config, tiersweep::lt::LtAccess::Write)
+        .await
+        .unwrap_err();
     assert!(err.is_transient(), "retrying may help: {err}");
 }

@@ -11,6 +11,14 @@ resource "google_service_account" "cleaner" {
   display_name = "tiersweep cleanup workers"
 }
 
+# Operators run `tiersweep status`, `inspect` and `recover --dry-run` as this account
+# (gcloud --impersonate-service-account, or a Job with its Kubernetes service account):
+# read only, nothing deleted, nothing claimed.
+resource "google_service_account" "operator" {
+  account_id   = "tiersweep-operator"
+  display_name = "tiersweep operator views (read only)"
+}
+
 locals {
   workload_identity = {
     scanner = google_service_account.scanner.name
@@ -33,10 +41,13 @@ resource "google_bigtable_table_iam_member" "scanner_changelog" {
   member   = google_service_account.scanner.member
 }
 
+# Scanner: publish jobs, and read the topic's metadata so that a missing topic stops it at
+# start instead of failing every publish.
 resource "google_pubsub_topic_iam_member" "scanner_publishes" {
-  topic  = google_pubsub_topic.jobs.id
-  role   = "roles/pubsub.publisher"
-  member = google_service_account.scanner.member
+  for_each = toset(["roles/pubsub.publisher", "roles/pubsub.viewer"])
+  topic    = google_pubsub_topic.jobs.id
+  role     = each.value
+  member   = google_service_account.scanner.member
 }
 
 # Cleaner: HV read/fence/CAS and the changelog (re-read, remove).
@@ -48,7 +59,8 @@ resource "google_bigtable_table_iam_member" "cleaner_tables" {
   member   = google_service_account.cleaner.member
 }
 
-# Cleaner: look at and delete blobs, nothing else (no create, no overwrite, no listing).
+# Cleaner: look at and delete blobs, nothing else (no create, no overwrite, no listing, no
+# bucket metadata: the readiness check uses testIamPermissions, which needs no permission).
 resource "google_project_iam_custom_role" "blob_cleaner" {
   role_id     = "tiersweepBlobCleaner"
   title       = "tiersweep blob cleaner"
@@ -75,4 +87,26 @@ resource "google_pubsub_topic_iam_member" "cleaner_dead_letters" {
   topic  = google_pubsub_topic.dead_letter.id
   role   = "roles/pubsub.publisher"
   member = google_service_account.cleaner.member
+}
+
+# Operator: read both tables and check which blobs exist.
+resource "google_bigtable_table_iam_member" "operator_tables" {
+  for_each = toset([google_bigtable_table.hv.name, google_bigtable_table.changelog.name])
+  instance = google_bigtable_instance.tiersweep.name
+  table    = each.value
+  role     = "roles/bigtable.reader"
+  member   = google_service_account.operator.member
+}
+
+resource "google_project_iam_custom_role" "blob_reader" {
+  role_id     = "tiersweepBlobReader"
+  title       = "tiersweep blob reader"
+  description = "Check that an LT blob exists, without listing the bucket."
+  permissions = ["storage.objects.get"]
+}
+
+resource "google_storage_bucket_iam_member" "operator_blobs" {
+  bucket = google_storage_bucket.lt.name
+  role   = google_project_iam_custom_role.blob_reader.id
+  member = google_service_account.operator.member
 }

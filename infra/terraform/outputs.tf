@@ -6,6 +6,10 @@ output "cleaner_service_account" {
   value = google_service_account.cleaner.email
 }
 
+output "operator_service_account" {
+  value = google_service_account.operator.email
+}
+
 output "bucket" {
   value = google_storage_bucket.lt.name
 }

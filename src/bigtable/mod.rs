@@ -20,6 +20,7 @@ use bigtable_rs::google::bigtable::v2::{
 use serde::Deserialize;
 
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::iam::{Method, Resource};
 
 /// Where the tables live and how to reach them.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -146,10 +147,14 @@ impl BigtableClient {
             false_mutations: when_unmatched,
             ..Default::default()
         };
-        let op = "CheckAndMutateRow";
-        let response = traced(table, op, self.data.clone().check_and_mutate_row(request))
-            .await
-            .map_err(|e| error(table.store, op, table.target(row), e))?;
+        let op = rpc_name(Method::BigtableCheckAndMutateRow);
+        let response = traced(
+            table,
+            Method::BigtableCheckAndMutateRow,
+            self.data.clone().check_and_mutate_row(request),
+        )
+        .await
+        .map_err(|e| error(table.store, op, table.target(row), e))?;
         Ok(response.predicate_matched)
     }
 
@@ -166,10 +171,14 @@ impl BigtableClient {
             mutations,
             ..Default::default()
         };
-        let op = "MutateRow";
-        traced(table, op, self.data.clone().mutate_row(request))
-            .await
-            .map_err(|e| error(table.store, op, table.target(row), e))?;
+        let op = rpc_name(Method::BigtableMutateRow);
+        traced(
+            table,
+            Method::BigtableMutateRow,
+            self.data.clone().mutate_row(request),
+        )
+        .await
+        .map_err(|e| error(table.store, op, table.target(row), e))?;
         Ok(())
     }
 
@@ -219,10 +228,14 @@ impl BigtableClient {
             rows_limit: i64::try_from(limit).unwrap_or(i64::MAX),
             ..Default::default()
         };
-        let op = "ReadRows";
-        traced(table, op, self.data.clone().read_rows(request))
-            .await
-            .map_err(|e| error(table.store, op, target(), e))
+        let op = rpc_name(Method::BigtableReadRows);
+        traced(
+            table,
+            Method::BigtableReadRows,
+            self.data.clone().read_rows(request),
+        )
+        .await
+        .map_err(|e| error(table.store, op, target(), e))
     }
 }
 
@@ -230,10 +243,16 @@ impl BigtableClient {
 /// conventions; a failure is recorded on the span that failed.
 async fn traced<T>(
     table: &Table,
-    op: &'static str,
+    method: Method,
     call: impl std::future::Future<Output = Result<T, BtError>>,
 ) -> Result<T, BtError> {
     use tracing::Instrument;
+    let resource = match table.store {
+        StoreKind::Hv => Resource::HvTable,
+        _ => Resource::ChangelogTable,
+    };
+    crate::iam::record(method, resource);
+    let op = rpc_name(method);
     let span = tracing::info_span!("bigtable",
         otel.name = %format!("{op} {}", table.id),
         otel.kind = "client",
@@ -257,6 +276,12 @@ async fn traced<T>(
         span.record("otel.status_code", "ERROR");
     }
     result
+}
+
+/// The RPC's own name, as spans and errors show it (`CheckAndMutateRow`).
+fn rpc_name(method: Method) -> &'static str {
+    let name = method.name();
+    name.strip_prefix("bigtable.").unwrap_or(name)
 }
 
 /// Bigtable timestamps are microseconds at millisecond granularity.

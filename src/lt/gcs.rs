@@ -18,8 +18,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::{ListPage, LtStore};
+use super::{ListPage, LtAccess, LtStore};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::iam::{Method as Call, Resource};
 use crate::model::Revision;
 
 const GCS: &str = "https://storage.googleapis.com";
@@ -62,6 +63,8 @@ pub struct GcsLt {
     bucket: String,
     /// `projects/_/buckets/{bucket}`, as the official client names buckets.
     bucket_path: String,
+    /// Talking to fake-gcs-server, which has no IAM API.
+    emulated: bool,
 }
 
 #[derive(Deserialize)]
@@ -78,9 +81,10 @@ struct Item {
 }
 
 impl GcsLt {
-    /// Builds the clients and checks that the bucket exists, so that a wrong bucket name
-    /// fails here, by name, instead of as deletes that quietly find nothing.
-    pub async fn connect(config: &GcsConfig) -> StoreResult<Self> {
+    /// Builds the clients and checks that the bucket exists and grants what `access` needs
+    /// ([`Self::check_access`]), so that a wrong bucket name or a missing grant fails here,
+    /// by name, instead of as deletes that quietly find nothing.
+    pub async fn connect(config: &GcsConfig, access: LtAccess) -> StoreResult<Self> {
         let bucket = &config.bucket;
         let fail = |kind, message: String| {
             StoreError::new(
@@ -140,26 +144,91 @@ impl GcsLt {
             objects,
             bucket: bucket.clone(),
             bucket_path: format!("projects/_/buckets/{bucket}"),
+            emulated: config.emulator_url.is_some(),
         };
-        lt.check_bucket().await?;
+        lt.check_access(access).await?;
         Ok(lt)
     }
 
-    async fn check_bucket(&self) -> StoreResult<()> {
+    /// Checks that the bucket exists and that the caller holds the permissions `access`
+    /// needs, through `testIamPermissions`, which itself needs no permission: a cleaner
+    /// granted only object get and delete can check its bucket at start, and a missing
+    /// grant stops it there, by name, instead of failing every job.
+    ///
+    /// fake-gcs-server has no IAM API (and enforces no permissions), so against an
+    /// emulator the check reads the bucket instead.
+    async fn check_access(&self, access: LtAccess) -> StoreResult<()> {
         let mut url = self.objects.clone();
-        url.path_segments_mut()
-            .map_err(|()| self.err("connect", "", ErrorKind::Permanent, "bad URL".into()))?
-            .pop();
-        let response = self.send(Method::GET, url, "connect", "").await?;
+        let emulated = self.emulated;
+        {
+            let mut segments = url.path_segments_mut().map_err(|()| {
+                self.err("check_access", "", ErrorKind::Permanent, "bad URL".into())
+            })?;
+            segments.pop();
+            if !emulated {
+                segments.extend(["iam", "testPermissions"]);
+            }
+        }
+        if !emulated {
+            let mut q = url.query_pairs_mut();
+            for p in access.permissions() {
+                q.append_pair("permissions", p);
+            }
+        }
+        let response = self
+            .send(
+                Method::GET,
+                url,
+                Call::GcsBucketsTestIamPermissions,
+                "check_access",
+                "",
+            )
+            .await?;
         match response.status() {
-            s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(self.err(
-                "connect",
+                "check_access",
                 "",
                 ErrorKind::Permanent,
-                "bucket does not exist; create it (infra/local/provision.sh, infra/terraform) or fix lt.bucket".into(),
+                "bucket does not exist; create it (infra/local/provision.sh, infra/terraform) or fix gcs.bucket".into(),
             )),
-            s => Err(self.status_error("connect", "", s, response).await),
+            s if s.is_success() && emulated => Ok(()),
+            s if s.is_success() => {
+                #[derive(Deserialize)]
+                struct Held {
+                    #[serde(default)]
+                    permissions: Vec<String>,
+                }
+                let held: Held = response.json().await.map_err(|e| {
+                    self.err(
+                        "check_access",
+                        "",
+                        ErrorKind::Malformed,
+                        format!("unreadable testIamPermissions answer: {e}"),
+                    )
+                })?;
+                let missing: Vec<&str> = access
+                    .permissions()
+                    .iter()
+                    .copied()
+                    .filter(|p| !held.permissions.iter().any(|h| h == p))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(self.err(
+                        "check_access",
+                        "",
+                        ErrorKind::Permanent,
+                        format!(
+                            "the service account lacks {} on the bucket, which {} needs \
+                             (see docs/deploy.md, IAM)",
+                            missing.join(", "),
+                            access.who()
+                        ),
+                    ))
+                }
+            }
+            s => Err(self.status_error("check_access", "", s, response).await),
         }
     }
 
@@ -206,9 +275,11 @@ impl GcsLt {
         &self,
         method: Method,
         url: Url,
+        call: Call,
         op: &'static str,
         object: &str,
     ) -> StoreResult<reqwest::Response> {
+        crate::iam::record(call, Resource::Bucket);
         let headers = match self.credentials.headers(http::Extensions::new()).await {
             Ok(CacheableResource::New { data, .. }) => data,
             Ok(CacheableResource::NotModified) => http::HeaderMap::new(),
@@ -298,6 +369,7 @@ fn is_not_found(e: &google_cloud_storage::Error) -> bool {
 #[async_trait]
 impl LtStore for GcsLt {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+        crate::iam::record(Call::GcsObjectsInsert, Resource::Bucket);
         let span = self.span("write_object");
         self.storage
             .write_object(&self.bucket_path, rev.as_str(), bytes)
@@ -316,6 +388,7 @@ impl LtStore for GcsLt {
 
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
         let name = rev.as_str();
+        crate::iam::record(Call::GcsObjectsGet, Resource::Bucket);
         let mut response = match self
             .storage
             .read_object(&self.bucket_path, name)
@@ -338,7 +411,9 @@ impl LtStore for GcsLt {
         let name = rev.as_str();
         let mut url = self.object_url(name);
         url.query_pairs_mut().append_pair("fields", "name");
-        let response = self.send(Method::GET, url, "exists", name).await?;
+        let response = self
+            .send(Method::GET, url, Call::GcsObjectsGet, "exists", name)
+            .await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -349,7 +424,13 @@ impl LtStore for GcsLt {
     async fn delete(&self, rev: &Revision) -> StoreResult<()> {
         let name = rev.as_str();
         let response = self
-            .send(Method::DELETE, self.object_url(name), "delete", name)
+            .send(
+                Method::DELETE,
+                self.object_url(name),
+                Call::GcsObjectsDelete,
+                "delete",
+                name,
+            )
             .await?;
         match response.status() {
             // 404: already gone, which is what a delete wants. The bucket itself was
@@ -370,7 +451,9 @@ impl LtStore for GcsLt {
                 q.append_pair("pageToken", token);
             }
         }
-        let response = self.send(Method::GET, url, "list", prefix).await?;
+        let response = self
+            .send(Method::GET, url, Call::GcsObjectsList, "list", prefix)
+            .await?;
         let status = response.status();
         if !status.is_success() {
             return Err(self.status_error("list", prefix, status, response).await);

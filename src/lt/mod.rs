@@ -17,6 +17,42 @@ use crate::model::Revision;
 pub use gcs::GcsLt;
 pub use memory::MemoryLt;
 
+/// What a process will do with LT blobs; [`GcsLt::connect`] checks at start that the
+/// caller holds the permissions it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LtAccess {
+    /// Check that blobs exist (operators' views).
+    Read,
+    /// Check and delete (cleaners).
+    Clean,
+    /// Upload, read and delete (writers).
+    Write,
+}
+
+impl LtAccess {
+    /// The bucket permissions the access needs ([`crate::iam::Method::permissions`] of
+    /// the calls it makes).
+    pub fn permissions(self) -> &'static [&'static str] {
+        match self {
+            LtAccess::Read => &["storage.objects.get"],
+            LtAccess::Clean => &["storage.objects.get", "storage.objects.delete"],
+            LtAccess::Write => &[
+                "storage.objects.create",
+                "storage.objects.get",
+                "storage.objects.delete",
+            ],
+        }
+    }
+
+    fn who(self) -> &'static str {
+        match self {
+            LtAccess::Read => "reading blobs",
+            LtAccess::Clean => "a cleaner",
+            LtAccess::Write => "a writer",
+        }
+    }
+}
+
 /// One page of a listing: blob names relative to the store's prefix.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {

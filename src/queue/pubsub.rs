@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use google_cloud_auth::credentials::{self, Credentials};
-use google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber, SubscriptionAdmin};
+use google_cloud_pubsub::client::{
+    BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin,
+};
 use google_cloud_pubsub::subscriber::MessageStream;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use serde::Deserialize;
@@ -24,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{DEAD_LETTER_REASON, Delivery, FlowControl, JobQueue, Message, Settle, Subscription};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::iam::{Method as Call, Resource};
 use crate::telemetry::metrics::METRICS;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -96,20 +99,41 @@ fn queue_error(op: &'static str, target: &str, e: impl std::fmt::Display) -> Sto
     )
 }
 
+/// What a queue is connected for, and so what [`PubsubQueue`] checks at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Publish jobs (scanners): the jobs topic must exist.
+    Publish,
+    /// Consume jobs and dead-letter poison ones (cleaners): the subscription must exist
+    /// and have a dead-letter policy.
+    Consume,
+}
+
 impl PubsubQueue {
-    /// Builds the clients and checks that the subscription exists and has a dead-letter
-    /// policy, so that a wrong name or a subscription that would retry poison jobs forever
-    /// fails at start, by name.
+    /// Connects a cleaner's queue: builds the clients and checks that the subscription
+    /// exists and has a dead-letter policy, so that a wrong name or a subscription that
+    /// would retry poison jobs forever fails at start, by name. Needs
+    /// `pubsub.subscriptions.get` on the subscription (`roles/pubsub.viewer` there).
     pub async fn connect(config: &PubsubConfig) -> StoreResult<Self> {
+        Self::connect_for(config, Purpose::Consume).await
+    }
+
+    /// Connects a scanner's queue: builds the clients and checks that the jobs topic
+    /// exists. Nothing about the subscription is read: a scanner is granted the topic
+    /// only. Needs `pubsub.topics.get` on the topic (`roles/pubsub.viewer` there).
+    pub async fn connect_publisher(config: &PubsubConfig) -> StoreResult<Self> {
+        Self::connect_for(config, Purpose::Publish).await
+    }
+
+    async fn connect_for(config: &PubsubConfig, purpose: Purpose) -> StoreResult<Self> {
         let subscription = config.subscription_path();
+        let topic = config.topic_path(&config.topic);
+        let target = match purpose {
+            Purpose::Publish => topic.clone(),
+            Purpose::Consume => subscription.clone(),
+        };
         let fail = |kind, message: String| {
-            StoreError::new(
-                StoreKind::Queue,
-                "connect",
-                subscription.clone(),
-                kind,
-                message,
-            )
+            StoreError::new(StoreKind::Queue, "connect", target.clone(), kind, message)
         };
         let (endpoint, creds): (Option<String>, Option<Credentials>) = match &config.emulator_host {
             Some(host) => (
@@ -134,32 +158,47 @@ impl PubsubQueue {
         }
         let base: BasePublisher = configure!(BasePublisher::builder());
         let subscriber: Subscriber = configure!(Subscriber::builder());
-        let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
-
-        let found = admin
-            .get_subscription()
-            .set_subscription(subscription.clone())
-            .send()
-            .await
-            .map_err(|e| {
-                let kind = if e.status().is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound) {
-                    ErrorKind::Permanent
-                } else {
-                    ErrorKind::Transient
-                };
-                fail(kind, format!("cannot read the subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
-            })?;
-        if found
-            .dead_letter_policy
-            .as_ref()
-            .is_none_or(|p| p.dead_letter_topic.is_empty())
-        {
-            return Err(fail(
-                ErrorKind::Permanent,
-                "the subscription has no dead-letter policy: jobs that keep failing would be retried \
-                 forever and delivery attempts are not counted; set one (see infra/local/provision.sh)"
-                    .into(),
-            ));
+        let not_found_is_permanent = |e: &google_cloud_pubsub::Error| {
+            if e.status()
+                .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound)
+            {
+                ErrorKind::Permanent
+            } else {
+                ErrorKind::Transient
+            }
+        };
+        match purpose {
+            Purpose::Publish => {
+                let admin: TopicAdmin = configure!(TopicAdmin::builder());
+                crate::iam::record(Call::PubsubGetTopic, Resource::JobsTopic);
+                admin.get_topic().set_topic(topic.clone()).send().await.map_err(|e| {
+                    fail(not_found_is_permanent(&e), format!("cannot read the topic ({e}); create it with infra/local/provision.sh or infra/terraform"))
+                })?;
+            }
+            Purpose::Consume => {
+                let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
+                crate::iam::record(Call::PubsubGetSubscription, Resource::Subscription);
+                let found = admin
+                    .get_subscription()
+                    .set_subscription(subscription.clone())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        fail(not_found_is_permanent(&e), format!("cannot read the subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
+                    })?;
+                if found
+                    .dead_letter_policy
+                    .as_ref()
+                    .is_none_or(|p| p.dead_letter_topic.is_empty())
+                {
+                    return Err(fail(
+                        ErrorKind::Permanent,
+                        "the subscription has no dead-letter policy: jobs that keep failing would be retried \
+                         forever and delivery attempts are not counted; set one (see infra/local/provision.sh)"
+                            .into(),
+                    ));
+                }
+            }
         }
         let batch = config.publish_batch.max(1);
         let publisher = |topic: &str| {
@@ -173,7 +212,7 @@ impl PubsubQueue {
             dead_letters: publisher(&config.dead_letter_topic),
             subscriber,
             subscription,
-            topic: config.topic_path(&config.topic),
+            topic,
             dead_letter_topic: config.topic_path(&config.dead_letter_topic),
             lease_extension: config.lease_extension,
         })
@@ -182,8 +221,13 @@ impl PubsubQueue {
     async fn publish_to(
         publisher: &Publisher,
         topic: &str,
+        resource: Resource,
         batch: Vec<Message>,
     ) -> StoreResult<Vec<String>> {
+        // Counted per message: the client batches them into fewer requests.
+        for _ in &batch {
+            crate::iam::record(Call::PubsubPublish, resource);
+        }
         let pending: Vec<_> = batch
             .into_iter()
             .map(|m| {
@@ -209,7 +253,7 @@ impl JobQueue for PubsubQueue {
     }
 
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
-        Self::publish_to(&self.jobs, &self.topic, batch)
+        Self::publish_to(&self.jobs, &self.topic, Resource::JobsTopic, batch)
             .await
             .map(drop)
     }
@@ -239,7 +283,13 @@ impl JobQueue for PubsubQueue {
         );
         // Published before the ack: if the publish fails, the delivery is nacked (dropped)
         // and comes back, so a poison job is never lost between the two topics.
-        Self::publish_to(&self.dead_letters, &self.dead_letter_topic, vec![message]).await?;
+        Self::publish_to(
+            &self.dead_letters,
+            &self.dead_letter_topic,
+            Resource::DeadLetterTopic,
+            vec![message],
+        )
+        .await?;
         delivery.ack();
         Ok(())
     }
@@ -255,6 +305,7 @@ struct StreamOpener {
 
 impl StreamOpener {
     fn open(&self) -> MessageStream {
+        crate::iam::record(Call::PubsubStreamingPull, Resource::Subscription);
         let flow = self.flow;
         self.subscriber
             .subscribe(self.subscription.clone())
@@ -335,10 +386,12 @@ struct PubsubHandle {
 
 impl Settle for PubsubHandle {
     fn ack(self: Box<Self>) {
+        crate::iam::record(Call::PubsubAcknowledge, Resource::Subscription);
         self.handler.ack();
     }
 
     fn nack(self: Box<Self>) {
+        crate::iam::record(Call::PubsubModifyAckDeadline, Resource::Subscription);
         self.handler.nack();
     }
 }

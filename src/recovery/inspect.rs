@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::converge::unreferenced;
-use crate::changelog::{ChangelogEntry, ScanRequest, ScannedRow};
+use crate::changelog::{Changelog, ChangelogEntry, ScanRequest, ScannedRow};
+use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, HvValue, ShardRange, Timestamp};
 use crate::stores::Stores;
@@ -42,9 +43,15 @@ pub struct OldestStale {
     pub claims: u32,
 }
 
-/// Counts every changelog row, a page at a time (memory stays flat in the backlog).
-pub async fn backlog(stores: &Stores, threshold: Duration, page: usize) -> StoreResult<Backlog> {
-    let now = stores.clock.now();
+/// Counts every changelog row, a page at a time (memory stays flat in the backlog). Reads
+/// the changelog alone, so `tiersweep status` needs no access to HV or LT.
+pub async fn backlog(
+    changelog: &dyn Changelog,
+    clock: &SharedClock,
+    threshold: Duration,
+    page: usize,
+) -> StoreResult<Backlog> {
+    let now = clock.now();
     let cutoff = now.saturating_sub(threshold);
     let mut b = Backlog {
         stale_by_age: BUCKETS.iter().map(|(l, _)| ((*l).to_owned(), 0)).collect(),
@@ -60,7 +67,7 @@ pub async fn backlog(stores: &Stores, threshold: Duration, page: usize) -> Store
             start_after,
             limit: page,
         };
-        let result = stores.changelog.scan_stale(&req).await?;
+        let result = changelog.scan_stale(&req).await?;
         for row in result.rows {
             b.rows += 1;
             let e = match row {

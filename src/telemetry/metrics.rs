@@ -238,6 +238,13 @@ impl Default for Metrics {
     }
 }
 
+/// Counted by [`crate::iam`], which every backend reports its calls to; exported here.
+const GCP_CALLS: (&str, &str) = (
+    "tiersweep.gcp.calls",
+    "Calls this process made to Bigtable, Cloud Storage and Pub/Sub, by method and resource \
+     (Pub/Sub publishes and acks per message).",
+);
+
 const STALE_ROWS: (&str, &str) = (
     "tiersweep.backlog.stale_rows",
     "Stale changelog rows seen by the last complete scan pass of a shard range.",
@@ -352,6 +359,17 @@ pub fn render_prometheus(m: &Metrics) -> String {
     let _ = writeln!(out, "{name}_sum {}", h.sum().as_secs_f64());
     let _ = writeln!(out, "{name}_count {count}");
 
+    let name = prometheus_name(GCP_CALLS.0, "_total");
+    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", GCP_CALLS.1);
+    for (call, n) in crate::iam::calls_made() {
+        let _ = writeln!(
+            out,
+            "{name}{{method=\"{}\",resource=\"{}\"}} {n}",
+            call.method.name(),
+            call.resource.name()
+        );
+    }
+
     let backlog = m.backlog();
     for ((otel, help), suffix) in [(STALE_ROWS, ""), (OLDEST_STALE, "_seconds")] {
         let name = prometheus_name(otel, suffix);
@@ -401,6 +419,21 @@ pub fn install_otel(meter: &Meter, m: &'static Metrics) {
             .with_boundaries(LAG_BOUNDS.to_vec())
             .build(),
     );
+    meter
+        .u64_observable_counter(GCP_CALLS.0)
+        .with_description(GCP_CALLS.1)
+        .with_callback(|observer| {
+            for (call, n) in crate::iam::calls_made() {
+                observer.observe(
+                    n,
+                    &[
+                        KeyValue::new("method", call.method.name()),
+                        KeyValue::new("resource", call.resource.name()),
+                    ],
+                );
+            }
+        })
+        .build();
     meter
         .u64_observable_gauge(STALE_ROWS.0)
         .with_description(STALE_ROWS.1)
@@ -491,6 +524,8 @@ mod tests {
             prometheus_name(STALE_ROWS.0, ""),
             OLDEST_STALE.0.to_owned(),
             prometheus_name(OLDEST_STALE.0, "_seconds"),
+            GCP_CALLS.0.to_owned(),
+            prometheus_name(GCP_CALLS.0, "_total"),
         ]);
         for name in names {
             assert!(

@@ -218,7 +218,7 @@ impl Emulators {
 
     pub async fn lt(&self) -> Arc<GcsLt> {
         Arc::new(
-            GcsLt::connect(&self.gcs_config().await)
+            GcsLt::connect(&self.gcs_config().await, crate::lt::LtAccess::Write)
                 .await
                 .expect("GCS client"),
         )

@@ -1,7 +1,7 @@
 //! The pipeline as it is deployed: `tiersweep scan` and `tiersweep clean` as separate
 //! processes against the emulators, each test with its own tables, bucket and topics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tiersweep::clock;
 use tiersweep::config::{Config, ProtocolConfig};
+use tiersweep::lt::LtAccess;
 use tiersweep::model::{ChangeId, HvValue, ObjectPath, OwnerToken};
 use tiersweep::queue::{DEAD_LETTER_REASON, JobQueue, Message, PubsubQueue};
 use tiersweep::recovery::{CleanupJob, inspect};
@@ -30,7 +31,9 @@ async fn setup() -> (Config, Stores) {
     let mut config = emulators().await.fresh_config(protocol()).await;
     config.recovery.claim_lease = Duration::from_secs(30);
     config.recovery.idle_poll = Duration::from_millis(200);
-    let stores = Stores::connect(&config, clock::system()).await.unwrap();
+    let stores = Stores::connect(&config, clock::system(), LtAccess::Write)
+        .await
+        .unwrap();
     (config, stores)
 }
 
@@ -82,11 +85,14 @@ async fn crashed_puts(stores: &Stores, n: usize) -> BTreeMap<ObjectPath, Accepta
 }
 
 async fn rows(stores: &Stores) -> StoreResult<usize> {
-    Ok(
-        inspect::backlog(stores, protocol().staleness_threshold, 500)
-            .await?
-            .rows,
+    Ok(inspect::backlog(
+        stores.changelog.as_ref(),
+        &stores.clock,
+        protocol().staleness_threshold,
+        500,
     )
+    .await?
+    .rows)
 }
 
 async fn wait_until_empty(stores: &Stores, within: Duration) {
@@ -512,4 +518,142 @@ async fn a_job_for_an_object_outside_the_prefix_is_dead_lettered_and_deletes_not
         (1, 1),
         "{report:#?}"
     );
+}
+
+mod iam_contract;
+
+/// Runs `tiersweep` with `args` to completion and returns the Google Cloud calls it
+/// reported at exit.
+fn one_shot_calls(config: &Config, args: &[&str]) -> BTreeSet<tiersweep::iam::Call> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tiersweep"))
+        .args(["--log-format", "json"])
+        .args(args)
+        .envs(env_for(config))
+        .env("RUST_LOG", "warn,tiersweep::gcp_calls=debug")
+        .output()
+        .expect("running tiersweep");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tiersweep {args:?} failed: {stderr}");
+    iam_contract::calls_from_log(&stderr)
+        .unwrap_or_else(|| panic!("tiersweep {args:?} logged no calls: {stderr}"))
+}
+
+/// A worker whose stderr goes to a file, to read its exit log after SIGTERM.
+fn logged_worker(config: &Config, args: &[&str], log: &std::path::Path) -> Worker {
+    let file = std::fs::File::create(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tiersweep"))
+        .args(["--log-format", "json"])
+        .args(args)
+        .envs(env_for(config))
+        .env("RUST_LOG", "warn,tiersweep::gcp_calls=debug")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("spawning tiersweep");
+    Worker(child)
+}
+
+/// Every role, run as the real binary on the emulators through the work it exists for,
+/// calls exactly what infra/terraform grants its service account: every permission its
+/// calls need is granted on that resource, and every binding is needed by some call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_calls_exactly_what_terraform_grants_it() {
+    use tiersweep::iam::Role;
+    let grants = iam_contract::bindings(include_str!("../../infra/terraform/iam.tf")).unwrap();
+    let (config, stores) = setup().await;
+    let expected = crashed_puts(&stores, 4).await;
+    tokio::time::sleep(protocol().staleness_threshold * 2).await;
+    let page = stores
+        .changelog
+        .scan_stale(&tiersweep::changelog::ScanRequest {
+            shards: tiersweep::model::ShardRange::ALL,
+            cutoff: tiersweep::model::Timestamp(i64::MAX),
+            now: tiersweep::model::Timestamp(i64::MAX),
+            start_after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let Some(tiersweep::changelog::ScannedRow::Entry(entry)) = page.rows.first() else {
+        panic!("no changelog row to inspect");
+    };
+
+    // The operator's views, before recovery, while there is something to show.
+    let mut operator = one_shot_calls(&config, &["status"]);
+    operator.extend(one_shot_calls(&config, &["inspect", &entry.id.to_string()]));
+    operator.extend(one_shot_calls(&config, &["recover", "--dry-run"]));
+
+    // The pools, through a whole recovery: claims, publishes, pulls, converges, acks, and a
+    // poison message the cleaner dead-letters.
+    let queue = PubsubQueue::connect(&config.pubsub).await.unwrap();
+    queue
+        .publish(vec![Message {
+            data: "not a cleanup job".into(),
+            attributes: BTreeMap::new(),
+        }])
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("tiersweep-iam-{}", ChangeId::mint()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scanner = logged_worker(&config, &["scan"], &dir.join("scan.log"));
+    let cleaner = logged_worker(&config, &["clean"], &dir.join("clean.log"));
+    wait_until_empty(&stores, Duration::from_secs(120)).await;
+    let dead = emulators()
+        .await
+        .dead_letters(&config.pubsub, 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(dead.len(), 1, "the poison message is dead-lettered");
+    assert!(scanner.terminate().success());
+    assert!(cleaner.terminate().success());
+    invariants::check(&stores, &expected)
+        .await
+        .unwrap()
+        .assert_converged();
+    let read = |name: &str| {
+        let log = std::fs::read_to_string(dir.join(name)).unwrap();
+        iam_contract::calls_from_log(&log).unwrap_or_else(|| panic!("{name}: no calls: {log}"))
+    };
+    let scanner_calls = read("scan.log");
+    let cleaner_calls = read("clean.log");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut problems = Vec::new();
+    for (role, calls) in [
+        (Role::Scanner, &scanner_calls),
+        (Role::Cleaner, &cleaner_calls),
+        (Role::Operator, &operator),
+    ] {
+        assert!(!calls.is_empty(), "{role:?} reported no calls");
+        problems.extend(iam_contract::problems(role, calls, &grants));
+    }
+    assert!(
+        problems.is_empty(),
+        "IAM contract broken:\n{}",
+        problems.join("\n")
+    );
+
+    // The check can fail: without any one binding, some call is no longer covered; and a
+    // call a role does not make today (a scanner listing the bucket) is not granted.
+    for removed in 0..grants.len() {
+        let mut fewer = grants.clone();
+        let gone = fewer.remove(removed);
+        let broken = [
+            (Role::Scanner, &scanner_calls),
+            (Role::Cleaner, &cleaner_calls),
+            (Role::Operator, &operator),
+        ]
+        .into_iter()
+        .any(|(role, calls)| !iam_contract::problems(role, calls, &fewer).is_empty());
+        assert!(
+            broken,
+            "removing {} broke nothing: the check is blind to it",
+            gone.name
+        );
+    }
+    let mut more = scanner_calls.clone();
+    more.insert(tiersweep::iam::Call {
+        method: tiersweep::iam::Method::GcsObjectsList,
+        resource: tiersweep::iam::Resource::Bucket,
+    });
+    assert!(!iam_contract::problems(Role::Scanner, &more, &grants).is_empty());
 }

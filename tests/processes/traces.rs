@@ -169,7 +169,9 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
     let mut config = e.fresh_config(protocol()).await;
     config.recovery.claim_lease = Duration::from_secs(30);
     config.recovery.idle_poll = Duration::from_millis(200);
-    let stores = Stores::connect(&config, clock::system()).await.unwrap();
+    let stores = Stores::connect(&config, clock::system(), tiersweep::lt::LtAccess::Write)
+        .await
+        .unwrap();
     let n = 3;
     let request = tracing::info_span!("crashed request");
     let writer_trace = {
@@ -208,10 +210,15 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
         spawn("clean", &["--health-listen", &health.to_string()]),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while tiersweep::recovery::inspect::backlog(&stores, Duration::ZERO, 100)
-        .await
-        .unwrap()
-        .rows
+    while tiersweep::recovery::inspect::backlog(
+        stores.changelog.as_ref(),
+        &stores.clock,
+        Duration::ZERO,
+        100,
+    )
+    .await
+    .unwrap()
+    .rows
         > 0
     {
         assert!(Instant::now() < deadline, "not converged");

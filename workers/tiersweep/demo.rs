@@ -92,9 +92,10 @@ pub async fn run(args: &DemoArgs, cli: &Cli) -> Result<()> {
             let settings = crate::load_config(cli)?;
             config.protocol = settings.protocol;
             let clock = tiersweep::clock::system();
-            let stores = tiersweep::Stores::connect(&settings, clock)
-                .await
-                .context("connecting to the configured stores")?;
+            let stores =
+                tiersweep::Stores::connect(&settings, clock, tiersweep::lt::LtAccess::Write)
+                    .await
+                    .context("connecting to the configured stores")?;
             let queue = PubsubQueue::connect(&settings.pubsub)
                 .await
                 .context("connecting to Pub/Sub")?;

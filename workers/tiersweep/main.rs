@@ -121,6 +121,13 @@ async fn main() -> Result<()> {
         Command::Inspect(args) => ops::inspect(args, load_config(&cli)?).await,
         Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
     };
+    // What this process called on Google Cloud, for cost and for the IAM contract test
+    // (tests/processes/pipeline.rs reads it with RUST_LOG=tiersweep::gcp_calls=debug).
+    tracing::debug!(
+        target: "tiersweep::gcp_calls",
+        calls = %tiersweep::iam::calls_summary(),
+        "Google Cloud calls made by this process"
+    );
     // Last: the spans of the drained work are flushed before the process exits.
     telemetry.shutdown();
     result

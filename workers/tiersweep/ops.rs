@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use tiersweep::Stores;
 use tiersweep::clock;
 use tiersweep::config::Config;
+use tiersweep::lt::LtAccess;
 use tiersweep::model::ChangeId;
 use tiersweep::recovery::inspect;
 
@@ -32,17 +33,23 @@ pub struct RecoverArgs {
     json: bool,
 }
 
+/// The operator's views read both tables and check which blobs exist: read access only.
 async fn stores(config: &Config) -> Result<Stores> {
-    let stores = Stores::connect(config, clock::system())
+    let stores = Stores::connect(config, clock::system(), LtAccess::Read)
         .await
         .context("connecting to Bigtable and GCS")?;
     Ok(stores)
 }
 
 pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
-    let stores = stores(&config).await?;
+    // The changelog alone: status reads nothing else.
+    let clock = clock::system();
+    let changelog = tiersweep::stores::connect_changelog(&config, clock.clone())
+        .await
+        .context("connecting to the changelog")?;
     let b = inspect::backlog(
-        &stores,
+        changelog.as_ref(),
+        &clock,
         config.protocol.staleness_threshold,
         config.recovery.scan_batch,
     )

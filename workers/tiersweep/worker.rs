@@ -10,6 +10,7 @@ use tiersweep::Stores;
 use tiersweep::clock;
 use tiersweep::config::Config;
 use tiersweep::health::{self, Readiness};
+use tiersweep::lt::LtAccess;
 use tiersweep::queue::PubsubQueue;
 use tiersweep::recovery::{Cleaner, Scanner};
 use tokio_util::sync::CancellationToken;
@@ -63,18 +64,24 @@ pub fn cancel_on_signals(cancel: CancellationToken) -> Result<()> {
 
 /// What every worker does before its loop: signals, health endpoints, connections.
 /// Connection failures that may pass (service unreachable) are retried until the
-/// shutdown signal; permanent ones (missing table, bucket, subscription) end the process.
-struct Started {
+/// shutdown signal; permanent ones (missing table, bucket, subscription, grant) end the
+/// process.
+struct Started<C> {
     cancel: CancellationToken,
     readiness: Readiness,
-    stores: Stores,
-    queue: Arc<PubsubQueue>,
+    /// What the role connected to: each role connects to, and checks, only what its
+    /// service account is granted (`tiersweep::iam`, `infra/terraform/iam.tf`).
+    connected: C,
     /// The health server has its own token: it keeps answering (not ready) while in-flight
     /// work drains after the signal.
     health: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
-async fn start(config: &Config, role: &str) -> Result<Option<Started>> {
+async fn start<C, F, Fut>(config: &Config, role: &str, connect: F) -> Result<Option<Started<C>>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<C, tiersweep::StoreError>>,
+{
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone())?;
     let readiness = Readiness::default();
@@ -91,14 +98,8 @@ async fn start(config: &Config, role: &str) -> Result<Option<Started>> {
     };
     let mut delay = Duration::from_millis(500);
     loop {
-        let attempt = async {
-            let stores = Stores::connect(config, clock::system()).await?;
-            stores.check().await?;
-            let queue = PubsubQueue::connect(&config.pubsub).await?;
-            Ok::<_, tiersweep::StoreError>((stores, queue))
-        };
-        match attempt.await {
-            Ok((stores, queue)) => {
+        match connect().await {
+            Ok(connected) => {
                 readiness.set(true);
                 // Not ready from the signal on, while in-flight work drains.
                 let (signalled, r) = (cancel.clone(), readiness.clone());
@@ -106,12 +107,11 @@ async fn start(config: &Config, role: &str) -> Result<Option<Started>> {
                     signalled.cancelled().await;
                     r.set(false);
                 });
-                tracing::info!(role, "connected to Bigtable, GCS and Pub/Sub; ready");
+                tracing::info!(role, "connected and checked what this role uses; ready");
                 return Ok(Some(Started {
                     cancel,
                     readiness,
-                    stores,
-                    queue: Arc::new(queue),
+                    connected,
                     health,
                 }));
             }
@@ -130,7 +130,14 @@ async fn start(config: &Config, role: &str) -> Result<Option<Started>> {
 
 pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
     let config = args.apply(config)?;
-    let Some(s) = start(&config, "scanner").await? else {
+    // The changelog table and the jobs topic: nothing else.
+    let connect = || async {
+        let clock = clock::system();
+        let changelog = tiersweep::stores::connect_changelog(&config, clock.clone()).await?;
+        let queue = PubsubQueue::connect_publisher(&config.pubsub).await?;
+        Ok((changelog, clock, Arc::new(queue)))
+    };
+    let Some(s) = start(&config, "scanner", connect).await? else {
         return Ok(());
     };
     let shards = config.shards();
@@ -140,32 +147,34 @@ pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
         ?shards,
         "scanning"
     );
-    let scanner = Scanner::new(
-        s.stores.changelog.clone(),
-        s.queue.clone(),
-        s.stores.clock.clone(),
-        config.recovery(),
-        shards,
-    );
+    let (changelog, clock, queue) = s.connected.clone();
+    let scanner = Scanner::new(changelog, queue, clock, config.recovery(), shards);
     scanner.run(s.cancel.clone()).await;
     finish(s).await
 }
 
 pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
     let config = args.apply(config)?;
-    let Some(s) = start(&config, "cleaner").await? else {
+    // Both tables, get and delete on the bucket, the subscription and the dead-letter topic.
+    let connect = || async {
+        let stores = Stores::connect(&config, clock::system(), LtAccess::Clean).await?;
+        let queue = PubsubQueue::connect(&config.pubsub).await?;
+        Ok((stores, Arc::new(queue)))
+    };
+    let Some(s) = start(&config, "cleaner", connect).await? else {
         return Ok(());
     };
     tracing::info!(subscription = %config.pubsub.subscription,
         concurrency = config.recovery.cleaner_concurrency, "cleaning");
-    let cleaner = Cleaner::new(s.stores.clone(), s.queue.clone(), config.recovery());
+    let (stores, queue) = s.connected.clone();
+    let cleaner = Cleaner::new(stores, queue, config.recovery());
     cleaner
         .run(s.cancel.clone(), config.worker.shutdown_deadline)
         .await;
     finish(s).await
 }
 
-async fn finish(s: Started) -> Result<()> {
+async fn finish<C>(s: Started<C>) -> Result<()> {
     s.readiness.set(false);
     if let Some((cancel, task)) = s.health {
         cancel.cancel();

@@ -34,9 +34,13 @@ pub struct RssRun {
 /// converging them.
 pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Result<Vec<RssRun>> {
     let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
-    let stores = tiersweep::Stores::connect(&config, tiersweep::clock::system())
-        .await
-        .context("connecting to the emulators")?;
+    let stores = tiersweep::Stores::connect(
+        &config,
+        tiersweep::clock::system(),
+        tiersweep::lt::LtAccess::Write,
+    )
+    .await
+    .context("connecting to the emulators")?;
     eprintln!("[memory] preparing {n} crashed changes (crashed before their upload)");
     tiersweep::bench::prepare_backlog(&stores, "rss", n, 64, Crash::BeforeUpload)
         .await
