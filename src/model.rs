@@ -388,9 +388,35 @@ impl fmt::Display for ChangeId {
 #[serde(try_from = "String", into = "String")]
 pub struct OwnerToken(String);
 
+/// The role prefix of the tokens recovery claims rows with ([`OwnerToken::recovery_claim`]).
+const RECOVERY_ROLE: &str = "recovery";
+
 impl OwnerToken {
+    /// A fresh token `{role}:{uuid}`. Writers use [`OwnerToken::writer`], scanners
+    /// [`OwnerToken::recovery_claim`].
     pub fn mint(role: &str) -> Self {
         Self(format!("{role}:{}", Uuid::now_v7().simple()))
+    }
+
+    /// The token a writer records its change under.
+    pub fn writer() -> Self {
+        Self::mint("writer")
+    }
+
+    /// The token a scanner's claim re-stamps a stale row with.
+    pub fn recovery_claim() -> Self {
+        Self::mint(RECOVERY_ROLE)
+    }
+
+    /// Whether a claim made this token. Tokens are not secret (they are in rows, jobs,
+    /// `inspect` and logs), so a cleaner must not converge a row just because a job names
+    /// its owner: the row must be owned by a recovery claim, which only the scanner's
+    /// "still stale" compare-and-set writes. A job carrying a writer's token names a live
+    /// (or not yet claimed) change and is refused.
+    pub fn is_recovery_claim(&self) -> bool {
+        self.0
+            .strip_prefix(RECOVERY_ROLE)
+            .is_some_and(|rest| rest.starts_with(':'))
     }
 
     pub fn parse(s: &str) -> Result<Self, ModelError> {

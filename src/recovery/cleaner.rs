@@ -3,8 +3,9 @@
 //! Each job is a hint; the changelog row is the authority. For every delivery:
 //!
 //! 1. decode the job, or dead-letter it as poison (never panic, never delete);
-//! 2. re-read the row: gone means already converged (ack); owned by anyone but this job's
-//!    claim means the job is stale or forged (ack, touch nothing);
+//! 2. re-read the row: gone means already converged (ack); owned by anything but a
+//!    recovery claim, or by another claim than this job's, means the job is stale or forged
+//!    (ack, touch nothing);
 //! 3. check the object lies in the configured scope, or dead-letter;
 //! 4. converge with a fenced HV read, removing the row only if it still carries the claim;
 //! 5. ack. A transient failure nacks for redelivery; on the last allowed attempt the job is
@@ -180,9 +181,11 @@ impl Cleaner {
         {
             tracing::Span::current().add_link(writer);
         }
-        if entry.record.owner != job.claim {
+        // The row must be owned by a recovery claim, and by this job's: a job naming the
+        // writer's own token (tokens are not secret) would otherwise converge a live change.
+        if !entry.record.owner.is_recovery_claim() || entry.record.owner != job.claim {
             tracing::info!(owner = %entry.record.owner, claim = %job.claim,
-                "row is owned by someone else; job is stale or forged, touching nothing");
+                "row is not owned by this job's recovery claim; job is stale or forged, touching nothing");
             return Ok(JobOutcome::NotOurClaim);
         }
         if !entry

@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn jobs_round_trip_and_poison_is_named() {
-        let job = CleanupJob::new(ChangeId::mint(), OwnerToken::mint("recovery"));
+        let job = CleanupJob::new(ChangeId::mint(), OwnerToken::recovery_claim());
         let msg = job.to_message(BTreeMap::new());
         assert_eq!(CleanupJob::from_message(&msg).unwrap(), job);
 

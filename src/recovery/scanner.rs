@@ -180,7 +180,7 @@ impl Scanner {
         cutoff: crate::model::Timestamp,
         scan: &tracing::Span,
     ) -> StoreResult<Option<(CleanupJob, tracing::Span)>> {
-        let claimer = OwnerToken::mint("recovery");
+        let claimer = OwnerToken::recovery_claim();
         let lease_until = self
             .clock
             .now()

@@ -188,12 +188,8 @@ impl TieredStorage {
             };
         }
 
-        let mut record = ChangeRecord::new(
-            path.clone(),
-            old.clone(),
-            new.clone(),
-            OwnerToken::mint("writer"),
-        );
+        let mut record =
+            ChangeRecord::new(path.clone(), old.clone(), new.clone(), OwnerToken::writer());
         // Recovery links its trace back to this request if the change is abandoned.
         record.traceparent = crate::telemetry::propagation::current_traceparent();
         let guard = ChangeGuard::begin(
