@@ -30,6 +30,11 @@ pub enum Fault {
     Fail,
     /// The call is held this long before it is sent (a pause, a slow network).
     Delay(Duration),
+    /// The caller sees a transient error at once (a timeout, a reset), and the call takes
+    /// effect this long afterwards anyway: a request still queued at the server after its
+    /// client gave up, an upload the service finalizes after the connection dropped. It
+    /// lands even if the caller's process has crashed since: the effect is the server's.
+    Straggle(Duration),
 }
 
 /// Applies `fault` to calls matching `op` (any op but heartbeats when `None`), starting
@@ -165,11 +170,11 @@ impl Faults {
         hit
     }
 
-    async fn apply<T>(
+    async fn apply<T: Send + 'static>(
         &self,
         op: Op,
         store: StoreKind,
-        call: impl Future<Output = StoreResult<T>>,
+        call: intercept::Call<T>,
     ) -> StoreResult<T> {
         if self.is_crashed() {
             std::future::pending::<()>().await;
@@ -199,6 +204,13 @@ impl Faults {
                 Err(lost())
             }
             Some(Fault::Fail) => Err(lost()),
+            Some(Fault::Straggle(after)) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = call.await;
+                });
+                Err(lost())
+            }
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 if self.is_crashed() {
@@ -211,11 +223,11 @@ impl Faults {
 }
 
 impl Intercept for Faults {
-    fn run<T: Send>(
+    fn run<T: Send + 'static>(
         &self,
         op: Op,
         store: StoreKind,
-        call: impl Future<Output = StoreResult<T>> + Send,
+        call: intercept::Call<T>,
     ) -> impl Future<Output = StoreResult<T>> + Send {
         self.apply(op, store, call)
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 
 use crate::changelog::{
     Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest,
@@ -58,13 +59,18 @@ impl Op {
     }
 }
 
-/// Sees every store call: may delay it, fail it, count it, or never let it finish.
+/// One store call, owning its arguments, so that a hook can also run it later than its
+/// caller (a straggler whose effect lands after the caller gave up).
+pub type Call<T> = BoxFuture<'static, StoreResult<T>>;
+
+/// Sees every store call: may delay it, fail it, count it, never let it finish, or let it
+/// take effect after its caller saw an error.
 pub trait Intercept: Send + Sync + std::fmt::Debug + 'static {
-    fn run<T: Send>(
+    fn run<T: Send + 'static>(
         &self,
         op: Op,
         store: StoreKind,
-        call: impl Future<Output = StoreResult<T>> + Send,
+        call: Call<T>,
     ) -> impl Future<Output = StoreResult<T>> + Send;
 }
 
@@ -96,9 +102,9 @@ struct HookedHv<H> {
 #[async_trait]
 impl<H: Intercept> HvStore for HookedHv<H> {
     async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
-        self.hook
-            .run(Op::HvRead, StoreKind::Hv, self.inner.read(path))
-            .await
+        let (inner, path) = (self.inner.clone(), path.clone());
+        let call = Box::pin(async move { inner.read(&path).await });
+        self.hook.run(Op::HvRead, StoreKind::Hv, call).await
     }
     async fn compare_and_write(
         &self,
@@ -107,11 +113,19 @@ impl<H: Intercept> HvStore for HookedHv<H> {
         write: &HvWrite,
         change: Option<&ChangeId>,
     ) -> StoreResult<CasOutcome> {
-        let call = self.inner.compare_and_write(path, expected, write, change);
+        let inner = self.inner.clone();
+        let (path, expected, write) = (path.clone(), expected.clone(), write.clone());
+        let change = change.cloned();
+        let call = Box::pin(async move {
+            inner
+                .compare_and_write(&path, &expected, &write, change.as_ref())
+                .await
+        });
         self.hook.run(Op::HvCas, StoreKind::Hv, call).await
     }
     async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
-        let call = self.inner.fence(path, change);
+        let (inner, path, change) = (self.inner.clone(), path.clone(), change.clone());
+        let call = Box::pin(async move { inner.fence(&path, &change).await });
         self.hook.run(Op::HvFence, StoreKind::Hv, call).await
     }
 }
@@ -125,27 +139,28 @@ struct HookedLt<H> {
 #[async_trait]
 impl<H: Intercept> LtStore for HookedLt<H> {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
-        self.hook
-            .run(Op::LtPut, StoreKind::Lt, self.inner.put(rev, bytes))
-            .await
+        let (inner, rev) = (self.inner.clone(), rev.clone());
+        let call = Box::pin(async move { inner.put(&rev, bytes).await });
+        self.hook.run(Op::LtPut, StoreKind::Lt, call).await
     }
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
-        self.hook
-            .run(Op::LtGet, StoreKind::Lt, self.inner.get(rev))
-            .await
+        let (inner, rev) = (self.inner.clone(), rev.clone());
+        let call = Box::pin(async move { inner.get(&rev).await });
+        self.hook.run(Op::LtGet, StoreKind::Lt, call).await
     }
     async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
-        self.hook
-            .run(Op::LtExists, StoreKind::Lt, self.inner.exists(rev))
-            .await
+        let (inner, rev) = (self.inner.clone(), rev.clone());
+        let call = Box::pin(async move { inner.exists(&rev).await });
+        self.hook.run(Op::LtExists, StoreKind::Lt, call).await
     }
     async fn delete(&self, rev: &Revision) -> StoreResult<()> {
-        self.hook
-            .run(Op::LtDelete, StoreKind::Lt, self.inner.delete(rev))
-            .await
+        let (inner, rev) = (self.inner.clone(), rev.clone());
+        let call = Box::pin(async move { inner.delete(&rev).await });
+        self.hook.run(Op::LtDelete, StoreKind::Lt, call).await
     }
     async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
-        let call = self.inner.list(prefix, page_token);
+        let (inner, prefix) = (self.inner.clone(), prefix.to_owned());
+        let call = Box::pin(async move { inner.list(&prefix, page_token).await });
         self.hook.run(Op::LtList, StoreKind::Lt, call).await
     }
 }
@@ -159,17 +174,20 @@ struct HookedChangelog<H> {
 #[async_trait]
 impl<H: Intercept> Changelog for HookedChangelog<H> {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
-        let call = self.inner.record(id, record);
+        let (inner, id, record) = (self.inner.clone(), id.clone(), record.clone());
+        let call = Box::pin(async move { inner.record(&id, &record).await });
         self.hook.run(Op::Record, StoreKind::Changelog, call).await
     }
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
-        let call = self.inner.heartbeat(id, owner);
+        let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());
+        let call = Box::pin(async move { inner.heartbeat(&id, &owner).await });
         self.hook
             .run(Op::Heartbeat, StoreKind::Changelog, call)
             .await
     }
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
-        let call = self.inner.scan_stale(req);
+        let (inner, req) = (self.inner.clone(), req.clone());
+        let call = Box::pin(async move { inner.scan_stale(&req).await });
         self.hook.run(Op::Scan, StoreKind::Changelog, call).await
     }
     async fn claim(
@@ -179,16 +197,18 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
         claimer: &OwnerToken,
         lease_until: Timestamp,
     ) -> StoreResult<Claim> {
-        let call = self.inner.claim(seen, cutoff, claimer, lease_until);
+        let (inner, seen, claimer) = (self.inner.clone(), seen.clone(), claimer.clone());
+        let call = Box::pin(async move { inner.claim(&seen, cutoff, &claimer, lease_until).await });
         self.hook.run(Op::Claim, StoreKind::Changelog, call).await
     }
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
-        self.hook
-            .run(Op::Get, StoreKind::Changelog, self.inner.get(id))
-            .await
+        let (inner, id) = (self.inner.clone(), id.clone());
+        let call = Box::pin(async move { inner.get(&id).await });
+        self.hook.run(Op::Get, StoreKind::Changelog, call).await
     }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
-        let call = self.inner.remove(id, owner);
+        let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());
+        let call = Box::pin(async move { inner.remove(&id, &owner).await });
         self.hook.run(Op::Remove, StoreKind::Changelog, call).await
     }
     fn is_noop(&self) -> bool {

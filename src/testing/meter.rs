@@ -156,11 +156,11 @@ impl Meter {
 }
 
 impl Intercept for Meter {
-    fn run<T: Send>(
+    fn run<T: Send + 'static>(
         &self,
         op: Op,
         _store: StoreKind,
-        call: impl Future<Output = StoreResult<T>> + Send,
+        call: intercept::Call<T>,
     ) -> impl Future<Output = StoreResult<T>> + Send {
         self.calls[op.index()].fetch_add(1, Ordering::Relaxed);
         let d = self.latency.of(op);

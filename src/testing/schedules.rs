@@ -32,6 +32,7 @@ macro_rules! safety_schedules {
     (#[$attr:meta], $stores:expr, $protocol:expr) => {
         $crate::safety_schedules!(@each #[$attr], $stores, $protocol, [
             a_job_carrying_the_writers_token_leaves_the_live_change_alone,
+            a_straggling_write_after_a_conflict_is_refused,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -165,5 +166,80 @@ pub async fn a_job_carrying_the_writers_token_leaves_the_live_change_alone(
     assert!(
         entries_for(&stores, &path).await.is_empty(),
         "the writer completed its change"
+    );
+}
+
+/// Waits until `faults` has seen `n` calls of `op`.
+async fn wait_for_calls(faults: &Faults, op: Op, n: usize) {
+    for _ in 0..2000 {
+        if faults.calls().iter().filter(|o| **o == op).count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never saw {n} calls of {op:?}");
+}
+
+/// A writer's first compare-and-write times out on the client but is still queued at the
+/// server; its retry finds that another writer has committed meanwhile (a conflict), so it
+/// cleans up: deletes its upload and removes its row. A third writer deletes the object.
+/// Then the first attempt executes, against a row it now matches, and points HV at the
+/// upload that was deleted, with no changelog row left to repair it (I1, I2). The writer
+/// must fence its own change before it cleans up after a conflict.
+pub async fn a_straggling_write_after_a_conflict_is_refused(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let lands_after = protocol.staleness_threshold * 3;
+    let faults = Faults::new([
+        Rule::once(Op::HvCas, Fault::Straggle(lands_after)),
+        // Holds the retry long enough for the other writer to commit first.
+        Rule {
+            op: Some(Op::HvCas),
+            skip: 1,
+            times: 1,
+            fault: Fault::Delay(protocol.heartbeat_interval * 2),
+        },
+    ]);
+    let config = test_writer_config(protocol);
+    let slow = TieredStorage::new(faults.wrap(&stores), config).expect("valid writer config");
+    let other = TieredStorage::new(stores.clone(), config).expect("valid writer config");
+    let first = tokio::spawn({
+        let path = path.clone();
+        async move { slow.put(&path, large("straggler")).await }
+    });
+    wait_for_calls(&faults, Op::HvCas, 2).await;
+    other
+        .put(&path, large("winner"))
+        .await
+        .expect("the other writer commits while the first one retries");
+    let outcome = first.await.expect("the first writer's task");
+    assert!(
+        matches!(outcome, Err(crate::writer::WriteError::Conflict { .. })),
+        "the first writer sees a conflict: {outcome:?}"
+    );
+    other
+        .delete(&path)
+        .await
+        .expect("a later delete is acknowledged");
+
+    // The first attempt lands now, if anything lets it.
+    tokio::time::sleep(lands_after + protocol.staleness_threshold).await;
+    assert_eq!(
+        stores.hv.read(&path).await.expect("reading HV"),
+        None,
+        "the acknowledged delete stands; the straggling write was refused"
+    );
+    assert!(entries_for(&stores, &path).await.is_empty());
+    let leftover = stores
+        .lt
+        .list(path.as_str(), None)
+        .await
+        .expect("listing LT")
+        .names;
+    assert!(
+        leftover.is_empty(),
+        "no blob of the object is left: {leftover:?}"
     );
 }

@@ -226,9 +226,12 @@ impl TieredStorage {
         }
         let referenced = match self.cas(path, &expected, &write, Some(&guard.id)).await? {
             CasOutcome::Applied => new,
-            // HV holds neither `expected` nor our target, so it references none of our revisions.
+            // Another writer moved the row on. An earlier attempt of this write may still be
+            // queued at the server (its client timed out, the server did not): fence the
+            // change on the row before cleaning up, so that attempt is refused whenever it
+            // arrives, and let the fenced read decide what HV references.
             CasOutcome::Conflict => {
-                self.complete(guard, None).await?;
+                self.complete_with(guard, HvView::Fence).await?;
                 return Err(WriteError::Conflict { path: path.clone() });
             }
             CasOutcome::Fenced => {
@@ -309,16 +312,20 @@ impl TieredStorage {
     /// Converges the guard's change with what the writer knows HV references, then releases it.
     async fn complete(
         &self,
-        mut guard: ChangeGuard,
+        guard: ChangeGuard,
         referenced: Option<Revision>,
     ) -> Result<(), StoreError> {
+        self.complete_with(guard, HvView::Known(referenced)).await
+    }
+
+    async fn complete_with(&self, mut guard: ChangeGuard, view: HvView) -> Result<(), StoreError> {
         guard.stop();
         converge(
             &self.stores,
             &guard.id,
             &guard.record,
             &guard.record.owner,
-            HvView::Known(referenced),
+            view,
             &self.config.retry,
         )
         .await?;
