@@ -5,9 +5,10 @@
 //! [`Clock`]. Production uses [`SystemClock`]; tests use [`TokioClock`], which moves with
 //! tokio's (pausable) time so that "wait past the staleness threshold" costs nothing.
 //!
-//! The writer's own guard deliberately does *not* use a `Clock`: it measures the age of its
-//! last heartbeat on the local monotonic clock (`tokio::time::Instant`), which wall-clock
-//! steps cannot move.
+//! The writer's own guard measures the age of its last heartbeat on both this clock and the
+//! local monotonic clock (`tokio::time::Instant`), and trusts the larger: wall-clock steps
+//! cannot move the monotonic clock, and the monotonic clock stops while a host is
+//! suspended, which the wall clock counts.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

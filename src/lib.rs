@@ -22,7 +22,8 @@
 //!   orphaned blobs, no dangling tombstones, and the changelog is empty.
 //! * **I3 fencing** — once recovery has claimed a change, its writer can no longer commit the HV
 //!   write for it: the heartbeat is conditional on ownership, the writer's guard expires on its
-//!   own monotonic clock, and recovery fences the HV row before it reads it.
+//!   own monotonic and wall clocks, and recovery fences the HV row (with a fence that never
+//!   expires) before it reads it.
 //! * **I4 bounded trust** — a job message names a changelog row and a claim, nothing else; what
 //!   gets deleted follows from the row and HV alone, and only within the configured scope.
 //! * **I5 no silent drop** — a job that cannot be processed is dead-lettered with its reason,

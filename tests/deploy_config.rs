@@ -76,6 +76,7 @@ fn terraform_creates_what_the_workers_expect() {
     for family in [
         layout::hv::DATA,
         layout::hv::FENCES,
+        layout::hv::RECOVERY_FENCES,
         layout::changelog::FAMILY,
     ] {
         assert!(
@@ -84,4 +85,38 @@ fn terraform_creates_what_the_workers_expect() {
         );
     }
     assert!(tf.contains("allow_transactional_writes = true"));
+
+    // Every GC policy Terraform sets is the one the code's layout declares; in particular
+    // recovery fences get no age limit (a writer can stall longer than any TTL).
+    for (family, gc) in layout::hv_families()
+        .into_iter()
+        .chain(layout::changelog_families())
+    {
+        let block = tf
+            .split("resource \"google_bigtable_gc_policy\"")
+            .find(|b| b.contains(&format!("column_family   = \"{family}\"")))
+            .unwrap_or_else(|| panic!("no GC policy for family {family}"));
+        let block = block.split("\n}").next().unwrap_or(block);
+        match gc {
+            layout::Gc::MaxVersions(n) => {
+                assert!(
+                    block.contains(&format!("max_version {{ number = {n} }}")),
+                    "{family}"
+                );
+                assert!(!block.contains("max_age"), "{family} must not expire");
+            }
+            layout::Gc::MaxAge(age) => assert!(
+                block.contains(&format!(
+                    "max_age {{ duration = \"{}h\" }}",
+                    age.as_secs() / 3600
+                )),
+                "{family}"
+            ),
+        }
+    }
+    let local = read("infra/local/common.sh");
+    assert!(
+        local.contains("r:maxversions=1"),
+        "provision.sh creates the recovery fences"
+    );
 }

@@ -16,5 +16,6 @@ fn protocol() -> ProtocolConfig {
 tiersweep::safety_schedules!(
     #[tokio::test(start_paused = true)],
     async { tiersweep::testing::MemoryStores::new().stores() },
-    protocol()
+    protocol(),
+    paused_time
 );

@@ -30,7 +30,7 @@ MAX_DELIVERY_ATTEMPTS="${TIERSWEEP_MAX_DELIVERY_ATTEMPTS:-5}"
 ACK_DEADLINE_SECONDS="${TIERSWEEP_ACK_DEADLINE_SECONDS:-60}"
 
 # The column families; src/bigtable/layout.rs names the same ones.
-HV_FAMILIES="v:maxversions=1 f:maxage=24h"
+HV_FAMILIES="v:maxversions=1 f:maxage=24h r:maxversions=1"
 CHANGELOG_FAMILIES="c:maxversions=1"
 
 log() { echo "infra/local: $*" >&2; }

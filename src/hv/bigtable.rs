@@ -23,7 +23,9 @@ use crate::bigtable::filter::{
     SERVER_TIME, block_all, chain, column, condition, delete_family, family, interleave, latest,
     set_cell, value_is,
 };
-use crate::bigtable::layout::hv::{APPLIED, DATA, FENCES, INLINE, RECOVERY, TOMBSTONE};
+use crate::bigtable::layout::hv::{
+    APPLIED, DATA, FENCES, INLINE, RECOVERY, RECOVERY_FENCES, TOMBSTONE,
+};
 use crate::bigtable::{BigtableClient, Table};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::model::{ChangeId, HvValue, ObjectPath, Revision};
@@ -49,10 +51,7 @@ impl BigtableHv {
         let key = path.as_str().as_bytes();
         let data = chain(vec![family(DATA), latest()]);
         let filter = match change {
-            Some(c) => interleave(vec![
-                data,
-                chain(vec![column(FENCES, c.as_str().as_bytes()), latest()]),
-            ]),
+            Some(c) => interleave(vec![data, fenced_for(c)]),
             None => data,
         };
         let cells = self.client.read_row(&self.table, key, filter).await?;
@@ -91,23 +90,34 @@ impl BigtableHv {
                         "row holds more than one of v:inline and v:tombstone".into(),
                     ));
                 }
-                (FENCES, _) => {
-                    fence = Some(match cell.value.as_slice() {
-                        APPLIED => Fence::Applied,
-                        RECOVERY => Fence::Recovery,
-                        other => {
-                            return Err(malformed(format!(
-                                "fence cell holds {:?}, expected applied or recovery",
-                                String::from_utf8_lossy(other)
-                            )));
-                        }
-                    });
+                (FENCES, _) if cell.value == APPLIED => fence = Some(Fence::Applied),
+                (RECOVERY_FENCES, _) if cell.value == RECOVERY => {
+                    // Applied wins: the change's write did land.
+                    fence = fence.or(Some(Fence::Recovery));
+                }
+                (FENCES | RECOVERY_FENCES, _) => {
+                    return Err(malformed(format!(
+                        "fence cell {}:{} holds {:?}",
+                        cell.family_name,
+                        String::from_utf8_lossy(&cell.qualifier),
+                        String::from_utf8_lossy(&cell.value)
+                    )));
                 }
                 _ => {}
             }
         }
         Ok((value, fence))
     }
+}
+
+/// The cells that fence `change` on a row, of either kind: a predicate that matches them
+/// says "this change may not write here".
+fn fenced_for(change: &ChangeId) -> bigtable_rs::google::bigtable::v2::RowFilter {
+    let q = change.as_str().as_bytes();
+    interleave(vec![
+        chain(vec![column(FENCES, q), latest()]),
+        chain(vec![column(RECOVERY_FENCES, q), latest()]),
+    ])
 }
 
 fn mutations(
@@ -153,7 +163,7 @@ impl HvStore for BigtableHv {
     ) -> StoreResult<CasOutcome> {
         let key = path.as_str().as_bytes();
         let tombstone = || chain(vec![column(DATA, TOMBSTONE), latest()]);
-        let fenced = change.map(|c| column(FENCES, c.as_str().as_bytes()));
+        let fenced = change.map(fenced_for);
         let writes = mutations(write, change);
         let applied = match expected {
             Expected::NoTombstone => {
@@ -188,7 +198,7 @@ impl HvStore for BigtableHv {
     async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
         let key = path.as_str().as_bytes();
         let fence = set_cell(
-            FENCES,
+            RECOVERY_FENCES,
             change.as_str().as_bytes(),
             SERVER_TIME,
             RECOVERY.to_vec(),

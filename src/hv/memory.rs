@@ -1,12 +1,12 @@
 //! In-memory HV store with the same compare-and-write and fencing semantics as the
 //! Bigtable one, for unit tests and the embedded demo.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{CasOutcome, Expected, FENCE_TTL, Fence, HvStore, HvWrite};
+use super::{APPLIED_TTL, CasOutcome, Expected, Fence, HvStore, HvWrite};
 use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, HvValue, ObjectPath, Timestamp};
@@ -14,9 +14,24 @@ use crate::model::{ChangeId, HvValue, ObjectPath, Timestamp};
 #[derive(Debug, Default)]
 struct Row {
     value: Option<HvValue>,
-    /// Changes that may no longer write here, how and when; pruned after [`FENCE_TTL`]
-    /// like Bigtable's max-age GC.
-    fences: HashMap<ChangeId, (Fence, Timestamp)>,
+    /// Changes whose write landed here, and when; pruned after [`APPLIED_TTL`] like
+    /// Bigtable's max-age GC of their family.
+    applied: HashMap<ChangeId, Timestamp>,
+    /// Changes recovery took over (or their writer gave up): kept forever, like the
+    /// Bigtable family without an age limit.
+    recovery: HashSet<ChangeId>,
+}
+
+impl Row {
+    fn fence(&self, change: &ChangeId) -> Option<Fence> {
+        if self.applied.contains_key(change) {
+            Some(Fence::Applied)
+        } else if self.recovery.contains(change) {
+            Some(Fence::Recovery)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -45,10 +60,10 @@ impl MemoryHv {
         let now = self.clock.now();
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let row = rows.entry(path.clone()).or_default();
-        row.fences
-            .retain(|_, (_, at)| at.saturating_add(FENCE_TTL) > now);
+        row.applied
+            .retain(|_, at| at.saturating_add(APPLIED_TTL) > now);
         let out = f(row, now);
-        if row.value.is_none() && row.fences.is_empty() {
+        if row.value.is_none() && row.applied.is_empty() && row.recovery.is_empty() {
             rows.remove(path);
         }
         out
@@ -69,11 +84,11 @@ impl HvStore for MemoryHv {
         change: Option<&ChangeId>,
     ) -> StoreResult<CasOutcome> {
         Ok(self.with_row(path, |row, now| {
-            let fence = change.and_then(|c| row.fences.get(c).map(|(f, _)| *f));
+            let fence = change.and_then(|c| row.fence(c));
             if fence.is_none() && expected.matches(row.value.as_ref()) {
                 row.value = write.clone().into_value();
                 if let Some(c) = change {
-                    row.fences.insert(c.clone(), (Fence::Applied, now));
+                    row.applied.insert(c.clone(), now);
                 }
                 return CasOutcome::Applied;
             }
@@ -82,8 +97,8 @@ impl HvStore for MemoryHv {
     }
 
     async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
-        Ok(self.with_row(path, |row, now| {
-            row.fences.insert(change.clone(), (Fence::Recovery, now));
+        Ok(self.with_row(path, |row, _| {
+            row.recovery.insert(change.clone());
             row.value.clone()
         }))
     }

@@ -30,12 +30,14 @@ use crate::model::{ChangeId, HvValue, ObjectPath, Revision};
 pub use bigtable::BigtableHv;
 pub use memory::MemoryHv;
 
-/// How long a fence outlives the change it fences. It must exceed the longest time a
-/// writer can stall between its guard check and its CAS reaching the server, and the
-/// longest retry of a CAS; both are seconds in practice, so a day is generous. Implemented
-/// as a max-age GC rule on the fence column family. The cost is one small cell per guarded
-/// write per row per day.
-pub const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a change's `applied` marker stays in the row. It only has to outlive the
+/// retries of that change's own write, which a writer sends only while its guard is valid
+/// (seconds), so a day is generous. Implemented as a max-age GC rule on its column family;
+/// the cost is one small cell per guarded write per row per day.
+///
+/// Recovery fences ([`Fence::Recovery`]) do not expire: no TTL can be longer than every
+/// stall of a writer whose write is already on its way.
+pub const APPLIED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What the row must hold for a compare-and-write to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,12 +64,14 @@ impl Expected {
     }
 }
 
-/// Why a change may no longer write to a row.
+/// Why a change may no longer write to a row. A change can have both; `Applied` then
+/// wins, because its write did land (and may since have been superseded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
-    /// The change's own write landed; a retry must not land again.
+    /// The change's own write landed; a retry must not land again. Expires after
+    /// [`APPLIED_TTL`].
     Applied,
-    /// Recovery took the change over.
+    /// Recovery took the change over (or its writer gave it up). Never expires.
     Recovery,
 }
 

@@ -59,3 +59,36 @@ impl Default for MemoryStores {
 pub fn free_local_addr() -> std::io::Result<std::net::SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
+
+/// A process's own wall clock: another clock plus an offset a test can move, for clock skew
+/// between processes and for a host suspend (its wall clock jumps, its monotonic clock does
+/// not).
+#[derive(Debug)]
+pub struct SkewedClock {
+    base: SharedClock,
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl SkewedClock {
+    pub fn new(base: SharedClock) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+        })
+    }
+
+    /// Moves this clock by `by` (forward when positive) relative to its base.
+    pub fn jump(&self, by: std::time::Duration, forward: bool) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        let ms = if forward { ms } else { -ms };
+        self.offset_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::clock::Clock for SkewedClock {
+    fn now(&self) -> crate::model::Timestamp {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::SeqCst);
+        crate::model::Timestamp(self.base.now().0.saturating_add(offset))
+    }
+}

@@ -26,9 +26,18 @@ use crate::writer::{ReadOutcome, TieredStorage};
 
 /// Expands to one test per schedule. `$attr` is the test attribute (paused time for the
 /// twin, a multi-threaded runtime for the emulators), `$stores` an async expression that
-/// yields fresh [`Stores`], `$protocol` the [`ProtocolConfig`] to run with.
+/// yields fresh [`Stores`], `$protocol` the [`ProtocolConfig`] to run with. With a
+/// trailing `paused_time`, also the schedules that wait out day-long TTLs, which only
+/// paused time can afford.
 #[macro_export]
 macro_rules! safety_schedules {
+    (#[$attr:meta], $stores:expr, $protocol:expr, paused_time) => {
+        $crate::safety_schedules!(#[$attr], $stores, $protocol);
+        $crate::safety_schedules!(@each #[$attr], $stores, $protocol, [
+            a_write_held_longer_than_every_ttl_is_refused,
+            a_retry_after_a_day_long_stall_is_not_sent,
+        ]);
+    };
     (#[$attr:meta], $stores:expr, $protocol:expr) => {
         $crate::safety_schedules!(@each #[$attr], $stores, $protocol, [
             a_job_carrying_the_writers_token_leaves_the_live_change_alone,
@@ -242,4 +251,126 @@ pub async fn a_straggling_write_after_a_conflict_is_refused(
         leftover.is_empty(),
         "no blob of the object is left: {leftover:?}"
     );
+}
+
+/// A writer passes its guard check, then its compare-and-write is held for longer than a
+/// day (its VM suspended, a live-migration stall, a request stuck in a queue) while
+/// recovery claims the change, fences the row, deletes the new upload and removes the row.
+/// When fences expired after 24 h, the late write then matched and pointed HV at the
+/// deleted blob, and the writer deleted the old one and returned Ok: an acknowledged write
+/// with both revisions gone (I1). A recovery fence must never expire.
+pub async fn a_write_held_longer_than_every_ttl_is_refused(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let config = test_writer_config(protocol);
+    let clean = TieredStorage::new(stores.clone(), config).expect("valid writer config");
+    let before = large("before");
+    clean
+        .put(&path, before.clone())
+        .await
+        .expect("preparing the object");
+
+    let held = crate::hv::APPLIED_TTL + Duration::from_secs(3600);
+    // The whole process stalls: its write and its heartbeats.
+    let faults = Faults::new([
+        Rule::once(Op::HvCas, Fault::Delay(held)),
+        Rule::on(Op::Heartbeat, Fault::Delay(held)),
+    ]);
+    let slow = TieredStorage::new(faults.wrap(&stores), config).expect("valid writer config");
+    let late = tokio::spawn({
+        let path = path.clone();
+        async move { slow.put(&path, large("late")).await }
+    });
+    wait_for_calls(&faults, Op::HvCas, 1).await;
+
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    let pass =
+        crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
+            .run_pass()
+            .await
+            .expect("a recovery pass");
+    assert_eq!(
+        pass.converged, 1,
+        "recovery converges the held change: {pass:?}"
+    );
+
+    let outcome = late.await.expect("the held writer's task");
+    assert!(
+        matches!(outcome, Err(crate::writer::WriteError::Fenced { .. })),
+        "the write that arrives a day late is refused: {outcome:?}"
+    );
+    assert_eq!(
+        clean.get(&path).await.expect("reading back"),
+        ReadOutcome::Found(before),
+        "the object still reads as before"
+    );
+    assert!(entries_for(&stores, &path).await.is_empty());
+    let blobs = stores
+        .lt
+        .list(path.as_str(), None)
+        .await
+        .expect("listing LT")
+        .names;
+    assert_eq!(
+        blobs.len(),
+        1,
+        "only the referenced blob is left: {blobs:?}"
+    );
+}
+
+/// A writer's compare-and-write lands but its response is lost; the writer's process then
+/// stalls for more than a day before it retries (its heartbeats stall with it). Meanwhile
+/// the object is deleted, and the change's `applied` marker ages out. The retry, if sent,
+/// matches the now-empty row and resurrects the object as a tombstone to a deleted blob,
+/// undoing an acknowledged delete (I1, I2). A writer sends an attempt only while its guard
+/// is valid, and the guard counts the stall on the wall clock.
+pub async fn a_retry_after_a_day_long_stall_is_not_sent(stores: Stores, protocol: ProtocolConfig) {
+    let path = unique_path();
+    let stall = crate::hv::APPLIED_TTL + Duration::from_secs(3600);
+    let mut config = test_writer_config(protocol);
+    // The stall falls between the first attempt and its retry.
+    config.retry.min_delay = stall;
+    config.retry.max_delay = stall;
+    let faults = Faults::new([
+        Rule::once(Op::HvCas, Fault::LoseResponse),
+        Rule::on(Op::Heartbeat, Fault::Delay(stall * 2)),
+    ]);
+    let slow = TieredStorage::new(faults.wrap(&stores), config).expect("valid writer config");
+    let stalled = tokio::spawn({
+        let path = path.clone();
+        async move { slow.put(&path, large("stalled")).await }
+    });
+    wait_for_calls(&faults, Op::HvCas, 1).await;
+    let other = TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    other
+        .delete(&path)
+        .await
+        .expect("the delete is acknowledged");
+
+    let outcome = stalled.await.expect("the stalled writer's task");
+    assert!(
+        matches!(outcome, Err(crate::writer::WriteError::GuardLost { .. })),
+        "the retry is not sent after the stall: {outcome:?}"
+    );
+    assert_eq!(
+        stores.hv.read(&path).await.expect("reading HV"),
+        None,
+        "the acknowledged delete stands"
+    );
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
+        .run_pass()
+        .await
+        .expect("a recovery pass");
+    assert!(entries_for(&stores, &path).await.is_empty());
+    let blobs = stores
+        .lt
+        .list(path.as_str(), None)
+        .await
+        .expect("listing LT")
+        .names;
+    assert!(blobs.is_empty(), "nothing of the object is left: {blobs:?}");
 }

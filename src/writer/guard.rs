@@ -5,7 +5,11 @@
 //!
 //! * a heartbeat failed (after retries) or was refused because recovery claimed the entry, or
 //! * its last successful heartbeat was *sent* longer than `staleness_threshold − safety_margin`
-//!   ago on the local monotonic clock (a paused or starved process learns this on waking).
+//!   ago, on the local monotonic clock **or** on the wall clock. Both, because each misses
+//!   something: Linux's monotonic clock (tokio's `Instant`) stops while a host is suspended,
+//!   so a VM that slept for a day would wake up thinking no time had passed; the wall clock
+//!   counts the suspension but can be stepped backwards. A step forward only expires the
+//!   guard early, which is safe.
 //!
 //! An invalid guard leaves the entry to recovery. Dropping a guard (the writer's future was
 //! cancelled, or the process is dying) stops the heartbeat and does nothing else: the entry
@@ -19,9 +23,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::changelog::{Changelog, Heartbeat};
+use crate::clock::SharedClock;
 use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord};
+use crate::model::{ChangeId, ChangeRecord, Timestamp};
 use crate::retry::RetryPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +40,16 @@ pub enum GuardState {
     Expired,
 }
 
+/// When the last successful heartbeat (or the record) was sent, on both clocks.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    monotonic: Instant,
+    wall: Timestamp,
+}
+
 #[derive(Debug)]
 struct Shared {
-    last_sent_ok: Mutex<Instant>,
+    last_sent_ok: Mutex<Sent>,
     failed: AtomicBool,
     fenced: AtomicBool,
 }
@@ -48,6 +60,7 @@ pub struct ChangeGuard {
     pub record: ChangeRecord,
     shared: Arc<Shared>,
     protocol: ProtocolConfig,
+    clock: SharedClock,
     heartbeat: Option<JoinHandle<()>>,
 }
 
@@ -55,12 +68,16 @@ impl ChangeGuard {
     /// Records the change and starts heartbeating it.
     pub async fn begin(
         changelog: Arc<dyn Changelog>,
+        clock: SharedClock,
         record: ChangeRecord,
         protocol: ProtocolConfig,
         retry: RetryPolicy,
     ) -> StoreResult<Self> {
         let id = ChangeId::mint();
-        let sent = Instant::now();
+        let sent = Sent {
+            monotonic: Instant::now(),
+            wall: clock.now(),
+        };
         retry
             .run("record", || changelog.record(&id, &record))
             .await?;
@@ -75,6 +92,7 @@ impl ChangeGuard {
                 id.clone(),
                 record.owner.clone(),
                 shared.clone(),
+                clock.clone(),
                 protocol,
                 retry,
             ))
@@ -84,6 +102,7 @@ impl ChangeGuard {
             record,
             shared,
             protocol,
+            clock,
             heartbeat,
         })
     }
@@ -100,12 +119,17 @@ impl ChangeGuard {
         }
     }
 
+    /// The age of the last successful heartbeat: the larger of its monotonic and its
+    /// wall-clock age (a wall clock stepped backwards gives 0 and leaves it to the other).
     fn age(&self) -> std::time::Duration {
-        self.shared
+        let sent = *self
+            .shared
             .last_sent_ok
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
+            .unwrap_or_else(|e| e.into_inner());
+        let wall = self.clock.now().0.saturating_sub(sent.wall.0).max(0);
+        let wall = std::time::Duration::from_millis(u64::try_from(wall).unwrap_or(0));
+        sent.monotonic.elapsed().max(wall)
     }
 
     /// Stops the heartbeat. Call before removing the entry, so that no heartbeat in flight
@@ -128,19 +152,24 @@ async fn heartbeat_loop(
     id: ChangeId,
     owner: crate::model::OwnerToken,
     shared: Arc<Shared>,
+    clock: SharedClock,
     protocol: ProtocolConfig,
     retry: RetryPolicy,
 ) {
     let mut next = Instant::now() + protocol.heartbeat_interval;
     loop {
         tokio::time::sleep_until(next).await;
-        let sent = Instant::now();
-        next = sent + protocol.heartbeat_interval;
+        let sent = Sent {
+            monotonic: Instant::now(),
+            wall: clock.now(),
+        };
+        next = sent.monotonic + protocol.heartbeat_interval;
         // Retrying past the guard's validity is pointless: the guard is expired by then.
-        let deadline = *shared
+        let deadline = shared
             .last_sent_ok
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .monotonic
             + protocol.guard_validity();
         let attempt = retry.run("heartbeat", || changelog.heartbeat(&id, &owner));
         match tokio::time::timeout_at(deadline, attempt).await {
@@ -168,5 +197,60 @@ async fn heartbeat_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changelog::MemoryChangelog;
+    use crate::clock::TokioClock;
+    use crate::model::{ObjectPath, OwnerToken, Revision};
+    use crate::testing::SkewedClock;
+
+    fn protocol() -> ProtocolConfig {
+        ProtocolConfig {
+            heartbeat_interval: std::time::Duration::from_millis(500),
+            staleness_threshold: std::time::Duration::from_secs(2),
+            safety_margin: std::time::Duration::from_millis(500),
+        }
+    }
+
+    async fn guard(clock: SharedClock) -> ChangeGuard {
+        let path = ObjectPath::new("guard/test").unwrap();
+        let record = ChangeRecord::new(
+            path.clone(),
+            None,
+            Some(Revision::mint(&path)),
+            OwnerToken::writer(),
+        );
+        let changelog = Arc::new(MemoryChangelog::new(clock.clone()));
+        ChangeGuard::begin(changelog, clock, record, protocol(), RetryPolicy::default())
+            .await
+            .unwrap()
+    }
+
+    /// A host suspend stops the monotonic clock but not the wall clock: a guard that only
+    /// looked at the monotonic clock would still be valid when the process wakes a day
+    /// later, and send its write.
+    #[tokio::test(start_paused = true)]
+    async fn a_suspend_the_monotonic_clock_misses_expires_the_guard() {
+        let clock = SkewedClock::new(Arc::new(TokioClock::new()));
+        let g = guard(clock.clone()).await;
+        assert_eq!(g.state(), GuardState::Valid);
+        clock.jump(std::time::Duration::from_secs(24 * 3600), true);
+        assert_eq!(g.state(), GuardState::Expired);
+    }
+
+    /// A wall clock stepped backwards (NTP) must not make an old heartbeat look fresh: the
+    /// monotonic age still counts.
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_stepped_back_does_not_revive_the_guard() {
+        let clock = SkewedClock::new(Arc::new(TokioClock::new()));
+        let mut g = guard(clock.clone()).await;
+        g.stop(); // no heartbeats: the last one ages
+        clock.jump(std::time::Duration::from_secs(3600), false);
+        tokio::time::advance(protocol().guard_validity()).await;
+        assert!(g.age() >= protocol().guard_validity());
     }
 }

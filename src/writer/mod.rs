@@ -194,6 +194,7 @@ impl TieredStorage {
         record.traceparent = crate::telemetry::propagation::current_traceparent();
         let guard = ChangeGuard::begin(
             self.stores.changelog.clone(),
+            self.stores.clock.clone(),
             record,
             self.config.protocol,
             self.config.retry,
@@ -224,7 +225,17 @@ impl TieredStorage {
                 state,
             });
         }
-        let referenced = match self.cas(path, &expected, &write, Some(&guard.id)).await? {
+        let Some(outcome) = self.guarded_cas(&guard, path, &expected, &write).await? else {
+            // The guard lapsed between attempts (a retry after a long stall). An earlier
+            // attempt may have landed, so the upload is not ours to delete: recovery fences
+            // the row and decides. Dropping the guard stops the heartbeat.
+            return Err(WriteError::GuardLost {
+                path: path.clone(),
+                change: guard.id.clone(),
+                state: guard.state(),
+            });
+        };
+        let referenced = match outcome {
             CasOutcome::Applied => new,
             // Another writer moved the row on. An earlier attempt of this write may still be
             // queued at the server (its client timed out, the server did not): fence the
@@ -290,6 +301,49 @@ impl TieredStorage {
                     .compare_and_write(path, expected, write, change)
             })
             .await
+    }
+
+    /// The change's compare-and-write, retried, with the guard checked before *every*
+    /// attempt: a retry is sent only while the guard is valid, so no attempt of a change
+    /// leaves the writer long after its entry could have gone stale. `None` when the guard
+    /// lapsed before an attempt could be sent.
+    async fn guarded_cas(
+        &self,
+        guard: &ChangeGuard,
+        path: &ObjectPath,
+        expected: &Expected,
+        write: &HvWrite,
+    ) -> Result<Option<CasOutcome>, StoreError> {
+        let lapsed = std::sync::atomic::AtomicBool::new(false);
+        let result = self
+            .config
+            .retry
+            .run("compare_and_write", || {
+                let valid = guard.state() == GuardState::Valid;
+                if !valid {
+                    lapsed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                async move {
+                    if !valid {
+                        return Err(StoreError::new(
+                            crate::error::StoreKind::Hv,
+                            "compare_and_write",
+                            path.to_string(),
+                            crate::error::ErrorKind::Permanent,
+                            "the change's guard lapsed before this attempt; not sent",
+                        ));
+                    }
+                    self.stores
+                        .hv
+                        .compare_and_write(path, expected, write, Some(&guard.id))
+                        .await
+                }
+            })
+            .await;
+        match result {
+            Err(_) if lapsed.load(std::sync::atomic::Ordering::SeqCst) => Ok(None),
+            other => other.map(Some),
+        }
     }
 
     /// Gives the change up to recovery without committing it. The entry is recovery's now,
