@@ -73,7 +73,10 @@ pub async fn converge(
     let kept = referenced.filter(|r| record.revisions().any(|own| own == r));
     let dangling = match &kept {
         Some(rev) if verify_kept && !retry.run("exists", || stores.lt.exists(rev)).await? => {
-            Some(rev.clone())
+            // A later change may have moved HV on and deleted the blob, legitimately: only
+            // a tombstone that still points at the missing blob is dangling.
+            let now = retry.run("read", || stores.hv.read(&record.object)).await?;
+            (now.as_ref().and_then(HvValue::tombstone) == Some(rev)).then(|| rev.clone())
         }
         _ => None,
     };

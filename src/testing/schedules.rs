@@ -42,6 +42,8 @@ macro_rules! safety_schedules {
         $crate::safety_schedules!(@each #[$attr], $stores, $protocol, [
             a_job_carrying_the_writers_token_leaves_the_live_change_alone,
             a_straggling_write_after_a_conflict_is_refused,
+            a_read_racing_an_overwrite_finds_the_new_value,
+            recovery_does_not_report_a_tombstone_a_later_write_replaced,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -373,4 +375,84 @@ pub async fn a_retry_after_a_day_long_stall_is_not_sent(stores: Stores, protocol
         .expect("listing LT")
         .names;
     assert!(blobs.is_empty(), "nothing of the object is left: {blobs:?}");
+}
+
+/// A read fetches the tombstone of revision `a`; before it reads `a` from LT, an overwrite
+/// commits `b` and deletes `a`. The read used to report the object gone (`Dangling`) and
+/// log an error, though it had a value throughout. It must re-check HV and read `b`.
+pub async fn a_read_racing_an_overwrite_finds_the_new_value(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let config = test_writer_config(protocol);
+    let writer = TieredStorage::new(stores.clone(), config).expect("valid writer config");
+    writer
+        .put(&path, large("a"))
+        .await
+        .expect("writing the first value");
+    let faults = Faults::new([Rule::once(
+        Op::LtGet,
+        Fault::Delay(protocol.heartbeat_interval * 2),
+    )]);
+    let reader = TieredStorage::new(faults.wrap(&stores), config).expect("valid writer config");
+    let read = tokio::spawn({
+        let path = path.clone();
+        async move { reader.get(&path).await }
+    });
+    wait_for_calls(&faults, Op::LtGet, 1).await;
+    writer
+        .put(&path, large("b"))
+        .await
+        .expect("the overwrite commits while the read waits");
+    let outcome = read.await.expect("the reader's task").expect("the read");
+    assert_eq!(outcome, ReadOutcome::Found(large("b")));
+}
+
+/// A writer crashes right after its HV write, so recovery keeps its new revision and checks
+/// that the blob exists. Between recovery's fenced read and that check, a later writer
+/// overwrites the object and deletes the revision. The blob is missing, but nothing dangles:
+/// recovery used to report (and count) a dangling tombstone anyway.
+pub async fn recovery_does_not_report_a_tombstone_a_later_write_replaced(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let config = test_writer_config(protocol);
+    let crashing = Faults::new([Rule::once(Op::HvCas, Fault::CrashAfter)]);
+    let writer = TieredStorage::new(crashing.wrap(&stores), config).expect("valid writer config");
+    let crashed = crashing
+        .run_until_crash({
+            let path = path.clone();
+            async move { writer.put(&path, large("crashed")).await }
+        })
+        .await;
+    assert!(crashed.is_none(), "the writer crashed after its HV write");
+
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    let slow_check = Faults::new([Rule::once(
+        Op::LtExists,
+        Fault::Delay(protocol.heartbeat_interval * 2),
+    )]);
+    let recovery = crate::recovery::EmbeddedRecovery::new(
+        slow_check.wrap(&stores),
+        test_recovery_config(protocol),
+    );
+    let pass = tokio::spawn(async move { recovery.run_pass().await });
+    wait_for_calls(&slow_check, Op::LtExists, 1).await;
+    let later = TieredStorage::new(stores.clone(), config).expect("valid writer config");
+    later
+        .put(&path, large("later"))
+        .await
+        .expect("a later overwrite commits");
+    let pass = pass
+        .await
+        .expect("the recovery task")
+        .expect("a recovery pass");
+    assert_eq!(pass.converged, 1, "{pass:?}");
+    assert_eq!(pass.dangling, 0, "nothing dangles: {pass:?}");
+    assert_eq!(
+        later.get(&path).await.expect("reading back"),
+        ReadOutcome::Found(large("later"))
+    );
 }

@@ -36,6 +36,9 @@ use crate::recovery::converge::{HvView, converge};
 use crate::retry::RetryPolicy;
 use crate::stores::Stores;
 
+/// How many overwrites in a row a read follows before it gives up with a transient error.
+const READ_ROUNDS: usize = 4;
+
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
     /// Objects up to this many bytes are stored inline in HV; larger ones go to LT.
@@ -125,22 +128,37 @@ impl TieredStorage {
         &self.stores
     }
 
+    /// Reads the object. A tombstone whose blob is missing is re-checked against HV before
+    /// it is reported: a concurrent overwrite commits a new revision and then deletes the
+    /// one this read was about to fetch, and the object had a value all along.
     pub async fn get(&self, path: &ObjectPath) -> Result<ReadOutcome, StoreError> {
         let retry = &self.config.retry;
-        match retry.run("read", || self.stores.hv.read(path)).await? {
-            None => Ok(ReadOutcome::NotFound),
-            Some(HvValue::Inline(bytes)) => Ok(ReadOutcome::Found(bytes)),
-            Some(HvValue::Tombstone(rev)) => {
-                match retry.run("get", || self.stores.lt.get(&rev)).await? {
-                    Some(bytes) => Ok(ReadOutcome::Found(bytes)),
-                    None => {
-                        tracing::error!(object = %path, revision = %rev,
-                            "dangling tombstone: HV references a missing LT blob");
-                        Ok(ReadOutcome::Dangling(rev))
-                    }
-                }
+        let mut current = retry.run("read", || self.stores.hv.read(path)).await?;
+        // Each round follows one overwrite; more than a few in a row is a hot object, and
+        // the last answer is as good as any.
+        for _ in 0..READ_ROUNDS {
+            let rev = match current {
+                None => return Ok(ReadOutcome::NotFound),
+                Some(HvValue::Inline(bytes)) => return Ok(ReadOutcome::Found(bytes)),
+                Some(HvValue::Tombstone(rev)) => rev,
+            };
+            if let Some(bytes) = retry.run("get", || self.stores.lt.get(&rev)).await? {
+                return Ok(ReadOutcome::Found(bytes));
+            }
+            current = retry.run("read", || self.stores.hv.read(path)).await?;
+            if current.as_ref().and_then(HvValue::tombstone) == Some(&rev) {
+                tracing::error!(object = %path, revision = %rev,
+                    "dangling tombstone: HV references a missing LT blob");
+                return Ok(ReadOutcome::Dangling(rev));
             }
         }
+        Err(StoreError::new(
+            crate::error::StoreKind::Hv,
+            "read",
+            path.to_string(),
+            crate::error::ErrorKind::Transient,
+            "the object was overwritten during every read attempt; retry",
+        ))
     }
 
     pub async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), WriteError> {
