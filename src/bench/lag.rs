@@ -94,6 +94,14 @@ impl Changelog for LagProbe {
         self.inner.get(id).await
     }
 
+    async fn defer(
+        &self,
+        id: &ChangeId,
+        record: &ChangeRecord,
+    ) -> StoreResult<crate::changelog::Deferral> {
+        self.inner.defer(id, record).await
+    }
+
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let removal = self.inner.remove(id, owner).await?;
         if removal == Removal::Removed {

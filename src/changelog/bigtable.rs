@@ -17,7 +17,8 @@ use bigtable_rs::bigtable::RowCell;
 use bigtable_rs::google::bigtable::v2::{RowRange, RowSet, row_range};
 
 use super::{
-    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest, ScannedRow,
+    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
+    ScannedRow,
 };
 use crate::bigtable::filter::{
     block_all, chain, column, condition, delete_column, delete_family, delete_row, family, latest,
@@ -270,6 +271,25 @@ impl Changelog for BigtableChangelog {
 
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
         self.read(id).await
+    }
+
+    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
+        let key = id.as_str().as_bytes();
+        let matched = self
+            .client
+            .check_and_mutate(
+                &self.table,
+                key,
+                owned_by(&record.owner),
+                Self::row_cells(record, self.clock.now()),
+                vec![],
+            )
+            .await?;
+        Ok(if matched {
+            Deferral::Deferred
+        } else {
+            Deferral::NotOwned
+        })
     }
 
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {

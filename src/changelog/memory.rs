@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest, ScannedRow,
+    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
+    ScannedRow,
 };
 use crate::clock::SharedClock;
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
@@ -93,7 +94,9 @@ impl Changelog for MemoryChangelog {
         if &entry.record.owner != owner {
             return Ok(Heartbeat::Refused);
         }
-        row.stamp = row.stamp.max(now);
+        // Bigtable re-stamps the owner cell with the caller's time, which may be earlier
+        // than the current stamp (a claim's lease, a skewed writer): so does the twin.
+        row.stamp = now;
         Ok(Heartbeat::Refreshed)
     }
 
@@ -169,6 +172,23 @@ impl Changelog for MemoryChangelog {
         rows.get(id.as_str())
             .map(|row| decode(id.as_str(), row).map_err(|r| malformed("get", id.as_str(), r)))
             .transpose()
+    }
+
+    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
+        let now = self.clock.now();
+        let mut rows = self.rows();
+        let Some(row) = rows.get_mut(id.as_str()) else {
+            return Ok(Deferral::NotOwned);
+        };
+        let entry = decode(id.as_str(), row).map_err(|r| malformed("defer", id.as_str(), r))?;
+        if entry.record.owner != record.owner {
+            return Ok(Deferral::NotOwned);
+        }
+        *row = Row {
+            bytes: record.encode(),
+            stamp: now,
+        };
+        Ok(Deferral::Deferred)
     }
 
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {

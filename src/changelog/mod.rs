@@ -78,6 +78,13 @@ pub enum Claim {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    Deferred,
+    /// The row is gone or owned by someone else; it was left as it is.
+    NotOwned,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
     Removed,
     /// The row is gone or owned by someone else; it was left as it is.
@@ -114,6 +121,11 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
 
     /// Deletes the row if `owner` owns it.
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal>;
+
+    /// Rewrites the row's record as `record`, stamped now, if `record.owner` owns it: how a
+    /// writer hands a change to recovery for later (a later `cleanup_after`), e.g. after an
+    /// upload failed in a way that may still let it land.
+    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral>;
 
     /// True for [`NoopChangelog`]: writers skip heartbeats, recovery has nothing to do.
     fn is_noop(&self) -> bool {

@@ -4,7 +4,9 @@
 
 use async_trait::async_trait;
 
-use super::{Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest};
+use super::{
+    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
+};
 use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
 
@@ -41,6 +43,10 @@ impl Changelog for NoopChangelog {
 
     async fn remove(&self, _: &ChangeId, _: &OwnerToken) -> StoreResult<Removal> {
         Ok(Removal::Removed)
+    }
+
+    async fn defer(&self, _: &ChangeId, _: &ChangeRecord) -> StoreResult<Deferral> {
+        Ok(Deferral::Deferred)
     }
 
     fn is_noop(&self) -> bool {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use crate::changelog::{
-    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest,
+    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
 };
 use crate::error::{StoreKind, StoreResult};
 use crate::hv::{CasOutcome, Expected, HvStore, HvWrite};
@@ -34,10 +34,11 @@ pub enum Op {
     Claim,
     Get,
     Remove,
+    Defer,
 }
 
 impl Op {
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 15] = [
         Op::HvRead,
         Op::HvCas,
         Op::HvFence,
@@ -52,6 +53,7 @@ impl Op {
         Op::Claim,
         Op::Get,
         Op::Remove,
+        Op::Defer,
     ];
 
     pub fn index(self) -> usize {
@@ -210,6 +212,11 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
         let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());
         let call = Box::pin(async move { inner.remove(&id, &owner).await });
         self.hook.run(Op::Remove, StoreKind::Changelog, call).await
+    }
+    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
+        let (inner, id, record) = (self.inner.clone(), id.clone(), record.clone());
+        let call = Box::pin(async move { inner.defer(&id, &record).await });
+        self.hook.run(Op::Defer, StoreKind::Changelog, call).await
     }
     fn is_noop(&self) -> bool {
         self.inner.is_noop()

@@ -44,6 +44,7 @@ macro_rules! safety_schedules {
             a_straggling_write_after_a_conflict_is_refused,
             a_read_racing_an_overwrite_finds_the_new_value,
             recovery_does_not_report_a_tombstone_a_later_write_replaced,
+            an_upload_that_lands_after_its_error_is_deleted,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -455,4 +456,55 @@ pub async fn recovery_does_not_report_a_tombstone_a_later_write_replaced(
         later.get(&path).await.expect("reading back"),
         ReadOutcome::Found(large("later"))
     );
+}
+
+/// The upload call fails to its caller (a timeout, a reset) but the service finalizes the
+/// object afterwards. The writer used to delete `new` (404), remove its row and return the
+/// error, leaving a blob that no row names, forever (I2). It must keep its row, due for
+/// recovery once a late upload can no longer land.
+pub async fn an_upload_that_lands_after_its_error_is_deleted(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let lands_after = protocol.heartbeat_interval * 2;
+    let mut config = test_writer_config(protocol);
+    config.upload_settle = lands_after * 2;
+    // Every attempt fails to the writer, and lands anyway.
+    let faults = Faults::new([Rule::on(Op::LtPut, Fault::Straggle(lands_after))]);
+    let writer = TieredStorage::new(faults.wrap(&stores), config).expect("valid writer config");
+    let outcome = writer.put(&path, large("unlucky")).await;
+    assert!(
+        outcome.is_err(),
+        "the upload failed to the writer: {outcome:?}"
+    );
+    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+
+    tokio::time::sleep(lands_after * 2).await;
+    let landed = stores
+        .lt
+        .list(path.as_str(), None)
+        .await
+        .expect("listing LT")
+        .names;
+    assert!(
+        !landed.is_empty(),
+        "the schedule is real: the upload landed after its error"
+    );
+    let rows = entries_for(&stores, &path).await;
+    assert_eq!(rows.len(), 1, "the writer kept its row for recovery");
+
+    tokio::time::sleep(config.upload_settle + protocol.staleness_threshold * 2).await;
+    crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
+        .run_pass()
+        .await
+        .expect("a recovery pass");
+    let left = stores
+        .lt
+        .list(path.as_str(), None)
+        .await
+        .expect("listing LT")
+        .names;
+    assert!(left.is_empty(), "the late upload is deleted: {left:?}");
+    assert!(entries_for(&stores, &path).await.is_empty());
 }

@@ -51,6 +51,11 @@ pub struct WriterConfig {
     /// The cost: a process that exits before [`TieredStorage::flush`] leaves those changes
     /// to recovery (correct, just later), and an overwritten blob outlives the write a little.
     pub background_completions: usize,
+    /// How long after a failed upload the upload may still land: GCS can finalize an
+    /// object whose request the client saw fail (a reset after the service had every
+    /// byte). The writer deletes what may have landed at once, and leaves its change to
+    /// recovery for after this long, so a late landing is deleted too.
+    pub upload_settle: std::time::Duration,
 }
 
 impl Default for WriterConfig {
@@ -60,6 +65,7 @@ impl Default for WriterConfig {
             protocol: ProtocolConfig::default(),
             retry: RetryPolicy::default(),
             background_completions: 0,
+            upload_settle: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -225,9 +231,7 @@ impl TieredStorage {
                 .run("upload", || self.stores.lt.put(&rev, bytes.clone()))
                 .await
         {
-            // HV still references `old`; the upload may have landed. Clean up now rather
-            // than leave it for recovery.
-            self.complete(guard, old).await?;
+            self.give_up_upload(guard, &rev).await;
             return Err(err.into());
         }
 
@@ -319,6 +323,34 @@ impl TieredStorage {
                     .compare_and_write(path, expected, write, change)
             })
             .await
+    }
+
+    /// After a failed upload, HV still references `old`, and the upload may have landed or
+    /// may still land. The writer deletes what is there now and hands the change to
+    /// recovery, due once `upload_settle` has passed, rather than removing it: a blob that
+    /// lands after its error would otherwise be an orphan no row names (I2).
+    async fn give_up_upload(&self, mut guard: ChangeGuard, rev: &Revision) {
+        guard.stop();
+        let retry = &self.config.retry;
+        let mut record = guard.record.clone();
+        record.cleanup_after = Some(
+            self.stores
+                .clock
+                .now()
+                .saturating_add(self.config.upload_settle),
+        );
+        match retry
+            .run("defer", || self.stores.changelog.defer(&guard.id, &record))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(change_id = %guard.id, error = %e,
+                "could not defer the change after a failed upload; recovery converges it once it is stale"),
+        }
+        if let Err(e) = retry.run("delete", || self.stores.lt.delete(rev)).await {
+            tracing::warn!(change_id = %guard.id, revision = %rev, error = %e,
+                "could not delete the failed upload; recovery deletes it");
+        }
     }
 
     /// The change's compare-and-write, retried, with the guard checked before *every*

@@ -232,6 +232,45 @@ pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
     assert!(scan_ids(cl, cutoff, after).await.contains(&id));
 }
 
+pub async fn defer_rewrites_only_for_the_owner_and_postpones_recovery(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = cl.record(&id, &rec).await.unwrap();
+    let mut later = rec.clone();
+    later.cleanup_after = Some(stamp.saturating_add(Duration::from_secs(3600)));
+    let mut stranger = later.clone();
+    stranger.owner = OwnerToken::mint("stranger");
+    assert_eq!(
+        cl.defer(&id, &stranger).await.unwrap(),
+        crate::changelog::Deferral::NotOwned
+    );
+    assert_eq!(
+        entry(cl, &id).await.record,
+        rec,
+        "a stranger changes nothing"
+    );
+    assert_eq!(
+        cl.defer(&id, &later).await.unwrap(),
+        crate::changelog::Deferral::Deferred
+    );
+    let deferred = entry(cl, &id).await;
+    assert_eq!(deferred.record, later);
+    let cutoff = deferred.stamp.saturating_add(MS);
+    assert!(
+        !scan_ids(cl, cutoff, cutoff).await.contains(&id),
+        "a deferred row is left alone until its cleanup_after"
+    );
+    assert!(
+        scan_ids(cl, cutoff, later.cleanup_after.unwrap())
+            .await
+            .contains(&id)
+    );
+    assert_eq!(
+        cl.defer(&ChangeId::mint(), &later).await.unwrap(),
+        crate::changelog::Deferral::NotOwned,
+        "a missing row is not created"
+    );
+}
+
 pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
     let mut ids = Vec::new();
     let mut last = Timestamp(0);
