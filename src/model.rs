@@ -109,6 +109,18 @@ impl ObjectPath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether the object lies under `prefix`, matched by whole path segments: under
+    /// `tenant-a` lie `tenant-a` and `tenant-a/…`, not `tenant-ab/…`. A prefix ending in
+    /// `/` is a directory already; `""` contains everything.
+    pub fn is_under(&self, prefix: &str) -> bool {
+        if prefix.is_empty() || prefix.ends_with('/') {
+            return self.0.starts_with(prefix);
+        }
+        self.0
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 impl TryFrom<String> for ObjectPath {
@@ -575,6 +587,19 @@ fn leak_reason(e: serde_json::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let p = |s: &str| ObjectPath::new(s).unwrap();
+        assert!(p("tenant-a/x").is_under("tenant-a"));
+        assert!(p("tenant-a").is_under("tenant-a"));
+        assert!(!p("tenant-ab/x").is_under("tenant-a"));
+        assert!(p("tenant-a/x").is_under("tenant-a/"));
+        assert!(!p("tenant-ab/x").is_under("tenant-a/"));
+        assert!(p("a/b/c").is_under("a/b"));
+        assert!(!p("a/bc").is_under("a/b"));
+        assert!(p("anything").is_under(""));
+    }
     use super::*;
 
     #[test]

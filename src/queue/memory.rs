@@ -4,11 +4,12 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::{DEAD_LETTER_REASON, Delivery, FlowControl, JobQueue, Message, Settle, Subscription};
+use super::{Delivery, FlowControl, JobQueue, Message, Settle, Subscription};
 use crate::error::StoreResult;
 
 #[derive(Debug)]
@@ -35,11 +36,21 @@ struct Inner {
     ready: Notify,
     slots: Arc<Semaphore>,
     max_attempts: u32,
+    /// Redelivery delay after the first nack; doubles per attempt up to `max_backoff`.
+    min_backoff: Duration,
+    max_backoff: Duration,
 }
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn retry_backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(16);
+        self.min_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.max_backoff)
     }
 }
 
@@ -59,14 +70,33 @@ pub struct QueueStats {
 
 impl MemoryQueue {
     /// `capacity` bounds queued plus in-flight messages; after `max_attempts` deliveries a
-    /// nacked message is dead-lettered.
+    /// nacked message is dead-lettered. A nacked message comes back after a backoff of
+    /// 100 ms doubling per attempt up to 10 s ([`Self::with_retry_backoff`] sets another).
     pub fn new(capacity: usize, max_attempts: u32) -> Self {
+        Self::with_retry_backoff(
+            capacity,
+            max_attempts,
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// As [`Self::new`], with the redelivery backoff after a nack that a subscription's
+    /// retry policy would set: `min` after the first, doubling up to `max`.
+    pub fn with_retry_backoff(
+        capacity: usize,
+        max_attempts: u32,
+        min: Duration,
+        max: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 ready: Notify::new(),
                 slots: Arc::new(Semaphore::new(capacity.max(1))),
                 max_attempts: max_attempts.max(1),
+                min_backoff: min,
+                max_backoff: max.max(min),
             }),
         }
     }
@@ -104,17 +134,31 @@ impl Settle for Handle {
         } = *self;
         let mut state = inner.state();
         if pending.attempt >= inner.max_attempts {
-            let mut message = pending.message;
-            message.attributes.insert(
-                DEAD_LETTER_REASON.to_owned(),
-                format!("not acked after {} delivery attempts", pending.attempt),
-            );
+            let reason = format!("not acked after {} delivery attempts", pending.attempt);
+            let message = pending
+                .message
+                .dead_letter_copy(&reason, &pending.id.to_string());
             state.dead.push(message);
         } else {
+            // Like a subscription's retry policy: redelivered after a backoff that grows
+            // with the attempt, not at once (a failing job would otherwise spin).
+            let backoff = inner.retry_backoff(pending.attempt);
             pending.attempt += 1;
-            state.ready.push_back(pending);
             drop(state);
-            inner.ready.notify_one();
+            let requeue = move |inner: Arc<Inner>, pending: Pending| {
+                inner.state().ready.push_back(pending);
+                inner.ready.notify_one();
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) if !backoff.is_zero() => {
+                    rt.spawn(async move {
+                        tokio::time::sleep(backoff).await;
+                        requeue(inner, pending);
+                    });
+                }
+                // No runtime (a delivery dropped at exit): no one is waiting anyway.
+                _ => requeue(inner, pending),
+            }
         }
     }
 }
@@ -157,6 +201,18 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
+        // Refuse what Pub/Sub would, before any of the batch is queued.
+        for message in &batch {
+            message.check_limits().map_err(|e| {
+                crate::error::StoreError::new(
+                    crate::error::StoreKind::Queue,
+                    "publish",
+                    "in-process",
+                    crate::error::ErrorKind::Permanent,
+                    format!("message over Pub/Sub's limits: {e}"),
+                )
+            })?;
+        }
         for message in batch {
             let slot = self
                 .inner
@@ -189,10 +245,18 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
-        let mut message = delivery.message.clone();
-        message
-            .attributes
-            .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        let message = delivery
+            .message
+            .dead_letter_copy(reason, &delivery.message_id);
+        message.check_limits().map_err(|e| {
+            crate::error::StoreError::new(
+                crate::error::StoreKind::Queue,
+                "dead_letter",
+                "in-process",
+                crate::error::ErrorKind::Permanent,
+                e,
+            )
+        })?;
         self.inner.state().dead.push(message);
         delivery.ack();
         Ok(())

@@ -25,11 +25,115 @@ pub use pubsub::PubsubQueue;
 
 /// The attribute that carries a dead-lettered message's reason.
 pub const DEAD_LETTER_REASON: &str = "tiersweep_dead_letter_reason";
+/// The attribute that carries the id of the message a dead letter copies.
+pub const DEAD_LETTER_SOURCE: &str = "tiersweep_source_message_id";
+/// The attribute that counts the original attributes a dead letter had to leave out.
+pub const DEAD_LETTER_DROPPED: &str = "tiersweep_dropped_attributes";
+
+/// Pub/Sub's limits on one message. Cloud Pub/Sub refuses a message over any of them; the
+/// emulator enforces none, so [`Message::check_limits`] is applied before every publish on
+/// both backends, and the in-memory queue refuses what Pub/Sub would.
+pub mod limits {
+    pub const MAX_ATTRIBUTES: usize = 100;
+    pub const MAX_KEY_BYTES: usize = 256;
+    pub const MAX_VALUE_BYTES: usize = 1024;
+    pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
     pub data: Bytes,
     pub attributes: BTreeMap<String, String>,
+}
+
+impl Message {
+    /// Whether Pub/Sub would accept the message; the error names the limit.
+    pub fn check_limits(&self) -> Result<(), String> {
+        use limits::*;
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(format!(
+                "{} attributes, more than Pub/Sub's {MAX_ATTRIBUTES}",
+                self.attributes.len()
+            ));
+        }
+        for (k, v) in &self.attributes {
+            if k.len() > MAX_KEY_BYTES || v.len() > MAX_VALUE_BYTES {
+                return Err(format!(
+                    "attribute {:?} ({} + {} bytes) exceeds Pub/Sub's {MAX_KEY_BYTES}-byte key or {MAX_VALUE_BYTES}-byte value limit",
+                    truncated(k, 64),
+                    k.len(),
+                    v.len()
+                ));
+            }
+        }
+        let size = self.data.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(format!(
+                "{size} bytes, more than Pub/Sub's {MAX_MESSAGE_BYTES}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The copy that goes to the dead-letter topic: this message with `reason` and the
+    /// source message id added, kept within Pub/Sub's limits whatever the original carried,
+    /// so that dead-lettering itself cannot fail on size (which would loop the job until the
+    /// subscription forwarded it *without* a reason, I5). The reason is cut to the value
+    /// limit; attribute values over it are cut; when the original has too many attributes,
+    /// the last ones (in key order) are left out and counted.
+    pub fn dead_letter_copy(&self, reason: &str, source_id: &str) -> Message {
+        use limits::*;
+        let ours = [DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, DEAD_LETTER_DROPPED];
+        let theirs: Vec<(&String, &String)> = self
+            .attributes
+            .iter()
+            .filter(|(k, _)| !ours.contains(&k.as_str()))
+            .collect();
+        let mut attributes: BTreeMap<String, String> = theirs
+            .iter()
+            .filter(|(k, _)| k.len() <= MAX_KEY_BYTES)
+            .take(MAX_ATTRIBUTES - ours.len())
+            .map(|(k, v)| ((*k).clone(), truncated(v, MAX_VALUE_BYTES)))
+            .collect();
+        let dropped = theirs.len() - attributes.len();
+        attributes.insert(
+            DEAD_LETTER_REASON.to_owned(),
+            truncated(reason, MAX_VALUE_BYTES),
+        );
+        attributes.insert(
+            DEAD_LETTER_SOURCE.to_owned(),
+            truncated(source_id, MAX_VALUE_BYTES),
+        );
+        if dropped > 0 {
+            attributes.insert(DEAD_LETTER_DROPPED.to_owned(), dropped.to_string());
+        }
+        let mut data = self.data.clone();
+        let budget = MAX_MESSAGE_BYTES.saturating_sub(
+            attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>(),
+        );
+        data.truncate(budget);
+        Message { data, attributes }
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 /// What a delivery's handle does when the worker is done with it.
@@ -121,4 +225,62 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug {
 
     /// Sends `delivery` to the dead-letter destination with `reason`, then acks it.
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::limits::*;
+    use super::*;
+
+    fn crowded() -> Message {
+        Message {
+            data: Bytes::from_static(b"job"),
+            attributes: (0..MAX_ATTRIBUTES)
+                .map(|i| (format!("k{i:03}"), "v".repeat(MAX_VALUE_BYTES)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_of_a_message_at_every_limit_stays_within_them() {
+        let original = crowded();
+        assert_eq!(original.check_limits(), Ok(()));
+        let reason = "é".repeat(3000); // 6,000 bytes, two per character
+        let dead = original.dead_letter_copy(&reason, "m-1");
+        assert_eq!(dead.check_limits(), Ok(()));
+        assert_eq!(dead.attributes.len(), MAX_ATTRIBUTES);
+        let kept_reason = &dead.attributes[DEAD_LETTER_REASON];
+        assert!(kept_reason.len() <= MAX_VALUE_BYTES && reason.starts_with(kept_reason.as_str()));
+        assert_eq!(dead.attributes[DEAD_LETTER_SOURCE], "m-1");
+        assert_eq!(dead.attributes[DEAD_LETTER_DROPPED], "3");
+        assert_eq!(dead.data, original.data);
+    }
+
+    #[test]
+    fn a_dead_letter_of_a_small_message_keeps_everything() {
+        let mut original = Message::default();
+        original
+            .attributes
+            .insert("traceparent".into(), "00-ab".into());
+        let dead = original.dead_letter_copy("poison", "m-2");
+        assert_eq!(dead.attributes.len(), 3);
+        assert_eq!(dead.attributes["traceparent"], "00-ab");
+        assert!(!dead.attributes.contains_key(DEAD_LETTER_DROPPED));
+    }
+
+    #[test]
+    fn limits_name_what_they_refuse() {
+        let mut m = crowded();
+        m.attributes.insert("one-more".into(), "x".into());
+        assert!(m.check_limits().unwrap_err().contains("101 attributes"));
+        let mut m = Message::default();
+        m.attributes
+            .insert("big".into(), "x".repeat(MAX_VALUE_BYTES + 1));
+        assert!(m.check_limits().unwrap_err().contains("\"big\""));
+        let m = Message {
+            data: Bytes::from(vec![0; MAX_MESSAGE_BYTES + 1]),
+            attributes: BTreeMap::new(),
+        };
+        assert!(m.check_limits().is_err());
+    }
 }

@@ -24,7 +24,7 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{DEAD_LETTER_REASON, Delivery, FlowControl, JobQueue, Message, Settle, Subscription};
+use super::{Delivery, FlowControl, JobQueue, Message, Settle, Subscription};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::iam::{Method as Call, Resource};
 use crate::telemetry::metrics::METRICS;
@@ -87,6 +87,8 @@ pub struct PubsubQueue {
     topic: String,
     dead_letter_topic: String,
     lease_extension: Duration,
+    /// The subscription's dead-letter policy's delivery limit (cleaners' connections only).
+    max_delivery_attempts: Option<u32>,
 }
 
 fn queue_error(op: &'static str, target: &str, e: impl std::fmt::Display) -> StoreError {
@@ -167,6 +169,7 @@ impl PubsubQueue {
                 ErrorKind::Transient
             }
         };
+        let mut max_delivery_attempts = None;
         match purpose {
             Purpose::Publish => {
                 let admin: TopicAdmin = configure!(TopicAdmin::builder());
@@ -186,11 +189,14 @@ impl PubsubQueue {
                     .map_err(|e| {
                         fail(not_found_is_permanent(&e), format!("cannot read the subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
                     })?;
-                if found
+                let policy = found
                     .dead_letter_policy
                     .as_ref()
-                    .is_none_or(|p| p.dead_letter_topic.is_empty())
-                {
+                    .filter(|p| !p.dead_letter_topic.is_empty());
+                max_delivery_attempts = policy
+                    .and_then(|p| u32::try_from(p.max_delivery_attempts).ok())
+                    .filter(|n| *n > 0);
+                if policy.is_none() {
                     return Err(fail(
                         ErrorKind::Permanent,
                         "the subscription has no dead-letter policy: jobs that keep failing would be retried \
@@ -215,7 +221,16 @@ impl PubsubQueue {
             topic,
             dead_letter_topic: config.topic_path(&config.dead_letter_topic),
             lease_extension: config.lease_extension,
+            max_delivery_attempts,
         })
+    }
+
+    /// After how many deliveries the subscription forwards a job to its dead-letter topic,
+    /// as its policy says (cleaners' connections). A cleaner must dead-letter a failing job
+    /// itself, with its reason, on that last delivery; `recovery.max_delivery_attempts`
+    /// has to equal it.
+    pub fn max_delivery_attempts(&self) -> Option<u32> {
+        self.max_delivery_attempts
     }
 
     async fn publish_to(
@@ -224,6 +239,18 @@ impl PubsubQueue {
         resource: Resource,
         batch: Vec<Message>,
     ) -> StoreResult<Vec<String>> {
+        // The emulator enforces none of Pub/Sub's limits; refuse here what Pub/Sub would.
+        for m in &batch {
+            m.check_limits().map_err(|e| {
+                StoreError::new(
+                    StoreKind::Queue,
+                    "publish",
+                    topic,
+                    ErrorKind::Permanent,
+                    format!("message over Pub/Sub's limits: {e}"),
+                )
+            })?;
+        }
         // Counted per message: the client batches them into fewer requests.
         for _ in &batch {
             crate::iam::record(Call::PubsubPublish, resource);
@@ -273,14 +300,9 @@ impl JobQueue for PubsubQueue {
     }
 
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
-        let mut message = delivery.message.clone();
-        message
-            .attributes
-            .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
-        message.attributes.insert(
-            "tiersweep_source_message_id".to_owned(),
-            delivery.message_id.clone(),
-        );
+        let message = delivery
+            .message
+            .dead_letter_copy(reason, &delivery.message_id);
         // Published before the ack: if the publish fails, the delivery is nacked (dropped)
         // and comes back, so a poison job is never lost between the two topics.
         Self::publish_to(

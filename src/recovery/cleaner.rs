@@ -188,12 +188,7 @@ impl Cleaner {
                 "row is not owned by this job's recovery claim; job is stale or forged, touching nothing");
             return Ok(JobOutcome::NotOurClaim);
         }
-        if !entry
-            .record
-            .object
-            .as_str()
-            .starts_with(&self.config.object_prefix)
-        {
+        if !entry.record.object.is_under(&self.config.object_prefix) {
             return Err(Failure::Permanent(format!(
                 "object {} lies outside the configured prefix {:?}; refusing to converge",
                 entry.record.object, self.config.object_prefix

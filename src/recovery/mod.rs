@@ -52,7 +52,8 @@ pub struct RecoveryConfig {
     pub cleaner_concurrency: usize,
     /// Deliveries of one job before the cleaner dead-letters it with the last error.
     pub max_delivery_attempts: u32,
-    /// Only objects under this prefix may be converged (invariant I4); "" allows all.
+    /// Only objects under this prefix may be converged (invariant I4), matched by whole path
+    /// segments (`tenant-a` does not admit `tenant-ab/…`); "" allows all.
     pub object_prefix: String,
     #[serde(skip)]
     pub retry: RetryPolicy,

@@ -386,6 +386,17 @@ async fn a_bad_setting_stops_a_worker_with_the_field_named() {
         err.contains("no-such-bucket-here") && err.contains("does not exist"),
         "{err}"
     );
+    // A cleaner that would dead-letter later than the subscription does: jobs would reach
+    // the dead-letter topic without the cleaner's reason.
+    let (ok, _, err) = run_cli(
+        &config,
+        &["clean", "--set", "recovery.max_delivery_attempts=7"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("recovery.max_delivery_attempts is 7") && err.contains("after 5 deliveries"),
+        "{err}"
+    );
 }
 
 /// A TCP proxy to `target` that can be told to stop forwarding, freezing every call in

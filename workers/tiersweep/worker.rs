@@ -161,12 +161,25 @@ pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
         let queue = PubsubQueue::connect(&config.pubsub).await?;
         Ok((stores, Arc::new(queue)))
     };
+    // Checked once connected: not retried, a configuration that disagrees with the
+    // subscription stays wrong.
     let Some(s) = start(&config, "cleaner", connect).await? else {
         return Ok(());
     };
+    let (stores, queue) = s.connected.clone();
+    if let Some(policy) = queue.max_delivery_attempts()
+        && policy != config.recovery.max_delivery_attempts
+    {
+        bail!(
+            "cleaner cannot start: subscription {} dead-letters after {policy} deliveries but \
+             recovery.max_delivery_attempts is {}; they must be equal, or jobs reach the \
+             dead-letter topic without the cleaner's reason (or later than needed)",
+            config.pubsub.subscription,
+            config.recovery.max_delivery_attempts
+        );
+    }
     tracing::info!(subscription = %config.pubsub.subscription,
         concurrency = config.recovery.cleaner_concurrency, "cleaning");
-    let (stores, queue) = s.connected.clone();
     let cleaner = Cleaner::new(stores, queue, config.recovery());
     cleaner
         .run(s.cancel.clone(), config.worker.shutdown_deadline)
