@@ -101,7 +101,6 @@ async fn metrics_move_by_what_a_known_scenario_did() {
     let mut slow_scanner = Scanner::new(
         slow.wrap(&stores).changelog,
         Arc::new(MemoryQueue::new(16, 5)),
-        stores.clock.clone(),
         rconf.clone(),
         ShardRange::ALL,
     );

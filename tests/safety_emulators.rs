@@ -7,6 +7,7 @@ use std::time::Duration;
 use tiersweep::clock;
 use tiersweep::config::ProtocolConfig;
 use tiersweep::testing::emulators::emulators;
+use tiersweep::testing::schedules;
 
 fn protocol() -> ProtocolConfig {
     ProtocolConfig {
@@ -21,3 +22,25 @@ tiersweep::safety_schedules!(
     async { emulators().await.stores(clock::system()).await },
     protocol()
 );
+
+/// The writer's and recovery's views of the same fresh tables and bucket; the writer's
+/// process clock (and so its changelog handle's) is `skew` away.
+async fn skewed_pair(ahead: bool) -> (tiersweep::Stores, tiersweep::Stores) {
+    let clock = tiersweep::testing::SkewedClock::new(clock::system());
+    clock.jump(schedules::SKEW, ahead);
+    emulators().await.stores_pair(clock::system(), clock).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_clock_running_ahead_does_not_hide_its_crash() {
+    let (recovery, writer) = skewed_pair(true).await;
+    schedules::a_writer_clock_running_ahead_does_not_hide_its_crash(recovery, writer, protocol())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_clock_running_behind_keeps_its_live_write() {
+    let (recovery, writer) = skewed_pair(false).await;
+    schedules::a_writer_clock_running_behind_keeps_its_live_write(recovery, writer, protocol())
+        .await;
+}

@@ -72,6 +72,10 @@ impl Changelog for LagProbe {
         self.inner.record(id, record).await
     }
 
+    async fn now(&self) -> StoreResult<Timestamp> {
+        self.inner.now().await
+    }
+
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
         self.inner.heartbeat(id, owner).await
     }

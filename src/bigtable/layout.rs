@@ -17,6 +17,9 @@
 //!   `c:owner` = the owner token, duplicated out of the record so that predicates can compare
 //!   it without decoding. The **timestamp of `c:owner` is the row's liveness stamp**: records,
 //!   heartbeats and claims rewrite it, and the staleness scan is a timestamp-range filter on it.
+//!   Bigtable's server assigns it (except a claim's lease, set ahead of server time).
+//! * row `!clock`, cell `c:clock`: re-stamped by the server whenever a process asks for the
+//!   changelog's time ([`Changelog::now`](crate::changelog::Changelog::now)).
 
 use std::time::Duration;
 
@@ -34,6 +37,10 @@ pub mod changelog {
     pub const FAMILY: &str = "c";
     pub const RECORD: &[u8] = b"record";
     pub const OWNER: &[u8] = b"owner";
+    /// The row whose `c:clock` cell the server stamps when asked for its time. Its key
+    /// sorts before every shard (`00/`…), so no scan reads it.
+    pub const CLOCK_ROW: &str = "!clock";
+    pub const CLOCK: &[u8] = b"clock";
 }
 
 /// How a column family is garbage-collected.

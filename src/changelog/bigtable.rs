@@ -8,9 +8,14 @@
 //! * heartbeat, claim and remove are each one `CheckAndMutateRow` conditioned on the owner
 //!   cell's value (and, for the claim, its stamp).
 //!
-//! Stamps are set by the caller's clock in milliseconds, as Bigtable's default timestamp
-//! granularity requires. Each write deletes the family before setting cells, so the
-//! one-version GC rule, which is applied lazily, never leaves an older stamp visible.
+//! Liveness stamps are **the server's time** (timestamp −1: Bigtable assigns it, in
+//! milliseconds), never the writer's: a writer whose clock runs an hour ahead would
+//! otherwise hide its crash for an hour, and one running behind by more than the threshold
+//! would have healthy writes taken over. Judges read the same clock through
+//! [`Changelog::now`] (a server-stamped cell in a clock row outside every shard range).
+//! The one exception is a claim's lease, a stamp in the future computed from that server
+//! time. Each write deletes the family before setting cells, so the one-version GC rule,
+//! which is applied lazily, never leaves an older stamp visible.
 
 use async_trait::async_trait;
 use bigtable_rs::bigtable::RowCell;
@@ -21,10 +26,10 @@ use super::{
     ScannedRow,
 };
 use crate::bigtable::filter::{
-    block_all, chain, column, condition, delete_column, delete_family, delete_row, family, latest,
-    set_cell, stamped_before, value_is,
+    SERVER_TIME, block_all, chain, column, condition, delete_column, delete_family, delete_row,
+    family, latest, set_cell, stamped_before, value_is,
 };
-use crate::bigtable::layout::changelog::{FAMILY, OWNER, RECORD};
+use crate::bigtable::layout::changelog::{CLOCK, CLOCK_ROW, FAMILY, OWNER, RECORD};
 use crate::bigtable::{BigtableClient, Table, from_micros, micros};
 use crate::clock::SharedClock;
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
@@ -47,18 +52,19 @@ impl BigtableChangelog {
         }
     }
 
-    /// Writes the whole row: record and owner, both stamped `stamp`.
+    /// Writes the whole row: record and owner, both stamped `stamp_micros` (a time, or
+    /// [`SERVER_TIME`]).
     fn row_cells(
         record: &ChangeRecord,
-        stamp: Timestamp,
+        stamp_micros: i64,
     ) -> Vec<bigtable_rs::google::bigtable::v2::Mutation> {
         vec![
             delete_family(FAMILY),
-            set_cell(FAMILY, RECORD, micros(stamp), record.encode()),
+            set_cell(FAMILY, RECORD, stamp_micros, record.encode()),
             set_cell(
                 FAMILY,
                 OWNER,
-                micros(stamp),
+                stamp_micros,
                 record.owner.as_str().as_bytes().to_vec(),
             ),
         ]
@@ -145,24 +151,52 @@ fn decode(key: &[u8], cells: Vec<RowCell>) -> Result<ChangelogEntry, String> {
 #[async_trait]
 impl Changelog for BigtableChangelog {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
-        let stamp = self.clock.now();
         let key = id.as_str().as_bytes();
         self.client
-            .mutate_row(&self.table, key, Self::row_cells(record, stamp))
+            .mutate_row(&self.table, key, Self::row_cells(record, SERVER_TIME))
             .await?;
-        Ok(stamp)
+        Ok(self.clock.now())
+    }
+
+    async fn now(&self) -> StoreResult<Timestamp> {
+        let key = CLOCK_ROW.as_bytes();
+        let tick = vec![
+            delete_column(FAMILY, CLOCK),
+            set_cell(FAMILY, CLOCK, SERVER_TIME, Vec::new()),
+        ];
+        self.client.mutate_row(&self.table, key, tick).await?;
+        let cells = self
+            .client
+            .read_row(
+                &self.table,
+                key,
+                chain(vec![column(FAMILY, CLOCK), latest()]),
+            )
+            .await?;
+        cells
+            .and_then(|c| c.into_iter().next())
+            .map(|cell| from_micros(cell.timestamp_micros))
+            .ok_or_else(|| {
+                StoreError::new(
+                    StoreKind::Changelog,
+                    "now",
+                    self.table.target(key),
+                    ErrorKind::Transient,
+                    "the clock cell just written is not there",
+                )
+            })
     }
 
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
-        let now = self.clock.now();
         let key = id.as_str().as_bytes();
-        // Only the owner cell is re-stamped; its delete-then-set keeps one version.
+        // Only the owner cell is re-stamped, with the server's time; its delete-then-set
+        // keeps one version.
         let restamp = vec![
             delete_column(FAMILY, OWNER),
             set_cell(
                 FAMILY,
                 OWNER,
-                micros(now),
+                SERVER_TIME,
                 owner.as_str().as_bytes().to_vec(),
             ),
         ];
@@ -250,7 +284,7 @@ impl Changelog for BigtableChangelog {
                 &self.table,
                 key,
                 still_stale,
-                Self::row_cells(&record, lease_until),
+                Self::row_cells(&record, micros(lease_until)),
                 vec![],
             )
             .await?;
@@ -281,7 +315,7 @@ impl Changelog for BigtableChangelog {
                 &self.table,
                 key,
                 owned_by(&record.owner),
-                Self::row_cells(record, self.clock.now()),
+                Self::row_cells(record, SERVER_TIME),
                 vec![],
             )
             .await?;

@@ -84,6 +84,10 @@ impl Changelog for MemoryChangelog {
         Ok(stamp)
     }
 
+    async fn now(&self) -> StoreResult<Timestamp> {
+        Ok(self.clock.now())
+    }
+
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
         let now = self.clock.now();
         let mut rows = self.rows();
@@ -94,8 +98,8 @@ impl Changelog for MemoryChangelog {
         if &entry.record.owner != owner {
             return Ok(Heartbeat::Refused);
         }
-        // Bigtable re-stamps the owner cell with the caller's time, which may be earlier
-        // than the current stamp (a claim's lease, a skewed writer): so does the twin.
+        // Bigtable re-stamps the owner cell with the server's time now, which may be
+        // earlier than the current stamp (a claim's lease): so does the twin.
         row.stamp = now;
         Ok(Heartbeat::Refreshed)
     }

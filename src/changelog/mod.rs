@@ -93,8 +93,16 @@ pub enum Removal {
 
 #[async_trait]
 pub trait Changelog: Send + Sync + std::fmt::Debug {
-    /// Writes the row for a new change, stamped now. Returns the stamp.
+    /// Writes the row for a new change, stamped now in the changelog's own time
+    /// ([`Changelog::now`]). Returns the caller's estimate of the stamp; the stamp itself is
+    /// what [`Changelog::get`] reads back (Bigtable's server assigns it).
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp>;
+
+    /// The changelog's own time: the clock its stamps are in. Staleness is judged against
+    /// this, never against the judge's own clock, so that neither a writer's nor a
+    /// scanner's clock skew moves a row's liveness: Bigtable stamps with its server's
+    /// time, and this reads the server's time.
+    async fn now(&self) -> StoreResult<Timestamp>;
 
     /// Re-stamps the row now, if `owner` still owns it.
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat>;

@@ -19,6 +19,10 @@ impl Changelog for NoopChangelog {
         Ok(Timestamp(0))
     }
 
+    async fn now(&self) -> StoreResult<Timestamp> {
+        Ok(crate::clock::Clock::now(&crate::clock::SystemClock))
+    }
+
     async fn heartbeat(&self, _: &ChangeId, _: &OwnerToken) -> StoreResult<Heartbeat> {
         Ok(Heartbeat::Refreshed)
     }

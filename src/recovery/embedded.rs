@@ -72,7 +72,6 @@ impl EmbeddedRecovery {
         Scanner::new(
             self.stores.changelog.clone(),
             Arc::new(self.queue.clone()),
-            self.stores.clock.clone(),
             self.config.clone(),
             ShardRange::ALL,
         )

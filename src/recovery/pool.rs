@@ -42,7 +42,6 @@ pub fn spawn(
         let scanner = Scanner::new(
             stores.changelog.clone(),
             queue.clone(),
-            stores.clock.clone(),
             config.clone(),
             shards,
         );

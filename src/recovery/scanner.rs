@@ -13,7 +13,6 @@ use tracing::Instrument;
 use super::RecoveryConfig;
 use super::job::CleanupJob;
 use crate::changelog::{Changelog, ChangelogEntry, Claim, ScanRequest, ScannedRow};
-use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{OwnerToken, ShardRange};
 use crate::queue::JobQueue;
@@ -47,7 +46,6 @@ impl ScanReport {
 pub struct Scanner {
     changelog: Arc<dyn Changelog>,
     queue: Arc<dyn JobQueue>,
-    clock: SharedClock,
     config: RecoveryConfig,
     shards: ShardRange,
     cursor: Option<String>,
@@ -60,14 +58,12 @@ impl Scanner {
     pub fn new(
         changelog: Arc<dyn Changelog>,
         queue: Arc<dyn JobQueue>,
-        clock: SharedClock,
         config: RecoveryConfig,
         shards: ShardRange,
     ) -> Self {
         Self {
             changelog,
             queue,
-            clock,
             config,
             shards,
             cursor: None,
@@ -87,7 +83,9 @@ impl Scanner {
     }
 
     async fn scan_page_in(&mut self, scan: &tracing::Span) -> StoreResult<ScanReport> {
-        let now = self.clock.now();
+        // The changelog's own time, not this process's: a scanner whose clock runs ahead
+        // would otherwise claim rows whose writers are alive.
+        let now = self.changelog.now().await?;
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
         let req = ScanRequest {
             shards: self.shards,
@@ -125,7 +123,7 @@ impl Scanner {
 
         let claims: Vec<StoreResult<Option<(CleanupJob, tracing::Span)>>> =
             futures::stream::iter(entries)
-                .map(|entry| self.claim(entry, cutoff, scan))
+                .map(|entry| self.claim(entry, cutoff, now, scan))
                 .buffer_unordered(self.config.claim_concurrency)
                 .collect()
                 .await;
@@ -178,13 +176,11 @@ impl Scanner {
         &self,
         entry: ChangelogEntry,
         cutoff: crate::model::Timestamp,
+        now: crate::model::Timestamp,
         scan: &tracing::Span,
     ) -> StoreResult<Option<(CleanupJob, tracing::Span)>> {
         let claimer = OwnerToken::recovery_claim();
-        let lease_until = self
-            .clock
-            .now()
-            .saturating_add(self.config.lease_for(entry.record.claims));
+        let lease_until = now.saturating_add(self.config.lease_for(entry.record.claims));
         let span = tracing::info_span!(parent: scan, span::CLAIM,
             "tiersweep.change_id" = %entry.id, "tiersweep.claim.won" = tracing::field::Empty);
         // The recovery trace points back at the request whose crash left the change.

@@ -360,6 +360,24 @@ impl Emulators {
         }
     }
 
+    /// Two processes' views of the same fresh tables and bucket, each with its own clock
+    /// (for clock-skew schedules: each view's changelog handle has its process's clock).
+    pub async fn stores_pair(&self, a: SharedClock, b: SharedClock) -> (Stores, Stores) {
+        let (client, config) = self.new_tables().await;
+        let lt = self.lt().await;
+        let view = |clock: SharedClock| Stores {
+            hv: Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
+            lt: lt.clone(),
+            changelog: Arc::new(BigtableChangelog::new(
+                client.clone(),
+                &config.changelog_table,
+                clock.clone(),
+            )),
+            clock,
+        };
+        (view(a), view(b))
+    }
+
     /// HV, LT and changelog on the emulators, with fresh tables and bucket.
     pub async fn stores(&self, clock: SharedClock) -> Stores {
         let (client, config) = self.new_tables().await;

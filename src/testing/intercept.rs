@@ -35,10 +35,11 @@ pub enum Op {
     Get,
     Remove,
     Defer,
+    Now,
 }
 
 impl Op {
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 16] = [
         Op::HvRead,
         Op::HvCas,
         Op::HvFence,
@@ -54,6 +55,7 @@ impl Op {
         Op::Get,
         Op::Remove,
         Op::Defer,
+        Op::Now,
     ];
 
     pub fn index(self) -> usize {
@@ -179,6 +181,11 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
         let (inner, id, record) = (self.inner.clone(), id.clone(), record.clone());
         let call = Box::pin(async move { inner.record(&id, &record).await });
         self.hook.run(Op::Record, StoreKind::Changelog, call).await
+    }
+    async fn now(&self) -> StoreResult<Timestamp> {
+        let inner = self.inner.clone();
+        let call = Box::pin(async move { inner.now().await });
+        self.hook.run(Op::Now, StoreKind::Changelog, call).await
     }
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
         let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());

@@ -508,3 +508,83 @@ pub async fn an_upload_that_lands_after_its_error_is_deleted(
     assert!(left.is_empty(), "the late upload is deleted: {left:?}");
     assert!(entries_for(&stores, &path).await.is_empty());
 }
+
+/// The clock skew between hosts that these schedules give a writer: far more than the
+/// staleness threshold, as a host whose NTP broke can drift.
+pub const SKEW: Duration = Duration::from_secs(3600);
+
+/// A writer whose clock runs an hour ahead records a change, uploads, and crashes. When
+/// liveness stamps were the writer's own time, its row looked fresh for an hour and its
+/// crash stayed hidden from recovery that long. Stamps are the changelog's own time, so
+/// recovery converges it after the threshold. `writer` is the writer's view of the stores
+/// (its process clock is [`SKEW`] ahead), `recovery` the recovery process's view.
+pub async fn a_writer_clock_running_ahead_does_not_hide_its_crash(
+    recovery: Stores,
+    writer: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let crashing = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
+    let w = TieredStorage::new(crashing.wrap(&writer), test_writer_config(protocol))
+        .expect("valid writer config");
+    let crashed = crashing
+        .run_until_crash({
+            let path = path.clone();
+            async move { w.put(&path, large("ahead")).await }
+        })
+        .await;
+    assert!(crashed.is_none(), "the writer crashed after its upload");
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    let pass =
+        crate::recovery::EmbeddedRecovery::new(recovery.clone(), test_recovery_config(protocol))
+            .run_pass()
+            .await
+            .expect("a recovery pass");
+    assert_eq!(
+        pass.converged, 1,
+        "the crash is recovered after the threshold: {pass:?}"
+    );
+    let left = recovery
+        .lt
+        .list(path.as_str(), None)
+        .await
+        .expect("listing LT")
+        .names;
+    assert!(left.is_empty(), "the upload is deleted: {left:?}");
+}
+
+/// A writer whose clock runs an hour behind is alive and heartbeating while a recovery
+/// pass runs. When stamps were the writer's time, its row looked an hour old, recovery
+/// claimed it and fenced a healthy write. It must be left alone.
+pub async fn a_writer_clock_running_behind_keeps_its_live_write(
+    recovery: Stores,
+    writer: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let bytes = large("behind");
+    let hold = protocol.heartbeat_interval * 2;
+    let faults = Faults::new([Rule::once(Op::HvCas, Fault::Delay(hold))]);
+    let w = TieredStorage::new(faults.wrap(&writer), test_writer_config(protocol))
+        .expect("valid writer config");
+    let put = tokio::spawn({
+        let (path, bytes) = (path.clone(), bytes.clone());
+        async move { w.put(&path, bytes).await }
+    });
+    wait_for_upload(&recovery, &path).await;
+    let pass =
+        crate::recovery::EmbeddedRecovery::new(recovery.clone(), test_recovery_config(protocol))
+            .run_pass()
+            .await
+            .expect("a recovery pass");
+    assert_eq!(pass.scan.won, 0, "nothing is claimed: {pass:?}");
+    put.await
+        .expect("the writer's task")
+        .expect("the live write commits");
+    let reader = TieredStorage::new(recovery.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    assert_eq!(
+        reader.get(&path).await.expect("reading back"),
+        ReadOutcome::Found(bytes)
+    );
+}

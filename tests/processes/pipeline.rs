@@ -472,7 +472,6 @@ async fn a_job_whose_cleaner_is_killed_mid_job_is_redelivered_and_converged() {
     let mut scanner = tiersweep::recovery::Scanner::new(
         stores.changelog.clone(),
         queue,
-        stores.clock.clone(),
         config.recovery(),
         tiersweep::model::ShardRange::ALL,
     );
@@ -507,7 +506,6 @@ async fn a_job_for_an_object_outside_the_prefix_is_dead_lettered_and_deletes_not
     let mut scanner = tiersweep::recovery::Scanner::new(
         stores.changelog.clone(),
         queue,
-        stores.clock.clone(),
         config.recovery(),
         tiersweep::model::ShardRange::ALL,
     );

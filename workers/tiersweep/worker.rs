@@ -132,10 +132,9 @@ pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
     let config = args.apply(config)?;
     // The changelog table and the jobs topic: nothing else.
     let connect = || async {
-        let clock = clock::system();
-        let changelog = tiersweep::stores::connect_changelog(&config, clock.clone()).await?;
+        let changelog = tiersweep::stores::connect_changelog(&config, clock::system()).await?;
         let queue = PubsubQueue::connect_publisher(&config.pubsub).await?;
-        Ok((changelog, clock, Arc::new(queue)))
+        Ok((changelog, Arc::new(queue)))
     };
     let Some(s) = start(&config, "scanner", connect).await? else {
         return Ok(());
@@ -147,8 +146,8 @@ pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
         ?shards,
         "scanning"
     );
-    let (changelog, clock, queue) = s.connected.clone();
-    let scanner = Scanner::new(changelog, queue, clock, config.recovery(), shards);
+    let (changelog, queue) = s.connected.clone();
+    let scanner = Scanner::new(changelog, queue, config.recovery(), shards);
     scanner.run(s.cancel.clone()).await;
     finish(s).await
 }

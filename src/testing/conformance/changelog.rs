@@ -52,23 +52,36 @@ async fn scan_ids(cl: &dyn Changelog, cutoff: Timestamp, now: Timestamp) -> Vec<
     }
 }
 
+/// Records `rec` and returns the stamp the changelog gave it (its own time, which the
+/// caller cannot know in advance: Bigtable's server assigns it).
+async fn recorded(cl: &dyn Changelog, id: &ChangeId, rec: &ChangeRecord) -> Timestamp {
+    cl.record(id, rec).await.unwrap();
+    entry(cl, id).await.stamp
+}
+
 async fn entry(cl: &dyn Changelog, id: &ChangeId) -> ChangelogEntry {
     cl.get(id).await.unwrap().expect("entry exists")
 }
 
 pub async fn recorded_entry_reads_back(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let before = cl.now().await.unwrap();
+    cl.record(&id, &rec).await.unwrap();
     let e = entry(cl, &id).await;
     assert_eq!(e.id, id);
     assert_eq!(e.record, rec);
-    assert_eq!(e.stamp, stamp);
+    let after = cl.now().await.unwrap();
+    assert!(
+        before <= e.stamp && e.stamp <= after,
+        "stamped in the changelog's own time: {before:?} <= {:?} <= {after:?}",
+        e.stamp
+    );
     assert_eq!(cl.get(&ChangeId::mint()).await.unwrap(), None);
 }
 
 pub async fn fresh_entry_is_not_stale(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let stamp = recorded(cl, &id, &rec).await;
     assert!(
         !scan_ids(cl, stamp, stamp).await.contains(&id),
         "stamped at the cutoff is not stale"
@@ -82,7 +95,7 @@ pub async fn fresh_entry_is_not_stale(cl: &dyn Changelog) {
 
 pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let stamp = recorded(cl, &id, &rec).await;
     let cutoff = stamp.saturating_add(MS);
     let claimers: Vec<OwnerToken> = (0..4).map(|_| OwnerToken::mint("recovery")).collect();
     let lease_until = stamp.saturating_add(LEASE);
@@ -146,7 +159,7 @@ pub async fn stale_entry_is_claimed_once(cl: &dyn Changelog) {
 
 pub async fn claim_fences_the_writer(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let stamp = recorded(cl, &id, &rec).await;
     let claimer = OwnerToken::mint("recovery");
     let won = cl
         .claim(
@@ -172,7 +185,7 @@ pub async fn claim_fences_the_writer(cl: &dyn Changelog) {
 
 pub async fn heartbeat_refreshes_only_for_the_owner(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let stamp = recorded(cl, &id, &rec).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         cl.heartbeat(&id, &rec.owner).await.unwrap(),
@@ -223,9 +236,9 @@ pub async fn remove_is_conditional_and_missing_is_fine(cl: &dyn Changelog) {
 
 pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
     let (id, mut rec) = (ChangeId::mint(), record());
-    let probe = cl.record(&ChangeId::mint(), &record()).await.unwrap();
+    let probe = recorded(cl, &ChangeId::mint(), &record()).await;
     rec.cleanup_after = Some(probe.saturating_add(Duration::from_secs(3600)));
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let stamp = recorded(cl, &id, &rec).await;
     let cutoff = stamp.saturating_add(MS);
     assert!(!scan_ids(cl, cutoff, cutoff).await.contains(&id));
     let after = rec.cleanup_after.unwrap();
@@ -234,7 +247,7 @@ pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
 
 pub async fn defer_rewrites_only_for_the_owner_and_postpones_recovery(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let stamp = recorded(cl, &id, &rec).await;
     let mut later = rec.clone();
     later.cleanup_after = Some(stamp.saturating_add(Duration::from_secs(3600)));
     let mut stranger = later.clone();
@@ -276,7 +289,7 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
     let mut last = Timestamp(0);
     for _ in 0..12 {
         let id = ChangeId::mint();
-        last = last.max(cl.record(&id, &record()).await.unwrap());
+        last = last.max(recorded(cl, &id, &record()).await);
         ids.push(id);
     }
     let cutoff = last.saturating_add(MS);
@@ -341,7 +354,7 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
 /// A claim whose response was lost is retried; the retry must win, not count as lost.
 pub async fn claim_retry_by_its_claimer_wins(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
-    let stamp = cl.record(&id, &rec).await.unwrap();
+    let stamp = recorded(cl, &id, &rec).await;
     let seen = entry(cl, &id).await;
     let (cutoff, lease_until) = (stamp.saturating_add(MS), stamp.saturating_add(LEASE));
     let claimer = OwnerToken::mint("recovery");
