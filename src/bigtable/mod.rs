@@ -13,7 +13,9 @@ pub mod layout;
 
 use std::time::Duration;
 
-use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError, RowCell};
+use bigtable_rs::bigtable::{
+    BigTable, BigTableConnection, Error as BtError, RoutingMetadata, RowCell,
+};
 use bigtable_rs::google::bigtable::v2::{
     CheckAndMutateRowRequest, MutateRowRequest, Mutation, ReadRowsRequest, RowFilter, RowSet,
 };
@@ -64,6 +66,9 @@ impl Default for BigtableConfig {
 pub struct BigtableClient {
     data: BigTable,
     app_profile: String,
+    /// Sent with every write as its gRPC deadline (`grpc-timeout`), so the *server* drops
+    /// an attempt its client has given up on instead of applying it later (a straggler).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for BigtableClient {
@@ -117,7 +122,35 @@ impl BigtableClient {
         Ok(Self {
             data: conn.client(),
             app_profile: config.app_profile.clone().unwrap_or_default(),
+            timeout: config.timeout,
         })
+    }
+
+    /// A write request with its deadline and the routing header Cloud Bigtable expects
+    /// (what `bigtable_rs` adds to the requests it builds itself).
+    fn with_deadline<T: RoutingMetadata>(
+        &self,
+        message: T,
+        table: &Table,
+        op: &'static str,
+        row: &[u8],
+    ) -> StoreResult<tonic::Request<T>> {
+        let routing = message.get_routing_header();
+        let mut request = tonic::Request::new(message);
+        let value = routing.parse().map_err(|e| {
+            StoreError::new(
+                table.store,
+                op,
+                table.target(row),
+                ErrorKind::Permanent,
+                format!("routing header {routing:?}: {e}"),
+            )
+        })?;
+        request
+            .metadata_mut()
+            .insert("x-goog-request-params", value);
+        request.set_timeout(self.timeout);
+        Ok(request)
     }
 
     pub(crate) fn table(&self, store: StoreKind, id: &str) -> Table {
@@ -148,13 +181,19 @@ impl BigtableClient {
             ..Default::default()
         };
         let op = rpc_name(Method::BigtableCheckAndMutateRow);
-        let response = traced(
-            table,
-            Method::BigtableCheckAndMutateRow,
-            self.data.clone().check_and_mutate_row(request),
-        )
-        .await
-        .map_err(|e| error(table.store, op, table.target(row), e))?;
+        let request = self.with_deadline(request, table, op, row)?;
+        let call = async {
+            let mut data = self.data.clone();
+            let response = data
+                .get_client()
+                .check_and_mutate_row(request)
+                .await
+                .map_err(BtError::RpcError)?;
+            Ok(response.into_inner())
+        };
+        let response = traced(table, Method::BigtableCheckAndMutateRow, call)
+            .await
+            .map_err(|e| error(table.store, op, table.target(row), e))?;
         Ok(response.predicate_matched)
     }
 
@@ -172,13 +211,18 @@ impl BigtableClient {
             ..Default::default()
         };
         let op = rpc_name(Method::BigtableMutateRow);
-        traced(
-            table,
-            Method::BigtableMutateRow,
-            self.data.clone().mutate_row(request),
-        )
-        .await
-        .map_err(|e| error(table.store, op, table.target(row), e))?;
+        let request = self.with_deadline(request, table, op, row)?;
+        let call = async {
+            let mut data = self.data.clone();
+            data.get_client()
+                .mutate_row(request)
+                .await
+                .map_err(BtError::RpcError)?;
+            Ok(())
+        };
+        traced(table, Method::BigtableMutateRow, call)
+            .await
+            .map_err(|e| error(table.store, op, table.target(row), e))?;
         Ok(())
     }
 
@@ -324,4 +368,33 @@ fn error(store: StoreKind, op: &'static str, target: String, err: BtError) -> St
     };
     let message = format!("{err}{hint}");
     StoreError::new(store, op, target, kind, message).with_source(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write carries its deadline to the server, so an attempt the client gave up on is
+    /// dropped there rather than applied later; and the routing header Cloud Bigtable needs.
+    #[tokio::test]
+    async fn writes_carry_their_deadline_and_routing() {
+        let config = BigtableConfig {
+            emulator_host: Some("127.0.0.1:9".into()),
+            timeout: Duration::from_millis(1500),
+            ..BigtableConfig::default()
+        };
+        let client = BigtableClient::connect(&config).await.unwrap();
+        let table = client.table(StoreKind::Hv, "objects");
+        let message = MutateRowRequest {
+            table_name: table.full_name.clone(),
+            ..Default::default()
+        };
+        let request = client
+            .with_deadline(message, &table, "MutateRow", b"row")
+            .unwrap();
+        let meta = request.metadata();
+        assert_eq!(meta.get("grpc-timeout").unwrap(), "1500000u");
+        let routing = meta.get("x-goog-request-params").unwrap().to_str().unwrap();
+        assert!(routing.starts_with("table_name=projects%2F"), "{routing}");
+    }
 }
