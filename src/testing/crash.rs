@@ -76,6 +76,8 @@ pub fn test_writer_config(protocol: crate::config::ProtocolConfig) -> WriterConf
     WriterConfig {
         inline_threshold: INLINE_THRESHOLD,
         protocol,
+        // A failed upload's change waits one threshold, not ten minutes, for recovery.
+        upload_settle: protocol.staleness_threshold,
         ..Default::default()
     }
 }

@@ -36,6 +36,15 @@ use crate::recovery::converge::{HvView, converge};
 use crate::retry::RetryPolicy;
 use crate::stores::Stores;
 
+/// What became of a change's guarded compare-and-write.
+enum Guarded {
+    Sent(CasOutcome),
+    /// The guard was invalid before any attempt was sent: HV does not reference the upload.
+    NotSent(GuardState),
+    /// The guard lapsed before a retry; an earlier attempt may have landed.
+    LapsedAfterSending,
+}
+
 /// How many overwrites in a row a read follows before it gives up with a transient error.
 const READ_ROUNDS: usize = 4;
 
@@ -226,36 +235,53 @@ impl TieredStorage {
         .await?;
         tracing::Span::current().record("tiersweep.change_id", guard.id.as_str());
 
+        // Failed upload attempts, even when a retry then succeeds: a failed attempt may
+        // still land later, possibly after this revision has been overwritten and deleted.
+        let failed_uploads = std::sync::atomic::AtomicUsize::new(0);
         if let Some((rev, bytes)) = upload
             && let Err(err) = retry
-                .run("upload", || self.stores.lt.put(&rev, bytes.clone()))
+                .run("upload", || async {
+                    let result = self.stores.lt.put(&rev, bytes.clone()).await;
+                    if result.is_err() {
+                        failed_uploads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    result
+                })
                 .await
         {
             self.give_up_upload(guard, &rev).await;
             return Err(err.into());
         }
 
-        let state = guard.state();
-        if state != GuardState::Valid {
-            if state == GuardState::Fenced {
-                METRICS.writers_fenced.inc();
+        let outcome = match self.guarded_cas(&guard, path, &expected, &write).await? {
+            Guarded::Sent(outcome) => outcome,
+            Guarded::NotSent(state) => {
+                if state == GuardState::Fenced {
+                    METRICS.writers_fenced.inc();
+                }
+                self.abandon(&guard).await;
+                return Err(WriteError::GuardLost {
+                    path: path.clone(),
+                    change: guard.id.clone(),
+                    state,
+                });
             }
-            self.abandon(&guard).await;
-            return Err(WriteError::GuardLost {
-                path: path.clone(),
-                change: guard.id.clone(),
-                state,
-            });
-        }
-        let Some(outcome) = self.guarded_cas(&guard, path, &expected, &write).await? else {
-            // The guard lapsed between attempts (a retry after a long stall). An earlier
-            // attempt may have landed, so the upload is not ours to delete: recovery fences
-            // the row and decides. Dropping the guard stops the heartbeat.
-            return Err(WriteError::GuardLost {
-                path: path.clone(),
-                change: guard.id.clone(),
-                state: guard.state(),
-            });
+            Guarded::LapsedAfterSending => {
+                // A retry after a long stall. An earlier attempt may have landed, so the
+                // outcome is unknown and the upload is not ours to delete: recovery fences
+                // the row and decides. Dropping the guard stops the heartbeat.
+                return Err(WriteError::Store(StoreError::new(
+                    crate::error::StoreKind::Hv,
+                    "compare_and_write",
+                    path.to_string(),
+                    crate::error::ErrorKind::Transient,
+                    format!(
+                        "change {}: the guard lapsed before a retry could be sent, and an \
+                         earlier attempt may have landed; left to recovery, re-read and retry",
+                        guard.id
+                    ),
+                )));
+            }
         };
         let referenced = match outcome {
             CasOutcome::Applied => new,
@@ -276,7 +302,11 @@ impl TieredStorage {
                 });
             }
         };
-        self.finish(guard, referenced).await?;
+        if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.complete_deferred(guard, referenced).await?;
+        } else {
+            self.finish(guard, referenced).await?;
+        }
         Ok(())
     }
 
@@ -325,6 +355,34 @@ impl TieredStorage {
             .await
     }
 
+    /// Completes a committed change whose upload needed a retry: deletes what HV no longer
+    /// references now, but leaves the row to recovery until `upload_settle` has passed
+    /// instead of removing it. A failed attempt of the upload may still land, and if this
+    /// revision has been overwritten and deleted by then, nothing else would ever delete it;
+    /// recovery fences, re-reads HV and deletes it unless HV still references it.
+    async fn complete_deferred(
+        &self,
+        mut guard: ChangeGuard,
+        referenced: Option<Revision>,
+    ) -> Result<(), StoreError> {
+        guard.stop();
+        let retry = &self.config.retry;
+        for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
+            retry.run("delete", || self.stores.lt.delete(rev)).await?;
+        }
+        let mut record = guard.record.clone();
+        record.cleanup_after = Some(
+            self.stores
+                .clock
+                .now()
+                .saturating_add(self.config.upload_settle),
+        );
+        retry
+            .run("defer", || self.stores.changelog.defer(&guard.id, &record))
+            .await?;
+        Ok(())
+    }
+
     /// After a failed upload, HV still references `old`, and the upload may have landed or
     /// may still land. The writer deletes what is there now and hands the change to
     /// recovery, due once `upload_settle` has passed, rather than removing it: a blob that
@@ -354,27 +412,30 @@ impl TieredStorage {
     }
 
     /// The change's compare-and-write, retried, with the guard checked before *every*
-    /// attempt: a retry is sent only while the guard is valid, so no attempt of a change
-    /// leaves the writer long after its entry could have gone stale. `None` when the guard
-    /// lapsed before an attempt could be sent.
+    /// attempt: an attempt is sent only while the guard is valid, so none leaves the writer
+    /// long after its entry could have gone stale.
     async fn guarded_cas(
         &self,
         guard: &ChangeGuard,
         path: &ObjectPath,
         expected: &Expected,
         write: &HvWrite,
-    ) -> Result<Option<CasOutcome>, StoreError> {
-        let lapsed = std::sync::atomic::AtomicBool::new(false);
+    ) -> Result<Guarded, StoreError> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let sent = AtomicUsize::new(0);
+        let lapsed = std::sync::Mutex::new(None);
         let result = self
             .config
             .retry
             .run("compare_and_write", || {
-                let valid = guard.state() == GuardState::Valid;
-                if !valid {
-                    lapsed.store(true, std::sync::atomic::Ordering::SeqCst);
+                let state = guard.state();
+                if state == GuardState::Valid {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                } else if let Ok(mut l) = lapsed.lock() {
+                    *l = Some(state);
                 }
                 async move {
-                    if !valid {
+                    if state != GuardState::Valid {
                         return Err(StoreError::new(
                             crate::error::StoreKind::Hv,
                             "compare_and_write",
@@ -390,9 +451,13 @@ impl TieredStorage {
                 }
             })
             .await;
-        match result {
-            Err(_) if lapsed.load(std::sync::atomic::Ordering::SeqCst) => Ok(None),
-            other => other.map(Some),
+        let lapsed = lapsed.lock().ok().and_then(|l| *l);
+        match (result, lapsed) {
+            (Err(_), Some(state)) if sent.load(Ordering::SeqCst) == 0 => {
+                Ok(Guarded::NotSent(state))
+            }
+            (Err(_), Some(_)) => Ok(Guarded::LapsedAfterSending),
+            (result, _) => result.map(Guarded::Sent),
         }
     }
 
