@@ -92,6 +92,27 @@ pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEnt
     }
 }
 
+/// The names of every LT blob of `path` (its revisions are `{path}/{uuid}`).
+pub async fn blobs_of(stores: &Stores, path: &ObjectPath) -> Vec<String> {
+    stores
+        .lt
+        .list(path.as_str(), None)
+        .await
+        .expect("listing LT")
+        .names
+}
+
+/// One embedded recovery pass over `stores` with the test timings.
+async fn recovery_pass(
+    stores: &Stores,
+    protocol: ProtocolConfig,
+) -> crate::recovery::embedded::PassReport {
+    crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
+        .run_pass()
+        .await
+        .expect("a recovery pass")
+}
+
 /// Polls until `path` has a changelog row whose new revision is in LT (the writer has
 /// recorded and uploaded), and returns the row.
 async fn wait_for_upload(stores: &Stores, path: &ObjectPath) -> ChangelogEntry {
@@ -244,12 +265,7 @@ pub async fn a_straggling_write_after_a_conflict_is_refused(
         "the acknowledged delete stands; the straggling write was refused"
     );
     assert!(entries_for(&stores, &path).await.is_empty());
-    let leftover = stores
-        .lt
-        .list(path.as_str(), None)
-        .await
-        .expect("listing LT")
-        .names;
+    let leftover = blobs_of(&stores, &path).await;
     assert!(
         leftover.is_empty(),
         "no blob of the object is left: {leftover:?}"
@@ -289,11 +305,7 @@ pub async fn a_write_held_longer_than_every_ttl_is_refused(
     wait_for_calls(&faults, Op::HvCas, 1).await;
 
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
-    let pass =
-        crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
-            .run_pass()
-            .await
-            .expect("a recovery pass");
+    let pass = recovery_pass(&stores, protocol).await;
     assert_eq!(
         pass.converged, 1,
         "recovery converges the held change: {pass:?}"
@@ -310,12 +322,7 @@ pub async fn a_write_held_longer_than_every_ttl_is_refused(
         "the object still reads as before"
     );
     assert!(entries_for(&stores, &path).await.is_empty());
-    let blobs = stores
-        .lt
-        .list(path.as_str(), None)
-        .await
-        .expect("listing LT")
-        .names;
+    let blobs = blobs_of(&stores, &path).await;
     assert_eq!(
         blobs.len(),
         1,
@@ -364,17 +371,9 @@ pub async fn a_retry_after_a_day_long_stall_is_not_sent(stores: Stores, protocol
         "the acknowledged delete stands"
     );
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
-    crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
-        .run_pass()
-        .await
-        .expect("a recovery pass");
+    recovery_pass(&stores, protocol).await;
     assert!(entries_for(&stores, &path).await.is_empty());
-    let blobs = stores
-        .lt
-        .list(path.as_str(), None)
-        .await
-        .expect("listing LT")
-        .names;
+    let blobs = blobs_of(&stores, &path).await;
     assert!(blobs.is_empty(), "nothing of the object is left: {blobs:?}");
 }
 
@@ -481,12 +480,7 @@ pub async fn an_upload_that_lands_after_its_error_is_deleted(
     assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
 
     tokio::time::sleep(lands_after * 2).await;
-    let landed = stores
-        .lt
-        .list(path.as_str(), None)
-        .await
-        .expect("listing LT")
-        .names;
+    let landed = blobs_of(&stores, &path).await;
     assert!(
         !landed.is_empty(),
         "the schedule is real: the upload landed after its error"
@@ -495,16 +489,8 @@ pub async fn an_upload_that_lands_after_its_error_is_deleted(
     assert_eq!(rows.len(), 1, "the writer kept its row for recovery");
 
     tokio::time::sleep(config.upload_settle + protocol.staleness_threshold * 2).await;
-    crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
-        .run_pass()
-        .await
-        .expect("a recovery pass");
-    let left = stores
-        .lt
-        .list(path.as_str(), None)
-        .await
-        .expect("listing LT")
-        .names;
+    recovery_pass(&stores, protocol).await;
+    let left = blobs_of(&stores, &path).await;
     assert!(left.is_empty(), "the late upload is deleted: {left:?}");
     assert!(entries_for(&stores, &path).await.is_empty());
 }
@@ -535,21 +521,12 @@ pub async fn a_writer_clock_running_ahead_does_not_hide_its_crash(
         .await;
     assert!(crashed.is_none(), "the writer crashed after its upload");
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
-    let pass =
-        crate::recovery::EmbeddedRecovery::new(recovery.clone(), test_recovery_config(protocol))
-            .run_pass()
-            .await
-            .expect("a recovery pass");
+    let pass = recovery_pass(&recovery, protocol).await;
     assert_eq!(
         pass.converged, 1,
         "the crash is recovered after the threshold: {pass:?}"
     );
-    let left = recovery
-        .lt
-        .list(path.as_str(), None)
-        .await
-        .expect("listing LT")
-        .names;
+    let left = blobs_of(&recovery, &path).await;
     assert!(left.is_empty(), "the upload is deleted: {left:?}");
 }
 
@@ -572,11 +549,7 @@ pub async fn a_writer_clock_running_behind_keeps_its_live_write(
         async move { w.put(&path, bytes).await }
     });
     wait_for_upload(&recovery, &path).await;
-    let pass =
-        crate::recovery::EmbeddedRecovery::new(recovery.clone(), test_recovery_config(protocol))
-            .run_pass()
-            .await
-            .expect("a recovery pass");
+    let pass = recovery_pass(&recovery, protocol).await;
     assert_eq!(pass.scan.won, 0, "nothing is claimed: {pass:?}");
     put.await
         .expect("the writer's task")
