@@ -127,7 +127,13 @@ async fn run_case(seed: u64) -> Result<(), String> {
                 let mut task = task;
                 tokio::select! {
                     r = &mut task => in_flight.push(InFlight { path, value: v, faults, task: Err(r.ok()) }),
-                    _ = faults.crashed() => { abort.abort(); acceptable.get_mut(&path).unwrap().push(v) }
+                    _ = faults.crashed() => {
+                        abort.abort();
+                        acceptable.get_mut(&path).unwrap().push(v.clone());
+                        // Its effect may have landed at this very instant, as late as (or
+                        // later than) a write that finishes now: not ruled out by it.
+                        unknown.push((path, v, tokio::time::Instant::now()));
+                    }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
                         in_flight.push(InFlight { path, value: v, faults, task: Ok(task) });
                     }
@@ -251,7 +257,7 @@ fn settle(
     match outcome {
         Some(Ok(())) => {
             *set = vec![v];
-            unknown.retain(|(_, _, until)| *until > at);
+            unknown.retain(|(_, _, until)| *until >= at);
             set.extend(
                 unknown
                     .iter()

@@ -61,9 +61,22 @@ wait_for() {
 }
 
 # The PID recorded for NAME when that process is still alive.
+# proc_start PID: the process's start time (clock ticks since boot, /proc/PID/stat field
+# 22; the fields after the parenthesised command name, which may hold spaces, are counted).
+proc_start() {
+  sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'
+}
+
+# live_pid NAME: prints the PID start.sh recorded for NAME if that process is still the one
+# it started: alive, and with the start time recorded beside it, so a PID the kernel has
+# since given to another process is never signalled.
 live_pid() {
-  local pidfile="$STATE_DIR/$1.pid"
-  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+  local pidfile="$STATE_DIR/$1.pid" startfile="$STATE_DIR/$1.start" pid
+  [[ -f $pidfile && -f $startfile ]] || return 1
+  pid="$(cat "$pidfile")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(proc_start "$pid")" == "$(cat "$startfile")" ]] || return 1
+  echo "$pid"
 }
 
 print_env() {

@@ -90,6 +90,7 @@ start() {
   # 9>&-: the emulator must not inherit (and so hold forever) the start lock.
   setsid "$@" >"$STATE_DIR/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$pidfile"
+  proc_start $! >"$STATE_DIR/$name.start"
 }
 
 start bigtable "$BIGTABLE_PORT" "$CBTEMULATOR" -host 127.0.0.1 -port "$BIGTABLE_PORT"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops the emulators that start.sh started, by their recorded PIDs (each leads its own
-# process group, so the Pub/Sub emulator's JVM goes with its launcher). Emulators that
-# start.sh found already running are someone else's and are left alone.
+# process group, so the Pub/Sub emulator's JVM goes with its launcher), and only while the
+# PID is still the process start.sh started (its recorded start time matches). Emulators
+# that start.sh found already running are someone else's and are left alone.
 #
 #   infra/local/stop.sh                 # all three
 #   infra/local/stop.sh pubsub gcs      # just these
@@ -21,5 +22,5 @@ for name in "${names[@]}"; do
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
     fi
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$STATE_DIR/$name.start"
 done

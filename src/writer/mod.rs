@@ -290,7 +290,11 @@ impl TieredStorage {
             // change on the row before cleaning up, so that attempt is refused whenever it
             // arrives, and let the fenced read decide what HV references.
             CasOutcome::Conflict => {
-                self.complete_with(guard, HvView::Fence).await?;
+                if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    self.complete_deferred(guard, HvView::Fence).await?;
+                } else {
+                    self.complete_with(guard, HvView::Fence).await?;
+                }
                 return Err(WriteError::Conflict { path: path.clone() });
             }
             CasOutcome::Fenced => {
@@ -303,7 +307,8 @@ impl TieredStorage {
             }
         };
         if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            self.complete_deferred(guard, referenced).await?;
+            self.complete_deferred(guard, HvView::Known(referenced))
+                .await?;
         } else {
             self.finish(guard, referenced).await?;
         }
@@ -355,18 +360,30 @@ impl TieredStorage {
             .await
     }
 
-    /// Completes a committed change whose upload needed a retry: deletes what HV no longer
-    /// references now, but leaves the row to recovery until `upload_settle` has passed
-    /// instead of removing it. A failed attempt of the upload may still land, and if this
-    /// revision has been overwritten and deleted by then, nothing else would ever delete it;
-    /// recovery fences, re-reads HV and deletes it unless HV still references it.
+    /// Completes a change whose upload needed a retry (committed, or refused by a
+    /// conflict): deletes what HV does not reference now, but leaves the row to recovery
+    /// until `upload_settle` has passed instead of removing it. A failed attempt of the
+    /// upload may still land, and if this revision is unreferenced by then (overwritten and
+    /// deleted, or never committed), nothing else would ever delete it; recovery fences,
+    /// re-reads HV and deletes it unless HV still references it.
     async fn complete_deferred(
         &self,
         mut guard: ChangeGuard,
-        referenced: Option<Revision>,
+        view: HvView,
     ) -> Result<(), StoreError> {
         guard.stop();
         let retry = &self.config.retry;
+        let referenced = match view {
+            HvView::Known(r) => r,
+            HvView::Fence => retry
+                .run("fence", || {
+                    self.stores.hv.fence(&guard.record.object, &guard.id)
+                })
+                .await?
+                .as_ref()
+                .and_then(HvValue::tombstone)
+                .cloned(),
+        };
         for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
             retry.run("delete", || self.stores.lt.delete(rev)).await?;
         }
