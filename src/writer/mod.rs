@@ -387,6 +387,15 @@ impl TieredStorage {
         for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
             retry.run("delete", || self.stores.lt.delete(rev)).await?;
         }
+        let record = self.due_after_upload_settle(&guard);
+        retry
+            .run("defer", || self.stores.changelog.defer(&guard.id, &record))
+            .await?;
+        Ok(())
+    }
+
+    /// The guard's record, due for recovery once a late upload can no longer land.
+    fn due_after_upload_settle(&self, guard: &ChangeGuard) -> ChangeRecord {
         let mut record = guard.record.clone();
         record.cleanup_after = Some(
             self.stores
@@ -394,10 +403,7 @@ impl TieredStorage {
                 .now()
                 .saturating_add(self.config.upload_settle),
         );
-        retry
-            .run("defer", || self.stores.changelog.defer(&guard.id, &record))
-            .await?;
-        Ok(())
+        record
     }
 
     /// After a failed upload, HV still references `old`, and the upload may have landed or
@@ -407,13 +413,7 @@ impl TieredStorage {
     async fn give_up_upload(&self, mut guard: ChangeGuard, rev: &Revision) {
         guard.stop();
         let retry = &self.config.retry;
-        let mut record = guard.record.clone();
-        record.cleanup_after = Some(
-            self.stores
-                .clock
-                .now()
-                .saturating_add(self.config.upload_settle),
-        );
+        let record = self.due_after_upload_settle(&guard);
         match retry
             .run("defer", || self.stores.changelog.defer(&guard.id, &record))
             .await
