@@ -17,6 +17,13 @@ use crate::model::Timestamp;
 
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Timestamp;
+
+    /// This process's monotonic clock (tokio's, CLOCK_MONOTONIC on Linux): it cannot be
+    /// stepped, and it stops while the host is suspended. A test clock can hold it back to
+    /// stand for a suspend.
+    fn monotonic(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;

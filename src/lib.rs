@@ -50,6 +50,7 @@ pub mod hv;
 pub mod iam;
 pub mod lt;
 pub mod model;
+pub mod mutants;
 pub mod queue;
 pub mod recovery;
 pub mod retry;

@@ -114,7 +114,10 @@ impl ObjectPath {
     /// `tenant-a` lie `tenant-a` and `tenant-a/…`, not `tenant-ab/…`. A prefix ending in
     /// `/` is a directory already; `""` contains everything.
     pub fn is_under(&self, prefix: &str) -> bool {
-        if prefix.is_empty() || prefix.ends_with('/') {
+        if prefix.is_empty()
+            || prefix.ends_with('/')
+            || crate::mutants::on(crate::mutants::Mutant::StringPrefix)
+        {
             return self.0.starts_with(prefix);
         }
         self.0

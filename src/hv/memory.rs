@@ -1,7 +1,7 @@
 //! In-memory HV store with the same compare-and-write and fencing semantics as the
 //! Bigtable one, for unit tests and the embedded demo.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -18,15 +18,16 @@ struct Row {
     /// Bigtable's max-age GC of their family.
     applied: HashMap<ChangeId, Timestamp>,
     /// Changes recovery took over (or their writer gave up): kept forever, like the
-    /// Bigtable family without an age limit.
-    recovery: HashSet<ChangeId>,
+    /// Bigtable family without an age limit. (When each was written matters only to the
+    /// `ExpiringRecoveryFences` mutant.)
+    recovery: HashMap<ChangeId, Timestamp>,
 }
 
 impl Row {
     fn fence(&self, change: &ChangeId) -> Option<Fence> {
         if self.applied.contains_key(change) {
             Some(Fence::Applied)
-        } else if self.recovery.contains(change) {
+        } else if self.recovery.contains_key(change) {
             Some(Fence::Recovery)
         } else {
             None
@@ -38,13 +39,23 @@ impl Row {
 pub struct MemoryHv {
     rows: Mutex<HashMap<ObjectPath, Row>>,
     clock: SharedClock,
+    /// The `applied` markers' max age: [`APPLIED_TTL`], as the Bigtable table's GC rule.
+    applied_ttl: std::time::Duration,
 }
 
 impl MemoryHv {
     pub fn new(clock: SharedClock) -> Self {
+        Self::with_applied_ttl(clock, APPLIED_TTL)
+    }
+
+    /// As [`Self::new`] with another max age for `applied` markers (a table created with
+    /// another GC rule): the simulation shortens it so that "longer than every TTL" costs
+    /// minutes of virtual time, not a day. It must exceed the writers' guard validity.
+    pub fn with_applied_ttl(clock: SharedClock, applied_ttl: std::time::Duration) -> Self {
         Self {
             rows: Mutex::new(HashMap::new()),
             clock,
+            applied_ttl,
         }
     }
 
@@ -61,7 +72,11 @@ impl MemoryHv {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let row = rows.entry(path.clone()).or_default();
         row.applied
-            .retain(|_, at| at.saturating_add(APPLIED_TTL) > now);
+            .retain(|_, at| at.saturating_add(self.applied_ttl) > now);
+        if crate::mutants::on(crate::mutants::Mutant::ExpiringRecoveryFences) {
+            row.recovery
+                .retain(|_, at| at.saturating_add(self.applied_ttl) > now);
+        }
         let out = f(row, now);
         if row.value.is_none() && row.applied.is_empty() && row.recovery.is_empty() {
             rows.remove(path);
@@ -87,7 +102,9 @@ impl HvStore for MemoryHv {
             let fence = change.and_then(|c| row.fence(c));
             if fence.is_none() && expected.matches(row.value.as_ref()) {
                 row.value = write.clone().into_value();
-                if let Some(c) = change {
+                if let Some(c) = change
+                    && !crate::mutants::on(crate::mutants::Mutant::NoAppliedMarker)
+                {
                     row.applied.insert(c.clone(), now);
                 }
                 return CasOutcome::Applied;
@@ -97,8 +114,8 @@ impl HvStore for MemoryHv {
     }
 
     async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
-        Ok(self.with_row(path, |row, _| {
-            row.recovery.insert(change.clone());
+        Ok(self.with_row(path, |row, now| {
+            row.recovery.insert(change.clone(), now);
             row.value.clone()
         }))
     }

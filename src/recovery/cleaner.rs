@@ -155,6 +155,11 @@ impl Cleaner {
 
     async fn dead_letter(&self, delivery: Delivery, reason: String) -> JobOutcome {
         tracing::error!(%reason, message_id = %delivery.message_id, "dead-lettering job");
+        let reason = if crate::mutants::on(crate::mutants::Mutant::DeadLetterWithoutReason) {
+            String::new()
+        } else {
+            reason
+        };
         match self.queue.dead_letter(delivery, &reason).await {
             Ok(()) => JobOutcome::DeadLettered(reason),
             // The delivery was dropped unsettled, so it will be redelivered.
@@ -183,12 +188,17 @@ impl Cleaner {
         }
         // The row must be owned by a recovery claim, and by this job's: a job naming the
         // writer's own token (tokens are not secret) would otherwise converge a live change.
-        if !entry.record.owner.is_recovery_claim() || entry.record.owner != job.claim {
+        use crate::mutants::{Mutant, on};
+        let recovery_owned = entry.record.owner.is_recovery_claim()
+            || on(Mutant::WriterTokenAccepted)
+            || on(Mutant::NoClaimCheck);
+        let this_claim = entry.record.owner == job.claim || on(Mutant::NoClaimCheck);
+        if !recovery_owned || !this_claim {
             tracing::info!(owner = %entry.record.owner, claim = %job.claim,
                 "row is not owned by this job's recovery claim; job is stale or forged, touching nothing");
             return Ok(JobOutcome::NotOurClaim);
         }
-        if !entry.record.object.is_under(&self.config.object_prefix) {
+        if !entry.record.object.is_under(&self.config.object_prefix) && !on(Mutant::NoScopeCheck) {
             return Err(Failure::Permanent(format!(
                 "object {} lies outside the configured prefix {:?}; refusing to converge",
                 entry.record.object, self.config.object_prefix

@@ -58,13 +58,13 @@ pub async fn converge(
     let verify_kept = matches!(view, HvView::Fence);
     let referenced = match view {
         HvView::Known(r) => r,
-        HvView::Fence => retry
-            .run("fence", || stores.hv.fence(&record.object, id))
-            .await?
-            .as_ref()
-            .and_then(HvValue::tombstone)
-            .cloned(),
+        HvView::Fence => fenced_read(stores, id, record, retry).await?,
     };
+    if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
+        retry
+            .run("remove", || stores.changelog.remove(id, owner))
+            .await?;
+    }
     let mut deleted = Vec::with_capacity(2);
     for rev in unreferenced(record, referenced.as_ref()) {
         retry.run("delete", || stores.lt.delete(rev)).await?;
@@ -84,15 +84,45 @@ pub async fn converge(
         tracing::error!(change_id = %id, revision = %rev, object = %record.object,
             "dangling tombstone: HV references a revision whose LT blob is missing");
     }
-    let removal = retry
-        .run("remove", || stores.changelog.remove(id, owner))
-        .await?;
+    let removal = if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
+        Removal::Removed
+    } else {
+        retry
+            .run("remove", || stores.changelog.remove(id, owner))
+            .await?
+    };
     Ok(ConvergeReport {
         deleted,
         kept,
         dangling,
         removal,
     })
+}
+
+/// Fences the row for the change, then reads what HV references: the fence returns the
+/// value it left, in one call, so no write of the change can land between the two.
+pub(crate) async fn fenced_read(
+    stores: &Stores,
+    id: &ChangeId,
+    record: &ChangeRecord,
+    retry: &RetryPolicy,
+) -> StoreResult<Option<Revision>> {
+    use crate::mutants::{Mutant, on};
+    let read = || async { retry.run("read", || stores.hv.read(&record.object)).await };
+    let value = if on(Mutant::NoHvFence) {
+        read().await?
+    } else if on(Mutant::FenceAfterRead) {
+        let value = read().await?;
+        retry
+            .run("fence", || stores.hv.fence(&record.object, id))
+            .await?;
+        value
+    } else {
+        retry
+            .run("fence", || stores.hv.fence(&record.object, id))
+            .await?
+    };
+    Ok(value.as_ref().and_then(HvValue::tombstone).cloned())
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub enum Fault {
 
 /// Applies `fault` to calls matching `op` (any op but heartbeats when `None`), starting
 /// with the `(skip + 1)`-th matching call, `times` times.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
     pub op: Option<Op>,
     pub skip: usize,

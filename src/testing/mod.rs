@@ -10,6 +10,7 @@ pub mod intercept;
 pub mod invariants;
 pub mod meter;
 pub mod schedules;
+pub mod simulation;
 
 use std::sync::Arc;
 
@@ -67,6 +68,12 @@ pub fn free_local_addr() -> std::io::Result<std::net::SocketAddr> {
 pub struct SkewedClock {
     base: SharedClock,
     offset_ms: std::sync::atomic::AtomicI64,
+    /// When this clock was made, on tokio's clock, and how far its monotonic clock has
+    /// fallen behind since (suspends it slept through).
+    created: tokio::time::Instant,
+    monotonic_lag_ms: std::sync::atomic::AtomicU64,
+    /// Set while the host is suspended: its monotonic clock stands still.
+    frozen_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl SkewedClock {
@@ -74,6 +81,9 @@ impl SkewedClock {
         Arc::new(Self {
             base,
             offset_ms: std::sync::atomic::AtomicI64::new(0),
+            created: tokio::time::Instant::now(),
+            monotonic_lag_ms: std::sync::atomic::AtomicU64::new(0),
+            frozen_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -84,11 +94,49 @@ impl SkewedClock {
         self.offset_ms
             .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// The host is suspended from now: its monotonic clock stops until [`Self::thaw`].
+    pub fn freeze(&self) {
+        let mut f = self.frozen_at.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    /// The host resumes: its monotonic clock goes on from where it stopped.
+    pub fn thaw(&self) {
+        let since = self
+            .frozen_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(since) = since {
+            self.slept(since.elapsed());
+        }
+    }
+
+    /// The host slept for `d` (suspended VM, SIGSTOP, live migration): its wall clock is
+    /// still right, its monotonic clock did not count the time. Call after the sleep.
+    pub fn slept(&self, d: std::time::Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.monotonic_lag_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl crate::clock::Clock for SkewedClock {
     fn now(&self) -> crate::model::Timestamp {
         let offset = self.offset_ms.load(std::sync::atomic::Ordering::SeqCst);
         crate::model::Timestamp(self.base.now().0.saturating_add(offset))
+    }
+
+    fn monotonic(&self) -> tokio::time::Instant {
+        let frozen = *self.frozen_at.lock().unwrap_or_else(|e| e.into_inner());
+        let now = frozen.unwrap_or_else(tokio::time::Instant::now);
+        let lag = self
+            .monotonic_lag_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let counted = now
+            .saturating_duration_since(self.created)
+            .saturating_sub(std::time::Duration::from_millis(lag));
+        self.created + counted
     }
 }

@@ -75,7 +75,7 @@ impl ChangeGuard {
     ) -> StoreResult<Self> {
         let id = ChangeId::mint();
         let sent = Sent {
-            monotonic: Instant::now(),
+            monotonic: clock.monotonic(),
             wall: clock.now(),
         };
         retry
@@ -129,7 +129,14 @@ impl ChangeGuard {
             .unwrap_or_else(|e| e.into_inner());
         let wall = self.clock.now().0.saturating_sub(sent.wall.0).max(0);
         let wall = std::time::Duration::from_millis(u64::try_from(wall).unwrap_or(0));
-        sent.monotonic.elapsed().max(wall)
+        let monotonic = self
+            .clock
+            .monotonic()
+            .saturating_duration_since(sent.monotonic);
+        if crate::mutants::on(crate::mutants::Mutant::GuardMonotonicOnly) {
+            return monotonic;
+        }
+        monotonic.max(wall)
     }
 
     /// Stops the heartbeat. Call before removing the entry, so that no heartbeat in flight
@@ -160,19 +167,19 @@ async fn heartbeat_loop(
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Sent {
-            monotonic: Instant::now(),
+            monotonic: clock.monotonic(),
             wall: clock.now(),
         };
-        next = sent.monotonic + protocol.heartbeat_interval;
+        // Timers run on tokio's clock; ages are measured on the process's (`sent`).
+        next = Instant::now() + protocol.heartbeat_interval;
         // Retrying past the guard's validity is pointless: the guard is expired by then.
-        let deadline = shared
+        let last = shared
             .last_sent_ok
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .monotonic
-            + protocol.guard_validity();
+            .monotonic;
         let attempt = retry.run("heartbeat", || changelog.heartbeat(&id, &owner));
-        match tokio::time::timeout_at(deadline, attempt).await {
+        match within_validity(attempt, &clock, last, protocol.guard_validity()).await {
             Ok(Ok(Heartbeat::Refreshed)) => {
                 *shared
                     .last_sent_ok
@@ -196,6 +203,31 @@ async fn heartbeat_loop(
                 shared.failed.store(true, Ordering::SeqCst);
                 return;
             }
+        }
+    }
+}
+
+/// Runs `attempt` until it finishes or the guard's validity, counted from `last` on the
+/// process's monotonic clock, runs out (`Err`). A timer alone would measure tokio's clock;
+/// re-checking the process's clock on each wake keeps the two notions of "how long"
+/// the same one the guard's state uses.
+async fn within_validity<T>(
+    attempt: impl std::future::Future<Output = T>,
+    clock: &SharedClock,
+    last: Instant,
+    validity: std::time::Duration,
+) -> Result<T, ()> {
+    let mut attempt = std::pin::pin!(attempt);
+    loop {
+        let age = clock.monotonic().saturating_duration_since(last);
+        let remaining = validity.saturating_sub(age);
+        if remaining.is_zero() {
+            return Err(());
+        }
+        tokio::select! {
+            biased;
+            r = &mut attempt => return Ok(r),
+            _ = tokio::time::sleep(remaining) => {}
         }
     }
 }

@@ -161,7 +161,9 @@ impl TieredStorage {
                 return Ok(ReadOutcome::Found(bytes));
             }
             current = retry.run("read", || self.stores.hv.read(path)).await?;
-            if current.as_ref().and_then(HvValue::tombstone) == Some(&rev) {
+            if current.as_ref().and_then(HvValue::tombstone) == Some(&rev)
+                || crate::mutants::on(crate::mutants::Mutant::ReadTrustsFirstMiss)
+            {
                 tracing::error!(object = %path, revision = %rev,
                     "dangling tombstone: HV references a missing LT blob");
                 return Ok(ReadOutcome::Dangling(rev));
@@ -241,6 +243,19 @@ impl TieredStorage {
         if let Some((rev, bytes)) = upload
             && let Err(err) = retry
                 .run("upload", || async {
+                    // Like the compare-and-write, an upload attempt leaves only while the
+                    // guard is valid: a retry sent after a long freeze could land after
+                    // recovery converged the change, an orphan no row names.
+                    let state = guard.state();
+                    if state != GuardState::Valid {
+                        return Err(StoreError::new(
+                            crate::error::StoreKind::Lt,
+                            "upload",
+                            rev.to_string(),
+                            crate::error::ErrorKind::Permanent,
+                            format!("the change's guard lapsed ({state:?}) before this attempt; not sent"),
+                        ));
+                    }
                     let result = self.stores.lt.put(&rev, bytes.clone()).await;
                     if result.is_err() {
                         failed_uploads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -290,10 +305,16 @@ impl TieredStorage {
             // change on the row before cleaning up, so that attempt is refused whenever it
             // arrives, and let the fenced read decide what HV references.
             CasOutcome::Conflict => {
-                if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-                    self.complete_deferred(guard, HvView::Fence).await?;
+                let view = if crate::mutants::on(crate::mutants::Mutant::NoSelfFenceOnConflict) {
+                    let now = retry.run("read", || self.stores.hv.read(path)).await?;
+                    HvView::Known(now.as_ref().and_then(HvValue::tombstone).cloned())
                 } else {
-                    self.complete_with(guard, HvView::Fence).await?;
+                    HvView::Fence
+                };
+                if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    self.complete_deferred(guard, view).await?;
+                } else {
+                    self.complete_with(guard, view).await?;
                 }
                 return Err(WriteError::Conflict { path: path.clone() });
             }
@@ -375,14 +396,15 @@ impl TieredStorage {
         let retry = &self.config.retry;
         let referenced = match view {
             HvView::Known(r) => r,
-            HvView::Fence => retry
-                .run("fence", || {
-                    self.stores.hv.fence(&guard.record.object, &guard.id)
-                })
+            HvView::Fence => {
+                crate::recovery::converge::fenced_read(
+                    &self.stores,
+                    &guard.id,
+                    &guard.record,
+                    retry,
+                )
                 .await?
-                .as_ref()
-                .and_then(HvValue::tombstone)
-                .cloned(),
+            }
         };
         for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
             retry.run("delete", || self.stores.lt.delete(rev)).await?;
@@ -413,6 +435,14 @@ impl TieredStorage {
     async fn give_up_upload(&self, mut guard: ChangeGuard, rev: &Revision) {
         guard.stop();
         let retry = &self.config.retry;
+        if crate::mutants::on(crate::mutants::Mutant::UploadErrorRemovesRow) {
+            let _ = retry.run("delete", || self.stores.lt.delete(rev)).await;
+            let owner = &guard.record.owner;
+            let _ = retry
+                .run("remove", || self.stores.changelog.remove(&guard.id, owner))
+                .await;
+            return;
+        }
         let record = self.due_after_upload_settle(&guard);
         match retry
             .run("defer", || self.stores.changelog.defer(&guard.id, &record))
@@ -445,7 +475,13 @@ impl TieredStorage {
             .config
             .retry
             .run("compare_and_write", || {
-                let state = guard.state();
+                let state = if sent.load(Ordering::SeqCst) > 0
+                    && crate::mutants::on(crate::mutants::Mutant::GuardCheckedOnce)
+                {
+                    GuardState::Valid
+                } else {
+                    guard.state()
+                };
                 if state == GuardState::Valid {
                     sent.fetch_add(1, Ordering::SeqCst);
                 } else if let Ok(mut l) = lapsed.lock() {

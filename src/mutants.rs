@@ -1,0 +1,106 @@
+//! Known-bad variants of the protocol, for measuring the simulation (feature `mutants`).
+//!
+//! Each [`Mutant`] names one mistake a reasonable engineer could make in the protocol —
+//! a check left out, two steps swapped, a rule weakened — and the code carries a switch at
+//! the place the mistake would be made. The whole-pipeline simulation
+//! (`testing::simulation`) must find every one of them: a mutant it cannot catch is a
+//! fault or an invariant the simulation does not express yet.
+//!
+//! Without the feature, [`on`] is a constant `false` and every switch compiles away; the
+//! release build's symbol check (`infra/check-release.sh`) confirms none is left. With it, a
+//! mutant is switched on for the current thread only: the simulation runs each schedule on
+//! a current-thread runtime, so parallel tests cannot see each other's mutant.
+
+/// One protocol mistake, switched on by [`activate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mutant {
+    /// The heartbeat is an unconditional write: it neither checks the owner nor that the row
+    /// still exists, so a late heartbeat re-creates a removed row (a partial, malformed one).
+    UnconditionalHeartbeat,
+    /// A claim does not re-check that the row is still stale when it lands.
+    ClaimWithoutStalenessCheck,
+    /// Recovery reads HV without fencing the change first.
+    NoHvFence,
+    /// Recovery reads HV, then fences, and decides on the read.
+    FenceAfterRead,
+    /// A writer's compare-and-write leaves no `applied` marker, so its own retry after a
+    /// lost response looks like a conflict.
+    NoAppliedMarker,
+    /// Recovery's fences are written with the `applied` markers' 24-hour TTL.
+    ExpiringRecoveryFences,
+    /// Converge removes the changelog row before it deletes the blobs.
+    RemoveRowBeforeDeletes,
+    /// The cleaner converges whatever row a job names, whoever owns it.
+    NoClaimCheck,
+    /// The cleaner accepts a job whose claim equals the row's owner even when the owner is
+    /// the writer itself (tokens are not secret).
+    WriterTokenAccepted,
+    /// The cleaner does not check the object lies under the configured prefix.
+    NoScopeCheck,
+    /// The prefix is matched as a string, so `sim` admits `simx/...`.
+    StringPrefix,
+    /// The guard ages its heartbeat on the monotonic clock only, which stops while a host
+    /// is suspended.
+    GuardMonotonicOnly,
+    /// The guard is checked before the first compare-and-write attempt only, not before
+    /// each retry.
+    GuardCheckedOnce,
+    /// After a conflict the writer cleans up on a plain read of HV, without fencing its own
+    /// change, so a straggling earlier attempt can still land.
+    NoSelfFenceOnConflict,
+    /// After a failed upload the writer deletes the blob and removes its row at once, so an
+    /// upload that lands after its error is an orphan no row names.
+    UploadErrorRemovesRow,
+    /// A read that finds its tombstone's blob missing reports it dangling without
+    /// re-reading HV.
+    ReadTrustsFirstMiss,
+    /// The cleaner dead-letters a job without its reason.
+    DeadLetterWithoutReason,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 17] = [
+        Mutant::UnconditionalHeartbeat,
+        Mutant::ClaimWithoutStalenessCheck,
+        Mutant::NoHvFence,
+        Mutant::FenceAfterRead,
+        Mutant::NoAppliedMarker,
+        Mutant::ExpiringRecoveryFences,
+        Mutant::RemoveRowBeforeDeletes,
+        Mutant::NoClaimCheck,
+        Mutant::WriterTokenAccepted,
+        Mutant::NoScopeCheck,
+        Mutant::StringPrefix,
+        Mutant::GuardMonotonicOnly,
+        Mutant::GuardCheckedOnce,
+        Mutant::NoSelfFenceOnConflict,
+        Mutant::UploadErrorRemovesRow,
+        Mutant::ReadTrustsFirstMiss,
+        Mutant::DeadLetterWithoutReason,
+    ];
+}
+
+#[cfg(feature = "mutants")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<Option<Mutant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether `m` is switched on for this thread. Always `false` without the feature.
+#[inline(always)]
+pub fn on(m: Mutant) -> bool {
+    #[cfg(feature = "mutants")]
+    {
+        ACTIVE.with(|a| a.get() == Some(m))
+    }
+    #[cfg(not(feature = "mutants"))]
+    {
+        let _ = m;
+        false
+    }
+}
+
+/// Switches `m` on (or every mutant off, with `None`) for the current thread.
+#[cfg(feature = "mutants")]
+pub fn activate(m: Option<Mutant>) {
+    ACTIVE.with(|a| a.set(m));
+}

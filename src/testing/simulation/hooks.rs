@@ -1,0 +1,230 @@
+//! Store hooks the simulation adds to processes: a little latency on every call (so that
+//! concurrent processes interleave), a host suspend, and a witness of what recovery
+//! touches outside its prefix.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use crate::changelog::{
+    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
+};
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::hv::{CasOutcome, Expected, HvStore, HvWrite};
+use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Timestamp};
+use crate::testing::SkewedClock;
+use crate::testing::intercept::{Call, Intercept, Op};
+
+/// Up to `max` of latency per call, drawn from a seeded generator.
+#[derive(Debug)]
+pub struct Jitter {
+    rng: Mutex<StdRng>,
+    max_ms: u64,
+}
+
+impl Jitter {
+    pub fn new(seed: u64, max: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            max_ms: u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1),
+        })
+    }
+}
+
+impl Intercept for Jitter {
+    fn run<T: Send + 'static>(
+        &self,
+        _op: Op,
+        _store: StoreKind,
+        call: Call<T>,
+    ) -> impl Future<Output = StoreResult<T>> + Send {
+        let ms = self
+            .rng
+            .lock()
+            .map(|mut r| r.random_range(0..self.max_ms))
+            .unwrap_or(0);
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            call.await
+        }
+    }
+}
+
+/// A host that freezes: the first call of `op` lands, then the process sleeps for `d`
+/// (nothing it sends leaves it meanwhile; its monotonic clock does not count the time),
+/// then the call's connection is found reset.
+#[derive(Debug)]
+pub struct Freeze {
+    op: Op,
+    d: Duration,
+    clock: Arc<SkewedClock>,
+    until: Mutex<Option<Instant>>,
+}
+
+impl Freeze {
+    pub fn new(op: Op, d: Duration, clock: Arc<SkewedClock>) -> Arc<Self> {
+        Arc::new(Self {
+            op,
+            d,
+            clock,
+            until: Mutex::new(None),
+        })
+    }
+
+    async fn apply<T: Send + 'static>(
+        &self,
+        op: Op,
+        store: StoreKind,
+        call: Call<T>,
+    ) -> StoreResult<T> {
+        let frozen = *self.until.lock().unwrap_or_else(|e| e.into_inner());
+        match frozen {
+            Some(until) => {
+                tokio::time::sleep_until(until).await;
+                call.await
+            }
+            None if op == self.op => {
+                let _ = call.await;
+                let until = Instant::now() + self.d;
+                *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+                self.clock.freeze();
+                tokio::time::sleep_until(until).await;
+                self.clock.thaw();
+                Err(StoreError::new(
+                    store,
+                    "simulated",
+                    format!("{op:?}"),
+                    ErrorKind::Transient,
+                    "connection reset while the host was suspended",
+                ))
+            }
+            None => call.await,
+        }
+    }
+}
+
+impl Intercept for Freeze {
+    fn run<T: Send + 'static>(
+        &self,
+        op: Op,
+        store: StoreKind,
+        call: Call<T>,
+    ) -> impl Future<Output = StoreResult<T>> + Send {
+        self.apply(op, store, call)
+    }
+}
+
+/// Records every object recovery fences outside its prefix (invariant I4: it never acts
+/// there).
+#[derive(Debug)]
+pub struct ScopeWitness {
+    pub inner: Arc<dyn HvStore>,
+    pub prefix: String,
+    pub trespasses: Arc<Mutex<Vec<ObjectPath>>>,
+}
+
+impl ScopeWitness {
+    fn note(&self, path: &ObjectPath) {
+        // Its own rule, not `ObjectPath::is_under`: the witness must not share a mutant.
+        let p = path.as_str();
+        let inside = p == self.prefix || p.starts_with(&format!("{}/", self.prefix));
+        if !inside {
+            self.trespasses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(path.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl HvStore for ScopeWitness {
+    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+        self.inner.read(path).await
+    }
+    async fn compare_and_write(
+        &self,
+        path: &ObjectPath,
+        expected: &Expected,
+        write: &HvWrite,
+        change: Option<&ChangeId>,
+    ) -> StoreResult<CasOutcome> {
+        self.note(path);
+        self.inner
+            .compare_and_write(path, expected, write, change)
+            .await
+    }
+    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
+        self.note(path);
+        self.inner.fence(path, change).await
+    }
+}
+
+/// Records every claim won on a row that was fresh when the claim landed (invariant I4:
+/// recovery takes over only changes whose writer has gone quiet). It reads the row just
+/// before passing the claim on; with the in-memory changelog nothing runs in between.
+#[derive(Debug)]
+pub struct ClaimWitness {
+    pub inner: Arc<dyn Changelog>,
+    pub cutoff_age: Duration,
+    pub fresh_claims: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Changelog for ClaimWitness {
+    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
+        self.inner.record(id, record).await
+    }
+    async fn now(&self) -> StoreResult<Timestamp> {
+        self.inner.now().await
+    }
+    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
+        self.inner.heartbeat(id, owner).await
+    }
+    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
+        self.inner.scan_stale(req).await
+    }
+    async fn claim(
+        &self,
+        seen: &ChangelogEntry,
+        cutoff: Timestamp,
+        claimer: &OwnerToken,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claim> {
+        let now = self.inner.now().await?;
+        let before = self.inner.get(&seen.id).await?;
+        let outcome = self.inner.claim(seen, cutoff, claimer, lease_until).await?;
+        if let (Claim::Won(_), Some(before)) = (&outcome, before)
+            && before.record.owner != *claimer
+            && before.stamp > now.saturating_sub(self.cutoff_age)
+        {
+            self.fresh_claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "change {} was claimed though its owner {} stamped it {} ms before the claim",
+                    seen.id,
+                    before.record.owner,
+                    now.0 - before.stamp.0
+                ));
+        }
+        Ok(outcome)
+    }
+    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
+        self.inner.get(id).await
+    }
+    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
+        self.inner.remove(id, owner).await
+    }
+    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
+        self.inner.defer(id, record).await
+    }
+    fn is_noop(&self) -> bool {
+        self.inner.is_noop()
+    }
+}

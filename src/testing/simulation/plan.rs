@@ -1,0 +1,324 @@
+//! A schedule: the seeded list of events one simulation run plays. Generated from a seed,
+//! printed when a run fails, and shrunk by dropping events, so a failure comes with the
+//! smallest schedule found that still fails.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::testing::faults::{Fault, Op, Rule};
+
+/// The value a write leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value {
+    Absent,
+    Small,
+    Large,
+}
+
+/// What happens to the writing process besides its store calls' faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    Healthy,
+    /// Its wall clock is stepped by this much (forward when `true`) mid-write.
+    ClockStep(Duration, bool),
+    /// The first call of `op` lands, then the whole process freezes for the duration (its
+    /// heartbeats too, and its monotonic clock does not count it), then sees an error.
+    SuspendAfter(Op, Duration),
+}
+
+/// A forged or stale job a bystander publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgery {
+    /// Names a live row with the token that row's owner has (a writer's, when live).
+    OwnersToken,
+    /// Names a row with a claim token seen on it earlier.
+    OldClaim,
+    /// Names a row with a fresh recovery-claim token nobody holds.
+    UnknownClaim,
+    /// A body that is not a job.
+    Poison,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFault {
+    /// The next publishes are delivered twice.
+    Duplicate(u32),
+    /// The next publish is accepted and then lost (retention, a deleted subscription).
+    Drop(u32),
+    /// The next publishes become deliverable only this much later.
+    Delay(u32, Duration),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Write {
+        object: usize,
+        value: Value,
+        faults: Vec<Rule>,
+        process: Process,
+    },
+    /// A read, whose blob fetch may be held (a read racing an overwrite).
+    Read {
+        object: usize,
+        hold: Option<Duration>,
+    },
+    Sleep(Duration),
+    /// Scanners stop for this long (a scanner pool outage), then start again.
+    RecoveryOutage(Duration),
+    /// The scanner is killed and restarted (its cursor is lost).
+    RestartScanner(usize),
+    /// The cleaner's process dies at its `n`-th store call from now, mid-job.
+    KillCleaner {
+        cleaner: usize,
+        at_call: usize,
+    },
+    /// The cleaner's `at_call`-th store call from now is held this long: past the ack
+    /// deadline, so another cleaner gets the job while this one still works on it.
+    StallCleaner {
+        cleaner: usize,
+        at_call: usize,
+        stall: Duration,
+    },
+    /// The scanner's next claim is held this long after its scan (a GC pause, a frozen
+    /// node): what it saw stale may have come back to life.
+    StallScanner {
+        scanner: usize,
+        stall: Duration,
+    },
+    Forge {
+        object: usize,
+        forgery: Forgery,
+    },
+    Queue(QueueFault),
+}
+
+/// The longest a straggling call lands after its caller saw the error: the deadline every
+/// Bigtable write carries (10 s), within an upload's settle time.
+pub const MAX_STRAGGLE: Duration = Duration::from_secs(10);
+
+/// The `applied` markers' max age in the simulated HV table: 24 h in production, ten
+/// minutes here, so a schedule can outlast it cheaply (what matters is only that it is
+/// longer than a writer's guard validity, as the production one is).
+pub const APPLIED_TTL: Duration = Duration::from_secs(600);
+
+/// Longer than every TTL the simulated stores apply.
+pub const LONGER_THAN_TTLS: Duration = Duration::from_secs(660);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub seed: u64,
+    pub events: Vec<Event>,
+}
+
+/// Sizes of the simulated deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// In-scope objects; two more lie outside the cleaners' prefix.
+    pub objects: usize,
+    pub scanners: usize,
+    pub cleaners: usize,
+    pub steps: usize,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self {
+            objects: 3,
+            scanners: 2,
+            cleaners: 2,
+            steps: 16,
+        }
+    }
+}
+
+impl Shape {
+    /// In-scope objects plus the two outside the prefix (`simx/…`, `other/…`).
+    pub fn all_objects(&self) -> usize {
+        self.objects + 2
+    }
+}
+
+impl Plan {
+    pub fn generate(seed: u64, shape: Shape) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut events = Vec::with_capacity(shape.steps + 2);
+        // One schedule in eight is a long one: recovery is down for a day while a writer
+        // freezes longer than every TTL; what must hold then is not what holds in minutes.
+        if rng.random_ratio(1, 8) {
+            events.push(Event::RecoveryOutage(
+                LONGER_THAN_TTLS + Duration::from_secs(300),
+            ));
+        }
+        for _ in 0..shape.steps {
+            events.push(event(&mut rng, shape));
+        }
+        Self { seed, events }
+    }
+
+    /// The plan without event `i`.
+    pub fn without(&self, i: usize) -> Self {
+        let mut events = self.events.clone();
+        events.remove(i);
+        Self {
+            seed: self.seed,
+            events,
+        }
+    }
+}
+
+fn event(rng: &mut StdRng, shape: Shape) -> Event {
+    // Most writes go to the in-scope objects; one in ten to an object recovery must leave.
+    let object = if rng.random_ratio(1, 10) {
+        shape.objects + rng.random_range(0..2)
+    } else {
+        rng.random_range(0..shape.objects)
+    };
+    match rng.random_range(0..100) {
+        0..=49 => {
+            let value = match rng.random_range(0..3) {
+                0 => Value::Absent,
+                1 => Value::Small,
+                _ => Value::Large,
+            };
+            let faults = if value == Value::Large {
+                write_faults(rng)
+            } else {
+                // A small write over a small value carries no change, so nothing refuses a
+                // straggling earlier attempt of it: a known open schedule (README, "What is
+                // not closed yet"), left out here and only here.
+                write_faults(rng)
+                    .into_iter()
+                    .filter(|r| !(r.op == Some(Op::HvCas) && matches!(r.fault, Fault::Straggle(_))))
+                    .collect()
+            };
+            let process = match rng.random_range(0..12) {
+                0 => Process::SuspendAfter(Op::HvCas, LONGER_THAN_TTLS),
+                1 => Process::SuspendAfter(
+                    if rng.random_bool(0.5) {
+                        Op::LtPut
+                    } else {
+                        Op::Record
+                    },
+                    Duration::from_secs(rng.random_range(20..200)),
+                ),
+                2 => Process::ClockStep(
+                    Duration::from_secs(rng.random_range(60..7200)),
+                    rng.random_bool(0.5),
+                ),
+                _ => Process::Healthy,
+            };
+            Event::Write {
+                object,
+                value,
+                faults,
+                process,
+            }
+        }
+        50..=57 => Event::Read {
+            object,
+            hold: rng
+                .random_bool(0.5)
+                .then(|| Duration::from_millis(rng.random_range(10..3000))),
+        },
+        58..=71 => Event::Sleep(match rng.random_range(0..10) {
+            0 => LONGER_THAN_TTLS,
+            1..=3 => Duration::from_secs(rng.random_range(30..300)),
+            _ => Duration::from_secs(rng.random_range(1..30)),
+        }),
+        72..=74 => Event::RestartScanner(rng.random_range(0..shape.scanners)),
+        75..=78 => Event::KillCleaner {
+            cleaner: rng.random_range(0..shape.cleaners),
+            at_call: rng.random_range(0..6),
+        },
+        79..=81 => Event::StallCleaner {
+            cleaner: rng.random_range(0..shape.cleaners),
+            at_call: rng.random_range(0..4),
+            stall: Duration::from_secs(rng.random_range(5..90)),
+        },
+        82 => Event::StallScanner {
+            scanner: rng.random_range(0..shape.scanners),
+            stall: Duration::from_secs(rng.random_range(5..60)),
+        },
+        83..=90 => Event::Forge {
+            object,
+            forgery: match rng.random_range(0..4) {
+                0 => Forgery::OwnersToken,
+                1 => Forgery::OldClaim,
+                2 => Forgery::UnknownClaim,
+                _ => Forgery::Poison,
+            },
+        },
+        91..=93 => Event::RecoveryOutage(Duration::from_secs(rng.random_range(30..600))),
+        _ => Event::Queue(match rng.random_range(0..3) {
+            0 => QueueFault::Duplicate(rng.random_range(1..5)),
+            1 => QueueFault::Drop(rng.random_range(1..3)),
+            _ => QueueFault::Delay(
+                rng.random_range(1..5),
+                Duration::from_secs(rng.random_range(5..120)),
+            ),
+        }),
+    }
+}
+
+/// The faults one write's store calls meet: crashes at any call, pauses, lost responses,
+/// failures, and stragglers (a call that fails to its caller and lands later anyway).
+fn write_faults(rng: &mut StdRng) -> Vec<Rule> {
+    let pause = Duration::from_secs(rng.random_range(20..70));
+    let straggle = Duration::from_secs(rng.random_range(1..=MAX_STRAGGLE.as_secs()));
+    let crash = if rng.random_bool(0.5) {
+        Fault::CrashBefore
+    } else {
+        Fault::CrashAfter
+    };
+    let short = Duration::from_secs(rng.random_range(1..4));
+    match rng.random_range(0..31) {
+        0..=9 => vec![],
+        10..=14 => vec![Rule::nth_call(rng.random_range(0..7), crash)],
+        15..=16 => vec![
+            Rule::on(Op::Heartbeat, Fault::Delay(pause)),
+            Rule::on(Op::LtPut, Fault::Delay(pause)),
+        ],
+        17 => vec![
+            Rule::on(Op::Heartbeat, Fault::Delay(pause)),
+            Rule::once(Op::HvCas, Fault::Delay(pause)),
+        ],
+        18..=19 => vec![Rule::on(Op::HvCas, Fault::LoseResponse)],
+        20 => vec![Rule::once(Op::HvCas, Fault::Straggle(straggle))],
+        21 => vec![Rule::on(Op::HvCas, Fault::Straggle(straggle))],
+        22 => vec![Rule::once(Op::LtPut, Fault::Straggle(straggle))],
+        23 => vec![Rule::on(Op::LtPut, Fault::Straggle(straggle))],
+        24 => vec![Rule::once(Op::LtGet, Fault::Delay(pause))],
+        25 => vec![Rule::on(Op::Heartbeat, Fault::Straggle(straggle))],
+        26 => vec![Rule::once(Op::Remove, Fault::Fail)],
+        // A heartbeat attempt lands late while its retry succeeded, during a slow write:
+        // it may land after the change's row is gone.
+        28 => vec![
+            Rule::on(Op::LtPut, Fault::Delay(pause)),
+            Rule {
+                op: Some(Op::Heartbeat),
+                skip: rng.random_range(0..6),
+                times: 1,
+                fault: Fault::Straggle(straggle),
+            },
+        ],
+        // The first attempt straggles and the retry is slow: others may commit in between,
+        // so the retry conflicts while the first attempt is still on its way.
+        29 => vec![
+            Rule::once(Op::HvCas, Fault::Straggle(straggle)),
+            Rule {
+                op: Some(Op::HvCas),
+                skip: 1,
+                times: 1,
+                fault: Fault::Delay(short),
+            },
+        ],
+        // The request is held past every TTL after the guard passed it (the process stalls,
+        // its heartbeats with it).
+        _ => vec![
+            Rule::once(Op::HvCas, Fault::Delay(LONGER_THAN_TTLS)),
+            Rule::on(Op::Heartbeat, Fault::Delay(LONGER_THAN_TTLS)),
+        ],
+    }
+}

@@ -1,0 +1,69 @@
+//! Mutation score of the simulation: every known-bad protocol variant in
+//! `tiersweep::mutants` must be caught. Prints "mutant → schedules until caught".
+//!
+//! `TIERSWEEP_MUTANT_BUDGET` bounds the schedules tried per mutant (2,000 by default);
+//! `TIERSWEEP_SEED_BASE` picks the first seed (random by default).
+
+use tiersweep::mutants::{Mutant, activate};
+use tiersweep::testing::simulation::plan::{Plan, Shape};
+use tiersweep::testing::simulation::run;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// The first schedule that catches `m`, as (schedules tried, seed, violation).
+fn hunt(m: Mutant, base: u64, budget: u64) -> Option<(u64, u64, String)> {
+    let shape = Shape::default();
+    activate(Some(m));
+    let found = (0..budget).find_map(|i| {
+        let seed = base.wrapping_add(i);
+        run(&Plan::generate(seed, shape), shape)
+            .err()
+            .map(|v| (i + 1, seed, v))
+    });
+    activate(None);
+    found
+}
+
+#[test]
+fn the_simulation_catches_every_mutant() {
+    let budget = env_u64("TIERSWEEP_MUTANT_BUDGET").unwrap_or(2_000);
+    let base = env_u64("TIERSWEEP_SEED_BASE").unwrap_or_else(rand::random);
+    let mut survivors = Vec::new();
+    eprintln!("mutant → schedules until caught (seeds from {base}, budget {budget})");
+    for m in Mutant::ALL {
+        match hunt(m, base, budget) {
+            Some((tries, seed, violation)) => {
+                let first = violation.lines().next().unwrap_or_default();
+                let first: String = first.chars().take(140).collect();
+                eprintln!("{m:?} → {tries} (seed {seed}: {first})");
+            }
+            None => {
+                eprintln!("{m:?} → SURVIVED {budget} schedules");
+                survivors.push(m);
+            }
+        }
+    }
+    assert!(
+        survivors.is_empty(),
+        "mutants the simulation did not catch: {survivors:?}"
+    );
+}
+
+/// The mutant switch itself: off unless activated, and per thread.
+#[test]
+fn mutants_are_off_by_default() {
+    for m in Mutant::ALL {
+        assert!(!tiersweep::mutants::on(m));
+    }
+    activate(Some(Mutant::NoHvFence));
+    assert!(tiersweep::mutants::on(Mutant::NoHvFence));
+    assert!(
+        !std::thread::spawn(|| tiersweep::mutants::on(Mutant::NoHvFence))
+            .join()
+            .unwrap()
+    );
+    activate(None);
+    assert!(!tiersweep::mutants::on(Mutant::NoHvFence));
+}
