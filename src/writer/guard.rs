@@ -40,9 +40,10 @@ pub enum GuardState {
     Expired,
 }
 
-/// When the last successful heartbeat (or the record) was sent, on both clocks.
+/// A moment on both of the process's clocks: when the last successful heartbeat (or the
+/// record) was sent, or when a compare-and-write's first attempt was.
 #[derive(Debug, Clone, Copy)]
-struct Sent {
+pub struct Sent {
     monotonic: Instant,
     wall: Timestamp,
 }
@@ -127,6 +128,20 @@ impl ChangeGuard {
             .last_sent_ok
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        self.age_of(sent)
+    }
+
+    /// Now, on both clocks.
+    pub fn mark(&self) -> Sent {
+        Sent {
+            monotonic: self.clock.monotonic(),
+            wall: self.clock.now(),
+        }
+    }
+
+    /// How long ago `sent` was: the larger of its monotonic and its wall-clock age (a wall
+    /// clock stepped backwards gives 0 and leaves it to the other).
+    pub fn age_of(&self, sent: Sent) -> std::time::Duration {
         let wall = self.clock.now().0.saturating_sub(sent.wall.0).max(0);
         let wall = std::time::Duration::from_millis(u64::try_from(wall).unwrap_or(0));
         let monotonic = self

@@ -470,15 +470,23 @@ impl TieredStorage {
     ) -> Result<Guarded, StoreError> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let sent = AtomicUsize::new(0);
+        let first_sent = std::sync::OnceLock::new();
         let lapsed = std::sync::Mutex::new(None);
         let result = self
             .config
             .retry
             .run("compare_and_write", || {
+                let first = *first_sent.get_or_init(|| guard.mark());
                 let state = if sent.load(Ordering::SeqCst) > 0
                     && crate::mutants::on(crate::mutants::Mutant::GuardCheckedOnce)
                 {
                     GuardState::Valid
+                } else if guard.age_of(first) >= self.config.protocol.guard_validity() {
+                    // A heartbeat may have revived the guard since (recovery was down),
+                    // but an attempt this late could land after the first one's `applied`
+                    // marker aged out and be taken for a new write: retries stay within
+                    // one guard validity of the first attempt.
+                    GuardState::Expired
                 } else {
                     guard.state()
                 };

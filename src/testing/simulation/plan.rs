@@ -151,6 +151,11 @@ impl Plan {
                 LONGER_THAN_TTLS + Duration::from_secs(300),
             ));
         }
+        // One in four opens with a known-dangerous shape (swarm testing): the purely random
+        // mix reaches these only rarely, and each has hidden a real hole before.
+        if rng.random_ratio(1, 4) {
+            events.extend(opening(&mut rng));
+        }
         for _ in 0..shape.steps {
             events.push(event(&mut rng, shape));
         }
@@ -165,6 +170,102 @@ impl Plan {
             seed: self.seed,
             events,
         }
+    }
+}
+
+/// A large put of object 0 with these faults.
+fn large_put(faults: Vec<Rule>, process: Process) -> Event {
+    Event::Write {
+        object: 0,
+        value: Value::Large,
+        faults,
+        process,
+    }
+}
+
+fn healthy_write(value: Value) -> Event {
+    Event::Write {
+        object: 0,
+        value,
+        faults: vec![],
+        process: Process::Healthy,
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Openings that each set up one hazard, with some play in their timings.
+fn opening(rng: &mut StdRng) -> Vec<Event> {
+    match rng.random_range(0..4) {
+        // Recovery is down while a writer whose first attempt landed freezes past every
+        // TTL, and the object is deleted meanwhile: the writer's retry must not be sent.
+        0 => vec![
+            Event::RecoveryOutage(LONGER_THAN_TTLS + secs(300)),
+            large_put(vec![], Process::SuspendAfter(Op::HvCas, LONGER_THAN_TTLS)),
+            Event::Sleep(secs(rng.random_range(5..60))),
+            healthy_write(Value::Absent),
+            Event::Sleep(LONGER_THAN_TTLS),
+        ],
+        // A writer freezes after its upload; scanners see its row stale but their claims
+        // stall until after it has woken and heartbeated: they must lose.
+        1 => {
+            let freeze = secs(rng.random_range(45..80));
+            let stall = secs(rng.random_range(40..60));
+            vec![
+                large_put(vec![], Process::SuspendAfter(Op::LtPut, freeze)),
+                Event::StallScanner { scanner: 0, stall },
+                Event::StallScanner { scanner: 1, stall },
+                Event::Sleep(secs(150)),
+            ]
+        }
+        // A writer's compare-and-write is held while its row goes stale; the cleaner that
+        // takes the job stalls at its third call: the held write lands meanwhile.
+        2 => {
+            let held = secs(rng.random_range(45..70));
+            let stall = secs(rng.random_range(20..40));
+            vec![
+                large_put(
+                    vec![
+                        Rule::on(Op::Heartbeat, Fault::Delay(secs(120))),
+                        Rule::once(Op::HvCas, Fault::Delay(held)),
+                    ],
+                    Process::Healthy,
+                ),
+                Event::StallCleaner {
+                    cleaner: 0,
+                    at_call: 2,
+                    stall,
+                },
+                Event::StallCleaner {
+                    cleaner: 1,
+                    at_call: 2,
+                    stall,
+                },
+                Event::Sleep(secs(150)),
+            ]
+        }
+        // A writer's first attempt straggles and its retry conflicts with a small write;
+        // the object is then deleted, before the straggler lands on the now-empty row.
+        _ => vec![
+            large_put(
+                vec![
+                    Rule::once(Op::HvCas, Fault::Straggle(secs(rng.random_range(7..10)))),
+                    Rule {
+                        op: Some(Op::HvCas),
+                        skip: 1,
+                        times: 1,
+                        fault: Fault::Delay(secs(2)),
+                    },
+                ],
+                Process::Healthy,
+            ),
+            healthy_write(Value::Small),
+            Event::Sleep(secs(3)),
+            healthy_write(Value::Absent),
+            Event::Sleep(secs(20)),
+        ],
     }
 }
 
