@@ -246,8 +246,8 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                 Event::Sleep(secs(150)),
             ]
         }
-        // A writer's first attempt straggles and its retry conflicts with a small write;
-        // the object is then deleted, before the straggler lands on the now-empty row.
+        // A writer's first attempt straggles and its retry conflicts with another large
+        // put; the object is then deleted, before the straggler lands on the empty row.
         _ => vec![
             large_put(
                 vec![
@@ -261,7 +261,7 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                 ],
                 Process::Healthy,
             ),
-            healthy_write(Value::Small),
+            healthy_write(Value::Large),
             Event::Sleep(secs(3)),
             healthy_write(Value::Absent),
             Event::Sleep(secs(20)),
