@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proves that the worker binary as the release image builds it (`tiersweep-workers`
 # without default features, as in the Dockerfile) contains none of the library's test
-# machinery, demo or benchmark: no symbol of `tiersweep::testing`, `tiersweep::demo` or
+# machinery, demo, benchmark or protocol mutants: no symbol of `tiersweep::testing`,
+# `tiersweep::demo`, `tiersweep::mutants` or
 # `tiersweep::bench` is in it. The same check on the dev build (default features) must
 # find them, so a pattern that matches nothing cannot pass for a clean binary.
 #
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-forbidden='tiersweep::(testing|demo|bench)::'
+forbidden='tiersweep::(testing|demo|bench|mutants)::'
 out=target/release-check
 mkdir -p "$out"
 
@@ -45,4 +46,4 @@ if "$out/tiersweep-release-features" demo --help >/dev/null 2>&1; then
   echo "check-release: the release feature set still has the demo command" >&2
   exit 1
 fi
-echo "check-release: release feature set: 0 symbols of tiersweep::{testing,demo,bench} (dev build: $dev_hits)"
+echo "check-release: release feature set: 0 symbols of tiersweep::{testing,demo,bench,mutants} (dev build: $dev_hits)"

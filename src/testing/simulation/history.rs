@@ -1,10 +1,14 @@
-//! What each object may read back as, given what its writers were told: the model an
-//! acknowledged-write check compares the stores against.
+//! What each object may read back as, given what its writers were told: the model the
+//! acknowledged-write check compares the stores against (linearizability of one register
+//! per object).
 //!
-//! A write that returned `Ok` fixes the object's value, except for writes whose outcome was
-//! unknown (an error after the call may have landed, a crash) and whose attempts may still
-//! land later: the value they carried stays acceptable until no attempt of theirs can.
-//! A write refused before HV changed (`Conflict`, `Fenced`, `GuardLost`) cannot appear.
+//! Every write that may have taken effect is a candidate, alive until some acknowledged
+//! write *started* after it could last have landed. For an acknowledged write that is when
+//! it returned; for a write whose outcome its caller could not know (an error after the call
+//! may have landed, a crash) it is later: an attempt of it may land until a straggler no
+//! longer can. Writes that overlap in time may have landed in either order, so both stay
+//! candidates. A write refused before HV changed (`Conflict`, `Fenced`, `GuardLost`) is
+//! none. The object may read back as the value of any live candidate.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,12 +20,16 @@ use crate::model::ObjectPath;
 use crate::testing::invariants::Acceptable;
 use crate::writer::WriteError;
 
-/// Acceptable values per object, and the writes whose outcome nobody knows yet.
+#[derive(Debug, Clone)]
+struct Candidate {
+    value: Option<Bytes>,
+    /// The latest moment the write may have landed.
+    until: Instant,
+}
+
 #[derive(Debug, Clone)]
 pub struct History {
-    acceptable: BTreeMap<ObjectPath, Acceptable>,
-    /// Values of writes with unknown outcome, and until when an attempt may still land.
-    unknown: Vec<(ObjectPath, Option<Bytes>, Instant)>,
+    candidates: BTreeMap<ObjectPath, Vec<Candidate>>,
     /// How long after its caller saw an error a write's attempt may still land.
     max_straggle: Duration,
 }
@@ -37,63 +45,68 @@ pub enum Ending {
 impl History {
     /// Every object starts absent.
     pub fn new(objects: impl IntoIterator<Item = ObjectPath>, max_straggle: Duration) -> Self {
+        let origin = Instant::now();
         Self {
-            acceptable: objects.into_iter().map(|p| (p, vec![None])).collect(),
-            unknown: Vec::new(),
+            candidates: objects
+                .into_iter()
+                .map(|p| {
+                    (
+                        p,
+                        vec![Candidate {
+                            value: None,
+                            until: origin,
+                        }],
+                    )
+                })
+                .collect(),
             max_straggle,
         }
     }
 
-    pub fn acceptable(&self) -> &BTreeMap<ObjectPath, Acceptable> {
-        &self.acceptable
+    /// The values each object may read back as now.
+    pub fn acceptable(&self) -> BTreeMap<ObjectPath, Acceptable> {
+        self.candidates
+            .iter()
+            .map(|(p, cs)| {
+                let mut values: Acceptable = Vec::with_capacity(cs.len());
+                for c in cs {
+                    if !values.contains(&c.value) {
+                        values.push(c.value.clone());
+                    }
+                }
+                (p.clone(), values)
+            })
+            .collect()
     }
 
-    /// Records a write of `value` to `path` that ended at `at`. Writes must be recorded in
-    /// the order they ended; writes that ended at the same instant may have landed in either
-    /// order, and `tie` says this one did so with the previous one on the same object.
+    /// Records a write of `value` to `path` that started at `start` and ended at `end`.
+    /// Writes must be recorded in the order they ended.
     pub fn settle(
         &mut self,
-        at: Instant,
+        start: Instant,
+        end: Instant,
         path: &ObjectPath,
         value: Option<Bytes>,
         ending: Ending,
-        tie: bool,
     ) {
-        let before = self.acceptable.get(path).cloned().unwrap_or_default();
-        let Some(set) = self.acceptable.get_mut(path) else {
+        let Some(cs) = self.candidates.get_mut(path) else {
             return;
         };
         match ending {
             Ending::Returned(Ok(())) => {
-                *set = vec![value];
-                self.unknown.retain(|(_, _, until)| *until >= at);
-                set.extend(
-                    self.unknown
-                        .iter()
-                        .filter(|(p, ..)| p == path)
-                        .map(|(_, v, _)| v.clone()),
-                );
+                // Whatever could last have landed before this write started is overwritten.
+                cs.retain(|c| c.until >= start);
+                cs.push(Candidate { value, until: end });
             }
             Ending::Returned(Err(
                 WriteError::Conflict { .. }
                 | WriteError::Fenced { .. }
                 | WriteError::GuardLost { .. },
             )) => {}
-            Ending::Returned(Err(_)) => {
-                set.push(value.clone());
-                self.unknown
-                    .push((path.clone(), value, at + self.max_straggle));
-            }
-            // Its effect may have landed at this very instant, as late as (or later than) a
-            // write that finishes now, and a straggling call of it later still.
-            Ending::Crashed => {
-                set.push(value.clone());
-                self.unknown
-                    .push((path.clone(), value, at + self.max_straggle));
-            }
-        }
-        if tie {
-            set.extend(before);
+            Ending::Returned(Err(_)) | Ending::Crashed => cs.push(Candidate {
+                value,
+                until: end + self.max_straggle,
+            }),
         }
     }
 }

@@ -101,6 +101,7 @@ struct Write {
     /// It met no fault: it must not be taken over.
     healthy: bool,
     faults: Arc<Faults>,
+    start: Instant,
     task: JoinHandle<(Result<(), WriteError>, Instant)>,
 }
 
@@ -414,6 +415,7 @@ impl World {
                 clock.jump(by, forward);
             });
         }
+        let start = Instant::now();
         let task = tokio::spawn({
             let (path, bytes) = (path.clone(), bytes.clone());
             async move {
@@ -429,6 +431,7 @@ impl World {
             value: bytes,
             healthy,
             faults,
+            start,
             task,
         });
         // Give the write a moment before the next event.
@@ -469,7 +472,7 @@ impl World {
     /// Folds finished writes into the history, in the order they finished. With `all`,
     /// waits for every write whose process is alive, and abandons the crashed ones.
     async fn settle(&mut self, all: bool) {
-        let mut done: Vec<(Instant, ObjectPath, Option<Bytes>, Ending, bool)> = Vec::new();
+        let mut done: Vec<(Instant, Instant, ObjectPath, Option<Bytes>, Ending, bool)> = Vec::new();
         let mut i = 0;
         while i < self.writes.len() {
             let w = &self.writes[i];
@@ -477,20 +480,35 @@ impl World {
             if w.task.is_finished() || (all && !crashed) {
                 let w = self.writes.remove(i);
                 match w.task.await {
-                    Ok((r, at)) => done.push((at, w.path, w.value, Ending::Returned(r), w.healthy)),
-                    Err(_) => done.push((Instant::now(), w.path, w.value, Ending::Crashed, false)),
+                    Ok((r, at)) => {
+                        done.push((at, w.start, w.path, w.value, Ending::Returned(r), w.healthy))
+                    }
+                    Err(_) => done.push((
+                        Instant::now(),
+                        w.start,
+                        w.path,
+                        w.value,
+                        Ending::Crashed,
+                        false,
+                    )),
                 }
             } else if crashed {
                 let w = self.writes.remove(i);
                 w.task.abort();
-                done.push((Instant::now(), w.path, w.value, Ending::Crashed, false));
+                done.push((
+                    Instant::now(),
+                    w.start,
+                    w.path,
+                    w.value,
+                    Ending::Crashed,
+                    false,
+                ));
             } else {
                 i += 1;
             }
         }
         done.sort_by_key(|d| d.0);
-        let mut previous: Option<(Instant, ObjectPath)> = None;
-        for (at, path, value, ending, healthy) in done {
+        for (end, start, path, value, ending, healthy) in done {
             if healthy
                 && let Ending::Returned(Err(
                     e @ (WriteError::Fenced { .. } | WriteError::GuardLost { .. }),
@@ -499,15 +517,13 @@ impl World {
                 self.precision
                     .push(format!("a write that met no fault was taken over: {e}"));
             }
-            let tie = previous.as_ref() == Some(&(at, path.clone()));
-            self.history.settle(at, &path, value, ending, tie);
-            previous = Some((at, path));
+            self.history.settle(start, end, &path, value, ending);
         }
     }
 
     /// The invariants that hold at every moment.
     async fn check_step(&mut self) -> Result<(), String> {
-        let report = invariants::check(&self.mem.stores(), self.history.acceptable())
+        let report = invariants::check(&self.mem.stores(), &self.history.acceptable())
             .await
             .map_err(|e| e.to_string())?;
         if !report.dangling.is_empty() {
@@ -614,7 +630,6 @@ impl World {
         let (inside, outside): (BTreeMap<_, _>, BTreeMap<_, _>) = self
             .history
             .acceptable()
-            .clone()
             .into_iter()
             .partition(|(p, _)| self.in_scope(p));
         // Every claim's lease (up to 16 × 40 s) runs out well within two hours, and every
