@@ -36,6 +36,8 @@ macro_rules! safety_schedules {
         $crate::safety_schedules!(@each #[$attr], $stores, $protocol, [
             a_write_held_longer_than_every_ttl_is_refused,
             a_retry_after_a_day_long_stall_is_not_sent,
+            an_upload_retry_after_a_freeze_is_not_sent,
+            a_retry_after_a_freeze_the_guard_survived_is_not_sent,
         ]);
     };
     (#[$attr:meta], $stores:expr, $protocol:expr) => {
@@ -492,6 +494,118 @@ pub async fn an_upload_that_lands_after_its_error_is_deleted(
     recovery_pass(&stores, protocol).await;
     let left = blobs_of(&stores, &path).await;
     assert!(left.is_empty(), "the late upload is deleted: {left:?}");
+    assert!(entries_for(&stores, &path).await.is_empty());
+}
+
+/// The writer's view of `stores` from a host that freezes (VM suspend, SIGSTOP) for `d`
+/// right after its first call of `op` lands: nothing it sends leaves meanwhile, its
+/// monotonic clock does not count the time, and the call's connection is found reset.
+fn frozen_writer(stores: &Stores, op: Op, d: Duration) -> Stores {
+    let clock = super::SkewedClock::new(stores.clock.clone());
+    let hook = super::simulation::hooks::Freeze::new(op, d, clock.clone());
+    let mut frozen = super::intercept::wrap(hook, stores);
+    frozen.clock = clock;
+    frozen
+}
+
+/// A writer's upload lands, then its host freezes for longer than the staleness threshold.
+/// Recovery converges the change meanwhile (deletes the upload, removes the row). On waking,
+/// the writer saw its upload fail and used to retry it at once; when its process then died,
+/// the retry had landed with no row naming it, an orphan forever (I2). An upload attempt is
+/// sent only while the guard is valid, like an HV write.
+pub async fn an_upload_retry_after_a_freeze_is_not_sent(stores: Stores, protocol: ProtocolConfig) {
+    let path = unique_path();
+    let freeze = protocol.staleness_threshold * 3;
+    // The process dies right after a retried upload lands, if one is sent.
+    let faults = Faults::new([Rule {
+        op: Some(Op::LtPut),
+        skip: 1,
+        times: 1,
+        fault: Fault::CrashAfter,
+    }]);
+    let writer = TieredStorage::new(
+        frozen_writer(&faults.wrap(&stores), Op::LtPut, freeze),
+        test_writer_config(protocol),
+    )
+    .expect("valid writer config");
+    let frozen = tokio::spawn({
+        let path = path.clone();
+        async move { writer.put(&path, large("frozen")).await }
+    });
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    let pass = recovery_pass(&stores, protocol).await;
+    assert_eq!(
+        pass.converged, 1,
+        "recovery converges the frozen change: {pass:?}"
+    );
+
+    tokio::time::sleep(freeze).await;
+    assert!(
+        !faults.is_crashed(),
+        "no upload attempt was sent after the freeze"
+    );
+    let outcome = frozen.await.expect("the frozen writer's task");
+    assert!(
+        outcome.is_err(),
+        "the write fails after the freeze: {outcome:?}"
+    );
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    recovery_pass(&stores, protocol).await;
+    let left = blobs_of(&stores, &path).await;
+    assert!(left.is_empty(), "no upload is left behind: {left:?}");
+    assert!(entries_for(&stores, &path).await.is_empty());
+    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+}
+
+/// A writer's compare-and-write lands, then its host freezes for longer than the `applied`
+/// markers' TTL while recovery is down, and the object is deleted meanwhile. On waking, a
+/// heartbeat succeeds (the row is still the writer's), so the guard is valid again, and the
+/// retry used to be sent: with the first attempt's `applied` marker aged out it matched the
+/// empty row and resurrected the object as a tombstone to the blob the delete had removed
+/// (I1). Retries stay within one guard validity of the first attempt.
+pub async fn a_retry_after_a_freeze_the_guard_survived_is_not_sent(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let freeze = crate::hv::APPLIED_TTL + Duration::from_secs(3600);
+    let writer = TieredStorage::new(
+        frozen_writer(&stores, Op::HvCas, freeze),
+        test_writer_config(protocol),
+    )
+    .expect("valid writer config");
+    let frozen = tokio::spawn({
+        let path = path.clone();
+        async move { writer.put(&path, large("frozen")).await }
+    });
+    tokio::time::sleep(protocol.heartbeat_interval).await;
+    assert!(
+        matches!(
+            stores.hv.read(&path).await.expect("reading HV"),
+            Some(HvValue::Tombstone(_))
+        ),
+        "the first attempt landed"
+    );
+    TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config")
+        .delete(&path)
+        .await
+        .expect("the delete is acknowledged");
+
+    let outcome = frozen.await.expect("the frozen writer's task");
+    assert!(
+        matches!(&outcome, Err(crate::writer::WriteError::Store(e)) if e.to_string().contains("guard lapsed before a retry")),
+        "the retry is not sent, and the outcome is reported unknown: {outcome:?}"
+    );
+    assert_eq!(
+        stores.hv.read(&path).await.expect("reading HV"),
+        None,
+        "the acknowledged delete stands"
+    );
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    recovery_pass(&stores, protocol).await;
+    let left = blobs_of(&stores, &path).await;
+    assert!(left.is_empty(), "nothing of the object is left: {left:?}");
     assert!(entries_for(&stores, &path).await.is_empty());
 }
 
