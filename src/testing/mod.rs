@@ -9,6 +9,7 @@ pub mod faults;
 pub mod intercept;
 pub mod invariants;
 pub mod meter;
+pub mod proxy;
 pub mod schedules;
 pub mod simulation;
 

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tiersweep::clock;
@@ -399,47 +398,6 @@ async fn a_bad_setting_stops_a_worker_with_the_field_named() {
     );
 }
 
-/// A TCP proxy to `target` that can be told to stop forwarding, freezing every call in
-/// flight through it, as a process stalled mid-job would.
-async fn stalling_proxy(target: String) -> (std::net::SocketAddr, Arc<AtomicBool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stalled = Arc::new(AtomicBool::new(false));
-    let flag = stalled.clone();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
-                continue;
-            };
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            tokio::spawn(pump(ri, wo, flag.clone()));
-            tokio::spawn(pump(ro, wi, flag.clone()));
-        }
-    });
-    (addr, stalled)
-}
-
-async fn pump(
-    mut from: impl tokio::io::AsyncRead + Unpin,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-    stalled: Arc<AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 {
-            return;
-        }
-        while stalled.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_cleaner_is_killed_mid_job_is_converged_by_another() {
     let (config, stores) = setup().await;
@@ -449,9 +407,11 @@ async fn a_job_whose_cleaner_is_killed_mid_job_is_converged_by_another() {
     // Cleaner A reaches Bigtable through a proxy we can freeze, with a long RPC deadline,
     // so that it hangs inside its job until we kill it.
     let bigtable = config.bigtable.emulator_host.clone().unwrap();
-    let (proxy, stalled) = stalling_proxy(bigtable).await;
+    let proxy = tiersweep::testing::proxy::ChaosProxy::start(bigtable)
+        .await
+        .unwrap();
     let mut a_config = config.clone();
-    a_config.bigtable.emulator_host = Some(proxy.to_string());
+    a_config.bigtable.emulator_host = Some(proxy.addr().to_string());
     let health = tiersweep::testing::free_local_addr().unwrap();
     let a = Worker::spawn_with(
         &a_config,
@@ -466,7 +426,7 @@ async fn a_job_whose_cleaner_is_killed_mid_job_is_converged_by_another() {
         ],
     );
     wait_for_ready(health).await;
-    stalled.store(true, Ordering::Relaxed);
+    proxy.set_stalled(true);
 
     let queue: Arc<dyn JobQueue> = Arc::new(PubsubQueue::connect(&config.pubsub).await.unwrap());
     let mut scanner = tiersweep::recovery::Scanner::new(
