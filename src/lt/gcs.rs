@@ -371,18 +371,30 @@ impl LtStore for GcsLt {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
         crate::iam::record(Call::GcsObjectsInsert, Resource::Bucket);
         let span = self.span("write_object");
-        self.storage
+        // Create-only: revision names are minted per write, so "already exists" means an
+        // earlier attempt of this upload landed, and nothing may overwrite a blob. The
+        // precondition would make the client retry on its own; it must not, since only the
+        // writer knows whether its guard still allows another attempt.
+        let result = self
+            .storage
             .write_object(&self.bucket_path, rev.as_str(), bytes)
+            .set_if_generation_match(0)
+            .with_idempotency(false)
             .send_buffered()
             .instrument(span.clone())
-            .await
-            .map_err(|e| {
-                let kind = e
-                    .http_status_code()
-                    .map_or("error".into(), |c| c.to_string());
-                record_error(&span, &kind);
-                self.client_error("write_object", rev.as_str(), e)
-            })?;
+            .await;
+        if let Err(e) = &result
+            && e.http_status_code() == Some(412)
+        {
+            return Ok(());
+        }
+        result.map_err(|e| {
+            let kind = e
+                .http_status_code()
+                .map_or("error".into(), |c| c.to_string());
+            record_error(&span, &kind);
+            self.client_error("write_object", rev.as_str(), e)
+        })?;
         Ok(())
     }
 

@@ -30,7 +30,8 @@ impl MemoryLt {
 #[async_trait]
 impl LtStore for MemoryLt {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
-        self.blobs().insert(rev.as_str().to_owned(), bytes);
+        // Create-only, like the GCS backend's `ifGenerationMatch=0`.
+        self.blobs().entry(rev.as_str().to_owned()).or_insert(bytes);
         Ok(())
     }
 

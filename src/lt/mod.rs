@@ -63,6 +63,8 @@ pub struct ListPage {
 
 #[async_trait]
 pub trait LtStore: Send + Sync + std::fmt::Debug {
+    /// Creates the blob. Create-only: when it exists already (an earlier attempt of the
+    /// same upload landed; revision names are never reused) the put succeeds and leaves it.
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()>;
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>>;
     async fn exists(&self, rev: &Revision) -> StoreResult<bool>;

@@ -28,6 +28,11 @@ pub struct Backlog {
     pub live: usize,
     /// Stamped into the future: claimed, with a cleanup job in flight.
     pub claimed: usize,
+    /// Owned by a writer yet stamped more than the staleness threshold into the future.
+    /// Liveness stamps are the server's time, so this is a writer stamping with its own
+    /// clock (an old version, or a bug): recovery cannot see such a row until its stamp
+    /// passes, and a crash behind it stays hidden that long.
+    pub writer_stamped_in_future: usize,
     /// Past the threshold and waiting for a scanner, by age.
     pub stale: usize,
     pub stale_by_age: Vec<(String, usize)>,
@@ -77,7 +82,12 @@ pub async fn backlog(
                     continue;
                 }
             };
-            if e.stamp > now {
+            if e.stamp > now.saturating_add(threshold) && !e.record.owner.is_recovery_claim() {
+                b.writer_stamped_in_future += 1;
+                tracing::warn!(change = %e.id, object = %e.record.object, owner = %e.record.owner,
+                    ahead_ms = e.stamp.0 - now.0,
+                    "a writer's row is stamped in the future; recovery cannot see it until then");
+            } else if e.stamp > now {
                 b.claimed += 1;
             } else if e.stamp >= cutoff {
                 b.live += 1;
@@ -201,5 +211,39 @@ pub async fn dry_run(
         if start_after.is_none() {
             return Ok((seen, malformed));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::changelog::MemoryChangelog;
+    use crate::clock::TokioClock;
+    use crate::model::{ChangeRecord, ObjectPath, OwnerToken, Revision};
+
+    /// A writer-owned row stamped an hour ahead is reported, not counted as a claim; a
+    /// claim's lease in the future is a claim.
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_row_stamped_in_the_future_is_reported() {
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        let changelog = MemoryChangelog::new(clock.clone());
+        let path = ObjectPath::new("inspect/future").unwrap();
+        let row = |owner: OwnerToken| {
+            ChangeRecord::new(path.clone(), None, Some(Revision::mint(&path)), owner).encode()
+        };
+        let ahead = clock.now().saturating_add(Duration::from_secs(3600));
+        let lease = clock.now().saturating_add(Duration::from_secs(60));
+        changelog.insert_raw(ChangeId::mint().as_str(), row(OwnerToken::writer()), ahead);
+        changelog.insert_raw(
+            ChangeId::mint().as_str(),
+            row(OwnerToken::recovery_claim()),
+            lease,
+        );
+        let b = backlog(&changelog, &clock, Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert_eq!((b.rows, b.writer_stamped_in_future, b.claimed), (2, 1, 1));
     }
 }

@@ -70,6 +70,12 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
         println!("    age {bucket:<6}                {n:>8}");
     }
     println!("  malformed                   {:>8}", b.malformed);
+    if b.writer_stamped_in_future > 0 {
+        println!(
+            "  WARNING: {} writer rows are stamped in the future (a writer stamping with its own clock); recovery cannot see them until then",
+            b.writer_stamped_in_future
+        );
+    }
     match &b.oldest_stale {
         Some(o) => println!(
             "oldest stale: {} ({}), {} s old, claimed {} times",

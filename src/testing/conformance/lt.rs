@@ -30,6 +30,20 @@ pub async fn put_get_exists_delete(lt: &dyn LtStore) {
     assert_eq!(lt.get(&r).await.unwrap(), None);
 }
 
+/// A revision is written once: a second put of it succeeds (an earlier attempt of the same
+/// upload landed) and leaves the first bytes, so a straggling attempt can never overwrite
+/// a blob that is there.
+pub async fn a_put_never_overwrites(lt: &dyn LtStore) {
+    let r = rev();
+    lt.put(&r, Bytes::from_static(b"first")).await.unwrap();
+    lt.put(&r, Bytes::from_static(b"second")).await.unwrap();
+    assert_eq!(
+        lt.get(&r).await.unwrap(),
+        Some(Bytes::from_static(b"first"))
+    );
+    lt.delete(&r).await.unwrap();
+}
+
 pub async fn delete_of_missing_blob_succeeds(lt: &dyn LtStore) {
     let r = rev();
     lt.delete(&r).await.unwrap();

@@ -54,6 +54,7 @@ macro_rules! lt_conformance {
             [
                 put_get_exists_delete,
                 delete_of_missing_blob_succeeds,
+                a_put_never_overwrites,
                 list_pages_through_everything,
             ]
         );
