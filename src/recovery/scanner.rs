@@ -1,6 +1,9 @@
 //! The stale-scan worker: finds abandoned changes in its shards of the changelog, claims
 //! each with a compare-and-set, and publishes one cleanup job per claim it won.
 //!
+//! Traces: a scan page is one trace; each change it claims starts its own trace at the
+//! claim, linked to the page's span, and the cleaner's work continues that trace.
+//!
 //! Scans resume from a cursor and wrap around at the end of the shard range, so rows that
 //! stay stale (malformed rows, claims that keep failing) cannot starve the rest.
 
@@ -18,6 +21,7 @@ use crate::model::{OwnerToken, ShardRange};
 use crate::queue::JobQueue;
 use crate::telemetry::metrics::{Backlog, METRICS};
 use crate::telemetry::{attr, propagation, span};
+use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,7 +77,7 @@ impl Scanner {
 
     /// Scans one page from the cursor, claims what it found, publishes the won claims.
     pub async fn scan_page(&mut self) -> StoreResult<ScanReport> {
-        // Each page starts its own trace; every change it claims hangs off it.
+        // Each page is a trace of its own; each change it claims starts another (see `claim`).
         let span = tracing::info_span!(parent: None, span::SCAN,
             shards = ?self.shards, rows = tracing::field::Empty, won = tracing::field::Empty);
         let report = self.scan_page_in(&span).instrument(span.clone()).await?;
@@ -181,8 +185,15 @@ impl Scanner {
     ) -> StoreResult<Option<(CleanupJob, tracing::Span)>> {
         let claimer = OwnerToken::recovery_claim();
         let lease_until = now.saturating_add(self.config.lease_for(entry.record.claims));
-        let span = tracing::info_span!(parent: scan, span::CLAIM,
+        // Each change is its own trace, rooted at its claim and linked to the scan page that
+        // found it (the messaging conventions' batch pattern): a trace stays one change's
+        // size whatever the page's, and tail sampling keeps or drops one change.
+        let span = tracing::info_span!(parent: None, span::CLAIM,
             "tiersweep.change_id" = %entry.id, "tiersweep.claim.won" = tracing::field::Empty);
+        let page = scan.context().span().span_context().clone();
+        if page.is_valid() {
+            span.add_link(page);
+        }
         // The recovery trace points back at the request whose crash left the change.
         if let Some(writer) = entry
             .record

@@ -146,7 +146,7 @@ fn protocol() -> ProtocolConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_writer() {
+async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its_scan_and_writer() {
     // The writers in this process record trace context, as an instrumented service would.
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let subscriber = tracing_subscriber::registry()
@@ -284,6 +284,8 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
         "a converge span per change: {:?}",
         spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
     );
+    let traces: BTreeSet<&Vec<u8>> = converged.iter().map(|c| &claims[*c].1.trace_id).collect();
+    assert_eq!(traces.len(), n, "each change is a trace of its own");
     for change in converged {
         let (scan_svc, claim) = &claims[change];
         let (_, publish) = &publishes[change];
@@ -291,17 +293,24 @@ async fn a_recovered_change_is_one_trace_from_scan_to_converge_linked_to_its_wri
         let (_, converge) = &converges[change];
         assert_eq!(scan_svc, "tiersweep-scanner");
         assert_eq!(clean_svc, "tiersweep-cleaner");
-        // One trace from the scan to the converge, across the two processes.
+        // One trace from the claim to the converge, across the two processes, rooted at
+        // the claim and linked to the scan page that found the change.
         let trace = &claim.trace_id;
         for s in [publish, process, converge] {
             assert_eq!(&s.trace_id, trace, "{} is in the change's trace", s.name);
         }
-        let scan = spans
+        assert!(
+            claim.parent_span_id.is_empty(),
+            "the claim is the trace's root"
+        );
+        let scan = claim
+            .links
             .iter()
-            .find(|(_, s)| s.span_id == claim.parent_span_id)
+            .find_map(|l| spans.iter().find(|(_, s)| s.span_id == l.span_id))
             .map(|(_, s)| s)
-            .expect("the claim's parent span was exported");
+            .expect("the claim links to an exported span");
         assert_eq!(scan.name, "scan");
+        assert_ne!(&scan.trace_id, trace, "the scan page is a trace of its own");
         // Kinds and the producer link.
         assert_eq!(publish.kind, SpanKind::Producer as i32);
         assert_eq!(process.kind, SpanKind::Consumer as i32);
