@@ -51,8 +51,13 @@ impl Telemetry {
     }
 }
 
-/// Whether `signal` (`TRACES`, `METRICS`) has an OTLP endpoint configured.
+/// Whether `signal` (`TRACES`, `METRICS`) has an OTLP endpoint configured and the SDK is
+/// not disabled (`OTEL_SDK_DISABLED=true`).
 fn otlp_configured(signal: &str) -> bool {
+    // The specification's switch for turning the SDK off whatever else is set.
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return false;
+    }
     [
         "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
         format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),

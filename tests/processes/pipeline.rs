@@ -376,6 +376,13 @@ async fn a_bad_setting_stops_a_worker_with_the_field_named() {
     );
     assert!(!ok);
     assert!(err.contains("protocol.staleness_threshold"), "{err}");
+    assert_eq!(
+        exit_code(
+            &config,
+            &["scan", "--set", "protocol.staleness_threshold=300ms"]
+        ),
+        3
+    );
     let (ok, _, err) = run_cli(
         &config,
         &["clean", "--set", "gcs.bucket=no-such-bucket-here"],
@@ -384,6 +391,13 @@ async fn a_bad_setting_stops_a_worker_with_the_field_named() {
     assert!(
         err.contains("no-such-bucket-here") && err.contains("does not exist"),
         "{err}"
+    );
+    assert_eq!(
+        exit_code(
+            &config,
+            &["clean", "--set", "gcs.bucket=no-such-bucket-here"]
+        ),
+        4
     );
     // A cleaner that would dead-letter later than the subscription does: jobs would reach
     // the dead-letter topic without the cleaner's reason.
@@ -396,6 +410,25 @@ async fn a_bad_setting_stops_a_worker_with_the_field_named() {
         err.contains("recovery.max_delivery_attempts is 7") && err.contains("after 5 deliveries"),
         "{err}"
     );
+    assert_eq!(
+        exit_code(
+            &config,
+            &["clean", "--set", "recovery.max_delivery_attempts=7"]
+        ),
+        3
+    );
+}
+
+/// The exit code of a one-shot run (`tiersweep --help` lists them).
+fn exit_code(config: &Config, args: &[&str]) -> i32 {
+    Command::new(env!("CARGO_BIN_EXE_tiersweep"))
+        .args(args)
+        .envs(env_for(config))
+        .output()
+        .expect("running tiersweep")
+        .status
+        .code()
+        .expect("an exit code, not a signal")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

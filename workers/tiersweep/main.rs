@@ -7,6 +7,7 @@
 mod bench;
 #[cfg(feature = "dev")]
 mod demo;
+mod exit;
 mod ops;
 mod worker;
 
@@ -30,7 +31,9 @@ use tiersweep::telemetry::{self, LogFormat};
         Configuration: a TOML file (--config), then TIERSWEEP_<SECTION>__<KEY> environment \
         variables, then --set section.key=value flags. BIGTABLE_EMULATOR_HOST, \
         PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST point it at the emulators \
-        (infra/local/start.sh prints them)."
+        (infra/local/start.sh prints them).\n\n\
+        Exit codes: 0 done; 1 runtime failure; 2 bad command line; 3 configuration error; \
+        4 a resource is missing or refused (table, bucket, topic, subscription, permission)."
 )]
 struct Cli {
     /// TOML configuration file (see infra/local/tiersweep.toml for every key).
@@ -93,11 +96,11 @@ impl Command {
 
 fn load_config(cli: &Cli) -> Result<Config> {
     Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides)
-        .context("loading configuration")
+        .context(exit::ConfigFailure("loading configuration".into()))
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let format = match cli.log_format {
         LogFormatArg::Text => LogFormat::Text,
@@ -110,17 +113,20 @@ async fn main() -> Result<()> {
         _ => "tiersweep",
     };
     let telemetry = telemetry::init(format, default_level, service);
-    let result = match &cli.command {
-        #[cfg(feature = "dev")]
-        Command::Demo(args) => demo::run(args, &cli).await,
-        #[cfg(feature = "dev")]
-        Command::Bench(args) => bench::run(args).await,
-        Command::Scan(args) => worker::scan(args, load_config(&cli)?).await,
-        Command::Clean(args) => worker::clean(args, load_config(&cli)?).await,
-        Command::Status(args) => ops::status(args, load_config(&cli)?).await,
-        Command::Inspect(args) => ops::inspect(args, load_config(&cli)?).await,
-        Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
-    };
+    let result: Result<()> = async {
+        match &cli.command {
+            #[cfg(feature = "dev")]
+            Command::Demo(args) => demo::run(args, &cli).await,
+            #[cfg(feature = "dev")]
+            Command::Bench(args) => bench::run(args).await,
+            Command::Scan(args) => worker::scan(args, load_config(&cli)?).await,
+            Command::Clean(args) => worker::clean(args, load_config(&cli)?).await,
+            Command::Status(args) => ops::status(args, load_config(&cli)?).await,
+            Command::Inspect(args) => ops::inspect(args, load_config(&cli)?).await,
+            Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
+        }
+    }
+    .await;
     // What this process called on Google Cloud, for cost and for the IAM contract test
     // (tests/processes/pipeline.rs reads it with RUST_LOG=tiersweep::gcp_calls=debug).
     tracing::debug!(
@@ -130,5 +136,11 @@ async fn main() -> Result<()> {
     );
     // Last: the spans of the drained work are flushed before the process exits.
     telemetry.shutdown();
-    result
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(exit::code(&e))
+        }
+    }
 }

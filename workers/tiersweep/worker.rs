@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tiersweep::Stores;
 use tiersweep::clock;
 use tiersweep::config::Config;
@@ -123,7 +123,7 @@ where
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
-            Err(e) => bail!("{role} cannot start: {e}"),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("{role} cannot start"))),
         }
     }
 }
@@ -169,13 +169,12 @@ pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
     if let Some(policy) = queue.max_delivery_attempts()
         && policy != config.recovery.max_delivery_attempts
     {
-        bail!(
+        return Err(anyhow::Error::new(crate::exit::ConfigFailure(format!(
             "cleaner cannot start: subscription {} dead-letters after {policy} deliveries but \
              recovery.max_delivery_attempts is {}; they must be equal, or jobs reach the \
              dead-letter topic without the cleaner's reason (or later than needed)",
-            config.pubsub.subscription,
-            config.recovery.max_delivery_attempts
-        );
+            config.pubsub.subscription, config.recovery.max_delivery_attempts
+        ))));
     }
     tracing::info!(subscription = %config.pubsub.subscription,
         concurrency = config.recovery.cleaner_concurrency, "cleaning");
