@@ -29,6 +29,34 @@
 //! * **I5 no silent drop** — a job that cannot be processed is dead-lettered with its reason,
 //!   and its changelog row stays until it is converged.
 //!
+//! ## Embedding the writer
+//!
+//! An object-store service puts and reads through [`TieredStorage`]; recovery runs as the
+//! scanner and cleaner pools, or in the same process with [`EmbeddedRecovery`]. On the
+//! in-memory stores (`examples/embed.rs` is the longer version, with a crashed write):
+//!
+//! ```
+//! use bytes::Bytes;
+//! use tiersweep::{EmbeddedRecovery, ObjectPath, ReadOutcome, RecoveryConfig, Stores};
+//! use tiersweep::{TieredStorage, WriterConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let stores = Stores::in_memory(tiersweep::clock::system());
+//! let writer = TieredStorage::new(stores.clone(), WriterConfig::default())?;
+//! let photo = ObjectPath::new("photos/cat.jpg")?;
+//! let bytes = Bytes::from(vec![7u8; 100 * 1024]); // over the inline threshold: goes to LT
+//! writer.put(&photo, bytes.clone()).await?;
+//! assert_eq!(writer.get(&photo).await?, ReadOutcome::Found(bytes));
+//!
+//! // A completed write leaves nothing for recovery.
+//! let pass = EmbeddedRecovery::new(stores, RecoveryConfig::default()).run_pass().await?;
+//! assert_eq!(pass.converged, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
+//! # }
+//! ```
+//!
 //! ## Layout
 //!
 //! [`model`] is the vocabulary; [`hv`], [`lt`], [`changelog`] and [`queue`] are the stores,
@@ -60,5 +88,9 @@ pub mod telemetry;
 pub mod testing;
 pub mod writer;
 
+pub use config::ProtocolConfig;
 pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
+pub use model::ObjectPath;
+pub use recovery::{EmbeddedRecovery, RecoveryConfig};
 pub use stores::Stores;
+pub use writer::{ReadOutcome, TieredStorage, WriteError, WriterConfig};

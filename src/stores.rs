@@ -27,6 +27,18 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The three in-memory twins on one clock: for an embedder's tests, local development
+    /// and single-process use. They keep the real stores' semantics (conditional writes,
+    /// fences, create-only uploads), not their durability.
+    pub fn in_memory(clock: SharedClock) -> Self {
+        Self {
+            hv: Arc::new(crate::hv::MemoryHv::new(clock.clone())),
+            lt: Arc::new(crate::lt::MemoryLt::new()),
+            changelog: Arc::new(crate::changelog::MemoryChangelog::new(clock.clone())),
+            clock,
+        }
+    }
+
     /// Connects the three stores `config` names, Bigtable for HV and the changelog, GCS
     /// for LT, and checks each: one probe read of each table, and the bucket's existence
     /// and the permissions `access` needs. Fails, naming the store and target, when a

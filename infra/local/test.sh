@@ -3,7 +3,8 @@
 #
 # Installs what it needs (cargo-nextest; the emulators' venv via start.sh), starts the
 # Bigtable, Pub/Sub and GCS emulators on loopback unless they already answer, runs format,
-# lint, the deployment-file validation (infra/validate.sh) and the whole test suite, and
+# lint, the deployment-file validation (infra/validate.sh), the doctests and the embedding
+# example, and the whole test suite, and
 # stops the emulators it started. Extra arguments go to
 # `cargo nextest run` (e.g. a test-name filter).
 set -euo pipefail
@@ -22,6 +23,10 @@ cargo clippy -p tiersweep-workers --no-default-features -- -D warnings
 infra/validate.sh
 # The binary the release image ships contains no test, demo or benchmark code.
 infra/check-release.sh
+# The embedder's documentation runs: the doctests (nextest does not run them) and the
+# example, both on the in-memory stores.
+cargo test --doc -p tiersweep --all-features
+cargo run -q -p tiersweep --example embed
 
 # Stop on exit only what this run started; emulators that were already up stay up.
 source infra/local/common.sh
