@@ -115,6 +115,38 @@ async fn recovery_pass(
         .expect("a recovery pass")
 }
 
+/// Runs a recovery pass and asserts that nothing of `path` is left: no LT blob (`what`
+/// says which one the schedule cares about) and no changelog row.
+async fn recovery_leaves_nothing_of(
+    stores: &Stores,
+    path: &ObjectPath,
+    protocol: ProtocolConfig,
+    what: &str,
+) {
+    recovery_pass(stores, protocol).await;
+    let left = blobs_of(stores, path).await;
+    assert!(left.is_empty(), "{what}: {left:?}");
+    assert!(entries_for(stores, path).await.is_empty());
+}
+
+/// The end of a schedule whose writer's retry came too late to be sent while the object was
+/// deleted meanwhile: the writer reports an unknown outcome, and the delete stands.
+async fn assert_retry_unsent_and_delete_stands(
+    stores: &Stores,
+    path: &ObjectPath,
+    outcome: &Result<(), crate::writer::WriteError>,
+) {
+    assert!(
+        matches!(outcome, Err(crate::writer::WriteError::Store(e)) if e.to_string().contains("guard lapsed before a retry")),
+        "the retry is not sent, and the outcome is reported unknown: {outcome:?}"
+    );
+    assert_eq!(
+        stores.hv.read(path).await.expect("reading HV"),
+        None,
+        "the acknowledged delete stands"
+    );
+}
+
 /// Polls until `path` has a changelog row whose new revision is in LT (the writer has
 /// recorded and uploaded), and returns the row.
 async fn wait_for_upload(stores: &Stores, path: &ObjectPath) -> ChangelogEntry {
@@ -363,20 +395,9 @@ pub async fn a_retry_after_a_day_long_stall_is_not_sent(stores: Stores, protocol
         .expect("the delete is acknowledged");
 
     let outcome = stalled.await.expect("the stalled writer's task");
-    assert!(
-        matches!(&outcome, Err(crate::writer::WriteError::Store(e)) if e.to_string().contains("guard lapsed before a retry")),
-        "the retry is not sent after the stall, and the outcome is reported unknown: {outcome:?}"
-    );
-    assert_eq!(
-        stores.hv.read(&path).await.expect("reading HV"),
-        None,
-        "the acknowledged delete stands"
-    );
+    assert_retry_unsent_and_delete_stands(&stores, &path, &outcome).await;
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
-    recovery_pass(&stores, protocol).await;
-    assert!(entries_for(&stores, &path).await.is_empty());
-    let blobs = blobs_of(&stores, &path).await;
-    assert!(blobs.is_empty(), "nothing of the object is left: {blobs:?}");
+    recovery_leaves_nothing_of(&stores, &path, protocol, "nothing of the object is left").await;
 }
 
 /// A read fetches the tombstone of revision `a`; before it reads `a` from LT, an overwrite
@@ -491,10 +512,7 @@ pub async fn an_upload_that_lands_after_its_error_is_deleted(
     assert_eq!(rows.len(), 1, "the writer kept its row for recovery");
 
     tokio::time::sleep(config.upload_settle + protocol.staleness_threshold * 2).await;
-    recovery_pass(&stores, protocol).await;
-    let left = blobs_of(&stores, &path).await;
-    assert!(left.is_empty(), "the late upload is deleted: {left:?}");
-    assert!(entries_for(&stores, &path).await.is_empty());
+    recovery_leaves_nothing_of(&stores, &path, protocol, "the late upload is deleted").await;
 }
 
 /// The writer's view of `stores` from a host that freezes (VM suspend, SIGSTOP) for `d`
@@ -550,10 +568,7 @@ pub async fn an_upload_retry_after_a_freeze_is_not_sent(stores: Stores, protocol
         "the write fails after the freeze: {outcome:?}"
     );
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
-    recovery_pass(&stores, protocol).await;
-    let left = blobs_of(&stores, &path).await;
-    assert!(left.is_empty(), "no upload is left behind: {left:?}");
-    assert!(entries_for(&stores, &path).await.is_empty());
+    recovery_leaves_nothing_of(&stores, &path, protocol, "no upload is left behind").await;
     assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
 }
 
@@ -593,20 +608,9 @@ pub async fn a_retry_after_a_freeze_the_guard_survived_is_not_sent(
         .expect("the delete is acknowledged");
 
     let outcome = frozen.await.expect("the frozen writer's task");
-    assert!(
-        matches!(&outcome, Err(crate::writer::WriteError::Store(e)) if e.to_string().contains("guard lapsed before a retry")),
-        "the retry is not sent, and the outcome is reported unknown: {outcome:?}"
-    );
-    assert_eq!(
-        stores.hv.read(&path).await.expect("reading HV"),
-        None,
-        "the acknowledged delete stands"
-    );
+    assert_retry_unsent_and_delete_stands(&stores, &path, &outcome).await;
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
-    recovery_pass(&stores, protocol).await;
-    let left = blobs_of(&stores, &path).await;
-    assert!(left.is_empty(), "nothing of the object is left: {left:?}");
-    assert!(entries_for(&stores, &path).await.is_empty());
+    recovery_leaves_nothing_of(&stores, &path, protocol, "nothing of the object is left").await;
 }
 
 /// The clock skew between hosts that these schedules give a writer: far more than the

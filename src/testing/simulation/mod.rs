@@ -148,12 +148,10 @@ impl World {
         let mut paths: Vec<ObjectPath> = (0..shape.objects)
             .map(|i| ObjectPath::new(format!("{PREFIX}/{seed}/{i}")))
             .collect::<Result<_, _>>()
-            .unwrap_or_default();
+            .expect("simulation object paths are valid");
         // Outside the prefix: a sibling a string match would admit, and another tree.
         for p in [format!("{PREFIX}x/{seed}/0"), format!("other/{seed}/0")] {
-            if let Ok(p) = ObjectPath::new(p) {
-                paths.push(p);
-            }
+            paths.push(ObjectPath::new(p).expect("simulation object paths are valid"));
         }
         let control = Control {
             restart_scanner: (0..shape.scanners).map(|_| Notify::new()).collect(),
