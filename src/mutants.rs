@@ -23,11 +23,12 @@ pub enum Mutant {
     NoHvFence,
     /// Recovery reads HV, then fences, and decides on the read.
     FenceAfterRead,
-    /// A writer's compare-and-write leaves no `applied` marker, so its own retry after a
-    /// lost response looks like a conflict.
-    NoAppliedMarker,
-    /// Recovery's fences are written with the `applied` markers' 24-hour TTL.
-    ExpiringRecoveryFences,
+    /// A compare-and-write leaves the row's version as it found it (only fences change it),
+    /// so two changes that read the same row both land.
+    WriteKeepsVersion,
+    /// A delete clears the row's version with its data, so the emptied row looks never
+    /// written and a straggler that expected "never written" lands on it.
+    DeleteDropsVersion,
     /// Converge removes the changelog row before it deletes the blobs.
     RemoveRowBeforeDeletes,
     /// The cleaner converges whatever row a job names, whoever owns it.
@@ -45,9 +46,10 @@ pub enum Mutant {
     /// The guard is checked before the first compare-and-write attempt only, not before
     /// each retry.
     GuardCheckedOnce,
-    /// After a conflict the writer cleans up on a plain read of HV, without fencing its own
-    /// change, so a straggling earlier attempt can still land.
-    NoSelfFenceOnConflict,
+    /// A small write that re-reads the row after a conflict and tries again (last writer
+    /// wins) keeps its first stamp, so the stamp can land twice and bring back a version a
+    /// straggler expects.
+    StampReusedAcrossRounds,
     /// After a failed upload the writer deletes the blob and removes its row at once, so an
     /// upload that lands after its error is an orphan no row names.
     UploadErrorRemovesRow,
@@ -64,8 +66,8 @@ impl Mutant {
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
         Mutant::FenceAfterRead,
-        Mutant::NoAppliedMarker,
-        Mutant::ExpiringRecoveryFences,
+        Mutant::WriteKeepsVersion,
+        Mutant::DeleteDropsVersion,
         Mutant::RemoveRowBeforeDeletes,
         Mutant::NoClaimCheck,
         Mutant::WriterTokenAccepted,
@@ -73,7 +75,7 @@ impl Mutant {
         Mutant::StringPrefix,
         Mutant::GuardMonotonicOnly,
         Mutant::GuardCheckedOnce,
-        Mutant::NoSelfFenceOnConflict,
+        Mutant::StampReusedAcrossRounds,
         Mutant::UploadErrorRemovesRow,
         Mutant::ReadTrustsFirstMiss,
         Mutant::DeadLetterWithoutReason,

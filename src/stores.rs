@@ -32,7 +32,7 @@ impl Stores {
     /// fences, create-only uploads), not their durability.
     pub fn in_memory(clock: SharedClock) -> Self {
         Self {
-            hv: Arc::new(crate::hv::MemoryHv::new(clock.clone())),
+            hv: Arc::new(crate::hv::MemoryHv::new()),
             lt: Arc::new(crate::lt::MemoryLt::new()),
             changelog: Arc::new(crate::changelog::MemoryChangelog::new(clock.clone())),
             clock,

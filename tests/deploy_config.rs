@@ -73,12 +73,7 @@ fn terraform_creates_what_the_workers_expect() {
     ] {
         assert!(vars.contains(&format!("\"{table}\"")), "table {table}");
     }
-    for family in [
-        layout::hv::DATA,
-        layout::hv::FENCES,
-        layout::hv::RECOVERY_FENCES,
-        layout::changelog::FAMILY,
-    ] {
+    for family in [layout::hv::DATA, layout::changelog::FAMILY] {
         assert!(
             tf.contains(&format!("family = \"{family}\"")),
             "column family {family}"
@@ -87,7 +82,7 @@ fn terraform_creates_what_the_workers_expect() {
     assert!(tf.contains("allow_transactional_writes = true"));
 
     // Every GC policy Terraform sets is the one the code's layout declares; in particular
-    // recovery fences get no age limit (a writer can stall longer than any TTL).
+    // HV's versions get no age limit (the protocol's safety rests on no TTL).
     for (family, gc) in layout::hv_families()
         .into_iter()
         .chain(layout::changelog_families())

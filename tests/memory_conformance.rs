@@ -6,7 +6,7 @@ use tiersweep::clock;
 
 mod hv {
     use super::*;
-    tiersweep::hv_conformance!(async { Arc::new(tiersweep::hv::MemoryHv::new(clock::system())) });
+    tiersweep::hv_conformance!(async { Arc::new(tiersweep::hv::MemoryHv::new()) });
 }
 
 mod lt {

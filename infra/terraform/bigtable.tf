@@ -14,15 +14,13 @@ resource "google_bigtable_instance" "tiersweep" {
   }
 }
 
-# HV: family v holds the object's value or tombstone (one version); family f holds the
-# `applied` markers of writes, which only need to outlive a write's retries (24 h is
-# generous); family r holds recovery's fences, which never expire.
+# HV: family v holds the object's value or tombstone and the row's version (one version
+# each). Writes are compare-and-writes on the version; recovery's fences are version bumps,
+# so a row stays data plus one small cell however many changes it has seen.
 resource "google_bigtable_table" "hv" {
   name          = var.hv_table
   instance_name = google_bigtable_instance.tiersweep.name
   column_family { family = "v" }
-  column_family { family = "f" }
-  column_family { family = "r" }
 }
 
 # The changelog: family c, one version (a row is rewritten by every heartbeat and claim).
@@ -36,24 +34,6 @@ resource "google_bigtable_gc_policy" "hv_value" {
   instance_name   = google_bigtable_instance.tiersweep.name
   table           = google_bigtable_table.hv.name
   column_family   = "v"
-  deletion_policy = "ABANDON"
-  max_version { number = 1 }
-}
-
-resource "google_bigtable_gc_policy" "hv_fence" {
-  instance_name   = google_bigtable_instance.tiersweep.name
-  table           = google_bigtable_table.hv.name
-  column_family   = "f"
-  deletion_policy = "ABANDON"
-  max_age { duration = "24h" }
-}
-
-# Recovery fences never expire (a writer can stall longer than any TTL with its write on
-# the way): one version, no age limit. One small cell per recovered change.
-resource "google_bigtable_gc_policy" "hv_recovery_fence" {
-  instance_name   = google_bigtable_instance.tiersweep.name
-  table           = google_bigtable_table.hv.name
-  column_family   = "r"
   deletion_policy = "ABANDON"
   max_version { number = 1 }
 }

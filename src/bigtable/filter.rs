@@ -2,7 +2,7 @@
 //! range filters (closed on both ends) rather than regexes, so no key, token or revision
 //! ever needs RE2 escaping.
 
-use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Condition, Filter, Interleave};
+use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Condition, Filter};
 use bigtable_rs::google::bigtable::v2::{
     ColumnRange, Mutation, RowFilter, TimestampRange, ValueRange, column_range, mutation,
     value_range,
@@ -17,11 +17,6 @@ fn of(filter: Filter) -> RowFilter {
 /// Cells passing every filter in turn.
 pub fn chain(filters: Vec<RowFilter>) -> RowFilter {
     of(Filter::Chain(Chain { filters }))
-}
-
-/// Cells passing any of the filters.
-pub fn interleave(filters: Vec<RowFilter>) -> RowFilter {
-    of(Filter::Interleave(Interleave { filters }))
 }
 
 /// `then` over the row if `predicate` passes any cell of it, else `otherwise`.

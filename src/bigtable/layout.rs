@@ -3,14 +3,10 @@
 //!
 //! **HV table** (row key = object path)
 //! * family `v`, one version: `v:inline` = the object's bytes, or `v:tombstone` = the LT
-//!   revision name. Never both: every write deletes the family before setting one.
-//! * family `f`, max age [`APPLIED_TTL`](crate::hv::APPLIED_TTL): `f:<change id>` =
-//!   `applied`, left by a change's own write so that a retry of it cannot land again.
-//! * family `r`, one version and no age limit: `r:<change id>` = `recovery`, left by
-//!   recovery (and by a writer giving its change up) so that no write for that change ever
-//!   lands again. It never expires: a writer can be suspended for longer than any TTL
-//!   between its guard check and its write reaching the server. One small cell per
-//!   recovered change.
+//!   revision name, never both; and `v:version` = the stamp of the last write or fence
+//!   ([`Version`](crate::hv::Version)). Every write deletes the family and sets its data
+//!   and its version in one mutation; a fence sets only the version. A row ever written
+//!   keeps its version, so a row is bounded: data plus one small cell, whatever its history.
 //!
 //! **Changelog table** (row key = change id, `{shard:02x}/{uuid v7}`)
 //! * family `c`, one version: `c:record` = the serde-encoded [`ChangeRecord`](crate::model::ChangeRecord);
@@ -27,10 +23,7 @@ pub mod hv {
     pub const DATA: &str = "v";
     pub const INLINE: &[u8] = b"inline";
     pub const TOMBSTONE: &[u8] = b"tombstone";
-    pub const FENCES: &str = "f";
-    pub const APPLIED: &[u8] = b"applied";
-    pub const RECOVERY_FENCES: &str = "r";
-    pub const RECOVERY: &[u8] = b"recovery";
+    pub const VERSION: &[u8] = b"version";
 }
 
 pub mod changelog {
@@ -51,12 +44,8 @@ pub enum Gc {
 }
 
 /// The families of the HV table.
-pub fn hv_families() -> [(&'static str, Gc); 3] {
-    [
-        (hv::DATA, Gc::MaxVersions(1)),
-        (hv::FENCES, Gc::MaxAge(crate::hv::APPLIED_TTL)),
-        (hv::RECOVERY_FENCES, Gc::MaxVersions(1)),
-    ]
+pub fn hv_families() -> [(&'static str, Gc); 1] {
+    [(hv::DATA, Gc::MaxVersions(1))]
 }
 
 /// The families of the changelog table.

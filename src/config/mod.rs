@@ -68,16 +68,6 @@ impl ProtocolConfig {
         if self.heartbeat_interval.is_zero() {
             return Err(ConfigError::new("heartbeat_interval", "must be positive"));
         }
-        if self.staleness_threshold >= crate::hv::APPLIED_TTL {
-            return Err(ConfigError::new(
-                "staleness_threshold",
-                format!(
-                    "{:?} is not below the HV `applied` markers' max age ({:?}); a retried write could outlive the marker that makes it idempotent",
-                    self.staleness_threshold,
-                    crate::hv::APPLIED_TTL
-                ),
-            ));
-        }
         if self.staleness_threshold < self.heartbeat_interval * 3 {
             return Err(ConfigError::new(
                 "staleness_threshold",

@@ -1,34 +1,33 @@
-//! The HV store on Bigtable. Every write is one `CheckAndMutateRow` whose predicate states
-//! what the row must hold now *and* that the change is not fenced there; the layout is in
+//! The HV store on Bigtable. Every write is one `CheckAndMutateRow` whose predicate is "the
+//! row's version cell holds the expected version"; the layout is in
 //! [`crate::bigtable::layout`].
 //!
 //! Bigtable predicates can only say "some cell passes this filter", so the two shapes of
-//! [`Expected`] are phrased from opposite sides:
+//! expectation are phrased from opposite sides:
 //!
-//! * `NoTombstone`: the predicate matches a tombstone **or** the change's fence, and the write
-//!   goes in the *unmatched* branch. This also covers a row that does not exist yet.
-//! * `Tombstone(rev)`: the predicate is "if the change is fenced, nothing; else the tombstone
-//!   cell equal to `rev`", and the write goes in the *matched* branch.
+//! * a version `v`: the predicate is the version cell equal to `v`, and the write goes in
+//!   the *matched* branch;
+//! * never written: the predicate is "has a version cell", and the write goes in the
+//!   *unmatched* branch. This also covers a row that does not exist yet.
 //!
-//! When the predicate refuses, one read tells a lost-response retry (the row already holds
-//! the target, or carries this change's `applied` fence) from a conflict or a fence, by the
-//! shared rule [`outcome_of_refused`](super::outcome_of_refused).
+//! When the predicate refuses, one read tells a lost-response retry (the row's version is
+//! this write's stamp) from a conflict, by the shared rule
+//! [`outcome_of_refused`](super::outcome_of_refused). Each write deletes the family first
+//! and sets the version with the data, so a row never holds both `v:inline` and
+//! `v:tombstone`, and always holds a version once written.
 
 use async_trait::async_trait;
 use bigtable_rs::bigtable::RowCell;
 use bytes::Bytes;
 
-use super::{CasOutcome, Expected, Fence, HvStore, HvWrite};
+use super::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use crate::bigtable::filter::{
-    SERVER_TIME, block_all, chain, column, condition, delete_family, family, interleave, latest,
-    set_cell, value_is,
+    SERVER_TIME, chain, column, delete_family, family, latest, set_cell, value_is,
 };
-use crate::bigtable::layout::hv::{
-    APPLIED, DATA, FENCES, INLINE, RECOVERY, RECOVERY_FENCES, TOMBSTONE,
-};
+use crate::bigtable::layout::hv::{DATA, INLINE, TOMBSTONE, VERSION};
 use crate::bigtable::{BigtableClient, Table};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::model::{ChangeId, HvValue, ObjectPath, Revision};
+use crate::model::{HvValue, ObjectPath, Revision};
 
 #[derive(Debug, Clone)]
 pub struct BigtableHv {
@@ -42,27 +41,7 @@ impl BigtableHv {
         Self { client, table }
     }
 
-    /// The row's value and the fence `change` has there, in one read.
-    async fn state(
-        &self,
-        path: &ObjectPath,
-        change: Option<&ChangeId>,
-    ) -> StoreResult<(Option<HvValue>, Option<Fence>)> {
-        let key = path.as_str().as_bytes();
-        let data = chain(vec![family(DATA), latest()]);
-        let filter = match change {
-            Some(c) => interleave(vec![data, fenced_for(c)]),
-            None => data,
-        };
-        let cells = self.client.read_row(&self.table, key, filter).await?;
-        self.decode(key, cells.unwrap_or_default())
-    }
-
-    fn decode(
-        &self,
-        key: &[u8],
-        cells: Vec<RowCell>,
-    ) -> StoreResult<(Option<HvValue>, Option<Fence>)> {
+    fn decode(&self, key: &[u8], cells: Vec<RowCell>) -> StoreResult<HvRow> {
         let malformed = |reason: String| {
             StoreError::new(
                 StoreKind::Hv,
@@ -72,136 +51,113 @@ impl BigtableHv {
                 reason,
             )
         };
-        let (mut value, mut fence) = (None, None);
+        let mut row = HvRow::default();
         for cell in cells {
             match (cell.family_name.as_str(), cell.qualifier.as_slice()) {
-                (DATA, INLINE) if value.is_none() => {
-                    value = Some(HvValue::Inline(Bytes::from(cell.value)));
+                (DATA, VERSION) => {
+                    let v = String::from_utf8(cell.value)
+                        .map_err(|_| malformed("version is not UTF-8".into()))?;
+                    row.version = Some(Version::from_stored(v));
                 }
-                (DATA, TOMBSTONE) if value.is_none() => {
-                    let name = String::from_utf8(cell.value)
-                        .map_err(|_| malformed("tombstone is not UTF-8".into()))?;
-                    let rev =
-                        Revision::parse(name).map_err(|e| malformed(format!("tombstone: {e}")))?;
-                    value = Some(HvValue::Tombstone(rev));
-                }
-                (DATA, _) => {
+                (DATA, INLINE | TOMBSTONE) if row.value.is_some() => {
                     return Err(malformed(
                         "row holds more than one of v:inline and v:tombstone".into(),
                     ));
                 }
-                (FENCES, _) if cell.value == APPLIED => fence = Some(Fence::Applied),
-                (RECOVERY_FENCES, _) if cell.value == RECOVERY => {
-                    // Applied wins: the change's write did land.
-                    fence = fence.or(Some(Fence::Recovery));
+                (DATA, INLINE) => row.value = Some(HvValue::Inline(Bytes::from(cell.value))),
+                (DATA, TOMBSTONE) => {
+                    let name = String::from_utf8(cell.value)
+                        .map_err(|_| malformed("tombstone is not UTF-8".into()))?;
+                    let rev =
+                        Revision::parse(name).map_err(|e| malformed(format!("tombstone: {e}")))?;
+                    row.value = Some(HvValue::Tombstone(rev));
                 }
-                (FENCES | RECOVERY_FENCES, _) => {
+                (DATA, q) => {
                     return Err(malformed(format!(
-                        "fence cell {}:{} holds {:?}",
-                        cell.family_name,
-                        String::from_utf8_lossy(&cell.qualifier),
-                        String::from_utf8_lossy(&cell.value)
+                        "unknown column v:{}",
+                        String::from_utf8_lossy(q)
                     )));
                 }
+                // Families of other tools or of an older layout: not ours to judge.
                 _ => {}
             }
         }
-        Ok((value, fence))
+        Ok(row)
     }
 }
 
-/// The cells that fence `change` on a row, of either kind: a predicate that matches them
-/// says "this change may not write here".
-fn fenced_for(change: &ChangeId) -> bigtable_rs::google::bigtable::v2::RowFilter {
-    let q = change.as_str().as_bytes();
-    interleave(vec![
-        chain(vec![column(FENCES, q), latest()]),
-        chain(vec![column(RECOVERY_FENCES, q), latest()]),
-    ])
+fn version_cell() -> bigtable_rs::google::bigtable::v2::RowFilter {
+    chain(vec![column(DATA, VERSION), latest()])
 }
 
-fn mutations(
-    write: &HvWrite,
-    change: Option<&ChangeId>,
-) -> Vec<bigtable_rs::google::bigtable::v2::Mutation> {
+fn mutations(write: &HvWrite, stamp: &Version) -> Vec<bigtable_rs::google::bigtable::v2::Mutation> {
     let mut m = vec![delete_family(DATA)];
     match write {
         HvWrite::Inline(bytes) => m.push(set_cell(DATA, INLINE, SERVER_TIME, bytes.to_vec())),
-        HvWrite::Tombstone(rev) => {
-            m.push(set_cell(
-                DATA,
-                TOMBSTONE,
-                SERVER_TIME,
-                rev.as_str().as_bytes().to_vec(),
-            ));
-        }
+        HvWrite::Tombstone(rev) => m.push(set_cell(
+            DATA,
+            TOMBSTONE,
+            SERVER_TIME,
+            rev.as_str().as_bytes().to_vec(),
+        )),
         HvWrite::Delete => {}
     }
-    if let Some(c) = change {
-        m.push(set_cell(
-            FENCES,
-            c.as_str().as_bytes(),
-            SERVER_TIME,
-            APPLIED.to_vec(),
-        ));
-    }
+    m.push(set_cell(
+        DATA,
+        VERSION,
+        SERVER_TIME,
+        stamp.as_str().as_bytes().to_vec(),
+    ));
     m
 }
 
 #[async_trait]
 impl HvStore for BigtableHv {
-    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
-        Ok(self.state(path, None).await?.0)
+    async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow> {
+        let key = path.as_str().as_bytes();
+        let filter = chain(vec![family(DATA), latest()]);
+        let cells = self.client.read_row(&self.table, key, filter).await?;
+        self.decode(key, cells.unwrap_or_default())
     }
 
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
-        expected: &Expected,
+        expected: Option<&Version>,
         write: &HvWrite,
-        change: Option<&ChangeId>,
+        stamp: &Version,
     ) -> StoreResult<CasOutcome> {
         let key = path.as_str().as_bytes();
-        let tombstone = || chain(vec![column(DATA, TOMBSTONE), latest()]);
-        let fenced = change.map(fenced_for);
-        let writes = mutations(write, change);
+        let writes = mutations(write, stamp);
         let applied = match expected {
-            Expected::NoTombstone => {
-                let predicate = match fenced {
-                    Some(f) => interleave(vec![tombstone(), f]),
-                    None => tombstone(),
-                };
-                let matched = self
-                    .client
-                    .check_and_mutate(&self.table, key, predicate, vec![], writes)
-                    .await?;
-                !matched
-            }
-            Expected::Tombstone(rev) => {
-                let holds_rev = chain(vec![tombstone(), value_is(rev.as_str().as_bytes())]);
-                let predicate = match fenced {
-                    Some(f) => condition(f, block_all(), holds_rev),
-                    None => holds_rev,
-                };
+            Some(v) => {
+                let predicate = chain(vec![version_cell(), value_is(v.as_str().as_bytes())]);
                 self.client
                     .check_and_mutate(&self.table, key, predicate, writes, vec![])
                     .await?
+            }
+            None => {
+                let matched = self
+                    .client
+                    .check_and_mutate(&self.table, key, version_cell(), vec![], writes)
+                    .await?;
+                !matched
             }
         };
         if applied {
             return Ok(CasOutcome::Applied);
         }
-        let (current, fence) = self.state(path, change).await?;
-        Ok(super::outcome_of_refused(write, current.as_ref(), fence))
+        let now = self.read_row(path).await?;
+        Ok(super::outcome_of_refused(stamp, now.version.as_ref()))
     }
 
-    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
+    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
         let key = path.as_str().as_bytes();
         let fence = set_cell(
-            RECOVERY_FENCES,
-            change.as_str().as_bytes(),
+            DATA,
+            VERSION,
             SERVER_TIME,
-            RECOVERY.to_vec(),
+            Version::mint().as_str().as_bytes().to_vec(),
         );
         self.client
             .mutate_row(&self.table, key, vec![fence])

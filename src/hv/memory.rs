@@ -1,62 +1,24 @@
-//! In-memory HV store with the same compare-and-write and fencing semantics as the
-//! Bigtable one, for unit tests and the embedded demo.
+//! In-memory HV store with the same compare-and-write semantics as the Bigtable one, for
+//! unit tests, the simulation and the embedded demo. Like the real table, a row that was
+//! ever written stays, holding at least its version.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{APPLIED_TTL, CasOutcome, Expected, Fence, HvStore, HvWrite};
-use crate::clock::SharedClock;
+use super::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use crate::error::StoreResult;
-use crate::model::{ChangeId, HvValue, ObjectPath, Timestamp};
+use crate::model::{HvValue, ObjectPath};
 
 #[derive(Debug, Default)]
-struct Row {
-    value: Option<HvValue>,
-    /// Changes whose write landed here, and when; pruned after [`APPLIED_TTL`] like
-    /// Bigtable's max-age GC of their family.
-    applied: HashMap<ChangeId, Timestamp>,
-    /// Changes recovery took over (or their writer gave up): kept forever, like the
-    /// Bigtable family without an age limit. (When each was written matters only to the
-    /// `ExpiringRecoveryFences` mutant.)
-    recovery: HashMap<ChangeId, Timestamp>,
-}
-
-impl Row {
-    fn fence(&self, change: &ChangeId) -> Option<Fence> {
-        if self.applied.contains_key(change) {
-            Some(Fence::Applied)
-        } else if self.recovery.contains_key(change) {
-            Some(Fence::Recovery)
-        } else {
-            None
-        }
-    }
-}
-
-#[derive(Debug)]
 pub struct MemoryHv {
-    rows: Mutex<HashMap<ObjectPath, Row>>,
-    clock: SharedClock,
-    /// The `applied` markers' max age: [`APPLIED_TTL`], as the Bigtable table's GC rule.
-    applied_ttl: std::time::Duration,
+    rows: Mutex<HashMap<ObjectPath, HvRow>>,
 }
 
 impl MemoryHv {
-    pub fn new(clock: SharedClock) -> Self {
-        Self::with_applied_ttl(clock, APPLIED_TTL)
-    }
-
-    /// As [`Self::new`] with another max age for `applied` markers (a table created with
-    /// another GC rule): the simulation shortens it so that "longer than every TTL" costs
-    /// minutes of virtual time, not a day. It must exceed the writers' guard validity.
-    pub fn with_applied_ttl(clock: SharedClock, applied_ttl: std::time::Duration) -> Self {
-        Self {
-            rows: Mutex::new(HashMap::new()),
-            clock,
-            applied_ttl,
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Every object and its value, for invariant checks.
@@ -67,18 +29,16 @@ impl MemoryHv {
             .collect()
     }
 
-    fn with_row<T>(&self, path: &ObjectPath, f: impl FnOnce(&mut Row, Timestamp) -> T) -> T {
-        let now = self.clock.now();
+    /// How many rows the table holds, with or without data.
+    pub fn rows(&self) -> usize {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn with_row<T>(&self, path: &ObjectPath, f: impl FnOnce(&mut HvRow) -> T) -> T {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let row = rows.entry(path.clone()).or_default();
-        row.applied
-            .retain(|_, at| at.saturating_add(self.applied_ttl) > now);
-        if crate::mutants::on(crate::mutants::Mutant::ExpiringRecoveryFences) {
-            row.recovery
-                .retain(|_, at| at.saturating_add(self.applied_ttl) > now);
-        }
-        let out = f(row, now);
-        if row.value.is_none() && row.applied.is_empty() && row.recovery.is_empty() {
+        let out = f(row);
+        if row.value.is_none() && row.version.is_none() {
             rows.remove(path);
         }
         out
@@ -87,35 +47,35 @@ impl MemoryHv {
 
 #[async_trait]
 impl HvStore for MemoryHv {
-    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
-        Ok(self.with_row(path, |row, _| row.value.clone()))
+    async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow> {
+        Ok(self.with_row(path, |row| row.clone()))
     }
 
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
-        expected: &Expected,
+        expected: Option<&Version>,
         write: &HvWrite,
-        change: Option<&ChangeId>,
+        stamp: &Version,
     ) -> StoreResult<CasOutcome> {
-        Ok(self.with_row(path, |row, now| {
-            let fence = change.and_then(|c| row.fence(c));
-            if fence.is_none() && expected.matches(row.value.as_ref()) {
-                row.value = write.clone().into_value();
-                if let Some(c) = change
-                    && !crate::mutants::on(crate::mutants::Mutant::NoAppliedMarker)
-                {
-                    row.applied.insert(c.clone(), now);
-                }
-                return CasOutcome::Applied;
+        use crate::mutants::{Mutant, on};
+        Ok(self.with_row(path, |row| {
+            if row.version.as_ref() != expected {
+                return super::outcome_of_refused(stamp, row.version.as_ref());
             }
-            super::outcome_of_refused(write, row.value.as_ref(), fence)
+            row.value = write.clone().into_value();
+            if on(Mutant::DeleteDropsVersion) && row.value.is_none() {
+                row.version = None;
+            } else if !on(Mutant::WriteKeepsVersion) {
+                row.version = Some(stamp.clone());
+            }
+            CasOutcome::Applied
         }))
     }
 
-    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
-        Ok(self.with_row(path, |row, now| {
-            row.recovery.insert(change.clone(), now);
+    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+        Ok(self.with_row(path, |row| {
+            row.version = Some(Version::mint());
             row.value.clone()
         }))
     }

@@ -1,120 +1,95 @@
 //! The high-volume tier: one row per object, holding either the object inline or a
-//! tombstone that points at its LT revision.
+//! tombstone that points at its LT revision, and a **version**.
 //!
-//! Every write is a compare-and-write, because the LT blobs' safety rests on knowing what
-//! the row held at the instant it changed. Two rules make the protocol work:
+//! Every write is a compare-and-write on the version: it applies only if the row's version
+//! is still the one its writer read, and it leaves a new one. Versions are unique and never
+//! written twice to a row (a change's writes stamp its change id, other writes and fences a
+//! fresh UUID, and a stamp is only ever sent with one expected version; see [`Version`] and
+//! [`HvStore::compare_and_write`]), so each version value holds a row for one contiguous
+//! interval and then never again. Three rules follow, none of which rests on a TTL, a deadline or
+//! a clock:
 //!
-//! * **Idempotent retry.** A write whose response was lost can be sent again: when the row
-//!   already holds the target, the retry reports [`CasOutcome::Applied`].
-//! * **A change writes at most once.** A write made for a change leaves a fence for that
-//!   change in the row ([`Fence::Applied`]). Without it, a retry whose first attempt landed
-//!   could land *again* after other writers moved the row on and back (A→B→A): it would
-//!   re-point the row at a revision that the intervening writer already deleted.
-//! * **Fencing.** Recovery, before deciding what to delete for a change, fences the row for
-//!   that change ([`HvStore::fence`], [`Fence::Recovery`]). A compare-and-write made on behalf
-//!   of a fenced change is refused from then on, however late it arrives. This closes the
-//!   window that a writer-side validity check alone cannot: a writer that checked its
-//!   guard, then stalled before its CAS reached the server.
+//! * **Idempotent retry.** A write whose response was lost is sent again with the same
+//!   stamp; when the row's version *is* that stamp, the first attempt landed and is still
+//!   current, and the retry reports [`CasOutcome::Applied`].
+//! * **A write lands at most once, and never after a later one.** A straggling attempt
+//!   (its client gave up, the server did not) expects a version that stopped being current
+//!   the moment anything else wrote the row, including its own retry; it is refused
+//!   however late it arrives. (The design this replaces kept an `applied` marker per change,
+//!   with a 24-hour TTL, and was unsafe against an attempt held up for longer than that.)
+//! * **Fencing.** Recovery, before deciding what to delete for a change, stamps the row with
+//!   a fresh version ([`HvStore::fence`]). Every write whose writer read the row before —
+//!   in particular every write of the change being recovered, whose writer read the row
+//!   before recording it — is refused from then on. A fence costs one cell that the row
+//!   has anyway: rows stay bounded (data plus one version), however many changes they saw.
+//!
+//! The cost of this strength: a fence also refuses a concurrent healthy writer of the same
+//! object (it re-reads and retries, as after any conflict), and a deleted object leaves its
+//! row behind, holding only its version (a deleted row that forgot its version would look
+//! never written, and a straggler that expected "never written" could land on it).
 
 pub mod bigtable;
 pub mod memory;
-
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::StoreResult;
-use crate::model::{ChangeId, HvValue, ObjectPath, Revision};
+use crate::model::{ChangeId, HvValue, ObjectPath};
 
 pub use bigtable::BigtableHv;
 pub use memory::MemoryHv;
 
-/// How long a change's `applied` marker stays in the row. It only has to outlive the
-/// retries of that change's own write, which a writer sends only while its guard is valid
-/// (seconds), so a day is generous. Implemented as a max-age GC rule on its column family;
-/// the cost is one small cell per guarded write per row per day.
-///
-/// Recovery fences ([`Fence::Recovery`]) do not expire: no TTL can be longer than every
-/// stall of a writer whose write is already on its way.
-pub const APPLIED_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The stamp a write leaves in a row. Opaque; compared for equality only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(String);
 
-/// What the row must hold for a compare-and-write to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expected {
-    /// Absent or inline: no LT revision is referenced, so none can be orphaned by the write.
-    NoTombstone,
-    /// Exactly this tombstone.
-    Tombstone(Revision),
-}
-
-impl Expected {
-    pub fn from_current(current: Option<&HvValue>) -> Self {
-        match current.and_then(HvValue::tombstone) {
-            Some(rev) => Expected::Tombstone(rev.clone()),
-            None => Expected::NoTombstone,
-        }
+impl Version {
+    /// The stamp of a change's write: its change id, so that a retry of the write can
+    /// recognise its own earlier landing. Change ids contain a `/`; minted stamps do not.
+    pub fn of_change(change: &ChangeId) -> Self {
+        Self(change.as_str().to_owned())
     }
 
-    pub fn matches(&self, current: Option<&HvValue>) -> bool {
-        match self {
-            Expected::NoTombstone => current.and_then(HvValue::tombstone).is_none(),
-            Expected::Tombstone(rev) => current.and_then(HvValue::tombstone) == Some(rev),
-        }
+    /// A fresh stamp, for a write that carries no change and for fences.
+    pub fn mint() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// A stamp as stored.
+    pub fn from_stored(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-/// Why a change may no longer write to a row. A change can have both; `Applied` then
-/// wins, because its write did land (and may since have been superseded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fence {
-    /// The change's own write landed; a retry must not land again. Expires after
-    /// [`APPLIED_TTL`].
-    Applied,
-    /// Recovery took the change over (or its writer gave it up). Never expires.
-    Recovery,
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// The outcome of a compare-and-write whose predicate did not hold, given what the row
-/// holds and how the change is fenced there. One rule for every backend.
-pub fn outcome_of_refused(
-    write: &HvWrite,
-    current: Option<&HvValue>,
-    fence: Option<Fence>,
-) -> CasOutcome {
-    if write.is_held_by(current) {
-        CasOutcome::Applied
-    } else {
-        match fence {
-            // An earlier attempt landed and has since been superseded by another writer.
-            Some(Fence::Applied) => CasOutcome::Applied,
-            Some(Fence::Recovery) => CasOutcome::Fenced,
-            None => CasOutcome::Conflict,
-        }
-    }
+/// A row as read: the object's value and the version a compare-and-write must name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HvRow {
+    pub value: Option<HvValue>,
+    /// `None`: the row was never written (or predates versions).
+    pub version: Option<Version>,
 }
 
 /// The value a compare-and-write leaves in the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HvWrite {
     Inline(Bytes),
-    Tombstone(Revision),
-    /// Removes the object's data. Fences survive it: they are not object data.
+    Tombstone(crate::model::Revision),
+    /// Removes the object's data. The row keeps its (new) version.
     Delete,
 }
 
 impl HvWrite {
-    /// True when the row already holds what this write would leave, which is how a retried
-    /// write recognises that its first attempt was applied.
-    pub fn is_held_by(&self, current: Option<&HvValue>) -> bool {
-        match (self, current) {
-            (HvWrite::Delete, None) => true,
-            (HvWrite::Inline(b), Some(HvValue::Inline(c))) => b == c,
-            (HvWrite::Tombstone(r), Some(HvValue::Tombstone(c))) => r == c,
-            _ => false,
-        }
-    }
-
     pub fn into_value(self) -> Option<HvValue> {
         match self {
             HvWrite::Inline(b) => Some(HvValue::Inline(b)),
@@ -126,30 +101,50 @@ impl HvWrite {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CasOutcome {
-    /// The row now holds the write's target (applied now, or by an earlier attempt).
+    /// The row now holds the write (applied now, or by an earlier attempt with the same
+    /// stamp that is still current).
     Applied,
-    /// The row held something else; nothing was written.
+    /// The row's version is not the expected one, nor this write's stamp: nothing was
+    /// written. Another write, or a fence, came first.
     Conflict,
-    /// Recovery has fenced the change this write was made for; nothing was written.
-    Fenced,
+}
+
+/// The outcome of a compare-and-write whose predicate did not hold, given the row's
+/// version now. One rule for every backend.
+pub fn outcome_of_refused(stamp: &Version, current: Option<&Version>) -> CasOutcome {
+    if current == Some(stamp) {
+        CasOutcome::Applied
+    } else {
+        CasOutcome::Conflict
+    }
 }
 
 #[async_trait]
 pub trait HvStore: Send + Sync + std::fmt::Debug {
-    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>>;
+    /// The row's value and version, in one read.
+    async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow>;
 
-    /// Writes `write` if the row matches `expected` and, when `change` is given, the row is
-    /// not fenced for that change (and then fences it, [`Fence::Applied`]). Otherwise writes
-    /// nothing and reports [`outcome_of_refused`].
+    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+        Ok(self.read_row(path).await?.value)
+    }
+
+    /// Writes `write` stamped `stamp` if the row's version is `expected` (`None`: the row
+    /// was never written). Otherwise writes nothing and reports [`outcome_of_refused`].
+    ///
+    /// A caller pairs each stamp with one expectation only (retries of the same write
+    /// reuse both). That is what makes every version current for one interval at most: a
+    /// stamp sent with two expectations could land twice, and the version its first landing
+    /// replaced would then be current again for anything that expected it.
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
-        expected: &Expected,
+        expected: Option<&Version>,
         write: &HvWrite,
-        change: Option<&ChangeId>,
+        stamp: &Version,
     ) -> StoreResult<CasOutcome>;
 
-    /// Fences `change` on the row, then returns what the row holds. Once this returns, no
-    /// write for `change` can land, so the returned state is final as far as `change` goes.
-    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>>;
+    /// Stamps the row with a fresh version, unconditionally, then returns what the row
+    /// holds. Once this returns, no write whose writer read the row before the fence can
+    /// land, so the returned state is final as far as those writes go.
+    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>>;
 }

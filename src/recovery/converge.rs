@@ -8,8 +8,9 @@
 //!
 //! What HV references must be final before anything is deleted. The writer knows it from
 //! its own compare-and-write outcome ([`HvView::Known`]). Recovery does not; it fences the
-//! row for the change first ([`HvView::Fence`]), after which the writer's write can never
-//! land, and only then reads.
+//! row first ([`HvView::Fence`]: a new version, after which the writer's write, which
+//! expects the version it read before recording the change, can never land), and only
+//! then reads.
 
 use crate::changelog::Removal;
 use crate::error::StoreResult;
@@ -22,7 +23,7 @@ use crate::stores::Stores;
 pub enum HvView {
     /// The caller knows: the revision HV references now (if any) as far as this change goes.
     Known(Option<Revision>),
-    /// Fence the row for this change, then read it.
+    /// Fence the row, then read it.
     Fence,
 }
 
@@ -58,7 +59,7 @@ pub async fn converge(
     let verify_kept = matches!(view, HvView::Fence);
     let referenced = match view {
         HvView::Known(r) => r,
-        HvView::Fence => fenced_read(stores, id, record, retry).await?,
+        HvView::Fence => fenced_read(stores, record, retry).await?,
     };
     if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
         retry
@@ -99,11 +100,10 @@ pub async fn converge(
     })
 }
 
-/// Fences the row for the change, then reads what HV references: the fence returns the
-/// value it left, in one call, so no write of the change can land between the two.
-pub(crate) async fn fenced_read(
+/// Fences the row, then reads what HV references: the fence returns the value it left, so
+/// no write of the change (whose writer read the row before recording it) can land after.
+async fn fenced_read(
     stores: &Stores,
-    id: &ChangeId,
     record: &ChangeRecord,
     retry: &RetryPolicy,
 ) -> StoreResult<Option<Revision>> {
@@ -114,12 +114,12 @@ pub(crate) async fn fenced_read(
     } else if on(Mutant::FenceAfterRead) {
         let value = read().await?;
         retry
-            .run("fence", || stores.hv.fence(&record.object, id))
+            .run("fence", || stores.hv.fence(&record.object))
             .await?;
         value
     } else {
         retry
-            .run("fence", || stores.hv.fence(&record.object, id))
+            .run("fence", || stores.hv.fence(&record.object))
             .await?
     };
     Ok(value.as_ref().and_then(HvValue::tombstone).cloned())

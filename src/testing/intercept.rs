@@ -13,7 +13,7 @@ use crate::changelog::{
     Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
 };
 use crate::error::{StoreKind, StoreResult};
-use crate::hv::{CasOutcome, Expected, HvStore, HvWrite};
+use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use crate::lt::{ListPage, LtStore};
 use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision, Timestamp};
 use crate::stores::Stores;
@@ -105,31 +105,31 @@ struct HookedHv<H> {
 
 #[async_trait]
 impl<H: Intercept> HvStore for HookedHv<H> {
-    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+    async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow> {
         let (inner, path) = (self.inner.clone(), path.clone());
-        let call = Box::pin(async move { inner.read(&path).await });
+        let call = Box::pin(async move { inner.read_row(&path).await });
         self.hook.run(Op::HvRead, StoreKind::Hv, call).await
     }
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
-        expected: &Expected,
+        expected: Option<&Version>,
         write: &HvWrite,
-        change: Option<&ChangeId>,
+        stamp: &Version,
     ) -> StoreResult<CasOutcome> {
         let inner = self.inner.clone();
-        let (path, expected, write) = (path.clone(), expected.clone(), write.clone());
-        let change = change.cloned();
+        let (path, expected, write) = (path.clone(), expected.cloned(), write.clone());
+        let stamp = stamp.clone();
         let call = Box::pin(async move {
             inner
-                .compare_and_write(&path, &expected, &write, change.as_ref())
+                .compare_and_write(&path, expected.as_ref(), &write, &stamp)
                 .await
         });
         self.hook.run(Op::HvCas, StoreKind::Hv, call).await
     }
-    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
-        let (inner, path, change) = (self.inner.clone(), path.clone(), change.clone());
-        let call = Box::pin(async move { inner.fence(&path, &change).await });
+    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+        let (inner, path) = (self.inner.clone(), path.clone());
+        let call = Box::pin(async move { inner.fence(&path).await });
         self.hook.run(Op::HvFence, StoreKind::Hv, call).await
     }
 }

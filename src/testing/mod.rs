@@ -34,7 +34,7 @@ impl MemoryStores {
     pub fn new() -> Self {
         let clock: SharedClock = Arc::new(TokioClock::new());
         Self {
-            hv: Arc::new(MemoryHv::new(clock.clone())),
+            hv: Arc::new(MemoryHv::new()),
             lt: Arc::new(MemoryLt::new()),
             changelog: Arc::new(MemoryChangelog::new(clock.clone())),
             clock,

@@ -35,9 +35,9 @@ macro_rules! safety_schedules {
         $crate::safety_schedules!(#[$attr], $stores, $protocol);
         $crate::safety_schedules!(@each #[$attr], $stores, $protocol, [
             a_write_held_longer_than_every_ttl_is_refused,
-            a_retry_after_a_day_long_stall_is_not_sent,
+            a_retry_after_a_day_long_stall_does_not_land,
             an_upload_retry_after_a_freeze_is_not_sent,
-            a_retry_after_a_freeze_the_guard_survived_is_not_sent,
+            a_retry_after_a_freeze_the_guard_survived_does_not_land,
         ]);
     };
     (#[$attr:meta], $stores:expr, $protocol:expr) => {
@@ -59,6 +59,10 @@ macro_rules! safety_schedules {
         )*
     };
 }
+
+/// Longer than a day: more than the 24-hour TTLs an earlier design of HV rested on, and
+/// than any deadline a store call carries.
+const LONGER_THAN_A_DAY: Duration = Duration::from_secs(25 * 3600);
 
 fn large(tag: &str) -> Bytes {
     Bytes::from(format!("{tag}:{}", "S".repeat(INLINE_THRESHOLD * 2)))
@@ -131,14 +135,16 @@ async fn recovery_leaves_nothing_of(
 
 /// The end of a schedule whose writer's retry came too late to be sent while the object was
 /// deleted meanwhile: the writer reports an unknown outcome, and the delete stands.
-async fn assert_retry_unsent_and_delete_stands(
+async fn assert_retry_did_not_land_and_delete_stands(
     stores: &Stores,
     path: &ObjectPath,
     outcome: &Result<(), crate::writer::WriteError>,
 ) {
+    use crate::writer::WriteError;
     assert!(
-        matches!(outcome, Err(crate::writer::WriteError::Store(e)) if e.to_string().contains("guard lapsed before a retry")),
-        "the retry is not sent, and the outcome is reported unknown: {outcome:?}"
+        matches!(outcome, Err(WriteError::OutcomeUnknown { .. }))
+            || matches!(outcome, Err(WriteError::Store(e)) if e.to_string().contains("guard lapsed before a retry")),
+        "the first attempt's response was lost, so the outcome is reported unknown: {outcome:?}"
     );
     assert_eq!(
         stores.hv.read(path).await.expect("reading HV"),
@@ -251,8 +257,9 @@ async fn wait_for_calls(faults: &Faults, op: Op, n: usize) {
 /// server; its retry finds that another writer has committed meanwhile (a conflict), so it
 /// cleans up: deletes its upload and removes its row. A third writer deletes the object.
 /// Then the first attempt executes, against a row it now matches, and points HV at the
-/// upload that was deleted, with no changelog row left to repair it (I1, I2). The writer
-/// must fence its own change before it cleans up after a conflict.
+/// upload that was deleted, with no changelog row left to repair it (I1, I2). The first
+/// attempt expects a version the other writer replaced, and the writer fences the row
+/// before it cleans up.
 pub async fn a_straggling_write_after_a_conflict_is_refused(
     stores: Stores,
     protocol: ProtocolConfig,
@@ -282,9 +289,14 @@ pub async fn a_straggling_write_after_a_conflict_is_refused(
         .await
         .expect("the other writer commits while the first one retries");
     let outcome = first.await.expect("the first writer's task");
+    // Its first attempt failed to it and may yet land, for all it knows: not a plain
+    // conflict (which promises the write never lands).
     assert!(
-        matches!(outcome, Err(crate::writer::WriteError::Conflict { .. })),
-        "the first writer sees a conflict: {outcome:?}"
+        matches!(
+            outcome,
+            Err(crate::writer::WriteError::OutcomeUnknown { .. })
+        ),
+        "the first writer is told its outcome is unknown: {outcome:?}"
     );
     other
         .delete(&path)
@@ -311,7 +323,8 @@ pub async fn a_straggling_write_after_a_conflict_is_refused(
 /// recovery claims the change, fences the row, deletes the new upload and removes the row.
 /// When fences expired after 24 h, the late write then matched and pointed HV at the
 /// deleted blob, and the writer deleted the old one and returned Ok: an acknowledged write
-/// with both revisions gone (I1). A recovery fence must never expire.
+/// with both revisions gone (I1). A recovery fence must never expire: it is a new version,
+/// and the late write expects the one before it.
 pub async fn a_write_held_longer_than_every_ttl_is_refused(
     stores: Stores,
     protocol: ProtocolConfig,
@@ -325,7 +338,7 @@ pub async fn a_write_held_longer_than_every_ttl_is_refused(
         .await
         .expect("preparing the object");
 
-    let held = crate::hv::APPLIED_TTL + Duration::from_secs(3600);
+    let held = LONGER_THAN_A_DAY;
     // The whole process stalls: its write and its heartbeats.
     let faults = Faults::new([
         Rule::once(Op::HvCas, Fault::Delay(held)),
@@ -366,13 +379,16 @@ pub async fn a_write_held_longer_than_every_ttl_is_refused(
 
 /// A writer's compare-and-write lands but its response is lost; the writer's process then
 /// stalls for more than a day before it retries (its heartbeats stall with it). Meanwhile
-/// the object is deleted, and the change's `applied` marker ages out. The retry, if sent,
-/// matches the now-empty row and resurrects the object as a tombstone to a deleted blob,
-/// undoing an acknowledged delete (I1, I2). A writer sends an attempt only while its guard
-/// is valid, and the guard counts the stall on the wall clock.
-pub async fn a_retry_after_a_day_long_stall_is_not_sent(stores: Stores, protocol: ProtocolConfig) {
+/// the object is deleted. When a change's write left an `applied` marker with a 24-hour
+/// TTL, the retry matched the now-empty row and resurrected the object as a tombstone to a
+/// deleted blob, undoing an acknowledged delete (I1, I2). Now the retry expects a version
+/// the delete replaced, and is not even sent: the guard counts the stall on the wall clock.
+pub async fn a_retry_after_a_day_long_stall_does_not_land(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
     let path = unique_path();
-    let stall = crate::hv::APPLIED_TTL + Duration::from_secs(3600);
+    let stall = LONGER_THAN_A_DAY;
     let mut config = test_writer_config(protocol);
     // The stall falls between the first attempt and its retry.
     config.retry.min_delay = stall;
@@ -395,7 +411,7 @@ pub async fn a_retry_after_a_day_long_stall_is_not_sent(stores: Stores, protocol
         .expect("the delete is acknowledged");
 
     let outcome = stalled.await.expect("the stalled writer's task");
-    assert_retry_unsent_and_delete_stands(&stores, &path, &outcome).await;
+    assert_retry_did_not_land_and_delete_stands(&stores, &path, &outcome).await;
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
     recovery_leaves_nothing_of(&stores, &path, protocol, "nothing of the object is left").await;
 }
@@ -572,18 +588,19 @@ pub async fn an_upload_retry_after_a_freeze_is_not_sent(stores: Stores, protocol
     assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
 }
 
-/// A writer's compare-and-write lands, then its host freezes for longer than the `applied`
-/// markers' TTL while recovery is down, and the object is deleted meanwhile. On waking, a
-/// heartbeat succeeds (the row is still the writer's), so the guard is valid again, and the
-/// retry used to be sent: with the first attempt's `applied` marker aged out it matched the
+/// A writer's compare-and-write lands, then its host freezes for more than a day while
+/// recovery is down, and the object is deleted meanwhile. On waking, a heartbeat succeeds
+/// (the row is still the writer's), so the guard is valid again and the retry is sent.
+/// When the first attempt's `applied` marker aged out after 24 hours, the retry matched the
 /// empty row and resurrected the object as a tombstone to the blob the delete had removed
-/// (I1). Retries stay within one guard validity of the first attempt.
-pub async fn a_retry_after_a_freeze_the_guard_survived_is_not_sent(
+/// (I1). Now it expects the version the delete replaced and is refused; the writer fences
+/// the row and reports the outcome unknown.
+pub async fn a_retry_after_a_freeze_the_guard_survived_does_not_land(
     stores: Stores,
     protocol: ProtocolConfig,
 ) {
     let path = unique_path();
-    let freeze = crate::hv::APPLIED_TTL + Duration::from_secs(3600);
+    let freeze = LONGER_THAN_A_DAY;
     let writer = TieredStorage::new(
         frozen_writer(&stores, Op::HvCas, freeze),
         test_writer_config(protocol),
@@ -608,7 +625,7 @@ pub async fn a_retry_after_a_freeze_the_guard_survived_is_not_sent(
         .expect("the delete is acknowledged");
 
     let outcome = frozen.await.expect("the frozen writer's task");
-    assert_retry_unsent_and_delete_stands(&stores, &path, &outcome).await;
+    assert_retry_did_not_land_and_delete_stands(&stores, &path, &outcome).await;
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
     recovery_leaves_nothing_of(&stores, &path, protocol, "nothing of the object is left").await;
 }

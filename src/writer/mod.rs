@@ -30,23 +30,45 @@ pub use guard::{ChangeGuard, GuardState};
 
 use crate::config::{ConfigError, ProtocolConfig};
 use crate::error::StoreError;
-use crate::hv::{CasOutcome, Expected, HvWrite};
+use crate::hv::{CasOutcome, HvWrite, Version};
 use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision};
+use crate::mutants::Mutant;
 use crate::recovery::converge::{HvView, converge};
 use crate::retry::RetryPolicy;
 use crate::stores::Stores;
 
 /// What became of a change's guarded compare-and-write.
 enum Guarded {
-    Sent(CasOutcome),
+    /// The last attempt's outcome, and whether an earlier attempt failed in a way that
+    /// leaves it unknown whether it landed.
+    Sent(CasOutcome, Uncertain),
     /// The guard was invalid before any attempt was sent: HV does not reference the upload.
     NotSent(GuardState),
     /// The guard lapsed before a retry; an earlier attempt may have landed.
     LapsedAfterSending,
 }
 
-/// How many overwrites in a row a read follows before it gives up with a transient error.
+/// How many overwrites in a row a read follows before it gives up with a transient error,
+/// and how many concurrent small writes a small write overwrites before it reports a
+/// conflict.
 const READ_ROUNDS: usize = 4;
+
+/// Set when an attempt of a compare-and-write failed to its caller: it may have landed, or
+/// may still land until a later write of the row changes its version.
+#[derive(Debug, Default)]
+struct Uncertain(std::sync::atomic::AtomicBool);
+
+impl Uncertain {
+    fn note<T>(&self, result: &Result<T, StoreError>) {
+        if result.is_err() {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
@@ -89,6 +111,12 @@ pub enum WriteError {
         "change {change} on {path} was taken over by recovery before the write committed; retry the write"
     )]
     Fenced { path: ObjectPath, change: ChangeId },
+    /// A retried write was refused after an earlier attempt of it failed to its caller: that
+    /// attempt may have landed and been overwritten since. Nothing of it can land any more.
+    #[error(
+        "the write to {path} may have landed before another write replaced it; re-read and retry"
+    )]
+    OutcomeUnknown { path: ObjectPath },
     #[error(
         "change {change} on {path} lost its guard ({state:?}) before committing; left to recovery, retry the write"
     )]
@@ -210,18 +238,16 @@ impl TieredStorage {
         upload: Option<(Revision, Bytes)>,
     ) -> Result<(), WriteError> {
         let retry = &self.config.retry;
-        let current = retry.run("read", || self.stores.hv.read(path)).await?;
-        let expected = Expected::from_current(current.as_ref());
-        let old = current.as_ref().and_then(HvValue::tombstone).cloned();
+        let row = retry.run("read", || self.stores.hv.read_row(path)).await?;
+        let old = row.value.as_ref().and_then(HvValue::tombstone).cloned();
         let new = upload.as_ref().map(|(rev, _)| rev.clone());
 
         if old.is_none() && new.is_none() {
-            // Nothing in LT before or after: a plain compare-and-write cannot orphan a blob.
-            return match self.cas(path, &expected, &write, None).await? {
-                CasOutcome::Applied => Ok(()),
-                _ => Err(WriteError::Conflict { path: path.clone() }),
-            };
+            return self.plain_write(path, row.version, &write).await;
         }
+        // The writer read the row before recording the change, so recovery's fence, which
+        // comes after the record, always refuses this expectation.
+        let expected = row.version;
 
         let mut record =
             ChangeRecord::new(path.clone(), old.clone(), new.clone(), OwnerToken::writer());
@@ -268,8 +294,11 @@ impl TieredStorage {
             return Err(err.into());
         }
 
-        let outcome = match self.guarded_cas(&guard, path, &expected, &write).await? {
-            Guarded::Sent(outcome) => outcome,
+        let (outcome, uncertain) = match self
+            .guarded_cas(&guard, path, expected.as_ref(), &write)
+            .await?
+        {
+            Guarded::Sent(outcome, uncertain) => (outcome, uncertain),
             Guarded::NotSent(state) => {
                 if state == GuardState::Fenced {
                     METRICS.writers_fenced.inc();
@@ -300,36 +329,36 @@ impl TieredStorage {
         };
         let referenced = match outcome {
             CasOutcome::Applied => new,
-            // Another writer moved the row on. An earlier attempt of this write may still be
-            // queued at the server (its client timed out, the server did not): fence the
-            // change on the row before cleaning up, so that attempt is refused whenever it
-            // arrives, and let the fenced read decide what HV references.
             CasOutcome::Conflict => {
-                let view = if crate::mutants::on(crate::mutants::Mutant::NoSelfFenceOnConflict) {
-                    let now = retry.run("read", || self.stores.hv.read(path)).await?;
-                    HvView::Known(now.as_ref().and_then(HvValue::tombstone).cloned())
+                // Another write or recovery's fence changed the row first. The version this
+                // write expected never returns, so no attempt of it can land any more, not
+                // even one still queued at the server: the refusal is the change's fence,
+                // and a plain read of HV is final as far as this change goes.
+                let now = retry.run("read", || self.stores.hv.read(path)).await?;
+                let referenced = now.as_ref().and_then(HvValue::tombstone).cloned();
+                let change = guard.id.clone();
+                // The row is no longer the writer's when recovery claimed it: its fence
+                // is what refused the write.
+                let still_ours = if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    self.complete_deferred(guard, referenced).await?
                 } else {
-                    HvView::Fence
+                    self.complete(guard, referenced).await?
                 };
-                if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-                    self.complete_deferred(guard, view).await?;
+                return Err(if !still_ours {
+                    METRICS.writers_fenced.inc();
+                    WriteError::Fenced {
+                        path: path.clone(),
+                        change,
+                    }
+                } else if uncertain.is_set() {
+                    WriteError::OutcomeUnknown { path: path.clone() }
                 } else {
-                    self.complete_with(guard, view).await?;
-                }
-                return Err(WriteError::Conflict { path: path.clone() });
-            }
-            CasOutcome::Fenced => {
-                METRICS.writers_fenced.inc();
-                self.abandon(&guard).await;
-                return Err(WriteError::Fenced {
-                    path: path.clone(),
-                    change: guard.id.clone(),
+                    WriteError::Conflict { path: path.clone() }
                 });
             }
         };
         if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            self.complete_deferred(guard, HvView::Known(referenced))
-                .await?;
+            self.complete_deferred(guard, referenced).await?;
         } else {
             self.finish(guard, referenced).await?;
         }
@@ -343,11 +372,11 @@ impl TieredStorage {
         referenced: Option<Revision>,
     ) -> Result<(), StoreError> {
         if self.config.background_completions == 0 {
-            return self.complete(guard, referenced).await;
+            return self.complete(guard, referenced).await.map(drop);
         }
         // Waits when N completions are already running: backpressure, not an unbounded queue.
         let Ok(slot) = self.completions.clone().acquire_owned().await else {
-            return self.complete(guard, referenced).await;
+            return self.complete(guard, referenced).await.map(drop);
         };
         let this = self.clone();
         tokio::spawn(
@@ -364,21 +393,53 @@ impl TieredStorage {
         Ok(())
     }
 
-    async fn cas(
+    /// A write with nothing in LT before or after: a compare-and-write on the row's version
+    /// cannot orphan a blob, so it needs no change. A concurrent small write is overwritten
+    /// (last writer wins, re-read and retried); a concurrent large one is a conflict.
+    async fn plain_write(
         &self,
         path: &ObjectPath,
-        expected: &Expected,
+        mut expected: Option<Version>,
         write: &HvWrite,
-        change: Option<&ChangeId>,
-    ) -> Result<CasOutcome, StoreError> {
-        self.config
-            .retry
-            .run("compare_and_write", || {
-                self.stores
-                    .hv
-                    .compare_and_write(path, expected, write, change)
-            })
-            .await
+    ) -> Result<(), WriteError> {
+        let retry = &self.config.retry;
+        let uncertain = Uncertain::default();
+        let first = Version::mint();
+        for round in 0..READ_ROUNDS {
+            // One stamp per expected version, for every attempt against it: a retry that
+            // finds it in the row knows an earlier attempt landed. A stamp paired with two
+            // expectations could be written twice, and a version that returns is one a
+            // straggler can land on.
+            let stamp = if round == 0 || crate::mutants::on(Mutant::StampReusedAcrossRounds) {
+                first.clone()
+            } else {
+                Version::mint()
+            };
+            let outcome = retry
+                .run("compare_and_write", || async {
+                    let result = self
+                        .stores
+                        .hv
+                        .compare_and_write(path, expected.as_ref(), write, &stamp)
+                        .await;
+                    uncertain.note(&result);
+                    result
+                })
+                .await?;
+            if outcome == CasOutcome::Applied {
+                return Ok(());
+            }
+            let now = retry.run("read", || self.stores.hv.read_row(path)).await?;
+            if now.value.as_ref().and_then(HvValue::tombstone).is_some() {
+                break;
+            }
+            expected = now.version;
+        }
+        Err(if uncertain.is_set() {
+            WriteError::OutcomeUnknown { path: path.clone() }
+        } else {
+            WriteError::Conflict { path: path.clone() }
+        })
     }
 
     /// Completes a change whose upload needed a retry (committed, or refused by a
@@ -387,33 +448,22 @@ impl TieredStorage {
     /// upload may still land, and if this revision is unreferenced by then (overwritten and
     /// deleted, or never committed), nothing else would ever delete it; recovery fences,
     /// re-reads HV and deletes it unless HV still references it.
+    /// Returns whether the row was still the writer's.
     async fn complete_deferred(
         &self,
         mut guard: ChangeGuard,
-        view: HvView,
-    ) -> Result<(), StoreError> {
+        referenced: Option<Revision>,
+    ) -> Result<bool, StoreError> {
         guard.stop();
         let retry = &self.config.retry;
-        let referenced = match view {
-            HvView::Known(r) => r,
-            HvView::Fence => {
-                crate::recovery::converge::fenced_read(
-                    &self.stores,
-                    &guard.id,
-                    &guard.record,
-                    retry,
-                )
-                .await?
-            }
-        };
         for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
             retry.run("delete", || self.stores.lt.delete(rev)).await?;
         }
         let record = self.due_after_upload_settle(&guard);
-        retry
+        let deferral = retry
             .run("defer", || self.stores.changelog.defer(&guard.id, &record))
             .await?;
-        Ok(())
+        Ok(deferral == crate::changelog::Deferral::Deferred)
     }
 
     /// The guard's record, due for recovery once a late upload can no longer land.
@@ -460,33 +510,28 @@ impl TieredStorage {
 
     /// The change's compare-and-write, retried, with the guard checked before *every*
     /// attempt: an attempt is sent only while the guard is valid, so none leaves the writer
-    /// long after its entry could have gone stale.
+    /// after its entry could have gone stale. (Recovery's fence refuses a late attempt
+    /// anyway; the check keeps a writer from committing a change it no longer owns.)
     async fn guarded_cas(
         &self,
         guard: &ChangeGuard,
         path: &ObjectPath,
-        expected: &Expected,
+        expected: Option<&Version>,
         write: &HvWrite,
     ) -> Result<Guarded, StoreError> {
         use std::sync::atomic::{AtomicUsize, Ordering};
+        let stamp = Version::of_change(&guard.id);
         let sent = AtomicUsize::new(0);
-        let first_sent = std::sync::OnceLock::new();
+        let uncertain = Uncertain::default();
         let lapsed = std::sync::Mutex::new(None);
         let result = self
             .config
             .retry
             .run("compare_and_write", || {
-                let first = *first_sent.get_or_init(|| guard.mark());
                 let state = if sent.load(Ordering::SeqCst) > 0
-                    && crate::mutants::on(crate::mutants::Mutant::GuardCheckedOnce)
+                    && crate::mutants::on(Mutant::GuardCheckedOnce)
                 {
                     GuardState::Valid
-                } else if guard.age_of(first) >= self.config.protocol.guard_validity() {
-                    // A heartbeat may have revived the guard since (recovery was down),
-                    // but an attempt this late could land after the first one's `applied`
-                    // marker aged out and be taken for a new write: retries stay within
-                    // one guard validity of the first attempt.
-                    GuardState::Expired
                 } else {
                     guard.state()
                 };
@@ -495,6 +540,7 @@ impl TieredStorage {
                 } else if let Ok(mut l) = lapsed.lock() {
                     *l = Some(state);
                 }
+                let (stamp, uncertain) = (&stamp, &uncertain);
                 async move {
                     if state != GuardState::Valid {
                         return Err(StoreError::new(
@@ -505,10 +551,13 @@ impl TieredStorage {
                             "the change's guard lapsed before this attempt; not sent",
                         ));
                     }
-                    self.stores
+                    let result = self
+                        .stores
                         .hv
-                        .compare_and_write(path, expected, write, Some(&guard.id))
-                        .await
+                        .compare_and_write(path, expected, write, stamp)
+                        .await;
+                    uncertain.note(&result);
+                    result
                 }
             })
             .await;
@@ -518,7 +567,7 @@ impl TieredStorage {
                 Ok(Guarded::NotSent(state))
             }
             (Err(_), Some(_)) => Ok(Guarded::LapsedAfterSending),
-            (result, _) => result.map(Guarded::Sent),
+            (result, _) => result.map(|outcome| Guarded::Sent(outcome, uncertain)),
         }
     }
 
@@ -539,26 +588,23 @@ impl TieredStorage {
         }
     }
 
-    /// Converges the guard's change with what the writer knows HV references, then releases it.
+    /// Converges the guard's change with what the writer knows HV references, then releases
+    /// it. Returns whether the row was still the writer's to remove.
     async fn complete(
         &self,
-        guard: ChangeGuard,
+        mut guard: ChangeGuard,
         referenced: Option<Revision>,
-    ) -> Result<(), StoreError> {
-        self.complete_with(guard, HvView::Known(referenced)).await
-    }
-
-    async fn complete_with(&self, mut guard: ChangeGuard, view: HvView) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         guard.stop();
-        converge(
+        let report = converge(
             &self.stores,
             &guard.id,
             &guard.record,
             &guard.record.owner,
-            view,
+            HvView::Known(referenced),
             &self.config.retry,
         )
         .await?;
-        Ok(())
+        Ok(report.removal == crate::changelog::Removal::Removed)
     }
 }

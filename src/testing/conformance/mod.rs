@@ -34,11 +34,11 @@ macro_rules! hv_conformance {
             $make,
             [
                 absent_reads_none,
-                cas_applies_on_match_and_conflicts_otherwise,
-                retried_cas_is_idempotent,
-                fence_refuses_the_fenced_change_only,
-                fences_survive_deletes,
-                a_change_writes_at_most_once,
+                cas_applies_on_the_version_read_and_conflicts_otherwise,
+                a_retry_recognises_its_own_landing,
+                a_fence_refuses_every_earlier_expectation,
+                a_deleted_row_keeps_its_version,
+                a_straggler_never_lands_after_a_later_write,
             ]
         );
     };

@@ -15,7 +15,7 @@ use crate::changelog::{
     Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
 };
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::hv::{CasOutcome, Expected, HvStore, HvWrite};
+use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Timestamp};
 use crate::testing::SkewedClock;
 use crate::testing::intercept::{Call, Intercept, Op};
@@ -144,24 +144,24 @@ impl ScopeWitness {
 
 #[async_trait]
 impl HvStore for ScopeWitness {
-    async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
-        self.inner.read(path).await
+    async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow> {
+        self.inner.read_row(path).await
     }
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
-        expected: &Expected,
+        expected: Option<&Version>,
         write: &HvWrite,
-        change: Option<&ChangeId>,
+        stamp: &Version,
     ) -> StoreResult<CasOutcome> {
         self.note(path);
         self.inner
-            .compare_and_write(path, expected, write, change)
+            .compare_and_write(path, expected, write, stamp)
             .await
     }
-    async fn fence(&self, path: &ObjectPath, change: &ChangeId) -> StoreResult<Option<HvValue>> {
+    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
         self.note(path);
-        self.inner.fence(path, change).await
+        self.inner.fence(path).await
     }
 }
 

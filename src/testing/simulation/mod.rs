@@ -85,14 +85,8 @@ pub fn shrink(plan: &Plan, shape: Shape, tries: usize) -> Plan {
     best
 }
 
-/// In-memory stores whose HV table ages `applied` markers out after [`plan::APPLIED_TTL`].
 fn sim_stores() -> MemoryStores {
-    let mut mem = MemoryStores::new();
-    mem.hv = Arc::new(crate::hv::MemoryHv::with_applied_ttl(
-        mem.clock.clone(),
-        plan::APPLIED_TTL,
-    ));
-    mem
+    MemoryStores::new()
 }
 
 struct Write {
