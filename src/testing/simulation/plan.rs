@@ -194,7 +194,34 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..4) {
+    match rng.random_range(0..5) {
+        // A small write lands and its host freezes before the response arrives; a large put
+        // reads the row after it and its write is held while its row goes stale, so
+        // recovery fences. The small write wakes, is refused by the fence, re-reads and
+        // overwrites: it must not bring back the version the held write still expects.
+        3 => vec![
+            Event::Write {
+                object: 0,
+                value: if rng.random_bool(0.5) {
+                    Value::Absent
+                } else {
+                    Value::Small
+                },
+                faults: vec![],
+                process: Process::SuspendAfter(Op::HvCas, LONGER_THAN_TTLS),
+            },
+            large_put(
+                vec![
+                    Rule::once(
+                        Op::HvCas,
+                        Fault::Delay(LONGER_THAN_TTLS + secs(rng.random_range(2..8))),
+                    ),
+                    Rule::on(Op::Heartbeat, Fault::Delay(LONGER_THAN_TTLS * 2)),
+                ],
+                Process::Healthy,
+            ),
+            Event::Sleep(LONGER_THAN_TTLS + secs(60)),
+        ],
         // Recovery is down while a writer whose first attempt landed freezes past every
         // TTL, and the object is deleted meanwhile: the writer's retry must not be sent.
         0 => vec![
