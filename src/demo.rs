@@ -168,6 +168,9 @@ pub async fn run(
         claim_lease: config.protocol.staleness_threshold * 10,
         idle_poll: Duration::from_millis(200),
         cleaner_concurrency: 32,
+        // On loopback nothing stays in flight for long; a short settle shows the second
+        // pass of changes recovered before their HV write without a ten-minute wait.
+        upload_settle: config.protocol.staleness_threshold,
         ..RecoveryConfig::default()
     };
     let run_id = uuid::Uuid::now_v7().simple().to_string();

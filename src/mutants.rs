@@ -58,10 +58,13 @@ pub enum Mutant {
     ReadTrustsFirstMiss,
     /// The cleaner dead-letters a job without its reason.
     DeadLetterWithoutReason,
+    /// Recovery removes the row of a change whose upload it deleted at once, though the
+    /// dead writer's upload may still land.
+    RecoveryRemovesAtOnce,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 17] = [
+    pub const ALL: [Mutant; 18] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -79,6 +82,7 @@ impl Mutant {
         Mutant::UploadErrorRemovesRow,
         Mutant::ReadTrustsFirstMiss,
         Mutant::DeadLetterWithoutReason,
+        Mutant::RecoveryRemovesAtOnce,
     ];
 }
 

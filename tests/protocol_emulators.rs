@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tiersweep::clock;
 use tiersweep::config::ProtocolConfig;
-use tiersweep::recovery::EmbeddedRecovery;
 use tiersweep::recovery::embedded::PassReport;
 use tiersweep::testing::crash::{
     self, CrashPoint, Scenario, test_recovery_config, test_writer_config,
@@ -32,11 +31,7 @@ async fn stores() -> tiersweep::Stores {
 }
 
 async fn recover(stores: &tiersweep::Stores) -> PassReport {
-    tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
-    EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol()))
-        .run_pass()
-        .await
-        .expect("recovery pass")
+    crash::recover_settled(stores, test_recovery_config(protocol())).await
 }
 
 /// Crashes `scenario` before and after each of its store calls, recovering after each.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tiersweep::config::ProtocolConfig;
-use tiersweep::recovery::EmbeddedRecovery;
 use tiersweep::testing::MemoryStores;
 use tiersweep::testing::crash::{
     self, CrashPoint, SCENARIOS, Scenario, test_recovery_config, test_writer_config,
@@ -24,11 +23,7 @@ fn writer(stores: &tiersweep::Stores) -> TieredStorage {
 }
 
 async fn recover(stores: &tiersweep::Stores) -> tiersweep::recovery::embedded::PassReport {
-    tokio::time::sleep(protocol().staleness_threshold + Duration::from_secs(1)).await;
-    EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol()))
-        .run_pass()
-        .await
-        .unwrap()
+    crash::recover_settled(stores, test_recovery_config(protocol())).await
 }
 
 async fn check(

@@ -10,6 +10,16 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{Config, LoadError, WorkerConfig};
 
+/// How long an upload may still land after its writer saw it fail or died: GCS finalizes an
+/// object once it has every byte, whether or not the client is still there, and bytes can
+/// trail a failed request or a dead process (its kernel keeps sending, a proxy holds them, a
+/// retransmission arrives). Writers after a failed upload and recovery after deleting a dead
+/// writer's upload keep the change's row this long, and delete the revision again after it.
+/// Ten minutes covers a dead process's socket retransmissions and a proxy's timeouts; what
+/// it cannot cover (a host suspended mid-upload for longer, then killed as it resumes) is
+/// left to the listing-based audit.
+pub const UPLOAD_SETTLE: Duration = Duration::from_secs(600);
+
 /// A configuration value that cannot work, named by its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]

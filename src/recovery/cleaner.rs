@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::RecoveryConfig;
-use super::converge::{ConvergeReport, HvView, converge};
+use super::converge::{ConvergeReport, Ending, HvView, RowFate, converge};
 use super::job::CleanupJob;
 use crate::error::{ErrorKind, StoreError};
 use crate::queue::{Delivery, FlowControl, JobQueue};
@@ -210,6 +210,7 @@ impl Cleaner {
             &entry.record,
             &job.claim,
             HvView::Fence,
+            Ending::SettleUploads(self.config.upload_settle),
             retry,
         )
         .instrument(tracing::info_span!(span::CONVERGE, "tiersweep.change_id" = %entry.id))
@@ -218,6 +219,12 @@ impl Cleaner {
             .id
             .minted_at()
             .map(|t| t.age_at(self.stores.clock.now()));
+        if let RowFate::Deferred(due) = report.row {
+            tracing::info!(change = %entry.id, object = %entry.record.object,
+                deleted = report.deleted.len(), ?age, due = %due,
+                "deleted the change's uncommitted upload; its row waits until a late landing of the upload is no longer possible");
+            return Ok(JobOutcome::Converged(report));
+        }
         if let Some(age) = age {
             METRICS.recovery_lag.record(age);
         }

@@ -12,9 +12,11 @@
 //! expects the version it read before recording the change, can never land), and only
 //! then reads.
 
-use crate::changelog::Removal;
+use std::time::Duration;
+
+use crate::changelog::{Deferral, Removal};
 use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord, HvValue, OwnerToken, Revision};
+use crate::model::{ChangeId, ChangeRecord, HvValue, OwnerToken, Revision, Timestamp};
 use crate::retry::RetryPolicy;
 use crate::stores::Stores;
 
@@ -27,6 +29,29 @@ pub enum HvView {
     Fence,
 }
 
+/// How converge ends once the deletes are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Remove the row (if `owner` still owns it).
+    Remove,
+    /// Recovery's ending. When it deleted the change's `new` revision, whose writer died
+    /// with the upload perhaps still on its way (bytes in a dead process's socket buffer, a
+    /// proxy, a retransmission), the row is deferred for this long instead of removed, and
+    /// a later pass deletes the revision again and removes the row. A change already
+    /// deferred once (its record has a `cleanup_after`) is removed. Zero removes at once.
+    SettleUploads(Duration),
+}
+
+/// What became of the changelog row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFate {
+    Removed,
+    /// Gone already, or owned by someone else: left as it is.
+    NotOwned,
+    /// Deferred: due for another pass after this time.
+    Deferred(Timestamp),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvergeReport {
     /// Revisions of the change that HV does not reference, now deleted.
@@ -36,7 +61,7 @@ pub struct ConvergeReport {
     /// Set when HV references a revision of this change whose blob is missing: a read of
     /// the object will fail, and an operator must look.
     pub dangling: Option<Revision>,
-    pub removal: Removal,
+    pub row: RowFate,
 }
 
 /// The revisions of `record` that may be deleted when HV references `referenced`.
@@ -53,6 +78,7 @@ pub async fn converge(
     record: &ChangeRecord,
     owner: &OwnerToken,
     view: HvView,
+    ending: Ending,
     retry: &RetryPolicy,
 ) -> StoreResult<ConvergeReport> {
     // The writer just uploaded what it keeps; only recovery has reason to doubt a kept blob.
@@ -85,18 +111,47 @@ pub async fn converge(
         tracing::error!(change_id = %id, revision = %rev, object = %record.object,
             "dangling tombstone: HV references a revision whose LT blob is missing");
     }
-    let removal = if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
-        Removal::Removed
+    let settle = match ending {
+        Ending::SettleUploads(settle)
+            if !settle.is_zero()
+                && record.cleanup_after.is_none()
+                && record.new.as_ref().is_some_and(|n| deleted.contains(n))
+                && !crate::mutants::on(crate::mutants::Mutant::RecoveryRemovesAtOnce) =>
+        {
+            Some(settle)
+        }
+        _ => None,
+    };
+    let row = if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
+        RowFate::Removed
+    } else if let Some(settle) = settle {
+        // Stamped by this process's clock, like a writer's deferral: a skewed recovery
+        // host moves the second pass by its skew, never the decision.
+        let due = stores.clock.now().saturating_add(settle);
+        let mut deferred = record.clone();
+        deferred.owner = owner.clone();
+        deferred.cleanup_after = Some(due);
+        match retry
+            .run("defer", || stores.changelog.defer(id, &deferred))
+            .await?
+        {
+            Deferral::Deferred => RowFate::Deferred(due),
+            Deferral::NotOwned => RowFate::NotOwned,
+        }
     } else {
-        retry
+        match retry
             .run("remove", || stores.changelog.remove(id, owner))
             .await?
+        {
+            Removal::Removed => RowFate::Removed,
+            Removal::NotOwned => RowFate::NotOwned,
+        }
     };
     Ok(ConvergeReport {
         deleted,
         kept,
         dangling,
-        removal,
+        row,
     })
 }
 

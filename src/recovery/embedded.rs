@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::RecoveryConfig;
 use super::cleaner::{Cleaner, JobOutcome};
+use super::converge::RowFate;
 use super::scanner::{ScanReport, Scanner};
 use crate::error::StoreResult;
 use crate::model::ShardRange;
@@ -24,6 +25,9 @@ use crate::stores::Stores;
 pub struct PassReport {
     pub scan: ScanReport,
     pub converged: usize,
+    /// Of `converged`, the changes whose row was kept for a later pass
+    /// ([`RecoveryConfig::upload_settle`]).
+    pub deferred: usize,
     pub already_converged: usize,
     pub not_our_claim: usize,
     pub retried: usize,
@@ -36,6 +40,7 @@ impl PassReport {
         match outcome {
             JobOutcome::Converged(r) => {
                 self.converged += 1;
+                self.deferred += usize::from(matches!(r.row, RowFate::Deferred(_)));
                 self.dangling += usize::from(r.dangling.is_some());
             }
             JobOutcome::AlreadyConverged => self.already_converged += 1,

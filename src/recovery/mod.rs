@@ -55,6 +55,13 @@ pub struct RecoveryConfig {
     /// Only objects under this prefix may be converged (invariant I4), matched by whole path
     /// segments (`tenant-a` does not admit `tenant-ab/…`); "" allows all.
     pub object_prefix: String,
+    /// How long after recovery deleted a dead writer's uncommitted upload that upload may
+    /// still land (bytes a dead process's kernel still sends, a proxy, a retransmission).
+    /// Such a change's row is kept that long and then converged again, so a late landing is
+    /// deleted too: one more pass for each change recovered before its HV write. Zero
+    /// removes the row at once (loopback emulators, where nothing is ever in flight).
+    #[serde(with = "crate::config::duration")]
+    pub upload_settle: Duration,
     #[serde(skip)]
     pub retry: RetryPolicy,
 }
@@ -70,6 +77,7 @@ impl Default for RecoveryConfig {
             cleaner_concurrency: 32,
             max_delivery_attempts: 5,
             object_prefix: String::new(),
+            upload_settle: crate::config::UPLOAD_SETTLE,
             retry: RetryPolicy::default(),
         }
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::faults::{Fault, Faults, Op, Rule};
 use super::invariants::{self, Acceptable};
 use crate::model::ObjectPath;
+use crate::recovery::embedded::PassReport;
 use crate::recovery::{EmbeddedRecovery, RecoveryConfig};
 use crate::stores::Stores;
 use crate::writer::{TieredStorage, WriteError, WriterConfig};
@@ -87,6 +88,7 @@ pub fn test_recovery_config(protocol: crate::config::ProtocolConfig) -> Recovery
         protocol,
         scan_batch: 50,
         claim_lease: protocol.heartbeat_interval * 4,
+        upload_settle: protocol.staleness_threshold,
         ..Default::default()
     }
 }
@@ -151,10 +153,7 @@ pub async fn crash_and_recover(
         "{scenario:?} {point:?}: the operation must not complete after a crash"
     );
 
-    tokio::time::sleep(writer_config.protocol.staleness_threshold + Duration::from_millis(50))
-        .await;
-    let recovery = EmbeddedRecovery::new(stores.clone(), recovery_config);
-    let pass = recovery.run_pass().await.expect("recovery pass");
+    let pass = recover_settled(stores, recovery_config).await;
 
     let (before, after) = scenario.values();
     let expected: BTreeMap<ObjectPath, Acceptable> =
@@ -166,6 +165,34 @@ pub async fn crash_and_recover(
         report.is_converged(),
         "{scenario:?} crashed at {point:?}: {report:#?}\nrecovery pass: {pass:#?}"
     );
+}
+
+/// Waits past the staleness threshold and runs one recovery pass; when that pass deferred
+/// changes (it deleted their uploads and keeps their rows until a late landing is no longer
+/// possible), waits out the settle and runs the second pass that removes them. Returns the
+/// first pass's report.
+pub async fn recover_settled(stores: &Stores, config: RecoveryConfig) -> PassReport {
+    tokio::time::sleep(config.protocol.staleness_threshold + Duration::from_millis(50)).await;
+    pass_settled(stores, config).await
+}
+
+/// One recovery pass now, and the second one after the settle if it deferred changes
+/// (see [`recover_settled`]). Returns the first pass's report.
+pub async fn pass_settled(stores: &Stores, config: RecoveryConfig) -> PassReport {
+    let threshold = config.protocol.staleness_threshold;
+    let settle = config.upload_settle;
+    let recovery = EmbeddedRecovery::new(stores.clone(), config);
+    let first = recovery.run_pass().await.expect("recovery pass");
+    if first.deferred > 0 {
+        tokio::time::sleep(settle + threshold + Duration::from_millis(50)).await;
+        let second = recovery.run_pass().await.expect("second recovery pass");
+        assert_eq!(
+            (second.converged, second.deferred),
+            (first.deferred, 0),
+            "the second pass converges exactly the deferred changes, and defers none: {second:#?}"
+        );
+    }
+    first
 }
 
 /// Leaves `n` large puts of new objects crashed right after their upload: a changelog row
@@ -230,9 +257,15 @@ pub async fn concurrent_recoveries(
     tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(100)).await;
     let config = test_recovery_config(protocol);
     let r1 = EmbeddedRecovery::new(stores.clone(), config.clone());
-    let r2 = EmbeddedRecovery::new(stores.clone(), config);
+    let r2 = EmbeddedRecovery::new(stores.clone(), config.clone());
     let (p1, p2) = tokio::join!(r1.run_pass(), r2.run_pass());
     let (p1, p2) = (p1.expect("recovery pass"), p2.expect("recovery pass"));
+    // Every put crashed after its upload: recovery deletes each upload and keeps the row
+    // for the settle; one more pass after it removes them all.
+    assert_eq!(p1.deferred + p2.deferred, n, "{p1:?} {p2:?}");
+    tokio::time::sleep(config.upload_settle + protocol.staleness_threshold * 2).await;
+    let last = r1.run_pass().await.expect("recovery pass");
+    assert_eq!((last.converged, last.deferred), (n, 0), "{last:?}");
     assert_eq!(
         p1.scan.won + p2.scan.won,
         n,

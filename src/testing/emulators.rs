@@ -356,6 +356,12 @@ impl Emulators {
             gcs: self.gcs_config().await,
             pubsub: self.pubsub_config().await,
             protocol,
+            // Seconds, not ten minutes: the second pass of a change recovered before its
+            // HV write is part of what the process tests see.
+            recovery: crate::recovery::RecoveryConfig {
+                upload_settle: protocol.staleness_threshold,
+                ..Default::default()
+            },
             ..crate::config::Config::default()
         }
     }
@@ -445,6 +451,10 @@ pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
         (
             "TIERSWEEP_RECOVERY__IDLE_POLL",
             format(config.recovery.idle_poll),
+        ),
+        (
+            "TIERSWEEP_RECOVERY__UPLOAD_SETTLE",
+            format(config.recovery.upload_settle),
         ),
         (
             "TIERSWEEP_RECOVERY__OBJECT_PREFIX",

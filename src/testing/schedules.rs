@@ -47,6 +47,7 @@ macro_rules! safety_schedules {
             a_read_racing_an_overwrite_finds_the_new_value,
             recovery_does_not_report_a_tombstone_a_later_write_replaced,
             an_upload_that_lands_after_its_error_is_deleted,
+            an_upload_landing_after_its_dead_writers_recovery_is_deleted,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -108,15 +109,13 @@ pub async fn blobs_of(stores: &Stores, path: &ObjectPath) -> Vec<String> {
         .names
 }
 
-/// One embedded recovery pass over `stores` with the test timings.
+/// One embedded recovery pass over `stores` with the test timings (and the second pass of
+/// the changes it deferred, after their settle).
 async fn recovery_pass(
     stores: &Stores,
     protocol: ProtocolConfig,
 ) -> crate::recovery::embedded::PassReport {
-    crate::recovery::EmbeddedRecovery::new(stores.clone(), test_recovery_config(protocol))
-        .run_pass()
-        .await
-        .expect("a recovery pass")
+    super::crash::pass_settled(stores, test_recovery_config(protocol)).await
 }
 
 /// Runs a recovery pass and asserts that nothing of `path` is left: no LT blob (`what`
@@ -529,6 +528,58 @@ pub async fn an_upload_that_lands_after_its_error_is_deleted(
 
     tokio::time::sleep(config.upload_settle + protocol.staleness_threshold * 2).await;
     recovery_leaves_nothing_of(&stores, &path, protocol, "the late upload is deleted").await;
+}
+
+/// A writer's first upload attempt fails to it but is still on its way (bytes in a proxy, a
+/// retransmission); the retry lands; the writer dies before its HV write. Recovery deletes
+/// the upload and used to remove the row; then the first attempt landed, a blob no row
+/// names (I2). Recovery keeps the row for the settle and converges it again.
+pub async fn an_upload_landing_after_its_dead_writers_recovery_is_deleted(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let recovery = test_recovery_config(protocol);
+    // After recovery's first pass (one threshold in), halfway through its settle.
+    let half = recovery.upload_settle / 2;
+    let lands_after = protocol.staleness_threshold + half;
+    let faults = Faults::new([
+        Rule::once(Op::LtPut, Fault::Straggle(lands_after)),
+        Rule::once(Op::HvCas, Fault::CrashBefore),
+    ]);
+    let writer = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let crashed = faults
+        .run_until_crash({
+            let path = path.clone();
+            async move { writer.put(&path, large("dead")).await }
+        })
+        .await;
+    assert!(crashed.is_none(), "the writer died before its HV write");
+
+    tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(50)).await;
+    let first = crate::recovery::EmbeddedRecovery::new(stores.clone(), recovery.clone())
+        .run_pass()
+        .await
+        .expect("a recovery pass");
+    assert_eq!(
+        (first.converged, first.deferred),
+        (1, 1),
+        "recovery deletes the upload and keeps the row: {first:?}"
+    );
+    assert!(
+        blobs_of(&stores, &path).await.is_empty(),
+        "the upload is deleted"
+    );
+    tokio::time::sleep(half).await;
+    assert!(
+        !blobs_of(&stores, &path).await.is_empty(),
+        "the schedule is real: the first attempt landed after recovery deleted the upload"
+    );
+    assert_eq!(entries_for(&stores, &path).await.len(), 1, "the row waits");
+    tokio::time::sleep(half + protocol.staleness_threshold * 2).await;
+    recovery_leaves_nothing_of(&stores, &path, protocol, "the late landing is deleted").await;
+    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
 }
 
 /// The writer's view of `stores` from a host that freezes (VM suspend, SIGSTOP) for `d`

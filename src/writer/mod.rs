@@ -33,7 +33,7 @@ use crate::error::StoreError;
 use crate::hv::{CasOutcome, HvWrite, Version};
 use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision};
 use crate::mutants::Mutant;
-use crate::recovery::converge::{HvView, converge};
+use crate::recovery::converge::{Ending, HvView, RowFate, converge};
 use crate::retry::RetryPolicy;
 use crate::stores::Stores;
 
@@ -96,7 +96,7 @@ impl Default for WriterConfig {
             protocol: ProtocolConfig::default(),
             retry: RetryPolicy::default(),
             background_completions: 0,
-            upload_settle: std::time::Duration::from_secs(600),
+            upload_settle: crate::config::UPLOAD_SETTLE,
         }
     }
 }
@@ -602,9 +602,10 @@ impl TieredStorage {
             &guard.record,
             &guard.record.owner,
             HvView::Known(referenced),
+            Ending::Remove,
             &self.config.retry,
         )
         .await?;
-        Ok(report.removal == crate::changelog::Removal::Removed)
+        Ok(report.row == RowFate::Removed)
     }
 }

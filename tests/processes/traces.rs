@@ -169,6 +169,9 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
     let mut config = e.fresh_config(protocol()).await;
     config.recovery.claim_lease = Duration::from_secs(30);
     config.recovery.idle_poll = Duration::from_millis(200);
+    // One pass per change, so one trace each (a settle would add a second pass, a second
+    // trace, for changes recovered before their HV write).
+    config.recovery.upload_settle = Duration::ZERO;
     let stores = Stores::connect(&config, clock::system(), tiersweep::lt::LtAccess::Write)
         .await
         .unwrap();

@@ -396,7 +396,7 @@ fn write_faults(rng: &mut StdRng) -> Vec<Rule> {
         Fault::CrashAfter
     };
     let short = Duration::from_secs(rng.random_range(1..4));
-    match rng.random_range(0..31) {
+    match rng.random_range(0..32) {
         0..=9 => vec![],
         10..=14 => vec![Rule::nth_call(rng.random_range(0..7), crash)],
         15..=16 => vec![
@@ -436,6 +436,18 @@ fn write_faults(rng: &mut StdRng) -> Vec<Rule> {
                 times: 1,
                 fault: Fault::Delay(short),
             },
+        ],
+        // The upload's first attempt fails to the writer and lands later; its retry
+        // succeeds; the writer dies before its HV write. Recovery deletes the upload (a
+        // staleness threshold and up to a scan interval later), and the straggler lands
+        // after that but within threshold + settle: the row must still be there, so that a
+        // second pass deletes it.
+        31 => vec![
+            Rule::once(
+                Op::LtPut,
+                Fault::Straggle(Duration::from_secs(rng.random_range(45..=58))),
+            ),
+            Rule::once(Op::HvCas, Fault::CrashBefore),
         ],
         // The request is held past every TTL after the guard passed it (the process stalls,
         // its heartbeats with it).
