@@ -154,3 +154,20 @@ async fn malformed_rows_are_reported_and_left_in_place() {
         "the error names the row: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_slower_than_a_lease_is_claimed_once_with_backpressure() {
+    let d =
+        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores().await, protocol(), 8, 2)
+            .await;
+    assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
+    assert!(d.held_back > 0, "the scanner held back: {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_backpressure_the_same_backlog_is_claimed_again() {
+    let d =
+        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores().await, protocol(), 8, 0)
+            .await;
+    assert!(d.claims_won > d.changes, "re-claims of queued work: {d:?}");
+}

@@ -300,3 +300,22 @@ async fn malformed_rows_are_reported_and_left_in_place() {
         "the row stays for an operator"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_slower_than_a_lease_is_claimed_once_with_backpressure() {
+    let stores = MemoryStores::new().stores();
+    let d =
+        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores, protocol(), 12, 2).await;
+    assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
+    assert!(d.held_back > 0, "the scanner held back: {d:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_backpressure_the_same_backlog_is_claimed_again() {
+    // The control: the schedule is real, queued jobs do outlive their claims.
+    let stores = MemoryStores::new().stores();
+    let d =
+        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores, protocol(), 12, 0).await;
+    assert!(d.claims_won > d.changes, "re-claims of queued work: {d:?}");
+    assert_eq!(d.held_back, 0);
+}

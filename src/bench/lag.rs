@@ -97,6 +97,9 @@ impl Changelog for LagProbe {
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
         self.inner.get(id).await
     }
+    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
+        self.inner.still_owned(claims).await
+    }
 
     async fn defer(
         &self,

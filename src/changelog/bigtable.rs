@@ -307,6 +307,35 @@ impl Changelog for BigtableChangelog {
         self.read(id).await
     }
 
+    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = bigtable_rs::google::bigtable::v2::RowSet {
+            row_keys: claims
+                .iter()
+                .map(|(id, _)| id.as_str().as_bytes().to_vec())
+                .collect(),
+            row_ranges: vec![],
+        };
+        let owner_cell = chain(vec![column(FAMILY, OWNER), latest()]);
+        let found = self
+            .client
+            .read_rows(&self.table, rows, owner_cell, claims.len())
+            .await?;
+        let owners: std::collections::HashMap<Vec<u8>, Vec<u8>> = found
+            .into_iter()
+            .filter_map(|(key, cells)| cells.into_iter().next().map(|c| (key, c.value)))
+            .collect();
+        Ok(claims
+            .iter()
+            .map(|(id, owner)| {
+                owners.get(id.as_str().as_bytes()).map(Vec::as_slice)
+                    == Some(owner.as_str().as_bytes())
+            })
+            .collect())
+    }
+
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
         let key = id.as_str().as_bytes();
         let matched = self

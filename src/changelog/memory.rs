@@ -113,6 +113,18 @@ impl Changelog for MemoryChangelog {
         Ok(Heartbeat::Refreshed)
     }
 
+    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
+        let rows = self.rows();
+        Ok(claims
+            .iter()
+            .map(|(id, owner)| {
+                rows.get(id.as_str())
+                    .and_then(|row| decode(id.as_str(), row).ok())
+                    .is_some_and(|e| &e.record.owner == owner)
+            })
+            .collect())
+    }
+
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
         let rows = self.rows();
         let start = match &req.start_after {

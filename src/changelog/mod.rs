@@ -127,6 +127,22 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
     /// Reads one row; the authority a cleaner consults, whatever its job message says.
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>>;
 
+    /// For each `(row, owner)`, whether the row still exists and `owner` owns it: how a
+    /// scanner learns which of the claims it published are still waiting for a cleaner
+    /// (a cleaner removes or defers the row; another claim replaces the owner). Backends
+    /// read all rows in one call; the default reads them one by one.
+    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
+        let mut out = Vec::with_capacity(claims.len());
+        for (id, owner) in claims {
+            out.push(
+                self.get(id)
+                    .await?
+                    .is_some_and(|e| &e.record.owner == owner),
+            );
+        }
+        Ok(out)
+    }
+
     /// Deletes the row if `owner` owns it.
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal>;
 

@@ -36,6 +36,9 @@ pub enum JobOutcome {
     AlreadyConverged,
     /// The row belongs to another claim (a newer job) or to its writer (a forged job).
     NotOurClaim,
+    /// The row is deferred until later (`cleanup_after`): a duplicate or redelivered job
+    /// for a change recovery already converged once and is letting settle.
+    NotDue,
     /// Nacked for redelivery.
     Retry(String),
     DeadLettered(String),
@@ -48,6 +51,7 @@ impl JobOutcome {
             JobOutcome::Converged(_) => "converged",
             JobOutcome::AlreadyConverged => "already_converged",
             JobOutcome::NotOurClaim => "not_our_claim",
+            JobOutcome::NotDue => "not_due",
             JobOutcome::Retry(_) => "retry",
             JobOutcome::DeadLettered(_) => "dead_lettered",
         }
@@ -98,6 +102,7 @@ impl Cleaner {
             }
             JobOutcome::AlreadyConverged => m.jobs_already_converged.inc(),
             JobOutcome::NotOurClaim => m.jobs_not_our_claim.inc(),
+            JobOutcome::NotDue => m.jobs_not_due.inc(),
             JobOutcome::Retry(_) => m.jobs_failed.inc(),
             JobOutcome::DeadLettered(_) => m.jobs_dead_lettered.inc(),
         }
@@ -197,6 +202,16 @@ impl Cleaner {
             tracing::info!(owner = %entry.record.owner, claim = %job.claim,
                 "row is not owned by this job's recovery claim; job is stale or forged, touching nothing");
             return Ok(JobOutcome::NotOurClaim);
+        }
+        // A deferred row is not due: the job that deferred it may be delivered again (a
+        // duplicate, a redelivery after its ack deadline), and converging now would cut the
+        // settle short. Judged on this process's clock, as the deferral was stamped.
+        if let Some(due) = entry.record.cleanup_after
+            && due > self.stores.clock.now()
+            && !on(Mutant::RecoveryRemovesAtOnce)
+        {
+            tracing::info!(due = %due, "row is deferred until later; a duplicate or early job, touching nothing");
+            return Ok(JobOutcome::NotDue);
         }
         if !entry.record.object.is_under(&self.config.object_prefix) && !on(Mutant::NoScopeCheck) {
             return Err(Failure::Permanent(format!(

@@ -30,6 +30,7 @@ pub struct PassReport {
     pub deferred: usize,
     pub already_converged: usize,
     pub not_our_claim: usize,
+    pub not_due: usize,
     pub retried: usize,
     pub dead_lettered: usize,
     pub dangling: usize,
@@ -45,6 +46,7 @@ impl PassReport {
             }
             JobOutcome::AlreadyConverged => self.already_converged += 1,
             JobOutcome::NotOurClaim => self.not_our_claim += 1,
+            JobOutcome::NotDue => self.not_due += 1,
             JobOutcome::Retry(_) => self.retried += 1,
             JobOutcome::DeadLettered(_) => self.dead_lettered += 1,
         }

@@ -45,6 +45,12 @@ pub struct RecoveryConfig {
     /// retried ever more slowly rather than flooding the queue.
     #[serde(with = "crate::config::duration")]
     pub claim_lease: Duration,
+    /// Claims one scanner keeps waiting for cleaners at most (published, not yet converged):
+    /// beyond it, the scanner leaves stale rows unclaimed until cleaners catch up. A job that
+    /// waits in the queue longer than its claim's lease is claimed and published again, so
+    /// keep `scanners × max_queued_claims ÷ the cleaners' rate` well below `claim_lease`
+    /// (2,000 ÷ 100 changes/s is 20 s against 10 min). 0: no limit.
+    pub max_queued_claims: usize,
     /// Wait between scans when nothing was stale.
     #[serde(with = "crate::config::duration")]
     pub idle_poll: Duration,
@@ -73,6 +79,7 @@ impl Default for RecoveryConfig {
             scan_batch: 500,
             claim_concurrency: 32,
             claim_lease: Duration::from_secs(600),
+            max_queued_claims: 2000,
             idle_poll: Duration::from_secs(5),
             cleaner_concurrency: 32,
             max_delivery_attempts: 5,

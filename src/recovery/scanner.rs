@@ -31,6 +31,9 @@ pub struct ScanReport {
     pub won: usize,
     pub lost: usize,
     pub published: usize,
+    /// Stale rows left unclaimed because the scanner's claims waiting for cleaners had
+    /// reached `max_queued_claims` (they are scanned again later).
+    pub held_back: usize,
     /// The page stopped at the batch limit: more rows may be waiting.
     pub more: bool,
 }
@@ -42,6 +45,7 @@ impl ScanReport {
         self.won += o.won;
         self.lost += o.lost;
         self.published += o.published;
+        self.held_back += o.held_back;
         self.more = o.more;
     }
 }
@@ -56,6 +60,10 @@ pub struct Scanner {
     /// The backlog the current pass over the shards has seen so far; published to the
     /// metrics when the pass wraps around.
     pass: Backlog,
+    /// The claims this scanner published that may still be waiting for a cleaner, at most
+    /// `max_queued_claims`: its own accounting, so that backpressure needs no queue metrics
+    /// (the emulator has none). A restarted scanner starts from none.
+    queued: Vec<(crate::model::ChangeId, OwnerToken)>,
 }
 
 impl Scanner {
@@ -72,7 +80,35 @@ impl Scanner {
             shards,
             cursor: None,
             pass: Backlog::default(),
+            queued: Vec::new(),
         }
+    }
+
+    /// How many of `wanted` rows this scanner may claim now. When its queued claims would
+    /// exceed the limit, it first re-reads them in one call and forgets those a cleaner has
+    /// converged (row gone, or deferred by it) or another claim has replaced.
+    async fn room_for(&mut self, wanted: usize) -> StoreResult<usize> {
+        let max = self.config.max_queued_claims;
+        if max == 0 {
+            return Ok(wanted);
+        }
+        if self.queued.len() + wanted > max && !self.queued.is_empty() {
+            let queued = &self.queued;
+            let owned = self
+                .config
+                .retry
+                .run("still_owned", || self.changelog.still_owned(queued))
+                .await?;
+            let mut owned = owned.into_iter();
+            self.queued.retain(|_| owned.next().unwrap_or(false));
+        }
+        Ok(max.saturating_sub(self.queued.len()).min(wanted))
+    }
+
+    /// Claims this scanner published that were still waiting for a cleaner when it last
+    /// looked.
+    pub fn queued_claims(&self) -> usize {
+        self.queued.len()
     }
 
     /// Scans one page from the cursor, claims what it found, publishes the won claims.
@@ -125,13 +161,32 @@ impl Scanner {
             }
         }
 
+        let room = self.room_for(entries.len()).await?;
+        if room < entries.len() {
+            report.held_back = entries.len() - room;
+            METRICS.claims_held_back.add(report.held_back as u64);
+            entries.truncate(room);
+            // Resume right after the last row claimed now, so the held-back rows are
+            // scanned again once cleaners catch up.
+            self.cursor = match entries.last() {
+                Some(e) => Some(e.id.as_str().to_owned()),
+                None => req.start_after.clone(),
+            };
+            report.more = false;
+            tracing::info!(
+                held_back = report.held_back,
+                queued = self.queued.len(),
+                max = self.config.max_queued_claims,
+                "claims waiting for cleaners reached max_queued_claims; leaving stale rows for later"
+            );
+        }
         let claims: Vec<StoreResult<Option<(CleanupJob, tracing::Span)>>> =
             futures::stream::iter(entries)
                 .map(|entry| self.claim(entry, cutoff, now, scan))
                 .buffer_unordered(self.config.claim_concurrency)
                 .collect()
                 .await;
-        if page.resume_after.is_none() {
+        if page.resume_after.is_none() && report.held_back == 0 {
             METRICS.set_backlog(&self.shards.to_string(), std::mem::take(&mut self.pass));
         }
         let mut jobs = Vec::with_capacity(claims.len());
@@ -168,6 +223,12 @@ impl Scanner {
             }
             report.published = jobs.len();
             METRICS.jobs_published.add(jobs.len() as u64);
+            if self.config.max_queued_claims > 0 {
+                self.queued.extend(
+                    jobs.iter()
+                        .map(|(job, _)| (job.change.clone(), job.claim.clone())),
+                );
+            }
         }
         match first_err {
             Some(e) if report.won == 0 && report.lost == 0 => Err(e),
@@ -242,6 +303,7 @@ impl Scanner {
                             won = r.won,
                             lost = r.lost,
                             published = r.published,
+                            held_back = r.held_back,
                             malformed = r.malformed,
                             "scanned stale rows"
                         );

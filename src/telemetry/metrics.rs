@@ -149,10 +149,12 @@ pub struct Metrics {
     pub claims_won: Counter,
     pub claims_lost: Counter,
     pub claims_failed: Counter,
+    pub claims_held_back: Counter,
     pub jobs_published: Counter,
     pub jobs_converged: Counter,
     pub jobs_already_converged: Counter,
     pub jobs_not_our_claim: Counter,
+    pub jobs_not_due: Counter,
     pub jobs_failed: Counter,
     pub jobs_dead_lettered: Counter,
     pub blobs_deleted: Counter,
@@ -189,6 +191,11 @@ impl Metrics {
             claims_won: Counter::labelled(CLAIMS, CLAIMS_HELP, "outcome", "won"),
             claims_lost: Counter::labelled(CLAIMS, CLAIMS_HELP, "outcome", "lost"),
             claims_failed: Counter::labelled(CLAIMS, CLAIMS_HELP, "outcome", "error"),
+            claims_held_back: Counter::new(
+                "tiersweep.claims.held_back",
+                "Stale rows a scanner left unclaimed for now because as many of its claims as \
+                 recovery.max_queued_claims were still waiting for a cleaner (backpressure).",
+            ),
             jobs_published: Counter::new(
                 "tiersweep.jobs.published",
                 "Cleanup jobs a scanner published (one per claim won).",
@@ -201,6 +208,7 @@ impl Metrics {
                 "already_converged",
             ),
             jobs_not_our_claim: Counter::labelled(JOBS, JOBS_HELP, "outcome", "not_our_claim"),
+            jobs_not_due: Counter::labelled(JOBS, JOBS_HELP, "outcome", "not_due"),
             jobs_failed: Counter::labelled(JOBS, JOBS_HELP, "outcome", "failed"),
             jobs_dead_lettered: Counter::labelled(JOBS, JOBS_HELP, "outcome", "dead_lettered"),
             blobs_deleted: Counter::new(
@@ -255,17 +263,19 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 16] {
+    pub fn counters(&self) -> [&Counter; 18] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
             &self.claims_won,
             &self.claims_lost,
             &self.claims_failed,
+            &self.claims_held_back,
             &self.jobs_published,
             &self.jobs_converged,
             &self.jobs_already_converged,
             &self.jobs_not_our_claim,
+            &self.jobs_not_due,
             &self.jobs_failed,
             &self.jobs_dead_lettered,
             &self.blobs_deleted,

@@ -215,6 +215,12 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
         let call = Box::pin(async move { inner.get(&id).await });
         self.hook.run(Op::Get, StoreKind::Changelog, call).await
     }
+    /// One ReadRows, like `get`: the same call to the meter and the IAM table.
+    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
+        let (inner, claims) = (self.inner.clone(), claims.to_vec());
+        let call = Box::pin(async move { inner.still_owned(&claims).await });
+        self.hook.run(Op::Get, StoreKind::Changelog, call).await
+    }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());
         let call = Box::pin(async move { inner.remove(&id, &owner).await });

@@ -2,6 +2,7 @@
 //! pass, the invariant checker every test and demo ends with, and store wrappers that
 //! inject crashes, lost responses, failures and delays.
 
+pub mod backlog;
 pub mod conformance;
 pub mod crash;
 pub mod emulators;

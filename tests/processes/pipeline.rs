@@ -158,6 +158,8 @@ async fn wait_for_ready(addr: std::net::SocketAddr) {
 async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
     let (mut config, stores) = setup().await;
     config.recovery.object_prefix = "crash/".into();
+    // Only a cleaner runs here: no scanner would take a settled change's second pass.
+    config.recovery.upload_settle = Duration::ZERO;
     let queue = Arc::new(PubsubQueue::connect(&config.pubsub).await.unwrap());
 
     // A live object written cleanly: its blob must survive everything below.

@@ -234,6 +234,32 @@ pub async fn remove_is_conditional_and_missing_is_fine(cl: &dyn Changelog) {
     );
 }
 
+pub async fn still_owned_answers_for_each_row_in_one_call(cl: &dyn Changelog) {
+    let (a, rec_a) = (ChangeId::mint(), record());
+    let (b, rec_b) = (ChangeId::mint(), record());
+    cl.record(&a, &rec_a).await.unwrap();
+    cl.record(&b, &rec_b).await.unwrap();
+    let stranger = OwnerToken::mint("recovery");
+    let asked = [
+        (a.clone(), rec_a.owner.clone()),
+        (b.clone(), stranger),
+        (ChangeId::mint(), rec_a.owner.clone()),
+        (b.clone(), rec_b.owner.clone()),
+    ];
+    assert_eq!(
+        cl.still_owned(&asked).await.unwrap(),
+        vec![true, false, false, true],
+        "owned; another owner; no such row; owned (order kept, rows asked twice)"
+    );
+    assert_eq!(cl.remove(&a, &rec_a.owner).await.unwrap(), Removal::Removed);
+    assert_eq!(
+        cl.still_owned(&asked[..1]).await.unwrap(),
+        vec![false],
+        "a removed row is no longer owned"
+    );
+    assert!(cl.still_owned(&[]).await.unwrap().is_empty());
+}
+
 pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
     let (id, mut rec) = (ChangeId::mint(), record());
     let probe = recorded(cl, &ChangeId::mint(), &record()).await;

@@ -218,6 +218,9 @@ impl Changelog for ClaimWitness {
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
         self.inner.get(id).await
     }
+    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
+        self.inner.still_owned(claims).await
+    }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         self.inner.remove(id, owner).await
     }
