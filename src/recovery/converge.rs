@@ -131,6 +131,8 @@ pub async fn converge(
         let mut deferred = record.clone();
         deferred.owner = owner.clone();
         deferred.cleanup_after = Some(due);
+        // Not a failed attempt: the second pass starts from the base lease.
+        deferred.claims = 0;
         match retry
             .run("defer", || stores.changelog.defer(id, &deferred))
             .await?

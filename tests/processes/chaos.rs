@@ -267,6 +267,12 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
     direct.recovery.claim_lease = Duration::from_secs(5);
     direct.recovery.idle_poll = Duration::from_millis(300);
     direct.recovery.object_prefix = "chaos".to_owned();
+    // One pass per change. The settle's second pass doubles each change's exposure to the
+    // emulator's stranded jobs, and drains then overran any bound worth waiting for (seed
+    // 3715086831326776320: 2 rows whose second-pass jobs the emulator never delivered,
+    // 420 s after the faults). The settle is tried by the simulation, by a named schedule
+    // on both backends and by the pipeline process tests.
+    direct.recovery.upload_settle = Duration::ZERO;
     let (proxies, via) = Proxies::start(&direct).await;
     let dir = std::env::temp_dir().join(format!("tiersweep-chaos-{seed}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -391,10 +397,13 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
         .expect("connecting to the emulators directly");
     let acceptable: BTreeMap<_, _> = history.lock().unwrap().acceptable();
     let drained = Instant::now();
+    // Generous: the Pub/Sub emulator strands jobs on streams it dropped (README, "Known
+    // emulator bug"), and such a row comes back only when its lease runs out.
+    let bound = Duration::from_secs(300);
     let report = loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let report = invariants::check(&stores, &acceptable).await.unwrap();
-        if report.is_converged() || drained.elapsed() > Duration::from_secs(300) {
+        if report.is_converged() || drained.elapsed() > bound {
             break report;
         }
     };
@@ -415,7 +424,7 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
     }
     assert!(
         report.is_converged(),
-        "seed {seed}: not converged 300 s after the faults stopped: {report:#?}; logs in {}",
+        "seed {seed}: not converged {bound:?} after the faults stopped: {report:#?}; logs in {}",
         dir.display()
     );
     assert!(
