@@ -459,22 +459,28 @@ impl TieredStorage {
         for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
             retry.run("delete", || self.stores.lt.delete(rev)).await?;
         }
-        let record = self.due_after_upload_settle(&guard);
+        let record = self.due_after_upload_settle(&guard).await;
         let deferral = retry
             .run("defer", || self.stores.changelog.defer(&guard.id, &record))
             .await?;
         Ok(deferral == crate::changelog::Deferral::Deferred)
     }
 
-    /// The guard's record, due for recovery once a late upload can no longer land.
-    fn due_after_upload_settle(&self, guard: &ChangeGuard) -> ChangeRecord {
+    /// The guard's record, due for recovery once a late upload can no longer land. Due by
+    /// the changelog's own time, as every liveness stamp is: a writer whose clock runs ahead
+    /// would otherwise hide its change from recovery for as long as its skew. Only if the
+    /// changelog cannot say does the writer fall back to its own clock.
+    async fn due_after_upload_settle(&self, guard: &ChangeGuard) -> ChangeRecord {
+        let now = match self.stores.changelog.now().await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(change_id = %guard.id, error = %e,
+                    "could not read the changelog's time; deferring by this host's clock");
+                self.stores.clock.now()
+            }
+        };
         let mut record = guard.record.clone();
-        record.cleanup_after = Some(
-            self.stores
-                .clock
-                .now()
-                .saturating_add(self.config.upload_settle),
-        );
+        record.cleanup_after = Some(now.saturating_add(self.config.upload_settle));
         record
     }
 
@@ -493,7 +499,7 @@ impl TieredStorage {
                 .await;
             return;
         }
-        let record = self.due_after_upload_settle(&guard);
+        let record = self.due_after_upload_settle(&guard).await;
         match retry
             .run("defer", || self.stores.changelog.defer(&guard.id, &record))
             .await

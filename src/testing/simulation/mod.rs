@@ -85,6 +85,15 @@ pub fn shrink(plan: &Plan, shape: Shape, tries: usize) -> Plan {
     best
 }
 
+/// The writers' configuration: the test one, with an upload settle longer than the
+/// longest upload straggler the plan makes (58 s), as production's must be longer than any
+/// upload can trail its error.
+fn sim_writer_config(protocol: ProtocolConfig) -> crate::writer::WriterConfig {
+    let mut config = test_writer_config(protocol);
+    config.upload_settle = Duration::from_secs(90);
+    config
+}
+
 fn sim_stores() -> MemoryStores {
     MemoryStores::new()
 }
@@ -311,7 +320,7 @@ impl World {
                 let faults = Faults::new(rules);
                 let reader = TieredStorage::new(
                     faults.wrap(&self.mem.stores()),
-                    test_writer_config(self.protocol),
+                    sim_writer_config(self.protocol),
                 );
                 if let Ok(reader) = reader {
                     let p = path.clone();
@@ -397,7 +406,7 @@ impl World {
         }
         stores = intercept::wrap(Jitter::new(seed, JITTER), &stores);
         stores.clock = clock.clone();
-        let Ok(writer) = TieredStorage::new(stores, test_writer_config(self.protocol)) else {
+        let Ok(writer) = TieredStorage::new(stores, sim_writer_config(self.protocol)) else {
             return;
         };
         if let Process::ClockStep(by, forward) = process {
