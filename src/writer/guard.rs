@@ -41,9 +41,9 @@ pub enum GuardState {
 }
 
 /// A moment on both of the process's clocks: when the last successful heartbeat (or the
-/// record) was sent, or when a compare-and-write's first attempt was.
+/// record) was sent.
 #[derive(Debug, Clone, Copy)]
-pub struct Sent {
+struct Sent {
     monotonic: Instant,
     wall: Timestamp,
 }
@@ -131,17 +131,9 @@ impl ChangeGuard {
         self.age_of(sent)
     }
 
-    /// Now, on both clocks.
-    pub fn mark(&self) -> Sent {
-        Sent {
-            monotonic: self.clock.monotonic(),
-            wall: self.clock.now(),
-        }
-    }
-
     /// How long ago `sent` was: the larger of its monotonic and its wall-clock age (a wall
     /// clock stepped backwards gives 0 and leaves it to the other).
-    pub fn age_of(&self, sent: Sent) -> std::time::Duration {
+    fn age_of(&self, sent: Sent) -> std::time::Duration {
         let wall = self.clock.now().0.saturating_sub(sent.wall.0).max(0);
         let wall = std::time::Duration::from_millis(u64::try_from(wall).unwrap_or(0));
         let monotonic = self
