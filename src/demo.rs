@@ -166,6 +166,9 @@ pub async fn run(
         protocol: config.protocol,
         scan_batch: 200,
         claim_lease: config.protocol.staleness_threshold * 10,
+        // The Pub/Sub emulator never redelivers what it handed to a pull stream that went
+        // away (a cleaner stopped mid-run): its scanner publishes such a job again.
+        republish_after: config.protocol.staleness_threshold * 2,
         idle_poll: Duration::from_millis(200),
         cleaner_concurrency: 32,
         // On loopback nothing stays in flight for long; a short settle shows the second

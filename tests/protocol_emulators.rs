@@ -8,6 +8,7 @@ use std::time::Duration;
 use tiersweep::clock;
 use tiersweep::config::ProtocolConfig;
 use tiersweep::recovery::embedded::PassReport;
+use tiersweep::testing::backlog::{Plan, drain};
 use tiersweep::testing::crash::{
     self, CrashPoint, Scenario, test_recovery_config, test_writer_config,
 };
@@ -170,4 +171,37 @@ async fn without_backpressure_the_same_backlog_is_claimed_again() {
         tiersweep::testing::backlog::drain_slower_than_a_lease(&stores().await, protocol(), 8, 0)
             .await;
     assert!(d.claims_won > d.changes, "re-claims of queued work: {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_hand_longer_than_its_lease_is_not_claimed_again() {
+    let plan = Plan {
+        changes: 3,
+        max_queued_claims: 2,
+        leases_per_change: 2.0,
+        ..Plan::default()
+    };
+    let d = drain(&stores().await, protocol(), plan).await;
+    assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
+    assert!(
+        d.extended_in_hand >= d.changes,
+        "the cleaner kept each claim alive: {d:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_job_is_published_again_under_its_claim() {
+    let plan = Plan {
+        changes: 4,
+        max_queued_claims: 10,
+        leases_per_change: 0.05,
+        lost: 2,
+        ..Plan::default()
+    };
+    let d = drain(&stores().await, protocol(), plan).await;
+    assert_eq!(
+        d.claims_won, d.changes,
+        "republished, not claimed again: {d:?}"
+    );
+    assert_eq!(d.republished, 2, "each lost job once: {d:?}");
 }

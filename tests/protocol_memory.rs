@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tiersweep::config::ProtocolConfig;
 use tiersweep::testing::MemoryStores;
+use tiersweep::testing::backlog::{Plan, drain};
 use tiersweep::testing::crash::{
     self, CrashPoint, SCENARIOS, Scenario, test_recovery_config, test_writer_config,
 };
@@ -318,4 +319,71 @@ async fn without_backpressure_the_same_backlog_is_claimed_again() {
         tiersweep::testing::backlog::drain_slower_than_a_lease(&stores, protocol(), 12, 0).await;
     assert!(d.claims_won > d.changes, "re-claims of queued work: {d:?}");
     assert_eq!(d.held_back, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_in_hand_longer_than_its_lease_is_not_claimed_again() {
+    let stores = MemoryStores::new().stores();
+    let plan = Plan {
+        changes: 4,
+        max_queued_claims: 2,
+        leases_per_change: 2.0,
+        ..Plan::default()
+    };
+    let d = drain(&stores, protocol(), plan).await;
+    assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
+    assert!(
+        d.extended_in_hand >= d.changes,
+        "the cleaner kept each claim alive: {d:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_job_is_published_again_under_its_claim() {
+    let stores = MemoryStores::new().stores();
+    let plan = Plan {
+        changes: 6,
+        max_queued_claims: 10,
+        leases_per_change: 0.05,
+        lost: 2,
+        ..Plan::default()
+    };
+    let d = drain(&stores, protocol(), plan).await;
+    assert_eq!(
+        d.claims_won, d.changes,
+        "republished, not claimed again: {d:?}"
+    );
+    assert_eq!(d.republished, 2, "each lost job once: {d:?}");
+    assert!(
+        d.extended_queued > 0,
+        "the scanner kept the lost jobs' claims alive: {d:?}"
+    );
+    // The bound: `republish_after` (two leases here) plus a review interval (a quarter of
+    // a lease) and the cleaner's time; a lease and a half of slack would be a re-claim's.
+    let lease = protocol().staleness_threshold * 2;
+    assert!(
+        d.took < lease * 3,
+        "lost jobs recovered within the bound: {d:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_a_cleaner_deferred_free_the_scanners_room() {
+    // Recovered before their HV write, these changes are deferred for the upload settle;
+    // a scanner that counted them as still queued would hold back the rest for a settle.
+    let stores = MemoryStores::new().stores();
+    let lease = protocol().staleness_threshold * 2;
+    let plan = Plan {
+        changes: 4,
+        max_queued_claims: 2,
+        leases_per_change: 0.05,
+        upload_settle: lease * 5,
+        ..Plan::default()
+    };
+    let d = drain(&stores, protocol(), plan).await;
+    assert!(d.held_back > 0, "the scanner held back: {d:?}");
+    assert!(
+        d.took < plan.upload_settle + lease * 2,
+        "one settle, not one per max_queued_claims: {d:?}"
+    );
 }

@@ -22,8 +22,8 @@ use bigtable_rs::bigtable::RowCell;
 use bigtable_rs::google::bigtable::v2::{RowRange, RowSet, row_range};
 
 use super::{
-    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
-    ScannedRow,
+    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
+    ScanRequest, ScannedRow,
 };
 use crate::bigtable::filter::{
     SERVER_TIME, block_all, chain, column, condition, delete_column, delete_family, delete_row,
@@ -307,33 +307,69 @@ impl Changelog for BigtableChangelog {
         self.read(id).await
     }
 
-    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
-        if claims.is_empty() {
+    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = bigtable_rs::google::bigtable::v2::RowSet {
-            row_keys: claims
+        let rows = RowSet {
+            row_keys: ids
                 .iter()
-                .map(|(id, _)| id.as_str().as_bytes().to_vec())
+                .map(|id| id.as_str().as_bytes().to_vec())
                 .collect(),
             row_ranges: vec![],
         };
-        let owner_cell = chain(vec![column(FAMILY, OWNER), latest()]);
         let found = self
             .client
-            .read_rows(&self.table, rows, owner_cell, claims.len())
+            .read_rows(&self.table, rows, whole_row(), ids.len())
             .await?;
-        let owners: std::collections::HashMap<Vec<u8>, Vec<u8>> = found
-            .into_iter()
-            .filter_map(|(key, cells)| cells.into_iter().next().map(|c| (key, c.value)))
-            .collect();
-        Ok(claims
+        let mut by_key: std::collections::HashMap<Vec<u8>, ChangelogEntry> =
+            std::collections::HashMap::with_capacity(found.len());
+        for (key, cells) in found {
+            match decode(&key, cells) {
+                Ok(entry) => {
+                    by_key.insert(key, entry);
+                }
+                Err(reason) => tracing::warn!(row = %String::from_utf8_lossy(&key), %reason,
+                    "malformed changelog row read back as missing"),
+            }
+        }
+        Ok(ids
             .iter()
-            .map(|(id, owner)| {
-                owners.get(id.as_str().as_bytes()).map(Vec::as_slice)
-                    == Some(owner.as_str().as_bytes())
-            })
+            .map(|id| by_key.get(id.as_str().as_bytes()).cloned())
             .collect())
+    }
+
+    async fn extend_claim(
+        &self,
+        id: &ChangeId,
+        owner: &OwnerToken,
+        until: Timestamp,
+    ) -> StoreResult<Extension> {
+        let key = id.as_str().as_bytes();
+        let earlier = chain(vec![
+            column(FAMILY, OWNER),
+            latest(),
+            value_is(owner.as_str().as_bytes()),
+            stamped_before(micros(until)),
+        ]);
+        let restamp = vec![
+            delete_column(FAMILY, OWNER),
+            set_cell(
+                FAMILY,
+                OWNER,
+                micros(until),
+                owner.as_str().as_bytes().to_vec(),
+            ),
+        ];
+        let matched = self
+            .client
+            .check_and_mutate(&self.table, key, earlier, restamp, vec![])
+            .await?;
+        Ok(if matched {
+            Extension::Extended
+        } else {
+            Extension::Refused
+        })
     }
 
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {

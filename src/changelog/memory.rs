@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
-    ScannedRow,
+    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
+    ScanRequest, ScannedRow,
 };
 use crate::clock::SharedClock;
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
@@ -113,16 +113,33 @@ impl Changelog for MemoryChangelog {
         Ok(Heartbeat::Refreshed)
     }
 
-    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
+    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
         let rows = self.rows();
-        Ok(claims
+        Ok(ids
             .iter()
-            .map(|(id, owner)| {
+            .map(|id| {
                 rows.get(id.as_str())
                     .and_then(|row| decode(id.as_str(), row).ok())
-                    .is_some_and(|e| &e.record.owner == owner)
             })
             .collect())
+    }
+
+    async fn extend_claim(
+        &self,
+        id: &ChangeId,
+        owner: &OwnerToken,
+        until: Timestamp,
+    ) -> StoreResult<Extension> {
+        let mut rows = self.rows();
+        let Some(row) = rows.get_mut(id.as_str()) else {
+            return Ok(Extension::Refused);
+        };
+        let owned = decode(id.as_str(), row).is_ok_and(|e| &e.record.owner == owner);
+        if !owned || row.stamp >= until {
+            return Ok(Extension::Refused);
+        }
+        row.stamp = until;
+        Ok(Extension::Extended)
     }
 
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {

@@ -78,6 +78,14 @@ pub enum Claim {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    Extended,
+    /// The row is gone, owned by someone else, or already stamped at or after the asked
+    /// time: it was left as it is.
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deferral {
     Deferred,
     /// The row is gone or owned by someone else; it was left as it is.
@@ -127,21 +135,32 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
     /// Reads one row; the authority a cleaner consults, whatever its job message says.
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>>;
 
-    /// For each `(row, owner)`, whether the row still exists and `owner` owns it: how a
-    /// scanner learns which of the claims it published are still waiting for a cleaner
-    /// (a cleaner removes or defers the row; another claim replaces the owner). Backends
-    /// read all rows in one call; the default reads them one by one.
-    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
-        let mut out = Vec::with_capacity(claims.len());
-        for (id, owner) in claims {
-            out.push(
-                self.get(id)
-                    .await?
-                    .is_some_and(|e| &e.record.owner == owner),
-            );
+    /// Reads several rows in one call, in the order asked (`None`: no such row, or one that
+    /// does not decode, which [`Changelog::get`] reports): how a scanner re-reads the claims
+    /// it published to learn which still wait for a cleaner. Backends read all rows in one
+    /// call; the default reads them one by one.
+    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(match self.get(id).await {
+                Ok(entry) => entry,
+                Err(e) if e.kind == crate::error::ErrorKind::Malformed => None,
+                Err(e) => return Err(e),
+            });
         }
         Ok(out)
     }
+
+    /// Moves a claim's lease on to `until`, if `owner` still owns the row and its stamp is
+    /// earlier (a lease is never shortened): how whoever holds a claimed row's job, the
+    /// scanner while the job is queued and the cleaner while it works on it, keeps the row
+    /// from being claimed again. Leases are liveness only; no invariant rests on them.
+    async fn extend_claim(
+        &self,
+        id: &ChangeId,
+        owner: &OwnerToken,
+        until: Timestamp,
+    ) -> StoreResult<Extension>;
 
     /// Deletes the row if `owner` owns it.
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal>;

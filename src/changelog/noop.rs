@@ -5,7 +5,8 @@
 use async_trait::async_trait;
 
 use super::{
-    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
+    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
+    ScanRequest,
 };
 use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
@@ -43,6 +44,15 @@ impl Changelog for NoopChangelog {
 
     async fn get(&self, _: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
         Ok(None)
+    }
+
+    async fn extend_claim(
+        &self,
+        _: &ChangeId,
+        _: &OwnerToken,
+        _: Timestamp,
+    ) -> StoreResult<Extension> {
+        Ok(Extension::Refused)
     }
 
     async fn remove(&self, _: &ChangeId, _: &OwnerToken) -> StoreResult<Removal> {

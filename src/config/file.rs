@@ -28,6 +28,9 @@ use crate::model::ShardRange;
 use crate::queue::pubsub::PubsubConfig;
 use crate::recovery::RecoveryConfig;
 
+/// `recovery.republish_after` at most, against the Pub/Sub emulator ([`Config::recovery`]).
+pub const EMULATOR_REPUBLISH_AFTER: Duration = Duration::from_secs(30);
+
 /// The environment prefix for overrides.
 pub const ENV_PREFIX: &str = "TIERSWEEP_";
 
@@ -151,11 +154,20 @@ impl Config {
     }
 
     /// The recovery settings with the shared protocol filled in.
+    /// The recovery settings, with the protocol's. Against the Pub/Sub emulator,
+    /// `republish_after` is at most [`EMULATOR_REPUBLISH_AFTER`]: the emulator never
+    /// redelivers what it handed to a pull stream that went away (a stopped or restarted
+    /// cleaner), so there a job comes back only when its scanner publishes it again, and
+    /// ten minutes is too long to wait on a laptop.
     pub fn recovery(&self) -> RecoveryConfig {
-        RecoveryConfig {
+        let mut recovery = RecoveryConfig {
             protocol: self.protocol,
             ..self.recovery.clone()
+        };
+        if self.pubsub.emulator_host.is_some() {
+            recovery.republish_after = recovery.republish_after.min(EMULATOR_REPUBLISH_AFTER);
         }
+        recovery
     }
 
     /// The shards this worker scans.
@@ -261,6 +273,20 @@ mod tests {
             c.recovery().protocol.heartbeat_interval,
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn against_the_pubsub_emulator_jobs_are_republished_sooner() {
+        let mut c = Config::default();
+        c.pubsub.emulator_host = None;
+        assert_eq!(
+            c.recovery().republish_after,
+            RecoveryConfig::default().republish_after
+        );
+        c.pubsub.emulator_host = Some("127.0.0.1:8085".into());
+        assert_eq!(c.recovery().republish_after, EMULATOR_REPUBLISH_AFTER);
+        c.recovery.republish_after = Duration::from_secs(5);
+        assert_eq!(c.recovery().republish_after, Duration::from_secs(5));
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::telemetry::{attr, propagation, span};
 use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// Leases a cleaner keeps a job's claim alive for at most (see [`Cleaner::keep_claim`]).
+pub const MAX_LEASES_IN_HAND: u32 = 4;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
     Converged(ConvergeReport),
@@ -219,7 +222,7 @@ impl Cleaner {
                 entry.record.object, self.config.object_prefix
             )));
         }
-        let report = converge(
+        let converging = converge(
             &self.stores,
             &entry.id,
             &entry.record,
@@ -228,8 +231,12 @@ impl Cleaner {
             Ending::SettleUploads(self.config.upload_settle),
             retry,
         )
-        .instrument(tracing::info_span!(span::CONVERGE, "tiersweep.change_id" = %entry.id))
-        .await?;
+        .instrument(tracing::info_span!(span::CONVERGE, "tiersweep.change_id" = %entry.id));
+        let report = tokio::select! {
+            biased;
+            report = converging => report?,
+            never = self.keep_claim(&entry) => match never {},
+        };
         let age = entry
             .id
             .minted_at()
@@ -246,6 +253,54 @@ impl Cleaner {
         tracing::info!(change = %entry.id, object = %entry.record.object,
             deleted = report.deleted.len(), ?age, "converged change");
         Ok(JobOutcome::Converged(report))
+    }
+
+    /// Keeps the job's claim alive while the cleaner works on it, as a writer heartbeats its
+    /// change: whenever less than half its lease is left (by this process's clock), the
+    /// lease is moved on by a whole one. Costs nothing for a job that finishes within half
+    /// a lease of its claim; a job that waited long, or converges slowly, is not claimed
+    /// again meanwhile. A refused extension means the row moved on (a duplicate converged
+    /// it, or a later claim took it over): converging goes on regardless, as it is safe
+    /// concurrently, and this stops. So does it after [`MAX_LEASES_IN_HAND`] leases: a
+    /// cleaner stuck on a call must not hold a row forever. Never returns.
+    async fn keep_claim(
+        &self,
+        entry: &crate::changelog::ChangelogEntry,
+    ) -> std::convert::Infallible {
+        let changelog = &self.stores.changelog;
+        let clock = &self.stores.clock;
+        let lease = self.config.lease_for(entry.record.claims.saturating_sub(1));
+        let mut stamp = entry.stamp;
+        let give_up = clock.now().saturating_add(lease * MAX_LEASES_IN_HAND);
+        loop {
+            let due = stamp.saturating_sub(lease / 2);
+            if due >= give_up {
+                tracing::warn!(change = %entry.id, ?lease, leases = MAX_LEASES_IN_HAND,
+                    "job still in hand after this many claim leases; letting its lease end so the row is claimed again");
+                break;
+            }
+            let now = clock.now();
+            if now < due {
+                // `now` seen from `due`: the time left until then.
+                tokio::time::sleep(now.age_at(due)).await;
+            }
+            let until = clock.now().saturating_add(lease);
+            match changelog
+                .extend_claim(&entry.id, &entry.record.owner, until)
+                .await
+            {
+                Ok(crate::changelog::Extension::Extended) => {
+                    METRICS.claims_extended.inc();
+                    stamp = until;
+                }
+                Ok(crate::changelog::Extension::Refused) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "extending the claim of a job in hand failed; retrying");
+                    tokio::time::sleep(self.config.retry.max_delay).await;
+                }
+            }
+        }
+        std::future::pending().await
     }
 
     /// Pulls and processes jobs until cancelled, `cleaner_concurrency` at a time. On

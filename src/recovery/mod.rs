@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod inspect;
 pub mod job;
 pub mod pool;
+mod queued;
 pub mod scanner;
 
 use std::time::Duration;
@@ -45,12 +46,22 @@ pub struct RecoveryConfig {
     /// retried ever more slowly rather than flooding the queue.
     #[serde(with = "crate::config::duration")]
     pub claim_lease: Duration,
-    /// Claims one scanner keeps waiting for cleaners at most (published, not yet converged):
-    /// beyond it, the scanner leaves stale rows unclaimed until cleaners catch up. A job that
-    /// waits in the queue longer than its claim's lease is claimed and published again, so
-    /// keep `scanners × max_queued_claims ÷ the cleaners' rate` well below `claim_lease`
-    /// (2,000 ÷ 100 changes/s is 20 s against 10 min). 0: no limit.
+    /// Claims one scanner keeps waiting for cleaners at most (published, not yet taken):
+    /// beyond it, the scanner leaves stale rows unclaimed until cleaners catch up. The
+    /// scanner keeps these claims' leases alive while their jobs wait, so a queued job is
+    /// never claimed again; keep `scanners × max_queued_claims ÷ the cleaners' rate` below
+    /// `republish_after` (2,000 ÷ 100 changes/s is 20 s against 10 min), or jobs that are
+    /// merely queued get republished. 0: no limit, and no keeping alive either (a job that
+    /// outwaits its lease is claimed again).
     pub max_queued_claims: usize,
+    /// How long a published job may wait untaken before its scanner publishes it again
+    /// under the same claim (a duplicate, not a re-claim): the bound on recovering a job
+    /// the queue lost, as long as its scanner lives. At most twice; then the claim's lease
+    /// is let go and the row is claimed again. The local Pub/Sub emulator never redelivers
+    /// what it handed to a pull stream that went away, so local configurations set this to
+    /// seconds.
+    #[serde(with = "crate::config::duration")]
+    pub republish_after: Duration,
     /// Wait between scans when nothing was stale.
     #[serde(with = "crate::config::duration")]
     pub idle_poll: Duration,
@@ -80,6 +91,7 @@ impl Default for RecoveryConfig {
             claim_concurrency: 32,
             claim_lease: Duration::from_secs(600),
             max_queued_claims: 2000,
+            republish_after: Duration::from_secs(600),
             idle_poll: Duration::from_secs(5),
             cleaner_concurrency: 32,
             max_delivery_attempts: 5,
@@ -103,6 +115,12 @@ impl RecoveryConfig {
             if v == 0 {
                 return Err(ConfigError::new(field, "must be at least 1"));
             }
+        }
+        if self.republish_after.is_zero() {
+            return Err(ConfigError::new(
+                "republish_after",
+                "must be positive; it is how long a job may wait before it is published again",
+            ));
         }
         if self.claim_lease < self.protocol.heartbeat_interval {
             return Err(ConfigError::new(

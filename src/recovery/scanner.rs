@@ -15,9 +15,10 @@ use tracing::Instrument;
 
 use super::RecoveryConfig;
 use super::job::CleanupJob;
+use super::queued::{QueuedClaims, Review};
 use crate::changelog::{Changelog, ChangelogEntry, Claim, ScanRequest, ScannedRow};
 use crate::error::StoreResult;
-use crate::model::{OwnerToken, ShardRange};
+use crate::model::{OwnerToken, ShardRange, Timestamp};
 use crate::queue::JobQueue;
 use crate::telemetry::metrics::{Backlog, METRICS};
 use crate::telemetry::{attr, propagation, span};
@@ -34,9 +35,16 @@ pub struct ScanReport {
     /// Stale rows left unclaimed because the scanner's claims waiting for cleaners had
     /// reached `max_queued_claims` (they are scanned again later).
     pub held_back: usize,
+    /// Leases of queued claims this scanner moved on, their jobs still waiting.
+    pub extended: usize,
+    /// Jobs published again because they waited `republish_after` untaken.
+    pub republished: usize,
     /// The page stopped at the batch limit: more rows may be waiting.
     pub more: bool,
 }
+
+/// A claim won: the row as the claim left it, its job, and the job's producer span.
+type Won = (ChangelogEntry, CleanupJob, tracing::Span);
 
 impl ScanReport {
     pub fn add(&mut self, o: &ScanReport) {
@@ -46,6 +54,8 @@ impl ScanReport {
         self.lost += o.lost;
         self.published += o.published;
         self.held_back += o.held_back;
+        self.extended += o.extended;
+        self.republished += o.republished;
         self.more = o.more;
     }
 }
@@ -62,8 +72,9 @@ pub struct Scanner {
     pass: Backlog,
     /// The claims this scanner published that may still be waiting for a cleaner, at most
     /// `max_queued_claims`: its own accounting, so that backpressure needs no queue metrics
-    /// (the emulator has none). A restarted scanner starts from none.
-    queued: Vec<(crate::model::ChangeId, OwnerToken)>,
+    /// (the emulator has none), and the claims it keeps alive ([`super::queued`]). A
+    /// restarted scanner starts from none.
+    queued: QueuedClaims,
 }
 
 impl Scanner {
@@ -80,29 +91,36 @@ impl Scanner {
             shards,
             cursor: None,
             pass: Backlog::default(),
-            queued: Vec::new(),
+            queued: QueuedClaims::default(),
         }
     }
 
-    /// How many of `wanted` rows this scanner may claim now. When its queued claims would
-    /// exceed the limit, it first re-reads them in one call and forgets those a cleaner has
-    /// converged (row gone, or deferred by it) or another claim has replaced.
-    async fn room_for(&mut self, wanted: usize) -> StoreResult<usize> {
+    /// How many of `wanted` rows this scanner may claim now. When its waiting claims would
+    /// exceed the limit, it first reviews them (one read) and forgets those taken.
+    async fn room_for(&mut self, wanted: usize, now: Timestamp) -> StoreResult<usize> {
         let max = self.config.max_queued_claims;
         if max == 0 {
             return Ok(wanted);
         }
         if self.queued.len() + wanted > max && !self.queued.is_empty() {
-            let queued = &self.queued;
-            let owned = self
-                .config
-                .retry
-                .run("still_owned", || self.changelog.still_owned(queued))
-                .await?;
-            let mut owned = owned.into_iter();
-            self.queued.retain(|_| owned.next().unwrap_or(false));
+            self.review(now).await?;
         }
         Ok(max.saturating_sub(self.queued.len()).min(wanted))
+    }
+
+    async fn review(&mut self, now: Timestamp) -> StoreResult<Review> {
+        let review = self
+            .queued
+            .review(&self.changelog, &self.queue, &self.config, now)
+            .await?;
+        if review != Review::default() {
+            tracing::debug!(
+                ?review,
+                waiting = self.queued.len(),
+                "reviewed queued claims"
+            );
+        }
+        Ok(review)
     }
 
     /// Claims this scanner published that were still waiting for a cleaner when it last
@@ -126,6 +144,12 @@ impl Scanner {
         // The changelog's own time, not this process's: a scanner whose clock runs ahead
         // would otherwise claim rows whose writers are alive.
         let now = self.changelog.now().await?;
+        let mut report = ScanReport::default();
+        if self.config.max_queued_claims > 0 && self.queued.review_due(&self.config, now) {
+            let review = self.review(now).await?;
+            report.extended = review.extended;
+            report.republished = review.republished;
+        }
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
         let req = ScanRequest {
             shards: self.shards,
@@ -139,11 +163,8 @@ impl Scanner {
         METRICS.rows_scanned.add(page.rows.len() as u64);
         self.pass.stale_rows += page.rows.len() as u64;
 
-        let mut report = ScanReport {
-            scanned: page.rows.len(),
-            more: page.resume_after.is_some(),
-            ..Default::default()
-        };
+        report.scanned = page.rows.len();
+        report.more = page.resume_after.is_some();
         let mut entries = Vec::with_capacity(page.rows.len());
         for row in page.rows {
             match row {
@@ -161,7 +182,7 @@ impl Scanner {
             }
         }
 
-        let room = self.room_for(entries.len()).await?;
+        let room = self.room_for(entries.len(), now).await?;
         if room < entries.len() {
             report.held_back = entries.len() - room;
             METRICS.claims_held_back.add(report.held_back as u64);
@@ -180,12 +201,11 @@ impl Scanner {
                 "claims waiting for cleaners reached max_queued_claims; leaving stale rows for later"
             );
         }
-        let claims: Vec<StoreResult<Option<(CleanupJob, tracing::Span)>>> =
-            futures::stream::iter(entries)
-                .map(|entry| self.claim(entry, cutoff, now, scan))
-                .buffer_unordered(self.config.claim_concurrency)
-                .collect()
-                .await;
+        let claims: Vec<StoreResult<Option<Won>>> = futures::stream::iter(entries)
+            .map(|entry| self.claim(entry, cutoff, now, scan))
+            .buffer_unordered(self.config.claim_concurrency)
+            .collect()
+            .await;
         if page.resume_after.is_none() && report.held_back == 0 {
             METRICS.set_backlog(&self.shards.to_string(), std::mem::take(&mut self.pass));
         }
@@ -210,12 +230,12 @@ impl Scanner {
             // the batch is accepted, so they time the publish.
             let messages = jobs
                 .iter()
-                .map(|(job, span)| job.to_message(propagation::inject(span)))
+                .map(|(_, job, span)| job.to_message(propagation::inject(span)))
                 .collect();
             // A failed publish leaves won claims without jobs; their leases expire and the
             // rows are claimed again, so nothing is lost.
             if let Err(e) = self.queue.publish(messages).await {
-                for (_, span) in &jobs {
+                for (_, _, span) in &jobs {
                     span.record("error.type", "publish");
                     span.record("otel.status_code", "ERROR");
                 }
@@ -224,10 +244,9 @@ impl Scanner {
             report.published = jobs.len();
             METRICS.jobs_published.add(jobs.len() as u64);
             if self.config.max_queued_claims > 0 {
-                self.queued.extend(
-                    jobs.iter()
-                        .map(|(job, _)| (job.change.clone(), job.claim.clone())),
-                );
+                for (won, _, _) in &jobs {
+                    self.queued.published(won, now);
+                }
             }
         }
         match first_err {
@@ -240,10 +259,10 @@ impl Scanner {
     async fn claim(
         &self,
         entry: ChangelogEntry,
-        cutoff: crate::model::Timestamp,
-        now: crate::model::Timestamp,
+        cutoff: Timestamp,
+        now: Timestamp,
         scan: &tracing::Span,
-    ) -> StoreResult<Option<(CleanupJob, tracing::Span)>> {
+    ) -> StoreResult<Option<Won>> {
         let claimer = OwnerToken::recovery_claim();
         let lease_until = now.saturating_add(self.config.lease_for(entry.record.claims));
         // Each change is its own trace, rooted at its claim and linked to the scan page that
@@ -274,7 +293,7 @@ impl Scanner {
             .await?;
         span.record("tiersweep.claim.won", matches!(outcome, Claim::Won(_)));
         Ok(match outcome {
-            Claim::Won(_) => {
+            Claim::Won(won) => {
                 let publish = tracing::info_span!(parent: &span, span::PUBLISH,
                     otel.kind = "producer",
                     "tiersweep.change_id" = %entry.id,
@@ -283,7 +302,7 @@ impl Scanner {
                     "messaging.destination.name" = %self.queue.destination(),
                     error.type = tracing::field::Empty,
                     otel.status_code = tracing::field::Empty);
-                Some((CleanupJob::new(entry.id, claimer), publish))
+                Some((won, CleanupJob::new(entry.id, claimer), publish))
             }
             Claim::Lost => None,
         })
@@ -304,6 +323,8 @@ impl Scanner {
                             lost = r.lost,
                             published = r.published,
                             held_back = r.held_back,
+                            extended = r.extended,
+                            republished = r.republished,
                             malformed = r.malformed,
                             "scanned stale rows"
                         );

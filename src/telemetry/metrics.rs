@@ -150,6 +150,8 @@ pub struct Metrics {
     pub claims_lost: Counter,
     pub claims_failed: Counter,
     pub claims_held_back: Counter,
+    pub claims_extended: Counter,
+    pub jobs_republished: Counter,
     pub jobs_published: Counter,
     pub jobs_converged: Counter,
     pub jobs_already_converged: Counter,
@@ -195,6 +197,16 @@ impl Metrics {
                 "tiersweep.claims.held_back",
                 "Stale rows a scanner left unclaimed for now because as many of its claims as \
                  recovery.max_queued_claims were still waiting for a cleaner (backpressure).",
+            ),
+            claims_extended: Counter::new(
+                "tiersweep.claims.extended",
+                "Claim leases moved on by whoever holds the job: the scanner while it is queued, \
+                 a cleaner while it works on it.",
+            ),
+            jobs_republished: Counter::new(
+                "tiersweep.jobs.republished",
+                "Jobs a scanner published again, under the same claim, because they waited \
+                 recovery.republish_after without a cleaner taking them (lost or stranded).",
             ),
             jobs_published: Counter::new(
                 "tiersweep.jobs.published",
@@ -263,7 +275,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 18] {
+    pub fn counters(&self) -> [&Counter; 20] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
@@ -271,6 +283,8 @@ impl Metrics {
             &self.claims_lost,
             &self.claims_failed,
             &self.claims_held_back,
+            &self.claims_extended,
+            &self.jobs_republished,
             &self.jobs_published,
             &self.jobs_converged,
             &self.jobs_already_converged,

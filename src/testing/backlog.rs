@@ -1,8 +1,10 @@
-//! Recovery under a backlog the cleaners cannot drain within a claim's lease: the scanner's
-//! backpressure must keep every queued job younger than its claim, so no row is claimed
-//! twice. Written once, run on the twins (paused time) and on the emulators.
+//! Recovery under a backlog the cleaners cannot drain within a claim's lease, with jobs
+//! that take longer than a lease and jobs the queue loses: whoever holds a job keeps its
+//! claim alive, so no queued or in-hand job's row is claimed twice, and a lost job is
+//! published again. Written once, run on the twins (paused time) and on the emulators.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,8 +13,9 @@ use super::crash::{crashed_large_puts, test_recovery_config, test_writer_config}
 use super::faults::{Fault, Faults, Op, Rule};
 use super::invariants;
 use crate::config::ProtocolConfig;
+use crate::error::StoreResult;
 use crate::model::ShardRange;
-use crate::queue::MemoryQueue;
+use crate::queue::{Delivery, FlowControl, JobQueue, MemoryQueue, Message, Subscription};
 use crate::recovery::{Cleaner, Scanner};
 use crate::stores::Stores;
 
@@ -24,6 +27,29 @@ pub struct Drain {
     pub claims_won: usize,
     /// Stale rows it left unclaimed for a while (backpressure).
     pub held_back: usize,
+    /// Lease extensions the scanner made for its queued claims.
+    pub extended_queued: usize,
+    /// Lease extensions the cleaner made for jobs in hand.
+    pub extended_in_hand: usize,
+    /// Jobs the scanner published again.
+    pub republished: usize,
+    /// How long the drain took, from the scanner's start.
+    pub took: Duration,
+}
+
+/// How a drain is made hard.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plan {
+    pub changes: usize,
+    /// The scanner's backpressure (0: none).
+    pub max_queued_claims: usize,
+    /// The cleaner's time per change, in claim leases.
+    pub leases_per_change: f64,
+    /// Published jobs the queue loses (the first ones), as an emulator that hands them to
+    /// a stream that went away.
+    pub lost: usize,
+    /// Recovery's upload settle (zero: one pass per change, what is measured is claims).
+    pub upload_settle: Duration,
 }
 
 /// Crashes `n` large puts, then drains them with one scanner and one cleaner that takes a
@@ -35,25 +61,49 @@ pub async fn drain_slower_than_a_lease(
     n: usize,
     max_queued_claims: usize,
 ) -> Drain {
+    drain(
+        stores,
+        protocol,
+        Plan {
+            changes: n,
+            max_queued_claims,
+            leases_per_change: 0.25,
+            ..Plan::default()
+        },
+    )
+    .await
+}
+
+/// Crashes `plan.changes` large puts, then drains them with one scanner and one cleaner
+/// (one job at a time, each taking `plan.leases_per_change` claim leases) over a queue that
+/// loses the first `plan.lost` jobs. Checks the stores converge.
+pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Drain {
+    let n = plan.changes;
     let expected = crashed_large_puts(stores, test_writer_config(protocol), n).await;
     let mut config = test_recovery_config(protocol);
     config.claim_lease = protocol.staleness_threshold * 2;
+    config.republish_after = config.claim_lease * 2;
     config.idle_poll = protocol.heartbeat_interval;
     config.cleaner_concurrency = 1;
-    config.max_queued_claims = max_queued_claims;
-    // One pass per change: what is measured is claims, not the settle.
-    config.upload_settle = Duration::ZERO;
+    config.max_queued_claims = plan.max_queued_claims;
+    config.upload_settle = plan.upload_settle;
     // The per-change time: the cleaner's delete of the unreferenced upload is slow.
-    let slow = Faults::new([Rule::on(Op::LtDelete, Fault::Delay(config.claim_lease / 4))]);
+    let per_change = config.claim_lease.mul_f64(plan.leases_per_change);
+    let slow = Faults::new([Rule::on(Op::LtDelete, Fault::Delay(per_change))]);
     let queue = MemoryQueue::new(4 * n.max(1), config.max_delivery_attempts);
-    let cleaner = Cleaner::new(slow.wrap(stores), Arc::new(queue.clone()), config.clone());
+    let losing: Arc<dyn JobQueue> = Arc::new(Losing {
+        inner: queue.clone(),
+        left_to_lose: AtomicUsize::new(plan.lost),
+    });
+    let cleaner = Cleaner::new(slow.wrap(stores), Arc::new(queue), config.clone());
     let cancel = CancellationToken::new();
     let cleaning = tokio::spawn(cleaner.run(cancel.clone(), Duration::from_secs(1)));
 
     tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(50)).await;
+    let scanner_calls = Faults::new([]);
     let mut scanner = Scanner::new(
-        stores.changelog.clone(),
-        Arc::new(queue),
+        scanner_calls.wrap(stores).changelog,
+        losing,
         config.clone(),
         ShardRange::ALL,
     );
@@ -61,13 +111,20 @@ pub async fn drain_slower_than_a_lease(
         changes: n,
         claims_won: 0,
         held_back: 0,
+        extended_queued: 0,
+        extended_in_hand: 0,
+        republished: 0,
+        took: Duration::ZERO,
     };
+    let started = tokio::time::Instant::now();
     // Long enough for the unbounded scanner's re-claims to drain too.
-    let deadline = tokio::time::Instant::now() + config.claim_lease * (n as u32 + 8);
+    let leases = (n as f64 * plan.leases_per_change.max(0.25) * 4.0) as u32 + 8;
+    let deadline = started + config.claim_lease * leases + config.republish_after * 3;
     loop {
         let page = scanner.scan_page().await.expect("a scan page");
         drain.claims_won += page.won;
         drain.held_back += page.held_back;
+        drain.republished += page.republished;
         let left = invariants::check(stores, &expected)
             .await
             .expect("invariant check");
@@ -80,7 +137,45 @@ pub async fn drain_slower_than_a_lease(
         );
         tokio::time::sleep(config.idle_poll).await;
     }
+    drain.took = started.elapsed();
     cancel.cancel();
     cleaning.await.expect("the cleaner's task");
+    let extends = |calls: Vec<Op>| calls.iter().filter(|op| **op == Op::Extend).count();
+    drain.extended_queued = extends(scanner_calls.calls());
+    drain.extended_in_hand = extends(slow.calls());
     drain
+}
+
+/// A queue that loses the first jobs published to it.
+#[derive(Debug)]
+struct Losing {
+    inner: MemoryQueue,
+    left_to_lose: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for Losing {
+    async fn publish(&self, mut batch: Vec<Message>) -> StoreResult<()> {
+        let lose = self
+            .left_to_lose
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                Some(left.saturating_sub(batch.len()))
+            })
+            .unwrap_or(0)
+            .min(batch.len());
+        batch.drain(..lose);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.inner.publish(batch).await
+    }
+    async fn subscribe(&self, flow: FlowControl) -> StoreResult<Box<dyn Subscription>> {
+        self.inner.subscribe(flow).await
+    }
+    fn destination(&self) -> String {
+        self.inner.destination()
+    }
+    async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
+        self.inner.dead_letter(delivery, reason).await
+    }
 }

@@ -88,6 +88,7 @@ pub fn test_recovery_config(protocol: crate::config::ProtocolConfig) -> Recovery
         protocol,
         scan_batch: 50,
         claim_lease: protocol.heartbeat_interval * 4,
+        republish_after: protocol.heartbeat_interval * 4,
         upload_settle: protocol.staleness_threshold,
         ..Default::default()
     }

@@ -360,6 +360,10 @@ impl Emulators {
             // HV write is part of what the process tests see.
             recovery: crate::recovery::RecoveryConfig {
                 upload_settle: protocol.staleness_threshold,
+                // The Pub/Sub emulator never redelivers what it handed to a pull stream
+                // that went away (a killed or restarted cleaner): such a job comes back
+                // only when its scanner publishes it again.
+                republish_after: protocol.staleness_threshold * 2,
                 ..Default::default()
             },
             ..crate::config::Config::default()
@@ -455,6 +459,10 @@ pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
         (
             "TIERSWEEP_RECOVERY__UPLOAD_SETTLE",
             format(config.recovery.upload_settle),
+        ),
+        (
+            "TIERSWEEP_RECOVERY__REPUBLISH_AFTER",
+            format(config.recovery.republish_after),
         ),
         (
             "TIERSWEEP_RECOVERY__OBJECT_PREFIX",

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use crate::changelog::{
-    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
+    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
+    ScanRequest,
 };
 use crate::error::{StoreKind, StoreResult};
 use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
@@ -36,10 +37,11 @@ pub enum Op {
     Remove,
     Defer,
     Now,
+    Extend,
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::HvRead,
         Op::HvCas,
         Op::HvFence,
@@ -56,6 +58,7 @@ impl Op {
         Op::Remove,
         Op::Defer,
         Op::Now,
+        Op::Extend,
     ];
 
     pub fn index(self) -> usize {
@@ -216,10 +219,20 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
         self.hook.run(Op::Get, StoreKind::Changelog, call).await
     }
     /// One ReadRows, like `get`: the same call to the meter and the IAM table.
-    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
-        let (inner, claims) = (self.inner.clone(), claims.to_vec());
-        let call = Box::pin(async move { inner.still_owned(&claims).await });
+    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
+        let (inner, ids) = (self.inner.clone(), ids.to_vec());
+        let call = Box::pin(async move { inner.get_many(&ids).await });
         self.hook.run(Op::Get, StoreKind::Changelog, call).await
+    }
+    async fn extend_claim(
+        &self,
+        id: &ChangeId,
+        owner: &OwnerToken,
+        until: Timestamp,
+    ) -> StoreResult<Extension> {
+        let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());
+        let call = Box::pin(async move { inner.extend_claim(&id, &owner, until).await });
+        self.hook.run(Op::Extend, StoreKind::Changelog, call).await
     }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());

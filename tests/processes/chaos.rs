@@ -265,6 +265,8 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
 
     let mut direct = emulators().await.fresh_config(protocol()).await;
     direct.recovery.claim_lease = Duration::from_secs(5);
+    // Jobs the emulator strands on dead streams come back when their scanner republishes.
+    direct.recovery.republish_after = Duration::from_secs(5);
     direct.recovery.idle_poll = Duration::from_millis(300);
     direct.recovery.object_prefix = "chaos".to_owned();
     // One pass per change. The settle's second pass doubles each change's exposure to the

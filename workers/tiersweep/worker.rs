@@ -146,8 +146,14 @@ pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
         ?shards,
         "scanning"
     );
+    let recovery = config.recovery();
+    if recovery.republish_after < config.recovery.republish_after {
+        tracing::info!(republish_after = ?recovery.republish_after,
+            "against the Pub/Sub emulator, which never redelivers what a closed pull stream held: \
+             jobs no cleaner took are published again sooner");
+    }
     let (changelog, queue) = s.connected.clone();
-    let scanner = Scanner::new(changelog, queue, config.recovery(), shards);
+    let scanner = Scanner::new(changelog, queue, recovery, shards);
     scanner.run(s.cancel.clone()).await;
     finish(s).await
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::changelog::{
-    Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanRequest, ScannedRow,
+    Changelog, ChangelogEntry, Claim, Extension, Heartbeat, Removal, ScanRequest, ScannedRow,
 };
 use crate::model::{
     ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, Timestamp,
@@ -234,30 +234,98 @@ pub async fn remove_is_conditional_and_missing_is_fine(cl: &dyn Changelog) {
     );
 }
 
-pub async fn still_owned_answers_for_each_row_in_one_call(cl: &dyn Changelog) {
+pub async fn get_many_reads_each_row_in_one_call(cl: &dyn Changelog) {
     let (a, rec_a) = (ChangeId::mint(), record());
     let (b, rec_b) = (ChangeId::mint(), record());
     cl.record(&a, &rec_a).await.unwrap();
     cl.record(&b, &rec_b).await.unwrap();
-    let stranger = OwnerToken::mint("recovery");
-    let asked = [
-        (a.clone(), rec_a.owner.clone()),
-        (b.clone(), stranger),
-        (ChangeId::mint(), rec_a.owner.clone()),
-        (b.clone(), rec_b.owner.clone()),
-    ];
+    let missing = ChangeId::mint();
+    let asked = [a.clone(), missing, b.clone(), a.clone()];
+    let owners: Vec<Option<OwnerToken>> = cl
+        .get_many(&asked)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.map(|e| e.record.owner))
+        .collect();
     assert_eq!(
-        cl.still_owned(&asked).await.unwrap(),
-        vec![true, false, false, true],
-        "owned; another owner; no such row; owned (order kept, rows asked twice)"
+        owners,
+        vec![
+            Some(rec_a.owner.clone()),
+            None,
+            Some(rec_b.owner.clone()),
+            Some(rec_a.owner.clone())
+        ],
+        "a row; no such row; another row; the first again (order kept, rows asked twice)"
+    );
+    let read = cl.get_many(&asked[..1]).await.unwrap();
+    assert_eq!(
+        read,
+        vec![Some(entry(cl, &a).await)],
+        "the same entry get reads"
     );
     assert_eq!(cl.remove(&a, &rec_a.owner).await.unwrap(), Removal::Removed);
+    assert_eq!(cl.get_many(&asked[..1]).await.unwrap(), vec![None]);
+    assert!(cl.get_many(&[]).await.unwrap().is_empty());
+}
+
+pub async fn extend_claim_only_moves_the_owners_lease_later(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = recorded(cl, &id, &rec).await;
+    let claimer = OwnerToken::recovery_claim();
+    let lease_until = stamp.saturating_add(LEASE);
+    let seen = entry(cl, &id).await;
+    let cutoff = stamp.saturating_add(MS);
+    assert!(matches!(
+        cl.claim(&seen, cutoff, &claimer, lease_until)
+            .await
+            .unwrap(),
+        Claim::Won(_)
+    ));
+    let claimed = entry(cl, &id).await;
+    let later = lease_until.saturating_add(LEASE);
     assert_eq!(
-        cl.still_owned(&asked[..1]).await.unwrap(),
-        vec![false],
-        "a removed row is no longer owned"
+        cl.extend_claim(&id, &OwnerToken::recovery_claim(), later)
+            .await
+            .unwrap(),
+        Extension::Refused,
+        "another claim cannot extend this one"
     );
-    assert!(cl.still_owned(&[]).await.unwrap().is_empty());
+    assert_eq!(
+        cl.extend_claim(&id, &claimer, stamp).await.unwrap(),
+        Extension::Refused,
+        "a lease is never shortened"
+    );
+    assert_eq!(entry(cl, &id).await, claimed);
+    assert_eq!(
+        cl.extend_claim(&id, &claimer, later).await.unwrap(),
+        Extension::Extended
+    );
+    let extended = entry(cl, &id).await;
+    assert_eq!(extended.stamp, later);
+    assert_eq!(
+        extended.record, claimed.record,
+        "an extension leaves the record as it was"
+    );
+    assert!(
+        !scan_ids(
+            cl,
+            lease_until.saturating_add(MS),
+            lease_until.saturating_add(MS)
+        )
+        .await
+        .contains(&id),
+        "an extended claim is not stale when its first lease ends"
+    );
+    assert_eq!(cl.remove(&id, &claimer).await.unwrap(), Removal::Removed);
+    assert_eq!(
+        cl.extend_claim(&id, &claimer, later.saturating_add(LEASE))
+            .await
+            .unwrap(),
+        Extension::Refused,
+        "an extension does not resurrect a removed row"
+    );
+    assert_eq!(cl.get(&id).await.unwrap(), None);
 }
 
 pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {

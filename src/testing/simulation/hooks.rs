@@ -218,8 +218,16 @@ impl Changelog for ClaimWitness {
     async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
         self.inner.get(id).await
     }
-    async fn still_owned(&self, claims: &[(ChangeId, OwnerToken)]) -> StoreResult<Vec<bool>> {
-        self.inner.still_owned(claims).await
+    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
+        self.inner.get_many(ids).await
+    }
+    async fn extend_claim(
+        &self,
+        id: &ChangeId,
+        owner: &OwnerToken,
+        until: Timestamp,
+    ) -> StoreResult<crate::changelog::Extension> {
+        self.inner.extend_claim(id, owner, until).await
     }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         self.inner.remove(id, owner).await

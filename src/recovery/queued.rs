@@ -1,0 +1,279 @@
+//! The claims a scanner has published and keeps alive until a cleaner takes them.
+//!
+//! A claim's lease says how long the row is withheld from scans. A job can wait in the
+//! queue longer than that (cleaners slower than scanners, an outage backlog), and a job can
+//! be lost (a message past retention, a deleted subscription, an emulator that never
+//! redelivers what it handed to a stream that went away). The lease alone cannot tell the
+//! two apart: a short one re-claims queued work, a long one leaves lost work for long.
+//! So whoever holds a job keeps its claim alive:
+//!
+//! * the scanner, while the job is queued: it re-reads its waiting claims (one `ReadRows`
+//!   over their keys) and moves on the lease of each that still waits;
+//! * the cleaner, once it has the job (see [`super::cleaner`]), for as long as it works.
+//!
+//! A waiting claim is one whose row is still as the scanner left it: same owner, same
+//! stamp, same `cleanup_after`. Anything else means a cleaner took it (it removed,
+//! deferred or extended the row) or another claim replaced it, and the scanner forgets it.
+//!
+//! A job still waiting `republish_after` after it was published is published again under
+//! the same claim: a duplicate, never a second claim, and whichever copy comes second finds
+//! the row converged. Up to [`MAX_REPUBLISHES`] times; a claim still waiting
+//! `republish_after` after that is let go (its lease ends and the row is claimed again, as
+//! before, with a longer lease), so nothing keeps a claim alive forever.
+//!
+//! If the scanner itself dies, nobody keeps its waiting claims alive: they are claimed
+//! again once their leases end. That is the one way queued work is re-claimed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::RecoveryConfig;
+use super::job::CleanupJob;
+use crate::changelog::{Changelog, ChangelogEntry, Extension};
+use crate::error::StoreResult;
+use crate::model::{ChangeId, OwnerToken, Timestamp};
+use crate::queue::JobQueue;
+use crate::telemetry::metrics::METRICS;
+use crate::telemetry::{attr, propagation, span};
+
+/// Times one claim's job is published again before the scanner lets its lease end.
+pub const MAX_REPUBLISHES: u32 = 2;
+
+/// One claim whose job was published and, when last seen, not yet taken.
+#[derive(Debug, Clone)]
+struct Waiting {
+    id: ChangeId,
+    claim: OwnerToken,
+    /// The stamp the row carries while nobody but this scanner touched it.
+    stamp: Timestamp,
+    cleanup_after: Option<Timestamp>,
+    /// The row's claim count, which sets its lease.
+    claims: u32,
+    /// When its job was first published, and last, in the changelog's time.
+    first_published: Timestamp,
+    published: Timestamp,
+    republished: u32,
+}
+
+/// What one review of the waiting claims did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Review {
+    /// Claims a cleaner took (or another claim replaced), now forgotten.
+    pub taken: usize,
+    pub extended: usize,
+    pub republished: usize,
+    /// Claims still waiting `MAX_REPUBLISHES + 1` times `republish_after` after their
+    /// first publish (republished, or their republishing failed), let go.
+    pub released: usize,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct QueuedClaims {
+    waiting: Vec<Waiting>,
+    last_review: Option<Timestamp>,
+}
+
+impl QueuedClaims {
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Remembers a claim whose job was just published.
+    pub fn published(&mut self, won: &ChangelogEntry, now: Timestamp) {
+        self.waiting.push(Waiting {
+            id: won.id.clone(),
+            claim: won.record.owner.clone(),
+            stamp: won.stamp,
+            cleanup_after: won.record.cleanup_after,
+            claims: won.record.claims,
+            first_published: now,
+            published: now,
+            republished: 0,
+        });
+    }
+
+    /// How often waiting claims are reviewed when nothing else asks: often enough that a
+    /// lease is extended well before it ends and a lost job is republished close to
+    /// `republish_after`.
+    fn review_every(config: &RecoveryConfig) -> Duration {
+        config.claim_lease.min(config.republish_after) / 4
+    }
+
+    pub fn review_due(&self, config: &RecoveryConfig, now: Timestamp) -> bool {
+        !self.waiting.is_empty()
+            && self
+                .last_review
+                .is_none_or(|at| at.saturating_add(Self::review_every(config)) <= now)
+    }
+
+    /// Re-reads every waiting claim, forgets those taken, extends the leases of the rest
+    /// that are past half their lease, and republishes the jobs that waited too long.
+    pub async fn review(
+        &mut self,
+        changelog: &Arc<dyn Changelog>,
+        queue: &Arc<dyn JobQueue>,
+        config: &RecoveryConfig,
+        now: Timestamp,
+    ) -> StoreResult<Review> {
+        let mut review = Review::default();
+        self.last_review = Some(now);
+        if self.waiting.is_empty() {
+            return Ok(review);
+        }
+        let ids: Vec<ChangeId> = self.waiting.iter().map(|w| w.id.clone()).collect();
+        let rows = config
+            .retry
+            .run("get_many", || changelog.get_many(&ids))
+            .await?;
+        let before = self.waiting.len();
+        let mut rows = rows.into_iter();
+        self.waiting.retain(|w| {
+            rows.next()
+                .flatten()
+                .is_some_and(|row| still_waiting(w, &row))
+        });
+        review.taken = before - self.waiting.len();
+
+        let (keep, released): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| !given_up(w, config, now));
+        for w in &released {
+            tracing::warn!(change = %w.id, claim = %w.claim, republished = w.republished,
+                "job still not taken after being republished; letting its claim lease end so the row is claimed again");
+        }
+        review.released = released.len();
+        self.waiting = keep;
+
+        review.republished = self.republish_overdue(queue, config, now).await;
+        review.extended = self.extend_ending(changelog, config, now).await;
+        METRICS.claims_extended.add(review.extended as u64);
+        METRICS.jobs_republished.add(review.republished as u64);
+        Ok(review)
+    }
+
+    /// Publishes again, in one batch, the jobs that waited `republish_after`. A failed
+    /// publish is retried at the next review.
+    async fn republish_overdue(
+        &mut self,
+        queue: &Arc<dyn JobQueue>,
+        config: &RecoveryConfig,
+        now: Timestamp,
+    ) -> usize {
+        let overdue: Vec<usize> = (0..self.waiting.len())
+            .filter(|&i| {
+                let w = &self.waiting[i];
+                w.republished < MAX_REPUBLISHES && overdue(w, config, now)
+            })
+            .collect();
+        if overdue.is_empty() {
+            return 0;
+        }
+        let messages = overdue
+            .iter()
+            .map(|&i| {
+                let w = &self.waiting[i];
+                // A new trace: the claim's trace ended when its first job was published.
+                let span = tracing::info_span!(parent: None, span::PUBLISH,
+                    otel.kind = "producer",
+                    "tiersweep.change_id" = %w.id,
+                    "tiersweep.republish" = w.republished + 1,
+                    "messaging.system" = attr::GCP_PUBSUB,
+                    "messaging.operation.name" = "create",
+                    "messaging.destination.name" = %queue.destination());
+                CleanupJob::new(w.id.clone(), w.claim.clone())
+                    .to_message(propagation::inject(&span))
+            })
+            .collect();
+        if let Err(e) = queue.publish(messages).await {
+            tracing::warn!(error = %e, jobs = overdue.len(),
+                "republishing jobs that waited too long failed; retrying at the next review");
+            return 0;
+        }
+        for &i in &overdue {
+            let w = &mut self.waiting[i];
+            tracing::info!(change = %w.id, claim = %w.claim, waited = ?w.published.age_at(now),
+                "job not taken within republish_after; published it again under the same claim");
+            w.published = now;
+            w.republished += 1;
+        }
+        overdue.len()
+    }
+
+    /// Extends, `claim_concurrency` at a time, the leases past half their length. A claim
+    /// whose extension is refused was taken meanwhile and is forgotten.
+    async fn extend_ending(
+        &mut self,
+        changelog: &Arc<dyn Changelog>,
+        config: &RecoveryConfig,
+        now: Timestamp,
+    ) -> usize {
+        let ending: Vec<(usize, Timestamp)> = self
+            .waiting
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let lease = config.lease_for(w.claims.saturating_sub(1));
+                (w.stamp < now.saturating_add(lease / 2)).then(|| (i, now.saturating_add(lease)))
+            })
+            .collect();
+        let results: Vec<(usize, Timestamp, StoreResult<Extension>)> =
+            futures::stream::iter(ending)
+                .map(|(i, until)| {
+                    let w = &self.waiting[i];
+                    let (id, claim) = (w.id.clone(), w.claim.clone());
+                    async move {
+                        let r = config
+                            .retry
+                            .run("extend_claim", || {
+                                changelog.extend_claim(&id, &claim, until)
+                            })
+                            .await;
+                        (i, until, r)
+                    }
+                })
+                .buffer_unordered(config.claim_concurrency)
+                .collect()
+                .await;
+        let mut extended = 0;
+        let mut gone = vec![false; self.waiting.len()];
+        for (i, until, r) in results {
+            match r {
+                Ok(Extension::Extended) => {
+                    self.waiting[i].stamp = until;
+                    extended += 1;
+                }
+                Ok(Extension::Refused) => gone[i] = true,
+                // Tried again at the next review; the lease has half its length left.
+                Err(e) => tracing::warn!(change = %self.waiting[i].id, error = %e,
+                    "extending a queued claim's lease failed"),
+            }
+        }
+        let mut gone = gone.into_iter();
+        self.waiting.retain(|_| !gone.next().unwrap_or(false));
+        extended
+    }
+}
+
+fn still_waiting(w: &Waiting, row: &ChangelogEntry) -> bool {
+    row.record.owner == w.claim
+        && row.stamp == w.stamp
+        && row.record.cleanup_after == w.cleanup_after
+}
+
+/// Past the point where the scanner stops keeping the claim alive, whether or not its
+/// republishing succeeded: nothing keeps a claim forever.
+fn given_up(w: &Waiting, config: &RecoveryConfig, now: Timestamp) -> bool {
+    w.first_published
+        .saturating_add(config.republish_after * (MAX_REPUBLISHES + 1))
+        <= now
+}
+
+fn overdue(w: &Waiting, config: &RecoveryConfig, now: Timestamp) -> bool {
+    w.published.saturating_add(config.republish_after) <= now
+}
