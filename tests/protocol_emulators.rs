@@ -205,3 +205,21 @@ async fn a_lost_job_is_published_again_under_its_claim() {
     );
     assert_eq!(d.republished, 2, "each lost job once: {d:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_crashes_during_a_drain_do_not_wait_behind_it() {
+    let plan = Plan {
+        changes: 80,
+        max_queued_claims: 10,
+        leases_per_change: 0.05,
+        fresh_crashes: 3,
+        ..Plan::default()
+    };
+    let d = drain(&stores().await, protocol(), plan).await;
+    assert!(d.fresh_lag.is_some(), "the fresh crashes converged: {d:?}");
+    // An order, not a time: they converged while much of the backlog still waited.
+    assert!(
+        d.backlog_left_then >= plan.changes / 8,
+        "converged ahead of the backlog: {d:?}"
+    );
+}

@@ -387,3 +387,28 @@ async fn rows_a_cleaner_deferred_free_the_scanners_room() {
         "one settle, not one per max_queued_claims: {d:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn fresh_crashes_during_a_drain_do_not_wait_behind_it() {
+    let stores = MemoryStores::new().stores();
+    let plan = Plan {
+        changes: 120,
+        max_queued_claims: 10,
+        leases_per_change: 0.05,
+        fresh_crashes: 3,
+        ..Plan::default()
+    };
+    let d = drain(&stores, protocol(), plan).await;
+    let lag = d.fresh_lag.expect("the fresh crashes converged");
+    // Their jobs queue behind at most `max_queued_claims` others: 10 × 3 s, plus a poll.
+    let per_change = protocol().staleness_threshold * 2 / 20;
+    let bound = per_change * 10 + protocol().heartbeat_interval * 2;
+    assert!(
+        lag <= bound,
+        "fresh crashes waited {lag:?} (> {bound:?}): {d:?}"
+    );
+    assert!(
+        d.backlog_left_then >= plan.changes / 8,
+        "converged ahead of the backlog: {d:?}"
+    );
+}

@@ -69,9 +69,14 @@ pub fn value_is(value: &[u8]) -> RowFilter {
 
 /// Cells stamped strictly before `micros`.
 pub fn stamped_before(micros: i64) -> RowFilter {
+    stamped_between(0, micros)
+}
+
+/// Cells stamped at or after `from_micros` and strictly before `to_micros`.
+pub fn stamped_between(from_micros: i64, to_micros: i64) -> RowFilter {
     of(Filter::TimestampRangeFilter(TimestampRange {
-        start_timestamp_micros: 0,
-        end_timestamp_micros: micros,
+        start_timestamp_micros: from_micros,
+        end_timestamp_micros: to_micros,
     }))
 }
 

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::bigtable::filter::{
     SERVER_TIME, block_all, chain, column, condition, delete_column, delete_family, delete_row,
-    family, latest, set_cell, stamped_before, value_is,
+    family, latest, set_cell, stamped_before, stamped_between, value_is,
 };
 use crate::bigtable::layout::changelog::{CLOCK, CLOCK_ROW, FAMILY, OWNER, RECORD};
 use crate::bigtable::{BigtableClient, Table, from_micros, micros};
@@ -229,10 +229,11 @@ impl Changelog for BigtableChangelog {
                     .map(|k| row_range::EndKey::EndKeyOpen(k.into_bytes())),
             }],
         };
+        let from = req.stamped_from.map_or(0, micros);
         let stale = chain(vec![
             column(FAMILY, OWNER),
             latest(),
-            stamped_before(micros(req.cutoff)),
+            stamped_between(from, micros(req.cutoff)),
         ]);
         let filter = condition(stale, whole_row(), block_all());
         let found = self

@@ -157,7 +157,7 @@ impl Changelog for MemoryChangelog {
         let mut page = ScanPage::default();
         let mut read = 0;
         for (key, row) in rows.range((start, end)) {
-            if row.stamp >= req.cutoff {
+            if row.stamp >= req.cutoff || req.stamped_from.is_some_and(|from| row.stamp < from) {
                 continue;
             }
             read += 1;

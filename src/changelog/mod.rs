@@ -48,6 +48,9 @@ pub struct ScanRequest {
     pub shards: ShardRange,
     /// Rows stamped strictly before this are stale.
     pub cutoff: Timestamp,
+    /// Only rows stamped at or after this (`None`: however long ago): how a scanner reads
+    /// just the rows that turned stale since its last look, ahead of an outage's backlog.
+    pub stamped_from: Option<Timestamp>,
     /// Rows whose record says `cleanup_after` later than this are skipped.
     pub now: Timestamp,
     /// Resume strictly after this row key (from [`ScanPage::resume_after`]).

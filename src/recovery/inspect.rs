@@ -68,6 +68,7 @@ pub async fn backlog(
             shards: ShardRange::ALL,
             // Everything: rows stamped at any time, whatever their cleanup_after.
             cutoff: Timestamp(i64::MAX),
+            stamped_from: None,
             now: Timestamp(i64::MAX),
             start_after,
             limit: page,
@@ -193,6 +194,7 @@ pub async fn dry_run(
         let req = ScanRequest {
             shards: ShardRange::ALL,
             cutoff: now.saturating_sub(threshold),
+            stamped_from: None,
             now,
             start_after,
             limit: page,

@@ -39,9 +39,26 @@ pub struct ScanReport {
     pub extended: usize,
     /// Jobs published again because they waited `republish_after` untaken.
     pub republished: usize,
+    /// Claims won by reading the rows that just turned stale ahead of the backlog.
+    pub fresh: usize,
     /// The page stopped at the batch limit: more rows may be waiting.
     pub more: bool,
 }
+
+/// One part of the claimed work.
+#[derive(Debug, Default)]
+struct Claimed {
+    won: usize,
+    lost: usize,
+    published: usize,
+    /// The key of the last row tried, where a held-back scan resumes after.
+    last_claimed: Option<String>,
+    /// The first claim that failed (the row is tried again later).
+    error: Option<crate::error::StoreError>,
+}
+
+/// Of the room for waiting claims, the part only fresh rows may use: `1 / FRESH_RESERVE`.
+const FRESH_RESERVE: usize = 10;
 
 /// A claim won: the row as the claim left it, its job, and the job's producer span.
 type Won = (ChangelogEntry, CleanupJob, tracing::Span);
@@ -56,7 +73,14 @@ impl ScanReport {
         self.held_back += o.held_back;
         self.extended += o.extended;
         self.republished += o.republished;
+        self.fresh += o.fresh;
         self.more = o.more;
+    }
+
+    fn add_claims(&mut self, c: &Claimed) {
+        self.won += c.won;
+        self.lost += c.lost;
+        self.published += c.published;
     }
 }
 
@@ -67,6 +91,9 @@ pub struct Scanner {
     config: RecoveryConfig,
     shards: ShardRange,
     cursor: Option<String>,
+    /// Where the next look at rows that just turned stale starts: the cutoff of the last
+    /// look that read them all (or of the last whole pass). `None` before the first page.
+    fresh_from: Option<Timestamp>,
     /// The backlog the current pass over the shards has seen so far; published to the
     /// metrics when the pass wraps around.
     pass: Backlog,
@@ -90,16 +117,17 @@ impl Scanner {
             config,
             shards,
             cursor: None,
+            fresh_from: None,
             pass: Backlog::default(),
             queued: QueuedClaims::default(),
         }
     }
 
-    /// How many of `wanted` rows this scanner may claim now. When its waiting claims would
-    /// exceed the limit, it first reviews them (one read) and forgets those taken.
-    async fn room_for(&mut self, wanted: usize, now: Timestamp) -> StoreResult<usize> {
-        let max = self.config.max_queued_claims;
-        if max == 0 {
+    /// How many of `wanted` rows this scanner may claim now, keeping at most `max` claims
+    /// waiting. When they would exceed it, it first reviews them (one read) and forgets
+    /// those taken.
+    async fn room_for(&mut self, wanted: usize, max: usize, now: Timestamp) -> StoreResult<usize> {
+        if self.config.max_queued_claims == 0 {
             return Ok(wanted);
         }
         if self.queued.len() + wanted > max && !self.queued.is_empty() {
@@ -151,22 +179,109 @@ impl Scanner {
             report.republished = review.republished;
         }
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
+        // Mid-pass, a backlog lies between the cursor and rows that just turned stale:
+        // those are read first, from where the last look at them ended.
+        if self.cursor.is_some()
+            && let Some(from) = self.fresh_from
+        {
+            let (fresh, counts) = self.scan_fresh(from, cutoff, now, scan).await?;
+            report.fresh = fresh.won;
+            report.add_claims(&fresh);
+            report.scanned += counts.scanned;
+            report.malformed += counts.malformed;
+            report.held_back += counts.held_back;
+        }
         let req = ScanRequest {
             shards: self.shards,
             cutoff,
+            stamped_from: None,
             now,
             start_after: self.cursor.clone(),
             limit: self.config.scan_batch,
         };
+        let from_start = req.start_after.is_none();
         let page = self.changelog.scan_stale(&req).await?;
         self.cursor = page.resume_after.clone();
-        METRICS.rows_scanned.add(page.rows.len() as u64);
+        let more = page.resume_after.is_some();
         self.pass.stale_rows += page.rows.len() as u64;
+        let entries = self.entries(page.rows, now, &mut report);
+        // The fresh scan keeps a reserve of the room, so a backlog cannot fill all of it.
+        let max = self.config.max_queued_claims;
+        let backlog_room = max - max / FRESH_RESERVE;
+        let (claimed, held_back) = self
+            .claim_and_publish(entries, backlog_room, cutoff, now, scan)
+            .await?;
+        report.add_claims(&claimed);
+        report.more = more;
+        if held_back > 0 {
+            report.held_back += held_back;
+            // Resume right after the last row claimed now, so the held-back rows are
+            // scanned again once cleaners catch up.
+            self.cursor = claimed.last_claimed.or(req.start_after.clone());
+            report.more = false;
+        } else if !more {
+            METRICS.set_backlog(&self.shards.to_string(), std::mem::take(&mut self.pass));
+        }
+        // A whole pass from the start that held nothing back has seen every row stale as
+        // of `cutoff`: the next fresh scan starts there.
+        if (from_start && !more && held_back == 0) || self.fresh_from.is_none() {
+            self.fresh_from = Some(cutoff);
+        }
+        match claimed.error {
+            Some(e) if report.won == 0 && report.lost == 0 => Err(e),
+            _ => Ok(report),
+        }
+    }
 
-        report.scanned = page.rows.len();
-        report.more = page.resume_after.is_some();
-        let mut entries = Vec::with_capacity(page.rows.len());
-        for row in page.rows {
+    /// Reads the rows that turned stale since `from` (stamped in `[from, cutoff)`) and
+    /// claims them, with the whole room. Moves `fresh_from` on when it read them all.
+    async fn scan_fresh(
+        &mut self,
+        from: Timestamp,
+        cutoff: Timestamp,
+        now: Timestamp,
+        scan: &tracing::Span,
+    ) -> StoreResult<(Claimed, ScanReport)> {
+        let req = ScanRequest {
+            shards: self.shards,
+            cutoff,
+            stamped_from: Some(from),
+            now,
+            start_after: None,
+            limit: self.config.scan_batch,
+        };
+        let page = self.changelog.scan_stale(&req).await?;
+        let full = page.resume_after.is_some();
+        let mut counts = ScanReport::default();
+        let entries = self.entries(page.rows, now, &mut counts);
+        let max = self.config.max_queued_claims;
+        let (claimed, held_back) = self
+            .claim_and_publish(entries, max, cutoff, now, scan)
+            .await?;
+        if !full && held_back == 0 && claimed.error.is_none() {
+            self.fresh_from = Some(cutoff);
+        }
+        if claimed.won > 0 {
+            tracing::info!(
+                won = claimed.won,
+                "claimed rows that just turned stale ahead of the backlog"
+            );
+        }
+        counts.held_back = held_back;
+        Ok((claimed, counts))
+    }
+
+    /// Decodes a page's rows, counting and logging malformed ones.
+    fn entries(
+        &mut self,
+        rows: Vec<ScannedRow>,
+        now: Timestamp,
+        report: &mut ScanReport,
+    ) -> Vec<ChangelogEntry> {
+        METRICS.rows_scanned.add(rows.len() as u64);
+        report.scanned += rows.len();
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
             match row {
                 ScannedRow::Entry(e) => {
                     let age = e.stamp.age_at(now);
@@ -181,78 +296,82 @@ impl Scanner {
                 }
             }
         }
+        entries
+    }
 
-        let room = self.room_for(entries.len(), now).await?;
-        if room < entries.len() {
-            report.held_back = entries.len() - room;
-            METRICS.claims_held_back.add(report.held_back as u64);
+    /// Claims as many of `entries` as leave at most `limit` claims waiting (all of them
+    /// when backpressure is off), publishes the won claims in one batch and remembers them.
+    /// Returns what it claimed and how many rows it held back.
+    async fn claim_and_publish(
+        &mut self,
+        mut entries: Vec<ChangelogEntry>,
+        limit: usize,
+        cutoff: Timestamp,
+        now: Timestamp,
+        scan: &tracing::Span,
+    ) -> StoreResult<(Claimed, usize)> {
+        let room = self.room_for(entries.len(), limit, now).await?;
+        let held_back = entries.len() - room;
+        if held_back > 0 {
+            METRICS.claims_held_back.add(held_back as u64);
             entries.truncate(room);
-            // Resume right after the last row claimed now, so the held-back rows are
-            // scanned again once cleaners catch up.
-            self.cursor = match entries.last() {
-                Some(e) => Some(e.id.as_str().to_owned()),
-                None => req.start_after.clone(),
-            };
-            report.more = false;
             tracing::info!(
-                held_back = report.held_back,
+                held_back,
                 queued = self.queued.len(),
                 max = self.config.max_queued_claims,
                 "claims waiting for cleaners reached max_queued_claims; leaving stale rows for later"
             );
         }
+        let mut claimed = Claimed {
+            last_claimed: entries.last().map(|e| e.id.as_str().to_owned()),
+            ..Claimed::default()
+        };
         let claims: Vec<StoreResult<Option<Won>>> = futures::stream::iter(entries)
             .map(|entry| self.claim(entry, cutoff, now, scan))
             .buffer_unordered(self.config.claim_concurrency)
             .collect()
             .await;
-        if page.resume_after.is_none() && report.held_back == 0 {
-            METRICS.set_backlog(&self.shards.to_string(), std::mem::take(&mut self.pass));
-        }
         let mut jobs = Vec::with_capacity(claims.len());
-        let mut first_err = None;
         for claim in claims {
             match claim {
                 Ok(Some(job)) => jobs.push(job),
-                Ok(None) => report.lost += 1,
+                Ok(None) => claimed.lost += 1,
                 Err(e) => {
                     METRICS.claims_failed.inc();
                     tracing::warn!(error = %e, "claim failed; the row stays stale and is retried on a later scan");
-                    first_err.get_or_insert(e);
+                    claimed.error.get_or_insert(e);
                 }
             }
         }
-        report.won = jobs.len();
-        METRICS.claims_won.add(report.won as u64);
-        METRICS.claims_lost.add(report.lost as u64);
-        if !jobs.is_empty() {
-            // Each job carries its own producer span's context; the spans stay open until
-            // the batch is accepted, so they time the publish.
-            let messages = jobs
-                .iter()
-                .map(|(_, job, span)| job.to_message(propagation::inject(span)))
-                .collect();
-            // A failed publish leaves won claims without jobs; their leases expire and the
-            // rows are claimed again, so nothing is lost.
-            if let Err(e) = self.queue.publish(messages).await {
-                for (_, _, span) in &jobs {
-                    span.record("error.type", "publish");
-                    span.record("otel.status_code", "ERROR");
-                }
-                return Err(e);
+        claimed.won = jobs.len();
+        METRICS.claims_won.add(claimed.won as u64);
+        METRICS.claims_lost.add(claimed.lost as u64);
+        if jobs.is_empty() {
+            return Ok((claimed, held_back));
+        }
+        // Each job carries its own producer span's context; the spans stay open until
+        // the batch is accepted, so they time the publish.
+        let messages = jobs
+            .iter()
+            .map(|(_, job, span)| job.to_message(propagation::inject(span)))
+            .collect();
+        // A failed publish leaves won claims without jobs; their leases expire and the
+        // rows are claimed again, so nothing is lost.
+        if let Err(e) = self.queue.publish(messages).await {
+            for (_, _, span) in &jobs {
+                span.record("error.type", "publish");
+                span.record("otel.status_code", "ERROR");
             }
-            report.published = jobs.len();
-            METRICS.jobs_published.add(jobs.len() as u64);
-            if self.config.max_queued_claims > 0 {
-                for (won, _, _) in &jobs {
-                    self.queued.published(won, now);
-                }
+            return Err(e);
+        }
+        claimed.published = jobs.len();
+        METRICS.jobs_published.add(jobs.len() as u64);
+        if self.config.max_queued_claims > 0 {
+            for (won, _, _) in &jobs {
+                self.queued.published(won, now);
             }
         }
-        match first_err {
-            Some(e) if report.won == 0 && report.lost == 0 => Err(e),
-            _ => Ok(report),
-        }
+        Ok((claimed, held_back))
     }
 
     /// Claims one row. A won claim comes back with its job and the job's producer span.

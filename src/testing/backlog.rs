@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 use super::crash::{crashed_large_puts, test_recovery_config, test_writer_config};
 use super::faults::{Fault, Faults, Op, Rule};
 use super::invariants;
+use super::invariants::Acceptable;
 use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
-use crate::model::ShardRange;
+use crate::model::{ObjectPath, ShardRange};
 use crate::queue::{Delivery, FlowControl, JobQueue, MemoryQueue, Message, Subscription};
 use crate::recovery::{Cleaner, Scanner};
 use crate::stores::Stores;
+use std::collections::BTreeMap;
 
 /// What a drain did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,10 @@ pub struct Drain {
     pub republished: usize,
     /// How long the drain took, from the scanner's start.
     pub took: Duration,
+    /// For the crashes made mid-drain: how long after they turned stale the last of them
+    /// converged, and how many backlog rows were still waiting then.
+    pub fresh_lag: Option<Duration>,
+    pub backlog_left_then: usize,
 }
 
 /// How a drain is made hard.
@@ -50,6 +56,9 @@ pub struct Plan {
     pub lost: usize,
     /// Recovery's upload settle (zero: one pass per change, what is measured is claims).
     pub upload_settle: Duration,
+    /// Large puts crashed once half the backlog is drained: fresh crashes, which must not
+    /// wait behind the rest of it.
+    pub fresh_crashes: usize,
 }
 
 /// Crashes `n` large puts, then drains them with one scanner and one cleaner that takes a
@@ -115,7 +124,11 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
         extended_in_hand: 0,
         republished: 0,
         took: Duration::ZERO,
+        fresh_lag: None,
+        backlog_left_then: 0,
     };
+    let mut fresh: Option<(BTreeMap<ObjectPath, Acceptable>, tokio::time::Instant)> = None;
+    let mut expected = expected;
     let started = tokio::time::Instant::now();
     // Long enough for the unbounded scanner's re-claims to drain too.
     let leases = (n as f64 * plan.leases_per_change.max(0.25) * 4.0) as u32 + 8;
@@ -128,8 +141,29 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
         let left = invariants::check(stores, &expected)
             .await
             .expect("invariant check");
+        if let Some((crashed, stale_at)) = &fresh
+            && drain.fresh_lag.is_none()
+        {
+            let report = invariants::check(stores, crashed)
+                .await
+                .expect("invariant check");
+            if report.orphans.is_empty() && report.lost.is_empty() {
+                drain.fresh_lag =
+                    Some(tokio::time::Instant::now().saturating_duration_since(*stale_at));
+                drain.backlog_left_then = left.changelog_remaining;
+            }
+        }
         if left.is_converged() {
             break;
+        }
+        if plan.fresh_crashes > 0 && fresh.is_none() && left.changelog_remaining <= n / 2 {
+            let crashed =
+                crashed_large_puts(stores, test_writer_config(protocol), plan.fresh_crashes).await;
+            expected.extend(crashed.clone());
+            fresh = Some((
+                crashed,
+                tokio::time::Instant::now() + protocol.staleness_threshold,
+            ));
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -104,6 +104,7 @@ pub async fn check(
             .scan_stale(&ScanRequest {
                 shards: ShardRange::ALL,
                 cutoff: Timestamp(i64::MAX),
+                stamped_from: None,
                 now: Timestamp(i64::MAX),
                 start_after,
                 limit: 1000,

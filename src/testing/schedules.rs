@@ -79,6 +79,7 @@ pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEnt
             .scan_stale(&ScanRequest {
                 shards: ShardRange::ALL,
                 cutoff: Timestamp(i64::MAX),
+                stamped_from: None,
                 now: Timestamp(i64::MAX),
                 start_after,
                 limit: 500,

@@ -197,6 +197,7 @@ async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
                 .clock
                 .now()
                 .saturating_sub(protocol().staleness_threshold),
+            stamped_from: None,
             now: stores.clock.now(),
             start_after: None,
             limit: 10,
@@ -582,6 +583,7 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
         .scan_stale(&tiersweep::changelog::ScanRequest {
             shards: tiersweep::model::ShardRange::ALL,
             cutoff: tiersweep::model::Timestamp(i64::MAX),
+            stamped_from: None,
             now: tiersweep::model::Timestamp(i64::MAX),
             start_after: None,
             limit: 10,

@@ -32,6 +32,7 @@ async fn scan_ids(cl: &dyn Changelog, cutoff: Timestamp, now: Timestamp) -> Vec<
         let req = ScanRequest {
             shards: ShardRange::ALL,
             cutoff,
+            stamped_from: None,
             now,
             start_after,
             limit: 100,
@@ -328,6 +329,48 @@ pub async fn extend_claim_only_moves_the_owners_lease_later(cl: &dyn Changelog) 
     assert_eq!(cl.get(&id).await.unwrap(), None);
 }
 
+pub async fn a_scan_from_a_stamp_reads_only_rows_stamped_since(cl: &dyn Changelog) {
+    let (a, b) = (ChangeId::mint(), ChangeId::mint());
+    let stamp_a = recorded(cl, &a, &record()).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut stamp_b = recorded(cl, &b, &record()).await;
+    while stamp_b <= stamp_a {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stamp_b = recorded(cl, &b, &record()).await;
+    }
+    let cutoff = stamp_b.saturating_add(MS);
+    let from = |stamped_from: Timestamp| async move {
+        let req = ScanRequest {
+            shards: ShardRange::ALL,
+            cutoff,
+            stamped_from: Some(stamped_from),
+            now: cutoff,
+            start_after: None,
+            limit: 1000,
+        };
+        let page = cl.scan_stale(&req).await.unwrap();
+        page.rows
+            .into_iter()
+            .filter_map(|r| match r {
+                ScannedRow::Entry(e) => Some(e.id),
+                ScannedRow::Malformed { .. } => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let since_b = from(stamp_b).await;
+    assert!(since_b.contains(&b), "a row stamped at the bound is read");
+    assert!(
+        !since_b.contains(&a),
+        "a row stamped before the bound is not"
+    );
+    let since_a = from(stamp_a).await;
+    assert!(since_a.contains(&a) && since_a.contains(&b));
+    assert!(
+        from(cutoff).await.is_empty(),
+        "nothing is stamped at or after the cutoff and stale"
+    );
+}
+
 pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
     let (id, mut rec) = (ChangeId::mint(), record());
     let probe = recorded(cl, &ChangeId::mint(), &record()).await;
@@ -395,6 +438,7 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
         let req = ScanRequest {
             shards: ShardRange::ALL,
             cutoff,
+            stamped_from: None,
             now: cutoff,
             start_after,
             limit: 5,
@@ -425,6 +469,7 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
         let req = ScanRequest {
             shards,
             cutoff,
+            stamped_from: None,
             now: cutoff,
             start_after: None,
             limit: 1000,

@@ -77,6 +77,7 @@ macro_rules! changelog_conformance {
                 heartbeat_refreshes_only_for_the_owner,
                 remove_is_conditional_and_missing_is_fine,
                 cleanup_after_is_honoured,
+                a_scan_from_a_stamp_reads_only_rows_stamped_since,
                 get_many_reads_each_row_in_one_call,
                 extend_claim_only_moves_the_owners_lease_later,
                 defer_rewrites_only_for_the_owner_and_postpones_recovery,
