@@ -109,9 +109,34 @@ fn terraform_creates_what_the_workers_expect() {
             ),
         }
     }
-    let local = read("infra/local/common.sh");
-    assert!(
-        local.contains("r:maxversions=1"),
-        "provision.sh creates the recovery fences"
+}
+
+#[test]
+fn the_local_scripts_create_the_families_the_layout_declares() {
+    let common = read("infra/local/common.sh");
+    let families = |var: &str| -> Vec<String> {
+        let line = common
+            .lines()
+            .find(|l| l.starts_with(&format!("{var}=")))
+            .unwrap_or_else(|| panic!("{var} in infra/local/common.sh"));
+        line.split('"')
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let declared = |fams: &[(&str, layout::Gc)]| -> Vec<String> {
+        fams.iter()
+            .map(|(family, gc)| match gc {
+                layout::Gc::MaxVersions(n) => format!("{family}:maxversions={n}"),
+                layout::Gc::MaxAge(age) => format!("{family}:maxage={}h", age.as_secs() / 3600),
+            })
+            .collect()
+    };
+    assert_eq!(families("HV_FAMILIES"), declared(&layout::hv_families()));
+    assert_eq!(
+        families("CHANGELOG_FAMILIES"),
+        declared(&layout::changelog_families())
     );
 }

@@ -6,6 +6,13 @@
 TIERSWEEP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # Where PIDs, logs and the fake-gcs-server venv live. Ignored by git.
 STATE_DIR="${TIERSWEEP_LOCAL_DIR:-$TIERSWEEP_ROOT/.local}"
+# fake-gcs-server's objects: on a tmpfs where there is one (/dev/shm), one directory per
+# state directory so that two checkouts do not share it.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+  GCS_DATA="${TIERSWEEP_GCS_DATA:-/dev/shm/tiersweep-gcs-$(id -u)-$(printf %s "$STATE_DIR" | cksum | cut -d' ' -f1)}"
+else
+  GCS_DATA="${TIERSWEEP_GCS_DATA:-$STATE_DIR/gcs-data}"
+fi
 
 # Where provision.sh finds the emulators: loopback here, service names in docker-compose.
 BIGTABLE_HOST="${TIERSWEEP_BIGTABLE_HOST:-127.0.0.1}"
@@ -30,7 +37,7 @@ MAX_DELIVERY_ATTEMPTS="${TIERSWEEP_MAX_DELIVERY_ATTEMPTS:-5}"
 ACK_DEADLINE_SECONDS="${TIERSWEEP_ACK_DEADLINE_SECONDS:-60}"
 
 # The column families; src/bigtable/layout.rs names the same ones.
-HV_FAMILIES="v:maxversions=1 f:maxage=24h r:maxversions=1"
+HV_FAMILIES="v:maxversions=1"
 CHANGELOG_FAMILIES="c:maxversions=1"
 
 log() { echo "infra/local: $*" >&2; }

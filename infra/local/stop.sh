@@ -23,4 +23,6 @@ for name in "${names[@]}"; do
     fi
   fi
   rm -f "$pidfile" "$STATE_DIR/$name.start"
+  # The objects of a fake-gcs-server this script stopped go with it, as memory would.
+  if [[ $name == gcs && -n ${pid:-} ]]; then rm -rf "$GCS_DATA"; fi
 done
