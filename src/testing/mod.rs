@@ -3,6 +3,7 @@
 //! inject crashes, lost responses, failures and delays.
 
 pub mod backlog;
+pub mod capacity;
 pub mod conformance;
 pub mod crash;
 pub mod emulators;
