@@ -257,6 +257,18 @@ pub const SHARD_COUNT: u16 = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Shard(pub u8);
 
+impl Shard {
+    /// The shard's first row key (inclusive).
+    pub fn start_key(self) -> String {
+        format!("{:02x}/", self.0)
+    }
+
+    /// The row key just past the shard (exclusive); `None` for the last shard.
+    pub fn end_key(self) -> Option<String> {
+        (self.0 < u8::MAX).then(|| format!("{:02x}/", self.0 + 1))
+    }
+}
+
 /// A contiguous, inclusive range of shards, owned by one scanner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardRange {
@@ -308,14 +320,19 @@ impl ShardRange {
         self.first <= shard && shard <= self.last
     }
 
+    /// The range's shards in key order.
+    pub fn iter(&self) -> impl Iterator<Item = Shard> + use<> {
+        (self.first.0..=self.last.0).map(Shard)
+    }
+
     /// The first row key of the range (inclusive).
     pub fn start_key(&self) -> String {
-        format!("{:02x}/", self.first.0)
+        self.first.start_key()
     }
 
     /// The row key just past the range (exclusive); `None` when the range runs to the end.
     pub fn end_key(&self) -> Option<String> {
-        (self.last.0 < u8::MAX).then(|| format!("{:02x}/", self.last.0 + 1))
+        self.last.end_key()
     }
 }
 
@@ -327,6 +344,19 @@ pub struct ChangeId(String);
 impl ChangeId {
     pub fn mint() -> Self {
         Self::from_uuid(Uuid::now_v7())
+    }
+
+    /// A fresh id minted at `at` (the writer's [`Clock`](crate::clock::Clock)), so that its
+    /// key sorts by that time within its shard: scans bound their key range by it
+    /// ([`minted_key`]).
+    pub fn mint_at(at: Timestamp) -> Self {
+        let millis = u64::try_from(at.0).unwrap_or(0);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            millis / 1000,
+            (millis % 1000) as u32 * 1_000_000,
+        );
+        Self::from_uuid(Uuid::new_v7(ts))
     }
 
     fn from_uuid(u: Uuid) -> Self {
@@ -365,6 +395,20 @@ impl ChangeId {
         // The key was built by `from_uuid`, so the first two characters are hex.
         Shard(u8::from_str_radix(&self.0[..2], 16).unwrap_or(0))
     }
+}
+
+/// The smallest row key in `shard` of an id minted at or after `at`: ids minted earlier sort
+/// before it, ids minted at or after it sort at or after it. A UUIDv7 begins with its
+/// 48-bit millisecond time in twelve hex digits (`tttttttt-tttt-7…`), so the key's prefix is
+/// that time.
+pub fn minted_key(shard: Shard, at: Timestamp) -> String {
+    let millis = u64::try_from(at.0).unwrap_or(0).min((1 << 48) - 1);
+    format!(
+        "{:02x}/{:08x}-{:04x}",
+        shard.0,
+        millis >> 16,
+        millis & 0xffff
+    )
 }
 
 /// FNV-1a over the uuid bytes: stable across versions and platforms, which a key prefix must be.
@@ -590,6 +634,19 @@ fn leak_reason(e: serde_json::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn minted_keys_bound_ids_by_the_time_they_were_minted() {
+        let at = Timestamp(1_767_225_600_123);
+        let id = ChangeId::mint_at(at);
+        assert_eq!(id.minted_at(), Some(at));
+        let shard = id.shard();
+        assert!(minted_key(shard, at).as_str() <= id.as_str());
+        assert!(minted_key(shard, Timestamp(at.0 + 1)).as_str() > id.as_str());
+        let earlier = ChangeId::mint_at(Timestamp(at.0 - 1));
+        assert!(earlier.as_str() < minted_key(earlier.shard(), at).as_str());
+        assert!(minted_key(Shard(0), Timestamp(-5)) == "00/00000000-0000");
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {

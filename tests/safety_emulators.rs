@@ -44,3 +44,27 @@ async fn a_writer_clock_running_behind_keeps_its_live_write() {
     schedules::a_writer_clock_running_behind_keeps_its_live_write(recovery, writer, protocol())
         .await;
 }
+
+// Key-bounded scans still find every stale row (tiersweep::testing::scans).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
+    let stores = emulators().await.stores(clock::system()).await;
+    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+        stores,
+        protocol(),
+        10_000,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
+    let (recovery, writer) = skewed_pair(false).await;
+    tiersweep::testing::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
+        recovery,
+        writer,
+        protocol(),
+    )
+    .await;
+}

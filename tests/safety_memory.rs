@@ -48,3 +48,71 @@ async fn a_writer_clock_running_behind_keeps_its_live_write() {
     schedules::a_writer_clock_running_behind_keeps_its_live_write(recovery, writer, protocol())
         .await;
 }
+
+// Key-bounded scans still find every stale row (tiersweep::testing::scans).
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
+    let stores = tiersweep::testing::MemoryStores::new().stores();
+    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+        stores,
+        protocol(),
+        10_000,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
+    let stores = tiersweep::testing::MemoryStores::new().stores();
+    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+        stores,
+        protocol(),
+        0,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
+    let (recovery, writer) = skewed_pair(false);
+    tiersweep::testing::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
+        recovery,
+        writer,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_rows_piling_up_are_not_read_again_by_key_bounded_scans() {
+    use tiersweep::testing::scans::scan_cost;
+    let (history, crashes) = (2_000, 200);
+    let bounded = scan_cost(
+        tiersweep::testing::MemoryStores::new(),
+        protocol(),
+        std::time::Duration::from_secs(86_400),
+        history,
+        crashes,
+        1,
+    )
+    .await;
+    let full = scan_cost(
+        tiersweep::testing::MemoryStores::new(),
+        protocol(),
+        std::time::Duration::ZERO,
+        history,
+        crashes,
+        1,
+    )
+    .await;
+    assert_eq!((bounded.found, full.found), (crashes, crashes));
+    assert!(
+        bounded.per_found() <= 2.0,
+        "a key-bounded scan examines the rows minted since its last round: {bounded:?}"
+    );
+    assert!(
+        full.per_found() >= 10.0,
+        "a full-range scan re-reads the removed history every round: {full:?}"
+    );
+}

@@ -60,6 +60,11 @@ pub fn latest() -> RowFilter {
     of(Filter::CellsPerColumnLimitFilter(1))
 }
 
+/// Cells with their values emptied: a row's keys and stamps without its bytes.
+pub fn strip_value() -> RowFilter {
+    of(Filter::StripValueTransformer(true))
+}
+
 pub fn value_is(value: &[u8]) -> RowFilter {
     of(Filter::ValueRangeFilter(ValueRange {
         start_value: Some(value_range::StartValue::StartValueClosed(value.to_vec())),

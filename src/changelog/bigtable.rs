@@ -17,6 +17,8 @@
 //! time. Each write deletes the family before setting cells, so the one-version GC rule,
 //! which is applied lazily, never leaves an older stamp visible.
 
+use std::ops::Bound;
+
 use async_trait::async_trait;
 use bigtable_rs::bigtable::RowCell;
 use bigtable_rs::google::bigtable::v2::{RowRange, RowSet, row_range};
@@ -27,7 +29,7 @@ use super::{
 };
 use crate::bigtable::filter::{
     SERVER_TIME, block_all, chain, column, condition, delete_column, delete_family, delete_row,
-    family, latest, set_cell, stamped_before, stamped_between, value_is,
+    family, latest, set_cell, stamped_before, stamped_between, strip_value, value_is,
 };
 use crate::bigtable::layout::changelog::{CLOCK, CLOCK_ROW, FAMILY, OWNER, RECORD};
 use crate::bigtable::{BigtableClient, Table, from_micros, micros};
@@ -148,6 +150,28 @@ fn decode(key: &[u8], cells: Vec<RowCell>) -> Result<ChangelogEntry, String> {
     })
 }
 
+/// A row the scan's filter let through as its owner cell's stamp alone (not stale), or
+/// `None` for one it let through whole.
+fn waiting(key: &[u8], cells: &[RowCell], cutoff: Timestamp) -> Option<ScannedRow> {
+    let [cell] = cells else { return None };
+    let stamp = from_micros(cell.timestamp_micros);
+    if cell.qualifier != OWNER || stamp < cutoff {
+        return None;
+    }
+    let key = String::from_utf8_lossy(key);
+    Some(match ChangeId::parse(&key) {
+        Ok(id) => ScannedRow::Waiting {
+            id,
+            stamp,
+            cleanup_after: None,
+        },
+        Err(e) => ScannedRow::Malformed {
+            key: key.into_owned(),
+            reason: e.to_string(),
+        },
+    })
+}
+
 #[async_trait]
 impl Changelog for BigtableChangelog {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
@@ -212,22 +236,23 @@ impl Changelog for BigtableChangelog {
     }
 
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
-        let range_start = req.shards.start_key();
-        let start = match &req.start_after {
-            Some(after) if *after >= range_start => {
-                row_range::StartKey::StartKeyOpen(after.clone().into_bytes())
-            }
-            _ => row_range::StartKey::StartKeyClosed(range_start.into_bytes()),
-        };
+        let ranges = req.key_ranges();
+        if ranges.is_empty() {
+            return Ok(ScanPage::default());
+        }
         let rows = RowSet {
             row_keys: vec![],
-            row_ranges: vec![RowRange {
-                start_key: Some(start),
-                end_key: req
-                    .shards
-                    .end_key()
-                    .map(|k| row_range::EndKey::EndKeyOpen(k.into_bytes())),
-            }],
+            row_ranges: ranges
+                .into_iter()
+                .map(|r| RowRange {
+                    start_key: Some(match r.start {
+                        Bound::Excluded(k) => row_range::StartKey::StartKeyOpen(k.into_bytes()),
+                        Bound::Included(k) => row_range::StartKey::StartKeyClosed(k.into_bytes()),
+                        Bound::Unbounded => row_range::StartKey::StartKeyClosed(Vec::new()),
+                    }),
+                    end_key: r.end.map(|k| row_range::EndKey::EndKeyOpen(k.into_bytes())),
+                })
+                .collect(),
         };
         let from = req.stamped_from.map_or(0, micros);
         let stale = chain(vec![
@@ -235,7 +260,14 @@ impl Changelog for BigtableChangelog {
             latest(),
             stamped_between(from, micros(req.cutoff)),
         ]);
-        let filter = condition(stale, whole_row(), block_all());
+        let report_waiting = req.report_waiting && req.stamped_from.is_none();
+        // Rows not stale come back as their owner cell's stamp alone, when asked for.
+        let otherwise = if report_waiting {
+            chain(vec![column(FAMILY, OWNER), latest(), strip_value()])
+        } else {
+            block_all()
+        };
+        let filter = condition(stale, whole_row(), otherwise);
         let found = self
             .client
             .read_rows(&self.table, rows, filter, req.limit)
@@ -247,10 +279,21 @@ impl Changelog for BigtableChangelog {
                 .map(|(k, _)| String::from_utf8_lossy(k).into_owned());
         }
         for (key, cells) in found {
+            if report_waiting && let Some(row) = waiting(&key, &cells, req.cutoff) {
+                page.rows.push(row);
+                continue;
+            }
             match decode(&key, cells) {
+                Ok(entry) if entry.record.cleanup_after.is_none_or(|t| t <= req.now) => {
+                    page.rows.push(ScannedRow::Entry(entry));
+                }
                 Ok(entry) => {
-                    if entry.record.cleanup_after.is_none_or(|t| t <= req.now) {
-                        page.rows.push(ScannedRow::Entry(entry));
+                    if report_waiting {
+                        page.rows.push(ScannedRow::Waiting {
+                            id: entry.id,
+                            stamp: entry.stamp,
+                            cleanup_after: entry.record.cleanup_after,
+                        });
                     }
                 }
                 Err(reason) => page.rows.push(ScannedRow::Malformed {

@@ -3,8 +3,9 @@
 //! Rows are kept encoded so that malformed rows can be planted and are reported the way the
 //! Bigtable backend reports them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -23,9 +24,20 @@ struct Row {
     stamp: Timestamp,
 }
 
+/// Removed rows the twin keeps as tombstones at most; beyond, it compacts. Bounds the twin's
+/// memory in long simulations, far above what any scan-cost test piles up.
+const MAX_TOMBSTONES: usize = 2_000_000;
+
 #[derive(Debug)]
 pub struct MemoryChangelog {
     rows: Mutex<BTreeMap<String, Row>>,
+    /// Keys of removed rows not yet compacted away. Bigtable deletes by writing tombstones
+    /// that every scan over their keys still pays for until a compaction drops them (days
+    /// on a busy table); the emulator deletes at once, so only the twin can show what a scan
+    /// costs on the real service. They are cost only: no call reads them back.
+    removed: Mutex<BTreeSet<String>>,
+    /// Rows scans have examined, live or removed: the server-side cost of scanning.
+    examined: AtomicU64,
     clock: SharedClock,
 }
 
@@ -33,8 +45,34 @@ impl MemoryChangelog {
     pub fn new(clock: SharedClock) -> Self {
         Self {
             rows: Mutex::new(BTreeMap::new()),
+            removed: Mutex::new(BTreeSet::new()),
+            examined: AtomicU64::new(0),
             clock,
         }
+    }
+
+    /// Rows every scan so far has examined, removed-but-not-compacted ones included: what
+    /// a scan costs the server, whatever it returned.
+    pub fn rows_examined(&self) -> u64 {
+        self.examined.load(Ordering::Relaxed)
+    }
+
+    /// Removed rows still waiting for compaction.
+    pub fn tombstones(&self) -> usize {
+        self.removed().len()
+    }
+
+    /// Drops the removed rows' tombstones, as a Bigtable compaction does.
+    pub fn compact(&self) {
+        self.removed().clear();
+    }
+
+    fn removed(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        if removed.len() > MAX_TOMBSTONES {
+            removed.clear();
+        }
+        removed
     }
 
     /// Plants a raw row, as a buggy or foreign writer might have left it.
@@ -79,8 +117,9 @@ impl Changelog for MemoryChangelog {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
         let stamp = self.clock.now();
         let bytes = record.encode();
-        self.rows()
-            .insert(id.as_str().to_owned(), Row { bytes, stamp });
+        let mut rows = self.rows();
+        self.removed().remove(id.as_str());
+        rows.insert(id.as_str().to_owned(), Row { bytes, stamp });
         Ok(stamp)
     }
 
@@ -144,39 +183,72 @@ impl Changelog for MemoryChangelog {
 
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
         let rows = self.rows();
-        let start = match &req.start_after {
-            Some(after) if after.as_str() >= req.shards.start_key().as_str() => {
-                Bound::Excluded(after.clone())
-            }
-            _ => Bound::Included(req.shards.start_key()),
-        };
-        let end = req
-            .shards
-            .end_key()
-            .map_or(Bound::Unbounded, Bound::Excluded);
+        let removed = self.removed();
+        let report_waiting = req.report_waiting && req.stamped_from.is_none();
         let mut page = ScanPage::default();
         let mut read = 0;
-        for (key, row) in rows.range((start, end)) {
-            if row.stamp >= req.cutoff || req.stamped_from.is_some_and(|from| row.stamp < from) {
-                continue;
-            }
-            read += 1;
-            match decode(key, row) {
-                Ok(entry) => {
-                    if entry.record.cleanup_after.is_none_or(|t| t <= req.now) {
-                        page.rows.push(ScannedRow::Entry(entry));
+        let mut examined = 0u64;
+        'ranges: for range in req.key_ranges() {
+            let end = range.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
+            // Removed rows cost the scan until compaction, as on Bigtable; they are counted
+            // up to where the scan stops.
+            let mut stopped_at = None;
+            for (key, row) in rows.range((range.start.clone(), end.clone())) {
+                examined += 1;
+                let stale = row.stamp < req.cutoff;
+                let in_window = req.stamped_from.is_none_or(|from| row.stamp >= from);
+                let reported = if stale && in_window {
+                    match decode(key, row) {
+                        Ok(e) if e.record.cleanup_after.is_none_or(|t| t <= req.now) => {
+                            Some(ScannedRow::Entry(e))
+                        }
+                        Ok(e) => report_waiting.then_some(ScannedRow::Waiting {
+                            id: e.id,
+                            stamp: e.stamp,
+                            cleanup_after: e.record.cleanup_after,
+                        }),
+                        Err(reason) => Some(ScannedRow::Malformed {
+                            key: key.clone(),
+                            reason,
+                        }),
                     }
+                } else if report_waiting {
+                    Some(match ChangeId::parse(key) {
+                        Ok(id) => ScannedRow::Waiting {
+                            id,
+                            stamp: row.stamp,
+                            cleanup_after: None,
+                        },
+                        Err(e) => ScannedRow::Malformed {
+                            key: key.clone(),
+                            reason: e.to_string(),
+                        },
+                    })
+                } else {
+                    None
+                };
+                // Like Bigtable's rows_limit, the limit counts the rows the filter lets
+                // through (a deferred row is one: its cleanup time is read client-side).
+                let counted = reported.is_some() || (stale && in_window);
+                page.rows.extend(reported);
+                if counted {
+                    read += 1;
                 }
-                Err(reason) => page.rows.push(ScannedRow::Malformed {
-                    key: key.clone(),
-                    reason,
-                }),
+                if read == req.limit {
+                    page.resume_after = Some(key.clone());
+                    stopped_at = Some(key.clone());
+                }
+                if stopped_at.is_some() {
+                    break;
+                }
             }
-            if read == req.limit {
-                page.resume_after = Some(key.clone());
-                break;
+            let upto = stopped_at.map_or(end, Bound::Included);
+            examined += removed.range((range.start, upto)).count() as u64;
+            if page.resume_after.is_some() {
+                break 'ranges;
             }
         }
+        self.examined.fetch_add(examined, Ordering::Relaxed);
         Ok(page)
     }
 
@@ -243,6 +315,7 @@ impl Changelog for MemoryChangelog {
         };
         if owned {
             rows.remove(id.as_str());
+            self.removed().insert(id.as_str().to_owned());
             Ok(Removal::Removed)
         } else {
             Ok(Removal::NotOwned)

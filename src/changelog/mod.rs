@@ -20,7 +20,9 @@ pub mod noop;
 use async_trait::async_trait;
 
 use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord, OwnerToken, ShardRange, Timestamp};
+use std::ops::Bound;
+
+use crate::model::{ChangeId, ChangeRecord, OwnerToken, ShardRange, Timestamp, minted_key};
 
 pub use bigtable::BigtableChangelog;
 pub use memory::MemoryChangelog;
@@ -40,7 +42,37 @@ pub struct ChangelogEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScannedRow {
     Entry(ChangelogEntry),
-    Malformed { key: String, reason: String },
+    Malformed {
+        key: String,
+        reason: String,
+    },
+    /// A row that is not claimable now, reported only when the scan asks
+    /// ([`ScanRequest::report_waiting`]): live (its writer heartbeats it), claimed (its
+    /// lease runs), or deferred (`cleanup_after` is later than the scan's `now`; then it is
+    /// given). How a scanner learns which rows behind its lower key bound it must come
+    /// back to.
+    Waiting {
+        id: ChangeId,
+        stamp: Timestamp,
+        cleanup_after: Option<Timestamp>,
+    },
+}
+
+/// Ids minted in `[from, to)` (by key: [`minted_key`]), shard by shard; `None` leaves that
+/// side open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MintedWindow {
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+/// One contiguous key range a scan reads: how a request's shards, minted window and cursor
+/// become Bigtable row ranges (and the twin's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyRange {
+    pub start: Bound<String>,
+    /// Exclusive; `None`: to the end of the table.
+    pub end: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +89,53 @@ pub struct ScanRequest {
     pub start_after: Option<String>,
     /// At most this many rows are read; the scan never buffers more.
     pub limit: usize,
+    /// Only ids minted in this window, read as one key range per shard; `None`: every row
+    /// of the shards. Keys sort by minting time within a shard, so a scanner that knows
+    /// which rows it has already seen reads only the part of the key space they are not in,
+    /// however many removed rows the rest holds (Bigtable keeps them until compaction).
+    pub minted: Option<MintedWindow>,
+    /// Also report the rows read that are not claimable now, as [`ScannedRow::Waiting`]
+    /// (ignored with `stamped_from`). They count towards `limit`.
+    pub report_waiting: bool,
+}
+
+impl ScanRequest {
+    /// The key ranges this request reads, in key order, after `start_after`.
+    pub(crate) fn key_ranges(&self) -> Vec<KeyRange> {
+        let whole = || vec![(self.shards.start_key(), self.shards.end_key())];
+        let ranges = match self.minted {
+            None => whole(),
+            Some(window) => self
+                .shards
+                .iter()
+                .map(|shard| {
+                    let start = window
+                        .from
+                        .map_or_else(|| shard.start_key(), |t| minted_key(shard, t));
+                    let end = match window.to {
+                        Some(t) => Some(minted_key(shard, t)),
+                        None => shard.end_key(),
+                    };
+                    (start, end)
+                })
+                .collect(),
+        };
+        ranges
+            .into_iter()
+            .filter(|(start, end)| end.as_ref().is_none_or(|e| start < e))
+            .filter_map(|(start, end)| match &self.start_after {
+                Some(after) if end.as_ref().is_some_and(|e| e <= after) => None,
+                Some(after) if *after >= start => Some(KeyRange {
+                    start: Bound::Excluded(after.clone()),
+                    end,
+                }),
+                _ => Some(KeyRange {
+                    start: Bound::Included(start),
+                    end,
+                }),
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -72,6 +72,8 @@ pub async fn backlog(
             now: Timestamp(i64::MAX),
             start_after,
             limit: page,
+            minted: None,
+            report_waiting: false,
         };
         let result = changelog.scan_stale(&req).await?;
         for row in result.rows {
@@ -82,6 +84,8 @@ pub async fn backlog(
                     b.malformed += 1;
                     continue;
                 }
+                // Not asked for.
+                ScannedRow::Waiting { .. } => continue,
             };
             if e.stamp > now.saturating_add(threshold) && !e.record.owner.is_recovery_claim() {
                 b.writer_stamped_in_future += 1;
@@ -198,6 +202,8 @@ pub async fn dry_run(
             now,
             start_after,
             limit: page,
+            minted: None,
+            report_waiting: false,
         };
         let result = stores.changelog.scan_stale(&req).await?;
         for row in result.rows {
@@ -207,6 +213,7 @@ pub async fn dry_run(
                     each(view(stores, &e).await?);
                 }
                 ScannedRow::Malformed { .. } => malformed += 1,
+                ScannedRow::Waiting { .. } => {}
             }
         }
         start_after = result.resume_after;

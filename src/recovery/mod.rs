@@ -18,6 +18,7 @@ pub mod job;
 pub mod pool;
 mod queued;
 pub mod scanner;
+mod watched;
 
 use std::time::Duration;
 
@@ -62,6 +63,18 @@ pub struct RecoveryConfig {
     /// seconds.
     #[serde(with = "crate::config::duration")]
     pub republish_after: Duration,
+    /// How often a scanner reads its whole key range (a full sweep) rather than only the
+    /// ids minted since its last pass and the rows it watches ([`watched`]): the bound on
+    /// finding a row recorded long after its id was minted (a writer that stalled in
+    /// between, or whose clock runs behind). A sweep reads every row, removed ones Bigtable
+    /// has not yet compacted included, so it is the scan's expensive part. Zero: every pass
+    /// is a full sweep and nothing is watched (the behaviour before key-bounded scans).
+    #[serde(with = "crate::config::duration")]
+    pub full_sweep_every: Duration,
+    /// Rows not claimable when scanned that one scanner watches at most (re-reading each
+    /// when it could first be stale). A row beyond it holds the next pass's lower key bound
+    /// at its key instead, which costs reads, never a missed row.
+    pub max_watched_rows: usize,
     /// Wait between scans when nothing was stale.
     #[serde(with = "crate::config::duration")]
     pub idle_poll: Duration,
@@ -92,6 +105,8 @@ impl Default for RecoveryConfig {
             claim_lease: Duration::from_secs(600),
             max_queued_claims: 2000,
             republish_after: Duration::from_secs(600),
+            full_sweep_every: Duration::from_secs(3600),
+            max_watched_rows: 10_000,
             idle_poll: Duration::from_secs(5),
             cleaner_concurrency: 32,
             max_delivery_attempts: 5,

@@ -16,9 +16,10 @@ use tracing::Instrument;
 use super::RecoveryConfig;
 use super::job::CleanupJob;
 use super::queued::{QueuedClaims, Review};
-use crate::changelog::{Changelog, ChangelogEntry, Claim, ScanRequest, ScannedRow};
+use super::watched::Watched;
+use crate::changelog::{Changelog, ChangelogEntry, Claim, MintedWindow, ScanRequest, ScannedRow};
 use crate::error::StoreResult;
-use crate::model::{OwnerToken, ShardRange, Timestamp};
+use crate::model::{ChangeId, OwnerToken, ShardRange, Timestamp};
 use crate::queue::JobQueue;
 use crate::telemetry::metrics::{Backlog, METRICS};
 use crate::telemetry::{attr, propagation, span};
@@ -41,6 +42,10 @@ pub struct ScanReport {
     pub republished: usize,
     /// Claims won by reading the rows that just turned stale ahead of the backlog.
     pub fresh: usize,
+    /// Watched rows re-read because they could have turned stale ([`super::watched`]).
+    pub rechecked: usize,
+    /// This page began a full sweep of the scanner's key range.
+    pub sweep: bool,
     /// The page stopped at the batch limit: more rows may be waiting.
     pub more: bool,
 }
@@ -55,6 +60,18 @@ struct Claimed {
     last_claimed: Option<String>,
     /// The first claim that failed (the row is tried again later).
     error: Option<crate::error::StoreError>,
+    /// The rows left unclaimed for want of room.
+    held_back: Vec<ChangeId>,
+}
+
+/// One pass over the scanner's key range, from the first page to the wrap-around.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// Reads every row of the range, not only the ids minted since the last round.
+    sweep: bool,
+    /// The cutoff of its first page: every id minted before it that the round's key range
+    /// holds is seen by the time the round ends.
+    started: Timestamp,
 }
 
 /// Of the room for waiting claims, the part only fresh rows may use: `1 / FRESH_RESERVE`.
@@ -74,6 +91,8 @@ impl ScanReport {
         self.extended += o.extended;
         self.republished += o.republished;
         self.fresh += o.fresh;
+        self.rechecked += o.rechecked;
+        self.sweep |= o.sweep;
         self.more = o.more;
     }
 
@@ -102,6 +121,16 @@ pub struct Scanner {
     /// (the emulator has none), and the claims it keeps alive ([`super::queued`]). A
     /// restarted scanner starts from none.
     queued: QueuedClaims,
+    /// Key-bounded scans ([`super::watched`]): the round in progress, if any; the lower
+    /// mint bound of incremental rounds (`None`: none completed yet); where the last
+    /// completed round began, from which the fresh scan reads; the lowest mint time of a
+    /// row that needs reading again but could not be watched; when the last sweep began.
+    round: Option<Round>,
+    low: Option<Timestamp>,
+    seen_before: Option<Timestamp>,
+    pinned: Option<Timestamp>,
+    last_sweep: Option<Timestamp>,
+    watched: Watched,
 }
 
 impl Scanner {
@@ -120,7 +149,46 @@ impl Scanner {
             fresh_from: None,
             pass: Backlog::default(),
             queued: QueuedClaims::default(),
+            round: None,
+            low: None,
+            seen_before: None,
+            pinned: None,
+            last_sweep: None,
+            watched: Watched::default(),
         }
+    }
+
+    /// Scans bounded by key, with a watch set and periodic sweeps (`full_sweep_every` > 0).
+    fn bounded(&self) -> bool {
+        !self.config.full_sweep_every.is_zero()
+    }
+
+    /// Makes sure `id` is read again from `due` on: watched, or, when the watch set is
+    /// full, by holding the next round's lower bound at its key.
+    fn keep(&mut self, id: &ChangeId, due: Timestamp) {
+        if !self.bounded() {
+            return;
+        }
+        if !self.watched.watch(id, due, self.config.max_watched_rows) {
+            self.pin(id);
+        }
+    }
+
+    fn pin(&mut self, id: &ChangeId) {
+        if let Some(minted) = id.minted_at() {
+            self.pinned = Some(self.pinned.map_or(minted, |p| p.min(minted)));
+        }
+    }
+
+    /// When a row stamped `stamp` could first be stale (or due, if deferred).
+    fn due(&self, stamp: Timestamp, cleanup_after: Option<Timestamp>) -> Timestamp {
+        let stale_from = stamp.saturating_add(self.config.protocol.staleness_threshold);
+        cleanup_after.map_or(stale_from, |t| t.max(stale_from))
+    }
+
+    /// Rows watched here (re-read when they could turn stale).
+    pub fn watched_rows(&self) -> usize {
+        self.watched.len()
     }
 
     /// How many of `wanted` rows this scanner may claim now, keeping at most `max` claims
@@ -179,6 +247,11 @@ impl Scanner {
             report.republished = review.republished;
         }
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
+        if self.bounded() {
+            let (rechecked, claimed) = self.recheck_watched(cutoff, now, scan).await?;
+            report.rechecked = rechecked;
+            report.add_claims(&claimed);
+        }
         // Mid-pass, a backlog lies between the cursor and rows that just turned stale:
         // those are read first, from where the last look at them ended.
         if self.cursor.is_some()
@@ -191,6 +264,21 @@ impl Scanner {
             report.malformed += counts.malformed;
             report.held_back += counts.held_back;
         }
+        let round = *self.round.get_or_insert_with(|| {
+            let sweep = self.low.is_none()
+                || self
+                    .last_sweep
+                    .is_none_or(|t| now.saturating_sub(self.config.full_sweep_every) >= t);
+            Round {
+                sweep,
+                started: cutoff,
+            }
+        });
+        if round.sweep && self.cursor.is_none() {
+            report.sweep = true;
+            self.last_sweep = Some(now);
+        }
+        let bounded = self.bounded();
         let req = ScanRequest {
             shards: self.shards,
             cutoff,
@@ -198,6 +286,13 @@ impl Scanner {
             now,
             start_after: self.cursor.clone(),
             limit: self.config.scan_batch,
+            // An incremental round reads the ids minted since the last one began; ids
+            // minted after the cutoff cannot be stale yet (their rows are younger).
+            minted: (bounded && !round.sweep).then_some(MintedWindow {
+                from: self.low,
+                to: Some(cutoff),
+            }),
+            report_waiting: bounded,
         };
         let from_start = req.start_after.is_none();
         let page = self.changelog.scan_stale(&req).await?;
@@ -208,19 +303,27 @@ impl Scanner {
         // The fresh scan keeps a reserve of the room, so a backlog cannot fill all of it.
         let max = self.config.max_queued_claims;
         let backlog_room = max - max / FRESH_RESERVE;
-        let (claimed, held_back) = self
+        let claimed = self
             .claim_and_publish(entries, backlog_room, cutoff, now, scan)
             .await?;
+        let held_back = claimed.held_back.len();
         report.add_claims(&claimed);
         report.more = more;
         if held_back > 0 {
             report.held_back += held_back;
             // Resume right after the last row claimed now, so the held-back rows are
             // scanned again once cleaners catch up.
-            self.cursor = claimed.last_claimed.or(req.start_after.clone());
+            self.cursor = claimed.last_claimed.clone().or(req.start_after.clone());
             report.more = false;
+            // Should the round end before they are read again, the next one starts at them.
+            for id in &claimed.held_back {
+                self.pin(id);
+            }
         } else if !more {
             METRICS.set_backlog(&self.shards.to_string(), std::mem::take(&mut self.pass));
+        }
+        if self.cursor.is_none() {
+            self.end_round(round);
         }
         // A whole pass from the start that held nothing back has seen every row stale as
         // of `cutoff`: the next fresh scan starts there.
@@ -249,15 +352,23 @@ impl Scanner {
             now,
             start_after: None,
             limit: self.config.scan_batch,
+            // Rows minted before the last completed round began were seen by it, and those
+            // that could turn stale are watched: only the ids minted since need reading.
+            minted: (self.bounded() && self.seen_before.is_some()).then_some(MintedWindow {
+                from: self.seen_before,
+                to: None,
+            }),
+            report_waiting: false,
         };
         let page = self.changelog.scan_stale(&req).await?;
         let full = page.resume_after.is_some();
         let mut counts = ScanReport::default();
         let entries = self.entries(page.rows, now, &mut counts);
         let max = self.config.max_queued_claims;
-        let (claimed, held_back) = self
+        let claimed = self
             .claim_and_publish(entries, max, cutoff, now, scan)
             .await?;
+        let held_back = claimed.held_back.len();
         if !full && held_back == 0 && claimed.error.is_none() {
             self.fresh_from = Some(cutoff);
         }
@@ -269,6 +380,71 @@ impl Scanner {
         }
         counts.held_back = held_back;
         Ok((claimed, counts))
+    }
+
+    /// A round wrapped around: every id minted before it began has been seen, so the next
+    /// round starts there, or lower, at a row that needs reading again but is not watched.
+    fn end_round(&mut self, round: Round) {
+        self.round = None;
+        if !self.bounded() {
+            return;
+        }
+        let low = self
+            .pinned
+            .take()
+            .map_or(round.started, |p| p.min(round.started));
+        self.low = Some(low);
+        self.seen_before = Some(round.started);
+        tracing::debug!(sweep = round.sweep, %low, watched = self.watched.len(),
+            "scan round complete");
+    }
+
+    /// Re-reads the watched rows that could have turned stale (as many as there is room
+    /// to claim, one read) and claims those that have; the others are watched on.
+    async fn recheck_watched(
+        &mut self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        scan: &tracing::Span,
+    ) -> StoreResult<(usize, Claimed)> {
+        let max = self.config.max_queued_claims;
+        let room = if max == 0 {
+            self.config.scan_batch
+        } else {
+            max.saturating_sub(self.queued.len())
+        };
+        let ids = self.watched.take_due(now, room.min(self.config.scan_batch));
+        if ids.is_empty() {
+            return Ok((0, Claimed::default()));
+        }
+        let rows = match self.changelog.get_many(&ids).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                for id in &ids {
+                    self.keep(id, now);
+                }
+                return Err(e);
+            }
+        };
+        let mut stale = Vec::new();
+        for entry in rows.into_iter().flatten() {
+            if entry.stamp < cutoff && entry.record.cleanup_after.is_none_or(|t| t <= now) {
+                stale.push(entry);
+            } else {
+                let due = self.due(entry.stamp, entry.record.cleanup_after);
+                self.keep(&entry.id, due);
+            }
+        }
+        let claimed = self
+            .claim_and_publish(stale, max, cutoff, now, scan)
+            .await?;
+        for id in claimed.held_back.clone() {
+            self.keep(&id, now);
+        }
+        if claimed.won > 0 {
+            tracing::info!(won = claimed.won, "claimed watched rows that turned stale");
+        }
+        Ok((ids.len(), claimed))
     }
 
     /// Decodes a page's rows, counting and logging malformed ones.
@@ -288,6 +464,14 @@ impl Scanner {
                     self.pass.oldest_stale_age = self.pass.oldest_stale_age.max(age);
                     entries.push(e);
                 }
+                ScannedRow::Waiting {
+                    id,
+                    stamp,
+                    cleanup_after,
+                } => {
+                    let due = self.due(stamp, cleanup_after);
+                    self.keep(&id, due);
+                }
                 ScannedRow::Malformed { key, reason } => {
                     report.malformed += 1;
                     METRICS.rows_malformed.inc();
@@ -301,7 +485,7 @@ impl Scanner {
 
     /// Claims as many of `entries` as leave at most `limit` claims waiting (all of them
     /// when backpressure is off), publishes the won claims in one batch and remembers them.
-    /// Returns what it claimed and how many rows it held back.
+    /// Rows it claimed or tried to are kept in view ([`Scanner::keep`]).
     async fn claim_and_publish(
         &mut self,
         mut entries: Vec<ChangelogEntry>,
@@ -309,12 +493,12 @@ impl Scanner {
         cutoff: Timestamp,
         now: Timestamp,
         scan: &tracing::Span,
-    ) -> StoreResult<(Claimed, usize)> {
+    ) -> StoreResult<Claimed> {
         let room = self.room_for(entries.len(), limit, now).await?;
-        let held_back = entries.len() - room;
-        if held_back > 0 {
+        let held_back: Vec<ChangeId> = entries.drain(room..).map(|e| e.id).collect();
+        if !held_back.is_empty() {
+            let held_back = held_back.len();
             METRICS.claims_held_back.add(held_back as u64);
-            entries.truncate(room);
             tracing::info!(
                 held_back,
                 queued = self.queued.len(),
@@ -324,22 +508,36 @@ impl Scanner {
         }
         let mut claimed = Claimed {
             last_claimed: entries.last().map(|e| e.id.as_str().to_owned()),
+            held_back,
             ..Claimed::default()
         };
-        let claims: Vec<StoreResult<Option<Won>>> = futures::stream::iter(entries)
-            .map(|entry| self.claim(entry, cutoff, now, scan))
+        let this = &*self;
+        let claims: Vec<(ChangeId, StoreResult<Option<Won>>)> = futures::stream::iter(entries)
+            .map(|entry| async move {
+                let id = entry.id.clone();
+                (id, this.claim(entry, cutoff, now, scan).await)
+            })
             .buffer_unordered(self.config.claim_concurrency)
             .collect()
             .await;
         let mut jobs = Vec::with_capacity(claims.len());
-        for claim in claims {
+        for (id, claim) in claims {
             match claim {
-                Ok(Some(job)) => jobs.push(job),
-                Ok(None) => claimed.lost += 1,
+                Ok(Some(job)) => {
+                    // Its lease may end with the job undone: the row is read again then.
+                    let due = self.due(job.0.stamp, job.0.record.cleanup_after);
+                    self.keep(&id, due);
+                    jobs.push(job);
+                }
+                Ok(None) => {
+                    claimed.lost += 1;
+                    self.keep(&id, now);
+                }
                 Err(e) => {
                     METRICS.claims_failed.inc();
                     tracing::warn!(error = %e, "claim failed; the row stays stale and is retried on a later scan");
                     claimed.error.get_or_insert(e);
+                    self.keep(&id, now);
                 }
             }
         }
@@ -347,7 +545,7 @@ impl Scanner {
         METRICS.claims_won.add(claimed.won as u64);
         METRICS.claims_lost.add(claimed.lost as u64);
         if jobs.is_empty() {
-            return Ok((claimed, held_back));
+            return Ok(claimed);
         }
         // Each job carries its own producer span's context; the spans stay open until
         // the batch is accepted, so they time the publish.
@@ -371,7 +569,7 @@ impl Scanner {
                 self.queued.published(won, now);
             }
         }
-        Ok((claimed, held_back))
+        Ok(claimed)
     }
 
     /// Claims one row. A won claim comes back with its job and the job's producer span.

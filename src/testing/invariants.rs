@@ -108,6 +108,8 @@ pub async fn check(
                 now: Timestamp(i64::MAX),
                 start_after,
                 limit: 1000,
+                minted: None,
+                report_waiting: false,
             })
             .await?;
         // Malformed rows count too: they are rows nobody has converged.
@@ -117,6 +119,7 @@ pub async fn check(
             .filter(|row| match row {
                 ScannedRow::Entry(e) => expected.contains_key(&e.record.object),
                 ScannedRow::Malformed { .. } => true,
+                ScannedRow::Waiting { .. } => false,
             })
             .count();
         start_after = page.resume_after;

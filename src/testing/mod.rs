@@ -12,6 +12,7 @@ pub mod intercept;
 pub mod invariants;
 pub mod meter;
 pub mod proxy;
+pub mod scans;
 pub mod schedules;
 pub mod simulation;
 

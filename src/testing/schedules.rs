@@ -83,6 +83,8 @@ pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEnt
                 now: Timestamp(i64::MAX),
                 start_after,
                 limit: 500,
+                minted: None,
+                report_waiting: false,
             })
             .await
             .expect("scanning the changelog");

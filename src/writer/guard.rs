@@ -74,7 +74,8 @@ impl ChangeGuard {
         protocol: ProtocolConfig,
         retry: RetryPolicy,
     ) -> StoreResult<Self> {
-        let id = ChangeId::mint();
+        // Minted on the writer's clock: the key sorts by it, which is what bounds scans.
+        let id = ChangeId::mint_at(clock.now());
         let sent = Sent {
             monotonic: clock.monotonic(),
             wall: clock.now(),

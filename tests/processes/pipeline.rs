@@ -201,6 +201,8 @@ async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
             now: stores.clock.now(),
             start_after: None,
             limit: 10,
+            minted: None,
+            report_waiting: false,
         })
         .await
         .unwrap();
@@ -587,6 +589,8 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
             now: tiersweep::model::Timestamp(i64::MAX),
             start_after: None,
             limit: 10,
+            minted: None,
+            report_waiting: false,
         })
         .await
         .unwrap();

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::changelog::{
-    Changelog, ChangelogEntry, Claim, Extension, Heartbeat, Removal, ScanRequest, ScannedRow,
+    Changelog, ChangelogEntry, Claim, Extension, Heartbeat, MintedWindow, Removal, ScanRequest,
+    ScannedRow,
 };
 use crate::model::{
     ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, Timestamp,
@@ -36,6 +37,8 @@ async fn scan_ids(cl: &dyn Changelog, cutoff: Timestamp, now: Timestamp) -> Vec<
             now,
             start_after,
             limit: 100,
+            minted: None,
+            report_waiting: false,
         };
         let page = cl.scan_stale(&req).await.unwrap();
         for row in page.rows {
@@ -44,6 +47,7 @@ async fn scan_ids(cl: &dyn Changelog, cutoff: Timestamp, now: Timestamp) -> Vec<
                 ScannedRow::Malformed { key, reason } => {
                     panic!("unexpected malformed row {key}: {reason}")
                 }
+                ScannedRow::Waiting { id, .. } => panic!("waiting row {id} was not asked for"),
             }
         }
         start_after = page.resume_after;
@@ -347,13 +351,15 @@ pub async fn a_scan_from_a_stamp_reads_only_rows_stamped_since(cl: &dyn Changelo
             now: cutoff,
             start_after: None,
             limit: 1000,
+            minted: None,
+            report_waiting: false,
         };
         let page = cl.scan_stale(&req).await.unwrap();
         page.rows
             .into_iter()
             .filter_map(|r| match r {
                 ScannedRow::Entry(e) => Some(e.id),
-                ScannedRow::Malformed { .. } => None,
+                ScannedRow::Malformed { .. } | ScannedRow::Waiting { .. } => None,
             })
             .collect::<Vec<_>>()
     };
@@ -369,6 +375,145 @@ pub async fn a_scan_from_a_stamp_reads_only_rows_stamped_since(cl: &dyn Changelo
         from(cutoff).await.is_empty(),
         "nothing is stamped at or after the cutoff and stale"
     );
+}
+
+/// Every row a scan with `window` returns, over pages of `limit`.
+async fn scan_all(
+    cl: &dyn Changelog,
+    cutoff: Timestamp,
+    window: Option<MintedWindow>,
+    report_waiting: bool,
+    limit: usize,
+) -> Vec<ScannedRow> {
+    let mut rows = Vec::new();
+    let mut start_after = None;
+    loop {
+        let req = ScanRequest {
+            shards: ShardRange::ALL,
+            cutoff,
+            stamped_from: None,
+            now: cutoff,
+            start_after,
+            limit,
+            minted: window,
+            report_waiting,
+        };
+        let page = cl.scan_stale(&req).await.unwrap();
+        assert!(page.rows.len() <= limit);
+        rows.extend(page.rows);
+        start_after = page.resume_after;
+        if start_after.is_none() {
+            return rows;
+        }
+    }
+}
+
+fn entry_ids(rows: &[ScannedRow], among: &[ChangeId]) -> Vec<ChangeId> {
+    let mut ids: Vec<ChangeId> = rows
+        .iter()
+        .filter_map(|r| match r {
+            ScannedRow::Entry(e) if among.contains(&e.id) => Some(e.id.clone()),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+pub async fn a_scan_by_minting_time_reads_only_ids_minted_in_the_window(cl: &dyn Changelog) {
+    const HOUR: i64 = 3_600_000;
+    let base = cl.now().await.unwrap();
+    // Minted an hour apart, hours ago: the window selects by key, whatever the stamps.
+    let ids: Vec<ChangeId> = (0..3)
+        .map(|i| ChangeId::mint_at(Timestamp(base.0 - (3 - i) * HOUR)))
+        .collect();
+    let mut last = base;
+    for id in &ids {
+        last = recorded(cl, id, &record()).await;
+    }
+    let cutoff = last.saturating_add(MS);
+    let minted = |i: usize| ids[i].minted_at();
+    let sorted = |v: Vec<usize>| {
+        let mut out: Vec<ChangeId> = v.into_iter().map(|i| ids[i].clone()).collect();
+        out.sort();
+        out
+    };
+    let cases = [
+        (minted(1), minted(2), vec![1]),
+        (None, minted(1), vec![0]),
+        (minted(1), None, vec![1, 2]),
+        (
+            minted(0),
+            Some(Timestamp(minted(0).unwrap().0 + 1)),
+            vec![0],
+        ),
+        (minted(2), minted(2), vec![]),
+    ];
+    for (from, to, want) in cases {
+        let window = Some(MintedWindow { from, to });
+        let want = sorted(want);
+        for limit in [1, 1000] {
+            let rows = scan_all(cl, cutoff, window, false, limit).await;
+            assert_eq!(
+                entry_ids(&rows, &ids),
+                want,
+                "window {from:?}..{to:?}, pages of {limit}"
+            );
+        }
+    }
+    let everything = scan_all(cl, cutoff, None, false, 1000).await;
+    assert_eq!(entry_ids(&everything, &ids), sorted(vec![0, 1, 2]));
+}
+
+pub async fn a_scan_reports_rows_not_claimable_as_waiting_when_asked(cl: &dyn Changelog) {
+    let (stale, deferred, live) = (ChangeId::mint(), ChangeId::mint(), ChangeId::mint());
+    let stale_stamp = recorded(cl, &stale, &record()).await;
+    let mut later = record();
+    later.cleanup_after = Some(stale_stamp.saturating_add(Duration::from_secs(3600)));
+    let deferred_stamp = recorded(cl, &deferred, &later).await;
+    let mut live_stamp = recorded(cl, &live, &record()).await;
+    while live_stamp <= deferred_stamp.max(stale_stamp) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        live_stamp = recorded(cl, &live, &record()).await;
+    }
+    let ours = [stale.clone(), deferred.clone(), live.clone()];
+    let window = Some(MintedWindow {
+        from: stale.minted_at(),
+        to: None,
+    });
+    // The cutoff falls between the first two rows' stamps and the live row's.
+    let cutoff = live_stamp;
+    let quiet = scan_all(cl, cutoff, window, false, 1000).await;
+    assert_eq!(entry_ids(&quiet, &ours), vec![stale.clone()]);
+    assert!(
+        !quiet
+            .iter()
+            .any(|r| matches!(r, ScannedRow::Waiting { .. })),
+        "waiting rows only when asked"
+    );
+    let told = scan_all(cl, cutoff, window, true, 1000).await;
+    assert_eq!(entry_ids(&told, &ours), vec![stale.clone()]);
+    let waiting = |id: &ChangeId| {
+        told.iter().find_map(|r| match r {
+            ScannedRow::Waiting {
+                id: w,
+                stamp,
+                cleanup_after,
+            } if w == id => Some((*stamp, *cleanup_after)),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        waiting(&deferred),
+        Some((entry(cl, &deferred).await.stamp, later.cleanup_after)),
+        "a deferred row comes with its cleanup time"
+    );
+    assert_eq!(
+        waiting(&live),
+        Some((entry(cl, &live).await.stamp, None)),
+        "a live row comes with its stamp"
+    );
+    assert_eq!(waiting(&stale), None);
 }
 
 pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
@@ -442,6 +587,8 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
             now: cutoff,
             start_after,
             limit: 5,
+            minted: None,
+            report_waiting: false,
         };
         let page = cl.scan_stale(&req).await.unwrap();
         assert!(page.rows.len() <= 5);
@@ -473,6 +620,8 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
             now: cutoff,
             start_after: None,
             limit: 1000,
+            minted: None,
+            report_waiting: false,
         };
         let page = cl.scan_stale(&req).await.unwrap();
         for row in &page.rows {

@@ -78,6 +78,8 @@ macro_rules! changelog_conformance {
                 remove_is_conditional_and_missing_is_fine,
                 cleanup_after_is_honoured,
                 a_scan_from_a_stamp_reads_only_rows_stamped_since,
+                a_scan_by_minting_time_reads_only_ids_minted_in_the_window,
+                a_scan_reports_rows_not_claimable_as_waiting_when_asked,
                 get_many_reads_each_row_in_one_call,
                 extend_claim_only_moves_the_owners_lease_later,
                 defer_rewrites_only_for_the_owner_and_postpones_recovery,

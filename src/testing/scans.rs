@@ -1,0 +1,267 @@
+//! Key-bounded scans: scenarios written once and run on both backends (by
+//! `tests/protocol_*.rs`), and the scan-cost measurement, which only the twin can make (it
+//! keeps removed rows until compaction, as Bigtable does; the emulator deletes at once).
+//!
+//! A scanner that reads only the ids minted since its last round must still find every
+//! stale row: one whose writer lived through many rounds and then died (it is watched),
+//! and one recorded long after its id was minted (only the full sweep finds it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, unique_path};
+use super::faults::{Fault, Faults, Op, Rule};
+use super::schedules::entries_for;
+use crate::changelog::Changelog;
+use crate::config::ProtocolConfig;
+use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange};
+use crate::queue::MemoryQueue;
+use crate::recovery::{RecoveryConfig, ScanReport, Scanner};
+use crate::stores::Stores;
+use crate::writer::TieredStorage;
+
+fn large(tag: &str) -> Bytes {
+    Bytes::from(format!("{tag}:{}", "K".repeat(INLINE_THRESHOLD * 2)))
+}
+
+/// A scanner over all shards that sweeps every `sweep_every`, with a queue nobody drains.
+fn scanner(stores: &Stores, protocol: ProtocolConfig, sweep_every: Duration) -> Scanner {
+    let config = RecoveryConfig {
+        full_sweep_every: sweep_every,
+        ..test_recovery_config(protocol)
+    };
+    Scanner::new(
+        stores.changelog.clone(),
+        Arc::new(MemoryQueue::new(1024, 5)),
+        config,
+        ShardRange::ALL,
+    )
+}
+
+/// Scans pages `gap` apart for `span`, adding up what they did; also says which pages began
+/// a sweep.
+async fn scan_for(s: &mut Scanner, span: Duration, gap: Duration) -> (ScanReport, Vec<bool>) {
+    let mut total = ScanReport::default();
+    let mut sweeps = Vec::new();
+    let until = tokio::time::Instant::now() + span;
+    while tokio::time::Instant::now() < until {
+        let page = s.scan_page().await.expect("scanning");
+        sweeps.push(page.sweep);
+        total.add(&page);
+        tokio::time::sleep(gap).await;
+    }
+    (total, sweeps)
+}
+
+/// A writer heartbeats a large put through many scan rounds (its HV write is slow), so the
+/// scanner's lower key bound moves past its row; then it dies. The scanner watched the row
+/// and claims it about a threshold later, with no full sweep. `max_watched_rows` 0 makes
+/// the row hold the key bound instead: found all the same.
+pub async fn a_crash_behind_the_key_bound_is_found_without_a_sweep(
+    stores: Stores,
+    protocol: ProtocolConfig,
+    max_watched_rows: usize,
+) {
+    let threshold = protocol.staleness_threshold;
+    let mut s = scanner(&stores, protocol, Duration::from_secs(86_400));
+    s.scan_page().await.expect("the first round, a sweep");
+    let path = unique_path();
+    let faults = Faults::new([Rule::once(Op::HvCas, Fault::Delay(threshold * 60))]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let put = tokio::spawn({
+        let path = path.clone();
+        async move { w.put(&path, large("watched")).await }
+    });
+    wait_for(&stores, &path).await;
+    let gap = protocol.heartbeat_interval;
+    let mut s = {
+        let mut s = s;
+        let (alive, _) = scan_for(&mut s, threshold * 4, gap).await;
+        assert_eq!(alive.won, 0, "a live row is not claimed: {alive:?}");
+        if max_watched_rows > 0 {
+            assert!(s.watched_rows() >= 1, "the live row is watched");
+        }
+        s
+    };
+    // The writer dies mid-write: its heartbeats stop with it.
+    put.abort();
+    let _ = put.await;
+    let (after, sweeps) = scan_for(&mut s, threshold * 3, gap).await;
+    assert_eq!(after.won, 1, "the dead writer's row is claimed: {after:?}");
+    assert!(
+        !sweeps.contains(&true),
+        "found by incremental rounds, not a sweep"
+    );
+}
+
+/// A writer whose clock runs an hour behind records a change (its id is minted an hour
+/// ago, behind the scanner's lower key bound) and dies after its upload. Incremental rounds
+/// cannot see it; the next full sweep claims it, within `full_sweep_every` plus the
+/// threshold. `writer` is the writer's view of the stores (its clock [`super::schedules::SKEW`]
+/// behind), `recovery` the scanner's.
+pub async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
+    recovery: Stores,
+    writer: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let sweep_every = threshold * 6;
+    let gap = protocol.heartbeat_interval;
+    let mut s = scanner(&recovery, protocol, sweep_every);
+    let (_, sweeps) = scan_for(&mut s, threshold * 2, gap).await;
+    assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
+    let path = unique_path();
+    let crashing = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
+    let w = TieredStorage::new(crashing.wrap(&writer), test_writer_config(protocol))
+        .expect("valid writer config");
+    let crashed = crashing
+        .run_until_crash({
+            let path = path.clone();
+            async move { w.put(&path, large("behind")).await }
+        })
+        .await;
+    assert!(crashed.is_none(), "the writer crashed after its upload");
+    let mut before_sweep = ScanReport::default();
+    let mut found = None;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < sweep_every + threshold * 4 {
+        let page = s.scan_page().await.expect("scanning");
+        if page.sweep {
+            found.get_or_insert(0);
+        }
+        match found.as_mut() {
+            Some(won) => *won += page.won,
+            None => before_sweep.add(&page),
+        }
+        if found.is_some_and(|w| w > 0) {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    assert_eq!(
+        before_sweep.won, 0,
+        "incremental rounds do not read keys minted an hour ago: {before_sweep:?}"
+    );
+    assert_eq!(found, Some(1), "the sweep claims it");
+    assert!(
+        started.elapsed() <= sweep_every + threshold * 4,
+        "within a sweep period and the threshold"
+    );
+    assert_eq!(entries_for(&recovery, &path).await.len(), 1);
+}
+
+async fn wait_for(stores: &Stores, path: &ObjectPath) {
+    for _ in 0..2000 {
+        if !entries_for(stores, path).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the writer never recorded {path}");
+}
+
+/// What scanning cost on a changelog full of removed rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanCost {
+    /// Stale rows the rounds after the first found (and claimed).
+    pub found: usize,
+    /// Rows those rounds examined, removed-but-not-compacted ones included.
+    pub examined: u64,
+    /// Rows the scanner's first round (a sweep of everything) examined.
+    pub first_round: u64,
+}
+
+impl ScanCost {
+    /// Rows examined per stale row found, after the first round.
+    pub fn per_found(&self) -> f64 {
+        self.examined as f64 / self.found.max(1) as f64
+    }
+}
+
+/// The scan-cost measurement (in-memory twin, paused time): `history` changes complete
+/// (their rows removed, not compacted) while one scanner runs rounds; then `crashes`
+/// writers die among `removed_per_crash` × as many completing ones, in `waves`, and the
+/// scanner finds them. Returns what the rounds after the first examined per stale row
+/// found: a key-bounded scanner (`full_sweep_every` > 0) reads each removed row about
+/// once, a full-range one re-reads the whole history every round.
+pub async fn scan_cost(
+    stores: super::MemoryStores,
+    protocol: ProtocolConfig,
+    full_sweep_every: Duration,
+    history: usize,
+    crashes: usize,
+    removed_per_crash: usize,
+) -> ScanCost {
+    let config = RecoveryConfig {
+        full_sweep_every,
+        max_queued_claims: 0,
+        scan_batch: 500,
+        // Nobody cleans here: leases must outlast the run, or claims would be made again.
+        claim_lease: Duration::from_secs(86_400),
+        ..test_recovery_config(protocol)
+    };
+    let threshold = protocol.staleness_threshold;
+    let (changelog, clock) = (stores.changelog, stores.clock);
+    let mut s = Scanner::new(
+        changelog.clone(),
+        Arc::new(MemoryQueue::new(crashes.max(1) * 2, 5)),
+        config,
+        ShardRange::ALL,
+    );
+    let record = || {
+        let p = ObjectPath::new(format!("cost/{}", uuid::Uuid::now_v7())).expect("valid path");
+        ChangeRecord::new(
+            p.clone(),
+            None,
+            Some(Revision::mint(&p)),
+            OwnerToken::writer(),
+        )
+    };
+    let write = |removed: bool| {
+        let changelog = changelog.clone();
+        let rec = record();
+        let id = ChangeId::mint_at(clock.now());
+        async move {
+            changelog.record(&id, &rec).await.expect("recording");
+            if removed {
+                changelog.remove(&id, &rec.owner).await.expect("removing");
+            }
+        }
+    };
+    // History: the week of completed writes Bigtable has not compacted away yet.
+    for _ in 0..history {
+        write(true).await;
+    }
+    // The first round, a sweep of everything, once the history is older than the
+    // threshold (ids minted within it of a round's start are read by the next round too:
+    // the grace a writer has between minting an id and recording it).
+    tokio::time::sleep(threshold * 2).await;
+    while s.scan_page().await.expect("scanning").more {}
+    let first_round = changelog.rows_examined();
+    let mut after = ScanReport::default();
+    let waves = 5;
+    for _ in 0..waves {
+        for _ in 0..crashes / waves {
+            write(false).await;
+            for _ in 0..removed_per_crash {
+                write(true).await;
+            }
+        }
+        tokio::time::sleep(threshold + Duration::from_millis(10)).await;
+        loop {
+            let page = s.scan_page().await.expect("scanning");
+            after.add(&page);
+            if !page.more {
+                break;
+            }
+        }
+    }
+    ScanCost {
+        found: after.won,
+        examined: changelog.rows_examined() - first_round,
+        first_round,
+    }
+}
