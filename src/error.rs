@@ -15,6 +15,8 @@ pub enum StoreKind {
     Lt,
     Changelog,
     Queue,
+    /// The scanners' shard leases (rows of the changelog table outside every shard).
+    Leases,
 }
 
 impl fmt::Display for StoreKind {
@@ -24,6 +26,7 @@ impl fmt::Display for StoreKind {
             StoreKind::Lt => "LT store",
             StoreKind::Changelog => "changelog",
             StoreKind::Queue => "job queue",
+            StoreKind::Leases => "shard leases",
         })
     }
 }

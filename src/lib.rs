@@ -76,6 +76,7 @@ pub mod error;
 pub mod health;
 pub mod hv;
 pub mod iam;
+pub mod lease;
 pub mod lt;
 pub mod model;
 pub mod mutants;

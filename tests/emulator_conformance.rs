@@ -20,6 +20,11 @@ mod changelog {
     tiersweep::changelog_conformance!(async { emulators().await.changelog(clock::system()).await });
 }
 
+mod leases {
+    use super::*;
+    tiersweep::lease_conformance!(async { emulators().await.leases().await });
+}
+
 mod queue {
     use super::*;
     tiersweep::queue_conformance!(async { Box::new(emulators().await.queue().await) });

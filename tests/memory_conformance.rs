@@ -21,6 +21,13 @@ mod changelog {
     });
 }
 
+mod leases {
+    use super::*;
+    tiersweep::lease_conformance!(async {
+        Arc::new(tiersweep::lease::MemoryLeases::new(clock::system()))
+    });
+}
+
 mod queue {
     tiersweep::queue_conformance!(async { Box::new(tiersweep::queue::MemoryQueue::new(16, 5)) });
 }

@@ -164,5 +164,5 @@ async fn metrics_move_by_what_a_known_scenario_did() {
 
     let text = render_prometheus(&METRICS);
     assert!(text.contains("tiersweep_jobs_processed_total{outcome=\"converged\"} 7\n"));
-    assert!(text.contains("tiersweep_backlog_stale_rows{shards=\"00-ff\"} 3\n"));
+    assert!(text.contains("tiersweep_backlog_stale_rows{shards=\"000-3ff\"} 3\n"));
 }

@@ -59,6 +59,16 @@ async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_handed_over_is_read_whole_by_its_new_owner() {
+    let stores = emulators().await.stores(clock::system()).await;
+    tiersweep::testing::scans::a_shard_handed_over_is_read_whole_by_its_new_owner(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
     let (recovery, writer) = skewed_pair(false).await;
     tiersweep::testing::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(

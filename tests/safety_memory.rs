@@ -74,6 +74,16 @@ async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shard_handed_over_is_read_whole_by_its_new_owner() {
+    let stores = tiersweep::testing::MemoryStores::new().stores();
+    tiersweep::testing::scans::a_shard_handed_over_is_read_whole_by_its_new_owner(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
     let (recovery, writer) = skewed_pair(false);
     tiersweep::testing::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(

@@ -8,7 +8,7 @@
 //!   and its version in one mutation; a fence sets only the version. A row ever written
 //!   keeps its version, so a row is bounded: data plus one small cell, whatever its history.
 //!
-//! **Changelog table** (row key = change id, `{shard:02x}/{uuid v7}`)
+//! **Changelog table** (row key = change id, `{shard:03x}/{uuid v7}`)
 //! * family `c`, one version: `c:record` = the serde-encoded [`ChangeRecord`](crate::model::ChangeRecord);
 //!   `c:owner` = the owner token, duplicated out of the record so that predicates can compare
 //!   it without decoding. The **timestamp of `c:owner` is the row's liveness stamp**: records,
@@ -16,6 +16,12 @@
 //!   Bigtable's server assigns it (except a claim's lease, set ahead of server time).
 //! * row `!clock`, cell `c:clock`: re-stamped by the server whenever a process asks for the
 //!   changelog's time ([`Changelog::now`](crate::changelog::Changelog::now)).
+//! * rows `!lease/{shard:03x}`, cell `c:lease` = `{epoch}/{holder}` (`{epoch}/` when free),
+//!   its timestamp the lease's last acquisition, renewal or release ([`crate::lease`]).
+//! * rows `!member/{member id}`, cell `c:member` (empty), its timestamp the member's last
+//!   announcement.
+//!
+//! `!` sorts before every shard's first key, so no staleness scan reads these rows.
 
 use std::time::Duration;
 
@@ -31,9 +37,14 @@ pub mod changelog {
     pub const RECORD: &[u8] = b"record";
     pub const OWNER: &[u8] = b"owner";
     /// The row whose `c:clock` cell the server stamps when asked for its time. Its key
-    /// sorts before every shard (`00/`…), so no scan reads it.
+    /// sorts before every shard (`000/`…), so no scan reads it.
     pub const CLOCK_ROW: &str = "!clock";
     pub const CLOCK: &[u8] = b"clock";
+    /// Lease rows are `{LEASE_PREFIX}{shard}`; member rows `{MEMBER_PREFIX}{member}`.
+    pub const LEASE_PREFIX: &str = "!lease/";
+    pub const LEASE: &[u8] = b"lease";
+    pub const MEMBER_PREFIX: &str = "!member/";
+    pub const MEMBER: &[u8] = b"member";
 }
 
 /// How a column family is garbage-collected.

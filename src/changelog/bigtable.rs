@@ -109,6 +109,33 @@ impl BigtableChangelog {
     }
 }
 
+/// The table's server time: re-stamps the clock row's cell (timestamp −1, the server's)
+/// and reads it back. Two calls; how every judge of a stamp in this table reads the clock
+/// the stamps are in.
+pub(crate) async fn server_now(client: &BigtableClient, table: &Table) -> StoreResult<Timestamp> {
+    let key = CLOCK_ROW.as_bytes();
+    let tick = vec![
+        delete_column(FAMILY, CLOCK),
+        set_cell(FAMILY, CLOCK, SERVER_TIME, Vec::new()),
+    ];
+    client.mutate_row(table, key, tick).await?;
+    let cells = client
+        .read_row(table, key, chain(vec![column(FAMILY, CLOCK), latest()]))
+        .await?;
+    cells
+        .and_then(|c| c.into_iter().next())
+        .map(|cell| from_micros(cell.timestamp_micros))
+        .ok_or_else(|| {
+            StoreError::new(
+                table.store,
+                "now",
+                table.target(key),
+                ErrorKind::Transient,
+                "the clock cell just written is not there",
+            )
+        })
+}
+
 fn whole_row() -> bigtable_rs::google::bigtable::v2::RowFilter {
     chain(vec![family(FAMILY), latest()])
 }
@@ -183,32 +210,7 @@ impl Changelog for BigtableChangelog {
     }
 
     async fn now(&self) -> StoreResult<Timestamp> {
-        let key = CLOCK_ROW.as_bytes();
-        let tick = vec![
-            delete_column(FAMILY, CLOCK),
-            set_cell(FAMILY, CLOCK, SERVER_TIME, Vec::new()),
-        ];
-        self.client.mutate_row(&self.table, key, tick).await?;
-        let cells = self
-            .client
-            .read_row(
-                &self.table,
-                key,
-                chain(vec![column(FAMILY, CLOCK), latest()]),
-            )
-            .await?;
-        cells
-            .and_then(|c| c.into_iter().next())
-            .map(|cell| from_micros(cell.timestamp_micros))
-            .ok_or_else(|| {
-                StoreError::new(
-                    StoreKind::Changelog,
-                    "now",
-                    self.table.target(key),
-                    ErrorKind::Transient,
-                    "the clock cell just written is not there",
-                )
-            })
+        server_now(&self.client, &self.table).await
     }
 
     async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {

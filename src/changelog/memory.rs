@@ -11,12 +11,12 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
+    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, KeyRange, Removal, ScanPage,
     ScanRequest, ScannedRow,
 };
 use crate::clock::SharedClock;
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
+use crate::model::{ChangeId, ChangeRecord, OwnerToken, SHARD_COUNT, Shard, Timestamp};
 
 #[derive(Debug, Clone)]
 struct Row {
@@ -96,6 +96,75 @@ impl MemoryChangelog {
     fn rows(&self) -> MutexGuard<'_, BTreeMap<String, Row>> {
         self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The request's key ranges ([`ScanRequest::key_ranges`]) that hold a key, live or
+/// removed: the same rows, found by seeking from key to key rather than by building a range
+/// for each of up to [`SHARD_COUNT`] shards, most of them empty in a small table.
+fn ranges_holding_keys<'a>(
+    req: &'a ScanRequest,
+    rows: &'a BTreeMap<String, Row>,
+    removed: &'a BTreeSet<String>,
+) -> impl Iterator<Item = KeyRange> + 'a {
+    let mut pos: Bound<String> = req
+        .start_after
+        .clone()
+        .map_or(Bound::Unbounded, Bound::Excluded);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        while !done {
+            let live = rows
+                .range((pos.clone(), Bound::Unbounded))
+                .next()
+                .map(|(k, _)| k);
+            let gone = removed.range((pos.clone(), Bound::Unbounded)).next();
+            let Some(key) = live.into_iter().chain(gone).min().cloned() else {
+                break;
+            };
+            let Some(shard) = shard_holding(&key).and_then(|s| req.shards.next_from(s)) else {
+                // Before every shard, or past the last one the request reads.
+                match req.shards.next_from(Shard(0)) {
+                    Some(first) if key < first.start_key() => {
+                        pos = Bound::Included(first.start_key());
+                        continue;
+                    }
+                    _ => break,
+                }
+            };
+            if key < shard.start_key() {
+                pos = Bound::Included(shard.start_key());
+                continue;
+            }
+            let (start, end) = req.window(shard);
+            // On to the next shard, whatever this one's range holds.
+            match shard.end_key() {
+                Some(next) => pos = Bound::Included(next),
+                None => done = true,
+            }
+            if let Some(range) = req.after_cursor(start, end) {
+                return Some(range);
+            }
+        }
+        None
+    })
+}
+
+/// The shard whose keys `key` falls among, if it falls among any.
+fn shard_holding(key: &str) -> Option<Shard> {
+    if key < Shard(0).start_key().as_str() {
+        return None;
+    }
+    // The last shard whose first key is at or before `key`.
+    let (mut lo, mut hi) = (0u16, SHARD_COUNT);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if Shard(mid).start_key().as_str() <= key {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(Shard(lo))
 }
 
 fn decode(key: &str, row: &Row) -> Result<ChangelogEntry, String> {
@@ -188,7 +257,7 @@ impl Changelog for MemoryChangelog {
         let mut page = ScanPage::default();
         let mut read = 0;
         let mut examined = 0u64;
-        'ranges: for range in req.key_ranges() {
+        for range in ranges_holding_keys(req, &rows, &removed) {
             let end = range.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
             // Removed rows cost the scan until compaction, as on Bigtable; they are counted
             // up to where the scan stops.
@@ -245,7 +314,7 @@ impl Changelog for MemoryChangelog {
             let upto = stopped_at.map_or(end, Bound::Included);
             examined += removed.range((range.start, upto)).count() as u64;
             if page.resume_after.is_some() {
-                break 'ranges;
+                break;
             }
         }
         self.examined.fetch_add(examined, Ordering::Relaxed);

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use crate::error::StoreResult;
 use std::ops::Bound;
 
-use crate::model::{ChangeId, ChangeRecord, OwnerToken, ShardRange, Timestamp, minted_key};
+use crate::model::{ChangeId, ChangeRecord, OwnerToken, Shard, ShardSet, Timestamp, minted_key};
 
 pub use bigtable::BigtableChangelog;
 pub use memory::MemoryChangelog;
@@ -64,6 +64,9 @@ pub enum ScannedRow {
 pub struct MintedWindow {
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
+    /// Shards read from their first row whatever `from` says: those a scanner has not read
+    /// whole since it gained them, whose older ids it has never seen.
+    pub whole: ShardSet,
 }
 
 /// One contiguous key range a scan reads: how a request's shards, minted window and cursor
@@ -77,7 +80,7 @@ pub(crate) struct KeyRange {
 
 #[derive(Debug, Clone)]
 pub struct ScanRequest {
-    pub shards: ShardRange,
+    pub shards: ShardSet,
     /// Rows stamped strictly before this are stale.
     pub cutoff: Timestamp,
     /// Only rows stamped at or after this (`None`: however long ago): how a scanner reads
@@ -100,41 +103,55 @@ pub struct ScanRequest {
 }
 
 impl ScanRequest {
-    /// The key ranges this request reads, in key order, after `start_after`.
+    /// The key ranges this request reads, in key order, after `start_after`: one per
+    /// contiguous run of shards, or one per shard with a minted window.
     pub(crate) fn key_ranges(&self) -> Vec<KeyRange> {
-        let whole = || vec![(self.shards.start_key(), self.shards.end_key())];
-        let ranges = match self.minted {
-            None => whole(),
-            Some(window) => self
+        let windows: Vec<(String, Option<String>)> = match self.minted {
+            None => self
                 .shards
-                .iter()
-                .map(|shard| {
-                    let start = window
-                        .from
-                        .map_or_else(|| shard.start_key(), |t| minted_key(shard, t));
-                    let end = match window.to {
-                        Some(t) => Some(minted_key(shard, t)),
-                        None => shard.end_key(),
-                    };
-                    (start, end)
-                })
+                .runs()
+                .map(|r| (r.start_key(), r.end_key()))
                 .collect(),
+            Some(_) => self.shards.iter().map(|s| self.window(s)).collect(),
         };
-        ranges
+        windows
             .into_iter()
-            .filter(|(start, end)| end.as_ref().is_none_or(|e| start < e))
-            .filter_map(|(start, end)| match &self.start_after {
-                Some(after) if end.as_ref().is_some_and(|e| e <= after) => None,
-                Some(after) if *after >= start => Some(KeyRange {
-                    start: Bound::Excluded(after.clone()),
-                    end,
-                }),
-                _ => Some(KeyRange {
-                    start: Bound::Included(start),
-                    end,
-                }),
-            })
+            .filter_map(|(start, end)| self.after_cursor(start, end))
             .collect()
+    }
+
+    /// The keys of `shard` this request reads, `start_after` aside.
+    pub(crate) fn window(&self, shard: Shard) -> (String, Option<String>) {
+        let Some(w) = self.minted else {
+            return (shard.start_key(), shard.end_key());
+        };
+        let start = match w.from {
+            Some(t) if !w.whole.contains(shard) => minted_key(shard, t),
+            _ => shard.start_key(),
+        };
+        let end = match w.to {
+            Some(t) => Some(minted_key(shard, t)),
+            None => shard.end_key(),
+        };
+        (start, end)
+    }
+
+    /// `[start, end)` less the keys up to `start_after`; `None` when nothing is left.
+    pub(crate) fn after_cursor(&self, start: String, end: Option<String>) -> Option<KeyRange> {
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return None;
+        }
+        match &self.start_after {
+            Some(after) if end.as_ref().is_some_and(|e| e <= after) => None,
+            Some(after) if *after >= start => Some(KeyRange {
+                start: Bound::Excluded(after.clone()),
+                end,
+            }),
+            _ => Some(KeyRange {
+                start: Bound::Included(start),
+                end,
+            }),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use super::converge::unreferenced;
 use crate::changelog::{Changelog, ChangelogEntry, ScanRequest, ScannedRow};
 use crate::clock::SharedClock;
 use crate::error::StoreResult;
-use crate::model::{ChangeId, HvValue, ShardRange, Timestamp};
+use crate::model::{ChangeId, HvValue, ShardSet, Timestamp};
 use crate::stores::Stores;
 
 /// Upper bounds of the age buckets, beyond the staleness threshold.
@@ -65,7 +65,7 @@ pub async fn backlog(
     let mut start_after = None;
     loop {
         let req = ScanRequest {
-            shards: ShardRange::ALL,
+            shards: ShardSet::ALL,
             // Everything: rows stamped at any time, whatever their cleanup_after.
             cutoff: Timestamp(i64::MAX),
             stamped_from: None,
@@ -196,7 +196,7 @@ pub async fn dry_run(
     let mut start_after = None;
     loop {
         let req = ScanRequest {
-            shards: ShardRange::ALL,
+            shards: ShardSet::ALL,
             cutoff: now.saturating_sub(threshold),
             stamped_from: None,
             now,

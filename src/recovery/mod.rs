@@ -15,6 +15,7 @@ pub mod converge;
 pub mod embedded;
 pub mod inspect;
 pub mod job;
+pub mod membership;
 pub mod pool;
 mod queued;
 pub mod scanner;
@@ -29,6 +30,7 @@ pub use cleaner::{Cleaner, JobOutcome};
 pub use converge::{ConvergeReport, HvView, converge};
 pub use embedded::EmbeddedRecovery;
 pub use job::CleanupJob;
+pub use membership::{Assignment, LeaseKeeper};
 pub use scanner::{ScanReport, Scanner};
 
 /// How the scanner and cleaner pools work. Read from the `[recovery]` section of the

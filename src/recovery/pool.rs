@@ -16,7 +16,7 @@ use crate::stores::Stores;
 #[derive(Debug, Clone, Copy)]
 pub struct Pools {
     pub scanners: u16,
-    /// Scanners split the 256 shards between them, as `worker.member_index` does in a
+    /// Scanners split the shards between them, as `worker.member_index` does in a
     /// deployment; without the split every scanner scans every shard (and they race).
     pub split: bool,
     pub cleaners: usize,

@@ -19,7 +19,7 @@ use super::queued::{QueuedClaims, Review};
 use super::watched::Watched;
 use crate::changelog::{Changelog, ChangelogEntry, Claim, MintedWindow, ScanRequest, ScannedRow};
 use crate::error::StoreResult;
-use crate::model::{ChangeId, OwnerToken, ShardRange, Timestamp};
+use crate::model::{ChangeId, OwnerToken, ShardSet, Timestamp};
 use crate::queue::JobQueue;
 use crate::telemetry::metrics::{Backlog, METRICS};
 use crate::telemetry::{attr, propagation, span};
@@ -72,6 +72,9 @@ struct Round {
     /// The cutoff of its first page: every id minted before it that the round's key range
     /// holds is seen by the time the round ends.
     started: Timestamp,
+    /// The shards it reads whole because they were gained before it began and not read
+    /// whole since ([`Scanner::set_shards`]); a shard gained again during the round leaves.
+    whole: ShardSet,
 }
 
 /// Of the room for waiting claims, the part only fresh rows may use: `1 / FRESH_RESERVE`.
@@ -108,7 +111,14 @@ pub struct Scanner {
     changelog: Arc<dyn Changelog>,
     queue: Arc<dyn JobQueue>,
     config: RecoveryConfig,
-    shards: ShardRange,
+    /// The shards this scanner reads: fixed, or what its leases hold ([`Scanner::set_shards`]).
+    shards: ShardSet,
+    /// Shards gained since this scanner began that it has not yet read whole: below the
+    /// key bound of an incremental round lie ids it never saw ([`Round::whole`]).
+    unswept: ShardSet,
+    /// Names this scanner's backlog in the metrics and its logs: stable while its shards
+    /// change.
+    label: String,
     cursor: Option<String>,
     /// Where the next look at rows that just turned stale starts: the cutoff of the last
     /// look that read them all (or of the last whole pass). `None` before the first page.
@@ -138,13 +148,16 @@ impl Scanner {
         changelog: Arc<dyn Changelog>,
         queue: Arc<dyn JobQueue>,
         config: RecoveryConfig,
-        shards: ShardRange,
+        shards: impl Into<ShardSet>,
     ) -> Self {
+        let shards = shards.into();
         Self {
             changelog,
             queue,
             config,
             shards,
+            unswept: ShardSet::EMPTY,
+            label: shards.to_string(),
             cursor: None,
             fresh_from: None,
             pass: Backlog::default(),
@@ -156,6 +169,43 @@ impl Scanner {
             last_sweep: None,
             watched: Watched::default(),
         }
+    }
+
+    /// Names the scanner's backlog series and log lines (its initial shards by default).
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// The shards it reads now.
+    pub fn shards(&self) -> ShardSet {
+        self.shards
+    }
+
+    /// Moves the scanner onto `shards` from its next page on. A shard gained is read whole
+    /// by the next round that begins after it was gained: this scanner has never seen the
+    /// ids below its key bound there, and the shard's last owner's watch set left with it.
+    /// A shard lost is no longer read and its watched rows are dropped; its new owner reads
+    /// it whole. Claims already published from lost shards stay this scanner's to keep
+    /// alive ([`super::queued`]): handing a shard over re-claims nothing.
+    pub fn set_shards(&mut self, shards: ShardSet) {
+        if shards == self.shards {
+            return;
+        }
+        let gained = shards.difference(&self.shards);
+        let lost = self.shards.difference(&shards);
+        self.shards = shards;
+        for s in gained.iter() {
+            self.unswept.insert(s);
+        }
+        self.unswept = self.unswept.difference(&lost);
+        if let Some(round) = &mut self.round {
+            round.whole = round.whole.difference(&gained);
+        }
+        if !lost.is_empty() {
+            self.watched.retain(|id| shards.contains(id.shard()));
+        }
+        tracing::info!(scanner = %self.label, %shards, %gained, %lost, "scanner's shards changed");
     }
 
     /// Scans bounded by key, with a watch set and periodic sweeps (`full_sweep_every` > 0).
@@ -229,7 +279,7 @@ impl Scanner {
     pub async fn scan_page(&mut self) -> StoreResult<ScanReport> {
         // Each page is a trace of its own; each change it claims starts another (see `claim`).
         let span = tracing::info_span!(parent: None, span::SCAN,
-            shards = ?self.shards, rows = tracing::field::Empty, won = tracing::field::Empty);
+            shards = %self.shards, rows = tracing::field::Empty, won = tracing::field::Empty);
         let report = self.scan_page_in(&span).instrument(span.clone()).await?;
         span.record("rows", report.scanned);
         span.record("won", report.won);
@@ -272,6 +322,7 @@ impl Scanner {
             Round {
                 sweep,
                 started: cutoff,
+                whole: self.unswept,
             }
         });
         if round.sweep && self.cursor.is_none() {
@@ -291,6 +342,7 @@ impl Scanner {
             minted: (bounded && !round.sweep).then_some(MintedWindow {
                 from: self.low,
                 to: Some(cutoff),
+                whole: self.unswept,
             }),
             report_waiting: bounded,
         };
@@ -320,7 +372,7 @@ impl Scanner {
                 self.pin(id);
             }
         } else if !more {
-            METRICS.set_backlog(&self.shards.to_string(), std::mem::take(&mut self.pass));
+            METRICS.set_backlog(&self.label, std::mem::take(&mut self.pass));
         }
         if self.cursor.is_none() {
             self.end_round(round);
@@ -357,6 +409,7 @@ impl Scanner {
             minted: (self.bounded() && self.seen_before.is_some()).then_some(MintedWindow {
                 from: self.seen_before,
                 to: None,
+                whole: self.unswept,
             }),
             report_waiting: false,
         };
@@ -395,6 +448,7 @@ impl Scanner {
             .map_or(round.started, |p| p.min(round.started));
         self.low = Some(low);
         self.seen_before = Some(round.started);
+        self.unswept = self.unswept.difference(&round.whole);
         tracing::debug!(sweep = round.sweep, %low, watched = self.watched.len(),
             "scan round complete");
     }
@@ -627,9 +681,31 @@ impl Scanner {
 
     /// Scans until cancelled: at once while pages come back full or claims are won,
     /// `idle_poll` apart when nothing is stale, with backoff on errors.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(self, cancel: CancellationToken) {
+        self.run_with(None, cancel).await;
+    }
+
+    /// As [`run`](Self::run), reading before each page the shards whose leases are valid
+    /// now ([`super::membership`]). With none valid it still keeps its queued claims alive.
+    pub async fn run_leased(
+        self,
+        assignment: tokio::sync::watch::Receiver<super::Assignment>,
+        cancel: CancellationToken,
+    ) {
+        self.run_with(Some(assignment), cancel).await;
+    }
+
+    async fn run_with(
+        mut self,
+        assignment: Option<tokio::sync::watch::Receiver<super::Assignment>>,
+        cancel: CancellationToken,
+    ) {
         let mut backoff = None;
         while !cancel.is_cancelled() {
+            if let Some(rx) = &assignment {
+                let valid = rx.borrow().valid_at(tokio::time::Instant::now());
+                self.set_shards(valid);
+            }
             let wait = match self.scan_page().await {
                 Ok(r) => {
                     backoff = None;
@@ -667,6 +743,6 @@ impl Scanner {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        tracing::info!(shards = ?self.shards, "scanner stopped");
+        tracing::info!(scanner = %self.label, shards = %self.shards, "scanner stopped");
     }
 }

@@ -53,6 +53,12 @@ impl Watched {
         true
     }
 
+    /// Stops watching the rows `keep` rejects (those of shards handed to another scanner).
+    pub fn retain(&mut self, keep: impl Fn(&ChangeId) -> bool) {
+        self.by_id.retain(|id, _| keep(id));
+        self.due.retain(|(_, id)| keep(id));
+    }
+
     /// Stops watching and returns up to `max` rows due at `now`, earliest first.
     pub fn take_due(&mut self, now: Timestamp, max: usize) -> Vec<ChangeId> {
         let mut out = Vec::new();

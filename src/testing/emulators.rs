@@ -194,6 +194,15 @@ impl Emulators {
         ))
     }
 
+    /// Shard leases in a fresh changelog table.
+    pub async fn leases(&self) -> Arc<crate::lease::BigtableLeases> {
+        let (client, config) = self.new_tables().await;
+        Arc::new(crate::lease::BigtableLeases::new(
+            client,
+            &config.changelog_table,
+        ))
+    }
+
     /// A new, empty bucket.
     pub async fn gcs_config(&self) -> GcsConfig {
         let bucket = unique("lt");

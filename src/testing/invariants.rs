@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::changelog::{ScanRequest, ScannedRow};
 use crate::error::StoreResult;
-use crate::model::{HvValue, ObjectPath, Revision, ShardRange, Timestamp};
+use crate::model::{HvValue, ObjectPath, Revision, ShardSet, Timestamp};
 use crate::stores::Stores;
 
 /// What a reader may legitimately see for an object: the last acknowledged value, plus the
@@ -102,7 +102,7 @@ pub async fn check(
         let page = stores
             .changelog
             .scan_stale(&ScanRequest {
-                shards: ShardRange::ALL,
+                shards: ShardSet::ALL,
                 cutoff: Timestamp(i64::MAX),
                 stamped_from: None,
                 now: Timestamp(i64::MAX),

@@ -16,7 +16,9 @@ use super::faults::{Fault, Faults, Op, Rule};
 use super::schedules::entries_for;
 use crate::changelog::Changelog;
 use crate::config::ProtocolConfig;
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange};
+use crate::model::{
+    ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, ShardSet,
+};
 use crate::queue::MemoryQueue;
 use crate::recovery::{RecoveryConfig, ScanReport, Scanner};
 use crate::stores::Stores;
@@ -151,6 +153,62 @@ pub async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
         "within a sweep period and the threshold"
     );
     assert_eq!(entries_for(&recovery, &path).await.len(), 1);
+}
+
+/// A shard changes hands while a writer heartbeats a slow put in it: its old owner has
+/// been watching the row, its new owner's key bound has long passed the row's key. Then the
+/// writer dies. The new owner reads the shard whole in its next round and claims the row,
+/// with no full sweep; the old owner no longer reads the shard, nor its watched row.
+pub async fn a_shard_handed_over_is_read_whole_by_its_new_owner(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let gap = protocol.heartbeat_interval;
+    let no_sweep = Duration::from_secs(86_400);
+    let path = unique_path();
+    let faults = Faults::new([Rule::once(Op::HvCas, Fault::Delay(threshold * 60))]);
+    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let put = tokio::spawn({
+        let path = path.clone();
+        async move { w.put(&path, large("handed-over")).await }
+    });
+    wait_for(&stores, &path).await;
+    let shard = entries_for(&stores, &path).await[0].id.shard();
+    let others = ShardSet::ALL.difference(&[shard].into_iter().collect());
+    let mut old = scanner(&stores, protocol, no_sweep);
+    let mut new = scanner(&stores, protocol, no_sweep);
+    new.set_shards(others);
+    let (alive, _) = scan_for(&mut old, threshold * 4, gap).await;
+    assert_eq!(alive.won, 0, "a live row is not claimed: {alive:?}");
+    assert_eq!(old.watched_rows(), 1, "its owner watches the live row");
+    scan_for(&mut new, threshold * 4, gap).await;
+    assert_eq!(new.watched_rows(), 0, "the other scanner never saw it");
+    old.set_shards(others);
+    new.set_shards(ShardSet::ALL);
+    assert_eq!(old.watched_rows(), 0, "watching ends with the shard");
+    put.abort();
+    let _ = put.await;
+    let mut found = ScanReport::default();
+    let mut sweeps = Vec::new();
+    let until = tokio::time::Instant::now() + threshold * 3;
+    while tokio::time::Instant::now() < until && found.won == 0 {
+        let o = old.scan_page().await.expect("scanning");
+        assert_eq!(o.won, 0, "the old owner no longer claims in the shard");
+        let n = new.scan_page().await.expect("scanning");
+        sweeps.push(n.sweep);
+        found.add(&n);
+        tokio::time::sleep(gap).await;
+    }
+    assert_eq!(
+        found.won, 1,
+        "the new owner claims the dead writer's row: {found:?}"
+    );
+    assert!(
+        !sweeps.contains(&true),
+        "by reading the shard whole, not by a sweep"
+    );
 }
 
 async fn wait_for(stores: &Stores, path: &ObjectPath) {

@@ -18,7 +18,7 @@ use super::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, u
 use super::faults::{Fault, Faults, Op, Rule};
 use crate::changelog::{ChangelogEntry, ScanRequest, ScannedRow};
 use crate::config::ProtocolConfig;
-use crate::model::{HvValue, ObjectPath, ShardRange, Timestamp};
+use crate::model::{HvValue, ObjectPath, ShardSet, Timestamp};
 use crate::queue::{FlowControl, JobQueue, MemoryQueue};
 use crate::recovery::{Cleaner, CleanupJob, JobOutcome};
 use crate::stores::Stores;
@@ -77,7 +77,7 @@ pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEnt
         let page = stores
             .changelog
             .scan_stale(&ScanRequest {
-                shards: ShardRange::ALL,
+                shards: ShardSet::ALL,
                 cutoff: Timestamp(i64::MAX),
                 stamped_from: None,
                 now: Timestamp(i64::MAX),

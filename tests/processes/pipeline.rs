@@ -192,7 +192,7 @@ async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
     let page = stores
         .changelog
         .scan_stale(&tiersweep::changelog::ScanRequest {
-            shards: tiersweep::model::ShardRange::ALL,
+            shards: tiersweep::model::ShardSet::ALL,
             cutoff: stores
                 .clock
                 .now()
@@ -583,7 +583,7 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
     let page = stores
         .changelog
         .scan_stale(&tiersweep::changelog::ScanRequest {
-            shards: tiersweep::model::ShardRange::ALL,
+            shards: tiersweep::model::ShardSet::ALL,
             cutoff: tiersweep::model::Timestamp(i64::MAX),
             stamped_from: None,
             now: tiersweep::model::Timestamp(i64::MAX),

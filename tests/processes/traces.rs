@@ -416,7 +416,7 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
         get(
             "tiersweep-scanner",
             "tiersweep.backlog.stale_rows",
-            "shards=00-ff"
+            "shards=000-3ff"
         )
         .map(|v| v >= 0.0),
         Some(true),

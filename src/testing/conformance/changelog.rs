@@ -8,7 +8,7 @@ use crate::changelog::{
     ScannedRow,
 };
 use crate::model::{
-    ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, Timestamp,
+    ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, ShardSet, Timestamp,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -31,7 +31,7 @@ async fn scan_ids(cl: &dyn Changelog, cutoff: Timestamp, now: Timestamp) -> Vec<
     let mut start_after = None;
     loop {
         let req = ScanRequest {
-            shards: ShardRange::ALL,
+            shards: ShardSet::ALL,
             cutoff,
             stamped_from: None,
             now,
@@ -345,7 +345,7 @@ pub async fn a_scan_from_a_stamp_reads_only_rows_stamped_since(cl: &dyn Changelo
     let cutoff = stamp_b.saturating_add(MS);
     let from = |stamped_from: Timestamp| async move {
         let req = ScanRequest {
-            shards: ShardRange::ALL,
+            shards: ShardSet::ALL,
             cutoff,
             stamped_from: Some(stamped_from),
             now: cutoff,
@@ -389,7 +389,7 @@ async fn scan_all(
     let mut start_after = None;
     loop {
         let req = ScanRequest {
-            shards: ShardRange::ALL,
+            shards: ShardSet::ALL,
             cutoff,
             stamped_from: None,
             now: cutoff,
@@ -450,7 +450,11 @@ pub async fn a_scan_by_minting_time_reads_only_ids_minted_in_the_window(cl: &dyn
         (minted(2), minted(2), vec![]),
     ];
     for (from, to, want) in cases {
-        let window = Some(MintedWindow { from, to });
+        let window = Some(MintedWindow {
+            from,
+            to,
+            whole: ShardSet::EMPTY,
+        });
         let want = sorted(want);
         for limit in [1, 1000] {
             let rows = scan_all(cl, cutoff, window, false, limit).await;
@@ -460,6 +464,21 @@ pub async fn a_scan_by_minting_time_reads_only_ids_minted_in_the_window(cl: &dyn
                 "window {from:?}..{to:?}, pages of {limit}"
             );
         }
+    }
+    // A shard read whole ignores the window's lower bound, not its upper one.
+    let whole: ShardSet = [ids[0].shard()].into_iter().collect();
+    let window = Some(MintedWindow {
+        from: minted(1),
+        to: minted(2),
+        whole,
+    });
+    for limit in [1, 1000] {
+        let rows = scan_all(cl, cutoff, window, false, limit).await;
+        assert_eq!(
+            entry_ids(&rows, &ids),
+            sorted(vec![0, 1]),
+            "pages of {limit}"
+        );
     }
     let everything = scan_all(cl, cutoff, None, false, 1000).await;
     assert_eq!(entry_ids(&everything, &ids), sorted(vec![0, 1, 2]));
@@ -480,6 +499,7 @@ pub async fn a_scan_reports_rows_not_claimable_as_waiting_when_asked(cl: &dyn Ch
     let window = Some(MintedWindow {
         from: stale.minted_at(),
         to: None,
+        whole: ShardSet::EMPTY,
     });
     // The cutoff falls between the first two rows' stamps and the live row's.
     let cutoff = live_stamp;
@@ -581,7 +601,7 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
     let mut pages = 0;
     loop {
         let req = ScanRequest {
-            shards: ShardRange::ALL,
+            shards: ShardSet::ALL,
             cutoff,
             stamped_from: None,
             now: cutoff,
@@ -610,9 +630,17 @@ pub async fn scan_pages_resume_and_respect_shards(cl: &dyn Changelog) {
     for id in &ids {
         assert!(seen.contains(id), "{id} missing from the paged scan");
     }
-    // Each half of a 2-scanner split sees exactly its own shards.
-    for i in 0..2 {
-        let shards = ShardRange::for_member(i, 2).unwrap();
+    // Each half of a 2-scanner split sees exactly its own shards, and so does a scattered
+    // set (what a scanner holds under leases): every other shard of the ids', and their
+    // complement.
+    let scattered: ShardSet = ids.iter().step_by(2).map(|id| id.shard()).collect();
+    let sets = [
+        ShardRange::for_member(0, 2).unwrap().into(),
+        ShardRange::for_member(1, 2).unwrap().into(),
+        scattered,
+        ShardSet::ALL.difference(&scattered),
+    ];
+    for shards in sets {
         let req = ScanRequest {
             shards,
             cutoff,

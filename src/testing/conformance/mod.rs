@@ -7,6 +7,7 @@
 
 pub mod changelog;
 pub mod hv;
+pub mod leases;
 pub mod lt;
 pub mod queue;
 
@@ -84,6 +85,25 @@ macro_rules! changelog_conformance {
                 extend_claim_only_moves_the_owners_lease_later,
                 defer_rewrites_only_for_the_owner_and_postpones_recovery,
                 scan_pages_resume_and_respect_shards,
+            ]
+        );
+    };
+}
+
+/// The shard-lease suite for a backend.
+#[macro_export]
+macro_rules! lease_conformance {
+    ($make:expr) => {
+        $crate::conformance_tests!(
+            leases,
+            $make,
+            [
+                an_unwritten_lease_is_free_and_taken_once,
+                a_held_lease_is_taken_only_once_it_expired,
+                a_renewal_after_a_takeover_is_refused,
+                a_renewal_before_a_takeover_defeats_it,
+                a_release_frees_the_lease_at_the_next_epoch,
+                members_announce_depart_and_are_forgotten_only_when_stale,
             ]
         );
     };

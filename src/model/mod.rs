@@ -12,6 +12,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod shard;
+
+pub use shard::{SHARD_COUNT, Shard, ShardRange, ShardSet, minted_key};
+use shard::{SHARD_DIGITS, shard_of};
+
 /// Why a value did not parse; names the field so an operator can find the bad input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason} (got {value:?})")]
@@ -22,7 +27,7 @@ pub struct ModelError {
 }
 
 impl ModelError {
-    fn new(field: &'static str, value: &str, reason: &'static str) -> Self {
+    pub(crate) fn new(field: &'static str, value: &str, reason: &'static str) -> Self {
         // Keep error messages bounded even when the input is not.
         let value: String = value.chars().take(200).collect();
         Self {
@@ -248,95 +253,7 @@ impl HvValue {
     }
 }
 
-/// Number of changelog shards. Fixed forever for a deployment: it is part of the row key.
-/// 256 shards allow up to 256 scanners to own disjoint key ranges.
-pub const SHARD_COUNT: u16 = 256;
-
-/// The hash-derived prefix of a changelog row key. It keeps writes from hot-spotting one
-/// Bigtable tablet (uuid v7 keys alone are time-ordered) and gives scanners their partitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Shard(pub u8);
-
-impl Shard {
-    /// The shard's first row key (inclusive).
-    pub fn start_key(self) -> String {
-        format!("{:02x}/", self.0)
-    }
-
-    /// The row key just past the shard (exclusive); `None` for the last shard.
-    pub fn end_key(self) -> Option<String> {
-        (self.0 < u8::MAX).then(|| format!("{:02x}/", self.0 + 1))
-    }
-}
-
-/// A contiguous, inclusive range of shards, owned by one scanner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShardRange {
-    pub first: Shard,
-    pub last: Shard,
-}
-
-/// `00-ff`: the form logs and the backlog metrics' `shards` label use.
-impl std::fmt::Display for ShardRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:02x}-{:02x}", self.first.0, self.last.0)
-    }
-}
-
-impl ShardRange {
-    pub const ALL: ShardRange = ShardRange {
-        first: Shard(0),
-        last: Shard(u8::MAX),
-    };
-
-    /// The shards that scanner `index` of a pool of `count` owns. Every shard is owned by
-    /// exactly one scanner, and the ranges differ in size by at most one shard.
-    pub fn for_member(index: u16, count: u16) -> Result<Self, ModelError> {
-        if count == 0 || count > SHARD_COUNT {
-            return Err(ModelError::new(
-                "scanner count",
-                &count.to_string(),
-                "must be between 1 and 256",
-            ));
-        }
-        if index >= count {
-            return Err(ModelError::new(
-                "scanner index",
-                &index.to_string(),
-                "must be smaller than the scanner count",
-            ));
-        }
-        let n = u32::from(SHARD_COUNT);
-        let (i, c) = (u32::from(index), u32::from(count));
-        let first = i * n / c;
-        let last = (i + 1) * n / c - 1;
-        Ok(Self {
-            first: Shard(first as u8),
-            last: Shard(last as u8),
-        })
-    }
-
-    pub fn contains(&self, shard: Shard) -> bool {
-        self.first <= shard && shard <= self.last
-    }
-
-    /// The range's shards in key order.
-    pub fn iter(&self) -> impl Iterator<Item = Shard> + use<> {
-        (self.first.0..=self.last.0).map(Shard)
-    }
-
-    /// The first row key of the range (inclusive).
-    pub fn start_key(&self) -> String {
-        self.first.start_key()
-    }
-
-    /// The row key just past the range (exclusive); `None` when the range runs to the end.
-    pub fn end_key(&self) -> Option<String> {
-        self.last.end_key()
-    }
-}
-
-/// The identity of one in-flight change, and its changelog row key: `{shard:02x}/{uuid v7}`.
+/// The identity of one in-flight change, and its changelog row key: `{shard:03x}/{uuid v7}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ChangeId(String);
@@ -360,7 +277,7 @@ impl ChangeId {
     }
 
     fn from_uuid(u: Uuid) -> Self {
-        Self(format!("{:02x}/{}", shard_of(&u).0, u.hyphenated()))
+        Self(format!("{}/{}", shard_of(&u), u.hyphenated()))
     }
 
     pub fn parse(key: &str) -> Result<Self, ModelError> {
@@ -392,33 +309,9 @@ impl ChangeId {
     }
 
     pub fn shard(&self) -> Shard {
-        // The key was built by `from_uuid`, so the first two characters are hex.
-        Shard(u8::from_str_radix(&self.0[..2], 16).unwrap_or(0))
+        // The key was built by `from_uuid`, so it begins with the shard's hex digits.
+        Shard(u16::from_str_radix(&self.0[..SHARD_DIGITS], 16).unwrap_or(0))
     }
-}
-
-/// The smallest row key in `shard` of an id minted at or after `at`: ids minted earlier sort
-/// before it, ids minted at or after it sort at or after it. A UUIDv7 begins with its
-/// 48-bit millisecond time in twelve hex digits (`tttttttt-tttt-7…`), so the key's prefix is
-/// that time.
-pub fn minted_key(shard: Shard, at: Timestamp) -> String {
-    let millis = u64::try_from(at.0).unwrap_or(0).min((1 << 48) - 1);
-    format!(
-        "{:02x}/{:08x}-{:04x}",
-        shard.0,
-        millis >> 16,
-        millis & 0xffff
-    )
-}
-
-/// FNV-1a over the uuid bytes: stable across versions and platforms, which a key prefix must be.
-fn shard_of(u: &Uuid) -> Shard {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in u.as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    Shard((h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) as u8)
 }
 
 impl TryFrom<String> for ChangeId {
@@ -636,19 +529,6 @@ fn leak_reason(e: serde_json::Error) -> &'static str {
 mod tests {
 
     #[test]
-    fn minted_keys_bound_ids_by_the_time_they_were_minted() {
-        let at = Timestamp(1_767_225_600_123);
-        let id = ChangeId::mint_at(at);
-        assert_eq!(id.minted_at(), Some(at));
-        let shard = id.shard();
-        assert!(minted_key(shard, at).as_str() <= id.as_str());
-        assert!(minted_key(shard, Timestamp(at.0 + 1)).as_str() > id.as_str());
-        let earlier = ChangeId::mint_at(Timestamp(at.0 - 1));
-        assert!(earlier.as_str() < minted_key(earlier.shard(), at).as_str());
-        assert!(minted_key(Shard(0), Timestamp(-5)) == "00/00000000-0000");
-    }
-
-    #[test]
     fn prefixes_match_whole_segments() {
         let p = |s: &str| ObjectPath::new(s).unwrap();
         assert!(p("tenant-a/x").is_under("tenant-a"));
@@ -688,34 +568,22 @@ mod tests {
     fn change_ids_carry_a_stable_shard_prefix() {
         let id = ChangeId::mint();
         assert_eq!(ChangeId::parse(id.as_str()).unwrap(), id);
-        assert_eq!(id.as_str()[..2], format!("{:02x}", id.shard().0));
+        assert_eq!(id.as_str()[..3], format!("{:03x}", id.shard().0));
         // A forged prefix is rejected rather than silently re-sharded.
-        let forged = format!("{:02x}{}", id.shard().0.wrapping_add(1), &id.as_str()[2..]);
+        let next = Shard((id.shard().0 + 1) % SHARD_COUNT);
+        let forged = format!("{next}{}", &id.as_str()[3..]);
         assert!(ChangeId::parse(&forged).is_err());
-        // Shards spread: 2000 ids touch most of the 256 shards.
-        let shards: std::collections::HashSet<_> =
-            (0..2000).map(|_| ChangeId::mint().shard()).collect();
-        assert!(shards.len() > 200, "only {} shards used", shards.len());
-    }
-
-    #[test]
-    fn shard_ranges_partition_the_key_space() {
-        for count in [1u16, 2, 3, 4, 7, 256] {
-            let mut owned = vec![0u8; 256];
-            for i in 0..count {
-                let r = ShardRange::for_member(i, count).unwrap();
-                for s in r.first.0..=r.last.0 {
-                    owned[s as usize] += 1;
-                }
-            }
-            assert!(owned.iter().all(|&n| n == 1), "count {count}: {owned:?}");
+        // So is a key of the old two-digit form.
+        assert!(ChangeId::parse(&id.as_str()[1..]).is_err());
+        // Shards spread evenly: 20,480 ids, 20 per shard on average.
+        let mut per_shard = vec![0u32; usize::from(SHARD_COUNT)];
+        for _ in 0..20_480 {
+            per_shard[usize::from(ChangeId::mint().shard().0)] += 1;
         }
-        assert!(ShardRange::for_member(2, 2).is_err());
-        assert!(ShardRange::for_member(0, 0).is_err());
-        assert_eq!(ShardRange::ALL.end_key(), None);
-        assert_eq!(
-            ShardRange::for_member(0, 2).unwrap().end_key().as_deref(),
-            Some("80/")
+        let (min, max) = (per_shard.iter().min(), per_shard.iter().max());
+        assert!(
+            min >= Some(&3) && max <= Some(&45),
+            "uneven: {min:?}..{max:?}"
         );
     }
 
