@@ -3,7 +3,8 @@
 //!
 //! Each process connects only to what it uses and checks only that, with calls its
 //! service account is granted (`infra/terraform/iam.tf`, the contract in [`crate::iam`]):
-//! the scanner and `tiersweep status` open the changelog alone ([`connect_changelog`]);
+//! the scanner and `tiersweep status` open the changelog alone ([`connect_changelog`],
+//! [`connect_scanner`] with the shard leases kept in its table);
 //! cleaners, writers and the other operator views open all three ([`Stores::connect`]),
 //! with the bucket access they need.
 
@@ -74,6 +75,20 @@ pub async fn connect_changelog(
     let changelog = BigtableChangelog::new(client, &config.bigtable.changelog_table, clock);
     changelog.get(&ChangeId::mint()).await?;
     Ok(Arc::new(changelog))
+}
+
+/// What a scanner under shard leases uses: the changelog and the leases kept in its table,
+/// on one connection; the table checked with one probe read.
+pub async fn connect_scanner(
+    config: &Config,
+    clock: SharedClock,
+) -> StoreResult<(Arc<dyn Changelog>, Arc<dyn crate::lease::Leases>)> {
+    let client = crate::bigtable::BigtableClient::connect(&config.bigtable).await?;
+    let table = &config.bigtable.changelog_table;
+    let changelog = BigtableChangelog::new(client.clone(), table, clock);
+    changelog.get(&ChangeId::mint()).await?;
+    let leases = crate::lease::BigtableLeases::new(client, table);
+    Ok((Arc::new(changelog), Arc::new(leases)))
 }
 
 fn probe_path() -> ObjectPath {

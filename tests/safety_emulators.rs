@@ -59,6 +59,16 @@ async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
+    let leases = emulators().await.leases().await;
+    tiersweep::testing::membership::a_pool_rebalances_as_members_join_leave_and_die(
+        leases,
+        Duration::from_secs(4),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_handed_over_is_read_whole_by_its_new_owner() {
     let stores = emulators().await.stores(clock::system()).await;
     tiersweep::testing::scans::a_shard_handed_over_is_read_whole_by_its_new_owner(

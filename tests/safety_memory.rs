@@ -1,6 +1,7 @@
 //! The adversarial schedules (`tiersweep::testing::schedules`) on the in-memory twins,
 //! under paused time: waits cost nothing, so each schedule runs in milliseconds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tiersweep::config::ProtocolConfig;
@@ -69,6 +70,17 @@ async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
         stores,
         protocol(),
         0,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
+    let clock: tiersweep::clock::SharedClock = Arc::new(tiersweep::clock::TokioClock::new());
+    let leases = Arc::new(tiersweep::lease::MemoryLeases::new(clock));
+    tiersweep::testing::membership::a_pool_rebalances_as_members_join_leave_and_die(
+        leases,
+        Duration::from_secs(30),
     )
     .await;
 }

@@ -45,13 +45,34 @@ pub struct Config {
     pub worker: WorkerConfig,
 }
 
+/// How scanners divide the changelog's shards.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    /// Through shard leases in the changelog table ([`crate::lease`]): a pool of any size,
+    /// resized or losing members with no configuration change.
+    #[default]
+    Leases,
+    /// By a fixed index and count: scanner `member_index` of `member_count` reads the
+    /// i-th of n equal shard ranges. Resizing means changing both, and a dead member's
+    /// shards wait for it.
+    Static,
+}
+
 /// What one worker process is, as opposed to what the pool does.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// This scanner's place in its pool (e.g. a StatefulSet ordinal) and the pool's size:
-    /// scanner `i` of `n` scans the i-th of n equal shard ranges, so scanners do not race
-    /// for the same rows.
+    /// How scanners share the shards (`leases` or `static`).
+    pub membership: Membership,
+    /// Under leases: a dead scanner's shards are read again within this; members renew and
+    /// rebalance every quarter of it (see [`crate::recovery::membership`]).
+    #[serde(with = "super::duration")]
+    pub lease_period: Duration,
+    /// Under leases: the name this member's id begins with (a fresh suffix follows);
+    /// the pod name (`HOSTNAME`) by default.
+    pub member_name: Option<String>,
+    /// Static membership only: this scanner's place in its pool and the pool's size.
     pub member_index: u16,
     pub member_count: u16,
     /// Where `/healthz`, `/readyz` (and `/metrics`) are served; unset disables them.
@@ -65,6 +86,9 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
+            membership: Membership::Leases,
+            lease_period: Duration::from_secs(30),
+            member_name: None,
             member_index: 0,
             member_count: 1,
             health_listen: None,
@@ -190,6 +214,21 @@ impl Config {
                 reason: format!("{e} (member_count is {})", self.worker.member_count),
             },
         )?;
+        if self.worker.lease_period < Duration::from_secs(2) {
+            return Err(LoadError::Invalid {
+                field: "worker.lease_period".into(),
+                reason: format!(
+                    "{:?} is too short: members renew every quarter of it; at least 2s",
+                    self.worker.lease_period
+                ),
+            });
+        }
+        if let Some(name) = &self.worker.member_name {
+            crate::lease::MemberId::parse(name).map_err(|e| LoadError::Invalid {
+                field: "worker.member_name".into(),
+                reason: e.to_string(),
+            })?;
+        }
         let required = [
             ("bigtable.project", &self.bigtable.project),
             ("bigtable.instance", &self.bigtable.instance),
@@ -318,6 +357,18 @@ mod tests {
         assert!(err.to_string().contains("soon"), "{err}");
         let err = load("", &[], &["worker.member_index=3", "worker.member_count=3"]).unwrap_err();
         assert!(err.to_string().contains("worker.member_index"), "{err}");
+        let err = load("", &[], &["worker.lease_period=\"500ms\""]).unwrap_err();
+        assert!(err.to_string().contains("worker.lease_period"), "{err}");
+        let err = load("", &[], &["worker.member_name=\"a/b\""]).unwrap_err();
+        assert!(err.to_string().contains("worker.member_name"), "{err}");
+        let err = load("", &[], &["worker.membership=\"gossip\""]).unwrap_err();
+        assert!(err.to_string().contains("membership"), "{err}");
+        let ok = load("", &[], &["worker.membership=\"static\""]).unwrap();
+        assert_eq!(ok.worker.membership, Membership::Static);
+        assert_eq!(
+            load("", &[], &[]).unwrap().worker.membership,
+            Membership::Leases
+        );
         let err = load("", &[], &["gcs.bucket="]).unwrap_err();
         assert!(err.to_string().contains("gcs.bucket"), "{err}");
         let err = load("", &[], &["nodot=1"]).unwrap_err();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use file::{Config, LoadError, WorkerConfig};
+pub use file::{Config, LoadError, Membership, WorkerConfig};
 
 /// How long an upload may still land after its writer saw it fail or died: GCS finalizes an
 /// object once it has every byte, whether or not the client is still there, and bytes can

@@ -141,15 +141,15 @@ impl LeaseKeeper {
         let mut tick = Tick::default();
         let sent = Instant::now();
         self.leases.announce(&self.me).await?;
-        let renewals: Vec<(Shard, StoreResult<Kept>)> =
-            futures::stream::iter(self.held.iter().map(|(s, h)| (*s, h.epoch)))
-                .map(|(shard, epoch)| {
-                    let (leases, me) = (self.leases.clone(), self.me.clone());
-                    async move { (shard, leases.renew(shard, epoch, &me).await) }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
+        let held: Vec<(Shard, u64)> = self.held.iter().map(|(s, h)| (*s, h.epoch)).collect();
+        let renewals: Vec<(Shard, StoreResult<Kept>)> = futures::stream::iter(held)
+            .map(|(shard, epoch)| {
+                let (leases, me) = (self.leases.clone(), self.me.clone());
+                async move { (shard, leases.renew(shard, epoch, &me).await) }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         let valid_until = sent + self.valid_for();
         let mut error = None;
         for (shard, renewal) in renewals {

@@ -375,7 +375,12 @@ impl Emulators {
                 republish_after: protocol.staleness_threshold * 2,
                 ..Default::default()
             },
-            ..crate::config::Config::default()
+            // Scanners share the shards through leases; a killed one's shards are read
+            // again within seconds, not the 30 s a deployment waits.
+            worker: crate::config::WorkerConfig {
+                lease_period: std::time::Duration::from_secs(4),
+                ..Default::default()
+            },
         }
     }
 
@@ -476,6 +481,10 @@ pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
         (
             "TIERSWEEP_RECOVERY__OBJECT_PREFIX",
             format!("{:?}", config.recovery.object_prefix),
+        ),
+        (
+            "TIERSWEEP_WORKER__LEASE_PERIOD",
+            format(config.worker.lease_period),
         ),
     ];
     let hosts = [

@@ -10,6 +10,7 @@ pub mod emulators;
 pub mod faults;
 pub mod intercept;
 pub mod invariants;
+pub mod membership;
 pub mod meter;
 pub mod proxy;
 pub mod scans;

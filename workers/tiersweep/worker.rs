@@ -8,19 +8,22 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tiersweep::Stores;
 use tiersweep::clock;
-use tiersweep::config::Config;
+use tiersweep::config::{Config, Membership};
 use tiersweep::health::{self, Readiness};
+use tiersweep::lease::MemberId;
 use tiersweep::lt::LtAccess;
+use tiersweep::model::ShardSet;
 use tiersweep::queue::PubsubQueue;
-use tiersweep::recovery::{Cleaner, Scanner};
+use tiersweep::recovery::{Cleaner, LeaseKeeper, Scanner};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// This worker's index in its pool (overrides worker.member_index; scanners only).
+    /// This worker's index in its pool (overrides worker.member_index; scanners under
+    /// static membership only: giving it selects static membership).
     #[arg(long)]
     member_index: Option<u16>,
-    /// The pool's size (overrides worker.member_count; scanners only).
+    /// The pool's size (overrides worker.member_count; selects static membership).
     #[arg(long)]
     member_count: Option<u16>,
     /// Serve /healthz and /readyz on this address (overrides worker.health_listen).
@@ -32,9 +35,11 @@ impl WorkerArgs {
     fn apply(&self, mut config: Config) -> Result<Config> {
         if let Some(i) = self.member_index {
             config.worker.member_index = i;
+            config.worker.membership = Membership::Static;
         }
         if let Some(n) = self.member_count {
             config.worker.member_count = n;
+            config.worker.membership = Membership::Static;
         }
         if self.health_listen.is_some() {
             config.worker.health_listen = self.health_listen;
@@ -130,31 +135,55 @@ where
 
 pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
     let config = args.apply(config)?;
-    // The changelog table and the jobs topic: nothing else.
+    // The changelog table (and the leases kept in it) and the jobs topic: nothing else.
     let connect = || async {
-        let changelog = tiersweep::stores::connect_changelog(&config, clock::system()).await?;
+        let (changelog, leases) =
+            tiersweep::stores::connect_scanner(&config, clock::system()).await?;
         let queue = PubsubQueue::connect_publisher(&config.pubsub).await?;
-        Ok((changelog, Arc::new(queue)))
+        Ok((changelog, leases, Arc::new(queue)))
     };
     let Some(s) = start(&config, "scanner", connect).await? else {
         return Ok(());
     };
-    let shards = config.shards();
-    tracing::info!(
-        member = config.worker.member_index,
-        of = config.worker.member_count,
-        ?shards,
-        "scanning"
-    );
     let recovery = config.recovery();
     if recovery.republish_after < config.recovery.republish_after {
         tracing::info!(republish_after = ?recovery.republish_after,
             "against the Pub/Sub emulator, which never redelivers what a closed pull stream held: \
              jobs no cleaner took are published again sooner");
     }
-    let (changelog, queue) = s.connected.clone();
-    let scanner = Scanner::new(changelog, queue, recovery, shards);
-    scanner.run(s.cancel.clone()).await;
+    let (changelog, leases, queue) = s.connected.clone();
+    match config.worker.membership {
+        Membership::Static => {
+            let shards = config.shards();
+            tracing::info!(member = config.worker.member_index,
+                of = config.worker.member_count, %shards, "scanning (static membership)");
+            let scanner = Scanner::new(changelog, queue, recovery, shards);
+            scanner.run(s.cancel.clone()).await;
+        }
+        Membership::Leases => {
+            let name = config
+                .worker
+                .member_name
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "scanner".to_owned());
+            let me = MemberId::fresh(&name).with_context(|| {
+                format!("member name {name:?} (worker.member_name or HOSTNAME)")
+            })?;
+            let period = config.worker.lease_period;
+            tracing::info!(member = %me, lease_period = ?period,
+                "scanning the shards this member's leases hold");
+            let (keeper, assignment) = LeaseKeeper::new(leases, me.clone(), period);
+            // The keeper releases every lease once cancelled, after the scanner's last page.
+            let keeper_stop = CancellationToken::new();
+            let keeper = tokio::spawn(keeper.run(keeper_stop.clone()));
+            let scanner = Scanner::new(changelog, queue, recovery, ShardSet::EMPTY)
+                .with_label(me.to_string());
+            scanner.run_leased(assignment, s.cancel.clone()).await;
+            keeper_stop.cancel();
+            keeper.await.context("the lease keeper task")?;
+        }
+    }
     finish(s).await
 }
 
