@@ -49,7 +49,7 @@ impl LagProbe {
         })
     }
 
-    fn watch(&self, id: ChangeId, stale_at: Timestamp) {
+    pub(crate) fn watch(&self, id: ChangeId, stale_at: Timestamp) {
         self.lock_watched().insert(id, stale_at);
     }
 
@@ -57,11 +57,16 @@ impl LagProbe {
         self.watched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn outstanding(&self) -> usize {
+    pub(crate) fn outstanding(&self) -> usize {
         self.lock_watched().len()
     }
 
-    fn take_lags(&self) -> Vec<u64> {
+    /// Watched rows removed so far.
+    pub(crate) fn converged(&self) -> usize {
+        self.lags_ms.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub(crate) fn take_lags(&self) -> Vec<u64> {
         std::mem::take(&mut *self.lags_ms.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -6,6 +6,8 @@
 //! Only the measuring lives here; printing, plotting and picking backends is the binary's.
 
 pub mod ceiling;
+pub mod drain;
+pub mod elastic;
 pub mod lag;
 
 use std::sync::Arc;

@@ -3,16 +3,16 @@
 //! the [`Assignment`] it hands the scanner.
 //!
 //! Every `tick` (a quarter of the lease period) the keeper
-//! 1. announces the member and renews each lease it holds;
+//! 1. renews each lease it holds and announces the member;
 //! 2. reads every lease and member, counts the live members (announced within the lease
-//!    TTL, three quarters of the period), and computes its share, `ceil(shards / members)`;
+//!    TTL, two thirds of the period), and computes its share, `ceil(shards / members)`;
 //! 3. releases what it holds beyond the share (highest shards first), or takes free and
 //!    expired leases up to it, starting at a point of the shard space derived from its id
 //!    so that joiners do not all contend for the same leases.
 //!
 //! So a member that joins has its share within two ticks (the others release at their next
 //! tick, it takes at its next), and the shards of one that dies are taken within the TTL
-//! plus a tick: **one lease period**.
+//! plus a tick: 11/12 of a lease period, so **within one lease period**.
 //!
 //! **When a holder stops.** A lease renewed by a call *sent* at local instant `t` is used
 //! until `t + 0.9 × TTL` by this process's monotonic clock, whatever the response says about
@@ -112,9 +112,10 @@ impl LeaseKeeper {
         &self.me
     }
 
-    /// How long an unrenewed lease lasts: three quarters of the period.
+    /// How long an unrenewed lease lasts: two thirds of the period, so that with the tick
+    /// that notices its expiry a takeover takes at most 11/12 of the period.
     pub fn ttl(&self) -> Duration {
-        self.period * 3 / 4
+        self.period * 2 / 3
     }
 
     /// How often the keeper renews and rebalances: a quarter of the period.
@@ -140,7 +141,6 @@ impl LeaseKeeper {
     pub async fn tick(&mut self) -> StoreResult<Tick> {
         let mut tick = Tick::default();
         let sent = Instant::now();
-        self.leases.announce(&self.me).await?;
         let held: Vec<(Shard, u64)> = self.held.iter().map(|(s, h)| (*s, h.epoch)).collect();
         let renewals: Vec<(Shard, StoreResult<Kept>)> = futures::stream::iter(held)
             .map(|(shard, epoch)| {
@@ -151,7 +151,8 @@ impl LeaseKeeper {
             .collect()
             .await;
         let valid_until = sent + self.valid_for();
-        let mut error = None;
+        // Renewals first: a failed announcement must not cost the leases held.
+        let mut error = self.leases.announce(&self.me).await.err();
         for (shard, renewal) in renewals {
             match renewal {
                 Ok(Kept::Done) => {

@@ -4,6 +4,7 @@
 
 pub mod backlog;
 pub mod capacity;
+pub mod claims;
 pub mod conformance;
 pub mod crash;
 pub mod emulators;

@@ -20,6 +20,12 @@ fn bench(name: &str, args: &[&str]) -> (Value, std::path::PathBuf) {
             "20",
             "--lag-seconds",
             "2",
+            "--elastic-changes",
+            "150",
+            "--scan-cost-history",
+            "500",
+            "--drain-changes",
+            "1000",
         ])
         .arg("--out")
         .arg(&out)
@@ -69,6 +75,17 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
         let lost = s["lost_claims"].as_array().unwrap();
         assert_eq!(lost[0]["claims_lost"], 0, "split scanners never collide");
     }
+    let drain = &report["drain"];
+    assert_eq!(drain["reclaims"], 0, "{drain}");
+    assert_eq!(drain["fresh_converged"], drain["fresh_crashed"], "{drain}");
+    let cost = &report["scan_cost"];
+    assert_eq!(cost["key_bounded"]["found"], cost["stale_rows"], "{cost}");
+    assert_eq!(cost["full_range"]["found"], cost["stale_rows"], "{cost}");
+    let elastic = &report["elastic"];
+    assert_eq!(elastic["backlog"], 150, "{elastic}");
+    assert_eq!(elastic["left"], 0, "the pool drained everything: {elastic}");
+    assert_eq!(elastic["claimed_twice_at_once"], 0, "{elastic}");
+    assert_eq!(elastic["shared_shard_instants"], 0, "{elastic}");
     let svg = std::fs::read_to_string(out.join("throughput.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
 }

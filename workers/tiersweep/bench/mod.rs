@@ -8,7 +8,7 @@ mod plot;
 mod report;
 mod rss;
 
-use report::{Report, Setting, machine, table};
+use report::{Report, ScanCostReport, ScanCostRun, Setting, machine, table};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,6 +73,19 @@ pub struct BenchArgs {
     /// one at a time).
     #[arg(long, default_value_t = 32)]
     ceiling_concurrency: usize,
+    /// Backlog of the drain run (crashed changes recovered against the capacity-limited
+    /// cloud model, writers and 20 fresh crashes/s going on; in-memory stores, virtual
+    /// time); 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    drain_changes: usize,
+    /// Removed-but-not-compacted rows in the scan-cost run (stale rows found: a tenth as
+    /// many), key-bounded against full-range rounds; 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    scan_cost_history: usize,
+    /// Backlog of the elasticity run (a scanner pool under shard leases grows 1 -> 4, loses
+    /// one to a kill, shrinks to 1, on in-memory stores and virtual time); 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    elastic_changes: usize,
     /// Give up on a pipeline run after this many seconds (it is then marked TIMED OUT).
     #[arg(long, default_value_t = 120)]
     run_deadline_s: u64,
@@ -100,6 +113,9 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         write_latency: Vec::new(),
         ceiling: Vec::new(),
         memory: Vec::new(),
+        elastic: None,
+        scan_cost: None,
+        drain: None,
     };
     for name in &args.settings {
         let (stores, queues, latency) = match name.as_str() {
@@ -144,6 +160,27 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         // After every setting, so a long run that is stopped keeps what it measured.
         write_json(&args.out, &report)?;
     }
+    if args.drain_changes > 0 {
+        eprintln!(
+            "[drain] {} changes against the capacity model",
+            args.drain_changes
+        );
+        let plan = tiersweep::bench::drain::DrainPlan::new(args.drain_changes);
+        report.drain =
+            Some(paused("the drain run", move || tiersweep::bench::drain::run(plan)).await?);
+        write_json(&args.out, &report)?;
+    }
+    if args.scan_cost_history > 0 {
+        eprintln!("[scan cost] {} removed rows", args.scan_cost_history);
+        report.scan_cost = Some(scan_cost(args.scan_cost_history).await?);
+    }
+    if args.elastic_changes > 0 {
+        eprintln!(
+            "[elastic] a leased scanner pool over {} changes",
+            args.elastic_changes
+        );
+        report.elastic = Some(elastic(args.elastic_changes).await?);
+    }
     let json = write_json(&args.out, &report)?;
     let svg = args.out.join("throughput.svg");
     std::fs::write(&svg, plot::plot(&report))
@@ -151,6 +188,69 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     print!("{}", table(&report));
     eprintln!("wrote {} and {}", json.display(), svg.display());
     Ok(())
+}
+
+/// The elasticity run on a runtime of its own with paused time: the lease arithmetic, not
+/// this machine's load, decides its timings.
+async fn elastic(changes: usize) -> Result<tiersweep::bench::elastic::ElasticReport> {
+    use tiersweep::bench::elastic::{ElasticPlan, run};
+    let plan = if changes <= ElasticPlan::smoke().backlog {
+        ElasticPlan {
+            backlog: changes,
+            ..ElasticPlan::smoke()
+        }
+    } else {
+        ElasticPlan::full(changes)
+    };
+    paused("the elasticity run", move || run(plan)).await
+}
+
+/// Runs `f`'s future on a runtime of its own with paused time, on a blocking thread.
+async fn paused<F, T>(what: &'static str, f: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .with_context(|| format!("building the runtime of {what}"))?;
+        Ok(rt.block_on(f()))
+    })
+    .await
+    .with_context(|| what.to_owned())?
+}
+
+/// Rows examined per stale row found on a changelog of `history` removed rows (plus one
+/// removed row per crash), key-bounded rounds against full-range ones.
+async fn scan_cost(history: usize) -> Result<ScanCostReport> {
+    use tiersweep::testing::scans::scan_cost;
+    let crashes = (history / 10).max(5);
+    let protocol = tiersweep::bench::protocol();
+    let measure = move |sweep_every: Duration| async move {
+        scan_cost(
+            MemoryStores::new(),
+            protocol,
+            sweep_every,
+            history,
+            crashes,
+            1,
+        )
+        .await
+    };
+    let bounded = paused("the scan-cost run", move || {
+        measure(Duration::from_secs(86_400))
+    })
+    .await?;
+    let full = paused("the scan-cost run", move || measure(Duration::ZERO)).await?;
+    Ok(ScanCostReport {
+        removed_rows: history + crashes,
+        stale_rows: crashes,
+        key_bounded: ScanCostRun::from(bounded),
+        full_range: ScanCostRun::from(full),
+    })
 }
 
 fn write_json(out: &std::path::Path, report: &Report) -> Result<PathBuf> {

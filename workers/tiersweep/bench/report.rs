@@ -21,6 +21,40 @@ pub struct Report {
     pub ceiling: Vec<CeilingReport>,
     /// Peak RSS of a scanner and a cleaner process over a large backlog.
     pub memory: Vec<RssRun>,
+    /// The leased scanner pool growing, losing a member and shrinking during a drain.
+    pub elastic: Option<tiersweep::bench::elastic::ElasticReport>,
+    /// Rows scans examine per stale row found, on a changelog full of removed rows.
+    pub scan_cost: Option<ScanCostReport>,
+    /// An outage's backlog drained against the capacity-limited model.
+    pub drain: Option<tiersweep::bench::drain::DrainReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScanCostReport {
+    pub removed_rows: usize,
+    pub stale_rows: usize,
+    pub key_bounded: ScanCostRun,
+    pub full_range: ScanCostRun,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScanCostRun {
+    pub found: usize,
+    pub examined: u64,
+    pub examined_per_found: f64,
+    /// The scanner's first round, a sweep of everything (not in the ratio).
+    pub first_round: u64,
+}
+
+impl From<tiersweep::testing::scans::ScanCost> for ScanCostRun {
+    fn from(c: tiersweep::testing::scans::ScanCost) -> Self {
+        Self {
+            found: c.found,
+            examined: c.examined,
+            examined_per_found: c.per_found(),
+            first_round: c.first_round,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -143,6 +177,81 @@ pub fn table(r: &Report) -> String {
                 .map(|(done, mib)| format!("{done}: {mib:.1}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    if let Some(d) = &r.drain {
+        let _ = writeln!(
+            t,
+            "\n== drain: {} changes against the capacity model ({} Bigtable nodes; {} writers, {}/s fresh crashes; virtual time) ==\n\
+             took {:.0} s, bound {:.0} s (backlog / GCS mutation limit): {:.2} of the bound; \
+             GCS utilisation {:.2}, Bigtable {:.2}; refused: GCS {}, Bigtable {}\n\
+             claims won {}, re-claims {}, claimed twice at once {}\n\
+             fresh crashes {} converged {}: lag p50 {} ms, p99 {} ms, max {} ms (threshold {} ms)\n\
+             RSS (removed, MiB): {}",
+            d.plan.backlog,
+            d.plan.bigtable_nodes,
+            d.plan.writers,
+            d.plan.fresh_crashes_per_s,
+            d.took_s,
+            d.bound_s,
+            d.of_bound,
+            d.gcs_utilisation,
+            d.bigtable_utilisation,
+            d.admissions.gcs_mutations_refused,
+            d.admissions.bigtable_refused,
+            d.claims_won,
+            d.reclaims,
+            d.claimed_twice_at_once,
+            d.fresh_crashed,
+            d.fresh_converged,
+            d.fresh_lag_p50_ms,
+            d.fresh_lag_p99_ms,
+            d.fresh_lag_max_ms,
+            d.staleness_threshold_ms,
+            d.rss_mib
+                .iter()
+                .map(|(n, m)| format!("{n}: {m:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(c) = &r.scan_cost {
+        let _ = writeln!(
+            t,
+            "\n== scan cost: {} removed rows not compacted, {} stale rows found after the first round ==",
+            c.removed_rows, c.stale_rows
+        );
+        for (name, run) in [
+            ("key-bounded", &c.key_bounded),
+            ("full-range", &c.full_range),
+        ] {
+            let _ = writeln!(
+                t,
+                "{name:<12} examined {:>9} for {:>6} found: {:.2} per found",
+                run.examined, run.found, run.examined_per_found
+            );
+        }
+    }
+    if let Some(e) = &r.elastic {
+        let _ = writeln!(
+            t,
+            "\n== elasticity: {} changes, lease period {:?} (virtual time) ==\n\
+             pool 1 -> 4 -> (kill one) -> 1: claims won {}, claimed twice at once {}, re-claims {}, \
+             left unconverged {}, instants two members could read one shard {}\n\
+             grow to 4 {:.1} s; takeover of the killed member's shards {:.1} s ({:.2} lease periods); \
+             shrink to 1 {:.1} s; drain {:.1} s",
+            e.backlog,
+            e.lease_period,
+            e.claims_won,
+            e.claimed_twice_at_once,
+            e.reclaims,
+            e.left,
+            e.shared_shard_instants,
+            e.grow.as_secs_f64(),
+            e.takeover.as_secs_f64(),
+            e.takeover.as_secs_f64() / e.lease_period.as_secs_f64(),
+            e.shrink.as_secs_f64(),
+            e.took.as_secs_f64()
         );
     }
     if !r.write_latency.is_empty() {

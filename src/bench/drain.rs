@@ -1,0 +1,325 @@
+//! The drain: an outage's backlog of crashed changes recovered against the
+//! capacity-limited cloud model ([`crate::testing::capacity`]), with writers still writing
+//! and fresh crashes arriving, by a leased scanner pool and a cleaner pool. In-memory stores
+//! on paused time: the model's rate limits and latency tails decide the timings.
+//!
+//! Measured against the bound, the backlog ÷ the limiting service's rate over the drain
+//! (GCS object mutations: a crashed upload costs one delete; the limit starts at 1,000/s
+//! and doubles every 20 minutes): the drain's time, re-claims of queued work (a claim won
+//! on a row claimed before: its first claim's lease ran out with its job undone), claims
+//! won while another claim's lease still ran, the fresh crashes' recovery lag, and this
+//! process's resident memory as the drain goes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::elastic::Pool;
+use super::lag::LagProbe;
+use crate::lease::MemoryLeases;
+use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
+use crate::queue::MemoryQueue;
+use crate::recovery::{Cleaner, RecoveryConfig};
+use crate::stores::Stores;
+use crate::testing::MemoryStores;
+use crate::testing::capacity::{Admissions, Capacity, CloudModel};
+use crate::testing::claims::ClaimLedger;
+use crate::writer::{TieredStorage, WriterConfig};
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DrainPlan {
+    pub backlog: usize,
+    pub fresh_crashes_per_s: f64,
+    /// Writers writing small objects back to back (HV and changelog only).
+    pub writers: usize,
+    pub scanners: usize,
+    pub cleaners: usize,
+    pub cleaner_concurrency: usize,
+    pub bigtable_nodes: u32,
+    pub seed: u64,
+}
+
+impl DrainPlan {
+    pub fn new(backlog: usize) -> Self {
+        Self {
+            backlog,
+            fresh_crashes_per_s: 20.0,
+            writers: 4,
+            scanners: 2,
+            cleaners: 4,
+            cleaner_concurrency: 64,
+            bigtable_nodes: 2,
+            seed: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    pub plan: DrainPlan,
+    pub model: CloudModel,
+    /// Until the last backlog row was removed, virtual time.
+    pub took_s: f64,
+    /// The backlog's GCS deletes at the model's limit over the same time.
+    pub bound_s: f64,
+    /// `bound_s / took_s`. Target ≥ 0.9.
+    pub of_bound: f64,
+    /// GCS mutations admitted ÷ the limit's capacity over the drain.
+    pub gcs_utilisation: f64,
+    /// Bigtable operations admitted ÷ the cluster's capacity over the drain.
+    pub bigtable_utilisation: f64,
+    pub admissions: Admissions,
+    pub claims_won: usize,
+    /// Claims of rows claimed before. Target 0.
+    pub reclaims: usize,
+    /// Claims won while another claimer's lease on the row ran. Target 0.
+    pub claimed_twice_at_once: usize,
+    pub fresh_crashed: usize,
+    pub fresh_converged: usize,
+    pub staleness_threshold_ms: u64,
+    /// From turning stale to removed. Target p99 ≤ threshold + 10 s.
+    pub fresh_lag_p50_ms: u64,
+    pub fresh_lag_p99_ms: u64,
+    pub fresh_lag_max_ms: u64,
+    pub healthy_writes: u64,
+    /// (backlog rows removed, this process's VmRSS in MiB), ten samples over the drain.
+    pub rss_mib: Vec<(usize, f64)>,
+}
+
+/// This process's resident set, from /proc (Linux); 0 elsewhere.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Leaves `n` changes that crashed after their upload, straight in the twins (the outage
+/// happened before the drain; its writes are not charged to the model).
+async fn prepare(stores: &Stores, n: usize) {
+    let blob = Bytes::from_static(b"orphaned upload");
+    let prepared: Vec<()> = futures::stream::iter(0..n)
+        .map(|i| {
+            let blob = blob.clone();
+            async move {
+                let path =
+                    ObjectPath::new(format!("drain/backlog/{i:08}")).expect("valid bench path");
+                let rev = Revision::mint(&path);
+                let record =
+                    ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("outage"));
+                let id = ChangeId::mint_at(stores.clock.now());
+                stores
+                    .changelog
+                    .record(&id, &record)
+                    .await
+                    .expect("recording");
+                stores.lt.put(&rev, blob).await.expect("uploading");
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    debug_assert_eq!(prepared.len(), n);
+}
+
+/// Runs the plan (see the module doc). Needs paused time in the caller's runtime.
+pub async fn run(plan: DrainPlan) -> DrainReport {
+    let memory = MemoryStores::new();
+    let twins = memory.stores();
+    let protocol = super::protocol();
+    prepare(&twins, plan.backlog).await;
+    tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(100)).await;
+
+    let model = CloudModel::gcp(plan.bigtable_nodes);
+    let capacity = Arc::new(Capacity::new(model, plan.seed));
+    let cloud = crate::testing::intercept::wrap(capacity.clone(), &twins);
+    let probe = LagProbe::new(cloud.changelog.clone(), twins.clock.clone());
+    let ledger = Arc::new(ClaimLedger::new(probe.clone(), twins.clock.clone()));
+    let stores = Stores {
+        changelog: ledger.clone(),
+        ..cloud.clone()
+    };
+    let config = RecoveryConfig {
+        protocol,
+        idle_poll: Duration::from_millis(200),
+        cleaner_concurrency: plan.cleaner_concurrency,
+        // One pass per change: the figure is the cost of that pass.
+        upload_settle: Duration::ZERO,
+        ..RecoveryConfig::default()
+    };
+    let queue = MemoryQueue::new(
+        plan.scanners * config.max_queued_claims * 2 + 10_000,
+        config.max_delivery_attempts,
+    );
+    let recovery = TaskTracker::new();
+    let stop_cleaners = CancellationToken::new();
+    for _ in 0..plan.cleaners {
+        let cleaner = Cleaner::new(stores.clone(), Arc::new(queue.clone()), config.clone());
+        recovery.spawn(cleaner.run(stop_cleaners.clone(), Duration::from_secs(5)));
+    }
+    let mut pool = Pool {
+        changelog: ledger.clone(),
+        leases: Arc::new(MemoryLeases::new(twins.clock.clone())),
+        queue: Arc::new(queue.clone()),
+        config: config.clone(),
+        period: Duration::from_secs(30),
+        next: 0,
+    };
+    let members: Vec<_> = (0..plan.scanners).map(|_| pool.start()).collect();
+
+    // The load that goes on meanwhile: writers, and fresh crashes through the model.
+    let stop_load = CancellationToken::new();
+    let load = TaskTracker::new();
+    let healthy = Arc::new(AtomicUsize::new(0));
+    let writer_config = WriterConfig {
+        inline_threshold: 1024,
+        protocol,
+        ..WriterConfig::default()
+    };
+    for w in 0..plan.writers {
+        let writer = TieredStorage::new(stores.clone(), writer_config).expect("valid writer");
+        let (stop, healthy) = (stop_load.clone(), healthy.clone());
+        load.spawn(async move {
+            let value = Bytes::from_static(b"a small object, inline in HV");
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                let path = ObjectPath::new(format!("drain/w{w}/{i}")).expect("valid path");
+                if writer.put(&path, value.clone()).await.is_ok() {
+                    healthy.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        });
+    }
+    let fresh = Arc::new(AtomicUsize::new(0));
+    {
+        let (stop, fresh) = (stop_load.clone(), fresh.clone());
+        let (stores, probe) = (stores.clone(), probe.clone());
+        let threshold = protocol.staleness_threshold;
+        let every = Duration::from_secs_f64(1.0 / plan.fresh_crashes_per_s.max(0.01));
+        let crashes = load.clone();
+        load.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                ticks.tick().await;
+                let (stores, probe, fresh) = (stores.clone(), probe.clone(), fresh.clone());
+                let path = ObjectPath::new(format!("drain/fresh/{n:08}")).expect("valid path");
+                n += 1;
+                crashes.spawn(async move {
+                    let rev = Revision::mint(&path);
+                    let record =
+                        ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("fresh"));
+                    let id = ChangeId::mint_at(stores.clock.now());
+                    // A crash that could not even record its change (refused by a limit)
+                    // left nothing to recover; one that recorded it is counted and
+                    // watched, whether or not its upload then landed.
+                    if let Ok(stamp) = stores.changelog.record(&id, &record).await {
+                        fresh.fetch_add(1, Ordering::Relaxed);
+                        probe.watch(id, Timestamp(stamp.0 + threshold.as_millis() as i64));
+                        let _ = stores
+                            .lt
+                            .put(&rev, Bytes::from_static(b"fresh upload"))
+                            .await;
+                    }
+                });
+            }
+        });
+    }
+
+    let started = Instant::now();
+    let mut rss = vec![(0, rss_mib())];
+    let backlog_removed = || ledger.counts().removed.saturating_sub(probe.converged());
+    let mut next_sample = plan.backlog / 10;
+    let deadline = started + Duration::from_secs((plan.backlog as u64 / 100).max(600));
+    loop {
+        let removed = backlog_removed();
+        if removed >= next_sample && next_sample > 0 {
+            rss.push((removed, rss_mib()));
+            next_sample += plan.backlog / 10;
+        }
+        if removed >= plan.backlog {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drain did not finish: {removed} of {} removed",
+            plan.backlog
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = started.elapsed();
+    let admissions = capacity.admissions();
+    stop_load.cancel();
+    load.close();
+    load.wait().await;
+    // The fresh crashes still in flight converge before the pools stop.
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while probe.outstanding() > 0 && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for m in members {
+        m.stop().await;
+    }
+    stop_cleaners.cancel();
+    recovery.close();
+    recovery.wait().await;
+
+    let capacity_over = |limit: crate::testing::capacity::Limit| {
+        let secs = took.as_secs_f64();
+        let whole = secs.floor() as u64;
+        (0..whole)
+            .map(|s| limit.at(Duration::from_secs(s)))
+            .sum::<f64>()
+            + (secs - whole as f64) * limit.at(took)
+    };
+    let gcs_capacity = capacity_over(model.gcs_mutations);
+    let bound_s = {
+        // The time the backlog's deletes take at the limit, from the drain's start.
+        let mut left = plan.backlog as f64;
+        let mut t = 0.0;
+        while left > 0.0 {
+            let rate = model.gcs_mutations.at(Duration::from_secs_f64(t));
+            let step = (left / rate).min(1.0);
+            left -= rate * step;
+            t += step;
+        }
+        t
+    };
+    let mut lags = probe.take_lags();
+    lags.sort_unstable();
+    let counts = ledger.counts();
+    DrainReport {
+        plan,
+        model,
+        took_s: took.as_secs_f64(),
+        bound_s,
+        of_bound: bound_s / took.as_secs_f64().max(f64::EPSILON),
+        gcs_utilisation: admissions.gcs_mutations as f64 / gcs_capacity.max(1.0),
+        bigtable_utilisation: admissions.bigtable as f64
+            / capacity_over(model.bigtable_ops).max(1.0),
+        admissions,
+        claims_won: counts.won,
+        reclaims: counts.reclaims,
+        claimed_twice_at_once: counts.overlapping,
+        fresh_crashed: fresh.load(Ordering::Relaxed),
+        fresh_converged: lags.len(),
+        staleness_threshold_ms: protocol.staleness_threshold.as_millis() as u64,
+        fresh_lag_p50_ms: super::percentile(&lags, 0.5),
+        fresh_lag_p99_ms: super::percentile(&lags, 0.99),
+        fresh_lag_max_ms: lags.last().copied().unwrap_or(0),
+        healthy_writes: healthy.load(Ordering::Relaxed) as u64,
+        rss_mib: rss,
+    }
+}
