@@ -97,6 +97,10 @@ fn prefix_range(prefix: &str) -> RowRange {
 impl Leases for BigtableLeases {
     async fn read(&self) -> StoreResult<LeaseTable> {
         let now = server_now(&self.client, &self.table).await?;
+        self.read_at(now).await
+    }
+
+    async fn read_at(&self, now: Timestamp) -> StoreResult<LeaseTable> {
         let rows = RowSet {
             row_keys: vec![],
             row_ranges: vec![prefix_range(LEASE_PREFIX), prefix_range(MEMBER_PREFIX)],

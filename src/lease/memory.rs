@@ -62,9 +62,13 @@ impl MemoryLeases {
 #[async_trait]
 impl Leases for MemoryLeases {
     async fn read(&self) -> StoreResult<LeaseTable> {
+        self.read_at(self.clock.now()).await
+    }
+
+    async fn read_at(&self, now: Timestamp) -> StoreResult<LeaseTable> {
         let state = self.state();
         Ok(LeaseTable {
-            now: self.clock.now(),
+            now,
             leases: (0..SHARD_COUNT)
                 .map(|s| Self::lease(&state, Shard(s)))
                 .collect(),

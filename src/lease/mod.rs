@@ -165,8 +165,13 @@ pub enum Kept {
 
 #[async_trait]
 pub trait Leases: Send + Sync + std::fmt::Debug {
-    /// Every lease and member, and the store's time.
+    /// Every lease and member, and the store's time (which costs a write: the clock row's
+    /// re-stamp).
     async fn read(&self) -> StoreResult<LeaseTable>;
+
+    /// Every lease and member, judged at `now` (a caller's clock): reads only, for views
+    /// whose role may not write (`tiersweep status`).
+    async fn read_at(&self, now: Timestamp) -> StoreResult<LeaseTable>;
 
     /// Stamps `member`'s row now: it is alive. Members count towards the pool's size from
     /// their first announcement until they [`depart`](Leases::depart) or stop announcing.

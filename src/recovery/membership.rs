@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::StoreResult;
 use crate::lease::{Kept, Lease, LeaseTable, Leases, MemberId, Taken};
 use crate::model::{SHARD_COUNT, Shard, ShardSet};
+use crate::telemetry::metrics::METRICS;
 
 /// Lease writes in flight at once.
 const CONCURRENCY: usize = 32;
@@ -112,10 +113,9 @@ impl LeaseKeeper {
         &self.me
     }
 
-    /// How long an unrenewed lease lasts: two thirds of the period, so that with the tick
-    /// that notices its expiry a takeover takes at most 11/12 of the period.
+    /// How long an unrenewed lease lasts ([`ttl_of`]).
     pub fn ttl(&self) -> Duration {
-        self.period * 2 / 3
+        ttl_of(self.period)
     }
 
     /// How often the keeper renews and rebalances: a quarter of the period.
@@ -173,6 +173,7 @@ impl LeaseKeeper {
         let now = Instant::now();
         self.held.retain(|_, h| h.valid_until > now);
         self.publish();
+        METRICS.leases_lost.add(tick.lost as u64);
         if tick.lost > 0 {
             tracing::warn!(member = %self.me, lost = tick.lost,
                 "leases taken by another member since this one renewed them (it stalled)");
@@ -236,6 +237,7 @@ impl LeaseKeeper {
             for r in releases {
                 r?;
                 tick.released += 1;
+                METRICS.leases_released.inc();
             }
             return Ok(());
         }
@@ -276,6 +278,7 @@ impl LeaseKeeper {
                 Ok(Taken::Won { epoch }) => {
                     self.held.insert(shard, Held { epoch, valid_until });
                     tick.acquired += 1;
+                    METRICS.leases_acquired.inc();
                 }
                 Ok(Taken::Lost) => {}
                 Err(e) => {
@@ -296,6 +299,7 @@ impl LeaseKeeper {
         self.publish();
         for (shard, h) in held {
             self.leases.release(shard, h.epoch, &self.me).await?;
+            METRICS.leases_released.inc();
         }
         self.leases.depart(&self.me).await
     }
@@ -329,6 +333,55 @@ impl LeaseKeeper {
     }
 }
 
+/// How long an unrenewed lease of `period` lasts: two thirds of it, so that with the tick
+/// that notices its expiry a takeover takes at most 11/12 of the period.
+pub fn ttl_of(period: Duration) -> Duration {
+    period * 2 / 3
+}
+
+/// Who holds what, as `tiersweep status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseSummary {
+    /// Members announced within the TTL, with the shards each holds unexpired.
+    pub members: Vec<(String, usize)>,
+    /// Shards whose lease is held and unexpired.
+    pub held: usize,
+    /// Shards nobody holds now (free, or its holder stopped renewing): no scanner reads
+    /// them until one takes the lease.
+    pub unheld: usize,
+    /// Lease rows that do not decode (their shards are not scanned).
+    pub malformed: usize,
+}
+
+/// Summarises `table` for leases of `period`.
+pub fn summary(table: &LeaseTable, period: Duration) -> LeaseSummary {
+    let expired_before = table.now.saturating_sub(ttl_of(period));
+    let mut held_by: BTreeMap<&MemberId, usize> = table
+        .members
+        .iter()
+        .filter(|m| m.stamp >= expired_before)
+        .map(|m| (&m.id, 0))
+        .collect();
+    let mut held = 0;
+    for lease in &table.leases {
+        if let Some(h) = &lease.holder
+            && lease.stamp >= expired_before
+        {
+            held += 1;
+            *held_by.entry(h).or_default() += 1;
+        }
+    }
+    LeaseSummary {
+        members: held_by
+            .into_iter()
+            .map(|(m, n)| (m.to_string(), n))
+            .collect(),
+        held,
+        unheld: table.leases.len() - held,
+        malformed: table.malformed.len(),
+    }
+}
+
 /// Where in the shard space a member starts looking for leases to take: from its id, so
 /// that members joining together mostly try different leases.
 fn start_of(member: &MemberId) -> u16 {
@@ -338,4 +391,53 @@ fn start_of(member: &MemberId) -> u16 {
         h = h.wrapping_mul(0x0100_0193);
     }
     (h % u32::from(SHARD_COUNT)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::Member;
+    use crate::model::Timestamp;
+
+    #[test]
+    fn the_summary_counts_only_unexpired_leases_and_live_members() {
+        let period = Duration::from_secs(30);
+        let now = Timestamp(1_000_000);
+        let (a, b) = (MemberId::parse("a").unwrap(), MemberId::parse("b").unwrap());
+        let mut leases: Vec<Lease> = (0..SHARD_COUNT)
+            .map(|s| Lease::unwritten(Shard(s)))
+            .collect();
+        // a holds 3 fresh leases; b held one whose stamp is a TTL old (expired).
+        for s in 0..3 {
+            leases[s] = Lease {
+                holder: Some(a.clone()),
+                epoch: 1,
+                stamp: now,
+                ..leases[s].clone()
+            };
+        }
+        leases[9] = Lease {
+            holder: Some(b.clone()),
+            epoch: 4,
+            stamp: now
+                .saturating_sub(ttl_of(period))
+                .saturating_sub(Duration::from_millis(1)),
+            ..leases[9].clone()
+        };
+        let table = LeaseTable {
+            now,
+            leases,
+            members: vec![
+                Member { id: a, stamp: now },
+                Member {
+                    id: b,
+                    stamp: Timestamp(0),
+                },
+            ],
+            malformed: vec![("!lease/zzz".into(), "bad".into())],
+        };
+        let s = summary(&table, period);
+        assert_eq!(s.members, vec![("a".to_owned(), 3)]);
+        assert_eq!((s.held, s.unheld, s.malformed), (3, 1021, 1));
+    }
 }

@@ -164,6 +164,9 @@ pub struct Metrics {
     pub heartbeat_failures: Counter,
     pub writers_fenced: Counter,
     pub pull_streams_reopened: Counter,
+    pub leases_acquired: Counter,
+    pub leases_released: Counter,
+    pub leases_lost: Counter,
     pub recovery_lag: Histogram,
     backlog: Mutex<BTreeMap<String, Backlog>>,
 }
@@ -171,6 +174,9 @@ pub struct Metrics {
 const JOBS: &str = "tiersweep.jobs.processed";
 const JOBS_HELP: &str =
     "Cleanup job deliveries a cleaner finished, by outcome (failed = nacked for redelivery).";
+const LEASES: &str = "tiersweep.shard_leases";
+const LEASES_HELP: &str = "Shard lease changes a scanner made or met, by outcome (lost = taken by \
+     another member after this one stalled past its lease).";
 const CLAIMS: &str = "tiersweep.claims";
 const CLAIMS_HELP: &str =
     "Claims a scanner attempted on stale rows, by outcome (lost = another scanner won the CAS).";
@@ -243,6 +249,9 @@ impl Metrics {
                 "tiersweep.queue.pull_streams_reopened",
                 "Streaming pulls the server ended without an error, reopened by the cleaner.",
             ),
+            leases_acquired: Counter::labelled(LEASES, LEASES_HELP, "outcome", "acquired"),
+            leases_released: Counter::labelled(LEASES, LEASES_HELP, "outcome", "released"),
+            leases_lost: Counter::labelled(LEASES, LEASES_HELP, "outcome", "lost"),
             recovery_lag: Histogram::new(
                 "tiersweep.recovery.lag",
                 "Age of a change (since its writer recorded it) when recovery converged it.",
@@ -275,7 +284,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 20] {
+    pub fn counters(&self) -> [&Counter; 23] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
@@ -297,6 +306,9 @@ impl Metrics {
             &self.heartbeat_failures,
             &self.writers_fenced,
             &self.pull_streams_reopened,
+            &self.leases_acquired,
+            &self.leases_released,
+            &self.leases_lost,
         ]
     }
 

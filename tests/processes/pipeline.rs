@@ -332,6 +332,12 @@ async fn status_inspect_and_dry_run_report_without_changing_anything() {
         "{status}"
     );
     assert!(status["oldest_stale"]["change"].is_string(), "{status}");
+    // No scanner runs here: every shard is unheld.
+    assert_eq!(status["leases"]["unheld"].as_u64(), Some(1024), "{status}");
+    assert_eq!(
+        status["leases"]["members"].as_array().map(Vec::len),
+        Some(0)
+    );
 
     let (ok, out, err) = run_cli(&config, &["recover", "--dry-run", "--json"]);
     assert!(ok, "{err}");

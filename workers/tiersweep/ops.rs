@@ -42,9 +42,9 @@ async fn stores(config: &Config) -> Result<Stores> {
 }
 
 pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
-    // The changelog alone: status reads nothing else.
+    // The changelog table alone (its rows and the shard leases kept in it).
     let clock = clock::system();
-    let changelog = tiersweep::stores::connect_changelog(&config, clock.clone())
+    let (changelog, leases) = tiersweep::stores::connect_scanner(&config, clock.clone())
         .await
         .context("connecting to the changelog")?;
     let b = inspect::backlog(
@@ -55,8 +55,25 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
     )
     .await
     .context("scanning the changelog")?;
+    // Read-only, judged by this machine's clock (the operator role may not write the
+    // clock row that gives the server's).
+    let table = leases
+        .read_at(clock.now())
+        .await
+        .context("reading the shard leases")?;
+    let l = tiersweep::recovery::membership::summary(&table, config.worker.lease_period);
     if args.json {
-        println!("{}", serde_json::to_string(&b)?);
+        #[derive(serde::Serialize)]
+        struct Status<'a, B: serde::Serialize> {
+            #[serde(flatten)]
+            backlog: &'a B,
+            leases: &'a tiersweep::recovery::membership::LeaseSummary,
+        }
+        let status = Status {
+            backlog: &b,
+            leases: &l,
+        };
+        println!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }
     println!(
@@ -82,6 +99,21 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
             o.change, o.object, o.age_s, o.claims
         ),
         None => println!("oldest stale: none"),
+    }
+    println!(
+        "scanners (shard leases): {} live, {} of {} shards held, {} unheld{}",
+        l.members.len(),
+        l.held,
+        l.held + l.unheld,
+        l.unheld,
+        if l.malformed > 0 {
+            format!(", {} malformed lease rows", l.malformed)
+        } else {
+            String::new()
+        }
+    );
+    for (member, n) in &l.members {
+        println!("  {member:<40} {n:>5} shards");
     }
     Ok(())
 }

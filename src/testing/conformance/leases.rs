@@ -193,6 +193,9 @@ pub async fn members_announce_depart_and_are_forgotten_only_when_stale(store: &d
     let later = past(store, stamp_b).await;
     assert!(store.forget(&b, later).await.unwrap());
     assert!(store.read().await.unwrap().members.is_empty());
+    // A read judged by the caller's clock sees the same rows.
+    let at = store.read_at(Timestamp(42)).await.unwrap();
+    assert_eq!((at.now, at.members.len()), (Timestamp(42), 0));
     // Departing twice, or forgetting the gone, is fine.
     store.depart(&a).await.unwrap();
     assert!(!store.forget(&a, later).await.unwrap());
