@@ -408,13 +408,10 @@ mod tests {
             .map(|s| Lease::unwritten(Shard(s)))
             .collect();
         // a holds 3 fresh leases; b held one whose stamp is a TTL old (expired).
-        for s in 0..3 {
-            leases[s] = Lease {
-                holder: Some(a.clone()),
-                epoch: 1,
-                stamp: now,
-                ..leases[s].clone()
-            };
+        for lease in leases.iter_mut().take(3) {
+            lease.holder = Some(a.clone());
+            lease.epoch = 1;
+            lease.stamp = now;
         }
         leases[9] = Lease {
             holder: Some(b.clone()),
