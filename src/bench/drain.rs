@@ -247,6 +247,11 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         let removed = backlog_removed();
         if removed >= next_sample && next_sample > 0 {
             rss.push((removed, rss_mib()));
+            eprintln!(
+                "[drain] {removed} of {} removed, {:.0} s (virtual)",
+                plan.backlog,
+                started.elapsed().as_secs_f64()
+            );
             next_sample += plan.backlog / 10;
         }
         if removed >= plan.backlog {

@@ -404,12 +404,18 @@ impl Scanner {
             now,
             start_after: None,
             limit: self.config.scan_batch,
-            // Rows minted before the last completed round began were seen by it, and those
-            // that could turn stale are watched: only the ids minted since need reading.
-            minted: (self.bounded() && self.seen_before.is_some()).then_some(MintedWindow {
-                from: self.seen_before,
+            // The fresh read is for changes that crashed recently: ids minted since the
+            // last completed round began (those minted before were seen by it, and the ones
+            // that could turn stale are watched), or, before any round completed (a first
+            // round held back through a whole drain), since one threshold before `from`.
+            // Anything older is the round's to find: reading it here would read the whole
+            // key range, backlog and tombstones, on every page.
+            minted: self.bounded().then_some(MintedWindow {
+                from: Some(self.seen_before.unwrap_or_else(|| {
+                    from.saturating_sub(self.config.protocol.staleness_threshold)
+                })),
                 to: None,
-                whole: self.unswept,
+                whole: ShardSet::EMPTY,
             }),
             report_waiting: false,
         };

@@ -313,9 +313,15 @@ async fn setting(
 
     let mut pipeline = Vec::new();
     for &m in &args.in_flight {
-        let n = (m * 100)
-            .clamp(200, args.changes.max(200))
-            .min(args.changes);
+        // On the emulators the same backlog for every M: fake-gcs-server's and
+        // cbtemulator's costs grow with what they hold, so a backlog growing with M would
+        // bend the curve by itself. Elsewhere 100 per job in flight, so short runs stay
+        // short.
+        let n = if matches!(queues, Queues::Emulator(_)) {
+            args.changes
+        } else {
+            (m * 100).clamp(200, args.changes.max(200)).min(args.changes)
+        };
         prepare(n, format!("m{m}")).await?;
         eprintln!(
             "[{name}] pipeline, {} scanners, {m} in flight",

@@ -162,6 +162,22 @@ pub fn table(r: &Report) -> String {
             "ceiling {:.0} changes/s (all services on the same cores: {:.0})",
             c.ceiling, c.shared_cpu_ceiling
         );
+        let best = r
+            .settings
+            .iter()
+            .filter(|s| s.name == "emulators")
+            .flat_map(|s| &s.pipeline)
+            .filter(|p| !p.timed_out)
+            .max_by(|a, b| a.changes_per_s.total_cmp(&b.changes_per_s));
+        if let Some(p) = best {
+            let _ = writeln!(
+                t,
+                "pipeline at its best (M = {}): {:.0} changes/s = {:.2} of the ceiling",
+                p.in_flight,
+                p.changes_per_s,
+                p.changes_per_s / c.ceiling.max(1e-9)
+            );
+        }
     }
     for m in &r.memory {
         let _ = writeln!(
