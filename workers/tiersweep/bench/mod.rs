@@ -320,7 +320,9 @@ async fn setting(
         let n = if matches!(queues, Queues::Emulator(_)) {
             args.changes
         } else {
-            (m * 100).clamp(200, args.changes.max(200)).min(args.changes)
+            (m * 100)
+                .clamp(200, args.changes.max(200))
+                .min(args.changes)
         };
         prepare(n, format!("m{m}")).await?;
         eprintln!(
