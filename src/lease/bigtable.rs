@@ -63,6 +63,27 @@ impl BigtableLeases {
         ]
     }
 
+    /// Applies `write` to `shard`'s lease if `by` holds it at `epoch`.
+    async fn if_held(
+        &self,
+        shard: Shard,
+        epoch: u64,
+        by: &MemberId,
+        write: Vec<bigtable_rs::google::bigtable::v2::Mutation>,
+    ) -> StoreResult<Kept> {
+        let matched = self
+            .client
+            .check_and_mutate(
+                &self.table,
+                &Self::lease_key(shard),
+                Self::lease_is(epoch, Some(by)),
+                write,
+                vec![],
+            )
+            .await?;
+        Ok(if matched { Kept::Done } else { Kept::NotHeld })
+    }
+
     async fn read_lease(&self, shard: Shard) -> StoreResult<Option<Lease>> {
         let key = Self::lease_key(shard);
         let cells = self
@@ -222,30 +243,12 @@ impl Leases for BigtableLeases {
     }
 
     async fn renew(&self, shard: Shard, epoch: u64, by: &MemberId) -> StoreResult<Kept> {
-        let matched = self
-            .client
-            .check_and_mutate(
-                &self.table,
-                &Self::lease_key(shard),
-                Self::lease_is(epoch, Some(by)),
-                Self::write_lease(epoch, Some(by)),
-                vec![],
-            )
-            .await?;
-        Ok(if matched { Kept::Done } else { Kept::NotHeld })
+        self.if_held(shard, epoch, by, Self::write_lease(epoch, Some(by)))
+            .await
     }
 
     async fn release(&self, shard: Shard, epoch: u64, by: &MemberId) -> StoreResult<Kept> {
-        let matched = self
-            .client
-            .check_and_mutate(
-                &self.table,
-                &Self::lease_key(shard),
-                Self::lease_is(epoch, Some(by)),
-                Self::write_lease(epoch + 1, None),
-                vec![],
-            )
-            .await?;
-        Ok(if matched { Kept::Done } else { Kept::NotHeld })
+        self.if_held(shard, epoch, by, Self::write_lease(epoch + 1, None))
+            .await
     }
 }

@@ -69,15 +69,7 @@ pub async fn a_crash_behind_the_key_bound_is_found_without_a_sweep(
     let threshold = protocol.staleness_threshold;
     let mut s = scanner(&stores, protocol, Duration::from_secs(86_400));
     s.scan_page().await.expect("the first round, a sweep");
-    let path = unique_path();
-    let faults = Faults::new([Rule::once(Op::HvCas, Fault::Delay(threshold * 60))]);
-    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol))
-        .expect("valid writer config");
-    let put = tokio::spawn({
-        let path = path.clone();
-        async move { w.put(&path, large("watched")).await }
-    });
-    wait_for(&stores, &path).await;
+    let (_, put) = slow_put(&stores, protocol, "watched").await;
     let gap = protocol.heartbeat_interval;
     let mut s = {
         let mut s = s;
@@ -166,15 +158,7 @@ pub async fn a_shard_handed_over_is_read_whole_by_its_new_owner(
     let threshold = protocol.staleness_threshold;
     let gap = protocol.heartbeat_interval;
     let no_sweep = Duration::from_secs(86_400);
-    let path = unique_path();
-    let faults = Faults::new([Rule::once(Op::HvCas, Fault::Delay(threshold * 60))]);
-    let w = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol))
-        .expect("valid writer config");
-    let put = tokio::spawn({
-        let path = path.clone();
-        async move { w.put(&path, large("handed-over")).await }
-    });
-    wait_for(&stores, &path).await;
+    let (path, put) = slow_put(&stores, protocol, "handed-over").await;
     let shard = entries_for(&stores, &path).await[0].id.shard();
     let others = ShardSet::ALL.difference(&[shard].into_iter().collect());
     let mut old = scanner(&stores, protocol, no_sweep);
@@ -209,6 +193,30 @@ pub async fn a_shard_handed_over_is_read_whole_by_its_new_owner(
         !sweeps.contains(&true),
         "by reading the shard whole, not by a sweep"
     );
+}
+
+/// A large put whose HV write takes sixty thresholds: its writer heartbeats the row all
+/// along, until the returned task is aborted (the writer dies). Returns once it is recorded.
+async fn slow_put(
+    stores: &Stores,
+    protocol: ProtocolConfig,
+    tag: &str,
+) -> (
+    ObjectPath,
+    tokio::task::JoinHandle<Result<(), crate::writer::WriteError>>,
+) {
+    let path = unique_path();
+    let delay = protocol.staleness_threshold * 60;
+    let faults = Faults::new([Rule::once(Op::HvCas, Fault::Delay(delay))]);
+    let w = TieredStorage::new(faults.wrap(stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let value = large(tag);
+    let put = tokio::spawn({
+        let path = path.clone();
+        async move { w.put(&path, value).await }
+    });
+    wait_for(stores, &path).await;
+    (path, put)
 }
 
 async fn wait_for(stores: &Stores, path: &ObjectPath) {
