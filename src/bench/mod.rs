@@ -6,6 +6,7 @@
 //! Only the measuring lives here; printing, plotting and picking backends is the binary's.
 
 pub mod ceiling;
+pub mod cpu;
 pub mod drain;
 pub mod elastic;
 pub mod lag;
@@ -102,6 +103,23 @@ pub struct Run {
     /// missing changes stopped (claimed? published? processed how?).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<std::collections::BTreeMap<String, u64>>,
+    /// CPU each watched process used during the run (the emulators' runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<cpu::CpuUse>,
+}
+
+impl Run {
+    /// CPU microseconds per converged change, by process.
+    pub fn cpu_us_per_change(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        let per = 1e6 / self.changes.max(1) as f64;
+        let cpu = self.cpu.as_ref()?;
+        Some(
+            cpu.by_process
+                .iter()
+                .map(|(n, s)| (n.clone(), s * per))
+                .collect(),
+        )
+    }
 }
 
 impl Run {
@@ -128,6 +146,7 @@ impl Run {
             claims_lost: lost,
             timed_out: false,
             counters: None,
+            cpu: None,
         }
     }
 }

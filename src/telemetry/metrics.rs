@@ -169,6 +169,8 @@ pub struct Metrics {
     pub leases_lost: Counter,
     pub recovery_lag: Histogram,
     backlog: Mutex<BTreeMap<String, Backlog>>,
+    /// What this process is (`scan`, `clean`, …), for `tiersweep_build_info`.
+    role: OnceLock<&'static str>,
 }
 
 const JOBS: &str = "tiersweep.jobs.processed";
@@ -257,9 +259,26 @@ impl Metrics {
                 "Age of a change (since its writer recorded it) when recovery converged it.",
             ),
             backlog: Mutex::new(BTreeMap::new()),
+            role: OnceLock::new(),
         }
     }
+
+    /// Names what this process is in `tiersweep_build_info{role}` (the first call wins).
+    /// A process that never calls it — a service embedding the writer — reports
+    /// `embedded`.
+    pub fn set_role(&self, role: &'static str) {
+        let _ = self.role.set(role);
+    }
+
+    fn role(&self) -> &'static str {
+        self.role.get().copied().unwrap_or("embedded")
+    }
 }
+
+const BUILD_INFO: (&str, &str) = (
+    "tiersweep.build_info",
+    "Always 1: the tiersweep version and the role of the process that exports it.",
+);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -370,9 +389,18 @@ fn series(c: &Counter) -> String {
     }
 }
 
-/// The registry in the Prometheus text exposition format (version 0.0.4).
+/// The registry in the Prometheus text exposition format (version 0.0.4), then the
+/// process metrics (`process_cpu_seconds_total`, …).
 pub fn render_prometheus(m: &Metrics) -> String {
     let mut out = String::new();
+    let name = prometheus_name(BUILD_INFO.0, "");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {}\n# TYPE {name} gauge\n{name}{{version=\"{}\",role=\"{}\"}} 1",
+        BUILD_INFO.1,
+        env!("CARGO_PKG_VERSION"),
+        m.role()
+    );
     let mut last = "";
     for c in m.counters() {
         if c.name != last {
@@ -419,6 +447,7 @@ pub fn render_prometheus(m: &Metrics) -> String {
             let _ = writeln!(out, "{name}{{shards=\"{shards}\"}} {value}");
         }
     }
+    super::process::render_prometheus(&mut out);
     out
 }
 
@@ -446,6 +475,19 @@ pub fn install_otel(meter: &Meter, m: &'static Metrics) {
             })
             .build();
     }
+    meter
+        .u64_observable_gauge(BUILD_INFO.0)
+        .with_description(BUILD_INFO.1)
+        .with_callback(move |observer| {
+            observer.observe(
+                1,
+                &[
+                    KeyValue::new("version", env!("CARGO_PKG_VERSION")),
+                    KeyValue::new("role", m.role()),
+                ],
+            );
+        })
+        .build();
     let h = &m.recovery_lag;
     let _ = h.otel.set(
         meter
@@ -513,6 +555,18 @@ mod tests {
             },
         );
         let text = render_prometheus(&m);
+        let build = format!(
+            "tiersweep_build_info{{version=\"{}\",role=\"embedded\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        m.set_role("clean");
+        m.set_role("scan");
+        let text = render_prometheus(&m);
+        assert!(
+            text.contains("role=\"clean\"} 1\n"),
+            "the first role set wins"
+        );
         assert_eq!(
             text.matches("# TYPE tiersweep_claims_total counter")
                 .count(),
@@ -562,6 +616,9 @@ mod tests {
             prometheus_name(OLDEST_STALE.0, "_seconds"),
             GCP_CALLS.0.to_owned(),
             prometheus_name(GCP_CALLS.0, "_total"),
+            BUILD_INFO.0.to_owned(),
+            prometheus_name(BUILD_INFO.0, ""),
+            "process_cpu_seconds_total".to_owned(),
         ]);
         for name in names {
             assert!(

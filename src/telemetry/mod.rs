@@ -2,7 +2,9 @@
 //! and tests read one file), the process setup ([`setup`]: logs, OTLP trace export), and
 //! trace-context propagation through job messages and change records ([`propagation`]).
 
+mod json_log;
 pub mod metrics;
+pub(crate) mod process;
 pub mod propagation;
 pub mod setup;
 

@@ -23,7 +23,8 @@ pub enum LogFormat {
     /// Human-readable, for terminals.
     #[default]
     Text,
-    /// One JSON object per line, for log collectors.
+    /// One JSON object per line, for log collectors, with the level as `severity` so that
+    /// Cloud Logging reads it (see `json_log`).
     Json,
 }
 
@@ -149,9 +150,8 @@ pub fn init(format: LogFormat, default_level: &str, service_name: &str) -> Telem
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
+        LogFormat::Json => super::json_log::CloudLoggingJson::from_env()
+            .layer(std::io::stderr)
             .with_filter(filter)
             .boxed(),
     };

@@ -111,6 +111,26 @@ pub async fn installed() -> bool {
             .is_ok()
 }
 
+/// The emulators that `infra/local/start.sh` started and that still run, as (name, pid):
+/// read from its state directory (`TIERSWEEP_LOCAL_DIR`, default `.local` in the
+/// repository), trusting a pid only while its process's start time is the one recorded
+/// beside it, as `status.sh` does. Emulators started some other way are not listed.
+pub fn started_processes() -> Vec<(String, u32)> {
+    let dir = std::env::var_os("TIERSWEEP_LOCAL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".local"));
+    let read = |file: String| std::fs::read_to_string(dir.join(file)).ok();
+    ["bigtable", "pubsub", "gcs"]
+        .into_iter()
+        .filter_map(|name| {
+            let pid: u32 = read(format!("{name}.pid"))?.trim().parse().ok()?;
+            let recorded = read(format!("{name}.start"))?;
+            let started = crate::telemetry::process::start_ticks(&pid.to_string())?;
+            (started.to_string() == recorded.trim()).then(|| (name.to_owned(), pid))
+        })
+        .collect()
+}
+
 /// The emulators, started with `infra/local/start.sh` when any of them is down.
 pub async fn start_or_reuse() -> Result<Emulators, String> {
     let e = configured();

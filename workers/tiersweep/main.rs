@@ -92,6 +92,21 @@ impl Command {
         }
         false
     }
+
+    /// The subcommand, as `tiersweep_build_info{role}` names the process.
+    fn name(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "dev")]
+            Command::Demo(_) => "demo",
+            #[cfg(feature = "dev")]
+            Command::Bench(_) => "bench",
+            Command::Scan(_) => "scan",
+            Command::Clean(_) => "clean",
+            Command::Status(_) => "status",
+            Command::Inspect(_) => "inspect",
+            Command::Recover(_) => "recover",
+        }
+    }
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -112,6 +127,7 @@ async fn main() -> std::process::ExitCode {
         Command::Clean(_) => "tiersweep-cleaner",
         _ => "tiersweep",
     };
+    tiersweep::telemetry::metrics::METRICS.set_role(cli.command.name());
     let telemetry = telemetry::init(format, default_level, service);
     let result: Result<()> = async {
         match &cli.command {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tiersweep::bench::ceiling;
+use tiersweep::bench::cpu::CpuProbe;
 use tiersweep::bench::lag::{self, SteadyLoad};
 use tiersweep::bench::{self, PipelineRun, WriteLatency};
 use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
@@ -133,20 +134,21 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 (stores, Queues::Emulator(e), Latency::NONE)
             }
         };
+        let probe = cpu_probe(&queues);
         if let Queues::Emulator(_) = queues {
             for c in [1, args.ceiling_concurrency] {
                 eprintln!("[{name}] raw RPC rates, {c} in flight");
                 let run = uuid::Uuid::now_v7().simple().to_string();
-                let r =
-                    ceiling::measure(&stores, queues.fresh().await?, &run, args.ceiling_calls, c)
-                        .await
-                        .context("measuring the emulators' raw rates")?;
+                let queue = queues.fresh().await?;
+                let r = ceiling::measure(&stores, queue, &run, args.ceiling_calls, c, &probe)
+                    .await
+                    .context("measuring the emulators' raw rates")?;
                 report.ceiling.push(r);
             }
         }
         report
             .settings
-            .push(setting(name, &stores, &queues, latency, args).await?);
+            .push(setting(name, &stores, &queues, latency, args, &probe).await?);
         if let Queues::Emulator(e) = &queues {
             report
                 .write_latency
@@ -260,6 +262,24 @@ fn write_json(out: &std::path::Path, report: &Report) -> Result<PathBuf> {
     Ok(json)
 }
 
+/// What the CPU figures watch: this process, and on the emulators the ones
+/// `infra/local/start.sh` started (emulators started some other way cannot be watched, and
+/// the bench says so instead of reporting the client's share as the whole).
+fn cpu_probe(queues: &Queues) -> CpuProbe {
+    let others = match queues {
+        Queues::Memory => Vec::new(),
+        Queues::Emulator(_) => tiersweep::testing::emulators::started_processes(),
+    };
+    let probe = CpuProbe::new(others);
+    if matches!(queues, Queues::Emulator(_)) {
+        eprintln!(
+            "[emulators] CPU time watched for: {}",
+            probe.watched().join(", ")
+        );
+    }
+    probe
+}
+
 /// Where each run's fresh queue comes from.
 enum Queues {
     Memory,
@@ -291,6 +311,7 @@ async fn setting(
     queues: &Queues,
     latency: Latency,
     args: &BenchArgs,
+    probe: &CpuProbe,
 ) -> Result<Setting> {
     let meter = Meter::new(latency);
     let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -336,7 +357,10 @@ async fn setting(
             split: true,
             in_flight: m,
         };
-        let r = bench::pipeline(stores, queues.fresh().await?, &meter, shape).await?;
+        let queue = queues.fresh().await?;
+        let before = probe.sample();
+        let mut r = bench::pipeline(stores, queue, &meter, shape).await?;
+        r.cpu = Some(probe.sample().since(&before));
         eprintln!(
             "[{name}]   {:.0} changes/s, {:.2} RPCs/change",
             r.changes_per_s, r.rpcs_per_change

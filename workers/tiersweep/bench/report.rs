@@ -144,9 +144,12 @@ pub fn table(r: &Report) -> String {
         let conc = c.rates.first().map_or(0, |r| r.concurrency);
         let _ = writeln!(t, "\n== emulators' raw rates, {conc} in flight ==");
         for rate in &c.rates {
+            let cpu = rate
+                .cpu_s_per_call()
+                .map_or(String::new(), |s| format!("  {:>6.0} CPU-us/call", s * 1e6));
             let _ = writeln!(
                 t,
-                "{:<9} {:<24} {:>8.0}/s",
+                "{:<9} {:<24} {:>8.0}/s{cpu}",
                 rate.service, rate.rpc, rate.per_s
             );
         }
@@ -159,9 +162,24 @@ pub fn table(r: &Report) -> String {
         }
         let _ = writeln!(
             t,
-            "ceiling {:.0} changes/s (all services on the same cores: {:.0})",
-            c.ceiling, c.shared_cpu_ceiling
+            "ceiling {:.0} changes/s (the slowest service)",
+            c.ceiling
         );
+        match c.cpu_ceiling {
+            Some(cpu) => {
+                let _ = writeln!(
+                    t,
+                    "CPU bound {cpu:.0} changes/s ({} cores running every service and the client)",
+                    c.cores
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    t,
+                    "CPU bound: not measured (the emulators' processes were not started by infra/local/start.sh)"
+                );
+            }
+        }
         let best = r
             .settings
             .iter()
@@ -178,6 +196,37 @@ pub fn table(r: &Report) -> String {
                 p.changes_per_s,
                 p.changes_per_s / c.ceiling.max(1e-9)
             );
+            if let Some(cpu) = c.cpu_ceiling {
+                let _ = writeln!(
+                    t,
+                    "                              = {:.2} of the CPU bound",
+                    p.changes_per_s / cpu.max(1e-9)
+                );
+            }
+            if let (Some(per), Some(used)) = (p.cpu_us_per_change(), &p.cpu) {
+                let _ = writeln!(
+                    t,
+                    "pipeline CPU per change: {:.0} us ({}); {:.2} cores busy",
+                    per.values().sum::<f64>(),
+                    per.iter()
+                        .map(|(n, us)| format!("{n} {us:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    used.cores_busy()
+                );
+            }
+            if let Some(least) = c.cpu_us_per_change() {
+                let _ = writeln!(
+                    t,
+                    "tight client's CPU per change: {:.0} us ({})",
+                    least.values().sum::<f64>(),
+                    least
+                        .iter()
+                        .map(|(n, us)| format!("{n} {us:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
         }
     }
     for m in &r.memory {
