@@ -4,10 +4,14 @@
 #   * every kustomize overlay renders (kubectl kustomize) and its manifests validate against
 #     the Kubernetes API schemas, strictly (kubernetes-validate); KEDA's custom resources have
 #     no schema there and are reported as skipped;
+#   * the alert rules (infra/monitoring) with promtool: `check rules`, and `test rules` with
+#     their unit tests; the PrometheusRule / GMP Rules and the Grafana dashboard generated
+#     from them are up to date; each monitoring component renders over the base;
 #   * Terraform: `terraform fmt -check`, and `terraform validate` when the google provider
 #     can be installed (it cannot be downloaded on machines without registry access: then
 #     that step is reported as skipped, not passed).
-# The validators are installed into .local/venv-validate from PyPI on first use.
+# The validators are installed into .local/venv-validate from PyPI on first use; promtool
+# into .local/promtool from the distribution's prometheus package (apt-get download, no root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/local/common.sh
@@ -35,6 +39,44 @@ for overlay in infra/k8s/overlays/*/; do
     || { echo "$out" >&2; die "infra/k8s/overlays/$name: manifests do not validate against Kubernetes $K8S_VERSION"; }
   skipped="$(grep -o "kind [A-Za-z]* with api version [^ ]*" <<<"$out" | sort -u | paste -sd, - || true)"
   log "infra/k8s/overlays/$name: renders, valid for Kubernetes $K8S_VERSION${skipped:+ (no schema, not validated: $skipped)}"
+done
+
+PROMTOOL="$STATE_DIR/promtool/usr/bin/promtool"
+if [[ ! -x $PROMTOOL ]]; then
+  if command -v promtool >/dev/null; then
+    PROMTOOL="$(command -v promtool)"
+  else
+    command -v apt-get >/dev/null || die "promtool is needed to check infra/monitoring: install Prometheus's promtool"
+    log "installing promtool into $STATE_DIR/promtool (apt-get download prometheus)"
+    dl="$(mktemp -d)"
+    (cd "$dl" && apt-get download -q prometheus >/dev/null 2>&1) || die "apt-get download prometheus failed: install promtool"
+    mkdir -p "$STATE_DIR/promtool"
+    dpkg-deb -x "$dl"/prometheus_*.deb "$STATE_DIR/promtool"
+    rm -rf "$dl"
+  fi
+fi
+"$PROMTOOL" check rules infra/monitoring/tiersweep.rules.yaml >&2 || die "infra/monitoring/tiersweep.rules.yaml: promtool check rules failed"
+(cd infra/monitoring && "$PROMTOOL" test rules tiersweep.rules.test.yaml) >&2 || die "infra/monitoring: the alert rules' unit tests failed"
+log "infra/monitoring: alert rules pass promtool check and their unit tests"
+infra/monitoring/render.sh --check || die "infra/monitoring: generated rule resources are stale"
+python3 infra/monitoring/dashboard.py --check || die "infra/monitoring: the dashboard is stale"
+for component in infra/k8s/components/*/; do
+  name="$(basename "$component")"
+  dir="$rendered/component-$name"
+  mkdir -p "$dir"
+  # Kustomize takes no absolute roots: point at the repository relatively.
+  repo="$(realpath --relative-to="$dir" "$PWD")"
+  cat >"$dir/kustomization.yaml" <<KUST
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$repo/infra/k8s/base]
+components: [$repo/${component%/}]
+KUST
+  kubectl kustomize --load-restrictor LoadRestrictionsNone "$dir" >"$dir/out.yaml" \
+    || die "infra/k8s/components/$name does not render over the base"
+  out="$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$dir/out.yaml" 2>&1)" \
+    || { echo "$out" >&2; die "infra/k8s/components/$name: manifests do not validate against Kubernetes $K8S_VERSION"; }
+  log "infra/k8s/components/$name: renders over the base"
 done
 
 command -v terraform >/dev/null || die "terraform is needed for terraform fmt -check"

@@ -140,3 +140,156 @@ fn the_local_scripts_create_the_families_the_layout_declares() {
         declared(&layout::changelog_families())
     );
 }
+
+/// The metric families the workers export on `/metrics`, with the series names Prometheus
+/// derives from histograms.
+fn exported_families() -> std::collections::BTreeSet<String> {
+    let text = tiersweep::telemetry::metrics::render_prometheus(
+        &tiersweep::telemetry::metrics::Metrics::new(),
+    );
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            names.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Every `tiersweep_…` or `process_…` identifier in `text` (metric names in PromQL).
+fn metric_names_in(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let bytes = text.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts = (i == 0 || !ident(bytes[i - 1]))
+            && (text[i..].starts_with("tiersweep_") || text[i..].starts_with("process_"));
+        if starts {
+            let end = (i..bytes.len())
+                .find(|&j| !ident(bytes[j]))
+                .unwrap_or(bytes.len());
+            found.push(text[i..end].to_owned());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+#[test]
+fn alerts_and_the_dashboard_query_only_metrics_the_workers_export() {
+    let exported = exported_families();
+    assert!(exported.contains("tiersweep_build_info"), "{exported:?}");
+    assert!(
+        exported.contains("process_cpu_seconds_total"),
+        "{exported:?}"
+    );
+    assert!(exported.contains("tiersweep_recovery_lag_seconds_bucket"));
+
+    // Alert expressions: only the `expr:` lines (the descriptions name settings too).
+    let rules = read("infra/monitoring/tiersweep.rules.yaml");
+    let mut in_expr = false;
+    let mut alerts = 0;
+    let mut rule_metrics = Vec::new();
+    for line in rules.lines() {
+        let t = line.trim_start();
+        if t.starts_with("- alert:") {
+            alerts += 1;
+        }
+        if t.starts_with("expr:") {
+            in_expr = true;
+        } else if t.ends_with(':') || t.contains(": ") {
+            in_expr = false;
+        }
+        if in_expr {
+            rule_metrics.extend(metric_names_in(t));
+        }
+    }
+    assert!(alerts >= 10, "{alerts} alerts");
+    assert!(!rule_metrics.is_empty());
+    for m in &rule_metrics {
+        assert!(
+            exported.contains(m),
+            "an alert queries {m}, which is not exported"
+        );
+    }
+
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("infra/monitoring/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    let mut queried = std::collections::BTreeSet::new();
+    for p in panels {
+        let id = p["id"].as_u64().expect("a panel id");
+        assert!(ids.insert(id), "panel id {id} twice");
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} queries nothing", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("an expr");
+            let names = metric_names_in(expr);
+            assert!(!names.is_empty(), "{expr} queries no tiersweep metric");
+            for m in names {
+                assert!(
+                    exported.contains(&m),
+                    "panel {} queries {m}, which is not exported",
+                    p["title"]
+                );
+                queried.insert(m);
+            }
+        }
+    }
+    // The dashboard shows every family: a histogram through its buckets; the process
+    // start time and open files are for ad-hoc queries.
+    let not_charted = ["process_open_fds", "process_start_time_seconds"];
+    for family in &exported {
+        let part_of_histogram = ["_bucket", "_sum", "_count"]
+            .iter()
+            .any(|s| family.ends_with(s));
+        if part_of_histogram || not_charted.contains(&family.as_str()) {
+            continue;
+        }
+        let shown = queried.contains(family) || queried.contains(&format!("{family}_bucket"));
+        assert!(shown, "the dashboard does not show {family}");
+    }
+}
+
+#[test]
+fn both_pools_are_scraped_and_log_json_in_the_base_manifests() {
+    for file in ["infra/k8s/base/scanner.yaml", "infra/k8s/base/cleaner.yaml"] {
+        let text = read(file);
+        assert!(
+            text.contains("kind: Service") && text.contains("clusterIP: None"),
+            "{file}: a headless Service for the ServiceMonitor"
+        );
+        assert!(text.contains("{name: http, containerPort: 8080}"), "{file}");
+        assert!(
+            text.contains("name: TIERSWEEP_LOG_FORMAT\n              value: json"),
+            "{file}: JSON logs for Cloud Logging"
+        );
+    }
+    for monitor in [
+        "infra/k8s/components/prometheus-operator/servicemonitor.yaml",
+        "infra/k8s/components/gke-managed-prometheus/podmonitoring.yaml",
+    ] {
+        let text = read(monitor);
+        assert!(
+            text.contains("values: [tiersweep-scanner, tiersweep-cleaner]"),
+            "{monitor}"
+        );
+        assert!(text.contains("- port: http"), "{monitor}");
+    }
+}

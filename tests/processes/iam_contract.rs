@@ -235,7 +235,23 @@ pub fn problems(role: Role, calls: &BTreeSet<Call>, bindings: &[Binding]) -> Vec
 
 /// The calls a `tiersweep` process reported in its exit log (JSON lines on stderr, with
 /// `RUST_LOG` letting the debug event through).
+///
+/// Every line must be one Cloud-Logging-shaped JSON object (`--log-format json`): a line
+/// that is not fails here, so a real worker's JSON logs are checked wherever this runs.
 pub fn calls_from_log(stderr: &str) -> Option<BTreeSet<Call>> {
+    for l in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        let severity = v["severity"].as_str().unwrap_or_default();
+        assert!(
+            ["DEBUG", "INFO", "WARNING", "ERROR"].contains(&severity),
+            "no Cloud Logging severity: {l}"
+        );
+        assert!(
+            v["message"].is_string() && v["timestamp"].is_string(),
+            "{l}"
+        );
+    }
     let line = stderr.lines().rev().find_map(|l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
         v["fields"]["calls"].as_str().map(str::to_owned)

@@ -403,6 +403,24 @@ async fn a_bad_setting_stops_a_worker_with_the_field_named() {
         err.contains("no-such-bucket-here") && err.contains("does not exist"),
         "{err}"
     );
+    // Under JSON logs the failure is a JSON line too, with the same words and exit code.
+    let (ok, _, err) = run_cli(
+        &config,
+        &[
+            "--log-format",
+            "json",
+            "clean",
+            "--set",
+            "gcs.bucket=no-such-bucket-here",
+        ],
+    );
+    assert!(!ok);
+    let last: serde_json::Value = serde_json::from_str(err.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {err}"));
+    assert_eq!(last["severity"], "ERROR", "{last}");
+    assert_eq!(last["fields"]["exit_code"], 4, "{last}");
+    let error = last["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no-such-bucket-here"), "{last}");
     assert_eq!(
         exit_code(
             &config,

@@ -42,8 +42,9 @@ struct Cli {
     /// Override one setting, e.g. --set pubsub.topic=jobs (repeatable; wins over file and env).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", global = true)]
     overrides: Vec<String>,
-    /// Log format on stderr; the level comes from RUST_LOG (default info).
-    #[arg(long, value_enum, default_value_t = LogFormatArg::Text, global = true)]
+    /// Log format on stderr: `json` writes one Cloud-Logging-shaped object per line (level as
+    /// `severity`, trace ids). The level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, env = "TIERSWEEP_LOG_FORMAT", default_value_t = LogFormatArg::Text, global = true)]
     log_format: LogFormatArg,
     #[command(subcommand)]
     command: Command,
@@ -150,12 +151,23 @@ async fn main() -> std::process::ExitCode {
         calls = %tiersweep::iam::calls_summary(),
         "Google Cloud calls made by this process"
     );
+    // Under JSON logs the failure is one more JSON line (a collector would file raw text
+    // as an ERROR of its own with no context); in a terminal it is anyhow's chain.
+    if let (Err(e), LogFormat::Json) = (&result, format) {
+        tracing::error!(
+            error = format!("{e:#}"),
+            exit_code = exit::code(e),
+            "failed"
+        );
+    }
     // Last: the spans of the drained work are flushed before the process exits.
     telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:?}");
+            if matches!(format, LogFormat::Text) {
+                eprintln!("Error: {e:?}");
+            }
             std::process::ExitCode::from(exit::code(&e))
         }
     }

@@ -165,7 +165,10 @@ pub async fn recover(args: &RecoverArgs, config: Config) -> Result<()> {
     )
     .await
     .context("scanning for stale changes")?;
-    eprintln!(
+    tracing::info!(
+        changes,
+        blobs,
+        malformed,
         "dry run: {changes} stale changes, {blobs} blobs would be deleted, {malformed} malformed rows; nothing was changed"
     );
     Ok(())
