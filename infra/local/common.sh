@@ -22,6 +22,10 @@ GCS_HOST="${TIERSWEEP_GCS_HOST:-127.0.0.1}"
 BIGTABLE_PORT="${TIERSWEEP_BIGTABLE_PORT:-8086}"
 PUBSUB_PORT="${TIERSWEEP_PUBSUB_PORT:-8085}"
 GCS_PORT="${TIERSWEEP_GCS_PORT:-4443}"
+# Where resumable uploads to fake-gcs-server land: the Rust GCS client drops a custom
+# endpoint's port from the Host header the server builds upload URLs from (see
+# upload-relay.py), so port 80 relays to GCS_PORT. Not configurable: the URL has no port.
+GCS_UPLOAD_PORT=80
 
 PROJECT="${TIERSWEEP_PROJECT:-tiersweep-local}"
 INSTANCE="${TIERSWEEP_BIGTABLE_INSTANCE:-tiersweep}"

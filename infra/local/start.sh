@@ -105,10 +105,19 @@ fi
 start gcs "$GCS_PORT" "$FAKE_GCS" -scheme http -backend filesystem -filesystem-root "$GCS_DATA" \
   -host 127.0.0.1 -port "$GCS_PORT" \
   -external-url "http://127.0.0.1:$GCS_PORT" -public-host "127.0.0.1:$GCS_PORT" -log-level warn
+# Resumable uploads' session URLs point at port 80 (upload-relay.py says why). Binding it
+# needs root or CAP_NET_BIND_SERVICE; without it, small puts work and streamed or large
+# ones to the emulator fail to connect, so say so now.
+if port_open "$GCS_UPLOAD_PORT" || python3 -c "import socket; socket.socket().bind(('127.0.0.1', $GCS_UPLOAD_PORT))" 2>/dev/null; then
+  start gcs-upload "$GCS_UPLOAD_PORT" python3 "$(dirname "$0")/upload-relay.py" "$GCS_UPLOAD_PORT" "$GCS_PORT"
+else
+  log "warning: cannot listen on 127.0.0.1:$GCS_UPLOAD_PORT (not root); resumable uploads to fake-gcs-server (streamed puts, objects over 8 MiB) will fail to connect"
+fi
 
 wait_for bigtable "$BIGTABLE_PORT" "$STATE_DIR/bigtable.pid"
 wait_for pubsub "$PUBSUB_PORT" "$STATE_DIR/pubsub.pid"
 wait_for gcs "$GCS_PORT" "$STATE_DIR/gcs.pid"
+if [[ -f $STATE_DIR/gcs-upload.pid ]]; then wait_for gcs-upload "$GCS_UPLOAD_PORT" "$STATE_DIR/gcs-upload.pid"; fi
 
 "$(dirname "$0")/provision.sh"
 print_env

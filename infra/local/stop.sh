@@ -4,13 +4,13 @@
 # PID is still the process start.sh started (its recorded start time matches). Emulators
 # that start.sh found already running are someone else's and are left alone.
 #
-#   infra/local/stop.sh                 # all three
+#   infra/local/stop.sh                 # all three (and the GCS upload relay)
 #   infra/local/stop.sh pubsub gcs      # just these
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 names=("$@")
-[[ ${#names[@]} -gt 0 ]] || names=(bigtable pubsub gcs)
+[[ ${#names[@]} -gt 0 ]] || names=(bigtable pubsub gcs gcs-upload)
 for name in "${names[@]}"; do
   pidfile="$STATE_DIR/$name.pid"
   if pid="$(live_pid "$name")"; then

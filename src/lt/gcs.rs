@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::{ListPage, LtAccess, LtStore};
+use super::{ByteStream, ListPage, LtAccess, LtStore};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::iam::{Method as Call, Resource};
 use crate::model::Revision;
@@ -65,6 +65,39 @@ pub struct GcsLt {
     bucket_path: String,
     /// Talking to fake-gcs-server, which has no IAM API.
     emulated: bool,
+}
+
+/// The memory a streamed upload holds: the client buffers this much until GCS has
+/// persisted it (a source without `Seek` cannot be rewound). Below it an upload is one
+/// request; above it, a resumable upload in chunks of this size (a multiple of 256 KiB,
+/// as resumable uploads require).
+pub const UPLOAD_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A [`ByteStream`] as the client's `StreamingSource`, counting what it hands over.
+struct Source {
+    /// The client requires `Sync`; the mutex is never contended (`next` takes `&mut`).
+    body: std::sync::Mutex<Option<ByteStream>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl google_cloud_storage::streaming_source::StreamingSource for Source {
+    type Error = std::io::Error;
+
+    async fn next(&mut self) -> Option<Result<Bytes, Self::Error>> {
+        use futures::StreamExt as _;
+        let body = self.body.get_mut().unwrap_or_else(|e| e.into_inner());
+        let item = body.as_mut()?.next().await;
+        match &item {
+            Some(Ok(chunk)) => {
+                self.sent
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The client may ask again after the end or an error; a stream need not
+            // answer that, so this source remembers it is done.
+            _ => *body = None,
+        }
+        item
+    }
 }
 
 #[derive(Deserialize)]
@@ -396,6 +429,42 @@ impl LtStore for GcsLt {
             self.client_error("write_object", rev.as_str(), e)
         })?;
         Ok(())
+    }
+
+    async fn put_stream(&self, rev: &Revision, body: ByteStream) -> StoreResult<u64> {
+        crate::iam::record(Call::GcsObjectsInsert, Resource::Bucket);
+        let span = self.span("write_object");
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let source = Source {
+            body: std::sync::Mutex::new(Some(body)),
+            sent: sent.clone(),
+        };
+        // As `put`: create-only, and no retries the writer did not decide on. Within a
+        // resumable upload the client re-sends only what it still buffers.
+        let result = self
+            .storage
+            .write_object(&self.bucket_path, rev.as_str(), source)
+            .set_if_generation_match(0)
+            .with_idempotency(false)
+            .with_resumable_upload_threshold(UPLOAD_BUFFER)
+            .with_resumable_upload_buffer_size(UPLOAD_BUFFER)
+            .send_buffered()
+            .instrument(span.clone())
+            .await;
+        let size = sent.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = &result
+            && e.http_status_code() == Some(412)
+        {
+            return Ok(size);
+        }
+        result.map_err(|e| {
+            let kind = e
+                .http_status_code()
+                .map_or("error".into(), |c| c.to_string());
+            record_error(&span, &kind);
+            self.client_error("write_object", rev.as_str(), e)
+        })?;
+        Ok(size)
     }
 
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
 
-use super::{ListPage, LtStore};
-use crate::error::StoreResult;
+use super::{ByteStream, ListPage, LtStore};
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::model::Revision;
 
 const PAGE: usize = 1000;
@@ -33,6 +34,29 @@ impl LtStore for MemoryLt {
         // Create-only, like the GCS backend's `ifGenerationMatch=0`.
         self.blobs().entry(rev.as_str().to_owned()).or_insert(bytes);
         Ok(())
+    }
+
+    async fn put_stream(&self, rev: &Revision, mut body: ByteStream) -> StoreResult<u64> {
+        // Like GCS: nothing is visible until the whole stream has arrived, and a stream
+        // that fails part-way creates nothing.
+        let mut all = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                StoreError::new(
+                    StoreKind::Lt,
+                    "upload",
+                    rev.to_string(),
+                    ErrorKind::Permanent,
+                    format!("the upload's stream failed: {e}"),
+                )
+            })?;
+            all.extend_from_slice(&chunk);
+        }
+        let size = all.len() as u64;
+        self.blobs()
+            .entry(rev.as_str().to_owned())
+            .or_insert(all.freeze());
+        Ok(size)
     }
 
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {

@@ -8,8 +8,11 @@
 pub mod gcs;
 pub mod memory;
 
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::Stream;
 
 use crate::error::StoreResult;
 use crate::model::Revision;
@@ -53,6 +56,11 @@ impl LtAccess {
     }
 }
 
+/// An object's bytes as a stream of chunks: what a streamed put uploads. A chunk error
+/// aborts the upload (the blob is not created), which is also how the writer stops an
+/// upload whose guard lapsed.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
 /// One page of a listing: blob names relative to the store's prefix.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
@@ -66,6 +74,15 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
     /// Creates the blob. Create-only: when it exists already (an earlier attempt of the
     /// same upload landed; revision names are never reused) the put succeeds and leaves it.
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()>;
+    /// Creates the blob from a stream, holding at most one upload buffer in memory
+    /// whatever the size (GCS: a resumable upload once the bytes pass its threshold). The
+    /// blob exists only once the stream has ended and the upload completed: a stream that
+    /// fails, or a failed upload, creates nothing that a read sees (though, as with
+    /// [`LtStore::put`], GCS may still finalize an upload whose response was lost). Not
+    /// retried: the stream's bytes are consumed. Sent create-only like `put`, though
+    /// nothing relies on it: a stream is sent once, under a revision minted for it.
+    /// Returns the size.
+    async fn put_stream(&self, rev: &Revision, body: ByteStream) -> StoreResult<u64>;
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>>;
     async fn exists(&self, rev: &Revision) -> StoreResult<bool>;
     /// Deletes the blob; a missing blob is success.

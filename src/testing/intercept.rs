@@ -15,7 +15,7 @@ use crate::changelog::{
 };
 use crate::error::{StoreKind, StoreResult};
 use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
-use crate::lt::{ListPage, LtStore};
+use crate::lt::{ByteStream, ListPage, LtStore};
 use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision, Timestamp};
 use crate::stores::Stores;
 
@@ -148,6 +148,13 @@ impl<H: Intercept> LtStore for HookedLt<H> {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
         let (inner, rev) = (self.inner.clone(), rev.clone());
         let call = Box::pin(async move { inner.put(&rev, bytes).await });
+        self.hook.run(Op::LtPut, StoreKind::Lt, call).await
+    }
+    async fn put_stream(&self, rev: &Revision, body: ByteStream) -> StoreResult<u64> {
+        // One upload, as `put` is: faults before it send nothing, faults after it let it
+        // land and report an error.
+        let (inner, rev) = (self.inner.clone(), rev.clone());
+        let call = Box::pin(async move { inner.put_stream(&rev, body).await });
         self.hook.run(Op::LtPut, StoreKind::Lt, call).await
     }
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {

@@ -48,6 +48,9 @@ macro_rules! safety_schedules {
             recovery_does_not_report_a_tombstone_a_later_write_replaced,
             an_upload_that_lands_after_its_error_is_deleted,
             an_upload_landing_after_its_dead_writers_recovery_is_deleted,
+            a_streamed_put_round_trips_inline_and_large,
+            a_long_streamed_upload_keeps_its_change_alive,
+            a_streamed_upload_that_outlives_its_guard_never_completes,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -749,4 +752,186 @@ pub async fn a_writer_clock_running_behind_keeps_its_live_write(
         reader.get(&path).await.expect("reading back"),
         ReadOutcome::Found(bytes)
     );
+}
+
+/// `parts` as a stream that waits `gap` before each part after the first: a client
+/// sending an object slowly.
+fn slow_stream(
+    parts: Vec<Bytes>,
+    gap: Duration,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::unfold(
+        (parts.into_iter(), true),
+        move |(mut parts, first)| async move {
+            let part = parts.next()?;
+            if !first {
+                tokio::time::sleep(gap).await;
+            }
+            Some((Ok(part), (parts, false)))
+        },
+    )
+}
+
+fn concat(parts: &[Bytes]) -> Bytes {
+    parts
+        .iter()
+        .flat_map(|p| p.iter().copied())
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A streamed put stores what a `put` of the same bytes would: inline when the stream
+/// ends within the inline threshold (whatever its chunking), in LT when it does not, and
+/// leaves no changelog row behind.
+pub async fn a_streamed_put_round_trips_inline_and_large(stores: Stores, protocol: ProtocolConfig) {
+    let writer = TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    let small = unique_path();
+    let parts = vec![Bytes::from_static(b"tiny "), Bytes::from_static(b"object")];
+    writer
+        .put_stream(
+            &small,
+            futures::stream::iter(parts.clone().into_iter().map(Ok)),
+        )
+        .await
+        .expect("a small streamed put");
+    assert_eq!(
+        stores.hv.read(&small).await.expect("reading HV"),
+        Some(HvValue::Inline(concat(&parts))),
+        "a stream within the threshold is stored inline"
+    );
+    let big = unique_path();
+    let parts: Vec<Bytes> = (0..5).map(|i| large(&format!("part{i}"))).collect();
+    writer
+        .put_stream(
+            &big,
+            futures::stream::iter(parts.clone().into_iter().map(Ok)),
+        )
+        .await
+        .expect("a large streamed put");
+    assert_eq!(
+        writer.get(&big).await.expect("reading it back"),
+        ReadOutcome::Found(concat(&parts))
+    );
+    assert_eq!(blobs_of(&stores, &big).await.len(), 1);
+    assert!(entries_for(&stores, &big).await.is_empty());
+    // A stream that fails before the writer decided writes nothing.
+    let failed = unique_path();
+    let err = writer
+        .put_stream(
+            &failed,
+            futures::stream::iter([Err(std::io::Error::other("client went away"))]),
+        )
+        .await
+        .expect_err("a failing stream");
+    assert!(
+        matches!(err, crate::writer::WriteError::Body { .. }),
+        "{err}"
+    );
+    assert_eq!(stores.hv.read(&failed).await.expect("reading HV"), None);
+    assert!(entries_for(&stores, &failed).await.is_empty());
+}
+
+/// An upload that takes several staleness thresholds: the guard heartbeats all along, so
+/// recovery, running meanwhile, leaves the change alone, and the put lands.
+pub async fn a_long_streamed_upload_keeps_its_change_alive(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let writer = TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    let parts: Vec<Bytes> = (0..4).map(|i| large(&format!("slow{i}"))).collect();
+    let put = tokio::spawn({
+        let (path, body) = (
+            path.clone(),
+            slow_stream(parts.clone(), protocol.staleness_threshold),
+        );
+        async move { writer.put_stream(&path, body).await }
+    });
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    let pass = recovery_pass(&stores, protocol).await;
+    assert_eq!(
+        pass.converged, 0,
+        "a heartbeated upload is not stale: {pass:?}"
+    );
+    put.await
+        .expect("the writer's task")
+        .expect("the slow upload lands");
+    let reader = TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    assert_eq!(
+        reader.get(&path).await.expect("reading it back"),
+        ReadOutcome::Found(concat(&parts))
+    );
+    assert!(entries_for(&stores, &path).await.is_empty());
+}
+
+/// The writer's heartbeats fail while its client is still sending the object slowly;
+/// recovery claims the stale change and converges it (deletes the revision that does not
+/// exist yet, removes the row). If the rest of the stream were still sent, the upload
+/// would complete after that, and with the writer's process dead right after, the blob
+/// would be an orphan no row names (I2). The upload is checked against the guard before
+/// every chunk, so it stops instead and never completes.
+pub async fn a_streamed_upload_that_outlives_its_guard_never_completes(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let path = unique_path();
+    let faults = Faults::new([
+        Rule {
+            op: Some(Op::Heartbeat),
+            skip: 0,
+            times: usize::MAX,
+            fault: Fault::Fail,
+        },
+        // The process dies as soon as the upload call returns, whatever it returned.
+        Rule {
+            op: Some(Op::LtPut),
+            skip: 0,
+            times: 1,
+            fault: Fault::CrashAfter,
+        },
+    ]);
+    let writer = TieredStorage::new(faults.wrap(&stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    // The late chunk is sent only once recovery has converged the change, so if the
+    // upload went on regardless, the blob would land after recovery's delete.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let body = futures::StreamExt::chain(
+        futures::stream::iter([Ok(large("first"))]),
+        futures::stream::once(async move {
+            let _ = released.await;
+            Ok(large("late"))
+        }),
+    );
+    let put = tokio::spawn({
+        let (faults, path) = (faults.clone(), path.clone());
+        async move {
+            faults
+                .run_until_crash(async move { writer.put_stream(&path, body).await })
+                .await
+        }
+    });
+    tokio::time::sleep(protocol.staleness_threshold * 2).await;
+    let pass = recovery_pass(&stores, protocol).await;
+    assert_eq!(
+        pass.converged, 1,
+        "recovery converges the stale change: {pass:?}"
+    );
+    assert!(entries_for(&stores, &path).await.is_empty());
+    release
+        .send(())
+        .expect("the upload still waits for its late chunk");
+    let outcome = put.await.expect("the writer's task");
+    assert!(
+        faults.is_crashed(),
+        "the writer died after its upload call: {outcome:?}"
+    );
+    let left = blobs_of(&stores, &path).await;
+    assert!(
+        left.is_empty(),
+        "the upload completed after its change was converged: {left:?}"
+    );
+    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
 }

@@ -55,6 +55,60 @@ struct Shared {
     fenced: AtomicBool,
 }
 
+/// A guard's state, read from a clone: see [`ChangeGuard::watch`].
+#[derive(Debug, Clone)]
+pub struct GuardWatch {
+    shared: Arc<Shared>,
+    protocol: ProtocolConfig,
+    clock: SharedClock,
+    /// Whether the guard heartbeats and so can expire (a no-op changelog does not).
+    expires: bool,
+}
+
+impl GuardWatch {
+    pub fn state(&self) -> GuardState {
+        state_of(&self.shared, self.protocol, &self.clock, self.expires)
+    }
+}
+
+fn state_of(
+    shared: &Shared,
+    protocol: ProtocolConfig,
+    clock: &SharedClock,
+    expires: bool,
+) -> GuardState {
+    if shared.fenced.load(Ordering::SeqCst) {
+        GuardState::Fenced
+    } else if shared.failed.load(Ordering::SeqCst) {
+        GuardState::HeartbeatFailed
+    } else if expires && age(shared, clock) >= protocol.guard_validity() {
+        GuardState::Expired
+    } else {
+        GuardState::Valid
+    }
+}
+
+/// The age of the last successful heartbeat.
+fn age(shared: &Shared, clock: &SharedClock) -> std::time::Duration {
+    let sent = *shared
+        .last_sent_ok
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    age_of(clock, sent)
+}
+
+/// How long ago `sent` was: the larger of its monotonic and its wall-clock age (a wall
+/// clock stepped backwards gives 0 and leaves it to the other).
+fn age_of(clock: &SharedClock, sent: Sent) -> std::time::Duration {
+    let wall = clock.now().0.saturating_sub(sent.wall.0).max(0);
+    let wall = std::time::Duration::from_millis(u64::try_from(wall).unwrap_or(0));
+    let monotonic = clock.monotonic().saturating_duration_since(sent.monotonic);
+    if crate::mutants::on(crate::mutants::Mutant::GuardMonotonicOnly) {
+        return monotonic;
+    }
+    monotonic.max(wall)
+}
+
 #[derive(Debug)]
 pub struct ChangeGuard {
     pub id: ChangeId,
@@ -110,41 +164,22 @@ impl ChangeGuard {
     }
 
     pub fn state(&self) -> GuardState {
-        if self.shared.fenced.load(Ordering::SeqCst) {
-            GuardState::Fenced
-        } else if self.shared.failed.load(Ordering::SeqCst) {
-            GuardState::HeartbeatFailed
-        } else if self.heartbeat.is_some() && self.age() >= self.protocol.guard_validity() {
-            GuardState::Expired
-        } else {
-            GuardState::Valid
+        self.watch_state(self.heartbeat.is_some())
+    }
+
+    /// A handle that reads this guard's state from elsewhere (a streamed upload checks it
+    /// before each chunk), without owning the guard.
+    pub fn watch(&self) -> GuardWatch {
+        GuardWatch {
+            shared: self.shared.clone(),
+            protocol: self.protocol,
+            clock: self.clock.clone(),
+            expires: self.heartbeat.is_some(),
         }
     }
 
-    /// The age of the last successful heartbeat: the larger of its monotonic and its
-    /// wall-clock age (a wall clock stepped backwards gives 0 and leaves it to the other).
-    fn age(&self) -> std::time::Duration {
-        let sent = *self
-            .shared
-            .last_sent_ok
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.age_of(sent)
-    }
-
-    /// How long ago `sent` was: the larger of its monotonic and its wall-clock age (a wall
-    /// clock stepped backwards gives 0 and leaves it to the other).
-    fn age_of(&self, sent: Sent) -> std::time::Duration {
-        let wall = self.clock.now().0.saturating_sub(sent.wall.0).max(0);
-        let wall = std::time::Duration::from_millis(u64::try_from(wall).unwrap_or(0));
-        let monotonic = self
-            .clock
-            .monotonic()
-            .saturating_duration_since(sent.monotonic);
-        if crate::mutants::on(crate::mutants::Mutant::GuardMonotonicOnly) {
-            return monotonic;
-        }
-        monotonic.max(wall)
+    fn watch_state(&self, expires: bool) -> GuardState {
+        state_of(&self.shared, self.protocol, &self.clock, expires)
     }
 
     /// Stops the heartbeat. Call before removing the entry, so that no heartbeat in flight
@@ -291,6 +326,6 @@ mod tests {
         g.stop(); // no heartbeats: the last one ages
         clock.jump(std::time::Duration::from_secs(3600), false);
         tokio::time::advance(protocol().guard_validity()).await;
-        assert!(g.age() >= protocol().guard_validity());
+        assert!(age(&g.shared, &g.clock) >= protocol().guard_validity());
     }
 }

