@@ -94,4 +94,4 @@ pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
 pub use model::ObjectPath;
 pub use recovery::{EmbeddedRecovery, RecoveryConfig};
 pub use stores::Stores;
-pub use writer::{ReadOutcome, TieredStorage, WriteError, WriterConfig};
+pub use writer::{ReadOutcome, StreamOutcome, TieredStorage, WriteError, WriterConfig};

@@ -488,6 +488,38 @@ impl LtStore for GcsLt {
         Ok(Some(Bytes::from(contents)))
     }
 
+    async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>> {
+        let name = rev.as_str();
+        crate::iam::record(Call::GcsObjectsGet, Resource::Bucket);
+        let response = match self
+            .storage
+            .read_object(&self.bucket_path, name)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.client_error("read_object", name, e)),
+        };
+        // The client resumes an interrupted download itself, pinned to the generation it
+        // opened; an error it gives up on ends the stream.
+        let what = format!("gs://{}/{name}", self.bucket);
+        let stream = futures::stream::unfold(Some(response), move |response| {
+            let what = what.clone();
+            async move {
+                let mut response = response?;
+                match response.next().await? {
+                    Ok(chunk) => Some((Ok(chunk), Some(response))),
+                    Err(e) => Some((
+                        Err(std::io::Error::other(format!("reading {what}: {e}"))),
+                        None,
+                    )),
+                }
+            }
+        });
+        Ok(Some(Box::pin(stream)))
+    }
+
     async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
         let name = rev.as_str();
         let mut url = self.object_url(name);

@@ -28,6 +28,9 @@ impl MemoryLt {
     }
 }
 
+/// The chunk size of the twin's streamed reads.
+const READ_CHUNK: usize = 64 * 1024;
+
 #[async_trait]
 impl LtStore for MemoryLt {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
@@ -61,6 +64,19 @@ impl LtStore for MemoryLt {
 
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
         Ok(self.blobs().get(rev.as_str()).cloned())
+    }
+
+    async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>> {
+        // A snapshot at open, as GCS reads one generation; chunked, as a download arrives,
+        // so callers that assume one chunk are caught here too.
+        let Some(blob) = self.blobs().get(rev.as_str()).cloned() else {
+            return Ok(None);
+        };
+        let chunks = (0..blob.len())
+            .step_by(READ_CHUNK)
+            .map(move |at| Ok(blob.slice(at..(at + READ_CHUNK).min(blob.len()))))
+            .collect::<Vec<_>>();
+        Ok(Some(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn exists(&self, rev: &Revision) -> StoreResult<bool> {

@@ -84,6 +84,11 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
     /// Returns the size.
     async fn put_stream(&self, rev: &Revision, body: ByteStream) -> StoreResult<u64>;
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>>;
+    /// Opens the blob for reading as a stream of chunks, holding about one chunk in memory
+    /// whatever its size; `None` when it does not exist. The read is of the blob as it was
+    /// when opened (GCS pins the generation): a delete that lands meanwhile may end the
+    /// stream with an error, never with another object's bytes.
+    async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>>;
     async fn exists(&self, rev: &Revision) -> StoreResult<bool>;
     /// Deletes the blob; a missing blob is success.
     async fn delete(&self, rev: &Revision) -> StoreResult<()>;

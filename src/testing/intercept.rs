@@ -162,6 +162,12 @@ impl<H: Intercept> LtStore for HookedLt<H> {
         let call = Box::pin(async move { inner.get(&rev).await });
         self.hook.run(Op::LtGet, StoreKind::Lt, call).await
     }
+    async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>> {
+        // Faults apply to opening the read, which is the call that reaches the store.
+        let (inner, rev) = (self.inner.clone(), rev.clone());
+        let call = Box::pin(async move { inner.get_stream(&rev).await });
+        self.hook.run(Op::LtGet, StoreKind::Lt, call).await
+    }
     async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
         let (inner, rev) = (self.inner.clone(), rev.clone());
         let call = Box::pin(async move { inner.exists(&rev).await });

@@ -49,6 +49,7 @@ macro_rules! safety_schedules {
             an_upload_that_lands_after_its_error_is_deleted,
             an_upload_landing_after_its_dead_writers_recovery_is_deleted,
             a_streamed_put_round_trips_inline_and_large,
+            a_streamed_get_reads_what_get_reads,
             a_long_streamed_upload_keeps_its_change_alive,
             a_streamed_upload_that_outlives_its_guard_never_completes,
         ]);
@@ -830,6 +831,61 @@ pub async fn a_streamed_put_round_trips_inline_and_large(stores: Stores, protoco
     );
     assert_eq!(stores.hv.read(&failed).await.expect("reading HV"), None);
     assert!(entries_for(&stores, &failed).await.is_empty());
+}
+
+/// A streamed get reads what `get` reads: inline values, LT blobs, not found; and, like
+/// `get`, it follows an overwrite that commits (and deletes the revision it was about to
+/// open) between its HV read and its LT open.
+pub async fn a_streamed_get_reads_what_get_reads(stores: Stores, protocol: ProtocolConfig) {
+    use crate::writer::StreamOutcome;
+    async fn collect(outcome: StreamOutcome) -> Option<Bytes> {
+        use futures::StreamExt as _;
+        let StreamOutcome::Found(mut stream) = outcome else {
+            return None;
+        };
+        let mut all = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk.expect("a chunk of the object"));
+        }
+        Some(all.into())
+    }
+    let config = test_writer_config(protocol);
+    let writer = TieredStorage::new(stores.clone(), config).expect("valid writer config");
+    let (small, big) = (unique_path(), unique_path());
+    writer
+        .put(&small, Bytes::from_static(b"inline"))
+        .await
+        .expect("a small put");
+    writer.put(&big, large("big")).await.expect("a large put");
+    for (path, value) in [
+        (&small, Bytes::from_static(b"inline")),
+        (&big, large("big")),
+    ] {
+        let outcome = writer.get_stream(path).await.expect("a streamed read");
+        assert_eq!(collect(outcome).await, Some(value));
+    }
+    let missing = writer
+        .get_stream(&unique_path())
+        .await
+        .expect("a streamed read");
+    assert!(matches!(missing, StreamOutcome::NotFound), "{missing:?}");
+
+    let faults = Faults::new([Rule::once(
+        Op::LtGet,
+        Fault::Delay(protocol.heartbeat_interval * 2),
+    )]);
+    let reader = TieredStorage::new(faults.wrap(&stores), config).expect("valid writer config");
+    let read = tokio::spawn({
+        let path = big.clone();
+        async move { reader.get_stream(&path).await }
+    });
+    wait_for_calls(&faults, Op::LtGet, 1).await;
+    writer
+        .put(&big, large("newer"))
+        .await
+        .expect("the overwrite commits while the read waits");
+    let outcome = read.await.expect("the reader's task").expect("the read");
+    assert_eq!(collect(outcome).await, Some(large("newer")));
 }
 
 /// An upload that takes several staleness thresholds: the guard heartbeats all along, so

@@ -169,6 +169,35 @@ pub enum ReadOutcome {
     Dangling(Revision),
 }
 
+/// The outcome of a streamed read ([`TieredStorage::get_stream`]).
+pub enum StreamOutcome {
+    /// The object's bytes, chunk by chunk. A chunk that fails ends the read: the blob was
+    /// deleted part-way (overwritten since it was opened) or its download broke.
+    Found(ByteStream),
+    NotFound,
+    /// HV points at an LT revision that does not exist: reads as not found, and is reported.
+    Dangling(Revision),
+}
+
+impl std::fmt::Debug for StreamOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Found(_) => f.write_str("Found(..)"),
+            Self::NotFound => f.write_str("NotFound"),
+            Self::Dangling(rev) => f.debug_tuple("Dangling").field(rev).finish(),
+        }
+    }
+}
+
+/// What following HV to a value found, before it is shaped into an outcome.
+enum Followed<T> {
+    Inline(Bytes),
+    /// What was fetched from the revision HV references.
+    Blob(T),
+    NotFound,
+    Dangling(Revision),
+}
+
 #[derive(Debug, Clone)]
 pub struct TieredStorage {
     stores: Stores,
@@ -209,17 +238,67 @@ impl TieredStorage {
     /// one this read was about to fetch, and the object had a value all along.
     pub async fn get(&self, path: &ObjectPath) -> Result<ReadOutcome, StoreError> {
         let retry = &self.config.retry;
+        let followed = self
+            .follow(path, |rev| async move {
+                retry.run("get", || self.stores.lt.get(&rev)).await
+            })
+            .await?;
+        Ok(match followed {
+            Followed::Inline(bytes) | Followed::Blob(bytes) => ReadOutcome::Found(bytes),
+            Followed::NotFound => ReadOutcome::NotFound,
+            Followed::Dangling(rev) => ReadOutcome::Dangling(rev),
+        })
+    }
+
+    /// Reads the object as a stream of chunks, holding about one chunk in memory whatever
+    /// its size. Which revision is read is decided when the read is opened, as [`get`]
+    /// decides it (following overwrites that land meanwhile); the bytes then come from that
+    /// revision, so an overwrite after the open ends the stream with an error rather than
+    /// mixing two objects.
+    ///
+    /// [`get`]: Self::get
+    pub async fn get_stream(&self, path: &ObjectPath) -> Result<StreamOutcome, StoreError> {
+        let retry = &self.config.retry;
+        let followed = self
+            .follow(path, |rev| async move {
+                retry.run("get", || self.stores.lt.get_stream(&rev)).await
+            })
+            .await?;
+        Ok(match followed {
+            Followed::Blob(stream) => StreamOutcome::Found(stream),
+            Followed::Inline(inline) => {
+                StreamOutcome::Found(Box::pin(futures::stream::iter([Ok(inline)])))
+            }
+            Followed::NotFound => StreamOutcome::NotFound,
+            Followed::Dangling(rev) => StreamOutcome::Dangling(rev),
+        })
+    }
+
+    /// Follows HV to the object's value: inline, or what `fetch` got from the revision HV
+    /// references. A revision that is
+    /// missing is re-checked against HV: overwritten meanwhile, the new value is followed;
+    /// still referenced, it is a dangling tombstone.
+    async fn follow<T, F, Fut>(
+        &self,
+        path: &ObjectPath,
+        fetch: F,
+    ) -> Result<Followed<T>, StoreError>
+    where
+        F: Fn(Revision) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let retry = &self.config.retry;
         let mut current = retry.run("read", || self.stores.hv.read(path)).await?;
         // Each round follows one overwrite; more than a few in a row is a hot object, and
         // the last answer is as good as any.
         for _ in 0..READ_ROUNDS {
             let rev = match current {
-                None => return Ok(ReadOutcome::NotFound),
-                Some(HvValue::Inline(bytes)) => return Ok(ReadOutcome::Found(bytes)),
+                None => return Ok(Followed::NotFound),
+                Some(HvValue::Inline(bytes)) => return Ok(Followed::Inline(bytes)),
                 Some(HvValue::Tombstone(rev)) => rev,
             };
-            if let Some(bytes) = retry.run("get", || self.stores.lt.get(&rev)).await? {
-                return Ok(ReadOutcome::Found(bytes));
+            if let Some(found) = fetch(rev.clone()).await? {
+                return Ok(Followed::Blob(found));
             }
             current = retry.run("read", || self.stores.hv.read(path)).await?;
             if current.as_ref().and_then(HvValue::tombstone) == Some(&rev)
@@ -227,7 +306,7 @@ impl TieredStorage {
             {
                 tracing::error!(object = %path, revision = %rev,
                     "dangling tombstone: HV references a missing LT blob");
-                return Ok(ReadOutcome::Dangling(rev));
+                return Ok(Followed::Dangling(rev));
             }
         }
         Err(StoreError::new(

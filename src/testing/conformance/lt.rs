@@ -81,6 +81,44 @@ pub async fn a_streamed_put_stores_every_chunk(lt: &dyn LtStore) {
     }
 }
 
+/// A streamed get yields exactly the blob's bytes, in order, in more than one chunk for a
+/// blob larger than a chunk; a missing blob is `None`, not an empty stream; and a read
+/// opened before a delete is of the blob as it was (it may end early with an error, never
+/// with other bytes).
+pub async fn a_streamed_get_yields_the_blob(lt: &dyn LtStore) {
+    use futures::StreamExt as _;
+    assert!(
+        lt.get_stream(&rev()).await.unwrap().is_none(),
+        "a missing blob"
+    );
+    for n in [0, 1000, 3 * 1024 * 1024 + 17] {
+        let r = rev();
+        let (body, all) = chunks(n, 256 * 1024, None);
+        lt.put_stream(&r, body).await.unwrap();
+        let mut stream = lt.get_stream(&r).await.unwrap().expect("the blob exists");
+        let mut got = Vec::with_capacity(n);
+        let mut pieces = 0;
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+            pieces += 1;
+        }
+        assert_eq!(Bytes::from(got), all, "{n} bytes");
+        if n > 1024 * 1024 {
+            assert!(pieces > 1, "{n} bytes arrived in {pieces} chunk(s)");
+        }
+        let mut opened = lt.get_stream(&r).await.unwrap().expect("the blob exists");
+        lt.delete(&r).await.unwrap();
+        let mut after = Vec::new();
+        while let Some(Ok(chunk)) = opened.next().await {
+            after.extend_from_slice(&chunk);
+        }
+        assert!(
+            all.starts_with(&after),
+            "{n} bytes: a read opened before the delete"
+        );
+    }
+}
+
 /// A stream that fails part-way creates no blob, on either side of the resumable
 /// threshold: the object exists only once the whole upload completed.
 pub async fn a_streamed_put_whose_stream_fails_creates_nothing(lt: &dyn LtStore) {

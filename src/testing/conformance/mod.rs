@@ -58,6 +58,7 @@ macro_rules! lt_conformance {
                 a_put_never_overwrites,
                 a_streamed_put_stores_every_chunk,
                 a_streamed_put_whose_stream_fails_creates_nothing,
+                a_streamed_get_yields_the_blob,
                 list_pages_through_everything,
             ]
         );
