@@ -31,7 +31,7 @@ cargo run -q -p tiersweep --example embed
 # Stop on exit only what this run started; emulators that were already up stay up.
 source infra/local/common.sh
 started=()
-for name in bigtable pubsub gcs; do live_pid "$name" >/dev/null || started+=("$name"); done
+for name in bigtable pubsub gcs gcs-upload; do live_pid "$name" >/dev/null || started+=("$name"); done
 cleanup() { [[ ${#started[@]} -eq 0 ]] || infra/local/stop.sh "${started[@]}"; }
 trap cleanup EXIT
 # Not `eval "$(start.sh)"`: that would carry on after start.sh failed.

@@ -65,6 +65,14 @@ pub struct BenchArgs {
     /// RSS measured); 0 skips them.
     #[arg(long, default_value_t = 100_000)]
     rss_changes: usize,
+    /// Size (MiB) of the object a writer process puts from a stream on the emulators, its
+    /// peak RSS measured against its idle RSS; 0 skips it.
+    #[arg(long, default_value_t = 1024)]
+    stream_put_mib: u64,
+    /// Internal: be the writer process of the streamed-put memory run (config from the
+    /// environment, report as JSON on stdout).
+    #[arg(long, hide = true)]
+    stream_put_child: bool,
     /// Calls per RPC kind when measuring the emulators' raw rates (the ceiling). The
     /// default matches the largest backlog: fake-gcs-server's calls slow down as its bucket
     /// fills, so the ceiling must be measured at the size the pipeline sees.
@@ -96,6 +104,9 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: &BenchArgs) -> Result<()> {
+    if args.stream_put_child {
+        return rss::stream_put_child(args.stream_put_mib).await;
+    }
     if args.in_flight.contains(&0) || args.changes == 0 || args.baseline_changes == 0 {
         bail!("--changes, --baseline-changes and every --in-flight value must be at least 1");
     }
@@ -157,6 +168,12 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             if args.rss_changes > 0 {
                 let deadline = Duration::from_secs(args.run_deadline_s.max(600));
                 report.memory = rss::measure(e, args.rss_changes, deadline).await?;
+            }
+            if args.stream_put_mib > 0 {
+                let deadline = Duration::from_secs(args.run_deadline_s.max(600));
+                report
+                    .memory
+                    .push(rss::stream_put(e, args.stream_put_mib, deadline).await?);
             }
         }
         // After every setting, so a long run that is stopped keeps what it measured.

@@ -4,6 +4,8 @@
 //! progresses, VmHWM at the end); progress from the worker's own `/metrics`.
 
 use std::process::Stdio;
+
+use futures::StreamExt as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +17,7 @@ use tiersweep::testing::emulators::{Emulators, env_for};
 use tokio::process::{Child, Command};
 
 /// One worker's memory over one run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RssRun {
     pub worker: String,
     /// Rows scanned or jobs converged.
@@ -131,6 +133,94 @@ async fn run_worker(
         samples,
         peak_mib: peak,
     })
+}
+
+/// Peak memory of a writer process putting a `mib`-MiB object from a stream (generated
+/// chunk by chunk, so the object never exists whole in the writer): the bench re-runs
+/// itself as that process, on a fresh bucket of the emulators, and reads its report.
+pub async fn stream_put(emulators: &Emulators, mib: u64, deadline: Duration) -> Result<RssRun> {
+    let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
+    let exe = std::env::current_exe().context("locating the tiersweep binary")?;
+    eprintln!("[memory] a writer putting {mib} MiB from a stream");
+    let child = Command::new(exe)
+        .args([
+            "bench",
+            "--stream-put-child",
+            "--stream-put-mib",
+            &mib.to_string(),
+        ])
+        .envs(env_for(&config))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning the writer process")?;
+    let output = tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .with_context(|| format!("the streamed put did not finish within {deadline:?}"))?
+        .context("waiting for the writer process")?;
+    if !output.status.success() {
+        bail!("the writer process failed with {}", output.status);
+    }
+    serde_json::from_slice(&output.stdout).context("reading the writer process's report")
+}
+
+/// The writer process of [`stream_put`]: connects as the config in its environment says,
+/// puts the object, deletes it (the emulator's bucket is on a tmpfs), and prints its
+/// [`RssRun`] as JSON.
+pub async fn stream_put_child(mib: u64) -> Result<()> {
+    const CHUNK: usize = 1024 * 1024;
+    let config = Config::load(None, std::env::vars(), &[]).context("the writer's config")?;
+    let stores = tiersweep::Stores::connect(
+        &config,
+        tiersweep::clock::system(),
+        tiersweep::lt::LtAccess::Write,
+    )
+    .await
+    .context("connecting to the emulators")?;
+    let writer = tiersweep::TieredStorage::new(
+        stores,
+        tiersweep::WriterConfig {
+            protocol: config.protocol,
+            ..Default::default()
+        },
+    )?;
+    let mib_now = || status_mib(std::process::id(), "VmRSS:").unwrap_or(0.0);
+    let idle = mib_now();
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let body = futures::stream::iter(0..mib).map({
+        let samples = samples.clone();
+        move |i| {
+            if i % (mib / 10).max(1) == 0
+                && let Ok(mut s) = samples.lock()
+            {
+                s.push((i, mib_now()));
+            }
+            // A new buffer per chunk, as a request body arrives.
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; CHUNK]))
+        }
+    });
+    let path = tiersweep::ObjectPath::new(format!("bench/stream-put-{mib}"))?;
+    let started = Instant::now();
+    writer
+        .put_stream(&path, body)
+        .await
+        .context("the streamed put")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = status_mib(std::process::id(), "VmHWM:")?;
+    writer.delete(&path).await.context("deleting the object")?;
+    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let run = RssRun {
+        worker: format!("writer put_stream ({mib} MiB; items = MiB sent)"),
+        items: mib,
+        seconds,
+        idle_mib: idle,
+        samples,
+        peak_mib: peak,
+    };
+    println!("{}", serde_json::to_string(&run)?);
+    Ok(())
 }
 
 /// The worker's counter, once its health server answers.
