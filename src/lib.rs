@@ -95,3 +95,16 @@ pub use model::ObjectPath;
 pub use recovery::{EmbeddedRecovery, RecoveryConfig};
 pub use stores::Stores;
 pub use writer::{ReadOutcome, StreamOutcome, TieredStorage, WriteError, WriterConfig};
+
+/// Exports tiersweep's metrics through an embedding service's own OpenTelemetry meter
+/// provider: writes, heartbeats, fenced writers, uploads and, if recovery runs in the
+/// process, its counters, backlog and lag (`tiersweep_*`; docs/observability.md lists them).
+///
+/// The counters live in one registry per process, because every [`TieredStorage`] in the
+/// process adds to them; registering only makes the provider read them at each collection,
+/// so call it once per provider, whenever is convenient (counts made before it are not
+/// lost). The recovery-lag histogram is recorded into the first provider registered.
+/// tiersweep's own workers call this on the provider they build from `OTEL_*`.
+pub fn register_metrics(meter: &opentelemetry::metrics::Meter) {
+    telemetry::metrics::install_otel(meter, &telemetry::metrics::METRICS);
+}

@@ -540,6 +540,44 @@ pub fn install_otel(meter: &Meter, m: &'static Metrics) {
 mod tests {
     use super::*;
 
+    /// An embedder registers the metrics in its own provider (no global provider, no
+    /// OTLP) and reads what its writers counted, including counts made before it did.
+    #[test]
+    fn an_embedders_provider_reads_the_writer_counters() {
+        use opentelemetry::metrics::MeterProvider as _;
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        let before = METRICS.writers_fenced.get();
+        METRICS.writers_fenced.add(2);
+        let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(
+                opentelemetry_sdk::metrics::PeriodicReader::builder(exporter.clone()).build(),
+            )
+            .build();
+        crate::register_metrics(&provider.meter("embedding-service"));
+        provider.force_flush().expect("collecting");
+        let exported = exporter.get_finished_metrics().expect("the export");
+        let rm = exported.last().expect("one collection");
+        let names: Vec<String> = rm
+            .scope_metrics()
+            .flat_map(|s| s.metrics())
+            .map(|m| m.name().to_owned())
+            .collect();
+        for name in [METRICS.writers_fenced.name, BUILD_INFO.0] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        let fenced = rm
+            .scope_metrics()
+            .flat_map(|s| s.metrics())
+            .find(|m| m.name() == METRICS.writers_fenced.name)
+            .expect("the counter");
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = fenced.data() else {
+            panic!("a u64 sum: {:?}", fenced.data());
+        };
+        let value: u64 = sum.data_points().map(|p| p.value()).sum();
+        assert!(value >= before + 2, "{value} after {before} + 2");
+    }
+
     #[test]
     fn prometheus_text_has_one_header_per_family_and_cumulative_buckets() {
         let m = Metrics::new();

@@ -15,8 +15,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use super::metrics;
-
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -137,7 +135,7 @@ pub fn init(format: LogFormat, default_level: &str, service_name: &str) -> Telem
                     .with_periodic_exporter(exporter)
                     .with_resource(resource(service_name))
                     .build();
-                metrics::install_otel(&provider.meter("tiersweep"), &metrics::METRICS);
+                crate::register_metrics(&provider.meter("tiersweep"));
                 telemetry.meter_provider = Some(provider);
             }
             Err(e) => eprintln!("tiersweep: OTLP metric export disabled: {e}"),
