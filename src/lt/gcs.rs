@@ -399,6 +399,26 @@ fn is_not_found(e: &google_cloud_storage::Error) -> bool {
             .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound)
 }
 
+impl GcsLt {
+    /// Opens a download of `name`: `None` when the object does not exist.
+    async fn open_read(
+        &self,
+        name: &str,
+    ) -> StoreResult<Option<google_cloud_storage::read_object::ReadObjectResponse>> {
+        crate::iam::record(Call::GcsObjectsGet, Resource::Bucket);
+        match self
+            .storage
+            .read_object(&self.bucket_path, name)
+            .send()
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.client_error("read_object", name, e)),
+        }
+    }
+}
+
 #[async_trait]
 impl LtStore for GcsLt {
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
@@ -469,16 +489,8 @@ impl LtStore for GcsLt {
 
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
         let name = rev.as_str();
-        crate::iam::record(Call::GcsObjectsGet, Resource::Bucket);
-        let mut response = match self
-            .storage
-            .read_object(&self.bucket_path, name)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(self.client_error("read_object", name, e)),
+        let Some(mut response) = self.open_read(name).await? else {
+            return Ok(None);
         };
         let mut contents = Vec::new();
         while let Some(chunk) = response.next().await {
@@ -490,16 +502,8 @@ impl LtStore for GcsLt {
 
     async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>> {
         let name = rev.as_str();
-        crate::iam::record(Call::GcsObjectsGet, Resource::Bucket);
-        let response = match self
-            .storage
-            .read_object(&self.bucket_path, name)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(self.client_error("read_object", name, e)),
+        let Some(response) = self.open_read(name).await? else {
+            return Ok(None);
         };
         // The client resumes an interrupted download itself, pinned to the generation it
         // opened; an error it gives up on ends the stream.
