@@ -76,7 +76,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!((pass.converged, pass.deferred), (1, 1));
     assert!(!stores.lt.exists(&orphan).await?, "the orphan is deleted");
     assert_eq!(writer.get(&lost).await?, ReadOutcome::NotFound);
-    assert!(matches!(writer.get(&large).await?, ReadOutcome::Found(b) if b.len() == 256 * 1024));
+    assert!(
+        matches!(writer.get(&large).await?, ReadOutcome::Found(o) if o.bytes.len() == 256 * 1024)
+    );
     println!("converged: the orphan is gone, every written object reads back");
     Ok(())
 }

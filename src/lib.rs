@@ -37,8 +37,8 @@
 //!
 //! ```
 //! use bytes::Bytes;
-//! use tiersweep::{EmbeddedRecovery, ObjectPath, ReadOutcome, RecoveryConfig, Stores};
-//! use tiersweep::{TieredStorage, WriterConfig};
+//! use tiersweep::{EmbeddedRecovery, Object, ObjectMeta, ObjectPath, ReadOutcome};
+//! use tiersweep::{RecoveryConfig, Stores, TieredStorage, WriterConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
@@ -46,8 +46,9 @@
 //! let writer = TieredStorage::new(stores.clone(), WriterConfig::default())?;
 //! let photo = ObjectPath::new("photos/cat.jpg")?;
 //! let bytes = Bytes::from(vec![7u8; 100 * 1024]); // over the inline threshold: goes to LT
-//! writer.put(&photo, bytes.clone()).await?;
-//! assert_eq!(writer.get(&photo).await?, ReadOutcome::Found(bytes));
+//! let meta = ObjectMeta::default().with_content_type("image/jpeg")?;
+//! writer.put_with_meta(&photo, bytes.clone(), meta.clone()).await?;
+//! assert_eq!(writer.get(&photo).await?, ReadOutcome::Found(Object { bytes, meta }));
 //!
 //! // A completed write leaves nothing for recovery.
 //! let pass = EmbeddedRecovery::new(stores, RecoveryConfig::default()).run_pass().await?;
@@ -91,10 +92,10 @@ pub mod writer;
 
 pub use config::ProtocolConfig;
 pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
-pub use model::ObjectPath;
+pub use model::{ObjectMeta, ObjectPath};
 pub use recovery::{EmbeddedRecovery, RecoveryConfig};
 pub use stores::Stores;
-pub use writer::{ReadOutcome, StreamOutcome, TieredStorage, WriteError, WriterConfig};
+pub use writer::{Object, ReadOutcome, StreamOutcome, TieredStorage, WriteError, WriterConfig};
 
 /// Exports tiersweep's metrics through an embedding service's own OpenTelemetry meter
 /// provider: writes, heartbeats, fenced writers, uploads and, if recovery runs in the

@@ -156,6 +156,47 @@ async fn malformed_rows_are_reported_and_left_in_place() {
     );
 }
 
+/// Metadata someone else wrote into a row is input: a cell that is not tiersweep's JSON,
+/// or breaks a limit, or sits in a row without data, is a malformed row naming it, and the
+/// write path refuses to guess over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_metadata_cells_are_reported_by_row() {
+    use tiersweep::hv::{BigtableHv, HvStore as _};
+    let e = emulators().await;
+    let (client, config) = e.new_tables().await;
+    let hv = BigtableHv::new(client, &config.hv_table);
+    let cases: [(&str, &[u8], &[u8]); 3] = [
+        ("not-json", b"meta", b"{\"content_type\":"),
+        (
+            "reserved-key",
+            b"meta",
+            br#"{"user":{"tiersweep-expires-at":"1"}}"#,
+        ),
+        (
+            "meta-without-data",
+            b"meta",
+            br#"{"content_type":"text/plain"}"#,
+        ),
+    ];
+    for (name, qualifier, value) in cases {
+        let path = tiersweep::ObjectPath::new(format!("malformed/{name}")).unwrap();
+        if name != "meta-without-data" {
+            hv.insert_raw(&path, b"inline", b"bytes".to_vec())
+                .await
+                .unwrap();
+        }
+        hv.insert_raw(&path, qualifier, value.to_vec())
+            .await
+            .unwrap();
+        let err = hv.read_row(&path).await.unwrap_err();
+        assert_eq!(err.kind, tiersweep::ErrorKind::Malformed, "{name}: {err}");
+        assert!(
+            err.target.contains(path.as_str()),
+            "{name}: the error names the row: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_slower_than_a_lease_is_claimed_once_with_backpressure() {
     let d =

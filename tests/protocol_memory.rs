@@ -141,7 +141,7 @@ async fn background_completion_returns_at_the_commit_and_flush_completes_the_cha
     writer.put(&path, new.clone()).await.unwrap();
     assert_eq!(
         writer.get(&path).await.unwrap(),
-        tiersweep::writer::ReadOutcome::Found(new.clone()),
+        tiersweep::writer::ReadOutcome::Found(new.clone().into()),
         "readable as soon as the write returns"
     );
     let pending = check(&stores, &path, vec![Some(new.clone())]).await;

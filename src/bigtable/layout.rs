@@ -3,10 +3,13 @@
 //!
 //! **HV table** (row key = object path)
 //! * family `v`, one version: `v:inline` = the object's bytes, or `v:tombstone` = the LT
-//!   revision name, never both; and `v:version` = the stamp of the last write or fence
-//!   ([`Version`](crate::hv::Version)). Every write deletes the family and sets its data
-//!   and its version in one mutation; a fence sets only the version. A row ever written
-//!   keeps its version, so a row is bounded: data plus one small cell, whatever its history.
+//!   revision name, never both; `v:meta` = the object's metadata
+//!   ([`ObjectMeta`](crate::model::ObjectMeta), JSON), only when it has any; and
+//!   `v:version` = the stamp of the last write or fence ([`Version`](crate::hv::Version)).
+//!   Every write deletes the family and sets its data, metadata and version in one
+//!   mutation, so metadata always belongs to the data beside it; a fence sets only the
+//!   version. A row ever written keeps its version, so a row is bounded: data, metadata
+//!   (at most about 8 KiB) plus one small cell, whatever its history.
 //!
 //! **Changelog table** (row key = change id, `{shard:03x}/{uuid v7}`)
 //! * family `c`, one version: `c:record` = the serde-encoded [`ChangeRecord`](crate::model::ChangeRecord);
@@ -29,6 +32,7 @@ pub mod hv {
     pub const DATA: &str = "v";
     pub const INLINE: &[u8] = b"inline";
     pub const TOMBSTONE: &[u8] = b"tombstone";
+    pub const META: &[u8] = b"meta";
     pub const VERSION: &[u8] = b"version";
 }
 

@@ -24,10 +24,10 @@ use super::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use crate::bigtable::filter::{
     SERVER_TIME, chain, column, delete_family, family, latest, set_cell, value_is,
 };
-use crate::bigtable::layout::hv::{DATA, INLINE, TOMBSTONE, VERSION};
+use crate::bigtable::layout::hv::{DATA, INLINE, META, TOMBSTONE, VERSION};
 use crate::bigtable::{BigtableClient, Table};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::model::{HvValue, ObjectPath, Revision};
+use crate::model::{HvValue, ObjectMeta, ObjectPath, Revision};
 
 #[derive(Debug, Clone)]
 pub struct BigtableHv {
@@ -39,6 +39,21 @@ impl BigtableHv {
     pub fn new(client: BigtableClient, table_id: &str) -> Self {
         let table = client.table(StoreKind::Hv, table_id);
         Self { client, table }
+    }
+
+    /// Plants `v:{qualifier}` = `value` in the row, beside what it holds, as a buggy or
+    /// foreign writer might.
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn insert_raw(
+        &self,
+        path: &ObjectPath,
+        qualifier: &[u8],
+        value: Vec<u8>,
+    ) -> StoreResult<()> {
+        let cell = set_cell(DATA, qualifier, SERVER_TIME, value);
+        self.client
+            .mutate_row(&self.table, path.as_str().as_bytes(), vec![cell])
+            .await
     }
 
     fn decode(&self, key: &[u8], cells: Vec<RowCell>) -> StoreResult<HvRow> {
@@ -72,6 +87,10 @@ impl BigtableHv {
                         Revision::parse(name).map_err(|e| malformed(format!("tombstone: {e}")))?;
                     row.value = Some(HvValue::Tombstone(rev));
                 }
+                (DATA, META) => {
+                    row.meta = ObjectMeta::decode(&cell.value)
+                        .map_err(|e| malformed(format!("v:meta: {e}")))?;
+                }
                 (DATA, q) => {
                     return Err(malformed(format!(
                         "unknown column v:{}",
@@ -81,6 +100,9 @@ impl BigtableHv {
                 // Families of other tools or of an older layout: not ours to judge.
                 _ => {}
             }
+        }
+        if row.value.is_none() && !row.meta.is_empty() {
+            return Err(malformed("row holds v:meta without data".into()));
         }
         Ok(row)
     }
@@ -92,15 +114,24 @@ fn version_cell() -> bigtable_rs::google::bigtable::v2::RowFilter {
 
 fn mutations(write: &HvWrite, stamp: &Version) -> Vec<bigtable_rs::google::bigtable::v2::Mutation> {
     let mut m = vec![delete_family(DATA)];
-    match write {
-        HvWrite::Inline(bytes) => m.push(set_cell(DATA, INLINE, SERVER_TIME, bytes.to_vec())),
-        HvWrite::Tombstone(rev) => m.push(set_cell(
-            DATA,
-            TOMBSTONE,
-            SERVER_TIME,
-            rev.as_str().as_bytes().to_vec(),
-        )),
-        HvWrite::Delete => {}
+    let meta = match write {
+        HvWrite::Inline(bytes, meta) => {
+            m.push(set_cell(DATA, INLINE, SERVER_TIME, bytes.to_vec()));
+            Some(meta)
+        }
+        HvWrite::Tombstone(rev, meta) => {
+            m.push(set_cell(
+                DATA,
+                TOMBSTONE,
+                SERVER_TIME,
+                rev.as_str().as_bytes().to_vec(),
+            ));
+            Some(meta)
+        }
+        HvWrite::Delete => None,
+    };
+    if let Some(meta) = meta.filter(|m| !m.is_empty()) {
+        m.push(set_cell(DATA, META, SERVER_TIME, meta.encode()));
     }
     m.push(set_cell(
         DATA,

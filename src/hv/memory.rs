@@ -63,7 +63,7 @@ impl HvStore for MemoryHv {
             if row.version.as_ref() != expected {
                 return super::outcome_of_refused(stamp, row.version.as_ref());
             }
-            row.value = write.clone().into_value();
+            (row.value, row.meta) = write.clone().into_value();
             if on(Mutant::DeleteDropsVersion) && row.value.is_none() {
                 row.version = None;
             } else if !on(Mutant::WriteKeepsVersion) {

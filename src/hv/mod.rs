@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::StoreResult;
-use crate::model::{ChangeId, HvValue, ObjectPath};
+use crate::model::{ChangeId, HvValue, ObjectMeta, ObjectPath};
 
 pub use bigtable::BigtableHv;
 pub use memory::MemoryHv;
@@ -72,29 +72,44 @@ impl std::fmt::Display for Version {
     }
 }
 
-/// A row as read: the object's value and the version a compare-and-write must name.
+/// A row as read: the object's value, its metadata and the version a compare-and-write
+/// must name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HvRow {
     pub value: Option<HvValue>,
+    /// The metadata written with the value; empty when there is no value.
+    pub meta: ObjectMeta,
     /// `None`: the row was never written (or predates versions).
     pub version: Option<Version>,
 }
 
-/// The value a compare-and-write leaves in the row.
+/// The value a compare-and-write leaves in the row. The metadata is part of the write, so
+/// it is replaced (or removed) with the data, never on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HvWrite {
-    Inline(Bytes),
-    Tombstone(crate::model::Revision),
-    /// Removes the object's data. The row keeps its (new) version.
+    Inline(Bytes, ObjectMeta),
+    Tombstone(crate::model::Revision, ObjectMeta),
+    /// Removes the object's data and metadata. The row keeps its (new) version.
     Delete,
 }
 
 impl HvWrite {
-    pub fn into_value(self) -> Option<HvValue> {
+    /// An inline write without metadata.
+    pub fn inline(bytes: impl Into<Bytes>) -> Self {
+        HvWrite::Inline(bytes.into(), ObjectMeta::default())
+    }
+
+    /// A tombstone write without metadata.
+    pub fn tombstone(rev: crate::model::Revision) -> Self {
+        HvWrite::Tombstone(rev, ObjectMeta::default())
+    }
+
+    /// The value and metadata the row holds once the write applied.
+    pub fn into_value(self) -> (Option<HvValue>, ObjectMeta) {
         match self {
-            HvWrite::Inline(b) => Some(HvValue::Inline(b)),
-            HvWrite::Tombstone(r) => Some(HvValue::Tombstone(r)),
-            HvWrite::Delete => None,
+            HvWrite::Inline(b, m) => (Some(HvValue::Inline(b)), m),
+            HvWrite::Tombstone(r, m) => (Some(HvValue::Tombstone(r)), m),
+            HvWrite::Delete => (None, ObjectMeta::default()),
         }
     }
 }

@@ -18,10 +18,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::{ByteStream, ListPage, LtAccess, LtStore};
+use super::{BlobInfo, ByteStream, CONTENT_TYPE_KEY, EXPIRES_AT_KEY, ListPage, LtAccess, LtStore};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::iam::{Method as Call, Resource};
-use crate::model::Revision;
+use crate::model::{ObjectMeta, Revision, Timestamp};
 
 const GCS: &str = "https://storage.googleapis.com";
 
@@ -111,6 +111,62 @@ struct Listing {
 #[derive(Deserialize)]
 struct Item {
     name: String,
+}
+
+/// The fields of an object resource that [`LtStore::stat`] reads.
+#[derive(Deserialize)]
+struct Stat {
+    /// The JSON API sends sizes as decimal strings.
+    size: String,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// `builder` with `meta` on the object: user metadata as custom metadata, the content
+/// type and expiry under reserved custom keys (read back from there), and the content type
+/// as GCS's own field too, which is what GCS serves.
+fn with_meta<T>(
+    mut builder: google_cloud_storage::builder::storage::WriteObject<T>,
+    meta: &ObjectMeta,
+) -> google_cloud_storage::builder::storage::WriteObject<T> {
+    if let Some(ct) = meta.content_type() {
+        builder = builder.set_content_type(ct);
+    }
+    let expiry = meta
+        .expires_at()
+        .map(|at| (EXPIRES_AT_KEY.to_owned(), at.millis().to_string()));
+    let content_type = meta
+        .content_type()
+        .map(|ct| (CONTENT_TYPE_KEY.to_owned(), ct.to_owned()));
+    let custom: Vec<(String, String)> = meta
+        .user()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(expiry)
+        .chain(content_type)
+        .collect();
+    if !custom.is_empty() {
+        builder = builder.set_metadata(custom);
+    }
+    builder
+}
+
+/// The metadata as [`with_meta`] stored it, checked like any input.
+fn meta_of(stat: Stat) -> Result<ObjectMeta, String> {
+    let mut meta = ObjectMeta::default();
+    for (k, v) in stat.metadata {
+        if k == CONTENT_TYPE_KEY {
+            meta = meta.with_content_type(v).map_err(|e| e.to_string())?;
+        } else if k == EXPIRES_AT_KEY {
+            let at = v
+                .parse::<i64>()
+                .map_err(|_| format!("{EXPIRES_AT_KEY} is not a number: {v:?}"))?;
+            meta = meta.with_expiry(Timestamp(at));
+        } else if !k.starts_with(crate::model::meta::RESERVED_PREFIX) {
+            meta = meta.with_user(k, v).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(meta)
 }
 
 impl GcsLt {
@@ -421,21 +477,28 @@ impl GcsLt {
 
 #[async_trait]
 impl LtStore for GcsLt {
-    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+    async fn put_with_meta(
+        &self,
+        rev: &Revision,
+        bytes: Bytes,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
         crate::iam::record(Call::GcsObjectsInsert, Resource::Bucket);
         let span = self.span("write_object");
         // Create-only: revision names are minted per write, so "already exists" means an
         // earlier attempt of this upload landed, and nothing may overwrite a blob. The
         // precondition would make the client retry on its own; it must not, since only the
         // writer knows whether its guard still allows another attempt.
-        let result = self
-            .storage
-            .write_object(&self.bucket_path, rev.as_str(), bytes)
-            .set_if_generation_match(0)
-            .with_idempotency(false)
-            .send_buffered()
-            .instrument(span.clone())
-            .await;
+        let result = with_meta(
+            self.storage
+                .write_object(&self.bucket_path, rev.as_str(), bytes),
+            meta,
+        )
+        .set_if_generation_match(0)
+        .with_idempotency(false)
+        .send_buffered()
+        .instrument(span.clone())
+        .await;
         if let Err(e) = &result
             && e.http_status_code() == Some(412)
         {
@@ -451,7 +514,12 @@ impl LtStore for GcsLt {
         Ok(())
     }
 
-    async fn put_stream(&self, rev: &Revision, body: ByteStream) -> StoreResult<u64> {
+    async fn put_stream(
+        &self,
+        rev: &Revision,
+        body: ByteStream,
+        meta: &ObjectMeta,
+    ) -> StoreResult<u64> {
         crate::iam::record(Call::GcsObjectsInsert, Resource::Bucket);
         let span = self.span("write_object");
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -461,16 +529,18 @@ impl LtStore for GcsLt {
         };
         // As `put`: create-only, and no retries the writer did not decide on. Within a
         // resumable upload the client re-sends only what it still buffers.
-        let result = self
-            .storage
-            .write_object(&self.bucket_path, rev.as_str(), source)
-            .set_if_generation_match(0)
-            .with_idempotency(false)
-            .with_resumable_upload_threshold(UPLOAD_BUFFER)
-            .with_resumable_upload_buffer_size(UPLOAD_BUFFER)
-            .send_buffered()
-            .instrument(span.clone())
-            .await;
+        let result = with_meta(
+            self.storage
+                .write_object(&self.bucket_path, rev.as_str(), source),
+            meta,
+        )
+        .set_if_generation_match(0)
+        .with_idempotency(false)
+        .with_resumable_upload_threshold(UPLOAD_BUFFER)
+        .with_resumable_upload_buffer_size(UPLOAD_BUFFER)
+        .send_buffered()
+        .instrument(span.clone())
+        .await;
         let size = sent.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &result
             && e.http_status_code() == Some(412)
@@ -524,18 +594,29 @@ impl LtStore for GcsLt {
         Ok(Some(Box::pin(stream)))
     }
 
-    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
+    async fn stat(&self, rev: &Revision) -> StoreResult<Option<BlobInfo>> {
         let name = rev.as_str();
         let mut url = self.object_url(name);
-        url.query_pairs_mut().append_pair("fields", "name");
+        url.query_pairs_mut().append_pair("fields", "size,metadata");
         let response = self
-            .send(Method::GET, url, Call::GcsObjectsGet, "exists", name)
+            .send(Method::GET, url, Call::GcsObjectsGet, "stat", name)
             .await?;
         match response.status() {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            s => Err(self.status_error("exists", name, s, response).await),
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            s => return Err(self.status_error("stat", name, s, response).await),
         }
+        let malformed = |reason: String| self.err("stat", name, ErrorKind::Malformed, reason);
+        let stat: Stat = response
+            .json()
+            .await
+            .map_err(|e| malformed(format!("unreadable object resource: {e}")))?;
+        let size = stat
+            .size
+            .parse::<u64>()
+            .map_err(|_| malformed(format!("size is not a number: {:?}", stat.size)))?;
+        let meta = meta_of(stat).map_err(|e| malformed(format!("object metadata: {e}")))?;
+        Ok(Some(BlobInfo { size, meta }))
     }
 
     async fn delete(&self, rev: &Revision) -> StoreResult<()> {

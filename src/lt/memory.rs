@@ -7,15 +7,21 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 
-use super::{ByteStream, ListPage, LtStore};
+use super::{BlobInfo, ByteStream, ListPage, LtStore};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::model::Revision;
+use crate::model::{ObjectMeta, Revision};
 
 const PAGE: usize = 1000;
 
 #[derive(Debug, Default)]
 pub struct MemoryLt {
-    blobs: Mutex<BTreeMap<String, Bytes>>,
+    blobs: Mutex<BTreeMap<String, Blob>>,
+}
+
+#[derive(Debug, Clone)]
+struct Blob {
+    bytes: Bytes,
+    meta: ObjectMeta,
 }
 
 impl MemoryLt {
@@ -23,7 +29,7 @@ impl MemoryLt {
         Self::default()
     }
 
-    fn blobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
+    fn blobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Blob>> {
         self.blobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -33,13 +39,28 @@ const READ_CHUNK: usize = 64 * 1024;
 
 #[async_trait]
 impl LtStore for MemoryLt {
-    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+    async fn put_with_meta(
+        &self,
+        rev: &Revision,
+        bytes: Bytes,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
         // Create-only, like the GCS backend's `ifGenerationMatch=0`.
-        self.blobs().entry(rev.as_str().to_owned()).or_insert(bytes);
+        self.blobs()
+            .entry(rev.as_str().to_owned())
+            .or_insert_with(|| Blob {
+                bytes,
+                meta: meta.clone(),
+            });
         Ok(())
     }
 
-    async fn put_stream(&self, rev: &Revision, mut body: ByteStream) -> StoreResult<u64> {
+    async fn put_stream(
+        &self,
+        rev: &Revision,
+        mut body: ByteStream,
+        meta: &ObjectMeta,
+    ) -> StoreResult<u64> {
         // Like GCS: nothing is visible until the whole stream has arrived, and a stream
         // that fails part-way creates nothing.
         let mut all = BytesMut::new();
@@ -58,18 +79,21 @@ impl LtStore for MemoryLt {
         let size = all.len() as u64;
         self.blobs()
             .entry(rev.as_str().to_owned())
-            .or_insert(all.freeze());
+            .or_insert_with(|| Blob {
+                bytes: all.freeze(),
+                meta: meta.clone(),
+            });
         Ok(size)
     }
 
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
-        Ok(self.blobs().get(rev.as_str()).cloned())
+        Ok(self.blobs().get(rev.as_str()).map(|b| b.bytes.clone()))
     }
 
     async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>> {
         // A snapshot at open, as GCS reads one generation; chunked, as a download arrives,
         // so callers that assume one chunk are caught here too.
-        let Some(blob) = self.blobs().get(rev.as_str()).cloned() else {
+        let Some(blob) = self.blobs().get(rev.as_str()).map(|b| b.bytes.clone()) else {
             return Ok(None);
         };
         let chunks = (0..blob.len())
@@ -79,8 +103,11 @@ impl LtStore for MemoryLt {
         Ok(Some(Box::pin(futures::stream::iter(chunks))))
     }
 
-    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
-        Ok(self.blobs().contains_key(rev.as_str()))
+    async fn stat(&self, rev: &Revision) -> StoreResult<Option<BlobInfo>> {
+        Ok(self.blobs().get(rev.as_str()).map(|b| BlobInfo {
+            size: b.bytes.len() as u64,
+            meta: b.meta.clone(),
+        }))
     }
 
     async fn delete(&self, rev: &Revision) -> StoreResult<()> {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::error::StoreResult;
-use crate::model::Revision;
+use crate::model::{ObjectMeta, Revision};
 
 pub use gcs::GcsLt;
 pub use memory::MemoryLt;
@@ -69,11 +69,42 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// What a blob's metadata says ([`LtStore::stat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub size: u64,
+    /// The metadata the blob was written with, exactly: a blob written without a content
+    /// type has none here, whatever GCS defaulted it to.
+    pub meta: ObjectMeta,
+}
+
+/// The blob metadata key that carries [`ObjectMeta::expires_at`] (GCS custom metadata is
+/// strings; the key is under the prefix user metadata may not use).
+pub const EXPIRES_AT_KEY: &str = "tiersweep-expires-at";
+
+/// The blob metadata key that carries [`ObjectMeta::content_type`]. GCS's own
+/// `contentType` is set too, so the blob is served with it, but it is not read back:
+/// GCS gives an object uploaded without one `application/octet-stream`, and
+/// fake-gcs-server takes a multipart upload's content type from its media part, which
+/// the official client sends without one, so the field says what the store did rather
+/// than what the writer wrote.
+pub const CONTENT_TYPE_KEY: &str = "tiersweep-content-type";
+
 #[async_trait]
 pub trait LtStore: Send + Sync + std::fmt::Debug {
-    /// Creates the blob. Create-only: when it exists already (an earlier attempt of the
-    /// same upload landed; revision names are never reused) the put succeeds and leaves it.
-    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()>;
+    /// Creates the blob without metadata; see [`LtStore::put_with_meta`].
+    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
+        self.put_with_meta(rev, bytes, &ObjectMeta::default()).await
+    }
+    /// Creates the blob, with `meta` on it (GCS: its content type and custom metadata).
+    /// Create-only: when it exists already (an earlier attempt of the same upload landed;
+    /// revision names are never reused) the put succeeds and leaves it.
+    async fn put_with_meta(
+        &self,
+        rev: &Revision,
+        bytes: Bytes,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()>;
     /// Creates the blob from a stream, holding at most one upload buffer in memory
     /// whatever the size (GCS: a resumable upload once the bytes pass its threshold). The
     /// blob exists only once the stream has ended and the upload completed: a stream that
@@ -82,14 +113,23 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
     /// retried: the stream's bytes are consumed. Sent create-only like `put`, though
     /// nothing relies on it: a stream is sent once, under a revision minted for it.
     /// Returns the size.
-    async fn put_stream(&self, rev: &Revision, body: ByteStream) -> StoreResult<u64>;
+    async fn put_stream(
+        &self,
+        rev: &Revision,
+        body: ByteStream,
+        meta: &ObjectMeta,
+    ) -> StoreResult<u64>;
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>>;
     /// Opens the blob for reading as a stream of chunks, holding about one chunk in memory
     /// whatever its size; `None` when it does not exist. The read is of the blob as it was
     /// when opened (GCS pins the generation): a delete that lands meanwhile may end the
     /// stream with an error, never with another object's bytes.
     async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>>;
-    async fn exists(&self, rev: &Revision) -> StoreResult<bool>;
+    /// The blob's size and metadata; `None` when it does not exist.
+    async fn stat(&self, rev: &Revision) -> StoreResult<Option<BlobInfo>>;
+    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
+        Ok(self.stat(rev).await?.is_some())
+    }
     /// Deletes the blob; a missing blob is success.
     async fn delete(&self, rev: &Revision) -> StoreResult<()>;
     /// Lists blob names that start with `prefix`, page by page, for invariant checks and

@@ -12,8 +12,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod meta;
 mod shard;
 
+pub use meta::ObjectMeta;
 pub use shard::{SHARD_COUNT, Shard, ShardRange, ShardSet, minted_key};
 use shard::{SHARD_DIGITS, shard_of};
 

@@ -15,8 +15,10 @@ use crate::changelog::{
 };
 use crate::error::{StoreKind, StoreResult};
 use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
-use crate::lt::{ByteStream, ListPage, LtStore};
-use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision, Timestamp};
+use crate::lt::{BlobInfo, ByteStream, ListPage, LtStore};
+use crate::model::{
+    ChangeId, ChangeRecord, HvValue, ObjectMeta, ObjectPath, OwnerToken, Revision, Timestamp,
+};
 use crate::stores::Stores;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,16 +147,26 @@ struct HookedLt<H> {
 
 #[async_trait]
 impl<H: Intercept> LtStore for HookedLt<H> {
-    async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
-        let (inner, rev) = (self.inner.clone(), rev.clone());
-        let call = Box::pin(async move { inner.put(&rev, bytes).await });
+    async fn put_with_meta(
+        &self,
+        rev: &Revision,
+        bytes: Bytes,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        let (inner, rev, meta) = (self.inner.clone(), rev.clone(), meta.clone());
+        let call = Box::pin(async move { inner.put_with_meta(&rev, bytes, &meta).await });
         self.hook.run(Op::LtPut, StoreKind::Lt, call).await
     }
-    async fn put_stream(&self, rev: &Revision, body: ByteStream) -> StoreResult<u64> {
+    async fn put_stream(
+        &self,
+        rev: &Revision,
+        body: ByteStream,
+        meta: &ObjectMeta,
+    ) -> StoreResult<u64> {
         // One upload, as `put` is: faults before it send nothing, faults after it let it
         // land and report an error.
-        let (inner, rev) = (self.inner.clone(), rev.clone());
-        let call = Box::pin(async move { inner.put_stream(&rev, body).await });
+        let (inner, rev, meta) = (self.inner.clone(), rev.clone(), meta.clone());
+        let call = Box::pin(async move { inner.put_stream(&rev, body, &meta).await });
         self.hook.run(Op::LtPut, StoreKind::Lt, call).await
     }
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {
@@ -168,9 +180,9 @@ impl<H: Intercept> LtStore for HookedLt<H> {
         let call = Box::pin(async move { inner.get_stream(&rev).await });
         self.hook.run(Op::LtGet, StoreKind::Lt, call).await
     }
-    async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
+    async fn stat(&self, rev: &Revision) -> StoreResult<Option<BlobInfo>> {
         let (inner, rev) = (self.inner.clone(), rev.clone());
-        let call = Box::pin(async move { inner.exists(&rev).await });
+        let call = Box::pin(async move { inner.stat(&rev).await });
         self.hook.run(Op::LtExists, StoreKind::Lt, call).await
     }
     async fn delete(&self, rev: &Revision) -> StoreResult<()> {

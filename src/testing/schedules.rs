@@ -18,11 +18,11 @@ use super::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, u
 use super::faults::{Fault, Faults, Op, Rule};
 use crate::changelog::{ChangelogEntry, ScanRequest, ScannedRow};
 use crate::config::ProtocolConfig;
-use crate::model::{HvValue, ObjectPath, ShardSet, Timestamp};
+use crate::model::{HvValue, ObjectMeta, ObjectPath, ShardSet, Timestamp};
 use crate::queue::{FlowControl, JobQueue, MemoryQueue};
 use crate::recovery::{Cleaner, CleanupJob, JobOutcome};
 use crate::stores::Stores;
-use crate::writer::{ReadOutcome, TieredStorage};
+use crate::writer::{Object, ReadOutcome, StreamOutcome, TieredStorage};
 
 /// Expands to one test per schedule. `$attr` is the test attribute (paused time for the
 /// twin, a multi-threaded runtime for the emulators), `$stores` an async expression that
@@ -52,6 +52,7 @@ macro_rules! safety_schedules {
             a_streamed_get_reads_what_get_reads,
             a_long_streamed_upload_keeps_its_change_alive,
             a_streamed_upload_that_outlives_its_guard_never_completes,
+            metadata_comes_back_with_its_value,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -233,7 +234,7 @@ pub async fn a_job_carrying_the_writers_token_leaves_the_live_change_alone(
         .expect("valid writer config");
     assert_eq!(
         reader.get(&path).await.expect("reading back"),
-        ReadOutcome::Found(bytes),
+        ReadOutcome::Found(bytes.into()),
         "the acknowledged write reads back"
     );
     let new = entry.record.new.expect("a large put has a new revision");
@@ -371,7 +372,7 @@ pub async fn a_write_held_longer_than_every_ttl_is_refused(
     );
     assert_eq!(
         clean.get(&path).await.expect("reading back"),
-        ReadOutcome::Found(before),
+        ReadOutcome::Found(before.into()),
         "the object still reads as before"
     );
     assert!(entries_for(&stores, &path).await.is_empty());
@@ -433,7 +434,7 @@ pub async fn a_read_racing_an_overwrite_finds_the_new_value(
     let config = test_writer_config(protocol);
     let writer = TieredStorage::new(stores.clone(), config).expect("valid writer config");
     writer
-        .put(&path, large("a"))
+        .put_with_meta(&path, large("a"), tagged("a"))
         .await
         .expect("writing the first value");
     let faults = Faults::new([Rule::once(
@@ -447,11 +448,105 @@ pub async fn a_read_racing_an_overwrite_finds_the_new_value(
     });
     wait_for_calls(&faults, Op::LtGet, 1).await;
     writer
-        .put(&path, large("b"))
+        .put_with_meta(&path, large("b"), tagged("b"))
         .await
         .expect("the overwrite commits while the read waits");
     let outcome = read.await.expect("the reader's task").expect("the read");
-    assert_eq!(outcome, ReadOutcome::Found(large("b")));
+    // The metadata is the one written with the bytes returned, never the first value's.
+    let b = Object {
+        bytes: large("b"),
+        meta: tagged("b"),
+    };
+    assert_eq!(outcome, ReadOutcome::Found(b));
+}
+
+/// Metadata with a content type, one user entry naming `tag`, and an expiry.
+fn tagged(tag: &str) -> ObjectMeta {
+    ObjectMeta::default()
+        .with_content_type(format!("application/x-{tag}"))
+        .expect("a valid content type")
+        .with_user("tag", tag)
+        .expect("a valid entry")
+        .with_expiry(Timestamp(1_800_000_000_000))
+}
+
+/// Metadata comes back with the value it was written with, inline or large, put whole or
+/// streamed, read whole or streamed; the blob carries it too; a later write without
+/// metadata leaves none of the earlier one.
+pub async fn metadata_comes_back_with_its_value(stores: Stores, protocol: ProtocolConfig) {
+    use futures::StreamExt as _;
+    let writer = TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    let read = |path: ObjectPath| {
+        let writer = writer.clone();
+        async move {
+            let whole = match writer.get(&path).await.expect("reading") {
+                ReadOutcome::Found(object) => object,
+                other => panic!("{path}: {other:?}"),
+            };
+            let StreamOutcome::Found(body, meta) =
+                writer.get_stream(&path).await.expect("opening a read")
+            else {
+                panic!("{path}: not found by a streamed read");
+            };
+            let chunks: Vec<Bytes> = body.map(|c| c.expect("a chunk")).collect().await;
+            assert_eq!(
+                (concat(&chunks), meta),
+                (whole.bytes.clone(), whole.meta.clone()),
+                "a streamed read returns what a whole read returns"
+            );
+            whole
+        }
+    };
+    let path = unique_path();
+    let small = Bytes::from_static(b"small");
+    writer
+        .put_with_meta(&path, small.clone(), tagged("inline"))
+        .await
+        .expect("an inline put");
+    assert_eq!(read(path.clone()).await.meta, tagged("inline"));
+
+    writer
+        .put_with_meta(&path, large("whole"), tagged("whole"))
+        .await
+        .expect("a large put");
+    assert_eq!(read(path.clone()).await.meta, tagged("whole"));
+    let blobs = blobs_of(&stores, &path).await;
+    let [blob] = blobs.as_slice() else {
+        panic!("one blob: {blobs:?}");
+    };
+    let rev = crate::model::Revision::parse(blob.clone()).expect("a revision name");
+    let info = stores.lt.stat(&rev).await.expect("stat").expect("the blob");
+    assert_eq!(
+        info.meta,
+        tagged("whole"),
+        "the blob carries the metadata too"
+    );
+
+    let parts: Vec<Bytes> = (0..3).map(|i| large(&format!("part{i}"))).collect();
+    let body = futures::stream::iter(parts.clone().into_iter().map(Ok));
+    writer
+        .put_stream_with_meta(&path, body, tagged("streamed"))
+        .await
+        .expect("a streamed put");
+    let object = read(path.clone()).await;
+    assert_eq!(
+        (object.bytes, object.meta),
+        (concat(&parts), tagged("streamed"))
+    );
+
+    writer
+        .put(&path, large("plain"))
+        .await
+        .expect("a put without metadata");
+    assert!(read(path.clone()).await.meta.is_empty());
+    writer
+        .put_with_meta(&path, small.clone(), tagged("again"))
+        .await
+        .expect("an inline put");
+    writer.put(&path, small).await.expect("an inline put");
+    assert!(read(path.clone()).await.meta.is_empty());
+    assert!(entries_for(&stores, &path).await.is_empty());
 }
 
 /// A writer crashes right after its HV write, so recovery keeps its new revision and checks
@@ -498,7 +593,7 @@ pub async fn recovery_does_not_report_a_tombstone_a_later_write_replaced(
     assert_eq!(pass.dangling, 0, "nothing dangles: {pass:?}");
     assert_eq!(
         later.get(&path).await.expect("reading back"),
-        ReadOutcome::Found(large("later"))
+        ReadOutcome::Found(large("later").into())
     );
 }
 
@@ -751,7 +846,7 @@ pub async fn a_writer_clock_running_behind_keeps_its_live_write(
         .expect("valid writer config");
     assert_eq!(
         reader.get(&path).await.expect("reading back"),
-        ReadOutcome::Found(bytes)
+        ReadOutcome::Found(bytes.into())
     );
 }
 
@@ -812,7 +907,7 @@ pub async fn a_streamed_put_round_trips_inline_and_large(stores: Stores, protoco
         .expect("a large streamed put");
     assert_eq!(
         writer.get(&big).await.expect("reading it back"),
-        ReadOutcome::Found(concat(&parts))
+        ReadOutcome::Found(concat(&parts).into())
     );
     assert_eq!(blobs_of(&stores, &big).await.len(), 1);
     assert!(entries_for(&stores, &big).await.is_empty());
@@ -837,10 +932,9 @@ pub async fn a_streamed_put_round_trips_inline_and_large(stores: Stores, protoco
 /// `get`, it follows an overwrite that commits (and deletes the revision it was about to
 /// open) between its HV read and its LT open.
 pub async fn a_streamed_get_reads_what_get_reads(stores: Stores, protocol: ProtocolConfig) {
-    use crate::writer::StreamOutcome;
     async fn collect(outcome: StreamOutcome) -> Option<Bytes> {
         use futures::StreamExt as _;
-        let StreamOutcome::Found(mut stream) = outcome else {
+        let StreamOutcome::Found(mut stream, _) = outcome else {
             return None;
         };
         let mut all = Vec::new();
@@ -918,7 +1012,7 @@ pub async fn a_long_streamed_upload_keeps_its_change_alive(
         .expect("valid writer config");
     assert_eq!(
         reader.get(&path).await.expect("reading it back"),
-        ReadOutcome::Found(concat(&parts))
+        ReadOutcome::Found(concat(&parts).into())
     );
     assert!(entries_for(&stores, &path).await.is_empty());
 }

@@ -32,7 +32,7 @@ use crate::config::{ConfigError, ProtocolConfig};
 use crate::error::StoreError;
 use crate::hv::{CasOutcome, HvWrite, Version};
 use crate::lt::ByteStream;
-use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Revision};
+use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectMeta, ObjectPath, OwnerToken, Revision};
 use crate::mutants::Mutant;
 use crate::recovery::converge::{Ending, HvView, RowFate, converge};
 use crate::retry::RetryPolicy;
@@ -160,10 +160,27 @@ pub enum WriteError {
     },
 }
 
+/// An object as read: its bytes and the metadata written with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub bytes: Bytes,
+    pub meta: ObjectMeta,
+}
+
+/// An object without metadata.
+impl From<Bytes> for Object {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            meta: ObjectMeta::default(),
+        }
+    }
+}
+
 /// The outcome of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
-    Found(Bytes),
+    Found(Object),
     NotFound,
     /// HV points at an LT revision that does not exist: reads as not found, and is reported.
     Dangling(Revision),
@@ -171,9 +188,10 @@ pub enum ReadOutcome {
 
 /// The outcome of a streamed read ([`TieredStorage::get_stream`]).
 pub enum StreamOutcome {
-    /// The object's bytes, chunk by chunk. A chunk that fails ends the read: the blob was
-    /// deleted part-way (overwritten since it was opened) or its download broke.
-    Found(ByteStream),
+    /// The object's metadata, and its bytes chunk by chunk. A chunk that fails ends the
+    /// read: the blob was deleted part-way (overwritten since it was opened) or its
+    /// download broke.
+    Found(ByteStream, ObjectMeta),
     NotFound,
     /// HV points at an LT revision that does not exist: reads as not found, and is reported.
     Dangling(Revision),
@@ -182,18 +200,19 @@ pub enum StreamOutcome {
 impl std::fmt::Debug for StreamOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Found(_) => f.write_str("Found(..)"),
+            Self::Found(_, meta) => f.debug_tuple("Found").field(&"..").field(meta).finish(),
             Self::NotFound => f.write_str("NotFound"),
             Self::Dangling(rev) => f.debug_tuple("Dangling").field(rev).finish(),
         }
     }
 }
 
-/// What following HV to a value found, before it is shaped into an outcome.
+/// What following HV to a value found, before it is shaped into an outcome; the metadata
+/// is the row's, read with the value it describes.
 enum Followed<T> {
-    Inline(Bytes),
+    Inline(Bytes, ObjectMeta),
     /// What was fetched from the revision HV references.
-    Blob(T),
+    Blob(T, ObjectMeta),
     NotFound,
     Dangling(Revision),
 }
@@ -244,7 +263,9 @@ impl TieredStorage {
             })
             .await?;
         Ok(match followed {
-            Followed::Inline(bytes) | Followed::Blob(bytes) => ReadOutcome::Found(bytes),
+            Followed::Inline(bytes, meta) | Followed::Blob(bytes, meta) => {
+                ReadOutcome::Found(Object { bytes, meta })
+            }
             Followed::NotFound => ReadOutcome::NotFound,
             Followed::Dangling(rev) => ReadOutcome::Dangling(rev),
         })
@@ -265,9 +286,9 @@ impl TieredStorage {
             })
             .await?;
         Ok(match followed {
-            Followed::Blob(stream) => StreamOutcome::Found(stream),
-            Followed::Inline(inline) => {
-                StreamOutcome::Found(Box::pin(futures::stream::iter([Ok(inline)])))
+            Followed::Blob(stream, meta) => StreamOutcome::Found(stream, meta),
+            Followed::Inline(inline, meta) => {
+                StreamOutcome::Found(Box::pin(futures::stream::iter([Ok(inline)])), meta)
             }
             Followed::NotFound => StreamOutcome::NotFound,
             Followed::Dangling(rev) => StreamOutcome::Dangling(rev),
@@ -288,20 +309,20 @@ impl TieredStorage {
         Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
     {
         let retry = &self.config.retry;
-        let mut current = retry.run("read", || self.stores.hv.read(path)).await?;
+        let mut current = retry.run("read", || self.stores.hv.read_row(path)).await?;
         // Each round follows one overwrite; more than a few in a row is a hot object, and
         // the last answer is as good as any.
         for _ in 0..READ_ROUNDS {
-            let rev = match current {
+            let rev = match current.value {
                 None => return Ok(Followed::NotFound),
-                Some(HvValue::Inline(bytes)) => return Ok(Followed::Inline(bytes)),
+                Some(HvValue::Inline(bytes)) => return Ok(Followed::Inline(bytes, current.meta)),
                 Some(HvValue::Tombstone(rev)) => rev,
             };
             if let Some(found) = fetch(rev.clone()).await? {
-                return Ok(Followed::Blob(found));
+                return Ok(Followed::Blob(found, current.meta));
             }
-            current = retry.run("read", || self.stores.hv.read(path)).await?;
-            if current.as_ref().and_then(HvValue::tombstone) == Some(&rev)
+            current = retry.run("read", || self.stores.hv.read_row(path)).await?;
+            if current.value.as_ref().and_then(HvValue::tombstone) == Some(&rev)
                 || crate::mutants::on(crate::mutants::Mutant::ReadTrustsFirstMiss)
             {
                 tracing::error!(object = %path, revision = %rev,
@@ -318,15 +339,37 @@ impl TieredStorage {
         ))
     }
 
+    /// Puts the object without metadata; see [`put_with_meta`](Self::put_with_meta).
     pub async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), WriteError> {
+        self.put_with_meta(path, bytes, ObjectMeta::default()).await
+    }
+
+    /// Puts the object with its metadata, which replaces whatever metadata the object had
+    /// and comes back on every read of this value.
+    pub async fn put_with_meta(
+        &self,
+        path: &ObjectPath,
+        bytes: Bytes,
+        meta: ObjectMeta,
+    ) -> Result<(), WriteError> {
         if bytes.len() > self.config.inline_threshold {
             let new = Revision::mint(path);
             let body = Body::Bytes(bytes);
-            self.mutate(path, HvWrite::Tombstone(new.clone()), Some((new, body)))
-                .await
+            let write = HvWrite::Tombstone(new.clone(), meta);
+            self.mutate(path, write, Some((new, body))).await
         } else {
-            self.mutate(path, HvWrite::Inline(bytes), None).await
+            self.mutate(path, HvWrite::Inline(bytes, meta), None).await
         }
+    }
+
+    /// Puts the object from a stream, without metadata; see
+    /// [`put_stream_with_meta`](Self::put_stream_with_meta).
+    pub async fn put_stream<S>(&self, path: &ObjectPath, body: S) -> Result<(), WriteError>
+    where
+        S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        self.put_stream_with_meta(path, body, ObjectMeta::default())
+            .await
     }
 
     /// Puts the object from a stream of chunks, holding at most `inline_threshold` bytes
@@ -339,7 +382,12 @@ impl TieredStorage {
     /// A failed upload is not retried (its bytes were consumed): the put fails and is
     /// safe to retry with a new stream, and its change is left to recovery as for any
     /// failed upload.
-    pub async fn put_stream<S>(&self, path: &ObjectPath, body: S) -> Result<(), WriteError>
+    pub async fn put_stream_with_meta<S>(
+        &self,
+        path: &ObjectPath,
+        body: S,
+        meta: ObjectMeta,
+    ) -> Result<(), WriteError>
     where
         S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
@@ -362,7 +410,8 @@ impl TieredStorage {
                 None => {
                     let mut all = bytes::BytesMut::with_capacity(len);
                     head.iter().for_each(|c| all.extend_from_slice(c));
-                    return self.mutate(path, HvWrite::Inline(all.freeze()), None).await;
+                    let write = HvWrite::Inline(all.freeze(), meta);
+                    return self.mutate(path, write, None).await;
                 }
             }
         }
@@ -370,8 +419,8 @@ impl TieredStorage {
             Box::pin(futures::stream::iter(head.into_iter().map(Ok)).chain(body));
         let new = Revision::mint(path);
         let body = Body::Stream(std::sync::Mutex::new(Some(rest)));
-        self.mutate(path, HvWrite::Tombstone(new.clone()), Some((new, body)))
-            .await
+        let write = HvWrite::Tombstone(new.clone(), meta);
+        self.mutate(path, write, Some((new, body))).await
     }
 
     pub async fn delete(&self, path: &ObjectPath) -> Result<(), WriteError> {
@@ -440,8 +489,14 @@ impl TieredStorage {
                             format!("the change's guard lapsed ({state:?}) before this attempt; not sent"),
                         ));
                     }
+                    // The blob carries the object's metadata too, for whoever sees it
+                    // without HV (operators, the audit).
+                    let meta = match &write {
+                        HvWrite::Tombstone(_, meta) => meta,
+                        _ => &ObjectMeta::default(),
+                    };
                     let result = match &body {
-                        Body::Bytes(bytes) => self.stores.lt.put(&rev, bytes.clone()).await,
+                        Body::Bytes(bytes) => self.stores.lt.put_with_meta(&rev, bytes.clone(), meta).await,
                         Body::Stream(stream) => {
                             let taken = stream.lock().unwrap_or_else(|e| e.into_inner()).take();
                             let Some(stream) = taken else {
@@ -457,7 +512,7 @@ impl TieredStorage {
                             // Whatever failed, this upload cannot be attempted again:
                             // the error is final for the retry loop, and the caller sees
                             // what happened.
-                            self.stores.lt.put_stream(&rev, body).await.map(drop).map_err(
+                            self.stores.lt.put_stream(&rev, body, meta).await.map(drop).map_err(
                                 |mut e| {
                                     e.kind = crate::error::ErrorKind::Permanent;
                                     e

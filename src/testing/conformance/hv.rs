@@ -5,14 +5,14 @@
 use bytes::Bytes;
 
 use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
-use crate::model::{ChangeId, HvValue, ObjectPath, Revision};
+use crate::model::{ChangeId, HvValue, ObjectMeta, ObjectPath, Revision};
 
 fn path() -> ObjectPath {
     ObjectPath::new(format!("conformance/{}", uuid::Uuid::now_v7())).unwrap()
 }
 
 fn inline(b: &'static [u8]) -> HvWrite {
-    HvWrite::Inline(Bytes::from_static(b))
+    HvWrite::inline(Bytes::from_static(b))
 }
 
 async fn row(hv: &dyn HvStore, p: &ObjectPath) -> HvRow {
@@ -51,7 +51,7 @@ pub async fn cas_applies_on_the_version_read_and_conflicts_otherwise(hv: &dyn Hv
             .compare_and_write(
                 &p,
                 stale.as_ref(),
-                &HvWrite::Tombstone(rev.clone()),
+                &HvWrite::tombstone(rev.clone()),
                 &Version::mint(),
             )
             .await
@@ -62,7 +62,7 @@ pub async fn cas_applies_on_the_version_read_and_conflicts_otherwise(hv: &dyn Hv
 
     let second = Version::of_change(&ChangeId::mint());
     let out = hv
-        .compare_and_write(&p, Some(&first), &HvWrite::Tombstone(rev.clone()), &second)
+        .compare_and_write(&p, Some(&first), &HvWrite::tombstone(rev.clone()), &second)
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Applied);
@@ -84,7 +84,7 @@ pub async fn a_retry_recognises_its_own_landing(hv: &dyn HvStore) {
     let p = path();
     let rev = Revision::mint(&p);
     let stamp = Version::of_change(&ChangeId::mint());
-    let write = HvWrite::Tombstone(rev.clone());
+    let write = HvWrite::tombstone(rev.clone());
     for attempt in 0..2 {
         let out = hv
             .compare_and_write(&p, None, &write, &stamp)
@@ -109,7 +109,7 @@ pub async fn a_fence_refuses_every_earlier_expectation(hv: &dyn HvStore) {
     let p = path();
     let old = Revision::mint(&p);
     let v = Version::mint();
-    hv.compare_and_write(&p, None, &HvWrite::Tombstone(old.clone()), &v)
+    hv.compare_and_write(&p, None, &HvWrite::tombstone(old.clone()), &v)
         .await
         .unwrap();
     let seen = hv.fence(&p).await.unwrap();
@@ -120,7 +120,7 @@ pub async fn a_fence_refuses_every_earlier_expectation(hv: &dyn HvStore) {
     );
     let after = row(hv, &p).await;
     assert_ne!(after.version, Some(v.clone()), "a fence is a new version");
-    let late = HvWrite::Tombstone(Revision::mint(&p));
+    let late = HvWrite::tombstone(Revision::mint(&p));
     let stamp = Version::of_change(&ChangeId::mint());
     let out = hv
         .compare_and_write(&p, Some(&v), &late, &stamp)
@@ -138,7 +138,7 @@ pub async fn a_fence_refuses_every_earlier_expectation(hv: &dyn HvStore) {
         .compare_and_write(
             &p,
             fresh.version.as_ref(),
-            &HvWrite::Tombstone(new.clone()),
+            &HvWrite::tombstone(new.clone()),
             &Version::mint(),
         )
         .await
@@ -188,7 +188,7 @@ pub async fn a_straggler_never_lands_after_a_later_write(hv: &dyn HvStore) {
     let p = path();
     let (mine, theirs) = (Revision::mint(&p), Revision::mint(&p));
     let stamp = Version::of_change(&ChangeId::mint());
-    let write = HvWrite::Tombstone(mine.clone());
+    let write = HvWrite::tombstone(mine.clone());
     let out = hv
         .compare_and_write(&p, None, &write, &stamp)
         .await
@@ -197,7 +197,7 @@ pub async fn a_straggler_never_lands_after_a_later_write(hv: &dyn HvStore) {
     // Others move the row on and back to a state the write's expectation once described
     // (A→B→A: no value again).
     let v = Version::mint();
-    hv.compare_and_write(&p, Some(&stamp), &HvWrite::Tombstone(theirs), &v)
+    hv.compare_and_write(&p, Some(&stamp), &HvWrite::tombstone(theirs), &v)
         .await
         .unwrap();
     hv.compare_and_write(&p, Some(&v), &HvWrite::Delete, &Version::mint())
@@ -214,4 +214,67 @@ pub async fn a_straggler_never_lands_after_a_later_write(hv: &dyn HvStore) {
         None,
         "the straggler re-applied a superseded write"
     );
+}
+
+fn meta(tag: &str) -> ObjectMeta {
+    ObjectMeta::default()
+        .with_content_type("application/x-tiersweep-test")
+        .unwrap()
+        .with_user("tag", tag)
+        .unwrap()
+        .with_expiry(crate::model::Timestamp(1_800_000_000_000))
+}
+
+/// Metadata is written, replaced and removed with the data, and a fence leaves it alone.
+pub async fn metadata_travels_with_the_data(hv: &dyn HvStore) {
+    let p = path();
+    let v1 = Version::mint();
+    let small = HvWrite::Inline(Bytes::from_static(b"small"), meta("inline"));
+    hv.compare_and_write(&p, None, &small, &v1).await.unwrap();
+    assert_eq!(row(hv, &p).await.meta, meta("inline"));
+
+    // A tombstone with other metadata replaces it; one without clears it.
+    let rev = Revision::mint(&p);
+    let v2 = Version::mint();
+    let large = HvWrite::Tombstone(rev.clone(), meta("large"));
+    hv.compare_and_write(&p, Some(&v1), &large, &v2)
+        .await
+        .unwrap();
+    let now = row(hv, &p).await;
+    assert_eq!(now.value, Some(HvValue::Tombstone(rev.clone())));
+    assert_eq!(now.meta, meta("large"));
+    assert_eq!(hv.fence(&p).await.unwrap(), Some(HvValue::Tombstone(rev)));
+    let fenced = row(hv, &p).await;
+    assert_eq!(fenced.meta, meta("large"), "a fence leaves the metadata");
+
+    let v3 = Version::mint();
+    hv.compare_and_write(&p, fenced.version.as_ref(), &inline(b"plain"), &v3)
+        .await
+        .unwrap();
+    assert!(
+        row(hv, &p).await.meta.is_empty(),
+        "a write without metadata clears it"
+    );
+
+    // A refused write changes no metadata either.
+    let out = hv
+        .compare_and_write(&p, Some(&v1), &small, &Version::mint())
+        .await
+        .unwrap();
+    assert_eq!(out, CasOutcome::Conflict);
+    assert!(row(hv, &p).await.meta.is_empty());
+
+    hv.compare_and_write(&p, Some(&v3), &large_with(&p, "gone"), &Version::mint())
+        .await
+        .unwrap();
+    let v = row(hv, &p).await.version;
+    hv.compare_and_write(&p, v.as_ref(), &HvWrite::Delete, &Version::mint())
+        .await
+        .unwrap();
+    let deleted = row(hv, &p).await;
+    assert_eq!((deleted.value, deleted.meta), (None, ObjectMeta::default()));
+}
+
+fn large_with(p: &ObjectPath, tag: &str) -> HvWrite {
+    HvWrite::Tombstone(Revision::mint(p), meta(tag))
 }

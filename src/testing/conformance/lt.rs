@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use crate::lt::LtStore;
-use crate::model::{ObjectPath, Revision};
+use crate::model::{ObjectMeta, ObjectPath, Revision, Timestamp};
 
 fn rev() -> Revision {
     Revision::mint(&ObjectPath::new(format!("conformance/{}", uuid::Uuid::now_v7())).unwrap())
@@ -68,7 +68,9 @@ pub async fn a_streamed_put_stores_every_chunk(lt: &dyn LtStore) {
         let r = rev();
         let (body, all) = chunks(n, chunk, None);
         assert_eq!(
-            lt.put_stream(&r, body).await.unwrap(),
+            lt.put_stream(&r, body, &ObjectMeta::default())
+                .await
+                .unwrap(),
             n as u64,
             "{n} bytes"
         );
@@ -94,7 +96,9 @@ pub async fn a_streamed_get_yields_the_blob(lt: &dyn LtStore) {
     for n in [0, 1000, 3 * 1024 * 1024 + 17] {
         let r = rev();
         let (body, all) = chunks(n, 256 * 1024, None);
-        lt.put_stream(&r, body).await.unwrap();
+        lt.put_stream(&r, body, &ObjectMeta::default())
+            .await
+            .unwrap();
         let mut stream = lt.get_stream(&r).await.unwrap().expect("the blob exists");
         let mut got = Vec::with_capacity(n);
         let mut pieces = 0;
@@ -129,7 +133,10 @@ pub async fn a_streamed_put_whose_stream_fails_creates_nothing(lt: &dyn LtStore)
             256 * 1024,
             Some(std::io::Error::other("client went away")),
         );
-        let err = lt.put_stream(&r, body).await.unwrap_err();
+        let err = lt
+            .put_stream(&r, body, &ObjectMeta::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.store, crate::error::StoreKind::Lt, "{err}");
         assert!(
             !lt.exists(&r).await.unwrap(),
@@ -170,4 +177,42 @@ pub async fn list_pages_through_everything(lt: &dyn LtStore) {
         put, listed,
         "a prefix listing returns exactly the blobs under the prefix"
     );
+}
+
+/// A blob carries the metadata it was written with, whichever way it was uploaded, and
+/// one written without any has none (not the content type GCS gives it).
+pub async fn a_blob_carries_its_metadata(lt: &dyn LtStore) {
+    let meta = ObjectMeta::default()
+        .with_content_type("image/png")
+        .unwrap()
+        .with_user("owner", "alice")
+        .unwrap()
+        .with_user("x-colour", "blue")
+        .unwrap()
+        .with_expiry(Timestamp(1_800_000_000_123));
+    let r = rev();
+    assert_eq!(
+        lt.stat(&r).await.unwrap(),
+        None,
+        "a missing blob has no metadata"
+    );
+    lt.put_with_meta(&r, Bytes::from_static(b"payload"), &meta)
+        .await
+        .unwrap();
+    let info = lt.stat(&r).await.unwrap().expect("the blob exists");
+    assert_eq!((info.size, info.meta), (7, meta.clone()));
+
+    let streamed = rev();
+    let body = Box::pin(futures::stream::iter([
+        Ok(Bytes::from_static(b"str")),
+        Ok(Bytes::from_static(b"eamed")),
+    ]));
+    lt.put_stream(&streamed, body, &meta).await.unwrap();
+    let info = lt.stat(&streamed).await.unwrap().expect("the blob exists");
+    assert_eq!((info.size, info.meta), (8, meta));
+
+    let plain = rev();
+    lt.put(&plain, Bytes::from_static(b"x")).await.unwrap();
+    let info = lt.stat(&plain).await.unwrap().expect("the blob exists");
+    assert_eq!(info.meta, ObjectMeta::default());
 }

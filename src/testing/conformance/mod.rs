@@ -40,6 +40,7 @@ macro_rules! hv_conformance {
                 a_fence_refuses_every_earlier_expectation,
                 a_deleted_row_keeps_its_version,
                 a_straggler_never_lands_after_a_later_write,
+                metadata_travels_with_the_data,
             ]
         );
     };
@@ -59,6 +60,7 @@ macro_rules! lt_conformance {
                 a_streamed_put_stores_every_chunk,
                 a_streamed_put_whose_stream_fails_creates_nothing,
                 a_streamed_get_yields_the_blob,
+                a_blob_carries_its_metadata,
                 list_pages_through_everything,
             ]
         );
