@@ -95,7 +95,9 @@ pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
 pub use model::{ObjectMeta, ObjectPath};
 pub use recovery::{EmbeddedRecovery, RecoveryConfig};
 pub use stores::Stores;
-pub use writer::{Object, ReadOutcome, StreamOutcome, TieredStorage, WriteError, WriterConfig};
+pub use writer::{
+    DeferredPut, Object, ReadOutcome, StreamOutcome, TieredStorage, WriteError, WriterConfig,
+};
 
 /// Exports tiersweep's metrics through an embedding service's own OpenTelemetry meter
 /// provider: writes, heartbeats, fenced writers, uploads and, if recovery runs in the

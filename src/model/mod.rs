@@ -444,6 +444,14 @@ pub struct ChangeRecord {
     /// How many times recovery has claimed the entry; grows the claim lease on each retry.
     #[serde(default)]
     pub claims: u32,
+    /// Set by a deferral that waited out the upload settle: by `cleanup_after`, no attempt
+    /// of `new`'s upload can still land (a writer deferring after a failed upload; recovery
+    /// deferring its own second pass). Recovery then removes the row after its deletes. A
+    /// row due by `cleanup_after` without it (a deferred put, whose client may be sending
+    /// the last bytes at the deadline) gets a settle pass like any abandoned upload.
+    /// Written only when set, so rows without it stay readable by earlier releases.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled: bool,
 }
 
 impl ChangeRecord {
@@ -462,6 +470,7 @@ impl ChangeRecord {
             traceparent: None,
             cleanup_after: None,
             claims: 0,
+            settled: false,
         }
     }
 

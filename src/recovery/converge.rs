@@ -37,8 +37,8 @@ pub enum Ending {
     /// Recovery's ending. When it deleted the change's `new` revision, whose writer died
     /// with the upload perhaps still on its way (bytes in a dead process's socket buffer, a
     /// proxy, a retransmission), the row is deferred for this long instead of removed, and
-    /// a later pass deletes the revision again and removes the row. A change already
-    /// deferred once (its record has a `cleanup_after`) is removed. Zero removes at once.
+    /// a later pass deletes the revision again and removes the row. A change whose record
+    /// is already `settled` is removed. Zero removes at once.
     SettleUploads(Duration),
 }
 
@@ -114,7 +114,7 @@ pub async fn converge(
     let settle = match ending {
         Ending::SettleUploads(settle)
             if !settle.is_zero()
-                && record.cleanup_after.is_none()
+                && !record.settled
                 && record.new.as_ref().is_some_and(|n| deleted.contains(n))
                 && !crate::mutants::on(crate::mutants::Mutant::RecoveryRemovesAtOnce) =>
         {
@@ -131,6 +131,7 @@ pub async fn converge(
         let mut deferred = record.clone();
         deferred.owner = owner.clone();
         deferred.cleanup_after = Some(due);
+        deferred.settled = true;
         // Not a failed attempt: the second pass starts from the base lease.
         deferred.claims = 0;
         match retry

@@ -53,6 +53,7 @@ macro_rules! safety_schedules {
             a_long_streamed_upload_keeps_its_change_alive,
             a_streamed_upload_that_outlives_its_guard_never_completes,
             metadata_comes_back_with_its_value,
+            a_deferred_put_is_left_alone_until_its_deadline,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -1084,4 +1085,133 @@ pub async fn a_streamed_upload_that_outlives_its_guard_never_completes(
         "the upload completed after its change was converged: {left:?}"
     );
     assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+}
+
+/// A deferred put (a multipart upload a client assembles over hours) is recorded with a
+/// deadline and not heartbeated. Recovery leaves it alone until the deadline, however long
+/// its parts take past the staleness threshold, and the put lands with its metadata. One
+/// its client abandons is converged once the deadline has passed (a settle pass included:
+/// the client may be sending the last bytes at the deadline), and the object keeps its
+/// earlier value; finishing it after that is refused and writes nothing. An aborted one
+/// leaves no row; a deadline within the safety margin is refused.
+pub async fn a_deferred_put_is_left_alone_until_its_deadline(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    use crate::writer::{GuardState, WriteError};
+    let writer = TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    let threshold = protocol.staleness_threshold;
+    let within = threshold * 4;
+    let read = |path: ObjectPath| {
+        let writer = writer.clone();
+        async move {
+            match writer.get(&path).await.expect("reading") {
+                ReadOutcome::Found(object) => object,
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+    };
+
+    let path = unique_path();
+    writer.put(&path, large("before")).await.expect("a put");
+    let put = writer
+        .begin_deferred_put(&path, tagged("deferred"), within)
+        .await
+        .expect("beginning a deferred put");
+    let parts: Vec<Bytes> = (0..3).map(|i| large(&format!("part{i}"))).collect();
+    let finish = tokio::spawn({
+        let (writer, body) = (writer.clone(), slow_stream(parts.clone(), threshold));
+        async move { writer.finish_deferred_put(put, body).await }
+    });
+    tokio::time::sleep(threshold * 2).await;
+    let pass = recovery_pass(&stores, protocol).await;
+    assert_eq!(
+        (pass.converged, pass.deferred),
+        (0, 0),
+        "a deferred put is not due before its deadline: {pass:?}"
+    );
+    finish
+        .await
+        .expect("the writer's task")
+        .expect("the deferred put lands");
+    let object = read(path.clone()).await;
+    assert_eq!(
+        (object.bytes, object.meta),
+        (concat(&parts), tagged("deferred"))
+    );
+    assert_eq!(
+        blobs_of(&stores, &path).await.len(),
+        1,
+        "the old value is deleted"
+    );
+    assert!(entries_for(&stores, &path).await.is_empty());
+
+    let abandoned = unique_path();
+    writer.put(&abandoned, large("kept")).await.expect("a put");
+    let put = writer
+        .begin_deferred_put(&abandoned, ObjectMeta::default(), within)
+        .await
+        .expect("beginning a deferred put");
+    let deadline = put.deadline().expect("a deferred put has a deadline");
+    tokio::time::sleep(threshold * 2).await;
+    recovery_pass(&stores, protocol).await;
+    assert_eq!(
+        entries_for(&stores, &abandoned).await.len(),
+        1,
+        "the change waits for its deadline"
+    );
+    assert_eq!(put.state(), GuardState::Valid);
+    tokio::time::sleep(within + threshold).await;
+    assert_eq!(
+        put.state(),
+        GuardState::Expired,
+        "the put may not be finished past its deadline"
+    );
+    assert!(
+        stores.changelog.now().await.expect("the changelog's time") > deadline,
+        "the schedule waited past the deadline"
+    );
+    let pass = recovery_pass(&stores, protocol).await;
+    assert_eq!(
+        pass.deferred, 1,
+        "recovery settles an abandoned upload: {pass:?}"
+    );
+    assert!(entries_for(&stores, &abandoned).await.is_empty());
+    let late = writer
+        .finish_deferred_put(put, futures::stream::iter([Ok(large("late"))]))
+        .await;
+    assert!(
+        matches!(
+            late,
+            Err(WriteError::GuardLost {
+                state: GuardState::Expired,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    assert_eq!(read(abandoned.clone()).await.bytes, large("kept"));
+    assert_eq!(blobs_of(&stores, &abandoned).await.len(), 1);
+    assert!(entries_for(&stores, &abandoned).await.is_empty());
+
+    let put = writer
+        .begin_deferred_put(&abandoned, ObjectMeta::default(), within)
+        .await
+        .expect("beginning a deferred put");
+    writer
+        .abort_deferred_put(put)
+        .await
+        .expect("aborting a deferred put");
+    assert!(entries_for(&stores, &abandoned).await.is_empty());
+    assert_eq!(read(abandoned.clone()).await.bytes, large("kept"));
+
+    let short = writer
+        .begin_deferred_put(&abandoned, ObjectMeta::default(), protocol.safety_margin)
+        .await;
+    assert!(
+        matches!(short, Err(WriteError::DeadlineTooShort { .. })),
+        "{short:?}"
+    );
+    assert!(entries_for(&stores, &abandoned).await.is_empty());
 }

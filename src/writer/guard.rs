@@ -59,7 +59,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct GuardWatch {
     shared: Arc<Shared>,
-    protocol: ProtocolConfig,
+    validity: std::time::Duration,
     clock: SharedClock,
     /// Whether the guard heartbeats and so can expire (a no-op changelog does not).
     expires: bool,
@@ -67,13 +67,13 @@ pub struct GuardWatch {
 
 impl GuardWatch {
     pub fn state(&self) -> GuardState {
-        state_of(&self.shared, self.protocol, &self.clock, self.expires)
+        state_of(&self.shared, self.validity, &self.clock, self.expires)
     }
 }
 
 fn state_of(
     shared: &Shared,
-    protocol: ProtocolConfig,
+    validity: std::time::Duration,
     clock: &SharedClock,
     expires: bool,
 ) -> GuardState {
@@ -81,7 +81,7 @@ fn state_of(
         GuardState::Fenced
     } else if shared.failed.load(Ordering::SeqCst) {
         GuardState::HeartbeatFailed
-    } else if expires && age(shared, clock) >= protocol.guard_validity() {
+    } else if expires && age(shared, clock) >= validity {
         GuardState::Expired
     } else {
         GuardState::Valid
@@ -114,7 +114,11 @@ pub struct ChangeGuard {
     pub id: ChangeId,
     pub record: ChangeRecord,
     shared: Arc<Shared>,
-    protocol: ProtocolConfig,
+    /// How long after the last successful heartbeat (or the record) the guard stays valid.
+    validity: std::time::Duration,
+    /// Whether it can expire: it heartbeats, or it is a deferred change's deadline. A
+    /// no-op changelog's guard never expires.
+    expires: bool,
     clock: SharedClock,
     heartbeat: Option<JoinHandle<()>>,
 }
@@ -157,14 +161,53 @@ impl ChangeGuard {
             id,
             record,
             shared,
-            protocol,
+            validity: protocol.guard_validity(),
+            expires: heartbeat.is_some(),
             clock,
             heartbeat,
         })
     }
 
+    /// Records a deferred change: due for recovery `within` from now by the changelog's
+    /// clock, and not heartbeated. Valid for `within − safety_margin` from a moment taken
+    /// *before* asking the changelog its time, on both of the process's clocks as any
+    /// guard: whatever the request's latency, the guard lapses at least a safety margin
+    /// before recovery may take the change.
+    pub async fn begin_deferred(
+        changelog: Arc<dyn Changelog>,
+        clock: SharedClock,
+        mut record: ChangeRecord,
+        protocol: ProtocolConfig,
+        retry: RetryPolicy,
+        within: std::time::Duration,
+    ) -> StoreResult<Self> {
+        let id = ChangeId::mint_at(clock.now());
+        let sent = Sent {
+            monotonic: clock.monotonic(),
+            wall: clock.now(),
+        };
+        let now = retry.run("now", || changelog.now()).await?;
+        record.cleanup_after = Some(now.saturating_add(within));
+        retry
+            .run("record", || changelog.record(&id, &record))
+            .await?;
+        Ok(Self {
+            id,
+            record,
+            shared: Arc::new(Shared {
+                last_sent_ok: Mutex::new(sent),
+                failed: AtomicBool::new(false),
+                fenced: AtomicBool::new(false),
+            }),
+            validity: within.saturating_sub(protocol.safety_margin),
+            expires: true,
+            clock,
+            heartbeat: None,
+        })
+    }
+
     pub fn state(&self) -> GuardState {
-        self.watch_state(self.heartbeat.is_some())
+        state_of(&self.shared, self.validity, &self.clock, self.expires)
     }
 
     /// A handle that reads this guard's state from elsewhere (a streamed upload checks it
@@ -172,14 +215,10 @@ impl ChangeGuard {
     pub fn watch(&self) -> GuardWatch {
         GuardWatch {
             shared: self.shared.clone(),
-            protocol: self.protocol,
+            validity: self.validity,
             clock: self.clock.clone(),
-            expires: self.heartbeat.is_some(),
+            expires: self.expires,
         }
-    }
-
-    fn watch_state(&self, expires: bool) -> GuardState {
-        state_of(&self.shared, self.protocol, &self.clock, expires)
     }
 
     /// Stops the heartbeat. Call before removing the entry, so that no heartbeat in flight

@@ -150,6 +150,16 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
+    /// A deferred put's deadline leaves no time to write: it must exceed the protocol's
+    /// safety margin, which the writer keeps between its last upload and recovery.
+    #[error(
+        "a deferred put of {path} due within {within:?} leaves no time to write: it must exceed the safety margin ({margin:?})"
+    )]
+    DeadlineTooShort {
+        path: ObjectPath,
+        within: std::time::Duration,
+        margin: std::time::Duration,
+    },
     #[error(
         "change {change} on {path} lost its guard ({state:?}) before committing; left to recovery, retry the write"
     )]
@@ -204,6 +214,46 @@ impl std::fmt::Debug for StreamOutcome {
             Self::NotFound => f.write_str("NotFound"),
             Self::Dangling(rev) => f.debug_tuple("Dangling").field(rev).finish(),
         }
+    }
+}
+
+/// A put recorded now and written later, like a multipart upload a client assembles over
+/// hours: see [`TieredStorage::begin_deferred_put`]. Finish it with
+/// [`finish_deferred_put`](TieredStorage::finish_deferred_put) or give it up with
+/// [`abort_deferred_put`](TieredStorage::abort_deferred_put); dropped, or its process
+/// gone, recovery converges it once its deadline has passed.
+#[derive(Debug)]
+pub struct DeferredPut {
+    path: ObjectPath,
+    meta: ObjectMeta,
+    new: Revision,
+    /// The row's version when the change began: the commit expects it, so once recovery
+    /// fenced the row after the deadline, no commit of this put can land.
+    expected: Option<Version>,
+    /// What HV referenced when the change began.
+    old: Option<Revision>,
+    guard: ChangeGuard,
+}
+
+impl DeferredPut {
+    pub fn path(&self) -> &ObjectPath {
+        &self.path
+    }
+
+    /// The change's id: what a service hands its client as the upload's id.
+    pub fn change(&self) -> &ChangeId {
+        &self.guard.id
+    }
+
+    /// When recovery may take the change over, by the changelog's clock.
+    pub fn deadline(&self) -> Option<crate::model::Timestamp> {
+        self.guard.record.cleanup_after
+    }
+
+    /// Whether the put may still be finished: `Expired` once less than the safety margin
+    /// is left before the deadline.
+    pub fn state(&self) -> GuardState {
+        self.guard.state()
     }
 }
 
@@ -423,6 +473,113 @@ impl TieredStorage {
         self.mutate(path, write, Some((new, body))).await
     }
 
+    /// Records a large put that will be written later, over as long as `within`: a
+    /// multipart upload a client assembles over hours, say. The change is due for recovery
+    /// only `within` from now, by the changelog's clock, and is not heartbeated meanwhile,
+    /// so the writer need not stay up between the parts; recovery leaves it alone until
+    /// then. The put must be finished a safety margin before that deadline (measured from
+    /// before the record, on this process's clocks, as every guard is); a put finished
+    /// later, or never, is converged by recovery, and the object keeps its earlier value.
+    ///
+    /// The object goes to LT whatever its size. Its metadata is set now and written with
+    /// the bytes.
+    pub async fn begin_deferred_put(
+        &self,
+        path: &ObjectPath,
+        meta: ObjectMeta,
+        within: std::time::Duration,
+    ) -> Result<DeferredPut, WriteError> {
+        let margin = self.config.protocol.safety_margin;
+        if within <= margin {
+            return Err(WriteError::DeadlineTooShort {
+                path: path.clone(),
+                within,
+                margin,
+            });
+        }
+        let span = tracing::info_span!(crate::telemetry::span::WRITE,
+            "tiersweep.object" = %path, "tiersweep.change_id" = tracing::field::Empty);
+        async {
+            let retry = &self.config.retry;
+            let row = retry.run("read", || self.stores.hv.read_row(path)).await?;
+            let old = row.value.as_ref().and_then(HvValue::tombstone).cloned();
+            let new = Revision::mint(path);
+            let mut record = ChangeRecord::new(
+                path.clone(),
+                old.clone(),
+                Some(new.clone()),
+                OwnerToken::writer(),
+            );
+            record.traceparent = crate::telemetry::propagation::current_traceparent();
+            let guard = ChangeGuard::begin_deferred(
+                self.stores.changelog.clone(),
+                self.stores.clock.clone(),
+                record,
+                self.config.protocol,
+                self.config.retry,
+                within,
+            )
+            .await?;
+            tracing::Span::current().record("tiersweep.change_id", guard.id.as_str());
+            Ok(DeferredPut {
+                path: path.clone(),
+                meta,
+                new,
+                expected: row.version,
+                old,
+                guard,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes a deferred put's bytes and commits it, as [`put_stream`](Self::put_stream)
+    /// does a large object. The stream may take until the put's deadline less the safety
+    /// margin; the upload stops at the first chunk after that, and the put fails with the
+    /// object unchanged.
+    pub async fn finish_deferred_put<S>(&self, put: DeferredPut, body: S) -> Result<(), WriteError>
+    where
+        S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let DeferredPut {
+            path,
+            meta,
+            new,
+            expected,
+            guard,
+            ..
+        } = put;
+        let span = tracing::info_span!(crate::telemetry::span::WRITE,
+            "tiersweep.object" = %path, "tiersweep.change_id" = guard.id.as_str());
+        async {
+            // Past its deadline less the margin: nothing is sent, and the change is
+            // recovery's (due at the deadline).
+            let state = guard.state();
+            if state != GuardState::Valid {
+                return Err(WriteError::GuardLost {
+                    path: path.clone(),
+                    change: guard.id.clone(),
+                    state,
+                });
+            }
+            let write = HvWrite::Tombstone(new.clone(), meta);
+            let body = Body::Stream(std::sync::Mutex::new(Some(Box::pin(body))));
+            let (guard, settle) = self.upload(guard, &new, body, &write).await?;
+            self.commit(guard, &path, expected.as_ref(), &write, Some(new), settle)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Gives a deferred put up before any of it was written: its change is removed now
+    /// rather than at its deadline. The object keeps its earlier value.
+    pub async fn abort_deferred_put(&self, put: DeferredPut) -> Result<(), WriteError> {
+        self.complete(put.guard, put.old).await?;
+        Ok(())
+    }
+
     pub async fn delete(&self, path: &ObjectPath) -> Result<(), WriteError> {
         self.mutate(path, HvWrite::Delete, None).await
     }
@@ -470,11 +627,31 @@ impl TieredStorage {
         .await?;
         tracing::Span::current().record("tiersweep.change_id", guard.id.as_str());
 
+        let (guard, settle) = match upload {
+            Some((rev, body)) => self.upload(guard, &rev, body, &write).await?,
+            None => (guard, false),
+        };
+        self.commit(guard, path, expected.as_ref(), &write, new, settle)
+            .await
+    }
+
+    /// Uploads a recorded change's new revision under its guard: no attempt leaves once the
+    /// guard is invalid, and a stream stops at the first chunk it no longer allows. On
+    /// failure the change is handed to recovery ([`give_up_upload`](Self::give_up_upload))
+    /// and the guard is gone. Returns the guard, and whether an attempt failed before one
+    /// succeeded (a failed attempt may still land: the change settles before removal).
+    async fn upload(
+        &self,
+        guard: ChangeGuard,
+        rev: &Revision,
+        body: Body,
+        write: &HvWrite,
+    ) -> Result<(ChangeGuard, bool), WriteError> {
         // Failed upload attempts, even when a retry then succeeds: a failed attempt may
         // still land later, possibly after this revision has been overwritten and deleted.
         let failed_uploads = std::sync::atomic::AtomicUsize::new(0);
-        if let Some((rev, body)) = upload
-            && let Err(err) = retry
+        let retry = &self.config.retry;
+        if let Err(err) = retry
                 .run("upload", || async {
                     // Like the compare-and-write, an upload attempt leaves only while the
                     // guard is valid: a retry sent after a long freeze could land after
@@ -491,12 +668,12 @@ impl TieredStorage {
                     }
                     // The blob carries the object's metadata too, for whoever sees it
                     // without HV (operators, the audit).
-                    let meta = match &write {
+                    let meta = match write {
                         HvWrite::Tombstone(_, meta) => meta,
                         _ => &ObjectMeta::default(),
                     };
                     let result = match &body {
-                        Body::Bytes(bytes) => self.stores.lt.put_with_meta(&rev, bytes.clone(), meta).await,
+                        Body::Bytes(bytes) => self.stores.lt.put_with_meta(rev, bytes.clone(), meta).await,
                         Body::Stream(stream) => {
                             let taken = stream.lock().unwrap_or_else(|e| e.into_inner()).take();
                             let Some(stream) = taken else {
@@ -512,7 +689,7 @@ impl TieredStorage {
                             // Whatever failed, this upload cannot be attempted again:
                             // the error is final for the retry loop, and the caller sees
                             // what happened.
-                            self.stores.lt.put_stream(&rev, body, meta).await.map(drop).map_err(
+                            self.stores.lt.put_stream(rev, body, meta).await.map(drop).map_err(
                                 |mut e| {
                                     e.kind = crate::error::ErrorKind::Permanent;
                                     e
@@ -527,14 +704,31 @@ impl TieredStorage {
                 })
                 .await
         {
-            self.give_up_upload(guard, &rev).await;
+            self.give_up_upload(guard, rev).await;
             return Err(err.into());
         }
+        Ok((
+            guard,
+            failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        ))
+    }
 
-        let (outcome, uncertain) = match self
-            .guarded_cas(&guard, path, expected.as_ref(), &write)
-            .await?
-        {
+    /// The guarded compare-and-write of a recorded change whose new revision (if any) is
+    /// uploaded, and what follows it: completing the change, or, when the guard lapsed or
+    /// the write was refused, leaving it as safe as the outcome allows. `settle`: an upload
+    /// attempt failed, so the change goes to recovery after `upload_settle` instead of
+    /// being removed (a failed attempt may still land).
+    async fn commit(
+        &self,
+        guard: ChangeGuard,
+        path: &ObjectPath,
+        expected: Option<&Version>,
+        write: &HvWrite,
+        new: Option<Revision>,
+        settle: bool,
+    ) -> Result<(), WriteError> {
+        let retry = &self.config.retry;
+        let (outcome, uncertain) = match self.guarded_cas(&guard, path, expected, write).await? {
             Guarded::Sent(outcome, uncertain) => (outcome, uncertain),
             Guarded::NotSent(state) => {
                 if state == GuardState::Fenced {
@@ -576,7 +770,7 @@ impl TieredStorage {
                 let change = guard.id.clone();
                 // The row is no longer the writer's when recovery claimed it: its fence
                 // is what refused the write.
-                let still_ours = if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                let still_ours = if settle {
                     self.complete_deferred(guard, referenced).await?
                 } else {
                     self.complete(guard, referenced).await?
@@ -594,7 +788,7 @@ impl TieredStorage {
                 });
             }
         };
-        if failed_uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if settle {
             self.complete_deferred(guard, referenced).await?;
         } else {
             self.finish(guard, referenced).await?;
@@ -718,6 +912,7 @@ impl TieredStorage {
         };
         let mut record = guard.record.clone();
         record.cleanup_after = Some(now.saturating_add(self.config.upload_settle));
+        record.settled = true;
         record
     }
 
