@@ -182,17 +182,24 @@ impl HvStore for BigtableHv {
         Ok(super::outcome_of_refused(stamp, now.version.as_ref()))
     }
 
-    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+    async fn fence(&self, path: &ObjectPath, rev: &Revision) -> StoreResult<bool> {
         let key = path.as_str().as_bytes();
-        let fence = set_cell(
-            DATA,
-            VERSION,
-            SERVER_TIME,
-            Version::mint().as_str().as_bytes().to_vec(),
-        );
+        let fence = || {
+            vec![set_cell(
+                DATA,
+                VERSION,
+                SERVER_TIME,
+                Version::mint().as_str().as_bytes().to_vec(),
+            )]
+        };
+        // Both branches write the same fence: the predicate only reports what it saw.
+        let names_rev = chain(vec![
+            column(DATA, TOMBSTONE),
+            latest(),
+            value_is(rev.as_str().as_bytes()),
+        ]);
         self.client
-            .mutate_row(&self.table, key, vec![fence])
-            .await?;
-        self.read(path).await
+            .check_and_mutate(&self.table, key, names_rev, fence(), fence())
+            .await
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use crate::error::StoreResult;
-use crate::model::{HvValue, ObjectPath};
+use crate::model::{HvValue, ObjectPath, Revision};
 
 #[derive(Debug, Default)]
 pub struct MemoryHv {
@@ -73,10 +73,10 @@ impl HvStore for MemoryHv {
         }))
     }
 
-    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+    async fn fence(&self, path: &ObjectPath, rev: &Revision) -> StoreResult<bool> {
         Ok(self.with_row(path, |row| {
             row.version = Some(Version::mint());
-            row.value.clone()
+            row.value.as_ref().and_then(HvValue::tombstone) == Some(rev)
         }))
     }
 }

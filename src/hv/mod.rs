@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::StoreResult;
-use crate::model::{ChangeId, HvValue, ObjectMeta, ObjectPath};
+use crate::model::{ChangeId, HvValue, ObjectMeta, ObjectPath, Revision};
 
 pub use bigtable::BigtableHv;
 pub use memory::MemoryHv;
@@ -158,8 +158,11 @@ pub trait HvStore: Send + Sync + std::fmt::Debug {
         stamp: &Version,
     ) -> StoreResult<CasOutcome>;
 
-    /// Stamps the row with a fresh version, unconditionally, then returns what the row
-    /// holds. Once this returns, no write whose writer read the row before the fence can
-    /// land, so the returned state is final as far as those writes go.
-    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>>;
+    /// Stamps the row with a fresh version, unconditionally, and answers in the same call
+    /// whether the row's tombstone names `rev` at that moment (an absent row and an inline
+    /// value do not). Once this returns, no write whose writer read the row before the
+    /// fence can land, so as far as those writes go, the answer stays true only until a
+    /// later writer moves the row on, and a `false` is final: recovery's one fenced
+    /// decision (one CheckAndMutateRow on Bigtable).
+    async fn fence(&self, path: &ObjectPath, rev: &Revision) -> StoreResult<bool>;
 }

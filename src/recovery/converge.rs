@@ -81,11 +81,13 @@ pub async fn converge(
     ending: Ending,
     retry: &RetryPolicy,
 ) -> StoreResult<ConvergeReport> {
-    // The writer just uploaded what it keeps; only recovery has reason to doubt a kept blob.
+    // Only recovery has reason to doubt a kept blob, and only a committed one (`new`): the
+    // writer uploads before its HV write, so a missing one means a bug somewhere. A kept
+    // `old` predates the change, and checking it would cost every recovered change a call.
     let verify_kept = matches!(view, HvView::Fence);
     let referenced = match view {
         HvView::Known(r) => r,
-        HvView::Fence => fenced_read(stores, record, retry).await?,
+        HvView::Fence => fenced_decision(stores, record, retry).await?,
     };
     if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
         retry
@@ -99,7 +101,11 @@ pub async fn converge(
     }
     let kept = referenced.filter(|r| record.revisions().any(|own| own == r));
     let dangling = match &kept {
-        Some(rev) if verify_kept && !retry.run("exists", || stores.lt.exists(rev)).await? => {
+        Some(rev)
+            if verify_kept
+                && record.new.as_ref() == Some(rev)
+                && !retry.run("exists", || stores.lt.exists(rev)).await? =>
+        {
             // A later change may have moved HV on and deleted the blob, legitimately: only
             // a tombstone that still points at the missing blob is dangling.
             let now = retry.run("read", || stores.hv.read(&record.object)).await?;
@@ -158,29 +164,37 @@ pub async fn converge(
     })
 }
 
-/// Fences the row, then reads what HV references: the fence returns the value it left, so
-/// no write of the change (whose writer read the row before recording it) can land after.
-async fn fenced_read(
+/// Fences the row and decides which of the change's revisions HV references, if any, in one
+/// fenced call per revision asked about: `old` first, as a change is most often abandoned
+/// before its HV write (then one call decides), and `new` only when HV no longer names
+/// `old`. Asking twice is sound: once the first fence has landed, no write of this change
+/// can land (its writer expects the version it read before recording the change), and no
+/// other write ever names `old` or `new` again (revisions are minted per write), so
+/// "references `new`" can only turn false between the calls, never true, and what the
+/// second call sees is as final as a single fence followed by a read.
+async fn fenced_decision(
     stores: &Stores,
     record: &ChangeRecord,
     retry: &RetryPolicy,
 ) -> StoreResult<Option<Revision>> {
     use crate::mutants::{Mutant, on};
-    let read = || async { retry.run("read", || stores.hv.read(&record.object)).await };
-    let value = if on(Mutant::NoHvFence) {
-        read().await?
-    } else if on(Mutant::FenceAfterRead) {
-        let value = read().await?;
-        retry
-            .run("fence", || stores.hv.fence(&record.object))
-            .await?;
-        value
-    } else {
-        retry
-            .run("fence", || stores.hv.fence(&record.object))
-            .await?
-    };
-    Ok(value.as_ref().and_then(HvValue::tombstone).cloned())
+    let path = &record.object;
+    if on(Mutant::NoHvFence) || on(Mutant::FenceAfterRead) {
+        let value = retry.run("read", || stores.hv.read(path)).await?;
+        if on(Mutant::FenceAfterRead) {
+            for rev in record.revisions() {
+                retry.run("fence", || stores.hv.fence(path, rev)).await?;
+            }
+        }
+        let referenced = value.as_ref().and_then(HvValue::tombstone);
+        return Ok(record.revisions().find(|r| Some(*r) == referenced).cloned());
+    }
+    for rev in record.revisions() {
+        if retry.run("fence", || stores.hv.fence(path, rev)).await? {
+            return Ok(Some(rev.clone()));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

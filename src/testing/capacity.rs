@@ -9,7 +9,7 @@
 //! | service | limit | latency p50 / p99 |
 //! |---|---|---|
 //! | GCS, one bucket | object writes + deletes: 1,000/s at first, doubling every 20 min of sustained load (Cloud Storage's request-rate guidelines); reads 5,000/s | delete and metadata read 30 / 150 ms, write 50 / 250 ms (assumed) |
-//! | Bigtable, one cluster | 10,000 operations/s per node (assumed; Bigtable's documentation plans ~10–17k small reads or writes/s per SSD node) | 5 / 20 ms; a fence (MutateRow + ReadRows) twice (assumed) |
+//! | Bigtable, one cluster | 10,000 operations/s per node (assumed; Bigtable's documentation plans ~10–17k small reads or writes/s per SSD node) | 5 / 20 ms (assumed) |
 //!
 //! Pub/Sub is not limited here: its per-topic limits (GB/s) are far above recovery's
 //! message sizes. Time is tokio's, so under paused time a 20-minute ramp costs nothing.
@@ -221,8 +221,6 @@ impl Capacity {
             Op::LtPut => (m.gcs_write, 1.0),
             Op::LtDelete => (m.gcs_delete, 1.0),
             Op::LtGet | Op::LtExists | Op::LtList => (m.gcs_read, 1.0),
-            // A fence is a MutateRow and a ReadRows.
-            Op::HvFence => (m.bigtable, 2.0),
             _ => (m.bigtable, 1.0),
         }
     }
@@ -238,10 +236,7 @@ impl Capacity {
         };
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (rng, buckets) = &mut *state;
-        let mut latency = tail.sample(rng);
-        if op == Op::HvFence {
-            latency += tail.sample(rng);
-        }
+        let latency = tail.sample(rng);
         let admitted = buckets[index].admit(Instant::now(), cost);
         drop(state);
         let counter = index * 2 + usize::from(!admitted);

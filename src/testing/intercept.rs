@@ -17,7 +17,7 @@ use crate::error::{StoreKind, StoreResult};
 use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use crate::lt::{BlobInfo, ByteStream, ListPage, LtStore};
 use crate::model::{
-    ChangeId, ChangeRecord, HvValue, ObjectMeta, ObjectPath, OwnerToken, Revision, Timestamp,
+    ChangeId, ChangeRecord, ObjectMeta, ObjectPath, OwnerToken, Revision, Timestamp,
 };
 use crate::stores::Stores;
 
@@ -132,9 +132,9 @@ impl<H: Intercept> HvStore for HookedHv<H> {
         });
         self.hook.run(Op::HvCas, StoreKind::Hv, call).await
     }
-    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
-        let (inner, path) = (self.inner.clone(), path.clone());
-        let call = Box::pin(async move { inner.fence(&path).await });
+    async fn fence(&self, path: &ObjectPath, rev: &Revision) -> StoreResult<bool> {
+        let (inner, path, rev) = (self.inner.clone(), path.clone(), rev.clone());
+        let call = Box::pin(async move { inner.fence(&path, &rev).await });
         self.hook.run(Op::HvFence, StoreKind::Hv, call).await
     }
 }

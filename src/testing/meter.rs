@@ -57,12 +57,11 @@ impl Latency {
     }
 }
 
-/// Round trips the Bigtable backend makes for one call: a fence is a MutateRow and then a
-/// ReadRows; every other Bigtable operation is one RPC. 0 for GCS operations.
+/// Round trips the Bigtable backend makes for one call: one for every Bigtable operation
+/// (a fence is one CheckAndMutateRow), 0 for GCS operations.
 fn bigtable_rpcs(op: Op) -> u32 {
     match op {
         Op::LtPut | Op::LtGet | Op::LtExists | Op::LtDelete | Op::LtList => 0,
-        Op::HvFence => 2,
         _ => 1,
     }
 }

@@ -112,13 +112,23 @@ pub async fn a_fence_refuses_every_earlier_expectation(hv: &dyn HvStore) {
     hv.compare_and_write(&p, None, &HvWrite::tombstone(old.clone()), &v)
         .await
         .unwrap();
-    let seen = hv.fence(&p).await.unwrap();
-    assert_eq!(
-        seen,
-        Some(HvValue::Tombstone(old.clone())),
-        "fence returns what the row holds"
+    let other = Revision::mint(&p);
+    assert!(
+        !hv.fence(&p, &other).await.unwrap(),
+        "the row's tombstone names another revision"
+    );
+    let between = row(hv, &p).await;
+    assert_ne!(
+        between.version,
+        Some(v.clone()),
+        "a fence that did not match is a new version"
+    );
+    assert!(
+        hv.fence(&p, &old).await.unwrap(),
+        "the row's tombstone names the revision asked about"
     );
     let after = row(hv, &p).await;
+    assert_ne!(after.version, between.version, "so is one that did");
     assert_ne!(after.version, Some(v.clone()), "a fence is a new version");
     let late = HvWrite::tombstone(Revision::mint(&p));
     let stamp = Version::of_change(&ChangeId::mint());
@@ -127,9 +137,13 @@ pub async fn a_fence_refuses_every_earlier_expectation(hv: &dyn HvStore) {
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Conflict, "written before the fence");
-    assert_eq!(hv.read(&p).await.unwrap(), Some(HvValue::Tombstone(old)));
-    // Fencing twice is fine and changes no data.
-    assert_eq!(hv.fence(&p).await.unwrap(), after.value);
+    assert_eq!(
+        hv.read(&p).await.unwrap(),
+        Some(HvValue::Tombstone(old.clone()))
+    );
+    // Fencing again is fine and changes no data.
+    assert!(hv.fence(&p, &old).await.unwrap());
+    assert_eq!(row(hv, &p).await.value, after.value);
 
     // A writer that reads after the fence writes as usual.
     let fresh = row(hv, &p).await;
@@ -147,9 +161,57 @@ pub async fn a_fence_refuses_every_earlier_expectation(hv: &dyn HvStore) {
     assert_eq!(hv.read(&p).await.unwrap(), Some(HvValue::Tombstone(new)));
 }
 
+/// The fence's answer is about the tombstone cell and the whole revision name: an inline
+/// value holding the name, metadata naming it, or an object deleted since, all answer
+/// `false` (recovery would otherwise keep a blob nobody
+/// references, or, had the answer been the other way round, delete one somebody does).
+pub async fn a_fence_answers_for_the_tombstone_exactly(hv: &dyn HvStore) {
+    let p = path();
+    let rev = Revision::mint(&p);
+    let name = Bytes::from(rev.as_str().to_owned());
+    hv.compare_and_write(&p, None, &HvWrite::inline(name), &Version::mint())
+        .await
+        .unwrap();
+    assert!(
+        !hv.fence(&p, &rev).await.unwrap(),
+        "an inline value is no tombstone"
+    );
+
+    let tagged = ObjectMeta::default()
+        .with_user("rev", rev.as_str())
+        .unwrap();
+    let v = row(hv, &p).await.version;
+    let other = Revision::mint(&p);
+    hv.compare_and_write(
+        &p,
+        v.as_ref(),
+        &HvWrite::Tombstone(other.clone(), tagged),
+        &Version::mint(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !hv.fence(&p, &rev).await.unwrap(),
+        "metadata naming it is no tombstone"
+    );
+    assert!(hv.fence(&p, &other).await.unwrap());
+
+    let v = row(hv, &p).await.version;
+    hv.compare_and_write(&p, v.as_ref(), &HvWrite::Delete, &Version::mint())
+        .await
+        .unwrap();
+    assert!(
+        !hv.fence(&p, &other).await.unwrap(),
+        "a deleted object names nothing"
+    );
+}
+
 pub async fn a_deleted_row_keeps_its_version(hv: &dyn HvStore) {
     let p = path();
-    assert_eq!(hv.fence(&p).await.unwrap(), None, "fencing an absent row");
+    assert!(
+        !hv.fence(&p, &Revision::mint(&p)).await.unwrap(),
+        "an absent row names no revision"
+    );
     let fenced = row(hv, &p).await;
     assert_eq!(fenced.value, None, "a fence alone is not object data");
     assert!(fenced.version.is_some(), "a fence leaves a version");
@@ -243,7 +305,7 @@ pub async fn metadata_travels_with_the_data(hv: &dyn HvStore) {
     let now = row(hv, &p).await;
     assert_eq!(now.value, Some(HvValue::Tombstone(rev.clone())));
     assert_eq!(now.meta, meta("large"));
-    assert_eq!(hv.fence(&p).await.unwrap(), Some(HvValue::Tombstone(rev)));
+    assert!(hv.fence(&p, &rev).await.unwrap());
     let fenced = row(hv, &p).await;
     assert_eq!(fenced.meta, meta("large"), "a fence leaves the metadata");
 

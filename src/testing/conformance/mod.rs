@@ -38,6 +38,7 @@ macro_rules! hv_conformance {
                 cas_applies_on_the_version_read_and_conflicts_otherwise,
                 a_retry_recognises_its_own_landing,
                 a_fence_refuses_every_earlier_expectation,
+                a_fence_answers_for_the_tombstone_exactly,
                 a_deleted_row_keeps_its_version,
                 a_straggler_never_lands_after_a_later_write,
                 metadata_travels_with_the_data,

@@ -16,7 +16,7 @@ use crate::changelog::{
 };
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
-use crate::model::{ChangeId, ChangeRecord, HvValue, ObjectPath, OwnerToken, Timestamp};
+use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
 use crate::testing::SkewedClock;
 use crate::testing::intercept::{Call, Intercept, Op};
 
@@ -159,9 +159,9 @@ impl HvStore for ScopeWitness {
             .compare_and_write(path, expected, write, stamp)
             .await
     }
-    async fn fence(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
+    async fn fence(&self, path: &ObjectPath, rev: &Revision) -> StoreResult<bool> {
         self.note(path);
-        self.inner.fence(path).await
+        self.inner.fence(path, rev).await
     }
 }
 
