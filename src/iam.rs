@@ -59,6 +59,7 @@ pub enum Method {
     BigtableReadRows,
     BigtableCheckAndMutateRow,
     BigtableMutateRow,
+    BigtableMutateRows,
     GcsObjectsInsert,
     GcsObjectsGet,
     GcsObjectsDelete,
@@ -79,10 +80,11 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::BigtableReadRows,
         Method::BigtableCheckAndMutateRow,
         Method::BigtableMutateRow,
+        Method::BigtableMutateRows,
         Method::GcsObjectsInsert,
         Method::GcsObjectsGet,
         Method::GcsObjectsDelete,
@@ -101,6 +103,7 @@ impl Method {
             Method::BigtableReadRows => "bigtable.ReadRows",
             Method::BigtableCheckAndMutateRow => "bigtable.CheckAndMutateRow",
             Method::BigtableMutateRow => "bigtable.MutateRow",
+            Method::BigtableMutateRows => "bigtable.MutateRows",
             Method::GcsObjectsInsert => "storage.objects.insert",
             Method::GcsObjectsGet => "storage.objects.get",
             Method::GcsObjectsDelete => "storage.objects.delete",
@@ -125,7 +128,9 @@ impl Method {
             Method::BigtableCheckAndMutateRow => {
                 &["bigtable.tables.mutateRows", "bigtable.tables.readRows"]
             }
-            Method::BigtableMutateRow => &["bigtable.tables.mutateRows"],
+            Method::BigtableMutateRow | Method::BigtableMutateRows => {
+                &["bigtable.tables.mutateRows"]
+            }
             Method::GcsObjectsInsert => &["storage.objects.create"],
             Method::GcsObjectsGet => &["storage.objects.get"],
             Method::GcsObjectsDelete => &["storage.objects.delete"],

@@ -125,17 +125,30 @@ impl Changelog for LagProbe {
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let removal = self.inner.remove(id, owner).await?;
         if removal == Removal::Removed {
-            let stale_at = self.lock_watched().remove(id);
-            if let Some(stale_at) = stale_at {
-                let now = self.clock.now();
-                let lag = u64::try_from(now.millis() - stale_at.millis()).unwrap_or(0);
-                self.lags_ms
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(lag);
-            }
+            self.removed(id);
         }
         Ok(removal)
+    }
+
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        self.inner.remove_many(ids).await?;
+        ids.iter().for_each(|id| self.removed(id));
+        Ok(())
+    }
+}
+
+impl LagProbe {
+    /// Records the lag of a watched row that was just removed.
+    fn removed(&self, id: &ChangeId) {
+        let stale_at = self.lock_watched().remove(id);
+        if let Some(stale_at) = stale_at {
+            let now = self.clock.now();
+            let lag = u64::try_from(now.millis() - stale_at.millis()).unwrap_or(0);
+            self.lags_ms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(lag);
+        }
     }
 }
 

@@ -96,6 +96,9 @@ pub struct Run {
     pub changes_per_s: f64,
     pub rpcs: Rpcs,
     pub rpcs_per_change: f64,
+    /// Store calls per operation over the run (heartbeats included; queue calls are in
+    /// `rpcs`): where the RPCs per change go.
+    pub calls: std::collections::BTreeMap<String, u64>,
     pub claims_lost: u64,
     /// The run hit its deadline before every prepared change converged.
     pub timed_out: bool,
@@ -143,6 +146,7 @@ impl Run {
             changes_per_s: changes as f64 / seconds.max(1e-9),
             rpcs,
             rpcs_per_change: rpcs.total() as f64 / changes.max(1) as f64,
+            calls: meter.calls(),
             claims_lost: lost,
             timed_out: false,
             counters: None,

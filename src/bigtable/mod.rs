@@ -17,7 +17,8 @@ use bigtable_rs::bigtable::{
     BigTable, BigTableConnection, Error as BtError, RoutingMetadata, RowCell,
 };
 use bigtable_rs::google::bigtable::v2::{
-    CheckAndMutateRowRequest, MutateRowRequest, Mutation, ReadRowsRequest, RowFilter, RowSet,
+    CheckAndMutateRowRequest, MutateRowRequest, MutateRowsRequest, Mutation, ReadRowsRequest,
+    RowFilter, RowSet, mutate_rows_request,
 };
 use serde::Deserialize;
 
@@ -224,6 +225,72 @@ impl BigtableClient {
             .await
             .map_err(|e| error(table.store, op, table.target(row), e))?;
         Ok(())
+    }
+
+    /// Applies each row's mutations in one MutateRows call. Each row's mutations are atomic,
+    /// the batch is not; any row the server reports failed fails the call (transient, so
+    /// the caller retries the batch: these mutations are idempotent).
+    pub(crate) async fn mutate_rows(
+        &self,
+        table: &Table,
+        rows: Vec<(Vec<u8>, Vec<Mutation>)>,
+    ) -> StoreResult<()> {
+        let op = rpc_name(Method::BigtableMutateRows);
+        let Some((first, _)) = rows.first() else {
+            return Ok(());
+        };
+        let target = format!("{} (+{} more)", table.target(first), rows.len() - 1);
+        let request = MutateRowsRequest {
+            table_name: table.full_name.clone(),
+            app_profile_id: self.app_profile.clone(),
+            entries: rows
+                .into_iter()
+                .map(|(row_key, mutations)| mutate_rows_request::Entry {
+                    row_key,
+                    mutations,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let request = self.with_deadline(request, table, op, &[])?;
+        let call = async {
+            let mut data = self.data.clone();
+            let mut responses = data
+                .get_client()
+                .mutate_rows(request)
+                .await
+                .map_err(BtError::RpcError)?
+                .into_inner();
+            let mut failed = Vec::new();
+            while let Some(response) = responses.message().await.map_err(BtError::RpcError)? {
+                failed.extend(
+                    response
+                        .entries
+                        .into_iter()
+                        .filter_map(|e| e.status.filter(|s| s.code != 0).map(|s| (e.index, s))),
+                );
+            }
+            Ok(failed)
+        };
+        let failed = traced(table, Method::BigtableMutateRows, call)
+            .await
+            .map_err(|e| error(table.store, op, target.clone(), e))?;
+        match failed.first() {
+            None => Ok(()),
+            Some((index, status)) => Err(StoreError::new(
+                table.store,
+                op,
+                target,
+                ErrorKind::Transient,
+                format!(
+                    "{} of the batch's rows failed, the first (entry {index}) with code {}: {}",
+                    failed.len(),
+                    status.code,
+                    status.message
+                ),
+            )),
+        }
     }
 
     /// The cells of one row that `filter` passes; `None` when it passes none.

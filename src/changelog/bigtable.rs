@@ -437,6 +437,14 @@ impl Changelog for BigtableChangelog {
         })
     }
 
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        let rows = ids
+            .iter()
+            .map(|id| (id.as_str().as_bytes().to_vec(), vec![delete_row()]))
+            .collect();
+        self.client.mutate_rows(&self.table, rows).await
+    }
+
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let key = id.as_str().as_bytes();
         let matched = self

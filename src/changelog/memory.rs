@@ -376,6 +376,16 @@ impl Changelog for MemoryChangelog {
         Ok(Deferral::Deferred)
     }
 
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        let mut rows = self.rows();
+        for id in ids {
+            if rows.remove(id.as_str()).is_some() {
+                self.removed().insert(id.as_str().to_owned());
+            }
+        }
+        Ok(())
+    }
+
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let mut rows = self.rows();
         let owned = match rows.get(id.as_str()) {

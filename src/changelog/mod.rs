@@ -13,6 +13,7 @@
 //! The row key is the [`ChangeId`], prefixed by a hash-derived shard so that writes spread
 //! across the key space and scanners can split it.
 
+pub mod batched;
 pub mod bigtable;
 pub mod memory;
 pub mod noop;
@@ -24,6 +25,7 @@ use std::ops::Bound;
 
 use crate::model::{ChangeId, ChangeRecord, OwnerToken, Shard, ShardSet, Timestamp, minted_key};
 
+pub use batched::Batched;
 pub use bigtable::BigtableChangelog;
 pub use memory::MemoryChangelog;
 pub use noop::NoopChangelog;
@@ -263,6 +265,12 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
 
     /// Deletes the row if `owner` owns it.
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal>;
+
+    /// Deletes the rows outright, whoever owns them, in one call (Bigtable: MutateRows);
+    /// rows already gone are fine. Recovery's removal of changes it converged under a
+    /// claim it verified: unconditional so that it can be batched, and sound for that
+    /// use only (`recovery::converge` says why). Writers remove with [`Changelog::remove`].
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()>;
 
     /// Rewrites the row's record as `record`, stamped now, if `record.owner` owns it: how a
     /// writer hands a change to recovery for later (a later `cleanup_after`), e.g. after an

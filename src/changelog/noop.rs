@@ -55,6 +55,10 @@ impl Changelog for NoopChangelog {
         Ok(Extension::Refused)
     }
 
+    async fn remove_many(&self, _: &[ChangeId]) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn remove(&self, _: &ChangeId, _: &OwnerToken) -> StoreResult<Removal> {
         Ok(Removal::Removed)
     }

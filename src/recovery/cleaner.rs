@@ -83,7 +83,10 @@ impl From<StoreError> for Failure {
 }
 
 impl Cleaner {
-    pub fn new(stores: Stores, queue: Arc<dyn JobQueue>, config: RecoveryConfig) -> Self {
+    /// A cleaner over `stores`, whose changelog reads and removals it batches across the
+    /// jobs in flight ([`Batched`](crate::changelog::Batched)).
+    pub fn new(mut stores: Stores, queue: Arc<dyn JobQueue>, config: RecoveryConfig) -> Self {
+        stores.changelog = Arc::new(crate::changelog::Batched::new(stores.changelog));
         Self {
             stores,
             queue,

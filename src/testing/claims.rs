@@ -130,6 +130,16 @@ impl Changelog for ClaimLedger {
         }
         Ok(outcome)
     }
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        self.inner.remove_many(ids).await?;
+        let mut ledger = self.ledger();
+        for id in ids {
+            if ledger.leases.remove(id).is_some() {
+                ledger.counts.removed += 1;
+            }
+        }
+        Ok(())
+    }
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
         self.inner.defer(id, record).await
     }

@@ -37,13 +37,14 @@ pub enum Op {
     Claim,
     Get,
     Remove,
+    RemoveMany,
     Defer,
     Now,
     Extend,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::HvRead,
         Op::HvCas,
         Op::HvFence,
@@ -58,6 +59,7 @@ impl Op {
         Op::Claim,
         Op::Get,
         Op::Remove,
+        Op::RemoveMany,
         Op::Defer,
         Op::Now,
         Op::Extend,
@@ -258,6 +260,13 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
         let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());
         let call = Box::pin(async move { inner.extend_claim(&id, &owner, until).await });
         self.hook.run(Op::Extend, StoreKind::Changelog, call).await
+    }
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        let (inner, ids) = (self.inner.clone(), ids.to_vec());
+        let call = Box::pin(async move { inner.remove_many(&ids).await });
+        self.hook
+            .run(Op::RemoveMany, StoreKind::Changelog, call)
+            .await
     }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());

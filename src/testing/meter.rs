@@ -72,13 +72,23 @@ pub struct Rpcs {
     pub bigtable: u64,
     pub gcs: u64,
     pub pubsub_publish: u64,
-    /// Deliveries settled (each one an ack or nack on the streaming pull).
+    /// Deliveries settled (each one an ack or nack); not RPCs, see `pubsub_ack`.
     pub pubsub_settle: u64,
+    /// The Acknowledge (and nack) RPCs those settles cost: the official client queues
+    /// settles and flushes them every [`ACK_FLUSH`], up to 1,000 ids per RPC
+    /// (google-cloud-pubsub 1.7, `subscriber/lease_state.rs`), so a subscriber stream
+    /// sends one per flush period in which it settled anything. Counted per period in
+    /// which a delivery arrived, per subscription. Lease extensions of jobs held longer
+    /// than the client's 3 s extension period are not counted.
+    pub pubsub_ack: u64,
 }
+
+/// How often the Pub/Sub client flushes the acks and nacks it has queued.
+pub const ACK_FLUSH: Duration = Duration::from_millis(100);
 
 impl Rpcs {
     pub fn total(&self) -> u64 {
-        self.bigtable + self.gcs + self.pubsub_publish + self.pubsub_settle
+        self.bigtable + self.gcs + self.pubsub_publish + self.pubsub_ack
     }
 }
 
@@ -88,6 +98,7 @@ pub struct Meter {
     calls: [AtomicU64; Op::ALL.len()],
     publishes: AtomicU64,
     settled: AtomicU64,
+    ack_rpcs: AtomicU64,
 }
 
 impl Meter {
@@ -127,6 +138,7 @@ impl Meter {
         let mut r = Rpcs {
             pubsub_publish: self.publishes.load(Ordering::Relaxed),
             pubsub_settle: self.settled.load(Ordering::Relaxed),
+            pubsub_ack: self.ack_rpcs.load(Ordering::Relaxed),
             ..Rpcs::default()
         };
         for op in Op::ALL {
@@ -145,6 +157,7 @@ impl Meter {
         }
         self.publishes.store(0, Ordering::Relaxed);
         self.settled.store(0, Ordering::Relaxed);
+        self.ack_rpcs.store(0, Ordering::Relaxed);
     }
 
     async fn delay(d: Duration) {
@@ -189,6 +202,8 @@ impl JobQueue for MeteredQueue {
         Ok(Box::new(MeteredSubscription {
             inner,
             meter: self.meter.clone(),
+            since: tokio::time::Instant::now(),
+            flushed: None,
         }))
     }
 
@@ -205,6 +220,9 @@ impl JobQueue for MeteredQueue {
 struct MeteredSubscription {
     inner: Box<dyn Subscription>,
     meter: Arc<Meter>,
+    since: tokio::time::Instant,
+    /// The last flush period that counted an ack RPC.
+    flushed: Option<u128>,
 }
 
 #[async_trait]
@@ -214,6 +232,10 @@ impl Subscription for MeteredSubscription {
         if matches!(d, Some(Ok(_))) {
             // Every delivery is settled exactly once (ack, nack, or nack on drop).
             self.meter.settled.fetch_add(1, Ordering::Relaxed);
+            let period = self.since.elapsed().as_millis() / ACK_FLUSH.as_millis();
+            if self.flushed.replace(period) != Some(period) {
+                self.meter.ack_rpcs.fetch_add(1, Ordering::Relaxed);
+            }
         }
         d
     }

@@ -274,6 +274,28 @@ pub async fn get_many_reads_each_row_in_one_call(cl: &dyn Changelog) {
     assert!(cl.get_many(&[]).await.unwrap().is_empty());
 }
 
+/// Recovery's batched removal: every row asked goes, with no owner to match, rows already
+/// gone are fine, rows not asked stay.
+pub async fn remove_many_removes_whoever_owns_the_rows(cl: &dyn Changelog) {
+    let (a, rec_a) = (ChangeId::mint(), record());
+    let (b, rec_b) = (ChangeId::mint(), record());
+    let (kept, rec_kept) = (ChangeId::mint(), record());
+    for (id, rec) in [(&a, &rec_a), (&b, &rec_b), (&kept, &rec_kept)] {
+        cl.record(id, rec).await.unwrap();
+    }
+    cl.remove_many(&[a.clone(), ChangeId::mint(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(cl.get(&a).await.unwrap(), None);
+    assert_eq!(cl.get(&b).await.unwrap(), None);
+    assert!(
+        cl.get(&kept).await.unwrap().is_some(),
+        "a row not asked stays"
+    );
+    cl.remove_many(&[a]).await.unwrap();
+    cl.remove_many(&[]).await.unwrap();
+}
+
 pub async fn extend_claim_only_moves_the_owners_lease_later(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
     let stamp = recorded(cl, &id, &rec).await;

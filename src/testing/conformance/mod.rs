@@ -88,6 +88,7 @@ macro_rules! changelog_conformance {
                 a_scan_by_minting_time_reads_only_ids_minted_in_the_window,
                 a_scan_reports_rows_not_claimable_as_waiting_when_asked,
                 get_many_reads_each_row_in_one_call,
+                remove_many_removes_whoever_owns_the_rows,
                 extend_claim_only_moves_the_owners_lease_later,
                 defer_rewrites_only_for_the_owner_and_postpones_recovery,
                 scan_pages_resume_and_respect_shards,

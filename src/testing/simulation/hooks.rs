@@ -232,6 +232,9 @@ impl Changelog for ClaimWitness {
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         self.inner.remove(id, owner).await
     }
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        self.inner.remove_many(ids).await
+    }
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
         self.inner.defer(id, record).await
     }

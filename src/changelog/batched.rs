@@ -1,0 +1,311 @@
+//! A changelog wrapper that gathers a busy cleaner's per-job row reads and removals into
+//! batch calls.
+//!
+//! Every job a cleaner works on re-reads its row (the row, not the message, is the
+//! authority) and, once the change is converged, removes it: two Bigtable calls per change.
+//! With many jobs in flight, the calls that arrive while a batch is on its way wait and
+//! leave together in the next one: reads as one [`Changelog::get_many`] (one ReadRows over
+//! their keys), removals as one [`Changelog::remove_many`] (one MutateRows). Nothing waits
+//! on a timer: a lone call leaves at once, so an idle cleaner pays no latency, and a busy
+//! one's batches grow with its load, up to [`MAX_BATCH`] keys.
+//!
+//! Each batch runs in a task of its own, so a caller that is cancelled (a job abandoned at
+//! shutdown) neither cancels the others' batch nor stalls the ones after it. A failed batch
+//! fails each of its callers with the same error, and each retries as it would have
+//! retried its own call. Every other method passes straight through.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::{
+    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
+    ScanRequest,
+};
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
+
+/// The most keys one batch call carries.
+pub const MAX_BATCH: usize = 256;
+
+/// What one batch call answers for each key, in the order asked.
+type BatchCall<V> = BoxFuture<'static, StoreResult<Vec<V>>>;
+
+/// The waiting callers of one kind of call, and whether a task is draining them.
+struct Lane<V> {
+    op: &'static str,
+    state: Mutex<(Vec<(ChangeId, oneshot::Sender<StoreResult<V>>)>, bool)>,
+    run: Box<dyn Fn(Vec<ChangeId>) -> BatchCall<V> + Send + Sync>,
+}
+
+impl<V: Send + 'static> Lane<V> {
+    fn new(
+        op: &'static str,
+        run: impl Fn(Vec<ChangeId>) -> BatchCall<V> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            op,
+            state: Mutex::new((Vec::new(), false)),
+            run: Box::new(run),
+        })
+    }
+
+    /// Queues `id` for the next batch (starting a draining task if none runs) and waits
+    /// for its answer.
+    async fn call(self: &Arc<Self>, id: ChangeId) -> StoreResult<V> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.0.push((id, reply));
+            !std::mem::replace(&mut state.1, true)
+        };
+        if start {
+            tokio::spawn(self.clone().drain());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(self.error(
+                ErrorKind::Transient,
+                "the batch carrying this call ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// Sends batches until no caller waits.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let batch: Vec<_> = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.0.is_empty() {
+                    state.1 = false;
+                    return;
+                }
+                let n = state.0.len().min(MAX_BATCH);
+                state.0.drain(..n).collect()
+            };
+            let ids = batch.iter().map(|(id, _)| id.clone()).collect();
+            match (self.run)(ids).await {
+                Ok(answers) if answers.len() == batch.len() => {
+                    for ((_, reply), answer) in batch.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Ok(answers) => {
+                    let message =
+                        format!("a batch of {} answered {} rows", batch.len(), answers.len());
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(self.error(ErrorKind::Transient, message.clone())));
+                    }
+                }
+                Err(e) => {
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(self.error(e.kind, e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn error(&self, kind: ErrorKind, message: String) -> StoreError {
+        StoreError::new(
+            StoreKind::Changelog,
+            self.op,
+            "changelog batch",
+            kind,
+            message,
+        )
+    }
+}
+
+/// See the module documentation.
+pub struct Batched {
+    inner: Arc<dyn Changelog>,
+    reads: Arc<Lane<Option<ChangelogEntry>>>,
+    removals: Arc<Lane<()>>,
+}
+
+impl std::fmt::Debug for Batched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batched")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Batched {
+    pub fn new(inner: Arc<dyn Changelog>) -> Self {
+        let reads = Lane::new("get_many", {
+            let inner = inner.clone();
+            move |ids: Vec<ChangeId>| {
+                let inner = inner.clone();
+                Box::pin(async move { inner.get_many(&ids).await }) as BatchCall<_>
+            }
+        });
+        let removals = Lane::new("remove_many", {
+            let inner = inner.clone();
+            move |ids: Vec<ChangeId>| {
+                let inner = inner.clone();
+                Box::pin(async move {
+                    inner.remove_many(&ids).await?;
+                    Ok(vec![(); ids.len()])
+                }) as BatchCall<_>
+            }
+        });
+        Self {
+            inner,
+            reads,
+            removals,
+        }
+    }
+}
+
+#[async_trait]
+impl Changelog for Batched {
+    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
+        self.inner.record(id, record).await
+    }
+    async fn now(&self) -> StoreResult<Timestamp> {
+        self.inner.now().await
+    }
+    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
+        self.inner.heartbeat(id, owner).await
+    }
+    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
+        self.inner.scan_stale(req).await
+    }
+    async fn claim(
+        &self,
+        seen: &ChangelogEntry,
+        cutoff: Timestamp,
+        claimer: &OwnerToken,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claim> {
+        self.inner.claim(seen, cutoff, claimer, lease_until).await
+    }
+    /// Batched. A batch reads a row that does not decode as missing; only then is the row
+    /// read again on its own, so that it is reported as malformed as `get` reports it (a
+    /// missing row, a job for a change converged already, costs the same second read).
+    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
+        match self.reads.call(id.clone()).await? {
+            Some(entry) => Ok(Some(entry)),
+            None => self.inner.get(id).await,
+        }
+    }
+    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
+        self.inner.get_many(ids).await
+    }
+    async fn extend_claim(
+        &self,
+        id: &ChangeId,
+        owner: &OwnerToken,
+        until: Timestamp,
+    ) -> StoreResult<Extension> {
+        self.inner.extend_claim(id, owner, until).await
+    }
+    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
+        self.inner.remove(id, owner).await
+    }
+    /// Batched: each id joins the next batch, and this returns once all of them landed.
+    async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        let calls = ids.iter().map(|id| self.removals.call(id.clone()));
+        futures::future::try_join_all(calls).await.map(drop)
+    }
+    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
+        self.inner.defer(id, record).await
+    }
+    fn is_noop(&self) -> bool {
+        self.inner.is_noop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changelog::MemoryChangelog;
+    use crate::model::{ObjectPath, Revision};
+    use crate::stores::Stores;
+    use crate::testing::faults::{Fault, Faults, Op, Rule};
+
+    fn record(i: usize) -> ChangeRecord {
+        let path = ObjectPath::new(format!("batched/{i}")).unwrap();
+        let new = Revision::mint(&path);
+        ChangeRecord::new(path, None, Some(new), OwnerToken::writer())
+    }
+
+    /// Calls made while a batch is on its way leave together in the next one: 64 reads and
+    /// 64 removals of rows, started at once, cost a handful of calls, and each caller gets
+    /// its own row's answer.
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_calls_share_batches_and_get_their_own_answers() {
+        let stores = Stores::in_memory(crate::clock::system());
+        let faults = Faults::new([
+            Rule::on(Op::Get, Fault::Delay(std::time::Duration::from_millis(10))),
+            Rule::on(
+                Op::RemoveMany,
+                Fault::Delay(std::time::Duration::from_millis(10)),
+            ),
+        ]);
+        let batched = Arc::new(Batched::new(faults.wrap(&stores).changelog));
+        let mut ids = Vec::new();
+        for i in 0..64 {
+            let id = ChangeId::mint();
+            stores.changelog.record(&id, &record(i)).await.unwrap();
+            ids.push((id, record(i).object));
+        }
+        let reads = ids.iter().map(|(id, object)| {
+            let batched = batched.clone();
+            async move {
+                let entry = batched.get(id).await.unwrap().expect("the row is there");
+                assert_eq!(&entry.id, id);
+                assert_eq!(&entry.record.object, object);
+            }
+        });
+        futures::future::join_all(reads).await;
+        let removals = ids.iter().map(|(id, _)| {
+            let batched = batched.clone();
+            async move { batched.remove_many(std::slice::from_ref(id)).await.unwrap() }
+        });
+        futures::future::join_all(removals).await;
+        for (id, _) in &ids {
+            assert_eq!(stores.changelog.get(id).await.unwrap(), None);
+        }
+        let calls = faults.calls();
+        let count = |op| calls.iter().filter(|c| **c == op).count();
+        // On one thread all 64 queue before the draining task first runs: one call each.
+        assert_eq!(count(Op::Get), 1, "64 concurrent reads: {calls:?}");
+        assert_eq!(
+            count(Op::RemoveMany),
+            1,
+            "64 concurrent removals: {calls:?}"
+        );
+    }
+
+    /// A row that does not decode reads as missing in a batch; the wrapper reads it again
+    /// on its own so the caller sees it reported as malformed, as `get` reports it.
+    #[tokio::test]
+    async fn a_malformed_row_is_reported_not_read_as_missing() {
+        let memory = Arc::new(MemoryChangelog::new(crate::clock::system()));
+        let id = ChangeId::mint();
+        memory.insert_raw(id.as_str(), b"not a record".to_vec(), Timestamp(0));
+        let batched = Batched::new(memory);
+        let err = batched.get(&id).await.expect_err("a malformed row");
+        assert_eq!(err.kind, ErrorKind::Malformed, "{err}");
+        assert_eq!(batched.get(&ChangeId::mint()).await.unwrap(), None);
+    }
+
+    /// A failed batch fails each of its callers, who may retry.
+    #[tokio::test]
+    async fn a_failed_batch_fails_its_callers() {
+        let stores = Stores::in_memory(crate::clock::system());
+        let faults = Faults::new([Rule::once(Op::Get, Fault::Fail)]);
+        let batched = Batched::new(faults.wrap(&stores).changelog);
+        let id = ChangeId::mint();
+        stores.changelog.record(&id, &record(0)).await.unwrap();
+        assert!(batched.get(&id).await.is_err());
+        assert!(
+            batched.get(&id).await.unwrap().is_some(),
+            "the next batch answers"
+        );
+    }
+}
