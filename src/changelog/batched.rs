@@ -33,10 +33,16 @@ pub const MAX_BATCH: usize = 256;
 /// What one batch call answers for each key, in the order asked.
 type BatchCall<V> = BoxFuture<'static, StoreResult<Vec<V>>>;
 
-/// The waiting callers of one kind of call, and whether a task is draining them.
+/// The callers waiting for the next batch, and whether a task is draining them.
+struct Queue<V> {
+    waiting: Vec<(ChangeId, oneshot::Sender<StoreResult<V>>)>,
+    draining: bool,
+}
+
+/// One kind of batched call.
 struct Lane<V> {
     op: &'static str,
-    state: Mutex<(Vec<(ChangeId, oneshot::Sender<StoreResult<V>>)>, bool)>,
+    queue: Mutex<Queue<V>>,
     run: Box<dyn Fn(Vec<ChangeId>) -> BatchCall<V> + Send + Sync>,
 }
 
@@ -47,7 +53,10 @@ impl<V: Send + 'static> Lane<V> {
     ) -> Arc<Self> {
         Arc::new(Self {
             op,
-            state: Mutex::new((Vec::new(), false)),
+            queue: Mutex::new(Queue {
+                waiting: Vec::new(),
+                draining: false,
+            }),
             run: Box::new(run),
         })
     }
@@ -57,9 +66,9 @@ impl<V: Send + 'static> Lane<V> {
     async fn call(self: &Arc<Self>, id: ChangeId) -> StoreResult<V> {
         let (reply, answer) = oneshot::channel();
         let start = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.0.push((id, reply));
-            !std::mem::replace(&mut state.1, true)
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.waiting.push((id, reply));
+            !std::mem::replace(&mut queue.draining, true)
         };
         if start {
             tokio::spawn(self.clone().drain());
@@ -76,13 +85,13 @@ impl<V: Send + 'static> Lane<V> {
     async fn drain(self: Arc<Self>) {
         loop {
             let batch: Vec<_> = {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if state.0.is_empty() {
-                    state.1 = false;
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.waiting.is_empty() {
+                    queue.draining = false;
                     return;
                 }
-                let n = state.0.len().min(MAX_BATCH);
-                state.0.drain(..n).collect()
+                let n = queue.waiting.len().min(MAX_BATCH);
+                queue.waiting.drain(..n).collect()
             };
             let ids = batch.iter().map(|(id, _)| id.clone()).collect();
             match (self.run)(ids).await {
