@@ -6,6 +6,7 @@
 //! Only the measuring lives here; printing, plotting and picking backends is the binary's.
 
 pub mod ceiling;
+pub mod cost;
 pub mod cpu;
 pub mod drain;
 pub mod elastic;

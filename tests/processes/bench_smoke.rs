@@ -90,6 +90,15 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
         let lost = s["lost_claims"].as_array().unwrap();
         assert_eq!(lost[0]["claims_lost"], 0, "split scanners never collide");
     }
+    // Cost per million: one row per setting's busiest run, and the large writes.
+    let cost = report["cost"].as_array().unwrap();
+    assert_eq!(cost.len(), 3, "{cost:?}");
+    for c in &cost[..2] {
+        assert_eq!(c["gcs_free"], 1e6, "one delete per recovered change: {c}");
+        assert!(c["pubsub_messages"].as_f64().unwrap() >= 1e6, "{c}");
+        assert!(c["pubsub_billed_gb"].as_f64().unwrap() >= 2.0, "{c}");
+    }
+    assert_eq!(cost[2]["bigtable_rpcs_total"], 4e6, "{}", cost[2]);
     let drain = &report["drain"];
     assert_eq!(drain["reclaims"], 0, "{drain}");
     assert_eq!(drain["fresh_converged"], drain["fresh_crashed"], "{drain}");

@@ -128,6 +128,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         elastic: None,
         scan_cost: None,
         drain: None,
+        cost: Vec::new(),
     };
     for name in &args.settings {
         let (stores, queues, latency) = match name.as_str() {
@@ -200,6 +201,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         );
         report.elastic = Some(elastic(args.elastic_changes).await?);
     }
+    report.cost = cost(&report).await?;
     let json = write_json(&args.out, &report)?;
     let svg = args.out.join("throughput.svg");
     std::fs::write(&svg, plot::plot(&report))
@@ -207,6 +209,42 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     print!("{}", table(&report));
     eprintln!("wrote {} and {}", json.display(), svg.display());
     Ok(())
+}
+
+/// Billed units per million: of recovered changes in each setting, from its pipeline run
+/// with the most jobs in flight (worker CPU from the real processes of the memory runs,
+/// where they ran), and of large writes.
+async fn cost(report: &Report) -> Result<Vec<tiersweep::bench::cost::CostPerMillion>> {
+    use tiersweep::bench::cost;
+    let message = cost::job_message_bytes();
+    let cpu_us: Option<f64> = {
+        let per: Vec<f64> = report
+            .memory
+            .iter()
+            .filter(|m| m.worker == "scan" || m.worker == "clean")
+            .filter_map(|m| m.cpu_us_per_item())
+            .collect();
+        (per.len() == 2).then(|| per.iter().sum())
+    };
+    let mut out = Vec::new();
+    for s in &report.settings {
+        let Some(run) = s.pipeline.iter().max_by_key(|r| r.in_flight) else {
+            continue;
+        };
+        let mut c = cost::recovery(run, message);
+        c.per = format!("recovered change ({}, M = {})", s.name, run.in_flight);
+        if s.name == "emulators" {
+            // µs per change is CPU-seconds per million changes.
+            c.cpu_s = cpu_us;
+        }
+        out.push(c);
+    }
+    out.push(
+        cost::large_writes(1_000)
+            .await
+            .context("metering large writes")?,
+    );
+    Ok(out)
 }
 
 /// The elasticity run on a runtime of its own with paused time: the lease arithmetic, not

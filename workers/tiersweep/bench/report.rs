@@ -27,6 +27,8 @@ pub struct Report {
     pub scan_cost: Option<ScanCostReport>,
     /// An outage's backlog drained against the capacity-limited model.
     pub drain: Option<tiersweep::bench::drain::DrainReport>,
+    /// Billed units per million recovered changes and per million large writes.
+    pub cost: Vec<tiersweep::bench::cost::CostPerMillion>,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,9 +232,12 @@ pub fn table(r: &Report) -> String {
         }
     }
     for m in &r.memory {
+        let cpu = m
+            .cpu_us_per_item()
+            .map_or(String::new(), |us| format!("; CPU {us:.0} µs per item"));
         let _ = writeln!(
             t,
-            "\n== memory: {} over {} items ({:.0} s) ==\nidle {:.1} MiB, peak (VmHWM) {:.1} MiB; RSS as it went: {}",
+            "\n== memory: {} over {} items ({:.0} s) ==\nidle {:.1} MiB, peak (VmHWM) {:.1} MiB{cpu}; RSS as it went: {}",
             m.worker,
             m.items,
             m.seconds,
@@ -328,6 +333,45 @@ pub fn table(r: &Report) -> String {
                 "{:<32} {:<20} p50 {:>7} us  p99 {:>7} us  ({} samples)",
                 w.changelog, w.op, w.p50_us, w.p99_us, w.samples
             );
+        }
+    }
+    if !r.cost.is_empty() {
+        let _ = writeln!(
+            t,
+            "\n== cost per million ==\n{:<40} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8}",
+            "per million",
+            "BT RPCs",
+            "BT rows",
+            "GCS A",
+            "GCS B",
+            "GCS del",
+            "PS reqs",
+            "PS msgs",
+            "PS GB",
+            "CPU s"
+        );
+        for c in &r.cost {
+            let cpu = c.cpu_s.map_or("-".into(), |s| format!("{s:.0}"));
+            let _ = writeln!(
+                t,
+                "{:<40} {:>10.0} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>9.0} {:>8.2} {:>8}",
+                c.per,
+                c.bigtable_rpcs_total,
+                c.bigtable_rows,
+                c.gcs_class_a,
+                c.gcs_class_b,
+                c.gcs_free,
+                c.pubsub_requests,
+                c.pubsub_messages,
+                c.pubsub_billed_gb,
+                cpu
+            );
+            let ops: Vec<String> = c
+                .bigtable_rpcs
+                .iter()
+                .map(|(op, n)| format!("{op} {n:.0}"))
+                .collect();
+            let _ = writeln!(t, "{:<40} Bigtable RPCs by call: {}", "", ops.join(", "));
         }
     }
     t

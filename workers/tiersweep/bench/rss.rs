@@ -29,6 +29,17 @@ pub struct RssRun {
     pub samples: Vec<(u64, f64)>,
     /// VmHWM: the peak resident set over the worker's life.
     pub peak_mib: f64,
+    /// User + system CPU seconds over the worker's life (start-up included), from
+    /// `/proc/<pid>/stat`: the worker CPU a recovered change costs, per process.
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
+}
+
+impl RssRun {
+    /// CPU microseconds per item (row scanned and published, or job converged).
+    pub fn cpu_us_per_item(&self) -> Option<f64> {
+        Some(self.cpu_s? * 1e6 / self.items.max(1) as f64)
+    }
 }
 
 /// Prepares `n` crashed changes (before their upload: fake-gcs-server slows down as it
@@ -123,6 +134,7 @@ async fn run_worker(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let peak = status_mib(pid, "VmHWM:")?;
+    let cpu = tiersweep::bench::cpu::cpu_s(pid);
     let seconds = started.elapsed().as_secs_f64();
     stop(&mut child, pid).await;
     Ok(RssRun {
@@ -132,6 +144,7 @@ async fn run_worker(
         idle_mib: idle.unwrap_or(0.0),
         samples,
         peak_mib: peak,
+        cpu_s: cpu,
     })
 }
 
@@ -218,6 +231,7 @@ pub async fn stream_put_child(mib: u64) -> Result<()> {
         idle_mib: idle,
         samples,
         peak_mib: peak,
+        cpu_s: tiersweep::bench::cpu::cpu_s(std::process::id()),
     };
     println!("{}", serde_json::to_string(&run)?);
     Ok(())

@@ -1,0 +1,185 @@
+//! What a million recovered changes, or a million large writes, cost in billed units,
+//! from the call meter's counts (deterministic for a given run shape, so CI can check
+//! that they do not grow).
+//!
+//! The units are the ones the services bill or budget by: Bigtable RPCs (node capacity is
+//! budgeted in operations per second) and the rows they touch; Cloud Storage operations
+//! by class (A: insert, list; B: get, metadata; deletes are free); Pub/Sub requests and
+//! throughput bytes, counting each message as at least 1,000 bytes on publish and again
+//! on delivery. Worker CPU is measured on real processes (`tiersweep bench` memory runs)
+//! and added where known.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::Run;
+use crate::error::StoreResult;
+use crate::model::{ChangeId, ObjectPath, OwnerToken};
+use crate::recovery::CleanupJob;
+use crate::stores::Stores;
+use crate::testing::meter::{Latency, Meter};
+use crate::writer::{TieredStorage, WriterConfig};
+
+/// The smallest message size Pub/Sub bills, per message.
+pub const MIN_BILLED_MESSAGE_BYTES: u64 = 1_000;
+
+const MILLION: f64 = 1e6;
+
+/// Billed units per million of something (recovered changes, large writes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CostPerMillion {
+    /// What one unit is.
+    pub per: String,
+    /// Bigtable RPCs, by operation.
+    pub bigtable_rpcs: BTreeMap<String, f64>,
+    pub bigtable_rpcs_total: f64,
+    /// Rows those RPCs read or wrote (a batch call touches one row per key; a scan page's
+    /// rows are counted as returned, not as examined: docs/performance.md §11).
+    pub bigtable_rows: f64,
+    pub gcs_class_a: f64,
+    pub gcs_class_b: f64,
+    /// Deletes: free.
+    pub gcs_free: f64,
+    /// Publish and acknowledge RPCs.
+    pub pubsub_requests: f64,
+    pub pubsub_messages: f64,
+    /// Publish plus delivery throughput, at least [`MIN_BILLED_MESSAGE_BYTES`] a message.
+    pub pubsub_billed_gb: f64,
+    /// Worker CPU-seconds, where a real process's CPU was measured.
+    pub cpu_s: Option<f64>,
+}
+
+/// The cost of the changes `run` recovered. A call touches one row, except batched
+/// re-reads (one row per delivery), batched removals (one per change) and scans (counted
+/// as the rows they returned, one per change).
+pub fn recovery(run: &Run, message_bytes: u64) -> CostPerMillion {
+    let changes = run.changes.max(1) as f64;
+    let deliveries = run.rpcs.pubsub_settle as f64;
+    let rows = |op: &str, calls: f64| match op {
+        "Get" => deliveries,
+        "RemoveMany" | "Scan" => changes,
+        _ => calls,
+    };
+    let mut cost = from_calls(&run.calls, changes, rows);
+    cost.per = "recovered change".into();
+    cost.pubsub_requests =
+        (run.rpcs.pubsub_publish + run.rpcs.pubsub_ack) as f64 * MILLION / changes;
+    cost.pubsub_messages = deliveries * MILLION / changes;
+    let billed = message_bytes.max(MIN_BILLED_MESSAGE_BYTES) as f64;
+    cost.pubsub_billed_gb = 2.0 * cost.pubsub_messages * billed / 1e9;
+    cost
+}
+
+/// Per-million figures from per-operation call counts over `units` units.
+fn from_calls(
+    calls: &BTreeMap<String, u64>,
+    units: f64,
+    rows: impl Fn(&str, f64) -> f64,
+) -> CostPerMillion {
+    let per_million = |n: f64| n * MILLION / units;
+    let mut cost = CostPerMillion::default();
+    for (op, &n) in calls {
+        let n = n as f64;
+        match op.as_str() {
+            "LtPut" | "LtList" => cost.gcs_class_a += per_million(n),
+            "LtGet" | "LtExists" => cost.gcs_class_b += per_million(n),
+            "LtDelete" => cost.gcs_free += per_million(n),
+            other => {
+                cost.bigtable_rpcs.insert(other.to_owned(), per_million(n));
+                cost.bigtable_rpcs_total += per_million(n);
+                cost.bigtable_rows += per_million(rows(other, n));
+            }
+        }
+    }
+    cost
+}
+
+/// The size of one cleanup job as published (body and the trace-context attribute).
+pub fn job_message_bytes() -> u64 {
+    let job = CleanupJob::new(ChangeId::mint(), OwnerToken::recovery_claim());
+    let attributes = BTreeMap::from([(
+        "traceparent".to_owned(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+    )]);
+    let message = job.to_message(attributes);
+    let attrs: usize = message
+        .attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    (message.data.len() + attrs) as u64
+}
+
+/// The cost of `n` large puts, each overwriting a large object (record, upload, HV write,
+/// delete of the old blob, remove), on in-memory stores with no latency (so no heartbeat
+/// falls due: one per `heartbeat_interval` of a write's duration comes on top).
+pub async fn large_writes(n: usize) -> StoreResult<CostPerMillion> {
+    let meter = Meter::new(Latency::NONE);
+    let stores = Stores::in_memory(crate::clock::system());
+    // The default configuration is valid.
+    let plain = TieredStorage::new(stores.clone(), WriterConfig::default()).expect("valid writer");
+    let metered =
+        TieredStorage::new(meter.wrap(&stores), WriterConfig::default()).expect("valid writer");
+    let body = Bytes::from(vec![b'W'; 256 * 1024]);
+    let paths: Vec<ObjectPath> = (0..n)
+        .map(|i| ObjectPath::new(format!("bench/cost/{i:07}")).expect("bench paths are valid"))
+        .collect();
+    for path in &paths {
+        plain.put(path, body.clone()).await.map_err(into_store)?;
+    }
+    meter.reset();
+    for path in &paths {
+        metered.put(path, body.clone()).await.map_err(into_store)?;
+    }
+    let mut cost = from_calls(&meter.calls(), n.max(1) as f64, |_, calls| calls);
+    cost.per = "large write (overwrite)".into();
+    Ok(cost)
+}
+
+/// A put on stores no one else writes fails only in a store.
+fn into_store(e: crate::writer::WriteError) -> crate::error::StoreError {
+    match e {
+        crate::writer::WriteError::Store(e) => e,
+        other => crate::error::StoreError::new(
+            crate::error::StoreKind::Hv,
+            "put",
+            "bench object",
+            crate::error::ErrorKind::Permanent,
+            other.to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The write path's bill, exactly: per overwrite, Bigtable reads the row, records the
+    /// change, writes HV and removes the change (4 RPCs, one row each), GCS uploads once
+    /// (class A) and deletes the old blob (free). A new call on the path shows up here.
+    #[tokio::test]
+    async fn a_large_overwrite_costs_four_bigtable_rpcs_an_upload_and_a_delete() {
+        let cost = large_writes(50).await.expect("metered writes");
+        let per = |op: &str| cost.bigtable_rpcs.get(op).copied().unwrap_or(0.0);
+        assert_eq!(
+            (per("HvRead"), per("Record"), per("HvCas"), per("Remove")),
+            (MILLION, MILLION, MILLION, MILLION),
+            "{cost:#?}"
+        );
+        assert_eq!(cost.bigtable_rpcs_total, 4.0 * MILLION, "{cost:#?}");
+        assert_eq!(cost.bigtable_rows, 4.0 * MILLION);
+        assert_eq!(
+            (cost.gcs_class_a, cost.gcs_class_b, cost.gcs_free),
+            (MILLION, 0.0, MILLION)
+        );
+    }
+
+    /// A job message is far below Pub/Sub's billing minimum, so the minimum is what counts.
+    #[test]
+    fn a_job_message_is_billed_at_the_minimum() {
+        let bytes = job_message_bytes();
+        assert!((50..MIN_BILLED_MESSAGE_BYTES).contains(&bytes), "{bytes}");
+    }
+}
