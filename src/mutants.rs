@@ -23,6 +23,9 @@ pub enum Mutant {
     NoHvFence,
     /// Recovery reads HV, then fences, and decides on the read.
     FenceAfterRead,
+    /// Recovery's fence asks about one revision only (`old`, when the change has one) and
+    /// takes "not `old`" for "neither", so a change whose HV write landed loses its `new`.
+    FenceAsksOnce,
     /// A compare-and-write leaves the row's version as it found it (only fences change it),
     /// so two changes that read the same row both land.
     WriteKeepsVersion,
@@ -64,11 +67,12 @@ pub enum Mutant {
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 18] = [
+    pub const ALL: [Mutant; 19] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
         Mutant::FenceAfterRead,
+        Mutant::FenceAsksOnce,
         Mutant::WriteKeepsVersion,
         Mutant::DeleteDropsVersion,
         Mutant::RemoveRowBeforeDeletes,

@@ -211,6 +211,9 @@ async fn fenced_decision(
         if retry.run("fence", || stores.hv.fence(path, rev)).await? {
             return Ok(Some(rev.clone()));
         }
+        if on(Mutant::FenceAsksOnce) {
+            break;
+        }
     }
     Ok(None)
 }
