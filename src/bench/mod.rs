@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod drain;
 pub mod elastic;
 pub mod lag;
+pub mod shapes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

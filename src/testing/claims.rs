@@ -2,7 +2,9 @@
 //! every row removed. How the elasticity run tells a row claimed twice *at once* (a claim
 //! won while another claimer's lease on the row still ran: never, by the claim's
 //! compare-and-set) from one claimed again after its lease ran out (a re-claim: work done
-//! twice, which backpressure and lease extension exist to prevent).
+//! twice, which backpressure and lease extension exist to prevent). It also times each
+//! change from its first claim to its row's removal: recovery's latency per change,
+//! measured rather than derived from throughput.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +36,24 @@ struct Ledger {
     counts: ClaimCounts,
     /// Per claimed row: its claimer and when its lease runs out.
     leases: HashMap<ChangeId, (OwnerToken, Timestamp)>,
+    /// When each row still in the changelog was first claimed.
+    claimed_at: HashMap<ChangeId, tokio::time::Instant>,
+    /// From first claim to removal, per change removed.
+    latencies: Vec<std::time::Duration>,
+}
+
+impl Ledger {
+    /// A row is gone: counted, and its latency taken if it was claimed. `known` says the
+    /// store confirmed the row was there (a conditional removal); an unconditional one
+    /// counts only the first removal of a claimed row, so duplicates count once.
+    fn removed(&mut self, id: &ChangeId, known: bool) {
+        if self.leases.remove(id).is_some() || known {
+            self.counts.removed += 1;
+        }
+        if let Some(at) = self.claimed_at.remove(id) {
+            self.latencies.push(at.elapsed());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -55,6 +75,13 @@ impl ClaimLedger {
 
     pub fn counts(&self) -> ClaimCounts {
         self.ledger().counts
+    }
+
+    /// From first claim to removal, per change removed so far, sorted.
+    pub fn latencies(&self) -> Vec<std::time::Duration> {
+        let mut l = self.ledger().latencies.clone();
+        l.sort_unstable();
+        l
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -90,6 +117,10 @@ impl Changelog for ClaimLedger {
             let before = ledger
                 .leases
                 .insert(entry.id.clone(), (claimer.clone(), lease_until));
+            ledger
+                .claimed_at
+                .entry(entry.id.clone())
+                .or_insert_with(tokio::time::Instant::now);
             let c = &mut ledger.counts;
             c.won += 1;
             if entry.record.claims > 1 {
@@ -124,20 +155,14 @@ impl Changelog for ClaimLedger {
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let outcome = self.inner.remove(id, owner).await?;
         if outcome == Removal::Removed {
-            let mut ledger = self.ledger();
-            ledger.leases.remove(id);
-            ledger.counts.removed += 1;
+            self.ledger().removed(id, true);
         }
         Ok(outcome)
     }
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
         self.inner.remove_many(ids).await?;
         let mut ledger = self.ledger();
-        for id in ids {
-            if ledger.leases.remove(id).is_some() {
-                ledger.counts.removed += 1;
-            }
-        }
+        ids.iter().for_each(|id| ledger.removed(id, false));
         Ok(())
     }
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {

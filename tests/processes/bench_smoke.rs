@@ -26,6 +26,8 @@ fn bench(name: &str, args: &[&str]) -> (Value, std::path::PathBuf) {
             "500",
             "--drain-changes",
             "1000",
+            "--shapes-changes",
+            "60",
         ])
         .arg("--out")
         .arg(&out)
@@ -89,6 +91,26 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
         // Without the shard split four scanners race for the same rows.
         let lost = s["lost_claims"].as_array().unwrap();
         assert_eq!(lost[0]["claims_lost"], 0, "split scanners never collide");
+    }
+    // The three shapes at equal concurrency (cloud only): each converged its backlog, the
+    // seed's loop at its four calls per change, latency measured for every change.
+    let cloud = settings.iter().find(|s| s["name"] == "cloud").unwrap();
+    let shapes = cloud["shapes"].as_array().unwrap();
+    assert_eq!(shapes.len(), 9, "{shapes:?}");
+    for x in shapes {
+        assert_eq!(x["changes"], 60, "{x}");
+        let p50 = x["latency_p50_ms"].as_f64().unwrap();
+        assert!(
+            p50 > 0.0 && p50 <= x["latency_p99_ms"].as_f64().unwrap(),
+            "{x}"
+        );
+        if x["shape"] == "seed" {
+            let rpcs = x["rpcs_per_change"].as_f64().unwrap();
+            assert!(
+                (4.0..4.2).contains(&rpcs),
+                "claim, read, delete, remove: {x}"
+            );
+        }
     }
     // Cost per million: one row per setting's busiest run, and the large writes.
     let cost = report["cost"].as_array().unwrap();

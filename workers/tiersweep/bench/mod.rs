@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// 0 skips it.
     #[arg(long, default_value_t = 20)]
     lag_seconds: u64,
+    /// Backlog of each run comparing the seed's loop, the embedded passes and the pipeline
+    /// at equal concurrency (1, 32, 256 in flight; latency per change measured from claim
+    /// to removal), in the cloud setting; 0 skips them
+    #[arg(long, default_value_t = 2000)]
+    shapes_changes: usize,
     /// Changes crashing per second during the lag run.
     #[arg(long, default_value_t = 50.0)]
     lag_crashes_per_s: f64,
@@ -464,8 +469,38 @@ async fn setting(
     } else {
         None
     };
+    let mut shapes = Vec::new();
+    if name == "cloud" && args.shapes_changes > 0 {
+        use tiersweep::bench::shapes;
+        for m in [1, 32, 256] {
+            // Alone in flight a change costs ~100 ms of latency: a smaller backlog.
+            let n = if m == 1 {
+                args.shapes_changes.min(200)
+            } else {
+                args.shapes_changes
+            };
+            for shape in ["seed", "embedded", "pipeline"] {
+                prepare(n, format!("{shape}-{m}")).await?;
+                eprintln!("[{name}] {shape}, {m} in flight");
+                let r = match shape {
+                    "seed" => shapes::seed(stores, &meter, n, m).await?,
+                    "embedded" => shapes::embedded(stores, &meter, n, m).await?,
+                    _ => {
+                        let queue = queues.fresh().await?;
+                        shapes::pipelined(stores, queue, &meter, n, m).await?
+                    }
+                };
+                eprintln!(
+                    "[{name}]   {:.0} changes/s, latency p50 {:.1} ms p99 {:.1} ms, {:.2} RPCs/change",
+                    r.changes_per_s, r.latency_p50_ms, r.latency_p99_ms, r.rpcs_per_change
+                );
+                shapes.push(r);
+            }
+        }
+    }
     let best = pipeline.iter().map(|r| r.changes_per_s).fold(0.0, f64::max);
     Ok(Setting {
+        shapes,
         lag,
         name: name.to_owned(),
         best_ratio: best / baseline.changes_per_s.max(1e-9),

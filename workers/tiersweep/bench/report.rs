@@ -67,6 +67,8 @@ pub struct Setting {
     pub lost_claims: Vec<Run>,
     pub best_ratio: f64,
     pub lag: Option<LagRun>,
+    /// The seed's loop, embedded passes and the pipeline at equal concurrency.
+    pub shapes: Vec<tiersweep::bench::shapes::ShapeRun>,
 }
 
 pub fn machine() -> String {
@@ -332,6 +334,26 @@ pub fn table(r: &Report) -> String {
                 t,
                 "{:<32} {:<20} p50 {:>7} us  p99 {:>7} us  ({} samples)",
                 w.changelog, w.op, w.p50_us, w.p99_us, w.samples
+            );
+        }
+    }
+    for s in r.settings.iter().filter(|s| !s.shapes.is_empty()) {
+        let _ = writeln!(
+            t,
+            "\n== {}: latency per change at equal concurrency (claim to removal) ==\n{:<10} {:>9} {:>8} {:>11} {:>11} {:>11} {:>8}",
+            s.name, "shape", "in flight", "changes", "changes/s", "p50 ms", "p99 ms", "RPC/chg"
+        );
+        for x in &s.shapes {
+            let _ = writeln!(
+                t,
+                "{:<10} {:>9} {:>8} {:>11.0} {:>11.1} {:>11.1} {:>8.2}",
+                x.shape,
+                x.in_flight,
+                x.changes,
+                x.changes_per_s,
+                x.latency_p50_ms,
+                x.latency_p99_ms,
+                x.rpcs_per_change
             );
         }
     }
