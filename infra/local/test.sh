@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tiersweep has. This is the README's test command and what CI runs.
 #
-# Installs what it needs (cargo-nextest; the emulators' venv via start.sh), starts the
+# Installs what it needs (cargo-nextest, cargo-deny; the emulators' venv via start.sh), starts the
 # Bigtable, Pub/Sub and GCS emulators on loopback unless they already answer, runs format,
 # lint, the deployment-file validation (infra/validate.sh), the doctests and the embedding
 # example, and the whole test suite, and
@@ -14,6 +14,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: cargo-nextest not found; installing it (cargo install --locked cargo-nextest)" >&2
   cargo install --locked cargo-nextest
 fi
+
+# Dependency policy (deny.toml): licenses, banned crates, sources. cargo-deny is built from
+# crates.io once per machine (about 2.5 minutes on 2 cores).
+if ! cargo deny --version >/dev/null 2>&1; then
+  # Pinned: deny.toml is written for this version's configuration format.
+  echo "test.sh: cargo-deny not found; installing it (cargo install --locked cargo-deny@0.20.2)" >&2
+  cargo install --locked cargo-deny@0.20.2
+fi
+cargo deny check licenses bans sources
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
