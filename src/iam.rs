@@ -4,7 +4,7 @@
 //! The emulators enforce no IAM, so a worker that calls something its service account was
 //! not granted works everywhere but in production. To keep that from happening silently,
 //! every call is counted where it is sent (the Bigtable, GCS and Pub/Sub backends call
-//! [`record`]), a process reports what it called when it exits ([`calls_made`], logged by
+//! `record`), a process reports what it called when it exits ([`calls_made`], logged by
 //! the `tiersweep` binary), and a test runs each role against the
 //! emulators and checks the calls it made against what `infra/terraform/iam.tf` grants
 //! that role, through [`Method::permissions`] and [`PREDEFINED_ROLES`].

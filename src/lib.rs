@@ -63,7 +63,7 @@
 //! [`model`] is the vocabulary; [`hv`], [`lt`], [`changelog`] and [`queue`] are the stores,
 //! each a small trait with an in-memory twin beside the real backend; [`writer`] is the
 //! library object-store services embed; [`recovery`] holds the scanner, the cleaner, the one
-//! [`converge`](recovery::converge) function and the embedded loop.
+//! [`converge`](mod@recovery::converge) function and the embedded loop.
 
 #[cfg(feature = "dev")]
 pub mod bench;

@@ -35,6 +35,8 @@ infra/check-release.sh
 # The embedder's documentation runs: the doctests (nextest does not run them) and the
 # example, both on the in-memory stores.
 cargo test --doc -p tiersweep --all-features
+# The API documentation builds without a broken or private link.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p tiersweep --all-features
 cargo run -q -p tiersweep --example embed
 
 # Stop on exit only what this run started; emulators that were already up stay up.

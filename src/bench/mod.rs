@@ -1,7 +1,7 @@
 //! The measurements behind `tiersweep bench` (feature `testing`): a backlog of crashed
 //! changes with real LT blobs, recovered by the seed's shape of loop (one change at a time)
 //! and by the pipeline at growing concurrency, with every store call counted and, on
-//! in-memory stores, charged a cloud-like latency ([`Latency`]).
+//! in-memory stores, charged a cloud-like latency ([`Latency`](crate::testing::meter::Latency)).
 //!
 //! Only the measuring lives here; printing, plotting and picking backends is the binary's.
 

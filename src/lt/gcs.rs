@@ -171,7 +171,7 @@ fn meta_of(stat: Stat) -> Result<ObjectMeta, String> {
 
 impl GcsLt {
     /// Builds the clients and checks that the bucket exists and grants what `access` needs
-    /// ([`Self::check_access`]), so that a wrong bucket name or a missing grant fails here,
+    /// (`check_access`), so that a wrong bucket name or a missing grant fails here,
     /// by name, instead of as deletes that quietly find nothing.
     pub async fn connect(config: &GcsConfig, access: LtAccess) -> StoreResult<Self> {
         let bucket = &config.bucket;

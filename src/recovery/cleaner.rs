@@ -29,7 +29,7 @@ use crate::telemetry::{attr, propagation, span};
 use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Leases a cleaner keeps a job's claim alive for at most (see [`Cleaner::keep_claim`]).
+/// Leases a cleaner keeps a job's claim alive for at most (see `Cleaner::keep_claim`).
 pub const MAX_LEASES_IN_HAND: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

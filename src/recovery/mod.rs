@@ -66,7 +66,7 @@ pub struct RecoveryConfig {
     #[serde(with = "crate::config::duration")]
     pub republish_after: Duration,
     /// How often a scanner reads its whole key range (a full sweep) rather than only the
-    /// ids minted since its last pass and the rows it watches ([`watched`]): the bound on
+    /// ids minted since its last pass and the rows it watches (`recovery::watched`): the bound on
     /// finding a row recorded long after its id was minted (a writer that stalled in
     /// between, or whose clock runs behind). A sweep reads every row, removed ones Bigtable
     /// has not yet compacted included, so it is the scan's expensive part. Zero: every pass

@@ -42,7 +42,7 @@ pub struct ScanReport {
     pub republished: usize,
     /// Claims won by reading the rows that just turned stale ahead of the backlog.
     pub fresh: usize,
-    /// Watched rows re-read because they could have turned stale ([`super::watched`]).
+    /// Watched rows re-read because they could have turned stale (`recovery::watched`).
     pub rechecked: usize,
     /// This page began a full sweep of the scanner's key range.
     pub sweep: bool,
@@ -187,7 +187,7 @@ impl Scanner {
     /// ids below its key bound there, and the shard's last owner's watch set left with it.
     /// A shard lost is no longer read and its watched rows are dropped; its new owner reads
     /// it whole. Claims already published from lost shards stay this scanner's to keep
-    /// alive ([`super::queued`]): handing a shard over re-claims nothing.
+    /// alive (`recovery::queued`): handing a shard over re-claims nothing.
     pub fn set_shards(&mut self, shards: ShardSet) {
         if shards == self.shards {
             return;
