@@ -15,7 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::Timestamp;
 
+/// The wall clock a process stamps and judges by; tests substitute skewed or paused ones.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Wall-clock time now, in milliseconds since the Unix epoch.
     fn now(&self) -> Timestamp;
 
     /// This process's monotonic clock (tokio's, CLOCK_MONOTONIC on Linux): it cannot be
@@ -26,8 +28,10 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A clock shared by the stores and the workers of a process.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// The operating system's clock: what production runs on.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -50,6 +54,7 @@ pub struct TokioClock {
 }
 
 impl TokioClock {
+    /// A clock reading the wall clock now and advancing with tokio's from here.
     pub fn new() -> Self {
         Self {
             anchor_wall: SystemClock.now(),

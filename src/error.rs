@@ -11,9 +11,13 @@ use std::fmt;
 /// Which store an operation ran against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
+    /// The hot tier: the object table in Bigtable.
     Hv,
+    /// The large-object tier: the GCS bucket.
     Lt,
+    /// The write-ahead changelog table.
     Changelog,
+    /// The job queue (Pub/Sub).
     Queue,
     /// The scanners' shard leases (rows of the changelog table outside every shard).
     Leases,
@@ -31,6 +35,7 @@ impl fmt::Display for StoreKind {
     }
 }
 
+/// What a caller can do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Unavailable, deadline exceeded, overloaded, aborted: retrying may succeed.
@@ -41,21 +46,27 @@ pub enum ErrorKind {
     Malformed,
 }
 
+/// A store call that failed, naming the store, the call and what it ran against.
 #[derive(Debug, thiserror::Error)]
 #[error("{store} {op} on {target} failed ({kind:?}): {message}")]
 pub struct StoreError {
+    /// The store the call went to.
     pub store: StoreKind,
     /// The RPC or method, e.g. `CheckAndMutateRow` or `delete`.
     pub op: &'static str,
     /// What it ran against: `table/row`, `bucket/object`, a subscription.
     pub target: String,
+    /// Whether retrying may help.
     pub kind: ErrorKind,
+    /// What went wrong, in the store's or tiersweep's words.
     pub message: String,
+    /// The client library's error, where there was one.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
+    /// An error without an underlying client error.
     pub fn new(
         store: StoreKind,
         op: &'static str,
@@ -73,14 +84,17 @@ impl StoreError {
         }
     }
 
+    /// The same error, carrying the client library's error as its source.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self
     }
 
+    /// Whether retrying may succeed.
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
 }
 
+/// The result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;

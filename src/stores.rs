@@ -18,10 +18,15 @@ use crate::hv::{BigtableHv, HvStore};
 use crate::lt::{GcsLt, LtAccess, LtStore};
 use crate::model::{ChangeId, ObjectPath};
 
+/// The three stores a writer and recovery work on, and the clock they judge time by. Cheap
+/// to clone; wrappers (fault injection, metering) replace a field with a wrapped one.
 #[derive(Debug, Clone)]
 pub struct Stores {
+    /// The hot tier: object rows (inline values, tombstones).
     pub hv: Arc<dyn HvStore>,
+    /// The large-object tier: revision blobs.
     pub lt: Arc<dyn LtStore>,
+    /// The write-ahead changelog.
     pub changelog: Arc<dyn Changelog>,
     /// The wall clock that stamps and judges changelog entries.
     pub clock: SharedClock,

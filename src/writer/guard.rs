@@ -29,8 +29,10 @@ use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord, Timestamp};
 use crate::retry::RetryPolicy;
 
+/// Whether a writer may still act on its change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardState {
+    /// It may: recovery cannot take the change over before the guard lapses.
     Valid,
     /// The heartbeat failed after retries; recovery may take over at any moment.
     HeartbeatFailed,
@@ -66,6 +68,7 @@ pub struct GuardWatch {
 }
 
 impl GuardWatch {
+    /// The guard's state now.
     pub fn state(&self) -> GuardState {
         state_of(&self.shared, self.validity, &self.clock, self.expires)
     }
@@ -109,9 +112,12 @@ fn age_of(clock: &SharedClock, sent: Sent) -> std::time::Duration {
     monotonic.max(wall)
 }
 
+/// A writer's hold on its changelog entry: see the module documentation.
 #[derive(Debug)]
 pub struct ChangeGuard {
+    /// The change's id (its changelog row key).
     pub id: ChangeId,
+    /// The record as written.
     pub record: ChangeRecord,
     shared: Arc<Shared>,
     /// How long after the last successful heartbeat (or the record) the guard stays valid.
@@ -206,6 +212,7 @@ impl ChangeGuard {
         })
     }
 
+    /// The guard's state now: checked before every attempt the writer sends.
     pub fn state(&self) -> GuardState {
         state_of(&self.shared, self.validity, &self.clock, self.expires)
     }

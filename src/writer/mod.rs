@@ -95,11 +95,14 @@ impl Uncertain {
     }
 }
 
+/// How a [`TieredStorage`] writes. `Default` is what production runs with.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
     /// Objects up to this many bytes are stored inline in HV; larger ones go to LT.
     pub inline_threshold: usize,
+    /// The heartbeat and staleness timings, which must match recovery's.
     pub protocol: ProtocolConfig,
+    /// How store calls are retried (and how long a write keeps trying).
     pub retry: RetryPolicy,
     /// 0: a write returns once its change is complete (old revision deleted, changelog row
     /// removed). N > 0: a write returns once HV commits, and up to N completions run in the
@@ -126,27 +129,48 @@ impl Default for WriterConfig {
     }
 }
 
+/// Why a write did not happen, or may not have. Every variant names the object; each says
+/// whether the write can have landed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// A store call failed after its retries. The write may or may not have happened, as
+    /// with any storage write whose response is lost; it is safe to retry.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another writer changed the object between this write's read and its write; this
+    /// write never landed.
     #[error("object {path} was changed by another writer; re-read and retry")]
-    Conflict { path: ObjectPath },
+    Conflict {
+        /// The object written.
+        path: ObjectPath,
+    },
+    /// Recovery took the change over (its writer looked dead) before the write
+    /// committed; the write never landed and recovery cleans up after it.
     #[error(
         "change {change} on {path} was taken over by recovery before the write committed; retry the write"
     )]
-    Fenced { path: ObjectPath, change: ChangeId },
+    Fenced {
+        /// The object written.
+        path: ObjectPath,
+        /// The change recovery took over.
+        change: ChangeId,
+    },
     /// A retried write was refused after an earlier attempt of it failed to its caller: that
     /// attempt may have landed and been overwritten since. Nothing of it can land any more.
     #[error(
         "the write to {path} may have landed before another write replaced it; re-read and retry"
     )]
-    OutcomeUnknown { path: ObjectPath },
+    OutcomeUnknown {
+        /// The object written.
+        path: ObjectPath,
+    },
     /// The caller's stream failed before the writer had decided where the object goes:
     /// nothing was written.
     #[error("reading the bytes for {path} failed; nothing was written")]
     Body {
+        /// The object written.
         path: ObjectPath,
+        /// What the stream reported.
         #[source]
         source: std::io::Error,
     },
@@ -156,16 +180,25 @@ pub enum WriteError {
         "a deferred put of {path} due within {within:?} leaves no time to write: it must exceed the safety margin ({margin:?})"
     )]
     DeadlineTooShort {
+        /// The object written.
         path: ObjectPath,
+        /// The deadline asked for.
         within: std::time::Duration,
+        /// The protocol's safety margin.
         margin: std::time::Duration,
     },
+    /// The change's guard was no longer valid when the write was about to commit (its
+    /// heartbeat failed or was refused, or it aged past its validity, e.g. after a freeze):
+    /// nothing was committed, and the change is left to recovery.
     #[error(
         "change {change} on {path} lost its guard ({state:?}) before committing; left to recovery, retry the write"
     )]
     GuardLost {
+        /// The object written.
         path: ObjectPath,
+        /// The change left to recovery.
         change: ChangeId,
+        /// How the guard was lost.
         state: GuardState,
     },
 }
@@ -173,7 +206,9 @@ pub enum WriteError {
 /// An object as read: its bytes and the metadata written with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
+    /// The object's bytes.
     pub bytes: Bytes,
+    /// The metadata written with them.
     pub meta: ObjectMeta,
 }
 
@@ -190,7 +225,9 @@ impl From<Bytes> for Object {
 /// The outcome of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
+    /// The object, as the last committed write left it.
     Found(Object),
+    /// No such object (never written, or deleted).
     NotFound,
     /// HV points at an LT revision that does not exist: reads as not found, and is reported.
     Dangling(Revision),
@@ -202,6 +239,7 @@ pub enum StreamOutcome {
     /// read: the blob was deleted part-way (overwritten since it was opened) or its
     /// download broke.
     Found(ByteStream, ObjectMeta),
+    /// No such object (never written, or deleted).
     NotFound,
     /// HV points at an LT revision that does not exist: reads as not found, and is reported.
     Dangling(Revision),
@@ -236,6 +274,7 @@ pub struct DeferredPut {
 }
 
 impl DeferredPut {
+    /// The object being put.
     pub fn path(&self) -> &ObjectPath {
         &self.path
     }
@@ -267,6 +306,8 @@ enum Followed<T> {
     Dangling(Revision),
 }
 
+/// The two-tier object store's write and read path: see the module documentation. Cheap
+/// to clone (clones share the stores and the background completions).
 #[derive(Debug, Clone)]
 pub struct TieredStorage {
     stores: Stores,
@@ -277,6 +318,7 @@ pub struct TieredStorage {
 }
 
 impl TieredStorage {
+    /// A writer over `stores`; fails if `config`'s protocol timings are inconsistent.
     pub fn new(stores: Stores, config: WriterConfig) -> Result<Self, ConfigError> {
         config.protocol.validate()?;
         let completions = Arc::new(Semaphore::new(config.background_completions));
@@ -298,6 +340,7 @@ impl TieredStorage {
         }
     }
 
+    /// The stores this writer writes to.
     pub fn stores(&self) -> &Stores {
         &self.stores
     }
@@ -580,6 +623,8 @@ impl TieredStorage {
         Ok(())
     }
 
+    /// Deletes the object (and, for a large one, its LT blob, under a change so that a
+    /// crash leaves nothing behind). Deleting a missing object succeeds.
     pub async fn delete(&self, path: &ObjectPath) -> Result<(), WriteError> {
         self.mutate(path, HvWrite::Delete, None).await
     }
