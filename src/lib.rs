@@ -66,14 +66,15 @@
 //! [`converge`](mod@recovery::converge) function and the embedded loop.
 
 // `missing_docs` is enforced module by module (clippy -D warnings makes it an error),
-// starting with what an embedder calls: the writer, its stores, errors and clock. The
-// other modules follow as the public surface is narrowed (issue 14).
+// starting with what an embedder calls: the writer, its stores, model, configuration,
+// errors and clock. The other modules follow as the public surface is narrowed (issue 14).
 #[cfg(feature = "dev")]
 pub mod bench;
 pub mod bigtable;
 pub mod changelog;
 #[warn(missing_docs)]
 pub mod clock;
+#[warn(missing_docs)]
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod demo;
@@ -84,6 +85,7 @@ pub mod hv;
 pub mod iam;
 pub mod lease;
 pub mod lt;
+#[warn(missing_docs)]
 pub mod model;
 pub mod mutants;
 pub mod queue;

@@ -34,14 +34,22 @@ pub const EMULATOR_REPUBLISH_AFTER: Duration = Duration::from_secs(30);
 /// The environment prefix for overrides.
 pub const ENV_PREFIX: &str = "TIERSWEEP_";
 
+/// The workers' whole configuration, one section per concern, as the TOML file has it
+/// (infra/local/tiersweep.toml lists every key).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[bigtable]`: instance, tables, app profile, emulator.
     pub bigtable: BigtableConfig,
+    /// `[gcs]`: the LT bucket.
     pub gcs: GcsConfig,
+    /// `[pubsub]`: topics and subscription.
     pub pubsub: PubsubConfig,
+    /// `[protocol]`: heartbeat and staleness timings, shared with writers.
     pub protocol: ProtocolConfig,
+    /// `[recovery]`: scanner and cleaner settings.
     pub recovery: RecoveryConfig,
+    /// `[worker]`: membership, health endpoint, shutdown.
     pub worker: WorkerConfig,
 }
 
@@ -74,6 +82,7 @@ pub struct WorkerConfig {
     pub member_name: Option<String>,
     /// Static membership only: this scanner's place in its pool and the pool's size.
     pub member_index: u16,
+    /// Static membership only: the pool's size.
     pub member_count: u16,
     /// Where `/healthz`, `/readyz` (and `/metrics`) are served; unset disables them.
     pub health_listen: Option<SocketAddr>,
@@ -97,19 +106,41 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Why a configuration could not be loaded, naming the file, override or setting.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file could not be read.
     #[error("cannot read configuration file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is not valid TOML for this configuration (an unknown key, a wrong type).
     #[error("configuration file {path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A `--set` or environment override could not be applied.
     #[error("override {name}: {reason}")]
-    Override { name: String, reason: String },
+    Override {
+        /// The override, as given.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A setting parsed but cannot work.
     #[error("invalid configuration: {field}: {reason}")]
-    Invalid { field: String, reason: String },
+    Invalid {
+        /// The setting, by its name in the file.
+        field: String,
+        /// Why it cannot work.
+        reason: String,
+    },
 }
 
 impl LoadError {
@@ -201,6 +232,7 @@ impl Config {
             .unwrap_or(ShardRange::ALL)
     }
 
+    /// Checks every section, naming the first setting that cannot work.
     pub fn validate(&self) -> Result<(), LoadError> {
         self.protocol
             .validate()

@@ -24,11 +24,14 @@ pub const UPLOAD_SETTLE: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]
 pub struct ConfigError {
+    /// The setting, by its name in the configuration file.
     pub field: &'static str,
+    /// Why it cannot work.
     pub reason: String,
 }
 
 impl ConfigError {
+    /// An error naming `field`.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self {
             field,
@@ -50,10 +53,15 @@ impl ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProtocolConfig {
+    /// How often a writer re-stamps its changelog entry (10 s).
     #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
+    /// How old an entry's stamp must be before recovery takes it over (30 s). Writers and
+    /// recovery must agree on it.
     #[serde(with = "duration")]
     pub staleness_threshold: Duration,
+    /// How long before the threshold a writer stops acting on its change (5 s): room for
+    /// a call in flight and for clock-rate drift.
     #[serde(with = "duration")]
     pub safety_margin: Duration,
 }
@@ -74,6 +82,9 @@ impl ProtocolConfig {
         self.staleness_threshold.saturating_sub(self.safety_margin)
     }
 
+    /// Checks the timings are consistent — heartbeats positive, the staleness threshold at
+    /// least three of them, the guard valid for at least two — naming the first setting
+    /// that is not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval.is_zero() {
             return Err(ConfigError::new("heartbeat_interval", "must be positive"));

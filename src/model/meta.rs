@@ -100,14 +100,17 @@ impl ObjectMeta {
         self
     }
 
+    /// The content type, if one was set.
     pub fn content_type(&self) -> Option<&str> {
         self.content_type.as_deref()
     }
 
+    /// The user metadata, by key.
     pub fn user(&self) -> &BTreeMap<String, String> {
         &self.user
     }
 
+    /// When the object expires, if an expiry was set (carried, not enforced).
     pub fn expires_at(&self) -> Option<Timestamp> {
         self.expires_at
     }

@@ -23,8 +23,11 @@ use shard::{SHARD_DIGITS, shard_of};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason} (got {value:?})")]
 pub struct ModelError {
+    /// Which field or value was refused.
     pub field: &'static str,
+    /// The refused value (cut to a readable length).
     pub value: String,
+    /// Why it was refused.
     pub reason: &'static str,
 }
 
@@ -48,14 +51,17 @@ impl ModelError {
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// Milliseconds since the Unix epoch.
     pub fn millis(self) -> i64 {
         self.0
     }
 
+    /// `d` later, saturating at the end of time (`i64::MAX` ms).
     pub fn saturating_add(self, d: std::time::Duration) -> Self {
         Self(self.0.saturating_add(duration_millis(d)))
     }
 
+    /// `d` earlier, saturating at the start of time (`i64::MIN` ms).
     pub fn saturating_sub(self, d: std::time::Duration) -> Self {
         Self(self.0.saturating_sub(duration_millis(d)))
     }
@@ -89,6 +95,8 @@ pub struct ObjectPath(String);
 pub const MAX_OBJECT_PATH_BYTES: usize = 900;
 
 impl ObjectPath {
+    /// An object path, checked against the rules above (at most
+    /// [`MAX_OBJECT_PATH_BYTES`]).
     pub fn new(path: impl Into<String>) -> Result<Self, ModelError> {
         let path = path.into();
         let err = |reason| Err(ModelError::new("object path", &path, reason));
@@ -113,6 +121,7 @@ impl ObjectPath {
         Ok(Self(path))
     }
 
+    /// The path as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -179,6 +188,7 @@ impl Revision {
         Self { name, split }
     }
 
+    /// A revision name read back from a store, checked to be `{object path}/{uuid v7}`.
     pub fn parse(name: impl Into<String>) -> Result<Self, ModelError> {
         let name = name.into();
         let Some(split) = name.rfind('/') else {
@@ -204,6 +214,7 @@ impl Revision {
         Ok(Self { name, split })
     }
 
+    /// The revision's name: the LT blob's object name.
     pub fn as_str(&self) -> &str {
         &self.name
     }
@@ -213,6 +224,7 @@ impl Revision {
         &self.name[..self.split]
     }
 
+    /// Whether this is a revision of `object` (so a record naming it may delete it).
     pub fn belongs_to(&self, object: &ObjectPath) -> bool {
         self.object() == object.as_str()
     }
@@ -247,6 +259,7 @@ pub enum HvValue {
 }
 
 impl HvValue {
+    /// The LT revision a tombstone points at; `None` for an inline value.
     pub fn tombstone(&self) -> Option<&Revision> {
         match self {
             HvValue::Tombstone(r) => Some(r),
@@ -261,6 +274,7 @@ impl HvValue {
 pub struct ChangeId(String);
 
 impl ChangeId {
+    /// A fresh id, minted on the system clock.
     pub fn mint() -> Self {
         Self::from_uuid(Uuid::now_v7())
     }
@@ -282,6 +296,7 @@ impl ChangeId {
         Self(format!("{}/{}", shard_of(&u), u.hyphenated()))
     }
 
+    /// A changelog row key read back, checked to be `{shard:03x}/{uuid}`.
     pub fn parse(key: &str) -> Result<Self, ModelError> {
         let bad = |reason| Err(ModelError::new("change id", key, reason));
         let Some((_, id)) = key.split_once('/') else {
@@ -297,6 +312,7 @@ impl ChangeId {
         Ok(canonical)
     }
 
+    /// The row key.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -310,6 +326,7 @@ impl ChangeId {
         Some(Timestamp(millis))
     }
 
+    /// The shard the id's row is in.
     pub fn shard(&self) -> Shard {
         // The key was built by `from_uuid`, so it begins with the shard's hex digits.
         Shard(u16::from_str_radix(&self.0[..SHARD_DIGITS], 16).unwrap_or(0))
@@ -373,6 +390,7 @@ impl OwnerToken {
             .is_some_and(|rest| rest.starts_with(':'))
     }
 
+    /// An owner token read back from a row, checked.
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         if s.is_empty() || s.len() > 128 {
             return Err(ModelError::new(
@@ -394,6 +412,7 @@ impl OwnerToken {
         Ok(Self(s.to_owned()))
     }
 
+    /// The token as written in the row.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -426,8 +445,10 @@ pub const CHANGE_RECORD_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeRecord {
+    /// The record format's version ([`CHANGE_RECORD_VERSION`] when written).
     #[serde(rename = "v")]
     pub version: u32,
+    /// The object the change mutates.
     pub object: ObjectPath,
     /// The revision HV referenced when the change began, if it was a tombstone.
     pub old: Option<Revision>,
@@ -455,6 +476,7 @@ pub struct ChangeRecord {
 }
 
 impl ChangeRecord {
+    /// A record for a change of `object` from `old` to `new`, owned by `owner`.
     pub fn new(
         object: ObjectPath,
         old: Option<Revision>,
@@ -510,11 +532,13 @@ impl ChangeRecord {
         self.old.iter().chain(self.new.iter())
     }
 
+    /// The record as stored in its changelog row (JSON).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain structs of strings and integers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// A record read back from a row, decoded and [`validate`](Self::validate)d.
     pub fn decode(bytes: &[u8]) -> Result<Self, ModelError> {
         let record: ChangeRecord = serde_json::from_slice(bytes).map_err(|e| ModelError {
             field: "change record",

@@ -44,7 +44,9 @@ impl std::fmt::Display for Shard {
 /// A contiguous, inclusive range of shards, owned by one scanner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardRange {
+    /// The first shard in the range.
     pub first: Shard,
+    /// The last shard in the range (inclusive).
     pub last: Shard,
 }
 
@@ -56,6 +58,7 @@ impl std::fmt::Display for ShardRange {
 }
 
 impl ShardRange {
+    /// Every shard.
     pub const ALL: ShardRange = ShardRange {
         first: Shard(0),
         last: Shard::LAST,
@@ -88,6 +91,7 @@ impl ShardRange {
         })
     }
 
+    /// Whether `shard` lies in the range.
     pub fn contains(&self, shard: Shard) -> bool {
         self.first <= shard && shard <= self.last
     }
@@ -118,7 +122,9 @@ pub struct ShardSet {
 }
 
 impl ShardSet {
+    /// No shard.
     pub const EMPTY: ShardSet = ShardSet { bits: [0; WORDS] };
+    /// Every shard.
     pub const ALL: ShardSet = ShardSet {
         bits: [u64::MAX; WORDS],
     };
@@ -143,15 +149,18 @@ impl ShardSet {
         had
     }
 
+    /// Whether `shard` is in the set.
     pub fn contains(&self, shard: Shard) -> bool {
         let (w, b) = Self::slot(shard);
         self.bits[w] & b != 0
     }
 
+    /// How many shards the set holds.
     pub fn len(&self) -> usize {
         self.bits.iter().map(|w| w.count_ones() as usize).sum()
     }
 
+    /// Whether the set holds no shard.
     pub fn is_empty(&self) -> bool {
         self.bits.iter().all(|w| *w == 0)
     }
