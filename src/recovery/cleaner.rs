@@ -32,8 +32,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// Leases a cleaner keeps a job's claim alive for at most (see `Cleaner::keep_claim`).
 pub const MAX_LEASES_IN_HAND: u32 = 4;
 
+/// What a cleaner did with one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
+    /// The change was converged (or deferred to settle, per the report's row fate).
     Converged(ConvergeReport),
     /// The row is gone: someone converged the change already.
     AlreadyConverged,
@@ -44,6 +46,7 @@ pub enum JobOutcome {
     NotDue,
     /// Nacked for redelivery.
     Retry(String),
+    /// Dead-lettered with this reason; the row stays for a later claim.
     DeadLettered(String),
 }
 
@@ -61,6 +64,7 @@ impl JobOutcome {
     }
 }
 
+/// The cleanup worker: see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Cleaner {
     stores: Stores,

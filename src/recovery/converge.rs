@@ -56,6 +56,8 @@ pub enum Ending {
 /// What became of the changelog row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowFate {
+    /// Gone: removed by this call (recovery's unconditional removal cannot tell whether
+    /// it was there).
     Removed,
     /// Gone already, or owned by someone else: left as it is.
     NotOwned,
@@ -63,6 +65,7 @@ pub enum RowFate {
     Deferred(Timestamp),
 }
 
+/// What converging one change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvergeReport {
     /// Revisions of the change that HV does not reference, now deleted.
@@ -72,6 +75,7 @@ pub struct ConvergeReport {
     /// Set when HV references a revision of this change whose blob is missing: a read of
     /// the object will fail, and an operator must look.
     pub dangling: Option<Revision>,
+    /// What became of the changelog row.
     pub row: RowFate,
 }
 
@@ -83,6 +87,7 @@ pub fn unreferenced<'a>(
     record.revisions().filter(move |r| Some(*r) != referenced)
 }
 
+/// Converges one change: learns what HV references (from `view`), deletes the change's revisions it does not, and ends the row as `ending` says; see the module documentation.
 pub async fn converge(
     stores: &Stores,
     id: &ChangeId,

@@ -23,16 +23,24 @@ use crate::stores::Stores;
 /// What one recovery pass did.
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
+    /// What the pass's scans did.
     pub scan: ScanReport,
+    /// Changes converged (deferred ones included).
     pub converged: usize,
     /// Of `converged`, the changes whose row was kept for a later pass
     /// ([`RecoveryConfig::upload_settle`]).
     pub deferred: usize,
+    /// Jobs whose row was gone: converged already.
     pub already_converged: usize,
+    /// Jobs whose row another claim or its writer owned: stale or forged, left alone.
     pub not_our_claim: usize,
+    /// Jobs whose row was deferred to a later pass.
     pub not_due: usize,
+    /// Jobs that failed and were put back for another attempt.
     pub retried: usize,
+    /// Jobs dead-lettered.
     pub dead_lettered: usize,
+    /// Converged changes whose kept revision's blob was missing.
     pub dangling: usize,
 }
 
@@ -53,6 +61,7 @@ impl PassReport {
     }
 }
 
+/// Recovery in the writer's own process: a scanner and a cleaner joined by an in-process queue (no Pub/Sub).
 #[derive(Debug)]
 pub struct EmbeddedRecovery {
     stores: Stores,
@@ -61,6 +70,7 @@ pub struct EmbeddedRecovery {
 }
 
 impl EmbeddedRecovery {
+    /// Recovery over `stores` with `config`.
     pub fn new(stores: Stores, config: RecoveryConfig) -> Self {
         let capacity = config.scan_batch.max(config.cleaner_concurrency) * 2;
         let queue = MemoryQueue::new(capacity, config.max_delivery_attempts);
@@ -71,6 +81,7 @@ impl EmbeddedRecovery {
         }
     }
 
+    /// The in-process queue, for publishing into it directly (tests).
     pub fn queue(&self) -> &MemoryQueue {
         &self.queue
     }

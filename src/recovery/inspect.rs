@@ -21,8 +21,10 @@ const BUCKETS: [(&str, Duration); 5] = [
     (">= 1d", Duration::MAX),
 ];
 
+/// The changelog's rows by state, as `tiersweep status` reports them.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Backlog {
+    /// Every row read.
     pub rows: usize,
     /// Stamped within the staleness threshold: writers are still working on them.
     pub live: usize,
@@ -35,16 +37,24 @@ pub struct Backlog {
     pub writer_stamped_in_future: usize,
     /// Past the threshold and waiting for a scanner, by age.
     pub stale: usize,
+    /// Stale rows by age bucket (bucket label, count).
     pub stale_by_age: Vec<(String, usize)>,
+    /// Rows that do not decode (left alone, reported).
     pub malformed: usize,
+    /// The stale row waiting longest, if any.
     pub oldest_stale: Option<OldestStale>,
 }
 
+/// The stale row waiting longest.
 #[derive(Debug, Clone, Serialize)]
 pub struct OldestStale {
+    /// Its change id.
     pub change: String,
+    /// Its object.
     pub object: String,
+    /// How long past its stamp, in seconds.
     pub age_s: u64,
+    /// How many times recovery has claimed it.
     pub claims: u32,
 }
 
@@ -127,14 +137,23 @@ pub async fn backlog(
 /// One change as the stores see it now.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeView {
+    /// The change id.
     pub change: String,
+    /// The object.
     pub object: String,
+    /// The row's owner: the writer, or a recovery claim.
     pub owner: String,
+    /// How many times recovery has claimed it.
     pub claims: u32,
+    /// The row's liveness stamp, ms since the epoch (the changelog's time).
     pub stamp_ms: i64,
+    /// Seconds since the stamp, by this process's clock (negative: stamped ahead).
     pub age_s: i64,
+    /// The revision HV referenced when the change began, if any.
     pub old: Option<String>,
+    /// The revision the change uploads, if any.
     pub new: Option<String>,
+    /// The writer request's W3C `traceparent`, if recorded.
     pub traceparent: Option<String>,
     /// What HV holds for the object: `absent`, `inline (N bytes)` or the tombstone's revision.
     pub hv: String,
@@ -145,6 +164,7 @@ pub struct ChangeView {
     pub would_delete: Vec<String>,
 }
 
+/// The change `id` as the stores see it now; `None` when its row is gone.
 pub async fn inspect(stores: &Stores, id: &ChangeId) -> StoreResult<Option<ChangeView>> {
     let Some(entry) = stores.changelog.get(id).await? else {
         return Ok(None);
@@ -152,6 +172,7 @@ pub async fn inspect(stores: &Stores, id: &ChangeId) -> StoreResult<Option<Chang
     Ok(Some(view(stores, &entry).await?))
 }
 
+/// The change of `entry` as the stores see it now (reads HV and LT; changes nothing).
 pub async fn view(stores: &Stores, entry: &ChangelogEntry) -> StoreResult<ChangeView> {
     let r = &entry.record;
     let hv = stores.hv.read(&r.object).await?;

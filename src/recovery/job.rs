@@ -13,29 +13,38 @@ use serde::{Deserialize, Serialize};
 use crate::model::{ChangeId, ModelError, OwnerToken};
 use crate::queue::Message;
 
+/// The job format this cleaner writes and the newest it reads.
 pub const JOB_VERSION: u32 = 1;
 
+/// A cleanup job: names a changelog row and the claim that published it, nothing else (the row, not the job, says what to delete).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupJob {
+    /// The job format's version.
     #[serde(rename = "v")]
     pub version: u32,
+    /// The change to converge.
     pub change: ChangeId,
+    /// The claim that published the job: the row must still carry it.
     pub claim: OwnerToken,
 }
 
 /// Why a message is not a job. Carried into the dead-letter reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
+    /// The body is not a job.
     #[error("message body is not a cleanup job: {0}")]
     Body(String),
+    /// The job's format is newer than this cleaner.
     #[error("cleanup job version {0} is newer than this cleaner understands; upgrade the cleaner")]
     Version(u32),
+    /// A field does not parse (change id, claim token).
     #[error(transparent)]
     Field(#[from] ModelError),
 }
 
 impl CleanupJob {
+    /// A job for `change` under `claim`, in the current format.
     pub fn new(change: ChangeId, claim: OwnerToken) -> Self {
         Self {
             version: JOB_VERSION,
@@ -44,6 +53,7 @@ impl CleanupJob {
         }
     }
 
+    /// The job as a queue message, with `attributes` (trace context).
     pub fn to_message(&self, attributes: BTreeMap<String, String>) -> Message {
         Message {
             data: Bytes::from(serde_json::to_vec(self).unwrap_or_default()),
@@ -51,6 +61,7 @@ impl CleanupJob {
         }
     }
 
+    /// The job a message carries, or why it carries none.
     pub fn from_message(message: &Message) -> Result<Self, JobError> {
         let job: CleanupJob = serde_json::from_slice(&message.data).map_err(|e| {
             JobError::Body(format!(

@@ -71,10 +71,15 @@ struct Held {
 /// What one tick did, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tick {
+    /// Live members seen.
     pub members: usize,
+    /// Shards each member should hold: the total over the members, rounded up.
     pub share: usize,
+    /// Shards this member holds after the tick.
     pub held: usize,
+    /// Shards acquired this tick.
     pub acquired: usize,
+    /// Shards released this tick.
     pub released: usize,
     /// Leases found taken by another member since this one renewed them.
     pub lost: usize,
@@ -109,6 +114,7 @@ impl LeaseKeeper {
         (keeper, rx)
     }
 
+    /// This member's id.
     pub fn member(&self) -> &MemberId {
         &self.me
     }

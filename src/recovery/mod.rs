@@ -38,6 +38,7 @@ pub use scanner::{ScanReport, Scanner};
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecoveryConfig {
+    /// The heartbeat and staleness timings, shared with writers (the `[protocol]` section).
     #[serde(skip)]
     pub protocol: ProtocolConfig,
     /// Rows read per scan request.
@@ -94,6 +95,7 @@ pub struct RecoveryConfig {
     /// removes the row at once (loopback emulators, where nothing is ever in flight).
     #[serde(with = "crate::config::duration")]
     pub upload_settle: Duration,
+    /// How store calls are retried.
     #[serde(skip)]
     pub retry: RetryPolicy,
 }
@@ -120,6 +122,7 @@ impl Default for RecoveryConfig {
 }
 
 impl RecoveryConfig {
+    /// Checks the settings can work, naming the first that cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.protocol.validate()?;
         let positive = [

@@ -13,12 +13,15 @@ use crate::model::ShardRange;
 use crate::queue::JobQueue;
 use crate::stores::Stores;
 
+/// The shape of a worker pool run in one process (the demo, the bench, tests).
 #[derive(Debug, Clone, Copy)]
 pub struct Pools {
+    /// How many scanners.
     pub scanners: u16,
     /// Scanners split the shards between them, as `worker.member_index` does in a
     /// deployment; without the split every scanner scans every shard (and they race).
     pub split: bool,
+    /// How many cleaners.
     pub cleaners: usize,
     /// How long a cancelled cleaner waits for its in-flight jobs.
     pub drain: Duration,

@@ -26,12 +26,18 @@ use crate::telemetry::{attr, propagation, span};
 use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// What a scan page (or a pass, summed) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanReport {
+    /// Rows read.
     pub scanned: usize,
+    /// Rows that do not decode (left alone, reported).
     pub malformed: usize,
+    /// Claims won.
     pub won: usize,
+    /// Claims lost to another claimer (or to the writer's heartbeat).
     pub lost: usize,
+    /// Jobs published.
     pub published: usize,
     /// Stale rows left unclaimed because the scanner's claims waiting for cleaners had
     /// reached `max_queued_claims` (they are scanned again later).
@@ -84,6 +90,7 @@ const FRESH_RESERVE: usize = 10;
 type Won = (ChangelogEntry, CleanupJob, tracing::Span);
 
 impl ScanReport {
+    /// Adds `o`'s counts to these.
     pub fn add(&mut self, o: &ScanReport) {
         self.scanned += o.scanned;
         self.malformed += o.malformed;
@@ -106,6 +113,7 @@ impl ScanReport {
     }
 }
 
+/// The stale-scan worker: see the module documentation.
 #[derive(Debug)]
 pub struct Scanner {
     changelog: Arc<dyn Changelog>,
@@ -144,6 +152,7 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// A scanner of `shards`, claiming into `queue`.
     pub fn new(
         changelog: Arc<dyn Changelog>,
         queue: Arc<dyn JobQueue>,
