@@ -190,12 +190,14 @@ pub const PREDEFINED_ROLES: &[(&str, &[&str])] = &[
 
 /// The process roles `infra/terraform` gives a service account each. `tiersweep scan` runs
 /// as the scanner, `tiersweep clean` as the cleaner, and `status`, `inspect` and
-/// `recover --dry-run` as the operator (read only).
+/// `recover --dry-run` as the operator (read only), `audit` as the auditor (the one role
+/// that lists the bucket; it deletes nothing itself, it records recovery changes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     Scanner,
     Cleaner,
     Operator,
+    Auditor,
 }
 
 impl Role {
@@ -205,6 +207,7 @@ impl Role {
             Role::Scanner => "scanner",
             Role::Cleaner => "cleaner",
             Role::Operator => "operator",
+            Role::Auditor => "auditor",
         }
     }
 }

@@ -63,12 +63,14 @@
 //! [`model`] is the vocabulary; [`hv`], [`lt`], [`changelog`] and [`queue`] are the stores,
 //! each a small trait with an in-memory twin beside the real backend; [`writer`] is the
 //! library object-store services embed; [`recovery`] holds the scanner, the cleaner, the one
-//! [`converge`](mod@recovery::converge) function and the embedded loop.
+//! [`converge`](mod@recovery::converge) function and the embedded loop; [`audit`] is the
+//! listing-based reconciler that checks the changelog path from outside.
 
 // `missing_docs` is enforced module by module (clippy -D warnings makes it an error),
 // starting with what an embedder calls: the writer, its stores, model, configuration,
 // errors and clock, and recovery. The other modules follow as the public surface is
 // narrowed (issue 14).
+pub mod audit;
 #[cfg(feature = "dev")]
 pub mod bench;
 pub mod bigtable;

@@ -39,7 +39,7 @@ impl Stores {
     pub fn in_memory(clock: SharedClock) -> Self {
         Self {
             hv: Arc::new(crate::hv::MemoryHv::new()),
-            lt: Arc::new(crate::lt::MemoryLt::new()),
+            lt: Arc::new(crate::lt::MemoryLt::with_clock(clock.clone())),
             changelog: Arc::new(crate::changelog::MemoryChangelog::new(clock.clone())),
             clock,
         }

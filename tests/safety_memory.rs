@@ -22,6 +22,12 @@ tiersweep::safety_schedules!(
     paused_time
 );
 
+tiersweep::audit_scenarios!(
+    #[tokio::test(start_paused = true)],
+    async { tiersweep::testing::MemoryStores::new().stores() },
+    protocol()
+);
+
 /// The writer's and recovery's views of one set of in-memory stores; the writer's process
 /// clock is `skew` away. The twin's changelog stamps in its own time, as Bigtable's server
 /// does.

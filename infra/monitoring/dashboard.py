@@ -61,6 +61,15 @@ ROWS = [
          [("reopened", "sum(rate(tiersweep_queue_pull_streams_reopened_total[5m]))")],
          "Streaming pulls the server ended without an error (normal every few minutes)."),
     ]),
+    ("Audit (tiersweep audit)", [
+        ("Blobs listed", "short",
+         [("listed", "sum(increase(tiersweep_audit_blobs_listed_total[1h]))")],
+         "Blobs the audit listed and joined with HV and the changelog (exported over OTLP: the audit is a CronJob)."),
+        ("Orphans found by age; deletions requested", "short",
+         [("orphans {{age}}", "sum by (age) (increase(tiersweep_audit_orphans_total[1h]))"),
+          ("deletions requested", "sum(increase(tiersweep_audit_deletes_requested_total[1h]))")],
+         "Orphans are blobs neither HV nor the changelog names. After recovery there should be none younger than the changelog's deployment."),
+    ]),
     ("Google Cloud calls and processes", [
         ("Calls by method", "ops",
          [("{{method}}", "sum by (method) (rate(tiersweep_gcp_calls_total[5m]))")],

@@ -19,10 +19,19 @@ resource "google_service_account" "operator" {
   display_name = "tiersweep operator views (read only)"
 }
 
+# `tiersweep audit` (the CronJob in infra/k8s/base/audit.yaml): the only account that lists
+# the bucket. It deletes nothing itself: each orphan becomes a changelog row that the
+# cleaners converge under the usual fence.
+resource "google_service_account" "auditor" {
+  account_id   = "tiersweep-auditor"
+  display_name = "tiersweep audit (lists LT, records orphans for recovery)"
+}
+
 locals {
   workload_identity = {
     scanner = google_service_account.scanner.name
     cleaner = google_service_account.cleaner.name
+    auditor = google_service_account.auditor.name
   }
 }
 
@@ -109,4 +118,32 @@ resource "google_storage_bucket_iam_member" "operator_blobs" {
   bucket = google_storage_bucket.lt.name
   role   = google_project_iam_custom_role.blob_reader.id
   member = google_service_account.operator.member
+}
+
+# Auditor: read HV's tombstones; read the changelog, take its time and record orphans in it.
+resource "google_bigtable_table_iam_member" "auditor_hv" {
+  instance = google_bigtable_instance.tiersweep.name
+  table    = google_bigtable_table.hv.name
+  role     = "roles/bigtable.reader"
+  member   = google_service_account.auditor.member
+}
+
+resource "google_bigtable_table_iam_member" "auditor_changelog" {
+  instance = google_bigtable_instance.tiersweep.name
+  table    = google_bigtable_table.changelog.name
+  role     = "roles/bigtable.user"
+  member   = google_service_account.auditor.member
+}
+
+resource "google_project_iam_custom_role" "blob_lister" {
+  role_id     = "tiersweepBlobLister"
+  title       = "tiersweep blob lister"
+  description = "List the LT bucket's blobs with their creation times, nothing else."
+  permissions = ["storage.objects.list"]
+}
+
+resource "google_storage_bucket_iam_member" "auditor_lists" {
+  bucket = google_storage_bucket.lt.name
+  role   = google_project_iam_custom_role.blob_lister.id
+  member = google_service_account.auditor.member
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer, de};
 
-/// Reads `"250ms"`, `"10s"`, `"5m"`, `"1h"` or a bare number of seconds.
+/// Reads `"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"7d"` or a bare number of seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -19,9 +19,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?}; use ms, s, m or h"
+                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
             ));
         }
     };

@@ -18,6 +18,7 @@
 
 use async_trait::async_trait;
 use bigtable_rs::bigtable::RowCell;
+use bigtable_rs::google::bigtable::v2::RowSet;
 use bytes::Bytes;
 
 use super::{CasOutcome, HvRow, HvStore, HvWrite, Version};
@@ -149,6 +150,35 @@ impl HvStore for BigtableHv {
         let filter = chain(vec![family(DATA), latest()]);
         let cells = self.client.read_row(&self.table, key, filter).await?;
         self.decode(key, cells.unwrap_or_default())
+    }
+
+    async fn tombstones(&self, paths: &[ObjectPath]) -> StoreResult<Vec<Option<Revision>>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = RowSet {
+            row_keys: paths
+                .iter()
+                .map(|p| p.as_str().as_bytes().to_vec())
+                .collect(),
+            row_ranges: vec![],
+        };
+        let filter = chain(vec![column(DATA, TOMBSTONE), latest()]);
+        let found = self
+            .client
+            .read_rows(&self.table, rows, filter, paths.len())
+            .await?;
+        let mut by_key = std::collections::HashMap::with_capacity(found.len());
+        for (key, cells) in found {
+            let row = self.decode(&key, cells)?;
+            if let Some(HvValue::Tombstone(rev)) = row.value {
+                by_key.insert(key, rev);
+            }
+        }
+        Ok(paths
+            .iter()
+            .map(|p| by_key.get(p.as_str().as_bytes()).cloned())
+            .collect())
     }
 
     async fn compare_and_write(

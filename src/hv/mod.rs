@@ -143,6 +143,20 @@ pub trait HvStore: Send + Sync + std::fmt::Debug {
         Ok(self.read_row(path).await?.value)
     }
 
+    /// The revision each row's tombstone names (`None`: no row, an inline value or no
+    /// value), in the order asked: how `tiersweep audit` joins a page of listed blobs with
+    /// HV. Bigtable reads all rows in one ReadRows of the tombstone cell alone (inline
+    /// values are not transferred); the default reads them one by one. A row that does
+    /// not decode is an error, never a `None`: a reconciler must not take an unreadable
+    /// row for one that references nothing.
+    async fn tombstones(&self, paths: &[ObjectPath]) -> StoreResult<Vec<Option<Revision>>> {
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            out.push(self.read(path).await?.and_then(|v| v.tombstone().cloned()));
+        }
+        Ok(out)
+    }
+
     /// Writes `write` stamped `stamp` if the row's version is `expected` (`None`: the row
     /// was never written). Otherwise writes nothing and reports [`outcome_of_refused`].
     ///

@@ -18,7 +18,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::{BlobInfo, ByteStream, CONTENT_TYPE_KEY, EXPIRES_AT_KEY, ListPage, LtAccess, LtStore};
+use super::{
+    BlobInfo, ByteStream, CONTENT_TYPE_KEY, EXPIRES_AT_KEY, ListPage, ListedBlob, LtAccess,
+    LtStore, NameRange,
+};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::iam::{Method as Call, Resource};
 use crate::model::{ObjectMeta, Revision, Timestamp};
@@ -109,8 +112,10 @@ struct Listing {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Item {
     name: String,
+    time_created: String,
 }
 
 /// The fields of an object resource that [`LtStore::stat`] reads.
@@ -638,13 +643,20 @@ impl LtStore for GcsLt {
         }
     }
 
-    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
+    async fn list(&self, range: &NameRange, page_token: Option<String>) -> StoreResult<ListPage> {
+        let prefix = range.prefix.as_str();
         let mut url = self.objects.clone();
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("prefix", prefix)
                 .append_pair("maxResults", "1000")
-                .append_pair("fields", "items(name),nextPageToken");
+                .append_pair("fields", "items(name,timeCreated),nextPageToken");
+            if let Some(start) = &range.start {
+                q.append_pair("startOffset", start);
+            }
+            if let Some(end) = &range.end {
+                q.append_pair("endOffset", end);
+            }
             if let Some(token) = &page_token {
                 q.append_pair("pageToken", token);
             }
@@ -656,16 +668,25 @@ impl LtStore for GcsLt {
         if !status.is_success() {
             return Err(self.status_error("list", prefix, status, response).await);
         }
-        let listing: Listing = response.json().await.map_err(|e| {
-            self.err(
-                "list",
-                prefix,
-                ErrorKind::Malformed,
-                format!("unreadable listing: {e}"),
-            )
-        })?;
+        let malformed = |reason: String| self.err("list", prefix, ErrorKind::Malformed, reason);
+        let listing: Listing = response
+            .json()
+            .await
+            .map_err(|e| malformed(format!("unreadable listing: {e}")))?;
+        let blobs = listing
+            .items
+            .into_iter()
+            .map(|i| {
+                let created = Timestamp::parse_rfc3339(&i.time_created)
+                    .map_err(|e| malformed(format!("object {}: {e}", i.name)))?;
+                Ok(ListedBlob {
+                    name: i.name,
+                    created,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(ListPage {
-            names: listing.items.into_iter().map(|i| i.name).collect(),
+            blobs,
             next: listing.next_page_token,
         })
     }

@@ -7,26 +7,60 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 
-use super::{BlobInfo, ByteStream, ListPage, LtStore};
+use super::{BlobInfo, ByteStream, ListPage, ListedBlob, LtStore, NameRange};
+use crate::clock::SharedClock;
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::model::{ObjectMeta, Revision};
+use crate::model::{ObjectMeta, Revision, Timestamp};
 
 const PAGE: usize = 1000;
 
-#[derive(Debug, Default)]
+/// Blobs in a map, each stamped with its creation time on the twin's clock (GCS's
+/// `timeCreated`), which listings return.
+#[derive(Debug)]
 pub struct MemoryLt {
     blobs: Mutex<BTreeMap<String, Blob>>,
+    clock: SharedClock,
 }
 
 #[derive(Debug, Clone)]
 struct Blob {
     bytes: Bytes,
     meta: ObjectMeta,
+    created: Timestamp,
+}
+
+impl Default for MemoryLt {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryLt {
+    /// A twin whose blobs are created on the system clock.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_clock(crate::clock::system())
+    }
+
+    /// A twin whose blobs are created on `clock` (tests: the stores' paused clock).
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self {
+            blobs: Mutex::default(),
+            clock,
+        }
+    }
+
+    /// Stores a blob at `rev` as if created at `created`, whatever the clock says, or
+    /// replaces one: how a test plants a blob older than its run.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn plant(&self, rev: &Revision, bytes: Bytes, created: Timestamp) {
+        self.blobs().insert(
+            rev.as_str().to_owned(),
+            Blob {
+                bytes,
+                meta: ObjectMeta::default(),
+                created,
+            },
+        );
     }
 
     fn blobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Blob>> {
@@ -46,11 +80,13 @@ impl LtStore for MemoryLt {
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         // Create-only, like the GCS backend's `ifGenerationMatch=0`.
+        let created = self.clock.now();
         self.blobs()
             .entry(rev.as_str().to_owned())
             .or_insert_with(|| Blob {
                 bytes,
                 meta: meta.clone(),
+                created,
             });
         Ok(())
     }
@@ -77,11 +113,13 @@ impl LtStore for MemoryLt {
             all.extend_from_slice(&chunk);
         }
         let size = all.len() as u64;
+        let created = self.clock.now();
         self.blobs()
             .entry(rev.as_str().to_owned())
             .or_insert_with(|| Blob {
                 bytes: all.freeze(),
                 meta: meta.clone(),
+                created,
             });
         Ok(size)
     }
@@ -115,20 +153,33 @@ impl LtStore for MemoryLt {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
+    async fn list(&self, range: &NameRange, page_token: Option<String>) -> StoreResult<ListPage> {
         use std::ops::Bound;
         let blobs = self.blobs();
+        let from = match (&range.start, &range.prefix) {
+            (Some(s), p) if s.as_str() > p.as_str() => s.clone(),
+            (_, p) => p.clone(),
+        };
         let start = match page_token {
             Some(after) => Bound::Excluded(after),
-            None => Bound::Included(prefix.to_owned()),
+            None => Bound::Included(from),
         };
-        let names: Vec<String> = blobs
+        let listed: Vec<ListedBlob> = blobs
             .range::<String, _>((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .take_while(|(k, _)| {
+                k.starts_with(&range.prefix) && range.end.as_deref().is_none_or(|e| k.as_str() < e)
+            })
+            .filter(|(k, _)| range.contains(k))
             .take(PAGE)
-            .map(|(k, _)| k.clone())
+            .map(|(k, b)| ListedBlob {
+                name: k.clone(),
+                created: b.created,
+            })
             .collect();
-        let next = (names.len() == PAGE).then(|| names[PAGE - 1].clone());
-        Ok(ListPage { names, next })
+        let next = (listed.len() == PAGE).then(|| listed[PAGE - 1].name.clone());
+        Ok(ListPage {
+            blobs: listed,
+            next,
+        })
     }
 }

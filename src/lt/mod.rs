@@ -30,6 +30,8 @@ pub enum LtAccess {
     Clean,
     /// Upload, read and delete (writers).
     Write,
+    /// List the bucket (`tiersweep audit`; deletions go through recovery).
+    Audit,
 }
 
 impl LtAccess {
@@ -38,6 +40,7 @@ impl LtAccess {
     pub fn permissions(self) -> &'static [&'static str] {
         match self {
             LtAccess::Read => &["storage.objects.get"],
+            LtAccess::Audit => &["storage.objects.list"],
             LtAccess::Clean => &["storage.objects.get", "storage.objects.delete"],
             LtAccess::Write => &[
                 "storage.objects.create",
@@ -50,6 +53,7 @@ impl LtAccess {
     fn who(self) -> &'static str {
         match self {
             LtAccess::Read => "reading blobs",
+            LtAccess::Audit => "an audit",
             LtAccess::Clean => "a cleaner",
             LtAccess::Write => "a writer",
         }
@@ -61,12 +65,56 @@ impl LtAccess {
 /// upload whose guard lapsed.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
-/// One page of a listing: blob names relative to the store's prefix.
+/// Which blob names a listing returns: those under `prefix` and within `[start, end)`
+/// (either side open when `None`), in name order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameRange {
+    pub prefix: String,
+    /// The first name the range holds (inclusive).
+    pub start: Option<String>,
+    /// The first name past the range (exclusive).
+    pub end: Option<String>,
+}
+
+impl NameRange {
+    /// Every name under `prefix`.
+    pub fn prefix(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `name` is in the range.
+    pub fn contains(&self, name: &str) -> bool {
+        name.starts_with(&self.prefix)
+            && self.start.as_deref().is_none_or(|s| name >= s)
+            && self.end.as_deref().is_none_or(|e| name < e)
+    }
+}
+
+/// One blob as a listing names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedBlob {
+    pub name: String,
+    /// When the store created it, on the store's clock (GCS: `timeCreated`). How a
+    /// reconciler tells an old orphan from an upload that has just landed.
+    pub created: crate::model::Timestamp,
+}
+
+/// One page of a listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
-    pub names: Vec<String>,
+    pub blobs: Vec<ListedBlob>,
     /// Pass back to continue; `None` on the last page.
     pub next: Option<String>,
+}
+
+impl ListPage {
+    /// The page's blob names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.blobs.iter().map(|b| b.name.as_str())
+    }
 }
 
 /// What a blob's metadata says ([`LtStore::stat`]).
@@ -132,7 +180,7 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
     }
     /// Deletes the blob; a missing blob is success.
     async fn delete(&self, rev: &Revision) -> StoreResult<()>;
-    /// Lists blob names that start with `prefix`, page by page, for invariant checks and
-    /// operators' tools.
-    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage>;
+    /// Lists the blobs in `range`, page by page, in name order: for `tiersweep audit`,
+    /// invariant checks and operators' tools. Only the audit role is granted it.
+    async fn list(&self, range: &NameRange, page_token: Option<String>) -> StoreResult<ListPage>;
 }

@@ -72,6 +72,77 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Parses an RFC 3339 UTC time as GCS writes it (`2026-12-04T09:13:57.104584Z`; an
+    /// offset such as `+02:00` in place of `Z` is accepted too), to the millisecond.
+    pub fn parse_rfc3339(s: &str) -> Result<Self, ModelError> {
+        let bad = |reason| ModelError::new("RFC 3339 time", s, reason);
+        let b = s.as_bytes();
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+            return Err(bad("is not YYYY-MM-DDTHH:MM:SS"));
+        }
+        let num = |from: usize, to: usize| -> Result<i64, ModelError> {
+            let part = s.get(from..to).ok_or_else(|| bad("is not ASCII"))?;
+            if !part.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(bad("has a non-digit where a number belongs"));
+            }
+            part.parse::<i64>()
+                .map_err(|_| bad("has a number out of range"))
+        };
+        let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+        if b[13] != b':' || b[16] != b':' {
+            return Err(bad("is not YYYY-MM-DDTHH:MM:SS"));
+        }
+        let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+            return Err(bad("has a field out of range"));
+        }
+        // A leap second (":60") is read as the next second's start.
+        if second > 60 {
+            return Err(bad("has a field out of range"));
+        }
+        let mut at = 19;
+        let mut millis = 0;
+        if b.get(at) == Some(&b'.') {
+            let digits = b[at + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            if digits == 0 {
+                return Err(bad("has an empty fraction"));
+            }
+            let frac = &s[at + 1..at + 1 + digits.min(3)];
+            millis = frac.parse::<i64>().unwrap_or(0) * 10_i64.pow(3 - frac.len() as u32);
+            at += 1 + digits;
+        }
+        let offset_s = match &s[at..] {
+            "Z" | "z" => 0,
+            tz if tz.len() == 6
+                && matches!(tz.as_bytes()[0], b'+' | b'-')
+                && tz.as_bytes()[3] == b':' =>
+            {
+                let sign = if tz.starts_with('-') { -1 } else { 1 };
+                sign * (num(at + 1, at + 3)? * 3600 + num(at + 4, at + 6)? * 60)
+            }
+            _ => return Err(bad("has no time zone (Z or ±HH:MM)")),
+        };
+        let days = days_from_civil(year, month, day);
+        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+        Ok(Self(secs * 1000 + millis))
+    }
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 fn duration_millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -576,6 +647,30 @@ mod tests {
         assert!(p("anything").is_under(""));
     }
     use super::*;
+
+    #[test]
+    fn rfc3339_times_parse_to_the_millisecond() {
+        let t = |s: &str| Timestamp::parse_rfc3339(s).map(|t| t.0);
+        assert_eq!(t("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(t("2026-12-04T09:13:57.104584Z"), Ok(1_796_375_637_104));
+        assert_eq!(t("2026-12-04T09:13:57Z"), Ok(1_796_375_637_000));
+        assert_eq!(t("2026-12-04T09:13:57.1Z"), Ok(1_796_375_637_100));
+        assert_eq!(t("2026-12-04T11:13:57.104+02:00"), Ok(1_796_375_637_104));
+        assert_eq!(t("2000-02-29T00:00:00Z"), Ok(951_782_400_000));
+        for bad in [
+            "",
+            "2026-12-04",
+            "2026-12-04T09:13:57",
+            "2026-13-04T09:13:57Z",
+            "2026-12-04T09:13:57.Z",
+            "2026-12-04T09:13:57+0200",
+            "2026-12-04 09:13:57Z",
+            "2026-1a-04T09:13:57Z",
+            "2026-12-04T09:13:57Zjunk",
+        ] {
+            assert!(t(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
 
     #[test]
     fn object_paths_reject_what_would_make_revisions_ambiguous() {

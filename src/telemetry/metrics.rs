@@ -167,6 +167,12 @@ pub struct Metrics {
     pub leases_acquired: Counter,
     pub leases_released: Counter,
     pub leases_lost: Counter,
+    pub audit_blobs_listed: Counter,
+    pub audit_orphans_lt_1d: Counter,
+    pub audit_orphans_1d_7d: Counter,
+    pub audit_orphans_7d_30d: Counter,
+    pub audit_orphans_ge_30d: Counter,
+    pub audit_deletes_requested: Counter,
     pub recovery_lag: Histogram,
     backlog: Mutex<BTreeMap<String, Backlog>>,
     /// What this process is (`scan`, `clean`, …), for `tiersweep_build_info`.
@@ -179,6 +185,9 @@ const JOBS_HELP: &str =
 const LEASES: &str = "tiersweep.shard_leases";
 const LEASES_HELP: &str = "Shard lease changes a scanner made or met, by outcome (lost = taken by \
      another member after this one stalled past its lease).";
+const ORPHANS: &str = "tiersweep.audit.orphans";
+const ORPHANS_HELP: &str = "Orphan LT blobs an audit found (no HV tombstone or changelog row \
+     names them), by age since GCS created them.";
 const CLAIMS: &str = "tiersweep.claims";
 const CLAIMS_HELP: &str =
     "Claims a scanner attempted on stale rows, by outcome (lost = another scanner won the CAS).";
@@ -254,6 +263,18 @@ impl Metrics {
             leases_acquired: Counter::labelled(LEASES, LEASES_HELP, "outcome", "acquired"),
             leases_released: Counter::labelled(LEASES, LEASES_HELP, "outcome", "released"),
             leases_lost: Counter::labelled(LEASES, LEASES_HELP, "outcome", "lost"),
+            audit_blobs_listed: Counter::new(
+                "tiersweep.audit.blobs_listed",
+                "LT blobs an audit listed and judged.",
+            ),
+            audit_orphans_lt_1d: Counter::labelled(ORPHANS, ORPHANS_HELP, "age", "lt_1d"),
+            audit_orphans_1d_7d: Counter::labelled(ORPHANS, ORPHANS_HELP, "age", "1d_7d"),
+            audit_orphans_7d_30d: Counter::labelled(ORPHANS, ORPHANS_HELP, "age", "7d_30d"),
+            audit_orphans_ge_30d: Counter::labelled(ORPHANS, ORPHANS_HELP, "age", "ge_30d"),
+            audit_deletes_requested: Counter::new(
+                "tiersweep.audit.deletes_requested",
+                "Orphans an audit handed to recovery for deletion (one changelog row each).",
+            ),
             recovery_lag: Histogram::new(
                 "tiersweep.recovery.lag",
                 "Age of a change (since its writer recorded it) when recovery converged it.",
@@ -272,6 +293,16 @@ impl Metrics {
 
     fn role(&self) -> &'static str {
         self.role.get().copied().unwrap_or("embedded")
+    }
+
+    /// The orphan counter of an age bucket ([`crate::audit::age_bucket`]).
+    pub fn audit_orphans(&self, bucket: &str) -> &Counter {
+        match bucket {
+            "lt_1d" => &self.audit_orphans_lt_1d,
+            "1d_7d" => &self.audit_orphans_1d_7d,
+            "7d_30d" => &self.audit_orphans_7d_30d,
+            _ => &self.audit_orphans_ge_30d,
+        }
     }
 }
 
@@ -303,7 +334,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 23] {
+    pub fn counters(&self) -> [&Counter; 29] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
@@ -328,6 +359,12 @@ impl Metrics {
             &self.leases_acquired,
             &self.leases_released,
             &self.leases_lost,
+            &self.audit_blobs_listed,
+            &self.audit_orphans_lt_1d,
+            &self.audit_orphans_1d_7d,
+            &self.audit_orphans_7d_30d,
+            &self.audit_orphans_ge_30d,
+            &self.audit_deletes_requested,
         ]
     }
 

@@ -15,7 +15,7 @@ use crate::changelog::{
 };
 use crate::error::{StoreKind, StoreResult};
 use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
-use crate::lt::{BlobInfo, ByteStream, ListPage, LtStore};
+use crate::lt::{BlobInfo, ByteStream, ListPage, LtStore, NameRange};
 use crate::model::{
     ChangeId, ChangeRecord, ObjectMeta, ObjectPath, OwnerToken, Revision, Timestamp,
 };
@@ -117,6 +117,11 @@ impl<H: Intercept> HvStore for HookedHv<H> {
         let call = Box::pin(async move { inner.read_row(&path).await });
         self.hook.run(Op::HvRead, StoreKind::Hv, call).await
     }
+    async fn tombstones(&self, paths: &[ObjectPath]) -> StoreResult<Vec<Option<Revision>>> {
+        let (inner, paths) = (self.inner.clone(), paths.to_vec());
+        let call = Box::pin(async move { inner.tombstones(&paths).await });
+        self.hook.run(Op::HvRead, StoreKind::Hv, call).await
+    }
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
@@ -192,9 +197,9 @@ impl<H: Intercept> LtStore for HookedLt<H> {
         let call = Box::pin(async move { inner.delete(&rev).await });
         self.hook.run(Op::LtDelete, StoreKind::Lt, call).await
     }
-    async fn list(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
-        let (inner, prefix) = (self.inner.clone(), prefix.to_owned());
-        let call = Box::pin(async move { inner.list(&prefix, page_token).await });
+    async fn list(&self, range: &NameRange, page_token: Option<String>) -> StoreResult<ListPage> {
+        let (inner, range) = (self.inner.clone(), range.clone());
+        let call = Box::pin(async move { inner.list(&range, page_token).await });
         self.hook.run(Op::LtList, StoreKind::Lt, call).await
     }
 }

@@ -83,13 +83,18 @@ pub async fn check(
         let prefix = format!("{path}/");
         let mut token = None;
         loop {
-            let page = stores.lt.list(&prefix, token).await?;
+            let page = stores
+                .lt
+                .list(&crate::lt::NameRange::prefix(prefix.as_str()), token)
+                .await?;
             // A blob under `{path}/` may belong to a deeper object (`{path}/x/{uuid}`), which
             // the caller did not name: only direct revisions of `path` are judged.
-            report.orphans.extend(page.names.into_iter().filter(|n| {
-                !referenced.contains(n.as_str())
-                    && Revision::parse(n.as_str()).is_ok_and(|r| r.object() == path.as_str())
-            }));
+            report
+                .orphans
+                .extend(page.blobs.into_iter().map(|b| b.name).filter(|n| {
+                    !referenced.contains(n.as_str())
+                        && Revision::parse(n.as_str()).is_ok_and(|r| r.object() == path.as_str())
+                }));
             token = page.next;
             if token.is_none() {
                 break;

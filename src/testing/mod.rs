@@ -2,6 +2,7 @@
 //! pass, the invariant checker every test and demo ends with, and store wrappers that
 //! inject crashes, lost responses, failures and delays.
 
+pub mod audits;
 pub mod backlog;
 pub mod capacity;
 pub mod claims;
@@ -40,7 +41,7 @@ impl MemoryStores {
         let clock: SharedClock = Arc::new(TokioClock::new());
         Self {
             hv: Arc::new(MemoryHv::new()),
-            lt: Arc::new(MemoryLt::new()),
+            lt: Arc::new(MemoryLt::with_clock(clock.clone())),
             changelog: Arc::new(MemoryChangelog::new(clock.clone())),
             clock,
         }

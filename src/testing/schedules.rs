@@ -112,10 +112,13 @@ pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEnt
 pub async fn blobs_of(stores: &Stores, path: &ObjectPath) -> Vec<String> {
     stores
         .lt
-        .list(path.as_str(), None)
+        .list(&crate::lt::NameRange::prefix(path.as_str()), None)
         .await
         .expect("listing LT")
-        .names
+        .blobs
+        .into_iter()
+        .map(|b| b.name)
+        .collect()
 }
 
 /// One embedded recovery pass over `stores` with the test timings (and the second pass of

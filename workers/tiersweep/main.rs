@@ -1,8 +1,9 @@
 //! `tiersweep`: the one binary for every tiersweep process. `scan` and `clean` are the
 //! worker pools' entry points; `demo` runs the whole pipeline on one machine; `status`,
-//! `inspect` and `recover --dry-run` are the operator's tools. The work itself lives in the
+//! `inspect`, `recover --dry-run` and `audit` are the operator's tools. The work itself lives in the
 //! library; this file parses arguments and wires things together.
 
+mod audit;
 #[cfg(feature = "dev")]
 mod bench;
 #[cfg(feature = "dev")]
@@ -81,6 +82,9 @@ enum Command {
     /// Show what recovery would delete for each stale change, without claiming, fencing or
     /// deleting anything.
     Recover(ops::RecoverArgs),
+    /// Find LT blobs that neither HV nor the changelog references (orphans) by listing the
+    /// bucket; with --delete, hand them to recovery. A dry run by default.
+    Audit(audit::AuditArgs),
 }
 
 impl Command {
@@ -106,6 +110,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Inspect(_) => "inspect",
             Command::Recover(_) => "recover",
+            Command::Audit(_) => "audit",
         }
     }
 }
@@ -141,6 +146,7 @@ async fn main() -> std::process::ExitCode {
             Command::Status(args) => ops::status(args, load_config(&cli)?).await,
             Command::Inspect(args) => ops::inspect(args, load_config(&cli)?).await,
             Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
+            Command::Audit(args) => audit::run(args, load_config(&cli)?).await,
         }
     }
     .await;

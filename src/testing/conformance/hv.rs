@@ -206,6 +206,40 @@ pub async fn a_fence_answers_for_the_tombstone_exactly(hv: &dyn HvStore) {
     );
 }
 
+/// A batched tombstone read answers for each row in the order asked: the revision a
+/// tombstone names, and nothing for an inline value, a deleted object, a fenced row that
+/// was never written, or no row at all.
+pub async fn tombstones_are_read_in_one_batch_in_order(hv: &dyn HvStore) {
+    let (large, small, deleted, fenced, absent) = (path(), path(), path(), path(), path());
+    let rev = Revision::mint(&large);
+    hv.compare_and_write(
+        &large,
+        None,
+        &HvWrite::tombstone(rev.clone()),
+        &Version::mint(),
+    )
+    .await
+    .unwrap();
+    hv.compare_and_write(&small, None, &inline(b"x"), &Version::mint())
+        .await
+        .unwrap();
+    let gone = Revision::mint(&deleted);
+    let v = Version::mint();
+    hv.compare_and_write(&deleted, None, &HvWrite::tombstone(gone.clone()), &v)
+        .await
+        .unwrap();
+    hv.compare_and_write(&deleted, Some(&v), &HvWrite::Delete, &Version::mint())
+        .await
+        .unwrap();
+    hv.fence(&fenced, &Revision::mint(&fenced)).await.unwrap();
+    let asked = [absent, large.clone(), deleted, small, fenced, large];
+    assert_eq!(
+        hv.tombstones(&asked).await.unwrap(),
+        vec![None, Some(rev.clone()), None, None, None, Some(rev)],
+    );
+    assert_eq!(hv.tombstones(&[]).await.unwrap(), vec![]);
+}
+
 pub async fn a_deleted_row_keeps_its_version(hv: &dyn HvStore) {
     let p = path();
     assert!(

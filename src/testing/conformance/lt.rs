@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
-use crate::lt::LtStore;
+use crate::clock::Clock as _;
+use crate::lt::{LtStore, NameRange};
 use crate::model::{ObjectMeta, ObjectPath, Revision, Timestamp};
 
 fn rev() -> Revision {
@@ -166,8 +167,11 @@ pub async fn list_pages_through_everything(lt: &dyn LtStore) {
     let mut listed = BTreeSet::new();
     let mut token = None;
     loop {
-        let page = lt.list(&format!("{dir}/"), token).await.unwrap();
-        listed.extend(page.names);
+        let page = lt
+            .list(&NameRange::prefix(format!("{dir}/")), token)
+            .await
+            .unwrap();
+        listed.extend(page.blobs.into_iter().map(|b| b.name));
         token = page.next;
         if token.is_none() {
             break;
@@ -177,6 +181,57 @@ pub async fn list_pages_through_everything(lt: &dyn LtStore) {
         put, listed,
         "a prefix listing returns exactly the blobs under the prefix"
     );
+}
+
+/// A range listing returns exactly the names in `[start, end)` under the prefix, across
+/// pages, each with a creation time taken when it was put (the store's clock, which on the
+/// emulators and in the twin is this machine's).
+pub async fn a_range_lists_its_names_with_their_creation_times(lt: &dyn LtStore) {
+    let dir = format!("ranges/{}", uuid::Uuid::now_v7());
+    let before = crate::clock::SystemClock.now();
+    let mut put = BTreeSet::new();
+    for first in ["a", "b", "c", "d"] {
+        for _ in 0..3 {
+            let r = rev_under(&format!("{dir}/{first}"));
+            lt.put(&r, Bytes::from_static(b"x")).await.unwrap();
+            put.insert(r.as_str().to_owned());
+        }
+    }
+    let after = crate::clock::SystemClock.now();
+    let range = NameRange {
+        prefix: format!("{dir}/"),
+        start: Some(format!("{dir}/b")),
+        end: Some(format!("{dir}/d")),
+    };
+    let mut listed = Vec::new();
+    let mut token = None;
+    loop {
+        let page = lt.list(&range, token).await.unwrap();
+        listed.extend(page.blobs);
+        token = page.next;
+        if token.is_none() {
+            break;
+        }
+    }
+    let names: BTreeSet<String> = listed.iter().map(|b| b.name.clone()).collect();
+    let expected: BTreeSet<String> = put.iter().filter(|n| range.contains(n)).cloned().collect();
+    assert_eq!(
+        expected.len(),
+        6,
+        "the range holds the b and c objects' blobs"
+    );
+    assert_eq!(names, expected, "a range listing returns exactly the range");
+    // Loose bounds: GCS's clock is not this machine's, only close to it.
+    let slack = std::time::Duration::from_secs(120);
+    for blob in &listed {
+        assert!(
+            blob.created >= before.saturating_sub(slack)
+                && blob.created <= after.saturating_add(slack),
+            "{} was created at {}, outside the put's window [{before}, {after}]",
+            blob.name,
+            blob.created
+        );
+    }
 }
 
 /// A blob carries the metadata it was written with, whichever way it was uploaded, and

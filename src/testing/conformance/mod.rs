@@ -39,6 +39,7 @@ macro_rules! hv_conformance {
                 a_retry_recognises_its_own_landing,
                 a_fence_refuses_every_earlier_expectation,
                 a_fence_answers_for_the_tombstone_exactly,
+                tombstones_are_read_in_one_batch_in_order,
                 a_deleted_row_keeps_its_version,
                 a_straggler_never_lands_after_a_later_write,
                 metadata_travels_with_the_data,
@@ -63,6 +64,7 @@ macro_rules! lt_conformance {
                 a_streamed_get_yields_the_blob,
                 a_blob_carries_its_metadata,
                 list_pages_through_everything,
+                a_range_lists_its_names_with_their_creation_times,
             ]
         );
     };

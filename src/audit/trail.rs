@@ -1,0 +1,84 @@
+//! Where an audit writes down every deletion it asks for, before it asks: the operator's
+//! record of what was deleted, why, when and by which run.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
+
+use super::AuditError;
+use crate::model::{ChangeId, Timestamp};
+
+/// One deletion an audit requested: the blob, why it was judged an orphan, and the
+/// recovery change that will delete it (look it up with `tiersweep inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeletionRequested {
+    pub run: String,
+    pub blob: String,
+    pub change: ChangeId,
+    /// When GCS created the blob.
+    pub created: Timestamp,
+    /// Its age when the audit's changelog snapshot was taken.
+    pub age_s: u64,
+    pub reason: &'static str,
+    /// The changelog's time when the audit began judging.
+    pub judged_at: Timestamp,
+}
+
+/// A durable place for [`DeletionRequested`] entries. The audit writes an entry before it
+/// records the change that deletes the blob, and stops requesting deletions when a write
+/// fails, so no deletion goes unrecorded.
+#[async_trait]
+pub trait AuditTrail: Send + Sync + std::fmt::Debug {
+    async fn requested(&self, entry: &DeletionRequested) -> Result<(), AuditError>;
+}
+
+/// JSON lines appended to a local file (a mounted volume in Kubernetes), each flushed to
+/// disk before the deletion is requested.
+#[derive(Debug)]
+pub struct FileTrail {
+    path: PathBuf,
+    file: tokio::sync::Mutex<tokio::fs::File>,
+}
+
+impl FileTrail {
+    /// Opens `path` for appending, creating it if needed.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, AuditError> {
+        let path = path.into();
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| trail_error(&path, format!("cannot open it: {e}")))?;
+        Ok(Self {
+            path,
+            file: tokio::sync::Mutex::new(file),
+        })
+    }
+}
+
+#[async_trait]
+impl AuditTrail for FileTrail {
+    async fn requested(&self, entry: &DeletionRequested) -> Result<(), AuditError> {
+        let mut line = serde_json::to_vec(entry)
+            .map_err(|e| trail_error(&self.path, format!("cannot encode an entry: {e}")))?;
+        line.push(b'\n');
+        let mut file = self.file.lock().await;
+        let write = async {
+            file.write_all(&line).await?;
+            file.sync_data().await
+        };
+        write
+            .await
+            .map_err(|e| trail_error(&self.path, format!("cannot append to it: {e}")))
+    }
+}
+
+fn trail_error(path: &std::path::Path, reason: String) -> AuditError {
+    AuditError::Trail {
+        target: path.display().to_string(),
+        reason,
+    }
+}

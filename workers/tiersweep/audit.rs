@@ -1,0 +1,231 @@
+//! `tiersweep audit`: list the LT bucket, find orphans, and with `--delete` hand them to
+//! recovery. The work is `tiersweep::audit`; this wires arguments, signals, progress and
+//! the report.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tiersweep::Stores;
+use tiersweep::audit::{
+    Audit, AuditConfig, AuditReport, Checkpoint, Counts, FileTrail, RangeState,
+};
+use tiersweep::clock;
+use tiersweep::config::Config;
+use tiersweep::lt::LtAccess;
+use tokio_util::sync::CancellationToken;
+
+use crate::exit::ConfigFailure;
+
+fn duration(text: &str) -> Result<Duration, String> {
+    tiersweep::config::duration::parse(text)
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    long_about = "List the LT bucket and join every blob with HV and the changelog: \
+    referenced (HV's tombstone names it), in flight (a changelog row names it), too young to \
+    judge (created less than --min-age before the audit began), or an orphan.\n\n\
+    A dry run by default. With --delete, each orphan becomes a recovery change (a changelog \
+    row naming it), which `tiersweep scan` + `tiersweep clean` converge like any other: they \
+    fence the object's HV row and keep the blob if HV names it. Each deletion is written to \
+    --trail first.\n\n\
+    Fails closed: a listing or read error ends its range with nothing deleted in it, and a \
+    malformed changelog row stops every deletion. Progress is saved per range to \
+    --checkpoint; run the same command again to resume."
+)]
+pub struct AuditArgs {
+    /// Only blobs whose names start with this (default: the whole bucket).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Split the prefix into this many name ranges (1–62), listed in parallel and
+    /// checkpointed one by one.
+    #[arg(long, default_value_t = 16)]
+    ranges: usize,
+    /// Ranges listed at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Never judge a blob younger than this (GCS creation time): an upload may just have
+    /// landed. Accepts 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    min_age: Duration,
+    /// Request deletion of the orphans found (through recovery). Needs --trail.
+    #[arg(long, requires = "trail")]
+    delete: bool,
+    /// JSON-lines file every requested deletion is appended to (and synced) before it is
+    /// requested: blob, reason, change id, audit run.
+    #[arg(long, value_name = "FILE")]
+    trail: Option<PathBuf>,
+    /// Deletion requests per second, across ranges.
+    #[arg(long, default_value_t = 50.0)]
+    max_deletes_per_s: f64,
+    /// Listing calls (1,000 blobs each) per second, across ranges.
+    #[arg(long, default_value_t = 50.0)]
+    max_lists_per_s: f64,
+    /// A range with more orphans than this deletes none (a misconfigured HV table makes
+    /// every blob look orphaned).
+    #[arg(long, default_value_t = 100_000)]
+    max_orphans_per_range: usize,
+    /// Save progress here after each range, and resume from it; removed once the audit
+    /// completes.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Print the JSON report on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
+    let audit_config = AuditConfig {
+        prefix: args.prefix.clone(),
+        ranges: args.ranges,
+        concurrency: args.concurrency,
+        min_age: args.min_age,
+        delete: args.delete,
+        max_deletes_per_s: Some(args.max_deletes_per_s),
+        max_lists_per_s: Some(args.max_lists_per_s),
+        max_orphans_per_range: args.max_orphans_per_range,
+    };
+    audit_config
+        .validate()
+        .context(ConfigFailure("checking the audit's arguments".into()))?;
+    let stores = Stores::connect(&config, clock::system(), LtAccess::Audit)
+        .await
+        .context("connecting to Bigtable and GCS")?;
+    let cancel = CancellationToken::new();
+    crate::worker::cancel_on_signals(cancel.clone())?;
+    let mut audit = Audit::new(stores, audit_config).cancel_on(cancel.clone());
+    if let Some(path) = &args.checkpoint {
+        audit = audit.checkpoint(Checkpoint::new(path));
+    }
+    if let Some(path) = &args.trail {
+        audit = audit.trail(Arc::new(FileTrail::open(path).await?));
+    }
+    let progress = tokio::spawn(show_progress(audit.counts(), args.ranges, cancel.clone()));
+    let report = audit.run().await;
+    progress.abort();
+    let report = report?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    let failed = report.failed().count();
+    if failed > 0 {
+        bail!(
+            "{failed} range(s) failed and were not judged whole; nothing was deleted in them \
+             after the error (see the report; run again to retry them)"
+        );
+    }
+    if !report.complete() {
+        eprintln!(
+            "interrupted: {} range(s) unfinished{}",
+            report
+                .ranges
+                .iter()
+                .filter(|r| r.state == RangeState::Interrupted)
+                .count(),
+            if args.checkpoint.is_some() {
+                "; run the same command to resume"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// A line rewritten in place on a terminal; a log line every 10 s otherwise.
+async fn show_progress(counts: Arc<Counts>, ranges: usize, cancel: CancellationToken) {
+    let terminal = std::io::stderr().is_terminal();
+    let every = if terminal {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let (listed, orphans, deletes, done) = (
+            counts.listed.load(Ordering::Relaxed),
+            counts.orphans.load(Ordering::Relaxed),
+            counts.deletes_requested.load(Ordering::Relaxed),
+            counts.ranges_finished.load(Ordering::Relaxed),
+        );
+        if terminal {
+            eprint!(
+                "\raudit: {done}/{ranges} ranges, {listed} blobs listed, {orphans} orphans, \
+                 {deletes} deletions requested "
+            );
+        } else {
+            tracing::info!(
+                ranges_finished = done,
+                ranges,
+                listed,
+                orphans,
+                deletes_requested = deletes,
+                "audit in progress"
+            );
+        }
+    }
+}
+
+fn print_summary(r: &AuditReport) {
+    let t = &r.totals;
+    eprintln!();
+    println!(
+        "audit {} of {:?} (min age {}s, {}), judged at {}",
+        r.run,
+        r.prefix,
+        r.min_age_s,
+        if r.delete { "deleting" } else { "dry run" },
+        r.judged_at
+    );
+    println!(
+        "  {} blobs: {} referenced, {} in flight, {} young, {} not tiersweep's, {} orphans",
+        t.listed, t.referenced, t.in_flight, t.young, t.foreign, t.orphans
+    );
+    for (bucket, n) in &t.orphans_by_age {
+        println!("    orphans aged {bucket}: {n}");
+    }
+    if r.delete {
+        println!(
+            "  deletions requested (through recovery): {}",
+            t.deletes_requested
+        );
+    }
+    if r.malformed_changelog_rows > 0 {
+        println!(
+            "  WARNING: {} malformed changelog rows; blobs they name may be counted as orphans",
+            r.malformed_changelog_rows
+        );
+    }
+    for range in &r.ranges {
+        if let RangeState::Failed { error } = &range.state {
+            println!("  range {} FAILED: {error}", range.index);
+        }
+    }
+    for o in r.orphan_examples.iter().take(10) {
+        println!("  orphan {} ({} s old)", o.blob, o.age_s);
+    }
+    if r.orphan_examples.len() > 10 {
+        println!(
+            "  … the report (--report) names up to {}",
+            r.orphan_examples.len()
+        );
+    }
+}
