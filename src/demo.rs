@@ -79,6 +79,10 @@ pub struct DemoReport {
     pub dangling_tombstones: usize,
     pub lost_objects: usize,
     pub changelog_remaining: usize,
+    /// The independent check: `tiersweep audit` over the demo's objects after recovery,
+    /// judging every blob (no minimum age). It must find no orphan.
+    pub audit_listed: u64,
+    pub audit_orphans: u64,
     pub elapsed_s: f64,
     pub write_phase_s: f64,
     pub recovery_phase_s: f64,
@@ -277,6 +281,27 @@ pub async fn run(
     let recovery_phase = recovery_started.elapsed();
 
     let check = invariants::check(&stores, &expected).await?;
+    let audit = crate::audit::Audit::new(
+        stores.clone(),
+        crate::audit::AuditConfig {
+            prefix: format!("demo/{run_id}/"),
+            min_age: Duration::ZERO,
+            max_lists_per_s: None,
+            ..crate::audit::AuditConfig::default()
+        },
+    )
+    .run()
+    .await
+    .map_err(|e| {
+        crate::error::StoreError::new(
+            crate::error::StoreKind::Lt,
+            "audit",
+            format!("demo/{run_id}/"),
+            crate::error::ErrorKind::Permanent,
+            e.to_string(),
+        )
+    })?;
+    let audit_clean = audit.complete() && audit.totals.orphans == 0;
     Ok(DemoReport {
         backend: backend.to_owned(),
         writes: config.writes,
@@ -287,9 +312,11 @@ pub async fn run(
         dangling_tombstones: check.dangling.len(),
         lost_objects: check.lost.len(),
         changelog_remaining: check.changelog_remaining,
+        audit_listed: audit.totals.listed,
+        audit_orphans: audit.totals.orphans,
         elapsed_s: started.elapsed().as_secs_f64(),
         write_phase_s: write_phase.as_secs_f64(),
         recovery_phase_s: recovery_phase.as_secs_f64(),
-        converged: check.is_converged(),
+        converged: check.is_converged() && audit_clean,
     })
 }

@@ -178,7 +178,8 @@ fn print(r: &DemoReport, json: bool) -> Result<()> {
     };
     eprintln!(
         "{verdict} on {}: {} writes ({} acknowledged, {} crashed); recovery converged {} changes in {:.1} s\n\
-         invariants: {} orphaned blobs, {} dangling tombstones, {} lost objects, {} changelog rows left",
+         invariants: {} orphaned blobs, {} dangling tombstones, {} lost objects, {} changelog rows left\n\
+         audit (listing LT, independent of the changelog): {} blobs listed, {} orphans",
         r.backend,
         r.writes,
         r.acked,
@@ -188,7 +189,9 @@ fn print(r: &DemoReport, json: bool) -> Result<()> {
         r.orphans,
         r.dangling_tombstones,
         r.lost_objects,
-        r.changelog_remaining
+        r.changelog_remaining,
+        r.audit_listed,
+        r.audit_orphans
     );
     if json {
         println!("{}", serde_json::to_string(r)?);
