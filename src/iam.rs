@@ -29,16 +29,20 @@ pub enum Resource {
     DeadLetterTopic,
     /// The cleaners' subscription (`pubsub.subscription`).
     Subscription,
+    /// The subscription that keeps dead letters for operators
+    /// (`pubsub.dead_letter_subscription`).
+    DeadLetterSubscription,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 6] = [
+    pub const ALL: [Resource; 7] = [
         Resource::HvTable,
         Resource::ChangelogTable,
         Resource::Bucket,
         Resource::JobsTopic,
         Resource::DeadLetterTopic,
         Resource::Subscription,
+        Resource::DeadLetterSubscription,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Resource {
             Resource::JobsTopic => "jobs_topic",
             Resource::DeadLetterTopic => "dead_letter_topic",
             Resource::Subscription => "subscription",
+            Resource::DeadLetterSubscription => "dead_letter_subscription",
         }
     }
 }

@@ -60,6 +60,7 @@ fn terraform_creates_what_the_workers_expect() {
         defaults.pubsub.topic,
         defaults.pubsub.subscription,
         defaults.pubsub.dead_letter_topic,
+        defaults.pubsub.dead_letter_subscription,
     ] {
         assert!(
             tf.contains(&format!("\"{name}\"")),

@@ -103,3 +103,61 @@ async fn a_subscription_without_a_dead_letter_policy_is_refused_at_connect() {
         "a missing subscription is not worth retrying: {err}"
     );
 }
+
+/// `tiersweep dlq` on the emulator: a listing counts the dead letters by reason and
+/// consumes none; a replay republishes exactly the chosen ones to the jobs topic, as they
+/// were published, and removes only them; a purge removes what is older than its cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_replay_and_purge_round_trip() {
+    use tiersweep::queue::dead_letters::{self, Snapshot};
+    let e = emulators().await;
+    let config = e.pubsub_config().await;
+    let q = PubsubQueue::connect(&config).await.unwrap();
+    let mut sub = q.subscribe(FlowControl::default()).await.unwrap();
+    let (bug, poison) = (job("bug"), job("poison"));
+    q.publish(vec![bug.clone(), poison.clone()]).await.unwrap();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let reason = if d.message.data == bug.data {
+            "bug 42: fixed in 1.2"
+        } else {
+            "poison"
+        };
+        q.dead_letter(d, reason).await.unwrap();
+    }
+    let dlq = PubsubQueue::connect_dead_letters(&config).await.unwrap();
+    let how = Snapshot {
+        quiet: Duration::from_secs(3),
+        ..Snapshot::default()
+    };
+    let listed = dead_letters::list(&dlq, how).await.unwrap();
+    assert_eq!(listed.total, 2, "{listed:?}");
+    assert_eq!(listed.by_reason["poison"].count, 1);
+    assert!(
+        listed.by_reason["bug 42: fixed in 1.2"].oldest.is_some(),
+        "{listed:?}"
+    );
+    let again = dead_letters::list(&dlq, how).await.unwrap();
+    assert_eq!(again.total, 2, "listing consumed nothing");
+
+    let replayed = dead_letters::replay(&dlq, &q, "bug 42", how).await.unwrap();
+    assert_eq!((replayed.done, replayed.left), (1, 1));
+    let d = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message, bug, "replayed as it was first published");
+    d.ack();
+    let left = dead_letters::list(&dlq, how).await.unwrap();
+    assert_eq!(left.by_reason.keys().collect::<Vec<_>>(), ["poison"]);
+
+    let future = tiersweep::model::Timestamp(i64::MAX);
+    let purged = dead_letters::purge(&dlq, future, how).await.unwrap();
+    assert_eq!((purged.done, purged.left), (1, 0));
+    assert_eq!(dead_letters::list(&dlq, how).await.unwrap().total, 0);
+}

@@ -11,9 +11,10 @@ resource "google_service_account" "cleaner" {
   display_name = "tiersweep cleanup workers"
 }
 
-# Operators run `tiersweep status`, `inspect` and `recover --dry-run` as this account
-# (gcloud --impersonate-service-account, or a Job with its Kubernetes service account):
-# read only, nothing deleted, nothing claimed.
+# Operators run `tiersweep status`, `inspect`, `recover --dry-run` and `dlq` as this
+# account (gcloud --impersonate-service-account, or a Job with its Kubernetes service
+# account): the stores read only, nothing deleted, nothing claimed; dead letters listed,
+# replayed to the jobs topic (a cleaner verifies every job against the changelog) or purged.
 resource "google_service_account" "operator" {
   account_id   = "tiersweep-operator"
   display_name = "tiersweep operator views (read only)"
@@ -117,6 +118,21 @@ resource "google_project_iam_custom_role" "blob_reader" {
 resource "google_storage_bucket_iam_member" "operator_blobs" {
   bucket = google_storage_bucket.lt.name
   role   = google_project_iam_custom_role.blob_reader.id
+  member = google_service_account.operator.member
+}
+
+# Operator: `tiersweep dlq` reads the dead letters kept for it (and acks the ones it
+# replays or purges), and replays to the jobs topic.
+resource "google_pubsub_subscription_iam_member" "operator_dead_letters" {
+  for_each     = toset(["roles/pubsub.subscriber", "roles/pubsub.viewer"])
+  subscription = google_pubsub_subscription.dead_letter_audit.id
+  role         = each.value
+  member       = google_service_account.operator.member
+}
+
+resource "google_pubsub_topic_iam_member" "operator_replays" {
+  topic  = google_pubsub_topic.jobs.id
+  role   = "roles/pubsub.publisher"
   member = google_service_account.operator.member
 }
 

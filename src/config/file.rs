@@ -271,6 +271,10 @@ impl Config {
             ("pubsub.topic", &self.pubsub.topic),
             ("pubsub.subscription", &self.pubsub.subscription),
             ("pubsub.dead_letter_topic", &self.pubsub.dead_letter_topic),
+            (
+                "pubsub.dead_letter_subscription",
+                &self.pubsub.dead_letter_subscription,
+            ),
         ];
         for (field, value) in required {
             if value.trim().is_empty() {

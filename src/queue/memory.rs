@@ -17,6 +17,7 @@ struct Pending {
     id: u64,
     attempt: u32,
     message: Message,
+    published: crate::model::Timestamp,
     /// The message's place in the bounded queue, held until it is acked or dead-lettered.
     _slot: OwnedSemaphorePermit,
 }
@@ -36,6 +37,8 @@ struct Inner {
     ready: Notify,
     slots: Arc<Semaphore>,
     max_attempts: u32,
+    /// Publish times: wall-clock time that moves with tokio's (paused in tests).
+    clock: crate::clock::TokioClock,
     /// Redelivery delay after the first nack; doubles per attempt up to `max_backoff`.
     min_backoff: Duration,
     max_backoff: Duration,
@@ -95,6 +98,7 @@ impl MemoryQueue {
                 ready: Notify::new(),
                 slots: Arc::new(Semaphore::new(capacity.max(1))),
                 max_attempts: max_attempts.max(1),
+                clock: crate::clock::TokioClock::new(),
                 min_backoff: min,
                 max_backoff: max.max(min),
             }),
@@ -178,6 +182,7 @@ impl Subscription for MemorySubscription {
             let notified = self.inner.ready.notified();
             let popped = self.inner.state().ready.pop_front();
             if let Some(pending) = popped {
+                let published = pending.published;
                 return Some(Ok(Delivery::new(
                     pending.id.to_string(),
                     pending.attempt,
@@ -187,7 +192,8 @@ impl Subscription for MemorySubscription {
                         pending,
                         _flow: flow,
                     }),
-                )));
+                )
+                .published_at(published)));
             }
             notified.await;
         }
@@ -229,6 +235,7 @@ impl JobQueue for MemoryQueue {
                 id,
                 attempt: 1,
                 message,
+                published: crate::clock::Clock::now(&self.inner.clock),
                 _slot: slot,
             });
             drop(state);

@@ -10,6 +10,7 @@
 //!
 //! Messages are opaque here; the cleanup job format lives in `recovery::job`.
 
+pub mod dead_letters;
 pub mod memory;
 pub mod pubsub;
 
@@ -149,6 +150,9 @@ pub struct Delivery {
     /// 1 on first delivery.
     pub attempt: u32,
     pub message: Message,
+    /// When the message was published, on the queue's clock (Pub/Sub's `publishTime`):
+    /// how `tiersweep dlq` tells an old dead letter from a new one.
+    pub published: Option<crate::model::Timestamp>,
     handle: Option<Box<dyn Settle>>,
 }
 
@@ -163,8 +167,15 @@ impl Delivery {
             message_id,
             attempt,
             message,
+            published: None,
             handle: Some(handle),
         }
+    }
+
+    /// The delivery with its publish time.
+    pub fn published_at(mut self, at: crate::model::Timestamp) -> Self {
+        self.published = Some(at);
+        self
     }
 
     pub fn ack(mut self) {

@@ -39,6 +39,9 @@ pub struct PubsubConfig {
     pub subscription: String,
     /// Where poison jobs go at once (and where the dead-letter policy sends the rest).
     pub dead_letter_topic: String,
+    /// The subscription of the dead-letter topic that keeps dead letters for operators
+    /// (`tiersweep dlq`).
+    pub dead_letter_subscription: String,
     /// `host:port` of an emulator; unset means Cloud Pub/Sub with Application Default
     /// Credentials. Defaults to `PUBSUB_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
@@ -58,6 +61,7 @@ impl Default for PubsubConfig {
             topic: "cleanup-jobs".into(),
             subscription: "cleanup-workers".into(),
             dead_letter_topic: "cleanup-jobs-dead-letter".into(),
+            dead_letter_subscription: "cleanup-jobs-dead-letter-audit".into(),
             emulator_host: std::env::var("PUBSUB_EMULATOR_HOST").ok(),
             publish_batch: 100,
             lease_extension: Duration::from_secs(60),
@@ -70,11 +74,8 @@ impl PubsubConfig {
         format!("projects/{}/topics/{topic}", self.project)
     }
 
-    fn subscription_path(&self) -> String {
-        format!(
-            "projects/{}/subscriptions/{}",
-            self.project, self.subscription
-        )
+    fn subscription_path(&self, subscription: &str) -> String {
+        format!("projects/{}/subscriptions/{subscription}", self.project)
     }
 }
 
@@ -84,6 +85,8 @@ pub struct PubsubQueue {
     dead_letters: Publisher,
     subscriber: Subscriber,
     subscription: String,
+    /// What the subscription is, for the call meter and the IAM contract.
+    subscription_resource: Resource,
     topic: String,
     dead_letter_topic: String,
     lease_extension: Duration,
@@ -109,6 +112,9 @@ enum Purpose {
     /// Consume jobs and dead-letter poison ones (cleaners): the subscription must exist
     /// and have a dead-letter policy.
     Consume,
+    /// Read the dead letters and republish to the jobs topic (`tiersweep dlq`): the
+    /// dead-letter subscription must exist.
+    DeadLetters,
 }
 
 impl PubsubQueue {
@@ -127,12 +133,28 @@ impl PubsubQueue {
         Self::connect_for(config, Purpose::Publish).await
     }
 
+    /// Connects the operator's view of the dead letters: [`JobQueue::subscribe`] reads
+    /// the dead-letter subscription, [`JobQueue::publish`] replays to the jobs topic. Checks
+    /// that the subscription exists (`pubsub.subscriptions.get` on it).
+    pub async fn connect_dead_letters(config: &PubsubConfig) -> StoreResult<Self> {
+        Self::connect_for(config, Purpose::DeadLetters).await
+    }
+
     async fn connect_for(config: &PubsubConfig, purpose: Purpose) -> StoreResult<Self> {
-        let subscription = config.subscription_path();
+        let (subscription, subscription_resource) = match purpose {
+            Purpose::DeadLetters => (
+                config.subscription_path(&config.dead_letter_subscription),
+                Resource::DeadLetterSubscription,
+            ),
+            _ => (
+                config.subscription_path(&config.subscription),
+                Resource::Subscription,
+            ),
+        };
         let topic = config.topic_path(&config.topic);
         let target = match purpose {
             Purpose::Publish => topic.clone(),
-            Purpose::Consume => subscription.clone(),
+            Purpose::Consume | Purpose::DeadLetters => subscription.clone(),
         };
         let fail = |kind, message: String| {
             StoreError::new(StoreKind::Queue, "connect", target.clone(), kind, message)
@@ -178,6 +200,18 @@ impl PubsubQueue {
                     fail(not_found_is_permanent(&e), format!("cannot read the topic ({e}); create it with infra/local/provision.sh or infra/terraform"))
                 })?;
             }
+            Purpose::DeadLetters => {
+                let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
+                crate::iam::record(Call::PubsubGetSubscription, subscription_resource);
+                admin
+                    .get_subscription()
+                    .set_subscription(subscription.clone())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        fail(not_found_is_permanent(&e), format!("cannot read the dead-letter subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
+                    })?;
+            }
             Purpose::Consume => {
                 let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
                 crate::iam::record(Call::PubsubGetSubscription, Resource::Subscription);
@@ -218,6 +252,7 @@ impl PubsubQueue {
             dead_letters: publisher(&config.dead_letter_topic),
             subscriber,
             subscription,
+            subscription_resource,
             topic,
             dead_letter_topic: config.topic_path(&config.dead_letter_topic),
             lease_extension: config.lease_extension,
@@ -289,6 +324,7 @@ impl JobQueue for PubsubQueue {
         let opener = StreamOpener {
             subscriber: self.subscriber.clone(),
             subscription: self.subscription.clone(),
+            resource: self.subscription_resource,
             flow,
             lease_extension: self.lease_extension,
         };
@@ -321,13 +357,14 @@ impl JobQueue for PubsubQueue {
 struct StreamOpener {
     subscriber: Subscriber,
     subscription: String,
+    resource: Resource,
     flow: FlowControl,
     lease_extension: Duration,
 }
 
 impl StreamOpener {
     fn open(&self) -> MessageStream {
-        crate::iam::record(Call::PubsubStreamingPull, Resource::Subscription);
+        crate::iam::record(Call::PubsubStreamingPull, self.resource);
         let flow = self.flow;
         self.subscriber
             .subscribe(self.subscription.clone())
@@ -384,7 +421,10 @@ impl Subscription for PubsubSubscription {
             .unwrap_or(1)
             .max(1);
         let attributes: BTreeMap<String, String> = message.attributes.into_iter().collect();
-        Some(Ok(Delivery::new(
+        let published = message.publish_time.map(|t| {
+            crate::model::Timestamp(t.seconds() * 1000 + i64::from(t.nanos()) / 1_000_000)
+        });
+        let delivery = Delivery::new(
             message.message_id,
             attempt,
             Message {
@@ -393,9 +433,14 @@ impl Subscription for PubsubSubscription {
             },
             Box::new(PubsubHandle {
                 handler,
+                resource: self.opener.resource,
                 _permit: permit,
             }),
-        )))
+        );
+        Some(Ok(match published {
+            Some(at) => delivery.published_at(at),
+            None => delivery,
+        }))
     }
 }
 
@@ -403,17 +448,18 @@ impl Subscription for PubsubSubscription {
 #[derive(Debug)]
 struct PubsubHandle {
     handler: Handler,
+    resource: Resource,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Settle for PubsubHandle {
     fn ack(self: Box<Self>) {
-        crate::iam::record(Call::PubsubAcknowledge, Resource::Subscription);
+        crate::iam::record(Call::PubsubAcknowledge, self.resource);
         self.handler.ack();
     }
 
     fn nack(self: Box<Self>) {
-        crate::iam::record(Call::PubsubModifyAckDeadline, Resource::Subscription);
+        crate::iam::record(Call::PubsubModifyAckDeadline, self.resource);
         self.handler.nack();
     }
 }

@@ -256,11 +256,13 @@ impl Emulators {
     /// New topics and a subscription with the same policies `infra/local/provision.sh`
     /// sets, except a short ack deadline so that abandoned deliveries return quickly.
     pub async fn pubsub_config(&self) -> PubsubConfig {
+        let dead_letter_topic = unique("dead");
         let config = PubsubConfig {
             project: self.project.clone(),
             topic: unique("jobs"),
             subscription: unique("cleaners"),
-            dead_letter_topic: unique("dead"),
+            dead_letter_subscription: format!("{dead_letter_topic}-audit"),
+            dead_letter_topic,
             emulator_host: Some(self.pubsub.clone()),
             ..PubsubConfig::default()
         };
@@ -296,7 +298,7 @@ impl Emulators {
         )
         .await;
         put(
-            format!("subscriptions/{}-audit", config.dead_letter_topic),
+            format!("subscriptions/{}", config.dead_letter_subscription),
             serde_json::json!({ "topic": topic(&config.dead_letter_topic), "ackDeadlineSeconds": 10 }),
         )
         .await;
@@ -469,6 +471,10 @@ pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
         (
             "TIERSWEEP_PUBSUB__DEAD_LETTER_TOPIC",
             config.pubsub.dead_letter_topic.clone(),
+        ),
+        (
+            "TIERSWEEP_PUBSUB__DEAD_LETTER_SUBSCRIPTION",
+            config.pubsub.dead_letter_subscription.clone(),
         ),
         (
             "TIERSWEEP_PROTOCOL__HEARTBEAT_INTERVAL",

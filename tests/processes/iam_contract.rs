@@ -89,6 +89,7 @@ fn resource_of(reference: &str) -> Result<Resource, String> {
         "google_pubsub_topic.jobs.id" => Resource::JobsTopic,
         "google_pubsub_topic.dead_letter.id" => Resource::DeadLetterTopic,
         "google_pubsub_subscription.cleaners.id" => Resource::Subscription,
+        "google_pubsub_subscription.dead_letter_audit.id" => Resource::DeadLetterSubscription,
         other => return Err(format!("unknown resource reference {other}")),
     })
 }

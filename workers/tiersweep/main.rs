@@ -8,6 +8,7 @@ mod audit;
 mod bench;
 #[cfg(feature = "dev")]
 mod demo;
+mod dlq;
 mod exit;
 mod ops;
 mod worker;
@@ -85,6 +86,8 @@ enum Command {
     /// Find LT blobs that neither HV nor the changelog references (orphans) by listing the
     /// bucket; with --delete, hand them to recovery. A dry run by default.
     Audit(audit::AuditArgs),
+    /// The dead letters: list them by reason, replay them after a fix, purge old ones.
+    Dlq(dlq::DlqArgs),
 }
 
 impl Command {
@@ -111,6 +114,7 @@ impl Command {
             Command::Inspect(_) => "inspect",
             Command::Recover(_) => "recover",
             Command::Audit(_) => "audit",
+            Command::Dlq(_) => "dlq",
         }
     }
 }
@@ -147,6 +151,7 @@ async fn main() -> std::process::ExitCode {
             Command::Inspect(args) => ops::inspect(args, load_config(&cli)?).await,
             Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
             Command::Audit(args) => audit::run(args, load_config(&cli)?).await,
+            Command::Dlq(args) => dlq::run(args, load_config(&cli)?).await,
         }
     }
     .await;
