@@ -195,8 +195,9 @@ pub const PREDEFINED_ROLES: &[(&str, &[&str])] = &[
 
 /// The process roles `infra/terraform` gives a service account each. `tiersweep scan` runs
 /// as the scanner, `tiersweep clean` as the cleaner, and `status`, `inspect` and
-/// `recover --dry-run` as the operator (read only), `audit` as the auditor (the one role
-/// that lists the bucket; it deletes nothing itself, it records recovery changes).
+/// `recover --dry-run` and `dlq` as the operator (the stores read only), `audit` and `reset`
+/// as the auditor (the one role that lists the bucket; it deletes nothing itself, it
+/// records recovery changes, and rewrites a failing row's claim count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     Scanner,

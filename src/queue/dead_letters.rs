@@ -30,10 +30,6 @@ pub struct Snapshot {
     pub first: Duration,
     /// At most this many dead letters are held (and reported, replayed or purged) at once.
     pub limit: usize,
-    /// How long to wait after settling before returning. The Pub/Sub client sends acks
-    /// and nacks from a background task in batches (every 100 ms); a process that exits
-    /// at once loses them, and a lost nack hides the message for its ack deadline.
-    pub settle: Duration,
 }
 
 impl Default for Snapshot {
@@ -42,7 +38,6 @@ impl Default for Snapshot {
             quiet: Duration::from_secs(3),
             first: Duration::from_secs(10),
             limit: 10_000,
-            settle: Duration::from_secs(1),
         }
     }
 }
@@ -82,7 +77,11 @@ pub fn original_of(m: &Message) -> Message {
     original
 }
 
-async fn snapshot(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<(Vec<Delivery>, bool)> {
+/// The deliveries held, whether the limit cut the snapshot short, and the subscription to
+/// [`close`](super::Subscription::close) once they are settled.
+type Held = (Vec<Delivery>, bool, Box<dyn super::Subscription>);
+
+async fn snapshot(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<Held> {
     let limit = how.limit.max(1);
     let mut sub = dlq
         .subscribe(FlowControl {
@@ -101,17 +100,22 @@ async fn snapshot(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<(Vec<Deliver
             Ok(Some(Ok(d))) => held.push(d),
             Ok(Some(Err(e))) => {
                 // Nothing is settled on an error: every held delivery goes back unacked.
+                drop(held);
+                sub.close().await;
                 return Err(e);
             }
-            Ok(None) | Err(_) => return Ok((held, false)),
+            Ok(None) | Err(_) => break,
         }
     }
-    Ok((held, true))
+    let truncated = held.len() >= limit;
+    // Before anything is settled: a nacked message must not come back to this stream.
+    sub.stop_pulling().await;
+    Ok((held, truncated, sub))
 }
 
 /// Counts the dead letters by reason; consumes nothing.
 pub async fn list(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<Listing> {
-    let (held, truncated) = snapshot(dlq, how).await?;
+    let (held, truncated, mut sub) = snapshot(dlq, how).await?;
     let mut listing = Listing {
         total: held.len(),
         truncated,
@@ -131,7 +135,7 @@ pub async fn list(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<Listing> {
     for d in held {
         d.nack();
     }
-    tokio::time::sleep(how.settle).await;
+    sub.close().await;
     Ok(listing)
 }
 
@@ -154,7 +158,7 @@ pub async fn replay(
     filter: &str,
     how: Snapshot,
 ) -> StoreResult<Settled> {
-    let (held, truncated) = snapshot(dlq, how).await?;
+    let (held, truncated, mut sub) = snapshot(dlq, how).await?;
     let (chosen, rest): (Vec<Delivery>, Vec<Delivery>) = held
         .into_iter()
         .partition(|d| reason_of(&d.message).contains(filter));
@@ -162,13 +166,19 @@ pub async fn replay(
     for d in rest {
         d.nack();
     }
-    jobs.publish(chosen.iter().map(|d| original_of(&d.message)).collect())
-        .await?;
+    let published = jobs
+        .publish(chosen.iter().map(|d| original_of(&d.message)).collect())
+        .await;
     let done = chosen.len();
-    for d in chosen {
-        d.ack();
+    match published {
+        Ok(()) => chosen.into_iter().for_each(Delivery::ack),
+        Err(e) => {
+            chosen.into_iter().for_each(Delivery::nack);
+            sub.close().await;
+            return Err(e);
+        }
     }
-    tokio::time::sleep(how.settle).await;
+    sub.close().await;
     Ok(Settled {
         done,
         left,
@@ -178,7 +188,7 @@ pub async fn replay(
 
 /// Acks (deletes) the dead letters published before `before`; leaves the rest.
 pub async fn purge(dlq: &dyn JobQueue, before: Timestamp, how: Snapshot) -> StoreResult<Settled> {
-    let (held, truncated) = snapshot(dlq, how).await?;
+    let (held, truncated, mut sub) = snapshot(dlq, how).await?;
     let mut out = Settled {
         truncated,
         ..Settled::default()
@@ -192,7 +202,7 @@ pub async fn purge(dlq: &dyn JobQueue, before: Timestamp, how: Snapshot) -> Stor
             d.nack();
         }
     }
-    tokio::time::sleep(how.settle).await;
+    sub.close().await;
     Ok(out)
 }
 
@@ -215,12 +225,11 @@ mod tests {
             quiet: Duration::from_millis(200),
             first: Duration::from_millis(200),
             limit: 100,
-            settle: Duration::ZERO,
         }
     }
 
     async fn drain(q: &MemoryQueue) -> Vec<Message> {
-        let (held, _) = snapshot(q, quick()).await.unwrap();
+        let (held, _, _) = snapshot(q, quick()).await.unwrap();
         held.into_iter()
             .map(|d| {
                 let m = d.message.clone();

@@ -222,6 +222,18 @@ impl Default for FlowControl {
 pub trait Subscription: Send {
     /// The next delivery; `None` once the subscription is closed.
     async fn next(&mut self) -> Option<StoreResult<Delivery>>;
+
+    /// Stops pulling: no more deliveries, and (Pub/Sub) nothing nacked from now on is
+    /// redelivered to this stream. Deliveries in hand can still be settled. Call it before
+    /// settling what a one-shot run holds, then [`Subscription::close`].
+    async fn stop_pulling(&mut self) {}
+
+    /// Stops pulling if not stopped yet, and waits until the acks and nacks of every
+    /// delivery are sent and what the client pulled ahead is returned. Without it a
+    /// one-shot process loses its last settlements, and the messages the client had
+    /// prefetched stay invisible for their ack deadline. Call it once every delivery is
+    /// settled.
+    async fn close(&mut self) {}
 }
 
 #[async_trait]

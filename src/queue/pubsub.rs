@@ -332,6 +332,7 @@ impl JobQueue for PubsubQueue {
             stream: opener.open(),
             opener,
             permits: Arc::new(Semaphore::new(flow.max_outstanding.max(1))),
+            closing: None,
         }))
     }
 
@@ -373,6 +374,11 @@ impl StreamOpener {
                 i64::try_from(flow.max_outstanding_bytes).unwrap_or(i64::MAX),
             )
             .set_max_lease_extension(self.lease_extension)
+            // Only a one-shot run shuts a stream down (`stop_pulling`, then settle, then
+            // `close`): the deliveries in hand can still be settled meanwhile.
+            .set_shutdown_behavior(
+                google_cloud_pubsub::subscriber::ShutdownBehavior::WaitForProcessing,
+            )
             .build()
     }
 }
@@ -388,6 +394,8 @@ struct PubsubSubscription {
     stream: MessageStream,
     opener: StreamOpener,
     permits: Arc<Semaphore>,
+    /// The stream's shutdown, once [`Subscription::stop_pulling`] signalled it.
+    closing: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 #[async_trait]
@@ -441,6 +449,24 @@ impl Subscription for PubsubSubscription {
             Some(at) => delivery.published_at(at),
             None => delivery,
         }))
+    }
+
+    async fn stop_pulling(&mut self) {
+        if self.closing.is_none() {
+            let token = self.stream.shutdown_token();
+            let mut closing: futures::future::BoxFuture<'static, ()> =
+                Box::pin(async move { token.shutdown().await });
+            // The first poll signals the shutdown; the rest completes in `close`.
+            let _ = futures::poll!(&mut closing);
+            self.closing = Some(closing);
+        }
+    }
+
+    async fn close(&mut self) {
+        self.stop_pulling().await;
+        if let Some(closing) = self.closing.take() {
+            closing.await;
+        }
     }
 }
 

@@ -43,6 +43,25 @@ pub struct Backlog {
     pub malformed: usize,
     /// The stale row waiting longest, if any.
     pub oldest_stale: Option<OldestStale>,
+    /// Rows claimed [`FAILING_AFTER_CLAIMS`](crate::recovery::FAILING_AFTER_CLAIMS) times
+    /// or more: changes that keep failing.
+    pub failing: usize,
+    /// The first [`FAILING_LISTED`] of them.
+    pub failing_rows: Vec<FailingRow>,
+}
+
+/// How many failing rows [`Backlog`] names.
+pub const FAILING_LISTED: usize = 20;
+
+/// A change recovery keeps claiming without converging it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailingRow {
+    /// Its change id (`tiersweep inspect`, `tiersweep reset` take it).
+    pub change: String,
+    /// Its object.
+    pub object: String,
+    /// How many times recovery has claimed it.
+    pub claims: u32,
 }
 
 /// The stale row waiting longest.
@@ -97,6 +116,16 @@ pub async fn backlog(
                 // Not asked for.
                 ScannedRow::Waiting { .. } => continue,
             };
+            if e.record.claims >= crate::recovery::FAILING_AFTER_CLAIMS {
+                b.failing += 1;
+                if b.failing_rows.len() < FAILING_LISTED {
+                    b.failing_rows.push(FailingRow {
+                        change: e.id.to_string(),
+                        object: e.record.object.to_string(),
+                        claims: e.record.claims,
+                    });
+                }
+            }
             if e.stamp > now.saturating_add(threshold) && !e.record.owner.is_recovery_claim() {
                 b.writer_stamped_in_future += 1;
                 tracing::warn!(change = %e.id, object = %e.record.object, owner = %e.record.owner,
@@ -249,6 +278,33 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_claimed_again_and_again_are_listed_as_failing() {
+        use crate::changelog::{Changelog as _, MemoryChangelog};
+        use crate::model::{ChangeRecord, ObjectPath, OwnerToken};
+        let clock: SharedClock = std::sync::Arc::new(crate::clock::TokioClock::new());
+        let changelog = MemoryChangelog::new(clock.clone());
+        let path = ObjectPath::new("failing/x").unwrap();
+        let id = crate::model::ChangeId::mint();
+        let record = ChangeRecord::new(path, None, None, OwnerToken::writer());
+        changelog.record(&id, &record).await.unwrap();
+        for n in 1..=crate::recovery::FAILING_AFTER_CLAIMS {
+            // A claim by the owner already is idempotent: each retry is a new claimer.
+            let claimer = OwnerToken::recovery_claim();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let seen = changelog.get(&id).await.unwrap().unwrap();
+            let now = clock.now();
+            let won = changelog.claim(&seen, now, &claimer, now).await.unwrap();
+            assert!(matches!(won, crate::changelog::Claim::Won(_)), "claim {n}");
+            let b = backlog(&changelog, &clock, Duration::from_secs(1), 100)
+                .await
+                .unwrap();
+            let failing = n >= crate::recovery::FAILING_AFTER_CLAIMS;
+            assert_eq!(b.failing, usize::from(failing), "after {n} claims");
+            assert_eq!(b.failing_rows.len(), b.failing);
+        }
+    }
     use crate::changelog::MemoryChangelog;
     use crate::clock::TokioClock;
     use crate::model::{ChangeRecord, ObjectPath, OwnerToken, Revision};

@@ -10,6 +10,11 @@
 //! [embedded mode](embedded) (both loops in one process over an in-process queue) are the
 //! same code.
 
+/// A row recovery has claimed this many times or more keeps failing: `tiersweep status`
+/// lists it, the scanner counts each further claim (`tiersweep_claims_repeated_total`, an
+/// alert), and `tiersweep reset` puts it back in line once its cause is fixed.
+pub const FAILING_AFTER_CLAIMS: u32 = 5;
+
 pub mod cleaner;
 pub mod converge;
 pub mod embedded;

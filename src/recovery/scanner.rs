@@ -593,6 +593,12 @@ impl Scanner {
         for (id, claim) in claims {
             match claim {
                 Ok(Some(job)) => {
+                    if job.0.record.claims > crate::recovery::FAILING_AFTER_CLAIMS {
+                        METRICS.claims_repeated.inc();
+                        tracing::warn!(change = %id, object = %job.0.record.object,
+                            claims = job.0.record.claims,
+                            "a change keeps failing; tiersweep status lists it, tiersweep reset retries it at once");
+                    }
                     // Its lease may end with the job undone: the row is read again then.
                     let due = self.due(job.0.stamp, job.0.record.cleanup_after);
                     self.keep(&id, due);

@@ -151,6 +151,7 @@ pub struct Metrics {
     pub claims_failed: Counter,
     pub claims_held_back: Counter,
     pub claims_extended: Counter,
+    pub claims_repeated: Counter,
     pub jobs_republished: Counter,
     pub jobs_published: Counter,
     pub jobs_converged: Counter,
@@ -219,6 +220,11 @@ impl Metrics {
                 "tiersweep.claims.extended",
                 "Claim leases moved on by whoever holds the job: the scanner while it is queued, \
                  a cleaner while it works on it.",
+            ),
+            claims_repeated: Counter::new(
+                "tiersweep.claims.repeated",
+                "Claims won on rows recovery had already claimed FAILING_AFTER_CLAIMS (5) times or \
+                 more: changes that keep failing (tiersweep status lists them).",
             ),
             jobs_republished: Counter::new(
                 "tiersweep.jobs.republished",
@@ -334,7 +340,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 29] {
+    pub fn counters(&self) -> [&Counter; 30] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
@@ -343,6 +349,7 @@ impl Metrics {
             &self.claims_failed,
             &self.claims_held_back,
             &self.claims_extended,
+            &self.claims_repeated,
             &self.jobs_republished,
             &self.jobs_published,
             &self.jobs_converged,

@@ -633,6 +633,8 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
     let mut operator = one_shot_calls(&config, &["status"]);
     operator.extend(one_shot_calls(&config, &["inspect", &entry.id.to_string()]));
     operator.extend(one_shot_calls(&config, &["recover", "--dry-run"]));
+    // `reset` writes the changelog: the auditor's account runs it (the operator's reads).
+    let mut auditor = one_shot_calls(&config, &["reset", &entry.id.to_string()]);
 
     // The pools, through a whole recovery: claims, publishes, pulls, converges, acks, and a
     // poison message the cleaner dead-letters.
@@ -656,14 +658,36 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
     let json = |out: &str| -> serde_json::Value {
         serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
     };
-    let (listed, calls) = one_shot(&config, &["dlq", "list", "--json", "--quiet", "1s"]);
+    let (listed, calls) = one_shot(
+        &config,
+        &[
+            "dlq",
+            "list",
+            "--json",
+            "--quiet",
+            "1s",
+            "--first-wait",
+            "15s",
+        ],
+    );
     assert_eq!(
         json(&listed)["total"],
         1,
         "the poison message is dead-lettered: {listed}"
     );
     operator.extend(calls);
-    let (replayed, calls) = one_shot(&config, &["dlq", "replay", "--json", "--quiet", "1s"]);
+    let (replayed, calls) = one_shot(
+        &config,
+        &[
+            "dlq",
+            "replay",
+            "--json",
+            "--quiet",
+            "1s",
+            "--first-wait",
+            "15s",
+        ],
+    );
     assert_eq!(json(&replayed)["done"], 1, "{replayed}");
     operator.extend(calls);
     operator.extend(one_shot_calls(
@@ -685,7 +709,7 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
     // The audit after recovery, deleting: it finds nothing to delete, but takes the
     // changelog's time (a write) as it would before requesting a deletion.
     let trail = dir.join("audit-trail.jsonl");
-    let auditor = one_shot_calls(
+    auditor.extend(one_shot_calls(
         &config,
         &[
             "audit",
@@ -695,7 +719,7 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
             "--trail",
             trail.to_str().unwrap(),
         ],
-    );
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut problems = Vec::new();

@@ -18,10 +18,14 @@ pub struct DlqArgs {
     #[command(subcommand)]
     command: DlqCommand,
     /// A snapshot of the dead-letter subscription ends once it has been quiet this long
-    /// (after the first delivery; the first is waited for up to 10 s, while the pull
-    /// starts).
+    /// (after the first delivery; see --first-wait).
     #[arg(long, default_value = "3s", value_parser = duration, global = true)]
     quiet: Duration,
+    /// How long to wait for the first dead letter. A message an earlier run held comes
+    /// back at once on Cloud Pub/Sub, but on the emulator only after the subscription's
+    /// ack deadline: wait longer than that there.
+    #[arg(long, default_value = "10s", value_parser = duration, global = true)]
+    first_wait: Duration,
     /// At most this many dead letters per run (they are held in memory while it runs).
     #[arg(long, default_value_t = 10_000, global = true)]
     limit: usize,
@@ -56,8 +60,8 @@ pub async fn run(args: &DlqArgs, config: Config) -> Result<()> {
         .context("connecting to the dead-letter subscription")?;
     let how = Snapshot {
         quiet: args.quiet,
+        first: args.first_wait,
         limit: args.limit,
-        ..Snapshot::default()
     };
     let subscription = &config.pubsub.dead_letter_subscription;
     match &args.command {

@@ -86,6 +86,9 @@ enum Command {
     /// Find LT blobs that neither HV nor the changelog references (orphans) by listing the
     /// bucket; with --delete, hand them to recovery. A dry run by default.
     Audit(audit::AuditArgs),
+    /// Put a change that keeps failing back in line once its cause is fixed: its claim
+    /// count goes back to zero (and its claim lease to the base one).
+    Reset(ops::ResetArgs),
     /// The dead letters: list them by reason, replay them after a fix, purge old ones.
     Dlq(dlq::DlqArgs),
 }
@@ -115,6 +118,7 @@ impl Command {
             Command::Recover(_) => "recover",
             Command::Audit(_) => "audit",
             Command::Dlq(_) => "dlq",
+            Command::Reset(_) => "reset",
         }
     }
 }
@@ -152,6 +156,7 @@ async fn main() -> std::process::ExitCode {
             Command::Recover(args) => ops::recover(args, load_config(&cli)?).await,
             Command::Audit(args) => audit::run(args, load_config(&cli)?).await,
             Command::Dlq(args) => dlq::run(args, load_config(&cli)?).await,
+            Command::Reset(args) => ops::reset(args, load_config(&cli)?).await,
         }
     }
     .await;

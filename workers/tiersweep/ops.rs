@@ -1,4 +1,5 @@
-//! The operator's read-only tools: `status`, `inspect`, `recover --dry-run`.
+//! The operator's tools: `status`, `inspect`, `recover --dry-run` (read only) and
+//! `reset` (puts a failing change back in line).
 
 use anyhow::{Context, Result, bail};
 use tiersweep::Stores;
@@ -93,6 +94,19 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
             b.writer_stamped_in_future
         );
     }
+    if b.failing > 0 {
+        println!(
+            "  failing (claimed {}+ times)  {:>8}   tiersweep inspect <change>; tiersweep reset <change> once fixed",
+            tiersweep::recovery::FAILING_AFTER_CLAIMS,
+            b.failing
+        );
+        for f in &b.failing_rows {
+            println!(
+                "    {} ({}), claimed {} times",
+                f.change, f.object, f.claims
+            );
+        }
+    }
     match &b.oldest_stale {
         Some(o) => println!(
             "oldest stale: {} ({}), {} s old, claimed {} times",
@@ -172,4 +186,50 @@ pub async fn recover(args: &RecoverArgs, config: Config) -> Result<()> {
         "dry run: {changes} stale changes, {blobs} blobs would be deleted, {malformed} malformed rows; nothing was changed"
     );
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    /// The change id of a row that keeps failing (`tiersweep status` lists them).
+    change: String,
+}
+
+/// Sets the row's claim count back to zero, so its claim lease is the base one again, and
+/// restamps it now, so recovery takes it up one staleness threshold from now. Conditional
+/// on the row's owner as read: a claim that moves the row on meanwhile makes the reset
+/// refuse (run it again). Recovery's fence makes a reset harmless whatever it races with.
+pub async fn reset(args: &ResetArgs, config: Config) -> Result<()> {
+    use tiersweep::changelog::Deferral;
+    let id = ChangeId::parse(&args.change).with_context(|| {
+        format!(
+            "{:?} is not a change id (shard/uuid, e.g. 3f/0192…)",
+            args.change
+        )
+    })?;
+    let changelog = tiersweep::stores::connect_changelog(&config, clock::system())
+        .await
+        .context("connecting to the changelog")?;
+    let Some(entry) = changelog.get(&id).await.context("reading the row")? else {
+        bail!("no changelog row {id}: converged already, or never recorded");
+    };
+    let mut record = entry.record;
+    let claims = record.claims;
+    record.claims = 0;
+    match changelog
+        .defer(&id, &record)
+        .await
+        .context("rewriting the row")?
+    {
+        Deferral::Deferred => {
+            tracing::info!(change = %id, object = %record.object, claims, "reset");
+            println!(
+                "reset {id} ({}): was claimed {claims} times; recovery takes it up after the staleness threshold",
+                record.object
+            );
+            Ok(())
+        }
+        Deferral::NotOwned => bail!(
+            "{id} changed owner while it was being reset (a claim or its removal): run tiersweep status and try again"
+        ),
+    }
 }
