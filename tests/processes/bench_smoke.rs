@@ -153,6 +153,8 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
             "300",
             "--stream-put-mib",
             "24",
+            "--audit-blobs",
+            "300,1500",
             "--writes",
             "4",
             "--run-deadline-s",
@@ -209,8 +211,11 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
         workers[2].starts_with("writer put_stream (24 MiB"),
         "{workers:?}"
     );
+    assert!(workers[3].starts_with("audit (300 blobs"), "{workers:?}");
+    assert!(workers[4].starts_with("audit (1500 blobs"), "{workers:?}");
     for (i, m) in memory.iter().enumerate() {
-        assert_eq!(m["items"], if i < 2 { 300 } else { 24 }, "{m}");
+        let items = [300, 300, 24, 300, 1500][i];
+        assert_eq!(m["items"], items, "{m}");
         let (idle, peak) = (
             m["idle_mib"].as_f64().unwrap(),
             m["peak_mib"].as_f64().unwrap(),
@@ -223,6 +228,16 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
     let writer = &memory[2];
     let above = writer["peak_mib"].as_f64().unwrap() - writer["idle_mib"].as_f64().unwrap();
     assert!(above < 20.0, "{writer}");
+    // The audit holds a listing page, not the bucket: five times the blobs, about the same
+    // peak (the full-size run compares 10,000 with 100,000; docs/performance.md).
+    let (small, large) = (
+        memory[3]["peak_mib"].as_f64().unwrap(),
+        memory[4]["peak_mib"].as_f64().unwrap(),
+    );
+    assert!(
+        large < small + 16.0,
+        "audit peak {small} MiB at 300 blobs, {large} at 1500"
+    );
     // put and delete, for the Bigtable changelog inline and in the background, and no-op.
     assert_eq!(report["write_latency"].as_array().unwrap().len(), 6);
 }

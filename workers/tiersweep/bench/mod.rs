@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// peak RSS measured against its idle RSS; 0 skips it.
     #[arg(long, default_value_t = 1024)]
     stream_put_mib: u64,
+    /// Bucket sizes (blobs, comma-separated) of the audit memory runs: a `tiersweep audit`
+    /// process over each, peak RSS sampled; empty skips them.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    audit_blobs: Vec<usize>,
     /// Internal: be the writer process of the streamed-put memory run (config from the
     /// environment, report as JSON on stdout).
     #[arg(long, hide = true)]
@@ -180,6 +184,11 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 report
                     .memory
                     .push(rss::stream_put(e, args.stream_put_mib, deadline).await?);
+            }
+            for &n in args.audit_blobs.iter().filter(|n| **n > 0) {
+                let deadline = Duration::from_secs(args.run_deadline_s.max(600));
+                report.memory.push(rss::audit(e, n, deadline).await?);
+                write_json(&args.out, &report)?;
             }
         }
         // After every setting, so a long run that is stopped keeps what it measured.

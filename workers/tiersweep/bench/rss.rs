@@ -271,3 +271,102 @@ async fn stop(child: &mut Child, pid: u32) {
         let _ = child.kill().await;
     }
 }
+
+/// Peak memory of a `tiersweep audit` process (dry run, every blob judged) over a fresh
+/// bucket of `n` blobs, none referenced: each is listed, joined with HV and counted as an
+/// orphan. Memory must not grow with `n` (the audit holds one listing page, and with
+/// `--delete` the orphans of the ranges in progress). RSS is sampled every 50 ms while the
+/// process runs (its VmHWM is gone once it exits).
+pub async fn audit(emulators: &Emulators, n: usize, deadline: Duration) -> Result<RssRun> {
+    let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
+    let stores = tiersweep::Stores::connect(
+        &config,
+        tiersweep::clock::system(),
+        tiersweep::lt::LtAccess::Write,
+    )
+    .await
+    .context("connecting to the emulators")?;
+    eprintln!("[memory] planting {n} blobs for the audit");
+    let planted = futures::stream::iter(0..n)
+        .map(|i| {
+            let lt = stores.lt.clone();
+            async move {
+                let path = tiersweep::ObjectPath::new(format!("a{:02x}/{i}", i % 251))?;
+                lt.put(
+                    &tiersweep::model::Revision::mint(&path),
+                    bytes::Bytes::from_static(b"x"),
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    planted.into_iter().collect::<Result<Vec<_>>>()?;
+    let exe = std::env::current_exe().context("locating the tiersweep binary")?;
+    eprintln!("[memory] tiersweep audit over {n} blobs");
+    let mut child = Command::new(exe)
+        .args([
+            "audit",
+            "--min-age",
+            "0s",
+            "--json",
+            "--max-lists-per-s",
+            "1000",
+        ])
+        .envs(env_for(&config))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning the audit")?;
+    let pid = child.id().context("the audit exited at once")?;
+    let started = Instant::now();
+    let (mut idle, mut peak, mut cpu) = (None, 0.0_f64, None);
+    let mut samples = Vec::new();
+    while child.try_wait()?.is_none() {
+        if started.elapsed() > deadline {
+            stop(&mut child, pid).await;
+            bail!("the audit of {n} blobs did not finish within {deadline:?}");
+        }
+        if let Ok(rss) = status_mib(pid, "VmRSS:")
+            && rss > 0.0
+        {
+            idle.get_or_insert(rss);
+            peak = peak.max(rss);
+            if samples.len() < 1000 {
+                samples.push((samples.len() as u64, rss));
+            }
+            cpu = tiersweep::bench::cpu::cpu_s(pid).or(cpu);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let output = child
+        .wait_with_output()
+        .await
+        .context("the audit's output")?;
+    if !output.status.success() {
+        bail!("the audit failed with {}", output.status);
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading the audit's report")?;
+    let listed = report["totals"]["listed"].as_u64().unwrap_or(0);
+    if listed != n as u64 {
+        bail!("the audit listed {listed} blobs of {n}");
+    }
+    // Every tenth of the samples, as the other memory runs report them.
+    let step = (samples.len() / 10).max(1);
+    let samples = samples.into_iter().step_by(step).collect();
+    Ok(RssRun {
+        worker: format!("audit ({n} blobs; items = blobs listed)"),
+        items: listed,
+        seconds,
+        idle_mib: idle.unwrap_or(0.0),
+        samples,
+        peak_mib: peak,
+        cpu_s: cpu,
+    })
+}
