@@ -83,6 +83,7 @@ pub struct DemoReport {
     /// judging every blob (no minimum age). It must find no orphan.
     pub audit_listed: u64,
     pub audit_orphans: u64,
+    pub audit_dangling: u64,
     pub elapsed_s: f64,
     pub write_phase_s: f64,
     pub recovery_phase_s: f64,
@@ -287,6 +288,7 @@ pub async fn run(
             prefix: format!("demo/{run_id}/"),
             min_age: Duration::ZERO,
             max_lists_per_s: None,
+            dangling: true,
             ..crate::audit::AuditConfig::default()
         },
     )
@@ -301,7 +303,7 @@ pub async fn run(
             e.to_string(),
         )
     })?;
-    let audit_clean = audit.complete() && audit.totals.orphans == 0;
+    let audit_clean = audit.complete() && audit.totals.orphans == 0 && audit.totals.dangling == 0;
     Ok(DemoReport {
         backend: backend.to_owned(),
         writes: config.writes,
@@ -314,6 +316,7 @@ pub async fn run(
         changelog_remaining: check.changelog_remaining,
         audit_listed: audit.totals.listed,
         audit_orphans: audit.totals.orphans,
+        audit_dangling: audit.totals.dangling,
         elapsed_s: started.elapsed().as_secs_f64(),
         write_phase_s: write_phase.as_secs_f64(),
         recovery_phase_s: recovery_phase.as_secs_f64(),

@@ -68,7 +68,8 @@ ROWS = [
          "Blobs the audit listed and joined with HV and the changelog (exported over OTLP: the audit is a CronJob)."),
         ("Orphans found by age; deletions requested", "short",
          [("orphans {{age}}", "sum by (age) (increase(tiersweep_audit_orphans_total[1h]))"),
-          ("deletions requested", "sum(increase(tiersweep_audit_deletes_requested_total[1h]))")],
+          ("deletions requested", "sum(increase(tiersweep_audit_deletes_requested_total[1h]))"),
+          ("dangling tombstones", "sum(increase(tiersweep_audit_dangling_total[1h]))")],
          "Orphans are blobs neither HV nor the changelog names. After recovery there should be none younger than the changelog's deployment."),
     ]),
     ("Google Cloud calls and processes", [

@@ -82,6 +82,9 @@ pub struct AuditConfig {
     pub max_lists_per_s: Option<f64>,
     /// A range with more orphans than this deletes none of them and is reported failed.
     pub max_orphans_per_range: usize,
+    /// Also scan HV for **dangling tombstones** (naming a blob that does not exist): one
+    /// blob check per large object, so off by default. Reported, never repaired.
+    pub dangling: bool,
 }
 
 impl Default for AuditConfig {
@@ -95,6 +98,7 @@ impl Default for AuditConfig {
             max_deletes_per_s: Some(50.0),
             max_lists_per_s: Some(50.0),
             max_orphans_per_range: 100_000,
+            dangling: false,
         }
     }
 }
@@ -161,6 +165,12 @@ pub struct RangeSummary {
     /// Orphans by age bucket ([`age_bucket`]).
     pub orphans_by_age: BTreeMap<String, u64>,
     pub deletes_requested: u64,
+    /// HV tombstones checked (with `dangling`).
+    #[serde(default)]
+    pub tombstones_checked: u64,
+    /// Tombstones naming a blob that does not exist, confirmed by a second look.
+    #[serde(default)]
+    pub dangling: u64,
 }
 
 impl RangeSummary {
@@ -172,6 +182,8 @@ impl RangeSummary {
         self.foreign += other.foreign;
         self.orphans += other.orphans;
         self.deletes_requested += other.deletes_requested;
+        self.tombstones_checked += other.tombstones_checked;
+        self.dangling += other.dangling;
         for (bucket, n) in &other.orphans_by_age {
             *self.orphans_by_age.entry(bucket.clone()).or_default() += n;
         }
@@ -211,6 +223,13 @@ pub struct OrphanSeen {
     pub age_s: u64,
 }
 
+/// A tombstone whose blob is missing, as a report names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DanglingSeen {
+    pub object: String,
+    pub blob: String,
+}
+
 /// The outcome of an audit (JSON with `tiersweep audit --report`).
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
@@ -226,6 +245,8 @@ pub struct AuditReport {
     pub ranges: Vec<RangeReport>,
     /// The first orphans found (at most [`ORPHAN_EXAMPLES`]).
     pub orphan_examples: Vec<OrphanSeen>,
+    /// The first dangling tombstones found (at most [`ORPHAN_EXAMPLES`]).
+    pub dangling_examples: Vec<DanglingSeen>,
 }
 
 impl AuditReport {
@@ -372,6 +393,7 @@ impl Audit {
             deletes: Pacer::new(config.max_deletes_per_s),
             lists: Pacer::new(config.max_lists_per_s),
             examples: std::sync::Mutex::new(Vec::new()),
+            dangling: std::sync::Mutex::new(Vec::new()),
         };
         let all = ranges::split(&config.prefix, config.ranges);
         let mut reports: Vec<RangeReport> = Vec::with_capacity(all.len());
@@ -440,6 +462,10 @@ impl Audit {
                 .examples
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner()),
+            dangling_examples: judge
+                .dangling
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner()),
         };
         if out.complete()
             && let Some(cp) = &self.checkpoint
@@ -477,6 +503,7 @@ struct Judge<'a> {
     deletes: Pacer,
     lists: Pacer,
     examples: std::sync::Mutex<Vec<OrphanSeen>>,
+    dangling: std::sync::Mutex<Vec<DanglingSeen>>,
 }
 
 /// An orphan held until its range is listed to the end.
@@ -519,6 +546,11 @@ impl Judge<'_> {
             if token.is_none() {
                 break;
             }
+        }
+        if self.config.dangling
+            && let Err(e) = self.check_tombstones(range, &mut summary).await
+        {
+            return (failed(format!("checking tombstones: {e}")), summary);
         }
         for orphan in orphans {
             if !self.deletes.wait(self.cancel).await {
@@ -602,6 +634,66 @@ impl Judge<'_> {
                 created,
                 age_s: age.as_secs(),
             });
+        }
+    }
+
+    /// Scans the range's HV rows for tombstones and checks that each names a blob that
+    /// exists. A missing one is looked at again — HV first, then LT — before it is
+    /// reported: an overwrite or delete that committed meanwhile moved HV off it.
+    async fn check_tombstones(
+        &self,
+        range: &NameRange,
+        summary: &mut RangeSummary,
+    ) -> StoreResult<()> {
+        let mut after: Option<ObjectPath> = None;
+        loop {
+            if !self.lists.wait(self.cancel).await {
+                return Ok(());
+            }
+            let page = self
+                .stores
+                .hv
+                .scan_tombstones(range, after.as_ref(), HV_BATCH)
+                .await?;
+            summary.tombstones_checked += page.tombstones.len() as u64;
+            let lt = &self.stores.lt;
+            let missing: Vec<(ObjectPath, Revision)> = futures::stream::iter(page.tombstones)
+                .map(|(path, rev)| async move {
+                    lt.exists(&rev)
+                        .await
+                        .map(|found| (!found).then_some((path, rev)))
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .filter_map(Result::transpose)
+                .collect::<StoreResult<_>>()?;
+            for (path, rev) in missing {
+                let now = self
+                    .stores
+                    .hv
+                    .tombstones(std::slice::from_ref(&path))
+                    .await?;
+                if now.first().cloned().flatten().as_ref() != Some(&rev) || lt.exists(&rev).await? {
+                    continue;
+                }
+                summary.dangling += 1;
+                METRICS.audit_dangling.inc();
+                tracing::error!(object = %path, blob = %rev,
+                    "dangling tombstone: HV names a blob that does not exist");
+                let mut seen = self.dangling.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.len() < ORPHAN_EXAMPLES {
+                    seen.push(DanglingSeen {
+                        object: path.to_string(),
+                        blob: rev.to_string(),
+                    });
+                }
+            }
+            after = page.resume_after;
+            if after.is_none() {
+                return Ok(());
+            }
         }
     }
 

@@ -18,10 +18,10 @@
 
 use async_trait::async_trait;
 use bigtable_rs::bigtable::RowCell;
-use bigtable_rs::google::bigtable::v2::RowSet;
+use bigtable_rs::google::bigtable::v2::{RowRange, RowSet, row_range};
 use bytes::Bytes;
 
-use super::{CasOutcome, HvRow, HvStore, HvWrite, Version};
+use super::{CasOutcome, HvRow, HvStore, HvWrite, TombstonePage, Version};
 use crate::bigtable::filter::{
     SERVER_TIME, chain, column, delete_family, family, latest, set_cell, value_is,
 };
@@ -181,6 +181,58 @@ impl HvStore for BigtableHv {
             .collect())
     }
 
+    async fn scan_tombstones(
+        &self,
+        range: &crate::lt::NameRange,
+        start_after: Option<&ObjectPath>,
+        limit: usize,
+    ) -> StoreResult<TombstonePage> {
+        let from = match &range.start {
+            Some(s) if s.as_str() > range.prefix.as_str() => s.clone(),
+            _ => range.prefix.clone(),
+        };
+        let start_key = match start_after {
+            Some(after) if after.as_str() >= from.as_str() => {
+                row_range::StartKey::StartKeyOpen(after.as_str().as_bytes().to_vec())
+            }
+            _ => row_range::StartKey::StartKeyClosed(from.into_bytes()),
+        };
+        let end = range.end.clone().or_else(|| prefix_end(&range.prefix));
+        let rows = RowSet {
+            row_keys: vec![],
+            row_ranges: vec![RowRange {
+                start_key: Some(start_key),
+                end_key: end.map(|e| row_range::EndKey::EndKeyOpen(e.into_bytes())),
+            }],
+        };
+        let filter = chain(vec![column(DATA, TOMBSTONE), latest()]);
+        let found = self
+            .client
+            .read_rows(&self.table, rows, filter, limit)
+            .await?;
+        let mut page = TombstonePage::default();
+        let full = found.len() >= limit;
+        for (key, cells) in found {
+            let row = self.decode(&key, cells)?;
+            let path = String::from_utf8(key.clone())
+                .ok()
+                .and_then(|k| ObjectPath::new(k).ok());
+            let Some(path) = path else {
+                tracing::warn!(row = %String::from_utf8_lossy(&key), "HV row key is not an object path; skipped");
+                continue;
+            };
+            if let Some(HvValue::Tombstone(rev)) = row.value
+                && range.contains(path.as_str())
+            {
+                page.tombstones.push((path.clone(), rev));
+            }
+            if full {
+                page.resume_after = Some(path);
+            }
+        }
+        Ok(page)
+    }
+
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
@@ -232,4 +284,17 @@ impl HvStore for BigtableHv {
             .check_and_mutate(&self.table, key, names_rev, fence(), fence())
             .await
     }
+}
+
+/// The first key past every key that starts with `prefix` (`None`: no such key, or an empty
+/// prefix, which covers the whole table).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
 }

@@ -2,18 +2,19 @@
 //! unit tests, the simulation and the embedded demo. Like the real table, a row that was
 //! ever written stays, holding at least its version.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{CasOutcome, HvRow, HvStore, HvWrite, Version};
+use super::{CasOutcome, HvRow, HvStore, HvWrite, TombstonePage, Version};
 use crate::error::StoreResult;
 use crate::model::{HvValue, ObjectPath, Revision};
 
 #[derive(Debug, Default)]
 pub struct MemoryHv {
-    rows: Mutex<HashMap<ObjectPath, HvRow>>,
+    /// In key order, as Bigtable keeps rows, so that range scans page like the real one.
+    rows: Mutex<BTreeMap<ObjectPath, HvRow>>,
 }
 
 impl MemoryHv {
@@ -47,6 +48,31 @@ impl MemoryHv {
 
 #[async_trait]
 impl HvStore for MemoryHv {
+    async fn scan_tombstones(
+        &self,
+        range: &crate::lt::NameRange,
+        start_after: Option<&ObjectPath>,
+        limit: usize,
+    ) -> StoreResult<TombstonePage> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut page = TombstonePage::default();
+        let mut read = 0;
+        for (path, row) in rows.iter() {
+            if start_after.is_some_and(|after| path <= after) || !range.contains(path.as_str()) {
+                continue;
+            }
+            if read == limit {
+                page.resume_after = page.tombstones.last().map(|(p, _)| p.clone());
+                break;
+            }
+            if let Some(HvValue::Tombstone(rev)) = &row.value {
+                read += 1;
+                page.tombstones.push((path.clone(), rev.clone()));
+            }
+        }
+        Ok(page)
+    }
+
     async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow> {
         Ok(self.with_row(path, |row| row.clone()))
     }

@@ -134,6 +134,15 @@ pub fn outcome_of_refused(stamp: &Version, current: Option<&Version>) -> CasOutc
     }
 }
 
+/// One page of [`HvStore::scan_tombstones`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TombstonePage {
+    /// Objects whose row holds a tombstone, in key order, with the revision it names.
+    pub tombstones: Vec<(ObjectPath, Revision)>,
+    /// Pass back as `start_after` to continue; `None` once the range is done.
+    pub resume_after: Option<ObjectPath>,
+}
+
 #[async_trait]
 pub trait HvStore: Send + Sync + std::fmt::Debug {
     /// The row's value and version, in one read.
@@ -171,6 +180,17 @@ pub trait HvStore: Send + Sync + std::fmt::Debug {
         write: &HvWrite,
         stamp: &Version,
     ) -> StoreResult<CasOutcome>;
+
+    /// Up to `limit` rows of `range` (object paths, compared like blob names) after
+    /// `start_after` that hold a tombstone, in key order: how `tiersweep audit --dangling`
+    /// finds tombstones whose blob is missing. Bigtable reads the tombstone cell alone, and
+    /// rows without one are skipped by the server.
+    async fn scan_tombstones(
+        &self,
+        range: &crate::lt::NameRange,
+        start_after: Option<&ObjectPath>,
+        limit: usize,
+    ) -> StoreResult<TombstonePage>;
 
     /// Stamps the row with a fresh version, unconditionally, and answers in the same call
     /// whether the row's tombstone names `rev` at that moment (an absent row and an inline

@@ -174,6 +174,7 @@ pub struct Metrics {
     pub audit_orphans_7d_30d: Counter,
     pub audit_orphans_ge_30d: Counter,
     pub audit_deletes_requested: Counter,
+    pub audit_dangling: Counter,
     pub recovery_lag: Histogram,
     backlog: Mutex<BTreeMap<String, Backlog>>,
     /// What this process is (`scan`, `clean`, …), for `tiersweep_build_info`.
@@ -277,6 +278,11 @@ impl Metrics {
             audit_orphans_1d_7d: Counter::labelled(ORPHANS, ORPHANS_HELP, "age", "1d_7d"),
             audit_orphans_7d_30d: Counter::labelled(ORPHANS, ORPHANS_HELP, "age", "7d_30d"),
             audit_orphans_ge_30d: Counter::labelled(ORPHANS, ORPHANS_HELP, "age", "ge_30d"),
+            audit_dangling: Counter::new(
+                "tiersweep.audit.dangling",
+                "HV tombstones an audit (--dangling) found naming a blob that does not exist, \
+                 confirmed by a second look.",
+            ),
             audit_deletes_requested: Counter::new(
                 "tiersweep.audit.deletes_requested",
                 "Orphans an audit handed to recovery for deletion (one changelog row each).",
@@ -340,7 +346,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 30] {
+    pub fn counters(&self) -> [&Counter; 31] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
@@ -372,6 +378,7 @@ impl Metrics {
             &self.audit_orphans_7d_30d,
             &self.audit_orphans_ge_30d,
             &self.audit_deletes_requested,
+            &self.audit_dangling,
         ]
     }
 

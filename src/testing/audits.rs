@@ -34,6 +34,7 @@ macro_rules! audit_scenarios {
             an_audit_finds_exactly_the_orphans_and_recovery_deletes_them,
             a_listing_error_deletes_nothing_in_its_range,
             an_audit_resumes_the_ranges_it_did_not_finish,
+            an_audit_reports_exactly_the_dangling_tombstones,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -372,4 +373,56 @@ pub async fn an_audit_resumes_the_ranges_it_did_not_finish(
         "removed when complete"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tombstone whose blob was lost (deleted behind the writer's back) is reported; the
+/// tombstones of live objects, overwritten ones included, are not. Nothing is repaired.
+pub async fn an_audit_reports_exactly_the_dangling_tombstones(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let prefix = format!("audit{}/", uuid::Uuid::now_v7().simple());
+    let writer = TieredStorage::new(stores.clone(), test_writer_config(protocol))
+        .expect("valid writer config");
+    let (lost, kept, overwritten) = (
+        path_in(&prefix, 'a'),
+        path_in(&prefix, 'M'),
+        path_in(&prefix, '3'),
+    );
+    for path in [&lost, &kept, &overwritten] {
+        writer.put(path, large("v1")).await.expect("a put");
+    }
+    writer
+        .put(&overwritten, large("v2"))
+        .await
+        .expect("an overwrite");
+    let blob = match stores.hv.read(&lost).await.expect("reading HV") {
+        Some(crate::model::HvValue::Tombstone(rev)) => rev,
+        other => panic!("a large object is a tombstone: {other:?}"),
+    };
+    stores.lt.delete(&blob).await.expect("losing the blob");
+    let trail = Arc::new(MemoryTrail::default());
+    let report = audit(
+        &stores,
+        AuditConfig {
+            dangling: true,
+            ..config(protocol, &prefix, false)
+        },
+        &trail,
+    )
+    .await;
+    assert!(report.complete(), "{report:#?}");
+    assert_eq!(report.totals.tombstones_checked, 3, "{report:#?}");
+    assert_eq!(report.totals.dangling, 1);
+    assert_eq!(
+        report.dangling_examples,
+        vec![crate::audit::DanglingSeen {
+            object: lost.to_string(),
+            blob: blob.to_string(),
+        }]
+    );
+    assert!(
+        matches!(stores.hv.read(&lost).await.expect("reading HV"), Some(crate::model::HvValue::Tombstone(r)) if r == blob),
+        "reported, not repaired"
+    );
 }

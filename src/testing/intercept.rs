@@ -117,6 +117,17 @@ impl<H: Intercept> HvStore for HookedHv<H> {
         let call = Box::pin(async move { inner.read_row(&path).await });
         self.hook.run(Op::HvRead, StoreKind::Hv, call).await
     }
+    async fn scan_tombstones(
+        &self,
+        range: &crate::lt::NameRange,
+        start_after: Option<&ObjectPath>,
+        limit: usize,
+    ) -> StoreResult<crate::hv::TombstonePage> {
+        let (inner, range, after) = (self.inner.clone(), range.clone(), start_after.cloned());
+        let call =
+            Box::pin(async move { inner.scan_tombstones(&range, after.as_ref(), limit).await });
+        self.hook.run(Op::HvRead, StoreKind::Hv, call).await
+    }
     async fn tombstones(&self, paths: &[ObjectPath]) -> StoreResult<Vec<Option<Revision>>> {
         let (inner, paths) = (self.inner.clone(), paths.to_vec());
         let call = Box::pin(async move { inner.tombstones(&paths).await });

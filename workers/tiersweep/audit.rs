@@ -69,6 +69,10 @@ pub struct AuditArgs {
     /// every blob look orphaned).
     #[arg(long, default_value_t = 100_000)]
     max_orphans_per_range: usize,
+    /// Also check that every HV tombstone names a blob that exists (one blob check per
+    /// large object); dangling ones are reported, never repaired.
+    #[arg(long)]
+    dangling: bool,
     /// Save progress here after each range, and resume from it; removed once the audit
     /// completes.
     #[arg(long, value_name = "FILE")]
@@ -91,6 +95,7 @@ pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
         max_deletes_per_s: Some(args.max_deletes_per_s),
         max_lists_per_s: Some(args.max_lists_per_s),
         max_orphans_per_range: args.max_orphans_per_range,
+        dangling: args.dangling,
     };
     audit_config
         .validate()
@@ -217,6 +222,15 @@ fn print_summary(r: &AuditReport) {
     for range in &r.ranges {
         if let RangeState::Failed { error } = &range.state {
             println!("  range {} FAILED: {error}", range.index);
+        }
+    }
+    if t.tombstones_checked > 0 || t.dangling > 0 {
+        println!(
+            "  tombstones checked: {}, dangling: {}",
+            t.tombstones_checked, t.dangling
+        );
+        for d in &r.dangling_examples {
+            println!("  DANGLING {} -> {} (missing)", d.object, d.blob);
         }
     }
     for o in r.orphan_examples.iter().take(10) {

@@ -179,7 +179,7 @@ fn print(r: &DemoReport, json: bool) -> Result<()> {
     eprintln!(
         "{verdict} on {}: {} writes ({} acknowledged, {} crashed); recovery converged {} changes in {:.1} s\n\
          invariants: {} orphaned blobs, {} dangling tombstones, {} lost objects, {} changelog rows left\n\
-         audit (listing LT, independent of the changelog): {} blobs listed, {} orphans",
+         audit (listing LT, independent of the changelog): {} blobs listed, {} orphans, {} dangling tombstones",
         r.backend,
         r.writes,
         r.acked,
@@ -191,7 +191,8 @@ fn print(r: &DemoReport, json: bool) -> Result<()> {
         r.lost_objects,
         r.changelog_remaining,
         r.audit_listed,
-        r.audit_orphans
+        r.audit_orphans,
+        r.audit_dangling
     );
     if json {
         println!("{}", serde_json::to_string(r)?);

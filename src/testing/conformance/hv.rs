@@ -240,6 +240,71 @@ pub async fn tombstones_are_read_in_one_batch_in_order(hv: &dyn HvStore) {
     assert_eq!(hv.tombstones(&[]).await.unwrap(), vec![]);
 }
 
+/// A range scan pages through exactly the rows of the range that hold a tombstone, in key
+/// order, with the revision each names: not inline values, deleted objects or fenced rows.
+pub async fn a_tombstone_scan_pages_through_its_range(hv: &dyn HvStore) {
+    use crate::lt::NameRange;
+    let dir = format!("scan{}/", uuid::Uuid::now_v7().simple());
+    let at = |s: &str| ObjectPath::new(format!("{dir}{s}")).unwrap();
+    let mut expected = Vec::new();
+    for name in ["b1", "b2", "c1", "c2", "c3"] {
+        let p = at(name);
+        let rev = Revision::mint(&p);
+        hv.compare_and_write(&p, None, &HvWrite::tombstone(rev.clone()), &Version::mint())
+            .await
+            .unwrap();
+        expected.push((p, rev));
+    }
+    for name in ["a1", "d1"] {
+        let p = at(name);
+        hv.compare_and_write(
+            &p,
+            None,
+            &HvWrite::tombstone(Revision::mint(&p)),
+            &Version::mint(),
+        )
+        .await
+        .unwrap();
+    }
+    hv.compare_and_write(&at("b3"), None, &inline(b"x"), &Version::mint())
+        .await
+        .unwrap();
+    let v = Version::mint();
+    let gone = at("c0");
+    hv.compare_and_write(&gone, None, &HvWrite::tombstone(Revision::mint(&gone)), &v)
+        .await
+        .unwrap();
+    hv.compare_and_write(&gone, Some(&v), &HvWrite::Delete, &Version::mint())
+        .await
+        .unwrap();
+    hv.fence(&at("c4"), &Revision::mint(&at("c4")))
+        .await
+        .unwrap();
+    let range = NameRange {
+        prefix: dir.clone(),
+        start: Some(format!("{dir}b")),
+        end: Some(format!("{dir}d")),
+    };
+    let mut seen = Vec::new();
+    let mut after: Option<ObjectPath> = None;
+    for _ in 0..10 {
+        let page = hv.scan_tombstones(&range, after.as_ref(), 2).await.unwrap();
+        assert!(page.tombstones.len() <= 2);
+        seen.extend(page.tombstones);
+        after = page.resume_after;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, expected);
+    let whole = hv
+        .scan_tombstones(&NameRange::prefix(dir.clone()), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(whole.tombstones.len(), 7, "{whole:?}");
+    assert_eq!(whole.resume_after, None);
+}
+
 pub async fn a_deleted_row_keeps_its_version(hv: &dyn HvStore) {
     let p = path();
     assert!(

@@ -40,6 +40,7 @@ macro_rules! hv_conformance {
                 a_fence_refuses_every_earlier_expectation,
                 a_fence_answers_for_the_tombstone_exactly,
                 tombstones_are_read_in_one_batch_in_order,
+                a_tombstone_scan_pages_through_its_range,
                 a_deleted_row_keeps_its_version,
                 a_straggler_never_lands_after_a_later_write,
                 metadata_travels_with_the_data,

@@ -147,6 +147,14 @@ impl HvStore for ScopeWitness {
     async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow> {
         self.inner.read_row(path).await
     }
+    async fn scan_tombstones(
+        &self,
+        range: &crate::lt::NameRange,
+        start_after: Option<&ObjectPath>,
+        limit: usize,
+    ) -> StoreResult<crate::hv::TombstonePage> {
+        self.inner.scan_tombstones(range, start_after, limit).await
+    }
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
