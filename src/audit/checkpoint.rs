@@ -14,10 +14,15 @@ use super::{AuditError, RangeSummary};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Progress {
+    /// The run id the audit started with.
     pub run: String,
+    /// The prefix audited.
     pub prefix: String,
+    /// How many ranges the prefix was split into.
     pub ranges: usize,
+    /// The minimum age, in milliseconds.
     pub min_age_ms: u64,
+    /// Whether orphans are handed to recovery.
     pub delete: bool,
     /// Finished ranges by index.
     pub done: BTreeMap<usize, RangeSummary>,
@@ -38,10 +43,12 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint kept at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
     }
 
+    /// Where the checkpoint is kept.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -104,6 +104,7 @@ impl Default for AuditConfig {
 }
 
 impl AuditConfig {
+    /// Refuses settings the audit cannot run with, naming the setting.
     pub fn validate(&self) -> Result<(), AuditError> {
         let bad = |what: &str| Err(AuditError::Config(what.to_owned()));
         if self.ranges == 0 || self.ranges > ranges::MAX_RANGES {
@@ -128,30 +129,58 @@ impl AuditConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why an audit could not run (a range's failure is in its [`RangeReport`] instead).
 pub enum AuditError {
     #[error("invalid audit configuration: {0}")]
+    /// A setting is out of range, or `delete` was asked without a trail.
     Config(String),
     #[error("audit checkpoint {path}: {reason}")]
-    Checkpoint { path: String, reason: String },
+    /// The checkpoint file cannot be read, parsed or written.
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     #[error(
         "audit checkpoint {path} belongs to another audit ({theirs}); pass the same \
          parameters to resume it, or remove the file to start over"
     )]
-    CheckpointMismatch { path: String, theirs: String },
+    /// The checkpoint file records an audit with other parameters.
+    CheckpointMismatch {
+        /// The file.
+        path: String,
+        /// The parameters it records.
+        theirs: String,
+    },
     #[error("reading the changelog before the audit: {0}")]
+    /// The changelog could not be read before listing.
     Snapshot(StoreError),
     #[error(
         "the changelog holds {count} malformed row(s) (first: {first}); such a row may name \
          any blob, so the audit deletes nothing until they are repaired (tiersweep inspect)"
     )]
-    MalformedChangelog { count: u64, first: String },
+    /// The changelog holds rows that do not decode, and the audit was to delete.
+    MalformedChangelog {
+        /// How many.
+        count: u64,
+        /// The first one's row key.
+        first: String,
+    },
     #[error("audit trail {target}: {reason}")]
-    Trail { target: String, reason: String },
+    /// The trail refused an entry: no deletion is requested without one.
+    Trail {
+        /// Where the trail is kept.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// What an audit found in one range (or in all: [`AuditReport::totals`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeSummary {
+    /// Blobs listed.
     pub listed: u64,
     /// HV's tombstone names it.
     pub referenced: u64,
@@ -161,9 +190,11 @@ pub struct RangeSummary {
     pub young: u64,
     /// Not a revision name: not tiersweep's, never judged.
     pub foreign: u64,
+    /// Blobs judged orphans.
     pub orphans: u64,
     /// Orphans by age bucket ([`age_bucket`]).
     pub orphans_by_age: BTreeMap<String, u64>,
+    /// Orphans handed to recovery (with `delete`).
     pub deletes_requested: u64,
     /// HV tombstones checked (with `dangling`).
     #[serde(default)]
@@ -200,48 +231,70 @@ pub enum RangeState {
     Resumed,
     /// Stopped by an error; nothing was deleted in it after the error, and nothing at all
     /// unless the error came while requesting deletions.
-    Failed { error: String },
+    Failed {
+        /// The error, as the report shows it.
+        error: String,
+    },
     /// Stopped by shutdown before its end; no deletion requested.
     Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One range of an audit and how it ended.
 pub struct RangeReport {
+    /// Its index among the audit's ranges (what the checkpoint records).
     pub index: usize,
+    /// Its first name, inclusive (`None`: from the prefix on).
     pub start: Option<String>,
+    /// The first name past it (`None`: to the end of the prefix).
     pub end: Option<String>,
     #[serde(flatten)]
+    /// How it ended.
     pub state: RangeState,
+    /// What it found.
     pub summary: RangeSummary,
 }
 
 /// One orphan, as a report names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrphanSeen {
+    /// The blob's name (its revision).
     pub blob: String,
+    /// When GCS created it.
     pub created: Timestamp,
+    /// Its age when the audit began judging, in seconds.
     pub age_s: u64,
 }
 
 /// A tombstone whose blob is missing, as a report names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DanglingSeen {
+    /// The object whose HV row holds the tombstone.
     pub object: String,
+    /// The blob the tombstone names, which does not exist.
     pub blob: String,
 }
 
 /// The outcome of an audit (JSON with `tiersweep audit --report`).
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
+    /// The run id (a resumed audit keeps its first run's).
     pub run: String,
+    /// The prefix audited.
     pub prefix: String,
+    /// The minimum age, in seconds.
     pub min_age_s: u64,
+    /// Whether orphans were handed to recovery.
     pub delete: bool,
     /// The changelog's time when the audit began judging.
     pub judged_at: Timestamp,
+    /// Changelog rows read for the snapshot.
     pub changelog_rows: u64,
+    /// Of them, rows that do not decode.
     pub malformed_changelog_rows: u64,
+    /// What every range found, added up.
     pub totals: RangeSummary,
+    /// Every range, in order.
     pub ranges: Vec<RangeReport>,
     /// The first orphans found (at most [`ORPHAN_EXAMPLES`]).
     pub orphan_examples: Vec<OrphanSeen>,
@@ -279,9 +332,13 @@ pub fn age_bucket(age: Duration) -> &'static str {
 /// Live counts of an audit in progress, for a progress display.
 #[derive(Debug, Default)]
 pub struct Counts {
+    /// Blobs listed so far.
     pub listed: AtomicU64,
+    /// Orphans found so far.
     pub orphans: AtomicU64,
+    /// Deletions requested so far.
     pub deletes_requested: AtomicU64,
+    /// Ranges finished (done, failed or interrupted).
     pub ranges_finished: AtomicU64,
 }
 
@@ -297,6 +354,7 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// An audit of `stores` with `config`; no checkpoint, no trail, never cancelled.
     pub fn new(stores: Stores, config: AuditConfig) -> Self {
         Self {
             stores,
@@ -332,6 +390,7 @@ impl Audit {
         self.counts.clone()
     }
 
+    /// Runs the audit to its end (or its cancellation): every range not finished by an earlier run of its checkpoint.
     pub async fn run(self) -> Result<AuditReport, AuditError> {
         let config = &self.config;
         config.validate()?;

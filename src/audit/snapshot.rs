@@ -31,6 +31,7 @@ pub struct InFlight {
     /// Keys of rows that do not decode (at most [`MALFORMED_KEPT`]), and how many there
     /// were: such a row may name any blob, so an audit that found one deletes nothing.
     pub malformed: Vec<String>,
+    /// How many rows did not decode.
     pub malformed_count: u64,
 }
 

@@ -14,13 +14,17 @@ use crate::model::{ChangeId, Timestamp};
 /// recovery change that will delete it (look it up with `tiersweep inspect`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeletionRequested {
+    /// The audit run that asked.
     pub run: String,
+    /// The orphan's name (its revision).
     pub blob: String,
+    /// The recovery change recorded to delete it.
     pub change: ChangeId,
     /// When GCS created the blob.
     pub created: Timestamp,
     /// Its age when the audit's changelog snapshot was taken.
     pub age_s: u64,
+    /// Why it was judged an orphan.
     pub reason: &'static str,
     /// The changelog's time when the audit began judging.
     pub judged_at: Timestamp,
@@ -31,6 +35,7 @@ pub struct DeletionRequested {
 /// fails, so no deletion goes unrecorded.
 #[async_trait]
 pub trait AuditTrail: Send + Sync + std::fmt::Debug {
+    /// Records one deletion, durably, before it is requested.
     async fn requested(&self, entry: &DeletionRequested) -> Result<(), AuditError>;
 }
 
