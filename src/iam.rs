@@ -77,6 +77,8 @@ pub enum Method {
     PubsubGetTopic,
     PubsubGetSubscription,
     PubsubStreamingPull,
+    /// Unary pull (`tiersweep dlq`'s snapshots).
+    PubsubPull,
     /// Acks, sent by the client library in batches; counted per message settled.
     PubsubAcknowledge,
     /// Nacks (deadline 0), counted per message settled. Lease extensions are sent by the
@@ -85,7 +87,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 15] = [
+    pub const ALL: [Method; 16] = [
         Method::BigtableReadRows,
         Method::BigtableCheckAndMutateRow,
         Method::BigtableMutateRow,
@@ -99,6 +101,7 @@ impl Method {
         Method::PubsubGetTopic,
         Method::PubsubGetSubscription,
         Method::PubsubStreamingPull,
+        Method::PubsubPull,
         Method::PubsubAcknowledge,
         Method::PubsubModifyAckDeadline,
     ];
@@ -118,6 +121,7 @@ impl Method {
             Method::PubsubGetTopic => "pubsub.GetTopic",
             Method::PubsubGetSubscription => "pubsub.GetSubscription",
             Method::PubsubStreamingPull => "pubsub.StreamingPull",
+            Method::PubsubPull => "pubsub.Pull",
             Method::PubsubAcknowledge => "pubsub.Acknowledge",
             Method::PubsubModifyAckDeadline => "pubsub.ModifyAckDeadline",
         }
@@ -145,6 +149,7 @@ impl Method {
             Method::PubsubGetTopic => &["pubsub.topics.get"],
             Method::PubsubGetSubscription => &["pubsub.subscriptions.get"],
             Method::PubsubStreamingPull
+            | Method::PubsubPull
             | Method::PubsubAcknowledge
             | Method::PubsubModifyAckDeadline => &["pubsub.subscriptions.consume"],
         }

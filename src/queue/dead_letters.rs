@@ -36,7 +36,7 @@ impl Default for Snapshot {
     fn default() -> Self {
         Self {
             quiet: Duration::from_secs(3),
-            first: Duration::from_secs(10),
+            first: Duration::from_secs(5),
             limit: 10_000,
         }
     }

@@ -13,6 +13,7 @@
 pub mod dead_letters;
 pub mod memory;
 pub mod pubsub;
+mod pull;
 
 use std::collections::BTreeMap;
 

@@ -92,6 +92,8 @@ pub struct PubsubQueue {
     lease_extension: Duration,
     /// The subscription's dead-letter policy's delivery limit (cleaners' connections only).
     max_delivery_attempts: Option<u32>,
+    /// Unary pull instead of a streaming pull (the dead-letter tools' connections).
+    unary: Option<super::pull::RestPull>,
 }
 
 fn queue_error(op: &'static str, target: &str, e: impl std::fmt::Display) -> StoreError {
@@ -165,6 +167,16 @@ impl PubsubQueue {
                 Some(credentials::anonymous::Builder::new().build()),
             ),
             None => (None, None),
+        };
+        // The dead-letter tools' REST calls against Cloud Pub/Sub: Application Default
+        // Credentials, as the client library uses.
+        let rest_credentials = match (purpose, &config.emulator_host) {
+            (Purpose::DeadLetters, None) => Some(
+                credentials::Builder::default()
+                    .build()
+                    .map_err(|e| fail(ErrorKind::Permanent, format!("loading credentials: {e}")))?,
+            ),
+            _ => None,
         };
         macro_rules! configure {
             ($builder:expr) => {{
@@ -247,6 +259,15 @@ impl PubsubQueue {
                 .set_delay_threshold(Duration::from_millis(10))
                 .build()
         };
+        let unary = (purpose == Purpose::DeadLetters).then(|| super::pull::RestPull {
+            http: reqwest::Client::new(),
+            endpoint: endpoint
+                .clone()
+                .unwrap_or_else(|| "https://pubsub.googleapis.com".to_owned()),
+            subscription: subscription.clone(),
+            resource: subscription_resource,
+            credentials: rest_credentials.clone(),
+        });
         Ok(Self {
             jobs: publisher(&config.topic),
             dead_letters: publisher(&config.dead_letter_topic),
@@ -257,6 +278,7 @@ impl PubsubQueue {
             dead_letter_topic: config.topic_path(&config.dead_letter_topic),
             lease_extension: config.lease_extension,
             max_delivery_attempts,
+            unary,
         })
     }
 
@@ -321,6 +343,9 @@ impl JobQueue for PubsubQueue {
     }
 
     async fn subscribe(&self, flow: FlowControl) -> StoreResult<Box<dyn Subscription>> {
+        if let Some(unary) = &self.unary {
+            return Ok(unary.subscribe(flow));
+        }
         let opener = StreamOpener {
             subscriber: self.subscriber.clone(),
             subscription: self.subscription.clone(),

@@ -86,6 +86,9 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// How long a stopping cleaner waits for its subscription to send its last acks.
+const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Cleaner {
     /// A cleaner over `stores`, whose changelog reads and removals it batches across the
     /// jobs in flight ([`Batched`](crate::changelog::Batched)).
@@ -363,6 +366,9 @@ impl Cleaner {
                 }
             }
         }
+        // No more deliveries, and what the client pulled ahead goes back to the pool once
+        // the stream closes, instead of waiting out its lease with a process that is gone.
+        subscription.stop_pulling().await;
         tracker.close();
         if tokio::time::timeout(drain_deadline, tracker.wait())
             .await
@@ -371,6 +377,11 @@ impl Cleaner {
             tracing::warn!(
                 "in-flight jobs did not finish within the drain deadline; they will be redelivered"
             );
+        } else if tokio::time::timeout(CLOSE_DEADLINE, subscription.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the subscription did not close in time; unsent acks are redelivered");
         }
         tracing::info!("cleaner stopped");
     }

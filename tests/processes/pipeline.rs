@@ -652,14 +652,23 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
     let cleaner = logged_worker(&config, &["clean"], &dir.join("clean.log"));
     wait_until_empty(&stores, Duration::from_secs(120)).await;
     // The operator's dead-letter tools: list the poison message (the cleaner dead-letters
-    // it), replay it, purge nothing younger than a day. (Checked by their output, not by
-    // pulling the subscription here: the emulator keeps handing messages to the pull
-    // stream of a process that has exited, until their ack deadline.)
+    // it), replay it, purge nothing younger than a day.
     let json = |out: &str| -> serde_json::Value {
         serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
     };
-    let (listed, calls) = one_shot(
-        &config,
+    // Each retried while it sees nothing (a pull may answer empty).
+    let retried = |args: &[&str], key: &str| {
+        let give_up = std::time::Instant::now() + Duration::from_secs(90);
+        let mut calls = BTreeSet::new();
+        loop {
+            let (out, more) = one_shot(&config, args);
+            calls.extend(more);
+            if json(&out)[key] == 1 || std::time::Instant::now() > give_up {
+                return (out, calls);
+            }
+        }
+    };
+    let (listed, calls) = retried(
         &[
             "dlq",
             "list",
@@ -667,8 +676,9 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
             "--quiet",
             "1s",
             "--first-wait",
-            "15s",
+            "25s",
         ],
+        "total",
     );
     assert_eq!(
         json(&listed)["total"],
@@ -676,8 +686,7 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
         "the poison message is dead-lettered: {listed}"
     );
     operator.extend(calls);
-    let (replayed, calls) = one_shot(
-        &config,
+    let (replayed, calls) = retried(
         &[
             "dlq",
             "replay",
@@ -685,8 +694,9 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
             "--quiet",
             "1s",
             "--first-wait",
-            "15s",
+            "25s",
         ],
+        "done",
     );
     assert_eq!(json(&replayed)["done"], 1, "{replayed}");
     operator.extend(calls);

@@ -21,10 +21,9 @@ pub struct DlqArgs {
     /// (after the first delivery; see --first-wait).
     #[arg(long, default_value = "3s", value_parser = duration, global = true)]
     quiet: Duration,
-    /// How long to wait for the first dead letter. A message an earlier run held comes
-    /// back at once on Cloud Pub/Sub, but on the emulator only after the subscription's
-    /// ack deadline: wait longer than that there.
-    #[arg(long, default_value = "10s", value_parser = duration, global = true)]
+    /// How long to wait for the first dead letter: a pull may come back empty while
+    /// messages are there (Pub/Sub answers unary pulls from whichever server it reaches).
+    #[arg(long, default_value = "5s", value_parser = duration, global = true)]
     first_wait: Duration,
     /// At most this many dead letters per run (they are held in memory while it runs).
     #[arg(long, default_value_t = 10_000, global = true)]
