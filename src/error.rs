@@ -21,6 +21,8 @@ pub enum StoreKind {
     Queue,
     /// The scanners' shard leases (rows of the changelog table outside every shard).
     Leases,
+    /// The audit's run records (rows of the changelog table outside every shard).
+    AuditRuns,
 }
 
 impl fmt::Display for StoreKind {
@@ -31,6 +33,7 @@ impl fmt::Display for StoreKind {
             StoreKind::Changelog => "changelog",
             StoreKind::Queue => "job queue",
             StoreKind::Leases => "shard leases",
+            StoreKind::AuditRuns => "audit runs",
         })
     }
 }

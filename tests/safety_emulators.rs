@@ -29,6 +29,12 @@ tiersweep::audit_scenarios!(
     protocol()
 );
 
+tiersweep::audit_fanout_scenarios!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
+    async { emulators().await.stores_and_runs(clock::system()).await },
+    protocol()
+);
+
 /// The writer's and recovery's views of the same fresh tables and bucket; the writer's
 /// process clock (and so its changelog handle's) is `skew` away.
 async fn skewed_pair(ahead: bool) -> (tiersweep::Stores, tiersweep::Stores) {

@@ -28,6 +28,16 @@ tiersweep::audit_scenarios!(
     protocol()
 );
 
+tiersweep::audit_fanout_scenarios!(
+    #[tokio::test(start_paused = true)],
+    async {
+        let runs: std::sync::Arc<dyn tiersweep::audit::AuditRuns> =
+            std::sync::Arc::new(tiersweep::audit::MemoryRuns::new());
+        (tiersweep::testing::MemoryStores::new().stores(), runs)
+    },
+    protocol()
+);
+
 /// The writer's and recovery's views of one set of in-memory stores; the writer's process
 /// clock is `skew` away. The twin's changelog stamps in its own time, as Bigtable's server
 /// does.

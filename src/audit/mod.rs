@@ -26,7 +26,9 @@
 //! `max_orphans_per_range` each).
 
 pub mod checkpoint;
+pub mod fanout;
 pub mod ranges;
+pub mod runs;
 pub mod snapshot;
 pub mod trail;
 
@@ -46,6 +48,8 @@ use crate::stores::Stores;
 use crate::telemetry::metrics::METRICS;
 
 pub use checkpoint::{Checkpoint, Progress};
+pub use fanout::{AuditWorker, JobOutcome, RangeJob};
+pub use runs::{AuditRun, AuditRuns, BigtableRuns, MemoryRuns, RunState};
 pub use snapshot::InFlight;
 pub use trail::{AuditTrail, DeletionRequested, FileTrail};
 
@@ -167,6 +171,9 @@ pub enum AuditError {
         /// The first one's row key.
         first: String,
     },
+    /// Recording or reading an audit run, or publishing its jobs, failed.
+    #[error("audit run: {0}")]
+    Runs(StoreError),
     #[error("audit trail {target}: {reason}")]
     /// The trail refused an entry: no deletion is requested without one.
     Trail {

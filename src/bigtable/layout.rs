@@ -24,6 +24,10 @@
 //! * rows `!member/{member id}`, cell `c:member` (empty), its timestamp the member's last
 //!   announcement.
 //!
+//! * rows `!audit/{run id}`: cell `c:run` = an audit run's parameters
+//!   ([`AuditRun`](crate::audit::AuditRun), JSON), and `c:done/{range}` = each finished
+//!   range's summary, written by the `tiersweep audit --worker` that judged it.
+//!
 //! `!` sorts before every shard's first key, so no staleness scan reads these rows.
 
 use std::time::Duration;
@@ -49,6 +53,11 @@ pub mod changelog {
     pub const LEASE: &[u8] = b"lease";
     pub const MEMBER_PREFIX: &str = "!member/";
     pub const MEMBER: &[u8] = b"member";
+    /// Audit run rows are `{AUDIT_PREFIX}{run id}`.
+    pub const AUDIT_PREFIX: &str = "!audit/";
+    pub const AUDIT_RUN: &[u8] = b"run";
+    /// A finished range's cell is `{AUDIT_DONE}{index}`.
+    pub const AUDIT_DONE: &str = "done/";
 }
 
 /// How a column family is garbage-collected.

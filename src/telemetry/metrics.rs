@@ -175,6 +175,7 @@ pub struct Metrics {
     pub audit_orphans_ge_30d: Counter,
     pub audit_deletes_requested: Counter,
     pub audit_dangling: Counter,
+    pub audit_jobs_refused: Counter,
     pub recovery_lag: Histogram,
     backlog: Mutex<BTreeMap<String, Backlog>>,
     /// What this process is (`scan`, `clean`, …), for `tiersweep_build_info`.
@@ -283,6 +284,11 @@ impl Metrics {
                 "HV tombstones an audit (--dangling) found naming a blob that does not exist, \
                  confirmed by a second look.",
             ),
+            audit_jobs_refused: Counter::new(
+                "tiersweep.audit.jobs_refused",
+                "Audit range jobs a worker refused unjudged: malformed, naming no recorded run \
+                 or range, or of an expired run (forged or stale; dead-lettered).",
+            ),
             audit_deletes_requested: Counter::new(
                 "tiersweep.audit.deletes_requested",
                 "Orphans an audit handed to recovery for deletion (one changelog row each).",
@@ -346,7 +352,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
-    pub fn counters(&self) -> [&Counter; 31] {
+    pub fn counters(&self) -> [&Counter; 32] {
         [
             &self.rows_scanned,
             &self.rows_malformed,
@@ -378,6 +384,7 @@ impl Metrics {
             &self.audit_orphans_7d_30d,
             &self.audit_orphans_ge_30d,
             &self.audit_deletes_requested,
+            &self.audit_jobs_refused,
             &self.audit_dangling,
         ]
     }

@@ -72,11 +72,11 @@ impl MemoryTrail {
     }
 }
 
-fn min_age(protocol: ProtocolConfig) -> Duration {
+pub(crate) fn min_age(protocol: ProtocolConfig) -> Duration {
     protocol.staleness_threshold * 3
 }
 
-fn config(protocol: ProtocolConfig, prefix: &str, delete: bool) -> AuditConfig {
+pub(crate) fn config(protocol: ProtocolConfig, prefix: &str, delete: bool) -> AuditConfig {
     AuditConfig {
         prefix: prefix.to_owned(),
         ranges: 4,
@@ -91,7 +91,7 @@ fn config(protocol: ProtocolConfig, prefix: &str, delete: bool) -> AuditConfig {
 
 /// A path under `prefix` whose first character after it is `first`, so a test chooses
 /// which of [`crate::audit::ranges::split`]'s ranges its blobs fall in.
-fn path_in(prefix: &str, first: char) -> ObjectPath {
+pub(crate) fn path_in(prefix: &str, first: char) -> ObjectPath {
     ObjectPath::new(format!(
         "{prefix}{first}{}/obj",
         uuid::Uuid::now_v7().simple()
@@ -99,12 +99,12 @@ fn path_in(prefix: &str, first: char) -> ObjectPath {
     .expect("valid path")
 }
 
-fn large(tag: &str) -> Bytes {
+pub(crate) fn large(tag: &str) -> Bytes {
     Bytes::from(format!("{tag}:{}", "A".repeat(INLINE_THRESHOLD * 2)))
 }
 
 /// A blob with neither a tombstone nor a changelog row: an orphan once old enough.
-async fn plant_orphan(stores: &Stores, prefix: &str, first: char) -> String {
+pub(crate) async fn plant_orphan(stores: &Stores, prefix: &str, first: char) -> String {
     let rev = Revision::mint(&path_in(prefix, first));
     stores
         .lt
@@ -115,7 +115,7 @@ async fn plant_orphan(stores: &Stores, prefix: &str, first: char) -> String {
 }
 
 /// A blob whose writer recorded its change and uploaded, and then stopped: in flight.
-async fn plant_in_flight(stores: &Stores, prefix: &str, first: char) -> String {
+pub(crate) async fn plant_in_flight(stores: &Stores, prefix: &str, first: char) -> String {
     let path = path_in(prefix, first);
     let rev = Revision::mint(&path);
     let record = ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::writer());
@@ -148,7 +148,7 @@ fn orphans_named(report: &AuditReport) -> BTreeSet<String> {
         .collect()
 }
 
-async fn blob_exists(stores: &Stores, name: &str) -> bool {
+pub(crate) async fn blob_exists(stores: &Stores, name: &str) -> bool {
     let rev = Revision::parse(name).expect("a revision name");
     stores.lt.exists(&rev).await.expect("checking LT")
 }

@@ -425,6 +425,29 @@ impl Emulators {
     }
 
     /// HV, LT and changelog on the emulators, with fresh tables and bucket.
+    /// Fresh stores, and audit runs kept in their changelog table.
+    pub async fn stores_and_runs(
+        &self,
+        clock: SharedClock,
+    ) -> (Stores, Arc<dyn crate::audit::AuditRuns>) {
+        let (client, config) = self.new_tables().await;
+        let runs = Arc::new(crate::audit::BigtableRuns::new(
+            client.clone(),
+            &config.changelog_table,
+        ));
+        let stores = Stores {
+            hv: Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
+            lt: self.lt().await,
+            changelog: Arc::new(BigtableChangelog::new(
+                client,
+                &config.changelog_table,
+                clock.clone(),
+            )),
+            clock,
+        };
+        (stores, runs)
+    }
+
     pub async fn stores(&self, clock: SharedClock) -> Stores {
         let (client, config) = self.new_tables().await;
         Stores {

@@ -2,6 +2,7 @@
 //! pass, the invariant checker every test and demo ends with, and store wrappers that
 //! inject crashes, lost responses, failures and delays.
 
+pub mod audit_fanout;
 pub mod audits;
 pub mod backlog;
 pub mod capacity;
