@@ -32,10 +32,18 @@ pub enum Resource {
     /// The subscription that keeps dead letters for operators
     /// (`pubsub.dead_letter_subscription`).
     DeadLetterSubscription,
+    /// The audit range-jobs topic (`pubsub.audit_topic`).
+    AuditTopic,
+    /// The audit workers' subscription (`pubsub.audit_subscription`).
+    AuditSubscription,
+    /// Where audit workers dead-letter refused jobs (`pubsub.audit_dead_letter_topic`).
+    AuditDeadLetterTopic,
+    /// Where audits record the deletions they request (`pubsub.audit_trail_topic`).
+    AuditTrailTopic,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 7] = [
+    pub const ALL: [Resource; 11] = [
         Resource::HvTable,
         Resource::ChangelogTable,
         Resource::Bucket,
@@ -43,6 +51,10 @@ impl Resource {
         Resource::DeadLetterTopic,
         Resource::Subscription,
         Resource::DeadLetterSubscription,
+        Resource::AuditTopic,
+        Resource::AuditSubscription,
+        Resource::AuditDeadLetterTopic,
+        Resource::AuditTrailTopic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +66,10 @@ impl Resource {
             Resource::DeadLetterTopic => "dead_letter_topic",
             Resource::Subscription => "subscription",
             Resource::DeadLetterSubscription => "dead_letter_subscription",
+            Resource::AuditTopic => "audit_topic",
+            Resource::AuditSubscription => "audit_subscription",
+            Resource::AuditDeadLetterTopic => "audit_dead_letter_topic",
+            Resource::AuditTrailTopic => "audit_trail_topic",
         }
     }
 }

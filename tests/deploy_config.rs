@@ -61,6 +61,10 @@ fn terraform_creates_what_the_workers_expect() {
         defaults.pubsub.subscription,
         defaults.pubsub.dead_letter_topic,
         defaults.pubsub.dead_letter_subscription,
+        defaults.pubsub.audit_topic,
+        defaults.pubsub.audit_subscription,
+        defaults.pubsub.audit_dead_letter_topic,
+        defaults.pubsub.audit_trail_topic,
     ] {
         assert!(
             tf.contains(&format!("\"{name}\"")),

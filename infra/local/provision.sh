@@ -61,6 +61,27 @@ JSON
 put_json "$PS/subscriptions/$DEAD_LETTER_SUBSCRIPTION" \
   "{\"topic\": \"projects/$PROJECT/topics/$DEAD_LETTER_TOPIC\", \"ackDeadlineSeconds\": 60}"
 log "pubsub topics $TOPIC, $DEAD_LETTER_TOPIC and subscriptions $SUBSCRIPTION, $DEAD_LETTER_SUBSCRIPTION ready"
+# The fanned-out audit's range jobs (tiersweep audit --fan-out / --worker).
+put_json "$PS/topics/$AUDIT_TOPIC" '{}'
+put_json "$PS/topics/$AUDIT_DEAD_LETTER_TOPIC" '{}'
+put_json "$PS/subscriptions/$AUDIT_SUBSCRIPTION" "$(cat <<JSON
+{
+  "topic": "projects/$PROJECT/topics/$AUDIT_TOPIC",
+  "ackDeadlineSeconds": $ACK_DEADLINE_SECONDS,
+  "retryPolicy": {"minimumBackoff": "10s", "maximumBackoff": "600s"},
+  "deadLetterPolicy": {
+    "deadLetterTopic": "projects/$PROJECT/topics/$AUDIT_DEAD_LETTER_TOPIC",
+    "maxDeliveryAttempts": $MAX_DELIVERY_ATTEMPTS
+  }
+}
+JSON
+)"
+put_json "$PS/subscriptions/$AUDIT_DEAD_LETTER_SUBSCRIPTION" \
+  "{\"topic\": \"projects/$PROJECT/topics/$AUDIT_DEAD_LETTER_TOPIC\", \"ackDeadlineSeconds\": 60}"
+put_json "$PS/topics/$AUDIT_TRAIL_TOPIC" '{}'
+put_json "$PS/subscriptions/$AUDIT_TRAIL_SUBSCRIPTION" \
+  "{\"topic\": \"projects/$PROJECT/topics/$AUDIT_TRAIL_TOPIC\", \"ackDeadlineSeconds\": 60}"
+log "pubsub audit topics $AUDIT_TOPIC, $AUDIT_DEAD_LETTER_TOPIC, $AUDIT_TRAIL_TOPIC and subscriptions $AUDIT_SUBSCRIPTION, $AUDIT_DEAD_LETTER_SUBSCRIPTION, $AUDIT_TRAIL_SUBSCRIPTION ready"
 
 code="$(curl -sS -o "$STATE_DIR/last-response" -w '%{http_code}' -X POST -H 'content-type: application/json' \
         --data "{\"name\": \"$BUCKET\"}" "http://$GCS_HOST:$GCS_PORT/storage/v1/b?project=$PROJECT")"

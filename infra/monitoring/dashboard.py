@@ -71,6 +71,9 @@ ROWS = [
           ("deletions requested", "sum(increase(tiersweep_audit_deletes_requested_total[1h]))"),
           ("dangling tombstones", "sum(increase(tiersweep_audit_dangling_total[1h]))")],
          "Orphans are blobs neither HV nor the changelog names. After recovery there should be none younger than the changelog's deployment."),
+        ("Audit jobs refused", "short",
+         [("refused", "sum(increase(tiersweep_audit_jobs_refused_total[1h]))")],
+         "Range jobs an audit worker refused unjudged (malformed, no recorded run or range, an expired run): forged or stale. Any is worth a look; they are in the audit dead-letter topic."),
     ]),
     ("Google Cloud calls and processes", [
         ("Calls by method", "ops",

@@ -163,3 +163,33 @@ resource "google_storage_bucket_iam_member" "auditor_lists" {
   role   = google_project_iam_custom_role.blob_lister.id
   member = google_service_account.auditor.member
 }
+
+# Auditor, fanned out: the coordinator checks the audit topic and publishes range jobs;
+# workers check their subscription, pull and ack, and dead-letter the jobs they refuse.
+resource "google_pubsub_topic_iam_member" "auditor_audit_jobs" {
+  for_each = toset(["roles/pubsub.publisher", "roles/pubsub.viewer"])
+  topic    = google_pubsub_topic.audit_jobs.id
+  role     = each.value
+  member   = google_service_account.auditor.member
+}
+
+resource "google_pubsub_subscription_iam_member" "auditor_audit_workers" {
+  for_each     = toset(["roles/pubsub.subscriber", "roles/pubsub.viewer"])
+  subscription = google_pubsub_subscription.audit_workers.id
+  role         = each.value
+  member       = google_service_account.auditor.member
+}
+
+resource "google_pubsub_topic_iam_member" "auditor_audit_dead_letters" {
+  topic  = google_pubsub_topic.audit_dead_letter.id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.auditor.member
+}
+
+# Auditor: record each requested deletion in the trail topic (--trail-topic).
+resource "google_pubsub_topic_iam_member" "auditor_trail" {
+  for_each = toset(["roles/pubsub.publisher", "roles/pubsub.viewer"])
+  topic    = google_pubsub_topic.audit_trail.id
+  role     = each.value
+  member   = google_service_account.auditor.member
+}

@@ -32,6 +32,7 @@ use super::{
     AuditConfig, AuditError, AuditReport, AuditTrail, Counts, InFlight, Judge, Pacer, RangeState,
     RangeSummary, ranges, report,
 };
+use crate::changelog::Changelog;
 use crate::error::{ErrorKind, StoreError};
 use crate::queue::{FlowControl, JobQueue, Message};
 use crate::stores::Stores;
@@ -73,14 +74,14 @@ impl RangeJob {
 /// Records a new run of `config`, valid for `ttl` on the changelog's clock, and publishes
 /// a job for each of its ranges.
 pub async fn start(
-    stores: &Stores,
+    changelog: &dyn Changelog,
     runs: &dyn AuditRuns,
     queue: &dyn JobQueue,
     config: &AuditConfig,
     ttl: Duration,
 ) -> Result<AuditRun, AuditError> {
     config.validate()?;
-    let now = stores.changelog.now().await.map_err(AuditError::Snapshot)?;
+    let now = changelog.now().await.map_err(AuditError::Snapshot)?;
     let run = AuditRun::new(config, now, ttl);
     if !runs.create(&run).await.map_err(AuditError::Runs)? {
         return Err(AuditError::Config(format!("audit run {} exists", run.run)));
@@ -102,7 +103,7 @@ pub async fn start(
 /// Publishes again the jobs of run `id`'s unfinished ranges (after a worker outage, or
 /// once dead-lettered jobs' cause is fixed); returns the run and how many were published.
 pub async fn resume(
-    stores: &Stores,
+    changelog: &dyn Changelog,
     runs: &dyn AuditRuns,
     queue: &dyn JobQueue,
     id: &str,
@@ -112,7 +113,7 @@ pub async fn resume(
         .await
         .map_err(AuditError::Runs)?
         .ok_or_else(|| AuditError::Config(format!("no audit run {id}")))?;
-    let now = stores.changelog.now().await.map_err(AuditError::Snapshot)?;
+    let now = changelog.now().await.map_err(AuditError::Snapshot)?;
     if now >= state.run.expires {
         return Err(AuditError::Config(format!(
             "audit run {id} expired at {}; start a new one",

@@ -51,7 +51,7 @@ pub use checkpoint::{Checkpoint, Progress};
 pub use fanout::{AuditWorker, JobOutcome, RangeJob};
 pub use runs::{AuditRun, AuditRuns, BigtableRuns, MemoryRuns, RunState};
 pub use snapshot::InFlight;
-pub use trail::{AuditTrail, DeletionRequested, FileTrail};
+pub use trail::{AuditTrail, DeletionRequested, FileTrail, TopicTrail};
 
 /// How many object rows one HV read joins.
 const HV_BATCH: usize = 500;

@@ -81,6 +81,46 @@ impl AuditTrail for FileTrail {
     }
 }
 
+/// Each entry published as one JSON message to a Pub/Sub topic (a BigQuery or Cloud
+/// Storage subscription keeps it), and the deletion requested only once Pub/Sub has
+/// durably accepted it: the trail for workers without a lasting disk.
+#[derive(Debug)]
+pub struct TopicTrail {
+    queue: std::sync::Arc<dyn crate::queue::JobQueue>,
+}
+
+impl TopicTrail {
+    /// A trail that publishes through `queue` (connected to the trail topic).
+    pub fn new(queue: std::sync::Arc<dyn crate::queue::JobQueue>) -> Self {
+        Self { queue }
+    }
+}
+
+/// The attribute a trail message carries its audit run in, for subscriptions to filter on.
+pub const TRAIL_RUN_ATTRIBUTE: &str = "tiersweep_audit_run";
+
+#[async_trait]
+impl AuditTrail for TopicTrail {
+    async fn requested(&self, entry: &DeletionRequested) -> Result<(), AuditError> {
+        let target = self.queue.destination();
+        let data = serde_json::to_vec(entry).map_err(|e| AuditError::Trail {
+            target: target.clone(),
+            reason: format!("cannot encode an entry: {e}"),
+        })?;
+        let message = crate::queue::Message {
+            data: data.into(),
+            attributes: [(TRAIL_RUN_ATTRIBUTE.to_owned(), entry.run.clone())].into(),
+        };
+        self.queue
+            .publish(vec![message])
+            .await
+            .map_err(|e| AuditError::Trail {
+                target,
+                reason: format!("cannot publish: {e}"),
+            })
+    }
+}
+
 fn trail_error(path: &std::path::Path, reason: String) -> AuditError {
     AuditError::Trail {
         target: path.display().to_string(),

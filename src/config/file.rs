@@ -275,6 +275,13 @@ impl Config {
                 "pubsub.dead_letter_subscription",
                 &self.pubsub.dead_letter_subscription,
             ),
+            ("pubsub.audit_topic", &self.pubsub.audit_topic),
+            ("pubsub.audit_subscription", &self.pubsub.audit_subscription),
+            (
+                "pubsub.audit_dead_letter_topic",
+                &self.pubsub.audit_dead_letter_topic,
+            ),
+            ("pubsub.audit_trail_topic", &self.pubsub.audit_trail_topic),
         ];
         for (field, value) in required {
             if value.trim().is_empty() {

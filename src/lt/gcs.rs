@@ -35,7 +35,9 @@ pub struct GcsConfig {
     /// Base URL of an emulator (`http://host:port`); unset means Cloud Storage with
     /// Application Default Credentials. Defaults to `STORAGE_EMULATOR_HOST`.
     pub emulator_url: Option<String>,
-    /// Deadline for one JSON API call.
+    /// Deadline for one JSON API call, for opening a read and for each chunk read; an
+    /// upload of `n` bytes gets this plus a second per MiB, and a streamed upload fails
+    /// after this long without progress.
     #[serde(with = "crate::config::duration")]
     pub timeout: Duration,
 }
@@ -68,7 +70,13 @@ pub struct GcsLt {
     bucket_path: String,
     /// Talking to fake-gcs-server, which has no IAM API.
     emulated: bool,
+    /// [`GcsConfig::timeout`], applied here to the official client's calls too.
+    timeout: Duration,
 }
+
+/// The slowest transfer an upload's deadline allows for: `n` bytes get
+/// [`GcsConfig::timeout`] plus one second per MiB.
+const MIN_UPLOAD_BYTES_PER_S: u64 = 1 << 20;
 
 /// The memory a streamed upload holds: the client buffers this much until GCS has
 /// persisted it (a source without `Seek` cannot be rewound). Below it an upload is one
@@ -239,6 +247,7 @@ impl GcsLt {
             bucket: bucket.clone(),
             bucket_path: format!("projects/_/buckets/{bucket}"),
             emulated: config.emulator_url.is_some(),
+            timeout: config.timeout,
         };
         lt.check_access(access).await?;
         Ok(lt)
@@ -332,6 +341,36 @@ impl GcsLt {
             segments.push(name);
         }
         url
+    }
+
+    /// `call`, or a transient error once `deadline` has passed. The official client sets
+    /// no deadline on uploads and downloads (its TODO #2044), so a call on a connection
+    /// that stalls — a peer gone silent, a proxy that keeps the socket — would wait
+    /// forever, and with it the writer's request. A call given up on may still take
+    /// effect: an upload landing after its error is what recovery already cleans.
+    async fn within<T>(
+        &self,
+        op: &'static str,
+        object: &str,
+        deadline: Duration,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(self.deadline_passed(op, object, deadline)),
+        }
+    }
+
+    fn deadline_passed(&self, op: &'static str, object: &str, deadline: Duration) -> StoreError {
+        self.err(
+            op,
+            object,
+            ErrorKind::Transient,
+            format!(
+                "no answer within {deadline:?} (gcs.timeout; the client library sets no \
+                 deadline of its own); the call may still take effect"
+            ),
+        )
     }
 
     fn err(&self, op: &'static str, object: &str, kind: ErrorKind, message: String) -> StoreError {
@@ -467,16 +506,19 @@ impl GcsLt {
         name: &str,
     ) -> StoreResult<Option<google_cloud_storage::read_object::ReadObjectResponse>> {
         crate::iam::record(Call::GcsObjectsGet, Resource::Bucket);
-        match self
-            .storage
-            .read_object(&self.bucket_path, name)
-            .send()
-            .await
-        {
-            Ok(r) => Ok(Some(r)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.client_error("read_object", name, e)),
-        }
+        let open = async {
+            match self
+                .storage
+                .read_object(&self.bucket_path, name)
+                .send()
+                .await
+            {
+                Ok(r) => Ok(Some(r)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(self.client_error("read_object", name, e)),
+            }
+        };
+        self.within("read_object", name, self.timeout, open).await
     }
 }
 
@@ -494,7 +536,9 @@ impl LtStore for GcsLt {
         // earlier attempt of this upload landed, and nothing may overwrite a blob. The
         // precondition would make the client retry on its own; it must not, since only the
         // writer knows whether its guard still allows another attempt.
-        let result = with_meta(
+        let deadline =
+            self.timeout + Duration::from_secs(bytes.len() as u64 / MIN_UPLOAD_BYTES_PER_S);
+        let upload = with_meta(
             self.storage
                 .write_object(&self.bucket_path, rev.as_str(), bytes),
             meta,
@@ -502,8 +546,11 @@ impl LtStore for GcsLt {
         .set_if_generation_match(0)
         .with_idempotency(false)
         .send_buffered()
-        .instrument(span.clone())
-        .await;
+        .instrument(span.clone());
+        let Ok(result) = tokio::time::timeout(deadline, upload).await else {
+            record_error(&span, "timeout");
+            return Err(self.deadline_passed("write_object", rev.as_str(), deadline));
+        };
         if let Err(e) = &result
             && e.http_status_code() == Some(412)
         {
@@ -534,7 +581,7 @@ impl LtStore for GcsLt {
         };
         // As `put`: create-only, and no retries the writer did not decide on. Within a
         // resumable upload the client re-sends only what it still buffers.
-        let result = with_meta(
+        let upload = with_meta(
             self.storage
                 .write_object(&self.bucket_path, rev.as_str(), source),
             meta,
@@ -544,8 +591,26 @@ impl LtStore for GcsLt {
         .with_resumable_upload_threshold(UPLOAD_BUFFER)
         .with_resumable_upload_buffer_size(UPLOAD_BUFFER)
         .send_buffered()
-        .instrument(span.clone())
-        .await;
+        .instrument(span.clone());
+        // A stream's size is unknown: the deadline is on progress instead. The upload
+        // fails once a whole `timeout` passes without the client taking a byte from the
+        // source (which it does only as GCS persists what it holds), or, after the last
+        // byte, without GCS answering.
+        tokio::pin!(upload);
+        let mut seen = 0;
+        let result = loop {
+            tokio::select! {
+                result = &mut upload => break result,
+                () = tokio::time::sleep(self.timeout) => {
+                    let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                    if now == seen {
+                        record_error(&span, "timeout");
+                        return Err(self.deadline_passed("write_object", rev.as_str(), self.timeout));
+                    }
+                    seen = now;
+                }
+            }
+        };
         let size = sent.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &result
             && e.http_status_code() == Some(412)
@@ -568,7 +633,10 @@ impl LtStore for GcsLt {
             return Ok(None);
         };
         let mut contents = Vec::new();
-        while let Some(chunk) = response.next().await {
+        while let Some(chunk) = tokio::time::timeout(self.timeout, response.next())
+            .await
+            .map_err(|_| self.deadline_passed("read_object", name, self.timeout))?
+        {
             let chunk = chunk.map_err(|e| self.client_error("read_object", name, e))?;
             contents.extend_from_slice(&chunk);
         }
@@ -583,11 +651,21 @@ impl LtStore for GcsLt {
         // The client resumes an interrupted download itself, pinned to the generation it
         // opened; an error it gives up on ends the stream.
         let what = format!("gs://{}/{name}", self.bucket);
+        let timeout = self.timeout;
         let stream = futures::stream::unfold(Some(response), move |response| {
             let what = what.clone();
             async move {
                 let mut response = response?;
-                match response.next().await? {
+                let Ok(next) = tokio::time::timeout(timeout, response.next()).await else {
+                    return Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("reading {what}: no data within {timeout:?} (gcs.timeout)"),
+                        )),
+                        None,
+                    ));
+                };
+                match next? {
                     Ok(chunk) => Some((Ok(chunk), Some(response))),
                     Err(e) => Some((
                         Err(std::io::Error::other(format!("reading {what}: {e}"))),

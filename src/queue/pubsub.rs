@@ -42,6 +42,14 @@ pub struct PubsubConfig {
     /// The subscription of the dead-letter topic that keeps dead letters for operators
     /// (`tiersweep dlq`).
     pub dead_letter_subscription: String,
+    /// Where `tiersweep audit --fan-out` publishes range jobs.
+    pub audit_topic: String,
+    /// What `tiersweep audit --worker` pulls from; must have a dead-letter policy.
+    pub audit_subscription: String,
+    /// Where audit workers dead-letter the range jobs they refuse (forged, stale).
+    pub audit_dead_letter_topic: String,
+    /// Where `tiersweep audit --trail-topic` records each deletion it requests.
+    pub audit_trail_topic: String,
     /// `host:port` of an emulator; unset means Cloud Pub/Sub with Application Default
     /// Credentials. Defaults to `PUBSUB_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
@@ -62,6 +70,10 @@ impl Default for PubsubConfig {
             subscription: "cleanup-workers".into(),
             dead_letter_topic: "cleanup-jobs-dead-letter".into(),
             dead_letter_subscription: "cleanup-jobs-dead-letter-audit".into(),
+            audit_topic: "audit-jobs".into(),
+            audit_subscription: "audit-workers".into(),
+            audit_dead_letter_topic: "audit-jobs-dead-letter".into(),
+            audit_trail_topic: "audit-trail".into(),
             emulator_host: std::env::var("PUBSUB_EMULATOR_HOST").ok(),
             publish_batch: 100,
             lease_extension: Duration::from_secs(60),
@@ -82,7 +94,10 @@ impl PubsubConfig {
 #[derive(Debug, Clone)]
 pub struct PubsubQueue {
     jobs: Publisher,
+    /// The jobs topic, for the call meter and the IAM contract.
+    jobs_resource: Resource,
     dead_letters: Publisher,
+    dead_letter_resource: Resource,
     subscriber: Subscriber,
     subscription: String,
     /// What the subscription is, for the call meter and the IAM contract.
@@ -117,6 +132,55 @@ enum Purpose {
     /// Read the dead letters and republish to the jobs topic (`tiersweep dlq`): the
     /// dead-letter subscription must exist.
     DeadLetters,
+    /// Publish audit range jobs (`tiersweep audit --fan-out`): the audit topic must exist.
+    AuditPublish,
+    /// Consume audit range jobs (`tiersweep audit --worker`): the audit subscription must
+    /// exist and have a dead-letter policy.
+    AuditConsume,
+    /// Publish the audit trail (`--trail-topic`): the trail topic must exist.
+    AuditTrail,
+}
+
+/// The topics and subscription a connection uses, with what the call meter calls them.
+struct Names {
+    topic: (String, Resource),
+    subscription: (String, Resource),
+    dead_letter_topic: (String, Resource),
+}
+
+impl Purpose {
+    fn names(self, config: &PubsubConfig) -> Names {
+        let topic = |name: &str, r| (config.topic_path(name), r);
+        let sub = |name: &str, r| (config.subscription_path(name), r);
+        match self {
+            Purpose::AuditTrail => Names {
+                topic: topic(&config.audit_trail_topic, Resource::AuditTrailTopic),
+                // Never used: a trail is published, never pulled or dead-lettered.
+                subscription: sub(&config.audit_subscription, Resource::AuditSubscription),
+                dead_letter_topic: topic(&config.audit_trail_topic, Resource::AuditTrailTopic),
+            },
+            Purpose::AuditPublish | Purpose::AuditConsume => Names {
+                topic: topic(&config.audit_topic, Resource::AuditTopic),
+                subscription: sub(&config.audit_subscription, Resource::AuditSubscription),
+                dead_letter_topic: topic(
+                    &config.audit_dead_letter_topic,
+                    Resource::AuditDeadLetterTopic,
+                ),
+            },
+            Purpose::Publish | Purpose::Consume | Purpose::DeadLetters => Names {
+                topic: topic(&config.topic, Resource::JobsTopic),
+                subscription: if self == Purpose::DeadLetters {
+                    sub(
+                        &config.dead_letter_subscription,
+                        Resource::DeadLetterSubscription,
+                    )
+                } else {
+                    sub(&config.subscription, Resource::Subscription)
+                },
+                dead_letter_topic: topic(&config.dead_letter_topic, Resource::DeadLetterTopic),
+            },
+        }
+    }
 }
 
 impl PubsubQueue {
@@ -142,21 +206,31 @@ impl PubsubQueue {
         Self::connect_for(config, Purpose::DeadLetters).await
     }
 
+    /// Connects `tiersweep audit --fan-out`'s queue: range jobs go to the audit topic,
+    /// which must exist (`pubsub.topics.get` on it).
+    pub async fn connect_audit_publisher(config: &PubsubConfig) -> StoreResult<Self> {
+        Self::connect_for(config, Purpose::AuditPublish).await
+    }
+
+    /// Connects `tiersweep audit --worker`'s queue: the audit subscription, which must
+    /// exist and have a dead-letter policy; refused jobs go to the audit dead-letter topic.
+    pub async fn connect_audit_worker(config: &PubsubConfig) -> StoreResult<Self> {
+        Self::connect_for(config, Purpose::AuditConsume).await
+    }
+
+    /// Connects the audit trail's publisher (`--trail-topic`): the trail topic must exist
+    /// (`pubsub.topics.get` on it).
+    pub async fn connect_audit_trail(config: &PubsubConfig) -> StoreResult<Self> {
+        Self::connect_for(config, Purpose::AuditTrail).await
+    }
+
     async fn connect_for(config: &PubsubConfig, purpose: Purpose) -> StoreResult<Self> {
-        let (subscription, subscription_resource) = match purpose {
-            Purpose::DeadLetters => (
-                config.subscription_path(&config.dead_letter_subscription),
-                Resource::DeadLetterSubscription,
-            ),
-            _ => (
-                config.subscription_path(&config.subscription),
-                Resource::Subscription,
-            ),
-        };
-        let topic = config.topic_path(&config.topic);
+        let names = purpose.names(config);
+        let (subscription, subscription_resource) = names.subscription.clone();
+        let (topic, jobs_resource) = names.topic.clone();
         let target = match purpose {
-            Purpose::Publish => topic.clone(),
-            Purpose::Consume | Purpose::DeadLetters => subscription.clone(),
+            Purpose::Publish | Purpose::AuditPublish | Purpose::AuditTrail => topic.clone(),
+            Purpose::Consume | Purpose::DeadLetters | Purpose::AuditConsume => subscription.clone(),
         };
         let fail = |kind, message: String| {
             StoreError::new(StoreKind::Queue, "connect", target.clone(), kind, message)
@@ -205,9 +279,9 @@ impl PubsubQueue {
         };
         let mut max_delivery_attempts = None;
         match purpose {
-            Purpose::Publish => {
+            Purpose::Publish | Purpose::AuditPublish | Purpose::AuditTrail => {
                 let admin: TopicAdmin = configure!(TopicAdmin::builder());
-                crate::iam::record(Call::PubsubGetTopic, Resource::JobsTopic);
+                crate::iam::record(Call::PubsubGetTopic, jobs_resource);
                 admin.get_topic().set_topic(topic.clone()).send().await.map_err(|e| {
                     fail(not_found_is_permanent(&e), format!("cannot read the topic ({e}); create it with infra/local/provision.sh or infra/terraform"))
                 })?;
@@ -224,9 +298,9 @@ impl PubsubQueue {
                         fail(not_found_is_permanent(&e), format!("cannot read the dead-letter subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
                     })?;
             }
-            Purpose::Consume => {
+            Purpose::Consume | Purpose::AuditConsume => {
                 let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
-                crate::iam::record(Call::PubsubGetSubscription, Resource::Subscription);
+                crate::iam::record(Call::PubsubGetSubscription, subscription_resource);
                 let found = admin
                     .get_subscription()
                     .set_subscription(subscription.clone())
@@ -254,7 +328,7 @@ impl PubsubQueue {
         }
         let batch = config.publish_batch.max(1);
         let publisher = |topic: &str| {
-            base.publisher(config.topic_path(topic))
+            base.publisher(topic.to_owned())
                 .set_message_count_threshold(batch)
                 .set_delay_threshold(Duration::from_millis(10))
                 .build()
@@ -268,14 +342,17 @@ impl PubsubQueue {
             resource: subscription_resource,
             credentials: rest_credentials.clone(),
         });
+        let (dead_letter_topic, dead_letter_resource) = names.dead_letter_topic;
         Ok(Self {
-            jobs: publisher(&config.topic),
-            dead_letters: publisher(&config.dead_letter_topic),
+            jobs: publisher(&topic),
+            jobs_resource,
+            dead_letters: publisher(&dead_letter_topic),
+            dead_letter_resource,
             subscriber,
             subscription,
             subscription_resource,
             topic,
-            dead_letter_topic: config.topic_path(&config.dead_letter_topic),
+            dead_letter_topic,
             lease_extension: config.lease_extension,
             max_delivery_attempts,
             unary,
@@ -337,7 +414,7 @@ impl JobQueue for PubsubQueue {
     }
 
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
-        Self::publish_to(&self.jobs, &self.topic, Resource::JobsTopic, batch)
+        Self::publish_to(&self.jobs, &self.topic, self.jobs_resource, batch)
             .await
             .map(drop)
     }
@@ -370,7 +447,7 @@ impl JobQueue for PubsubQueue {
         Self::publish_to(
             &self.dead_letters,
             &self.dead_letter_topic,
-            Resource::DeadLetterTopic,
+            self.dead_letter_resource,
             vec![message],
         )
         .await?;
@@ -481,8 +558,12 @@ impl Subscription for PubsubSubscription {
             let token = self.stream.shutdown_token();
             let mut closing: futures::future::BoxFuture<'static, ()> =
                 Box::pin(async move { token.shutdown().await });
-            // The first poll signals the shutdown; the rest completes in `close`.
-            let _ = futures::poll!(&mut closing);
+            // The first poll signals the shutdown; the rest completes in `close`. A
+            // shutdown that completed at once must not be polled again there (an `async`
+            // block polled after completion panics).
+            if futures::poll!(&mut closing).is_ready() {
+                closing = Box::pin(async {});
+            }
             self.closing = Some(closing);
         }
     }

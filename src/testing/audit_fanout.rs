@@ -128,7 +128,7 @@ pub async fn a_fanned_out_audit_finds_exactly_the_orphans(
 
     let queue = MemoryQueue::new(64, 5);
     let run = fanout::start(
-        &stores,
+        stores.changelog.as_ref(),
         runs.as_ref(),
         &queue,
         &config(protocol, &prefix, true),

@@ -263,6 +263,10 @@ impl Emulators {
             subscription: unique("cleaners"),
             dead_letter_subscription: format!("{dead_letter_topic}-audit"),
             dead_letter_topic,
+            audit_topic: unique("audit-jobs"),
+            audit_subscription: unique("audit-workers"),
+            audit_dead_letter_topic: unique("audit-dead"),
+            audit_trail_topic: unique("audit-trail"),
             emulator_host: Some(self.pubsub.clone()),
             ..PubsubConfig::default()
         };
@@ -300,6 +304,26 @@ impl Emulators {
         put(
             format!("subscriptions/{}", config.dead_letter_subscription),
             serde_json::json!({ "topic": topic(&config.dead_letter_topic), "ackDeadlineSeconds": 10 }),
+        )
+        .await;
+        for t in [
+            &config.audit_topic,
+            &config.audit_dead_letter_topic,
+            &config.audit_trail_topic,
+        ] {
+            put(format!("topics/{t}"), serde_json::json!({})).await;
+        }
+        put(
+            format!("subscriptions/{}", config.audit_subscription),
+            serde_json::json!({
+                "topic": topic(&config.audit_topic),
+                "ackDeadlineSeconds": 10,
+                "retryPolicy": {"minimumBackoff": "0.1s", "maximumBackoff": "1s"},
+                "deadLetterPolicy": {
+                    "deadLetterTopic": topic(&config.audit_dead_letter_topic),
+                    "maxDeliveryAttempts": 5
+                }
+            }),
         )
         .await;
         config
@@ -498,6 +522,22 @@ pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
         (
             "TIERSWEEP_PUBSUB__DEAD_LETTER_SUBSCRIPTION",
             config.pubsub.dead_letter_subscription.clone(),
+        ),
+        (
+            "TIERSWEEP_PUBSUB__AUDIT_TOPIC",
+            config.pubsub.audit_topic.clone(),
+        ),
+        (
+            "TIERSWEEP_PUBSUB__AUDIT_SUBSCRIPTION",
+            config.pubsub.audit_subscription.clone(),
+        ),
+        (
+            "TIERSWEEP_PUBSUB__AUDIT_DEAD_LETTER_TOPIC",
+            config.pubsub.audit_dead_letter_topic.clone(),
+        ),
+        (
+            "TIERSWEEP_PUBSUB__AUDIT_TRAIL_TOPIC",
+            config.pubsub.audit_trail_topic.clone(),
         ),
         (
             "TIERSWEEP_PROTOCOL__HEARTBEAT_INTERVAL",

@@ -277,6 +277,8 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
     direct.recovery.upload_settle = Duration::ZERO;
     let (proxies, via) = Proxies::start(&direct).await;
     let dir = std::env::temp_dir().join(format!("tiersweep-chaos-{seed}"));
+    // A replay's logs must not hold an earlier run's lines (the panic check reads them).
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
     let mut workers = vec![
@@ -368,8 +370,13 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
             }
         }
     }
+    // Every store call has a deadline (the GCS client's uploads and reads get ours), so a
+    // writer's last call ends within one; a writer still busy long after is a hang.
     for w in writers {
-        w.await.expect("a writer task");
+        tokio::time::timeout(Duration::from_secs(120), w)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: a writer's call hung 120 s after the faults"))
+            .expect("a writer task");
     }
     for p in proxies.all() {
         p.heal();

@@ -90,6 +90,10 @@ fn resource_of(reference: &str) -> Result<Resource, String> {
         "google_pubsub_topic.dead_letter.id" => Resource::DeadLetterTopic,
         "google_pubsub_subscription.cleaners.id" => Resource::Subscription,
         "google_pubsub_subscription.dead_letter_audit.id" => Resource::DeadLetterSubscription,
+        "google_pubsub_topic.audit_jobs.id" => Resource::AuditTopic,
+        "google_pubsub_subscription.audit_workers.id" => Resource::AuditSubscription,
+        "google_pubsub_topic.audit_dead_letter.id" => Resource::AuditDeadLetterTopic,
+        "google_pubsub_topic.audit_trail.id" => Resource::AuditTrailTopic,
         other => return Err(format!("unknown resource reference {other}")),
     })
 }

@@ -730,6 +730,68 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
             trail.to_str().unwrap(),
         ],
     ));
+    // The fanned-out audit: a worker pool of one takes the run's range jobs and refuses a
+    // forged one (dead-lettering it); the coordinator waits for every range. An orphan
+    // planted after recovery is the one it finds and hands to recovery, its trail entry
+    // published to the trail topic first.
+    let orphan = tiersweep::model::Revision::mint(&ObjectPath::new("fanned/orphan").unwrap());
+    stores
+        .lt
+        .put(&orphan, bytes::Bytes::from_static(b"nobody's"))
+        .await
+        .unwrap();
+    let audit_worker = logged_worker(
+        &config,
+        &["audit", "--worker", "--trail-topic"],
+        &dir.join("audit-worker.log"),
+    );
+    let forged = tiersweep::audit::RangeJob {
+        run: uuid::Uuid::now_v7().to_string(),
+        range: 0,
+    };
+    PubsubQueue::connect_audit_publisher(&config.pubsub)
+        .await
+        .unwrap()
+        .publish(vec![forged.encode()])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fanned, calls) = one_shot(
+        &config,
+        &[
+            "audit",
+            "--fan-out",
+            "--ranges",
+            "3",
+            "--min-age",
+            "0s",
+            "--delete",
+            "--json",
+        ],
+    );
+    auditor.extend(calls);
+    let fanned = json(&fanned);
+    assert_eq!(fanned["totals"]["orphans"], 1, "{fanned}");
+    assert_eq!(fanned["totals"]["deletes_requested"], 1, "{fanned}");
+    assert_eq!(
+        fanned["ranges"].as_array().map(Vec::len),
+        Some(3),
+        "{fanned}"
+    );
+    let worker_log = dir.join("audit-worker.log");
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&worker_log)
+        .unwrap_or_default()
+        .contains("audit job refused")
+    {
+        assert!(
+            Instant::now() < give_up,
+            "the forged audit job was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(audit_worker.terminate().success());
+    auditor.extend(read("audit-worker.log"));
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut problems = Vec::new();

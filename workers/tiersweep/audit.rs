@@ -11,14 +11,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tiersweep::Stores;
 use tiersweep::audit::{
-    Audit, AuditConfig, AuditReport, Checkpoint, Counts, FileTrail, RangeState,
+    Audit, AuditConfig, AuditReport, AuditTrail, Checkpoint, Counts, FileTrail, RangeState,
+    TopicTrail,
 };
 use tiersweep::clock;
 use tiersweep::config::Config;
 use tiersweep::lt::LtAccess;
+use tiersweep::queue::PubsubQueue;
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::ConfigFailure;
+
+mod fanned;
 
 fn duration(text: &str) -> Result<Duration, String> {
     tiersweep::config::duration::parse(text)
@@ -35,7 +39,12 @@ fn duration(text: &str) -> Result<Duration, String> {
     --trail first.\n\n\
     Fails closed: a listing or read error ends its range with nothing deleted in it, and a \
     malformed changelog row stops every deletion. Progress is saved per range to \
-    --checkpoint; run the same command again to resume."
+    --checkpoint; run the same command again to resume.\n\n\
+    For buckets too big for one process: `--fan-out` records the run in the changelog table \
+    and publishes one job per range to pubsub.audit_topic, then waits for the ranges to \
+    finish; `--worker` processes (any number, long-running) take the jobs. A worker takes \
+    every parameter from the recorded run, none from the message, and refuses (dead-letters) \
+    jobs of unknown or expired runs."
 )]
 pub struct AuditArgs {
     /// Only blobs whose names start with this (default: the whole bucket).
@@ -52,13 +61,19 @@ pub struct AuditArgs {
     /// landed. Accepts 30m, 24h, 7d.
     #[arg(long, default_value = "24h", value_parser = duration)]
     min_age: Duration,
-    /// Request deletion of the orphans found (through recovery). Needs --trail.
-    #[arg(long, requires = "trail")]
+    /// Request deletion of the orphans found (through recovery). Needs --trail or
+    /// --trail-topic (with --fan-out, the workers' own).
+    #[arg(long, conflicts_with = "worker")]
     delete: bool,
     /// JSON-lines file every requested deletion is appended to (and synced) before it is
     /// requested: blob, reason, change id, audit run.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "trail_topic")]
     trail: Option<PathBuf>,
+    /// Record every requested deletion as a message on pubsub.audit_trail_topic instead,
+    /// each accepted by Pub/Sub before its deletion is requested (workers without a
+    /// lasting disk).
+    #[arg(long)]
+    trail_topic: bool,
     /// Deletion requests per second, across ranges.
     #[arg(long, default_value_t = 50.0)]
     max_deletes_per_s: f64,
@@ -83,9 +98,31 @@ pub struct AuditArgs {
     /// Print the JSON report on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Record this audit as a run and publish its ranges as jobs for `--worker`
+    /// processes, then wait for them (progress as ranges finish).
+    #[arg(long, conflicts_with_all = ["worker", "checkpoint", "resume_run"])]
+    fan_out: bool,
+    /// With --fan-out: how long the run's jobs stay valid (by the changelog's clock);
+    /// a job delivered later is refused as stale.
+    #[arg(long, default_value = "7d", value_parser = duration)]
+    run_ttl: Duration,
+    /// Publish again the jobs of this run's unfinished ranges, and wait for them.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["worker", "checkpoint"])]
+    resume_run: Option<String>,
+    /// With --fan-out or --resume-run: return once the jobs are published.
+    #[arg(long)]
+    no_wait: bool,
+    /// Take range jobs from pubsub.audit_subscription until SIGTERM (a long-running
+    /// pool; health endpoints as the other workers). Parameters come from each job's
+    /// recorded run; --trail, --max-deletes-per-s and --max-lists-per-s are this worker's.
+    #[arg(long, conflicts_with = "checkpoint")]
+    worker: bool,
 }
 
 pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
+    if args.worker {
+        return fanned::worker(args, config).await;
+    }
     let audit_config = AuditConfig {
         prefix: args.prefix.clone(),
         ranges: args.ranges,
@@ -100,6 +137,20 @@ pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
     audit_config
         .validate()
         .context(ConfigFailure("checking the audit's arguments".into()))?;
+    if args.fan_out || args.resume_run.is_some() {
+        let report = fanned::coordinate(args, &config, &audit_config).await?;
+        return match report {
+            Some(report) => conclude(args, &report),
+            None => Ok(()),
+        };
+    }
+    if args.delete && args.trail.is_none() && !args.trail_topic {
+        return Err(anyhow::Error::new(ConfigFailure(
+            "--delete needs --trail or --trail-topic: every deletion is recorded before it is \
+             requested"
+                .into(),
+        )));
+    }
     let stores = Stores::connect(&config, clock::system(), LtAccess::Audit)
         .await
         .context("connecting to Bigtable and GCS")?;
@@ -109,29 +160,14 @@ pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
     if let Some(path) = &args.checkpoint {
         audit = audit.checkpoint(Checkpoint::new(path));
     }
-    if let Some(path) = &args.trail {
-        audit = audit.trail(Arc::new(FileTrail::open(path).await?));
+    if let Some(trail) = open_trail(args, &config).await? {
+        audit = audit.trail(trail);
     }
     let progress = tokio::spawn(show_progress(audit.counts(), args.ranges, cancel.clone()));
     let report = audit.run().await;
     progress.abort();
     let report = report?;
-    if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_summary(&report);
-    }
-    let failed = report.failed().count();
-    if failed > 0 {
-        bail!(
-            "{failed} range(s) failed and were not judged whole; nothing was deleted in them \
-             after the error (see the report; run again to retry them)"
-        );
-    }
+    conclude(args, &report)?;
     if !report.complete() {
         eprintln!(
             "interrupted: {} range(s) unfinished{}",
@@ -145,6 +181,41 @@ pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
             } else {
                 ""
             }
+        );
+    }
+    Ok(())
+}
+
+/// The trail the arguments name: a file, the trail topic, or none.
+async fn open_trail(args: &AuditArgs, config: &Config) -> Result<Option<Arc<dyn AuditTrail>>> {
+    if let Some(path) = &args.trail {
+        return Ok(Some(Arc::new(FileTrail::open(path).await?)));
+    }
+    if args.trail_topic {
+        let queue = PubsubQueue::connect_audit_trail(&config.pubsub)
+            .await
+            .context("connecting to the audit trail topic")?;
+        return Ok(Some(Arc::new(TopicTrail::new(Arc::new(queue)))));
+    }
+    Ok(None)
+}
+
+/// Writes and prints the report; fails when a range failed.
+fn conclude(args: &AuditArgs, report: &AuditReport) -> Result<()> {
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_summary(report);
+    }
+    let failed = report.failed().count();
+    if failed > 0 {
+        bail!(
+            "{failed} range(s) failed and were not judged whole; nothing was deleted in them \
+             after the error (see the report; run again to retry them)"
         );
     }
     Ok(())

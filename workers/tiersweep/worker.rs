@@ -71,18 +71,22 @@ pub fn cancel_on_signals(cancel: CancellationToken) -> Result<()> {
 /// Connection failures that may pass (service unreachable) are retried until the
 /// shutdown signal; permanent ones (missing table, bucket, subscription, grant) end the
 /// process.
-struct Started<C> {
-    cancel: CancellationToken,
+pub(crate) struct Started<C> {
+    pub(crate) cancel: CancellationToken,
     readiness: Readiness,
     /// What the role connected to: each role connects to, and checks, only what its
     /// service account is granted (`tiersweep::iam`, `infra/terraform/iam.tf`).
-    connected: C,
+    pub(crate) connected: C,
     /// The health server has its own token: it keeps answering (not ready) while in-flight
     /// work drains after the signal.
     health: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
-async fn start<C, F, Fut>(config: &Config, role: &str, connect: F) -> Result<Option<Started<C>>>
+pub(crate) async fn start<C, F, Fut>(
+    config: &Config,
+    role: &str,
+    connect: F,
+) -> Result<Option<Started<C>>>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<C, tiersweep::StoreError>>,
@@ -220,7 +224,7 @@ pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
     finish(s).await
 }
 
-async fn finish<C>(s: Started<C>) -> Result<()> {
+pub(crate) async fn finish<C>(s: Started<C>) -> Result<()> {
     s.readiness.set(false);
     if let Some((cancel, task)) = s.health {
         cancel.cancel();

@@ -131,6 +131,7 @@ macro_rules! queue_conformance {
                 nacked_and_dropped_jobs_are_redelivered,
                 dead_lettered_jobs_are_not_redelivered,
                 flow_control_bounds_outstanding,
+                a_subscription_stops_and_closes_cleanly_in_any_state,
             ]
         );
     };

@@ -1,0 +1,123 @@
+//! `tiersweep audit --fan-out` / `--resume-run` (the coordinator) and `--worker`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tiersweep::audit::fanout::{self, progress_report};
+use tiersweep::audit::{AuditConfig, AuditReport, AuditRuns, AuditWorker};
+use tiersweep::clock;
+use tiersweep::config::Config;
+use tiersweep::lt::LtAccess;
+use tiersweep::queue::PubsubQueue;
+use tiersweep::{Stores, stores};
+use tokio_util::sync::CancellationToken;
+
+use super::AuditArgs;
+use crate::exit::ConfigFailure;
+
+/// How often the coordinator reads the run's progress.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Records the run (or finds the one to resume), publishes its jobs and, unless told not
+/// to, waits for its ranges; the report of what finished, or `None` without waiting.
+pub async fn coordinate(
+    args: &AuditArgs,
+    config: &Config,
+    audit: &AuditConfig,
+) -> Result<Option<AuditReport>> {
+    // The changelog (its time, the run's row) and the audit topic: nothing else.
+    let changelog = stores::connect_changelog(config, clock::system())
+        .await
+        .context("connecting to the changelog table")?;
+    let runs = stores::connect_audit_runs(config)
+        .await
+        .context("connecting to the audit runs (the changelog table)")?;
+    let queue = PubsubQueue::connect_audit_publisher(&config.pubsub)
+        .await
+        .context("connecting to the audit topic")?;
+    let run = match &args.resume_run {
+        Some(id) => {
+            let (run, published) = fanout::resume(changelog.as_ref(), runs.as_ref(), &queue, id)
+                .await
+                .context(ConfigFailure(format!("resuming audit run {id}")))?;
+            tracing::info!(run = %run.run, published, "unfinished range jobs published again");
+            run
+        }
+        None => {
+            let run = fanout::start(
+                changelog.as_ref(),
+                runs.as_ref(),
+                &queue,
+                audit,
+                args.run_ttl,
+            )
+            .await
+            .context("starting the audit run")?;
+            tracing::info!(run = %run.run, ranges = run.ranges, topic = %config.pubsub.audit_topic,
+                expires = %run.expires, "range jobs published; --resume-run publishes unfinished ones again");
+            run
+        }
+    };
+    if args.no_wait {
+        println!("{}", run.run);
+        return Ok(None);
+    }
+    let cancel = CancellationToken::new();
+    crate::worker::cancel_on_signals(cancel.clone())?;
+    let mut last = usize::MAX;
+    loop {
+        let state = runs
+            .get(&run.run)
+            .await
+            .context("reading the run's progress")?
+            .with_context(|| format!("audit run {} disappeared", run.run))?;
+        let done = state.done.len();
+        if done != last {
+            let orphans: u64 = state.done.values().map(|s| s.orphans).sum();
+            tracing::info!(run = %run.run, ranges_finished = done, ranges = run.ranges, orphans,
+                "audit run in progress");
+            last = done;
+        }
+        if done >= run.ranges || cancel.is_cancelled() {
+            if done < run.ranges {
+                tracing::warn!(run = %run.run, unfinished = run.ranges - done,
+                    "stopped waiting; workers go on, and --resume-run waits again");
+            }
+            return Ok(Some(progress_report(&state)));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// Serves range jobs until SIGTERM, with health endpoints like the other pools.
+pub async fn worker(args: &AuditArgs, config: Config) -> Result<()> {
+    let trail = super::open_trail(args, &config).await?;
+    // All three stores (listing on the bucket), the runs, the audit subscription.
+    let connect = || async {
+        let stores = Stores::connect(&config, clock::system(), LtAccess::Audit).await?;
+        let runs: Arc<dyn AuditRuns> = stores::connect_audit_runs(&config).await?;
+        let queue = PubsubQueue::connect_audit_worker(&config.pubsub).await?;
+        Ok((stores, runs, Arc::new(queue)))
+    };
+    let Some(s) = crate::worker::start(&config, "audit worker", connect).await? else {
+        return Ok(());
+    };
+    let (stores, runs, queue) = s.connected.clone();
+    let mut worker = AuditWorker::new(stores, runs)
+        .rates(Some(args.max_deletes_per_s), Some(args.max_lists_per_s))
+        .cancel_on(s.cancel.clone());
+    if let Some(trail) = trail {
+        worker = worker.trail(trail);
+    }
+    tracing::info!(subscription = %config.pubsub.audit_subscription,
+        trail = args.trail.is_some() || args.trail_topic, "taking audit range jobs");
+    worker
+        .serve(queue.as_ref())
+        .await
+        .context("pulling audit range jobs")?;
+    crate::worker::finish(s).await
+}
