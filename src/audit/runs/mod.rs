@@ -101,7 +101,7 @@ pub struct RunState {
 }
 
 /// Where audit runs are recorded. One conformance scenario
-/// ([`crate::testing::audits::runs_behave_as_documented`]) runs on both backends.
+/// (`testing::audit_fanout::audit_runs_behave_as_documented`) runs on both backends.
 #[async_trait]
 pub trait AuditRuns: Send + Sync + std::fmt::Debug {
     /// Records `run`; `false` (and nothing written) when a run with its id exists.
