@@ -127,3 +127,53 @@ fn trail_error(path: &std::path::Path, reason: String) -> AuditError {
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::queue::{FlowControl, JobQueue, MemoryQueue};
+
+    fn entry() -> DeletionRequested {
+        DeletionRequested {
+            run: "run-1".into(),
+            blob: "p/o/0190".into(),
+            change: ChangeId::mint(),
+            created: Timestamp(1_000),
+            age_s: 90_000,
+            reason: "test",
+            judged_at: Timestamp(91_000_000),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_topic_trail_publishes_each_entry_whole_with_its_run() {
+        let queue = MemoryQueue::new(8, 5);
+        let trail = TopicTrail::new(Arc::new(queue.clone()));
+        let e = entry();
+        trail.requested(&e).await.expect("published");
+        let mut sub = queue
+            .subscribe(FlowControl::default())
+            .await
+            .expect("subscribed");
+        let d = sub.next().await.expect("open").expect("a delivery");
+        assert_eq!(d.message.attributes[TRAIL_RUN_ATTRIBUTE], "run-1");
+        let back: serde_json::Value = serde_json::from_slice(&d.message.data).expect("JSON");
+        assert_eq!(back["blob"], "p/o/0190");
+        assert_eq!(back["change"], e.change.to_string());
+        d.ack();
+    }
+
+    #[tokio::test]
+    async fn a_file_trail_appends_one_line_per_entry() {
+        let path = std::env::temp_dir().join(format!("trail-{}.jsonl", uuid::Uuid::now_v7()));
+        let trail = FileTrail::open(&path).await.expect("opened");
+        trail.requested(&entry()).await.expect("written");
+        trail.requested(&entry()).await.expect("written");
+        let text = std::fs::read_to_string(&path).expect("read back");
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.lines().all(|l| l.contains("\"run\":\"run-1\"")));
+        let _ = std::fs::remove_file(&path);
+    }
+}
