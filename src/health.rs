@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
+    /// Marks the worker ready (connected) or not (starting, draining).
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
     }
 
+    /// Whether the worker is ready.
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }

@@ -43,6 +43,7 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// Every resource, in declaration order (the call meter's index).
     pub const ALL: [Resource; 11] = [
         Resource::HvTable,
         Resource::ChangelogTable,
@@ -57,6 +58,7 @@ impl Resource {
         Resource::AuditTrailTopic,
     ];
 
+    /// The resource's name in logs and metric labels.
     pub fn name(self) -> &'static str {
         match self {
             Resource::HvTable => "hv_table",
@@ -77,21 +79,33 @@ impl Resource {
 /// One RPC or API method, named as its service names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Method {
+    /// Bigtable ReadRows (also single-row reads).
     BigtableReadRows,
+    /// Bigtable CheckAndMutateRow.
     BigtableCheckAndMutateRow,
+    /// Bigtable MutateRow.
     BigtableMutateRow,
+    /// Bigtable MutateRows.
     BigtableMutateRows,
+    /// Cloud Storage objects.insert (uploads).
     GcsObjectsInsert,
+    /// Cloud Storage objects.get (metadata and media).
     GcsObjectsGet,
+    /// Cloud Storage objects.delete.
     GcsObjectsDelete,
+    /// Cloud Storage objects.list.
     GcsObjectsList,
     /// Asks which of a set of permissions the caller holds on the bucket. It needs no
     /// permission, which is why readiness checks use it (fake-gcs-server has no IAM API;
     /// there the check reads the bucket instead, and counts as this call).
     GcsBucketsTestIamPermissions,
+    /// Pub/Sub Publish.
     PubsubPublish,
+    /// Pub/Sub GetTopic (readiness checks).
     PubsubGetTopic,
+    /// Pub/Sub GetSubscription (readiness checks).
     PubsubGetSubscription,
+    /// Pub/Sub StreamingPull.
     PubsubStreamingPull,
     /// Unary pull (`tiersweep dlq`'s snapshots).
     PubsubPull,
@@ -103,6 +117,7 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method, in declaration order (the call meter's index).
     pub const ALL: [Method; 16] = [
         Method::BigtableReadRows,
         Method::BigtableCheckAndMutateRow,
@@ -122,6 +137,7 @@ impl Method {
         Method::PubsubModifyAckDeadline,
     ];
 
+    /// The method's name in logs and metric labels.
     pub fn name(self) -> &'static str {
         match self {
             Method::BigtableReadRows => "bigtable.ReadRows",
@@ -175,7 +191,9 @@ impl Method {
 /// One method called on one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Call {
+    /// What was called.
     pub method: Method,
+    /// On what.
     pub resource: Resource,
 }
 
@@ -221,9 +239,13 @@ pub const PREDEFINED_ROLES: &[(&str, &[&str])] = &[
 /// records recovery changes, and rewrites a failing row's claim count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
+    /// `tiersweep scan`.
     Scanner,
+    /// `tiersweep clean`.
     Cleaner,
+    /// `status`, `inspect`, `recover --dry-run`, `dlq`.
     Operator,
+    /// `audit` (one-process, `--fan-out`, `--worker`) and `reset`.
     Auditor,
 }
 

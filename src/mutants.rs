@@ -67,6 +67,7 @@ pub enum Mutant {
 }
 
 impl Mutant {
+    /// Every mutant, for the mutation test to try one by one.
     pub const ALL: [Mutant; 19] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,

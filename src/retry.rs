@@ -10,9 +10,13 @@ use backon::{ExponentialBuilder, Retryable};
 use crate::error::StoreError;
 
 #[derive(Debug, Clone, Copy)]
+/// Backoff and attempts for one store call.
 pub struct RetryPolicy {
+    /// The first delay.
     pub min_delay: Duration,
+    /// The longest delay.
     pub max_delay: Duration,
+    /// Attempts in all, the first included.
     pub max_attempts: usize,
 }
 
@@ -27,6 +31,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The backoff as `backon` takes it, with jitter.
     pub fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)

@@ -32,29 +32,45 @@
 
 use std::time::Duration;
 
+/// The HV table's family and qualifiers.
 pub mod hv {
+    /// The one family: data, metadata and version.
     pub const DATA: &str = "v";
+    /// The object's bytes, for a small object.
     pub const INLINE: &[u8] = b"inline";
+    /// The LT revision name, for a large object.
     pub const TOMBSTONE: &[u8] = b"tombstone";
+    /// The object's metadata (JSON), only when it has any.
     pub const META: &[u8] = b"meta";
+    /// The stamp of the last write or fence: what a compare-and-write names.
     pub const VERSION: &[u8] = b"version";
 }
 
+/// The changelog table's family, qualifiers and the prefixes of its rows outside every
+/// shard.
 pub mod changelog {
+    /// The one family, one version.
     pub const FAMILY: &str = "c";
+    /// The serde-encoded change record.
     pub const RECORD: &[u8] = b"record";
+    /// The owner token; its timestamp is the row's liveness stamp.
     pub const OWNER: &[u8] = b"owner";
     /// The row whose `c:clock` cell the server stamps when asked for its time. Its key
     /// sorts before every shard (`000/`…), so no scan reads it.
     pub const CLOCK_ROW: &str = "!clock";
+    /// The cell of the clock row the server stamps.
     pub const CLOCK: &[u8] = b"clock";
     /// Lease rows are `{LEASE_PREFIX}{shard}`; member rows `{MEMBER_PREFIX}{member}`.
     pub const LEASE_PREFIX: &str = "!lease/";
+    /// A lease row's cell: `{epoch}/{holder}`.
     pub const LEASE: &[u8] = b"lease";
+    /// Member rows are `{MEMBER_PREFIX}{member id}`.
     pub const MEMBER_PREFIX: &str = "!member/";
+    /// A member row's cell (empty; its timestamp is the member's last announcement).
     pub const MEMBER: &[u8] = b"member";
     /// Audit run rows are `{AUDIT_PREFIX}{run id}`.
     pub const AUDIT_PREFIX: &str = "!audit/";
+    /// An audit run's parameters (JSON).
     pub const AUDIT_RUN: &[u8] = b"run";
     /// A finished range's cell is `{AUDIT_DONE}{index}`.
     pub const AUDIT_DONE: &str = "done/";
@@ -63,7 +79,9 @@ pub mod changelog {
 /// How a column family is garbage-collected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gc {
+    /// Keep at most this many versions of a cell.
     MaxVersions(i32),
+    /// Drop cells older than this.
     MaxAge(Duration),
 }
 

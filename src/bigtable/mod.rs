@@ -3,7 +3,7 @@
 //! mutation vocabulary, and the mapping of `bigtable_rs` errors onto [`StoreError`].
 //!
 //! `bigtable_rs` has no retry of its own; the protocol layers (writer, scanner, cleaner)
-//! wrap every store call in the one [`RetryPolicy`](crate::retry::RetryPolicy), because
+//! wrap every store call in the one [`RetryPolicy`](crate::RetryPolicy), because
 //! whether a retry is safe is a protocol question (see `hv` and `changelog`), not a
 //! transport one. Calls here are single attempts.
 
@@ -29,7 +29,9 @@ use crate::iam::{Method, Resource};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BigtableConfig {
+    /// The Google Cloud project of the Bigtable instance.
     pub project: String,
+    /// The Bigtable instance holding both tables.
     pub instance: String,
     /// App profile for data calls. On Cloud Bigtable use one with single-cluster routing and
     /// transactional writes allowed: `CheckAndMutateRow` is refused without them.
@@ -37,7 +39,9 @@ pub struct BigtableConfig {
     /// `host:port` of an emulator; unset means Cloud Bigtable with Application Default
     /// Credentials. Defaults to `BIGTABLE_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
+    /// The HV (object) table.
     pub hv_table: String,
+    /// The changelog table (also holding leases, members and audit runs).
     pub changelog_table: String,
     /// HTTP/2 connections to spread calls over.
     pub channels: usize,

@@ -143,6 +143,7 @@ impl std::fmt::Debug for Batched {
 }
 
 impl Batched {
+    /// Batches the changelog calls of concurrent callers into `inner`'s multi-row calls.
     pub fn new(inner: Arc<dyn Changelog>) -> Self {
         let reads = Lane::new("get_many", {
             let inner = inner.clone();

@@ -38,6 +38,7 @@ use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
 
 #[derive(Debug, Clone)]
+/// The changelog on Bigtable: one row per change, stamps in the server's time.
 pub struct BigtableChangelog {
     client: BigtableClient,
     table: Table,
@@ -45,6 +46,8 @@ pub struct BigtableChangelog {
 }
 
 impl BigtableChangelog {
+    /// The changelog kept in `table_id`; `clock` is the process's, for estimates only
+    /// (stamps are the server's).
     pub fn new(client: BigtableClient, table_id: &str, clock: SharedClock) -> Self {
         let table = client.table(StoreKind::Changelog, table_id);
         Self {

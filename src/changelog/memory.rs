@@ -29,6 +29,8 @@ struct Row {
 const MAX_TOMBSTONES: usize = 2_000_000;
 
 #[derive(Debug)]
+/// The changelog in memory, with Bigtable's semantics (stamps in its clock, conditional
+/// writes, deletes that scans still pay for until compaction).
 pub struct MemoryChangelog {
     rows: Mutex<BTreeMap<String, Row>>,
     /// Keys of removed rows not yet compacted away. Bigtable deletes by writing tombstones
@@ -42,6 +44,7 @@ pub struct MemoryChangelog {
 }
 
 impl MemoryChangelog {
+    /// An empty changelog stamping in `clock`.
     pub fn new(clock: SharedClock) -> Self {
         Self {
             rows: Mutex::new(BTreeMap::new()),
@@ -80,10 +83,12 @@ impl MemoryChangelog {
         self.rows().insert(key.to_owned(), Row { bytes, stamp });
     }
 
+    /// Live rows.
     pub fn len(&self) -> usize {
         self.rows().len()
     }
 
+    /// Whether no row is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -33,7 +33,9 @@ pub use noop::NoopChangelog;
 /// A decoded changelog row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangelogEntry {
+    /// The row key.
     pub id: ChangeId,
+    /// The decoded record.
     pub record: ChangeRecord,
     /// The row's liveness timestamp: the last record, heartbeat or claim.
     pub stamp: Timestamp,
@@ -43,9 +45,13 @@ pub struct ChangelogEntry {
 /// operator has to see them, and they may name blobs that still need cleaning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScannedRow {
+    /// A row that decodes.
     Entry(ChangelogEntry),
+    /// A row that does not decode, left in place.
     Malformed {
+        /// Its row key.
         key: String,
+        /// Why it does not decode.
         reason: String,
     },
     /// A row that is not claimable now, reported only when the scan asks
@@ -54,8 +60,11 @@ pub enum ScannedRow {
     /// given). How a scanner learns which rows behind its lower key bound it must come
     /// back to.
     Waiting {
+        /// The row key.
         id: ChangeId,
+        /// Its liveness stamp.
         stamp: Timestamp,
+        /// When the change asked to be left alone until, if it did.
         cleanup_after: Option<Timestamp>,
     },
 }
@@ -64,7 +73,9 @@ pub enum ScannedRow {
 /// side open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MintedWindow {
+    /// The first minting time read (`None`: from each shard's first row).
     pub from: Option<Timestamp>,
+    /// The minting time read up to, exclusive (`None`: to each shard's end).
     pub to: Option<Timestamp>,
     /// Shards read from their first row whatever `from` says: those a scanner has not read
     /// whole since it gained them, whose older ids it has never seen.
@@ -81,7 +92,9 @@ pub(crate) struct KeyRange {
 }
 
 #[derive(Debug, Clone)]
+/// What one [`Changelog::scan_stale`] call reads.
 pub struct ScanRequest {
+    /// The shards read.
     pub shards: ShardSet,
     /// Rows stamped strictly before this are stale.
     pub cutoff: Timestamp,
@@ -158,28 +171,36 @@ impl ScanRequest {
 }
 
 #[derive(Debug, Clone, Default)]
+/// One page of a stale scan.
 pub struct ScanPage {
+    /// The rows read, in key order.
     pub rows: Vec<ScannedRow>,
     /// The last key this page read when it stopped at the limit; `None` when the range is done.
     pub resume_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a heartbeat ended.
 pub enum Heartbeat {
+    /// The row is the caller's, stamped now.
     Refreshed,
     /// The row is gone or owned by someone else: the writer has been fenced out.
     Refused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// How a claim ended.
 pub enum Claim {
+    /// The row is the claimer's now, leased; the entry as claimed.
     Won(ChangelogEntry),
     /// Someone refreshed or claimed the row since the scan saw it, or it is gone.
     Lost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a claim extension ended.
 pub enum Extension {
+    /// The claim's lease runs to the asked time.
     Extended,
     /// The row is gone, owned by someone else, or already stamped at or after the asked
     /// time: it was left as it is.
@@ -187,20 +208,26 @@ pub enum Extension {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a deferral ended.
 pub enum Deferral {
+    /// The row waits until the record's `cleanup_after`.
     Deferred,
     /// The row is gone or owned by someone else; it was left as it is.
     NotOwned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a removal ended.
 pub enum Removal {
+    /// The row is gone.
     Removed,
     /// The row is gone or owned by someone else; it was left as it is.
     NotOwned,
 }
 
 #[async_trait]
+/// The write-ahead changelog (see the module documentation). Bigtable and memory implement
+/// it; one conformance suite runs on both.
 pub trait Changelog: Send + Sync + std::fmt::Debug {
     /// Writes the row for a new change, stamped now in the changelog's own time
     /// ([`Changelog::now`]). Returns the caller's estimate of the stamp; the stamp itself is

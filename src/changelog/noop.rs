@@ -12,6 +12,9 @@ use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
 
 #[derive(Debug, Default, Clone, Copy)]
+/// A changelog that records nothing: the design without crash recovery, for comparison
+/// (benchmarks) and for writers that opt out. Blobs its writers orphan are found only by
+/// `tiersweep audit`.
 pub struct NoopChangelog;
 
 #[async_trait]

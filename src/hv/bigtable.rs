@@ -31,12 +31,14 @@ use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use crate::model::{HvValue, ObjectMeta, ObjectPath, Revision};
 
 #[derive(Debug, Clone)]
+/// HV on Bigtable: one row per object; writes are `CheckAndMutateRow` on its version.
 pub struct BigtableHv {
     client: BigtableClient,
     table: Table,
 }
 
 impl BigtableHv {
+    /// The object rows of `table_id`.
     pub fn new(client: BigtableClient, table_id: &str) -> Self {
         let table = client.table(StoreKind::Hv, table_id);
         Self { client, table }

@@ -12,12 +12,14 @@ use crate::error::StoreResult;
 use crate::model::{HvValue, ObjectPath, Revision};
 
 #[derive(Debug, Default)]
+/// HV in memory, with Bigtable's semantics (versions, compare-and-write, key order).
 pub struct MemoryHv {
     /// In key order, as Bigtable keeps rows, so that range scans page like the real one.
     rows: Mutex<BTreeMap<ObjectPath, HvRow>>,
 }
 
 impl MemoryHv {
+    /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }

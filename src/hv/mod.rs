@@ -61,6 +61,7 @@ impl Version {
         Self(s.into())
     }
 
+    /// The stamp as stored.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -76,6 +77,7 @@ impl std::fmt::Display for Version {
 /// must name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HvRow {
+    /// The object's value: inline bytes or a tombstone; `None` when it has none.
     pub value: Option<HvValue>,
     /// The metadata written with the value; empty when there is no value.
     pub meta: ObjectMeta,
@@ -87,7 +89,9 @@ pub struct HvRow {
 /// it is replaced (or removed) with the data, never on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HvWrite {
+    /// Small object: its bytes and metadata, inline.
     Inline(Bytes, ObjectMeta),
+    /// Large object: the LT revision holding its bytes, and its metadata.
     Tombstone(crate::model::Revision, ObjectMeta),
     /// Removes the object's data and metadata. The row keeps its (new) version.
     Delete,
@@ -115,6 +119,7 @@ impl HvWrite {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a compare-and-write ended.
 pub enum CasOutcome {
     /// The row now holds the write (applied now, or by an earlier attempt with the same
     /// stamp that is still current).
@@ -143,11 +148,14 @@ pub struct TombstonePage {
     pub resume_after: Option<ObjectPath>,
 }
 
+/// The hot tier: object rows written by compare-and-write on their version. Bigtable and
+/// memory implement it; one conformance suite runs on both.
 #[async_trait]
 pub trait HvStore: Send + Sync + std::fmt::Debug {
     /// The row's value and version, in one read.
     async fn read_row(&self, path: &ObjectPath) -> StoreResult<HvRow>;
 
+    /// The row's value alone.
     async fn read(&self, path: &ObjectPath) -> StoreResult<Option<HvValue>> {
         Ok(self.read_row(path).await?.value)
     }

@@ -19,6 +19,7 @@ use crate::error::{StoreKind, StoreResult};
 use crate::model::{SHARD_COUNT, Shard, Timestamp};
 
 #[derive(Debug, Clone)]
+/// Leases and members on Bigtable, in the changelog table.
 pub struct BigtableLeases {
     client: BigtableClient,
     table: Table,

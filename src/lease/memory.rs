@@ -19,12 +19,15 @@ struct State {
 }
 
 #[derive(Debug)]
+/// Leases and members in memory, stamped in `clock` (the changelog twin's, when they share
+/// one).
 pub struct MemoryLeases {
     state: Mutex<State>,
     clock: SharedClock,
 }
 
 impl MemoryLeases {
+    /// No leases written, no members.
     pub fn new(clock: SharedClock) -> Self {
         Self {
             state: Mutex::new(State::default()),

@@ -61,6 +61,7 @@ impl MemberId {
         Ok(Self(id.to_owned()))
     }
 
+    /// The id as stored.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -75,14 +76,18 @@ impl std::fmt::Display for MemberId {
 /// A shard's lease as read. A lease never written reads as epoch 0, free, stamped 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The shard leased.
     pub shard: Shard,
+    /// Grows by one at every change of holder.
     pub epoch: u64,
+    /// Who holds it; `None` when free.
     pub holder: Option<MemberId>,
     /// When it was last acquired, renewed or released (the store's time).
     pub stamp: Timestamp,
 }
 
 impl Lease {
+    /// How a lease never written reads: epoch 0, free, stamped 0.
     pub fn unwritten(shard: Shard) -> Self {
         Self {
             shard,
@@ -131,16 +136,20 @@ impl Lease {
 /// A member as its row was read: when it last announced itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// The member.
     pub id: MemberId,
+    /// Its last announcement (the store's time).
     pub stamp: Timestamp,
 }
 
 /// Every lease and member, read at once, with the store's time of the read.
 #[derive(Debug, Clone)]
 pub struct LeaseTable {
+    /// The store's time of the read.
     pub now: Timestamp,
     /// One per shard, in shard order ([`Lease::unwritten`] for those never written).
     pub leases: Vec<Lease>,
+    /// Every member row read.
     pub members: Vec<Member>,
     /// Lease rows that did not decode, reported (key, reason) and left alone: their shards
     /// are nobody's until an operator looks, and that is visible in the logs and metrics.
@@ -148,14 +157,19 @@ pub struct LeaseTable {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an acquisition ended.
 pub enum Taken {
     /// The lease is the caller's, at this epoch.
-    Won { epoch: u64 },
+    Won {
+        /// The epoch the caller now holds it at.
+        epoch: u64,
+    },
     /// It was not as the caller read it: renewed, taken or released since.
     Lost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a renewal or release ended.
 pub enum Kept {
     /// Renewed (or released) as asked.
     Done,
@@ -164,6 +178,8 @@ pub enum Kept {
 }
 
 #[async_trait]
+/// Shard leases and members (see the module documentation). Bigtable and memory implement
+/// it; one conformance suite runs on both.
 pub trait Leases: Send + Sync + std::fmt::Debug {
     /// Every lease and member, and the store's time (which costs a write: the clock row's
     /// re-stamp).

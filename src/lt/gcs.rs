@@ -30,7 +30,9 @@ const GCS: &str = "https://storage.googleapis.com";
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
+/// Where the LT bucket is and how to reach it.
 pub struct GcsConfig {
+    /// The bucket's name.
     pub bucket: String,
     /// Base URL of an emulator (`http://host:port`); unset means Cloud Storage with
     /// Application Default Credentials. Defaults to `STORAGE_EMULATOR_HOST`.
@@ -59,6 +61,8 @@ impl Default for GcsConfig {
 }
 
 #[derive(Debug, Clone)]
+/// LT on Cloud Storage, through the official client (uploads, downloads) and its JSON API
+/// (existence checks, deletes, listings).
 pub struct GcsLt {
     storage: Storage,
     http: reqwest::Client,

@@ -69,6 +69,7 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> +
 /// (either side open when `None`), in name order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NameRange {
+    /// Names start with this.
     pub prefix: String,
     /// The first name the range holds (inclusive).
     pub start: Option<String>,
@@ -96,6 +97,7 @@ impl NameRange {
 /// One blob as a listing names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedBlob {
+    /// The blob's name (a revision, or anything else in the bucket).
     pub name: String,
     /// When the store created it, on the store's clock (GCS: `timeCreated`). How a
     /// reconciler tells an old orphan from an upload that has just landed.
@@ -105,6 +107,7 @@ pub struct ListedBlob {
 /// One page of a listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
+    /// The blobs, in name order.
     pub blobs: Vec<ListedBlob>,
     /// Pass back to continue; `None` on the last page.
     pub next: Option<String>,
@@ -120,6 +123,7 @@ impl ListPage {
 /// What a blob's metadata says ([`LtStore::stat`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobInfo {
+    /// Its size in bytes.
     pub size: u64,
     /// The metadata the blob was written with, exactly: a blob written without a content
     /// type has none here, whatever GCS defaulted it to.
@@ -138,6 +142,8 @@ pub const EXPIRES_AT_KEY: &str = "tiersweep-expires-at";
 /// than what the writer wrote.
 pub const CONTENT_TYPE_KEY: &str = "tiersweep-content-type";
 
+/// The large-object tier: blobs named by revision, created once, never overwritten. GCS and
+/// memory implement it; one conformance suite runs on both.
 #[async_trait]
 pub trait LtStore: Send + Sync + std::fmt::Debug {
     /// Creates the blob without metadata; see [`LtStore::put_with_meta`].
@@ -167,6 +173,7 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
         body: ByteStream,
         meta: &ObjectMeta,
     ) -> StoreResult<u64>;
+    /// The blob's bytes; `None` when it does not exist.
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>>;
     /// Opens the blob for reading as a stream of chunks, holding about one chunk in memory
     /// whatever its size; `None` when it does not exist. The read is of the blob as it was
@@ -175,6 +182,7 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
     async fn get_stream(&self, rev: &Revision) -> StoreResult<Option<ByteStream>>;
     /// The blob's size and metadata; `None` when it does not exist.
     async fn stat(&self, rev: &Revision) -> StoreResult<Option<BlobInfo>>;
+    /// Whether the blob exists (a metadata read).
     async fn exists(&self, rev: &Revision) -> StoreResult<bool> {
         Ok(self.stat(rev).await?.is_some())
     }

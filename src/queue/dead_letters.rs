@@ -45,14 +45,18 @@ impl Default for Snapshot {
 /// Dead letters by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Listing {
+    /// Dead letters seen.
     pub total: usize,
+    /// Counts by reason.
     pub by_reason: BTreeMap<String, ReasonCount>,
     /// The snapshot stopped at its limit: there are more.
     pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// How many dead letters carry one reason, and the oldest.
 pub struct ReasonCount {
+    /// How many.
     pub count: usize,
     /// The oldest one's publish time (when it was dead-lettered).
     pub oldest: Option<Timestamp>,
@@ -146,6 +150,7 @@ pub struct Settled {
     pub done: usize,
     /// Left in the dead-letter subscription.
     pub left: usize,
+    /// The snapshot stopped at its limit: more were left unread.
     pub truncated: bool,
 }
 

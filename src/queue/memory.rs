@@ -58,6 +58,8 @@ impl Inner {
 }
 
 #[derive(Debug, Clone)]
+/// The queue in memory: at-least-once, redelivery with backoff, dead-lettering after
+/// `max_attempts`, bounded by `capacity`.
 pub struct MemoryQueue {
     inner: Arc<Inner>,
 }
@@ -65,9 +67,13 @@ pub struct MemoryQueue {
 /// Counts for tests and the demo's progress line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Messages published.
     pub published: u64,
+    /// Deliveries acked.
     pub acked: u64,
+    /// Messages waiting for a subscriber.
     pub ready: usize,
+    /// Messages dead-lettered.
     pub dead_lettered: usize,
 }
 
@@ -105,6 +111,7 @@ impl MemoryQueue {
         }
     }
 
+    /// The counts so far.
     pub fn stats(&self) -> QueueStats {
         let s = self.inner.state();
         QueueStats {
@@ -115,6 +122,7 @@ impl MemoryQueue {
         }
     }
 
+    /// What was dead-lettered, with its reason attributes.
     pub fn dead_letters(&self) -> Vec<Message> {
         self.inner.state().dead.clone()
     }

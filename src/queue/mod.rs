@@ -36,15 +36,22 @@ pub const DEAD_LETTER_DROPPED: &str = "tiersweep_dropped_attributes";
 /// emulator enforces none, so [`Message::check_limits`] is applied before every publish on
 /// both backends, and the in-memory queue refuses what Pub/Sub would.
 pub mod limits {
+    /// Attributes per message.
     pub const MAX_ATTRIBUTES: usize = 100;
+    /// Bytes of an attribute key.
     pub const MAX_KEY_BYTES: usize = 256;
+    /// Bytes of an attribute value.
     pub const MAX_VALUE_BYTES: usize = 1024;
+    /// Bytes of a message: data plus attribute keys and values.
     pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One message: opaque data and string attributes.
 pub struct Message {
+    /// The payload.
     pub data: Bytes,
+    /// Attributes (trace context, dead-letter reason, …).
     pub attributes: BTreeMap<String, String>,
 }
 
@@ -140,16 +147,20 @@ fn truncated(s: &str, max: usize) -> String {
 
 /// What a delivery's handle does when the worker is done with it.
 pub trait Settle: Send + Sync + std::fmt::Debug {
+    /// Acknowledges: the message is done.
     fn ack(self: Box<Self>);
+    /// Returns the message for redelivery.
     fn nack(self: Box<Self>);
 }
 
 /// One delivery of a message. Dropping it unsettled counts as a nack, as a worker crash does.
 #[derive(Debug)]
 pub struct Delivery {
+    /// The queue's id of the message (stable across redeliveries).
     pub message_id: String,
     /// 1 on first delivery.
     pub attempt: u32,
+    /// What was published.
     pub message: Message,
     /// When the message was published, on the queue's clock (Pub/Sub's `publishTime`):
     /// how `tiersweep dlq` tells an old dead letter from a new one.
@@ -158,6 +169,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery settled through `handle`.
     pub fn new(
         message_id: String,
         attempt: u32,
@@ -179,12 +191,14 @@ impl Delivery {
         self
     }
 
+    /// Acknowledges the delivery: it is not delivered again.
     pub fn ack(mut self) {
         if let Some(h) = self.handle.take() {
             h.ack();
         }
     }
 
+    /// Returns the delivery for redelivery (with the subscription's backoff).
     pub fn nack(mut self) {
         if let Some(h) = self.handle.take() {
             h.nack();
@@ -201,6 +215,7 @@ impl Drop for Delivery {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// How much a subscription may hold unsettled.
 pub struct FlowControl {
     /// Unsettled deliveries a subscription may hold at once.
     pub max_outstanding: usize,
@@ -238,10 +253,13 @@ pub trait Subscription: Send {
 }
 
 #[async_trait]
+/// A job queue: Pub/Sub in a deployment, in memory for embedded mode and tests. One
+/// conformance suite runs on both.
 pub trait JobQueue: Send + Sync + std::fmt::Debug {
     /// Publishes a batch; returns once every message is durably accepted.
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()>;
 
+    /// A stream of deliveries holding at most `flow`'s bounds unsettled.
     async fn subscribe(&self, flow: FlowControl) -> StoreResult<Box<dyn Subscription>>;
 
     /// Where published jobs go (a topic name), for telemetry.

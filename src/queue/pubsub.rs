@@ -31,7 +31,9 @@ use crate::telemetry::metrics::METRICS;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
+/// Where the topics and subscriptions are and how to reach them.
 pub struct PubsubConfig {
+    /// The Google Cloud project of the topics and subscriptions.
     pub project: String,
     /// Where scanners publish cleanup jobs.
     pub topic: String,
@@ -92,6 +94,8 @@ impl PubsubConfig {
 }
 
 #[derive(Debug, Clone)]
+/// The job queue on Pub/Sub; what it checks at start depends on what it was connected for
+/// (`connect`, `connect_publisher`, …).
 pub struct PubsubQueue {
     jobs: Publisher,
     /// The jobs topic, for the call meter and the IAM contract.

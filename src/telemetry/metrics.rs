@@ -21,7 +21,9 @@ use opentelemetry::metrics::Meter;
 pub struct Counter {
     /// The OpenTelemetry name; Prometheus gets it with `.` → `_` and a `_total` suffix.
     pub name: &'static str,
+    /// The help text exported with it.
     pub help: &'static str,
+    /// Its label (name, value), when it is one series of a family.
     pub label: Option<(&'static str, &'static str)>,
     value: AtomicU64,
 }
@@ -50,14 +52,17 @@ impl Counter {
         }
     }
 
+    /// Adds `n`.
     pub fn add(&self, n: u64) {
         self.value.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds one.
     pub fn inc(&self) {
         self.add(1);
     }
 
+    /// The count so far.
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
@@ -78,7 +83,9 @@ pub const LAG_BOUNDS: [f64; 12] = [
 /// A fixed-bucket histogram of durations.
 #[derive(Debug)]
 pub struct Histogram {
+    /// The OpenTelemetry name.
     pub name: &'static str,
+    /// The help text exported with it.
     pub help: &'static str,
     /// Counts per bucket of [`LAG_BOUNDS`], the last one for values above every bound.
     buckets: [AtomicU64; LAG_BOUNDS.len() + 1],
@@ -97,6 +104,7 @@ impl Histogram {
         }
     }
 
+    /// Counts one duration.
     pub fn record(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = LAG_BOUNDS
@@ -111,10 +119,12 @@ impl Histogram {
         }
     }
 
+    /// Durations recorded.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
+    /// Their sum.
     pub fn sum(&self) -> Duration {
         Duration::from_micros(self.sum_micros.load(Ordering::Relaxed))
     }
@@ -135,6 +145,7 @@ impl Histogram {
 /// What the last complete scan pass of one shard range saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Backlog {
+    /// Stale rows the pass found.
     pub stale_rows: u64,
     /// Age of the oldest stale row: now minus its last heartbeat (or claim).
     pub oldest_stale_age: Duration,
@@ -144,38 +155,108 @@ pub struct Backlog {
 /// same set; a test checks the two agree.
 #[derive(Debug)]
 pub struct Metrics {
+    /// `tiersweep.changelog.rows_scanned`: Stale changelog rows (malformed ones included)
+    /// returned by scans.
     pub rows_scanned: Counter,
+    /// `tiersweep.changelog.rows_malformed`: Changelog rows a scan could not parse; left in
+    /// place for an operator.
     pub rows_malformed: Counter,
+    /// `tiersweep.claims{outcome="won"}`: Claims a scanner attempted on stale rows, by
+    /// outcome (lost = another scanner won the CAS).
     pub claims_won: Counter,
+    /// `tiersweep.claims{outcome="lost"}`: Claims a scanner attempted on stale rows, by
+    /// outcome (lost = another scanner won the CAS).
     pub claims_lost: Counter,
+    /// `tiersweep.claims{outcome="error"}`: Claims a scanner attempted on stale rows, by
+    /// outcome (lost = another scanner won the CAS).
     pub claims_failed: Counter,
+    /// `tiersweep.claims.held_back`: Stale rows a scanner left unclaimed for now because as
+    /// many of its claims as recovery.max_queued_claims were still waiting for a cleaner
+    /// (backpressure).
     pub claims_held_back: Counter,
+    /// `tiersweep.claims.extended`: Claim leases moved on by whoever holds the job: the
+    /// scanner while it is queued, a cleaner while it works on it.
     pub claims_extended: Counter,
+    /// `tiersweep.claims.repeated`: Claims won on rows recovery had already claimed
+    /// FAILING_AFTER_CLAIMS (5) times or more: changes that keep failing (tiersweep status
+    /// lists them).
     pub claims_repeated: Counter,
+    /// `tiersweep.jobs.republished`: Jobs a scanner published again, under the same claim,
+    /// because they waited recovery.republish_after without a cleaner taking them (lost or
+    /// stranded).
     pub jobs_republished: Counter,
+    /// `tiersweep.jobs.published`: Cleanup jobs a scanner published (one per claim won).
     pub jobs_published: Counter,
+    /// `tiersweep.jobs.processed{outcome="converged"}`: Cleanup job deliveries a cleaner
+    /// finished, by outcome (failed = nacked for redelivery).
     pub jobs_converged: Counter,
+    /// `tiersweep.jobs.processed{outcome="already_converged"}`: Cleanup job deliveries a
+    /// cleaner finished, by outcome (failed = nacked for redelivery).
     pub jobs_already_converged: Counter,
+    /// `tiersweep.jobs.processed{outcome="not_our_claim"}`: Cleanup job deliveries a
+    /// cleaner finished, by outcome (failed = nacked for redelivery).
     pub jobs_not_our_claim: Counter,
+    /// `tiersweep.jobs.processed{outcome="not_due"}`: Cleanup job deliveries a cleaner
+    /// finished, by outcome (failed = nacked for redelivery).
     pub jobs_not_due: Counter,
+    /// `tiersweep.jobs.processed{outcome="failed"}`: Cleanup job deliveries a cleaner
+    /// finished, by outcome (failed = nacked for redelivery).
     pub jobs_failed: Counter,
+    /// `tiersweep.jobs.processed{outcome="dead_lettered"}`: Cleanup job deliveries a
+    /// cleaner finished, by outcome (failed = nacked for redelivery).
     pub jobs_dead_lettered: Counter,
+    /// `tiersweep.blobs.deleted`: LT blobs recovery deleted because HV does not reference
+    /// them.
     pub blobs_deleted: Counter,
+    /// `tiersweep.tombstones.dangling`: HV tombstones found referencing a missing LT blob;
+    /// each needs an operator.
     pub dangling_tombstones: Counter,
+    /// `tiersweep.writer.heartbeat_failures`: Writer heartbeats that failed or timed out;
+    /// the change is left to recovery.
     pub heartbeat_failures: Counter,
+    /// `tiersweep.writer.fenced`: Writes refused because recovery had claimed or fenced
+    /// their change.
     pub writers_fenced: Counter,
+    /// `tiersweep.queue.pull_streams_reopened`: Streaming pulls the server ended without an
+    /// error, reopened by the cleaner.
     pub pull_streams_reopened: Counter,
+    /// `tiersweep.shard_leases{outcome="acquired"}`: Shard lease changes a scanner made or
+    /// met, by outcome (lost = taken by another member after this one stalled past its
+    /// lease).
     pub leases_acquired: Counter,
+    /// `tiersweep.shard_leases{outcome="released"}`: Shard lease changes a scanner made or
+    /// met, by outcome (lost = taken by another member after this one stalled past its
+    /// lease).
     pub leases_released: Counter,
+    /// `tiersweep.shard_leases{outcome="lost"}`: Shard lease changes a scanner made or met,
+    /// by outcome (lost = taken by another member after this one stalled past its lease).
     pub leases_lost: Counter,
+    /// `tiersweep.audit.blobs_listed`: LT blobs an audit listed and judged.
     pub audit_blobs_listed: Counter,
+    /// `tiersweep.audit.orphans{age="lt_1d"}`: Orphan LT blobs an audit found (no HV
+    /// tombstone or changelog row names them), by age since GCS created them.
     pub audit_orphans_lt_1d: Counter,
+    /// `tiersweep.audit.orphans{age="1d_7d"}`: Orphan LT blobs an audit found (no HV
+    /// tombstone or changelog row names them), by age since GCS created them.
     pub audit_orphans_1d_7d: Counter,
+    /// `tiersweep.audit.orphans{age="7d_30d"}`: Orphan LT blobs an audit found (no HV
+    /// tombstone or changelog row names them), by age since GCS created them.
     pub audit_orphans_7d_30d: Counter,
+    /// `tiersweep.audit.orphans{age="ge_30d"}`: Orphan LT blobs an audit found (no HV
+    /// tombstone or changelog row names them), by age since GCS created them.
     pub audit_orphans_ge_30d: Counter,
+    /// `tiersweep.audit.deletes_requested`: Orphans an audit handed to recovery for
+    /// deletion (one changelog row each).
     pub audit_deletes_requested: Counter,
+    /// `tiersweep.audit.dangling`: HV tombstones an audit (--dangling) found naming a blob
+    /// that does not exist, confirmed by a second look.
     pub audit_dangling: Counter,
+    /// `tiersweep.audit.jobs_refused`: Audit range jobs a worker refused unjudged:
+    /// malformed, naming no recorded run or range, or of an expired run (forged or stale;
+    /// dead-lettered).
     pub audit_jobs_refused: Counter,
+    /// `tiersweep.recovery.lag`: Age of a change (since its writer recorded it) when
+    /// recovery converged it.
     pub recovery_lag: Histogram,
     backlog: Mutex<BTreeMap<String, Backlog>>,
     /// What this process is (`scan`, `clean`, …), for `tiersweep_build_info`.
@@ -352,6 +433,7 @@ const OLDEST_STALE: (&str, &str) = (
 );
 
 impl Metrics {
+    /// Every counter, in export order.
     pub fn counters(&self) -> [&Counter; 32] {
         [
             &self.rows_scanned,
@@ -397,6 +479,7 @@ impl Metrics {
             .insert(shards.to_owned(), backlog);
     }
 
+    /// The last complete pass of every shard range, by range.
     pub fn backlog(&self) -> BTreeMap<String, Backlog> {
         self.backlog
             .lock()
@@ -404,6 +487,7 @@ impl Metrics {
             .clone()
     }
 
+    /// Every counter's value now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             counters: self
@@ -419,7 +503,9 @@ impl Metrics {
 /// Counter values at one moment, keyed by Prometheus series (`name{label="v"}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Values by Prometheus series.
     pub counters: BTreeMap<String, u64>,
+    /// Recovery-lag observations.
     pub lag_count: u64,
 }
 

@@ -12,13 +12,21 @@ pub use setup::{LogFormat, Telemetry, init};
 
 /// Span names, one per pipeline step. Every span carries the change id in [`CHANGE_ID`].
 pub mod span {
+    /// A scanner's page of stale rows.
     pub const SCAN: &str = "scan";
+    /// One claim, the root of a change's trace.
     pub const CLAIM: &str = "claim";
+    /// Publishing a cleanup job.
     pub const PUBLISH: &str = "publish";
+    /// A cleaner handling one delivery.
     pub const PROCESS: &str = "process";
+    /// Converging one change.
     pub const CONVERGE: &str = "converge";
+    /// A writer's put or delete.
     pub const WRITE: &str = "write";
+    /// Acknowledging a delivery.
     pub const ACK: &str = "ack";
+    /// Returning a delivery.
     pub const NACK: &str = "nack";
 }
 
@@ -28,15 +36,26 @@ pub const CHANGE_ID: &str = "tiersweep.change_id";
 /// Attribute names from the OpenTelemetry semantic conventions, and the values tiersweep
 /// gives them.
 pub mod attr {
+    /// The messaging system attribute.
     pub const MESSAGING_SYSTEM: &str = "messaging.system";
+    /// Its value for Pub/Sub.
     pub const GCP_PUBSUB: &str = "gcp_pubsub";
+    /// The messaging operation attribute.
     pub const MESSAGING_OPERATION: &str = "messaging.operation.name";
+    /// The topic or subscription attribute.
     pub const MESSAGING_DESTINATION: &str = "messaging.destination.name";
+    /// The message id attribute.
     pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+    /// The delivery attempt attribute (Pub/Sub's).
     pub const DELIVERY_ATTEMPT: &str = "messaging.gcp_pubsub.message.delivery_attempt";
+    /// The database system attribute.
     pub const DB_SYSTEM: &str = "db.system.name";
+    /// Its value for Bigtable.
     pub const GCP_BIGTABLE: &str = "gcp.bigtable";
+    /// The database operation attribute.
     pub const DB_OPERATION: &str = "db.operation.name";
+    /// The table attribute.
     pub const DB_COLLECTION: &str = "db.collection.name";
+    /// The error type attribute.
     pub const ERROR_TYPE: &str = "error.type";
 }

@@ -35,6 +35,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Flushes and stops the exporters: call before the process exits, or the last spans
+    /// and metrics are lost.
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
             && let Err(e) = provider.shutdown()
