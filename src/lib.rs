@@ -99,8 +99,10 @@ pub mod telemetry;
 pub mod testing;
 pub mod writer;
 
+pub use bigtable::BigtableConfig;
 pub use config::ProtocolConfig;
 pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
+pub use lt::{GcsConfig, LtAccess};
 pub use model::{ObjectMeta, ObjectPath};
 pub use recovery::{EmbeddedRecovery, RecoveryConfig};
 pub use retry::RetryPolicy;

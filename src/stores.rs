@@ -54,13 +54,23 @@ impl Stores {
         clock: SharedClock,
         access: LtAccess,
     ) -> StoreResult<Self> {
-        let client = crate::bigtable::BigtableClient::connect(&config.bigtable).await?;
-        let hv = BigtableHv::new(client.clone(), &config.bigtable.hv_table);
+        Self::connect_to(&config.bigtable, &config.gcs, clock, access).await
+    }
+
+    /// As [`Stores::connect`], from the two stores' own settings: what a service embedding
+    /// the writer passes, without tiersweep's worker configuration.
+    pub async fn connect_to(
+        bigtable: &crate::bigtable::BigtableConfig,
+        gcs: &crate::lt::gcs::GcsConfig,
+        clock: SharedClock,
+        access: LtAccess,
+    ) -> StoreResult<Self> {
+        let client = crate::bigtable::BigtableClient::connect(bigtable).await?;
+        let hv = BigtableHv::new(client.clone(), &bigtable.hv_table);
         hv.read(&probe_path()).await?;
-        let changelog =
-            BigtableChangelog::new(client, &config.bigtable.changelog_table, clock.clone());
+        let changelog = BigtableChangelog::new(client, &bigtable.changelog_table, clock.clone());
         changelog.get(&ChangeId::mint()).await?;
-        let lt = GcsLt::connect(&config.gcs, access).await?;
+        let lt = GcsLt::connect(gcs, access).await?;
         Ok(Self {
             hv: Arc::new(hv),
             lt: Arc::new(lt),

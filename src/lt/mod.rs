@@ -17,7 +17,7 @@ use futures::Stream;
 use crate::error::StoreResult;
 use crate::model::{ObjectMeta, Revision};
 
-pub use gcs::GcsLt;
+pub use gcs::{GcsConfig, GcsLt};
 pub use memory::MemoryLt;
 
 /// What a process will do with LT blobs; [`GcsLt::connect`] checks at start that the
