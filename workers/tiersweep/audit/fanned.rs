@@ -66,14 +66,18 @@ pub async fn coordinate(
     let cancel = CancellationToken::new();
     crate::worker::cancel_on_signals(cancel.clone())?;
     let mut last = usize::MAX;
+    let mut polls = 0u32;
     loop {
+        polls += 1;
         let state = runs
             .get(&run.run)
             .await
             .context("reading the run's progress")?
             .with_context(|| format!("audit run {} disappeared", run.run))?;
         let done = state.done.len();
-        if done != last {
+        // On change, and once a minute regardless: a run no worker takes (the worker
+        // Deployment ships scaled to zero) must not look like a hang.
+        if done != last || polls.is_multiple_of(30) {
             let orphans: u64 = state.done.values().map(|s| s.orphans).sum();
             tracing::info!(run = %run.run, ranges_finished = done, ranges = run.ranges, orphans,
                 "audit run in progress");
