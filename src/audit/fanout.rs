@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::runs::{AuditRun, AuditRuns, RunState};
 use super::{
-    AuditConfig, AuditError, AuditReport, AuditTrail, Counts, InFlight, Judge, Pacer, RangeState,
+    AuditConfig, AuditError, AuditReport, AuditTrail, Counts, InFlight, Judge, RangeState,
     RangeSummary, ranges, report,
 };
 use crate::changelog::Changelog;
@@ -355,19 +355,15 @@ impl AuditWorker {
                 .to_string(),
             );
         }
-        let judge = Judge {
-            stores: &self.stores,
-            config: &config,
-            snapshot: &snapshot,
-            run: run.run.clone(),
-            trail: self.trail.as_deref(),
-            cancel: &self.cancel,
-            counts: &self.counts,
-            deletes: Pacer::new(config.max_deletes_per_s),
-            lists: Pacer::new(config.max_lists_per_s),
-            examples: std::sync::Mutex::new(Vec::new()),
-            dangling: std::sync::Mutex::new(Vec::new()),
-        };
+        let judge = Judge::new(
+            &self.stores,
+            &config,
+            &snapshot,
+            run.run.clone(),
+            self.trail.as_deref(),
+            &self.cancel,
+            &self.counts,
+        );
         let range = &ranges::split(&run.prefix, run.ranges)[job.range];
         let (state, summary) = judge.range(range).await;
         self.counts

@@ -448,19 +448,15 @@ impl Audit {
         tracing::info!(run = %progress.run, rows = snapshot.rows, judged_at = %snapshot.taken_at,
             "changelog read; listing the bucket");
 
-        let judge = Judge {
-            stores: &self.stores,
+        let judge = Judge::new(
+            &self.stores,
             config,
-            snapshot: &snapshot,
-            run: progress.run.clone(),
-            trail: self.trail.as_deref(),
-            cancel: &self.cancel,
-            counts: &self.counts,
-            deletes: Pacer::new(config.max_deletes_per_s),
-            lists: Pacer::new(config.max_lists_per_s),
-            examples: std::sync::Mutex::new(Vec::new()),
-            dangling: std::sync::Mutex::new(Vec::new()),
-        };
+            &snapshot,
+            progress.run.clone(),
+            self.trail.as_deref(),
+            &self.cancel,
+            &self.counts,
+        );
         let all = ranges::split(&config.prefix, config.ranges);
         let mut reports: Vec<RangeReport> = Vec::with_capacity(all.len());
         let todo: Vec<(usize, NameRange)> = all
@@ -579,7 +575,32 @@ struct Orphan {
     age: Duration,
 }
 
-impl Judge<'_> {
+impl<'a> Judge<'a> {
+    /// What one process needs to judge ranges of one run, with its own pacers.
+    fn new(
+        stores: &'a Stores,
+        config: &'a AuditConfig,
+        snapshot: &'a InFlight,
+        run: String,
+        trail: Option<&'a dyn AuditTrail>,
+        cancel: &'a CancellationToken,
+        counts: &'a Counts,
+    ) -> Self {
+        Self {
+            stores,
+            config,
+            snapshot,
+            run,
+            trail,
+            cancel,
+            counts,
+            deletes: Pacer::new(config.max_deletes_per_s),
+            lists: Pacer::new(config.max_lists_per_s),
+            examples: std::sync::Mutex::new(Vec::new()),
+            dangling: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     async fn range(&self, range: &NameRange) -> (RangeState, RangeSummary) {
         let mut summary = RangeSummary::default();
         let mut orphans = Vec::new();
