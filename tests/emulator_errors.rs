@@ -60,3 +60,84 @@ async fn an_unreachable_gcs_is_a_transient_error_at_connect() {
         .unwrap_err();
     assert!(err.is_transient(), "retrying may help: {err}");
 }
+
+/// A peer that stops answering mid-call (the connection kept open, every byte held) must
+/// fail the call within its deadline, not hold the caller forever: the official GCS and
+/// Pub/Sub clients set no deadline of their own on uploads, reads and publishes.
+mod stalled {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use tiersweep::lt::{GcsLt, LtAccess, LtStore};
+    use tiersweep::model::{ObjectPath, Revision};
+    use tiersweep::queue::{JobQueue, Message, PubsubQueue};
+    use tiersweep::testing::emulators::emulators;
+    use tiersweep::testing::proxy::ChaosProxy;
+
+    const DEADLINE: Duration = Duration::from_secs(2);
+
+    /// Fails the test if `call` takes far longer than its deadline.
+    async fn bounded<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
+        let start = Instant::now();
+        let out = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call hung past 60 s: no deadline applied");
+        (out, start.elapsed())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_gcs_fails_uploads_and_reads_within_the_deadline() {
+        let e = emulators().await;
+        let mut config = e.gcs_config().await;
+        let target = config
+            .emulator_url
+            .clone()
+            .expect("gcs emulator")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let proxy = ChaosProxy::start(target).await.unwrap();
+        config.emulator_url = Some(format!("http://{}", proxy.addr()));
+        config.timeout = DEADLINE;
+        let lt = GcsLt::connect(&config, LtAccess::Write).await.unwrap();
+        let kept = Revision::mint(&ObjectPath::new("stall/kept").unwrap());
+        lt.put(&kept, Bytes::from_static(b"before the stall"))
+            .await
+            .unwrap();
+
+        proxy.set_stalled(true);
+        let rev = Revision::mint(&ObjectPath::new("stall/put").unwrap());
+        let (put, took) = bounded(lt.put(&rev, Bytes::from_static(b"held"))).await;
+        let err = put.expect_err("a stalled upload fails");
+        assert!(err.is_transient(), "{err}");
+        assert!(err.message.contains("gcs.timeout"), "{err}");
+        assert!(took < DEADLINE * 5, "failed after {took:?}");
+        let (get, _) = bounded(lt.get(&kept)).await;
+        let err = get.expect_err("a stalled read fails");
+        assert!(err.is_transient(), "{err}");
+        proxy.heal();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_pubsub_fails_a_publish_within_the_deadline() {
+        let e = emulators().await;
+        let mut config = e.pubsub_config().await;
+        let proxy = ChaosProxy::start(config.emulator_host.clone().expect("pubsub emulator"))
+            .await
+            .unwrap();
+        config.emulator_host = Some(proxy.addr().to_string());
+        config.timeout = DEADLINE;
+        let queue = PubsubQueue::connect_publisher(&config).await.unwrap();
+        proxy.set_stalled(true);
+        let (published, took) = bounded(queue.publish(vec![Message {
+            data: Bytes::from_static(b"held"),
+            attributes: Default::default(),
+        }]))
+        .await;
+        let err = published.expect_err("a stalled publish fails");
+        assert!(err.is_transient(), "{err}");
+        assert!(err.message.contains("pubsub.timeout"), "{err}");
+        assert!(took < DEADLINE * 5, "failed after {took:?}");
+        proxy.heal();
+    }
+}

@@ -62,6 +62,12 @@ pub struct PubsubConfig {
     /// extension, whatever the subscription's own ack deadline says.
     #[serde(with = "crate::config::duration")]
     pub lease_extension: Duration,
+    /// How long a publish (and each start-up check) may take before it fails as
+    /// transient. The client library sets no deadline of its own, so without one a
+    /// publish on a stalled connection would hold its scanner forever. A publish given up
+    /// on may still be delivered: jobs are at-least-once anyway.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
 }
 
 impl Default for PubsubConfig {
@@ -79,6 +85,7 @@ impl Default for PubsubConfig {
             emulator_host: std::env::var("PUBSUB_EMULATOR_HOST").ok(),
             publish_batch: 100,
             lease_extension: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -111,8 +118,21 @@ pub struct PubsubQueue {
     lease_extension: Duration,
     /// The subscription's dead-letter policy's delivery limit (cleaners' connections only).
     max_delivery_attempts: Option<u32>,
+    /// [`PubsubConfig::timeout`].
+    timeout: Duration,
     /// Unary pull instead of a streaming pull (the dead-letter tools' connections).
     unary: Option<super::pull::RestPull>,
+}
+
+/// `call`'s output, or why there is none: `timeout` passed first. The client library sets
+/// no deadline of its own on these calls.
+async fn answered<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?} (pubsub.timeout)"))
 }
 
 fn queue_error(op: &'static str, target: &str, e: impl std::fmt::Display) -> StoreError {
@@ -286,31 +306,39 @@ impl PubsubQueue {
             Purpose::Publish | Purpose::AuditPublish | Purpose::AuditTrail => {
                 let admin: TopicAdmin = configure!(TopicAdmin::builder());
                 crate::iam::record(Call::PubsubGetTopic, jobs_resource);
-                admin.get_topic().set_topic(topic.clone()).send().await.map_err(|e| {
+                answered(config.timeout, admin.get_topic().set_topic(topic.clone()).send()).await.map_err(|d| fail(ErrorKind::Transient, d))?.map_err(|e| {
                     fail(not_found_is_permanent(&e), format!("cannot read the topic ({e}); create it with infra/local/provision.sh or infra/terraform"))
                 })?;
             }
             Purpose::DeadLetters => {
                 let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
                 crate::iam::record(Call::PubsubGetSubscription, subscription_resource);
-                admin
-                    .get_subscription()
-                    .set_subscription(subscription.clone())
-                    .send()
-                    .await
-                    .map_err(|e| {
+                answered(
+                    config.timeout,
+                    admin
+                        .get_subscription()
+                        .set_subscription(subscription.clone())
+                        .send(),
+                )
+                .await
+                .map_err(|d| fail(ErrorKind::Transient, d))?
+                .map_err(|e| {
                         fail(not_found_is_permanent(&e), format!("cannot read the dead-letter subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
                     })?;
             }
             Purpose::Consume | Purpose::AuditConsume => {
                 let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
                 crate::iam::record(Call::PubsubGetSubscription, subscription_resource);
-                let found = admin
-                    .get_subscription()
-                    .set_subscription(subscription.clone())
-                    .send()
-                    .await
-                    .map_err(|e| {
+                let found = answered(
+                    config.timeout,
+                    admin
+                        .get_subscription()
+                        .set_subscription(subscription.clone())
+                        .send(),
+                )
+                .await
+                .map_err(|d| fail(ErrorKind::Transient, d))?
+                .map_err(|e| {
                         fail(not_found_is_permanent(&e), format!("cannot read the subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
                     })?;
                 let policy = found
@@ -360,6 +388,7 @@ impl PubsubQueue {
             lease_extension: config.lease_extension,
             max_delivery_attempts,
             unary,
+            timeout: config.timeout,
         })
     }
 
@@ -372,6 +401,7 @@ impl PubsubQueue {
     }
 
     async fn publish_to(
+        &self,
         publisher: &Publisher,
         topic: &str,
         resource: Resource,
@@ -402,9 +432,22 @@ impl PubsubQueue {
                 publisher.publish(msg)
             })
             .collect();
-        publisher.flush().await;
-        let mut ids = Vec::with_capacity(pending.len());
-        for result in futures::future::join_all(pending).await {
+        let sent = async {
+            publisher.flush().await;
+            futures::future::join_all(pending).await
+        };
+        let Ok(results) = tokio::time::timeout(self.timeout, sent).await else {
+            return Err(queue_error(
+                "publish",
+                topic,
+                format!(
+                    "no answer within {:?} (pubsub.timeout); the messages may still be published",
+                    self.timeout
+                ),
+            ));
+        };
+        let mut ids = Vec::with_capacity(results.len());
+        for result in results {
             ids.push(result.map_err(|e| queue_error("publish", topic, e))?);
         }
         Ok(ids)
@@ -418,7 +461,7 @@ impl JobQueue for PubsubQueue {
     }
 
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
-        Self::publish_to(&self.jobs, &self.topic, self.jobs_resource, batch)
+        self.publish_to(&self.jobs, &self.topic, self.jobs_resource, batch)
             .await
             .map(drop)
     }
@@ -448,7 +491,7 @@ impl JobQueue for PubsubQueue {
             .dead_letter_copy(reason, &delivery.message_id);
         // Published before the ack: if the publish fails, the delivery is nacked (dropped)
         // and comes back, so a poison job is never lost between the two topics.
-        Self::publish_to(
+        self.publish_to(
             &self.dead_letters,
             &self.dead_letter_topic,
             self.dead_letter_resource,
