@@ -119,6 +119,30 @@ mod stalled {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_bigtable_fails_a_read_within_the_deadline() {
+        use tiersweep::hv::{BigtableHv, HvStore};
+        let e = emulators().await;
+        let (_, mut config) = e.new_tables().await;
+        let proxy = ChaosProxy::start(config.emulator_host.clone().expect("bigtable emulator"))
+            .await
+            .unwrap();
+        config.emulator_host = Some(proxy.addr().to_string());
+        config.timeout = DEADLINE;
+        let client = tiersweep::bigtable::BigtableClient::connect(&config)
+            .await
+            .unwrap();
+        let hv = BigtableHv::new(client, &config.hv_table);
+        let path = ObjectPath::new("stall/row").unwrap();
+        hv.read(&path).await.expect("a read before the stall");
+        proxy.set_stalled(true);
+        let (read, took) = bounded(hv.read(&path)).await;
+        let err = read.expect_err("a stalled read fails");
+        assert!(err.is_transient(), "{err}");
+        assert!(took < DEADLINE * 5, "failed after {took:?}");
+        proxy.heal();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_pubsub_fails_a_publish_within_the_deadline() {
         let e = emulators().await;
         let mut config = e.pubsub_config().await;

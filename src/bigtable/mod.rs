@@ -344,13 +344,18 @@ impl BigtableClient {
             ..Default::default()
         };
         let op = rpc_name(Method::BigtableReadRows);
-        traced(
-            table,
-            Method::BigtableReadRows,
-            self.data.clone().read_rows(request),
-        )
-        .await
-        .map_err(|e| error(table.store, op, target(), e))
+        // `bigtable_rs` checks its deadline only between response messages, so a stream
+        // that stops mid-read would wait for HTTP/2 keep-alive to notice; the whole read
+        // gets the deadline here.
+        let deadline = self.timeout;
+        let read = async {
+            tokio::time::timeout(deadline, self.data.clone().read_rows(request))
+                .await
+                .unwrap_or(Err(BtError::TimeoutError(deadline.as_secs())))
+        };
+        traced(table, Method::BigtableReadRows, read)
+            .await
+            .map_err(|e| error(table.store, op, target(), e))
     }
 }
 
