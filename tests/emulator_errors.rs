@@ -118,6 +118,9 @@ mod stalled {
         proxy.heal();
     }
 
+    /// A stall from the first byte: the channel's deadline ends it. (A stream that stops
+    /// mid-read is bounded by the whole-read deadline in `BigtableClient::read_rows_in`;
+    /// this proxy cannot stall after a given number of bytes.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_bigtable_fails_a_read_within_the_deadline() {
         use tiersweep::hv::{BigtableHv, HvStore};
