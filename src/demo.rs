@@ -170,7 +170,11 @@ pub async fn run(
     let recovery = RecoveryConfig {
         protocol: config.protocol,
         scan_batch: 200,
-        claim_lease: config.protocol.staleness_threshold * 10,
+        // A settled change's second pass is read again when its claim lease ends (the
+        // scanner watches a claimed row until then; the cleaner's deferral does not tell
+        // it), so a lease much longer than the settle would hold the second pass back.
+        // Cleaners extend the lease of a job they are working on.
+        claim_lease: config.protocol.staleness_threshold * 3,
         // The Pub/Sub emulator never redelivers what it handed to a pull stream that went
         // away (a cleaner stopped mid-run): its scanner publishes such a job again.
         republish_after: config.protocol.staleness_threshold * 2,
