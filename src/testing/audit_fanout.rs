@@ -208,8 +208,9 @@ pub async fn a_fanned_out_audit_finds_exactly_the_orphans(
 /// a run never recorded, a range the run does not have, a job that tries to carry its own
 /// parameters, a job of an expired run, and a deleting run's job at a worker without a
 /// trail are refused unjudged; a dry run's genuine job judges without deleting, whatever
-/// the job says; a finished range is not judged again. The worker dead-letters what it
-/// refuses.
+/// the job says; a finished range is not judged again; a resume republishes exactly the
+/// unfinished ranges, and refuses expired and unknown runs. The worker dead-letters what
+/// it refuses.
 pub async fn forged_and_stale_audit_jobs_delete_nothing(
     stores: Stores,
     runs: Arc<dyn AuditRuns>,
@@ -274,10 +275,46 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
         "{outcome:?}"
     );
 
-    for range in 0..dry.ranges {
+    // Half the dry run's ranges judged; a resume publishes exactly the others, and the
+    // worker finishes them from the republished jobs.
+    let half = dry.ranges / 2;
+    for range in 0..half {
         let outcome = worker.handle(&job(&dry.run, range)).await;
         assert!(matches!(outcome, JobOutcome::Done(_)), "{outcome:?}");
     }
+    let republished = MemoryQueue::new(16, 5);
+    let (_, n) = fanout::resume(
+        stores.changelog.as_ref(),
+        runs.as_ref(),
+        &republished,
+        &dry.run,
+    )
+    .await
+    .expect("a live run resumes");
+    assert_eq!(n, dry.ranges - half, "only the unfinished ranges");
+    let mut sub = republished
+        .subscribe(crate::queue::FlowControl::default())
+        .await
+        .expect("subscribed");
+    for _ in 0..n {
+        let d = sub.next().await.expect("open").expect("a republished job");
+        let outcome = worker.handle(&d.message).await;
+        assert!(matches!(outcome, JobOutcome::Done(_)), "{outcome:?}");
+        d.ack();
+    }
+    for (what, id) in [
+        ("expired", expired.run.clone()),
+        ("unknown", uuid::Uuid::now_v7().to_string()),
+    ] {
+        let refused =
+            fanout::resume(stores.changelog.as_ref(), runs.as_ref(), &republished, &id).await;
+        assert!(refused.is_err(), "{what} run: {refused:?}");
+    }
+    assert_eq!(
+        republished.stats().published,
+        n as u64,
+        "refused resumes publish nothing"
+    );
     let state = runs
         .get(&dry.run)
         .await
