@@ -41,6 +41,21 @@ macro_rules! audit_fanout_scenarios {
     };
 }
 
+/// A worker with `trail` serving `queue` until `cancel`, in its own task.
+fn serve(
+    stores: &Stores,
+    runs: &Arc<dyn AuditRuns>,
+    trail: &Arc<MemoryTrail>,
+    queue: &MemoryQueue,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), crate::error::StoreError>> {
+    let worker = AuditWorker::new(stores.clone(), runs.clone())
+        .trail(trail.clone())
+        .cancel_on(cancel.clone());
+    let queue = queue.clone();
+    tokio::spawn(async move { worker.serve(&queue).await })
+}
+
 /// The runs store's contract: a run is created once, read back whole, and finishes are
 /// recorded only for recorded runs.
 pub async fn audit_runs_behave_as_documented(
@@ -139,13 +154,7 @@ pub async fn a_fanned_out_audit_finds_exactly_the_orphans(
     let trail = Arc::new(MemoryTrail::default());
     let cancel = tokio_util::sync::CancellationToken::new();
     let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let worker = AuditWorker::new(stores.clone(), runs.clone())
-                .trail(trail.clone())
-                .cancel_on(cancel.clone());
-            let queue = queue.clone();
-            tokio::spawn(async move { worker.serve(&queue).await })
-        })
+        .map(|_| serve(&stores, &runs, &trail, &queue, &cancel))
         .collect();
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     let state = loop {
@@ -337,13 +346,7 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
         .await
         .expect("publishing");
     let cancel = tokio_util::sync::CancellationToken::new();
-    let serving = {
-        let worker = AuditWorker::new(stores.clone(), runs.clone())
-            .trail(trail.clone())
-            .cancel_on(cancel.clone());
-        let queue = queue.clone();
-        tokio::spawn(async move { worker.serve(&queue).await })
-    };
+    let serving = serve(&stores, &runs, &trail, &queue, &cancel);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
     while queue.dead_letters().is_empty() {
         assert!(

@@ -472,18 +472,9 @@ impl Emulators {
         (stores, runs)
     }
 
+    /// Fresh stores: new tables and a new bucket.
     pub async fn stores(&self, clock: SharedClock) -> Stores {
-        let (client, config) = self.new_tables().await;
-        Stores {
-            hv: Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
-            lt: self.lt().await,
-            changelog: Arc::new(BigtableChangelog::new(
-                client,
-                &config.changelog_table,
-                clock.clone(),
-            )),
-            clock,
-        }
+        self.stores_and_runs(clock).await.0
     }
 }
 

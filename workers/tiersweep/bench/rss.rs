@@ -42,10 +42,8 @@ impl RssRun {
     }
 }
 
-/// Prepares `n` crashed changes (before their upload: fake-gcs-server slows down as it
-/// fills, and the cleaner's work and memory per job are the same), then measures a scanner publishing them and a cleaner
-/// converging them.
-pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Result<Vec<RssRun>> {
+/// A fresh configuration (tables, bucket, topics) and the stores it names, for a writer.
+async fn fresh_stores(emulators: &Emulators) -> Result<(Config, tiersweep::Stores)> {
     let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
     let stores = tiersweep::Stores::connect(
         &config,
@@ -54,6 +52,14 @@ pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Res
     )
     .await
     .context("connecting to the emulators")?;
+    Ok((config, stores))
+}
+
+/// Prepares `n` crashed changes (before their upload: fake-gcs-server slows down as it
+/// fills, and the cleaner's work and memory per job are the same), then measures a scanner publishing them and a cleaner
+/// converging them.
+pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Result<Vec<RssRun>> {
+    let (config, stores) = fresh_stores(emulators).await?;
     eprintln!("[memory] preparing {n} crashed changes (crashed before their upload)");
     tiersweep::bench::prepare_backlog(&stores, "rss", n, 64, Crash::BeforeUpload)
         .await
@@ -278,14 +284,7 @@ async fn stop(child: &mut Child, pid: u32) {
 /// `--delete` the orphans of the ranges in progress). RSS is sampled every 50 ms while the
 /// process runs (its VmHWM is gone once it exits).
 pub async fn audit(emulators: &Emulators, n: usize, deadline: Duration) -> Result<RssRun> {
-    let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
-    let stores = tiersweep::Stores::connect(
-        &config,
-        tiersweep::clock::system(),
-        tiersweep::lt::LtAccess::Write,
-    )
-    .await
-    .context("connecting to the emulators")?;
+    let (config, stores) = fresh_stores(emulators).await?;
     eprintln!("[memory] planting {n} blobs for the audit");
     let planted = futures::stream::iter(0..n)
         .map(|i| {
