@@ -95,6 +95,56 @@ struct Source {
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Source {
+    /// The source, and the count of bytes the client has taken from it.
+    fn new(body: ByteStream) -> (Self, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let source = Self {
+            body: std::sync::Mutex::new(Some(body)),
+            sent: sent.clone(),
+        };
+        (source, sent)
+    }
+}
+
+/// A [`Source`] whose size is known: the client sends one below its resumable threshold
+/// in a single request, streaming the body as it comes. The client rewinds a source to 0
+/// before each attempt; this one can be only before its first byte is taken (the writer
+/// makes no second attempt of a stream).
+struct SizedSource {
+    source: Source,
+    size: u64,
+}
+
+impl google_cloud_storage::streaming_source::StreamingSource for SizedSource {
+    type Error = std::io::Error;
+
+    async fn next(&mut self) -> Option<Result<Bytes, Self::Error>> {
+        self.source.next().await
+    }
+
+    async fn size_hint(
+        &self,
+    ) -> Result<google_cloud_storage::streaming_source::SizeHint, Self::Error> {
+        Ok(google_cloud_storage::streaming_source::SizeHint::with_exact(self.size))
+    }
+}
+
+impl google_cloud_storage::streaming_source::Seek for SizedSource {
+    type Error = std::io::Error;
+
+    async fn seek(&mut self, offset: u64) -> Result<(), Self::Error> {
+        let taken = self.source.sent.load(std::sync::atomic::Ordering::Relaxed);
+        if offset == taken {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "a streamed upload cannot be rewound (to byte {offset} of {taken} sent)"
+            )))
+        }
+    }
+}
+
 impl google_cloud_storage::streaming_source::StreamingSource for Source {
     type Error = std::io::Error;
 
@@ -346,6 +396,50 @@ impl GcsLt {
         }
         url
     }
+    /// Awaits a streamed upload under a deadline on progress (a stream's size is unknown,
+    /// or a gated one may wait for its record): it fails once a whole `timeout` passes
+    /// without the client taking a byte from the source (which it does only as the
+    /// request goes out, or as GCS persists what it holds), or, after the last byte,
+    /// without GCS answering. Returns the bytes sent.
+    async fn watch_upload(
+        &self,
+        span: &tracing::Span,
+        rev: &Revision,
+        sent: &std::sync::atomic::AtomicU64,
+        upload: impl std::future::Future<
+            Output = Result<google_cloud_storage::model::Object, google_cloud_storage::Error>,
+        >,
+    ) -> StoreResult<u64> {
+        tokio::pin!(upload);
+        let mut seen = 0;
+        let result = loop {
+            tokio::select! {
+                result = &mut upload => break result,
+                () = tokio::time::sleep(self.timeout) => {
+                    let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                    if now == seen {
+                        record_error(span, "timeout");
+                        return Err(self.deadline_passed("write_object", rev.as_str(), self.timeout));
+                    }
+                    seen = now;
+                }
+            }
+        };
+        let size = sent.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = &result
+            && e.http_status_code() == Some(412)
+        {
+            return Ok(size);
+        }
+        result.map_err(|e| {
+            let kind = e
+                .http_status_code()
+                .map_or("error".into(), |c| c.to_string());
+            record_error(span, &kind);
+            self.client_error("write_object", rev.as_str(), e)
+        })?;
+        Ok(size)
+    }
 
     /// `call`, or a transient error once `deadline` has passed. The official client sets
     /// no deadline on uploads and downloads (its TODO #2044), so a call on a connection
@@ -578,11 +672,7 @@ impl LtStore for GcsLt {
     ) -> StoreResult<u64> {
         crate::iam::record(Call::GcsObjectsInsert, Resource::Bucket);
         let span = self.span("write_object");
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let source = Source {
-            body: std::sync::Mutex::new(Some(body)),
-            sent: sent.clone(),
-        };
+        let (source, sent) = Source::new(body);
         // As `put`: create-only, and no retries the writer did not decide on. Within a
         // resumable upload the client re-sends only what it still buffers.
         let upload = with_meta(
@@ -596,39 +686,45 @@ impl LtStore for GcsLt {
         .with_resumable_upload_buffer_size(UPLOAD_BUFFER)
         .send_buffered()
         .instrument(span.clone());
-        // A stream's size is unknown: the deadline is on progress instead. The upload
-        // fails once a whole `timeout` passes without the client taking a byte from the
-        // source (which it does only as GCS persists what it holds), or, after the last
-        // byte, without GCS answering.
-        tokio::pin!(upload);
-        let mut seen = 0;
-        let result = loop {
-            tokio::select! {
-                result = &mut upload => break result,
-                () = tokio::time::sleep(self.timeout) => {
-                    let now = sent.load(std::sync::atomic::Ordering::Relaxed);
-                    if now == seen {
-                        record_error(&span, "timeout");
-                        return Err(self.deadline_passed("write_object", rev.as_str(), self.timeout));
-                    }
-                    seen = now;
-                }
-            }
-        };
-        let size = sent.load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = &result
-            && e.http_status_code() == Some(412)
-        {
-            return Ok(size);
+        self.watch_upload(&span, rev, &sent, upload).await
+    }
+
+    async fn put_stream_sized(
+        &self,
+        rev: &Revision,
+        body: ByteStream,
+        declared: super::Declared,
+        meta: &ObjectMeta,
+    ) -> StoreResult<u64> {
+        let body = super::exactly(body, declared);
+        if declared.size >= UPLOAD_BUFFER as u64 {
+            return self.put_stream(rev, body, meta).await;
         }
-        result.map_err(|e| {
-            let kind = e
-                .http_status_code()
-                .map_or("error".into(), |c| c.to_string());
-            record_error(&span, &kind);
-            self.client_error("write_object", rev.as_str(), e)
-        })?;
-        Ok(size)
+        crate::iam::record(Call::GcsObjectsInsert, Resource::Bucket);
+        let span = self.span("write_object");
+        let (source, sent) = Source::new(body);
+        // One multipart request whose body is sent as the stream yields it (the buffered
+        // single-shot upload would wait for the whole stream before sending a byte). The
+        // checksum goes in the request's metadata: left to the client, it would follow the
+        // media as a third part, which fake-gcs-server takes for the object's bytes.
+        let upload = with_meta(
+            self.storage.write_object(
+                &self.bucket_path,
+                rev.as_str(),
+                SizedSource {
+                    source,
+                    size: declared.size,
+                },
+            ),
+            meta,
+        )
+        .with_known_crc32c(declared.crc32c)
+        .set_if_generation_match(0)
+        .with_idempotency(false)
+        .with_resumable_upload_threshold(UPLOAD_BUFFER)
+        .send_unbuffered()
+        .instrument(span.clone());
+        self.watch_upload(&span, rev, &sent, upload).await
     }
 
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {

@@ -142,6 +142,60 @@ pub const EXPIRES_AT_KEY: &str = "tiersweep-expires-at";
 /// than what the writer wrote.
 pub const CONTENT_TYPE_KEY: &str = "tiersweep-content-type";
 
+/// What a sized upload declares about its body. Both are checked before the body's end
+/// is handed to the store, so a body that does not match them creates nothing; GCS checks
+/// the CRC32C again on its side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    /// The body's length in bytes.
+    pub size: u64,
+    /// The body's CRC32C (Castagnoli), as GCS computes it.
+    pub crc32c: u32,
+}
+
+impl Declared {
+    /// What `bytes` would declare.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            size: bytes.len() as u64,
+            crc32c: crc32c::crc32c(bytes),
+        }
+    }
+}
+
+/// `body`, ending with an error instead of its end (or instead of the chunk that overruns)
+/// when it is not what `declared` says.
+pub(crate) fn exactly(body: ByteStream, declared: Declared) -> ByteStream {
+    use futures::StreamExt as _;
+    let checked = futures::stream::unfold(Some((body, 0u64, 0u32)), move |state| async move {
+        let (mut body, seen, crc) = state?;
+        let mismatch = |what: String| {
+            std::io::Error::other(format!(
+                "the body is not what was declared ({} bytes, CRC32C {:#010x}): {what}",
+                declared.size, declared.crc32c
+            ))
+        };
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                let seen = seen + chunk.len() as u64;
+                if seen > declared.size {
+                    Some((Err(mismatch(format!("{seen} bytes or more"))), None))
+                } else {
+                    let crc = crc32c::crc32c_append(crc, &chunk);
+                    Some((Ok(chunk), Some((body, seen, crc))))
+                }
+            }
+            Some(Err(e)) => Some((Err(e), None)),
+            None if seen != declared.size => Some((Err(mismatch(format!("{seen} bytes"))), None)),
+            None if crc != declared.crc32c => {
+                Some((Err(mismatch(format!("CRC32C {crc:#010x}"))), None))
+            }
+            None => None,
+        }
+    });
+    Box::pin(checked)
+}
+
 /// The large-object tier: blobs named by revision, created once, never overwritten. GCS and
 /// memory implement it; one conformance suite runs on both.
 #[async_trait]
@@ -173,6 +227,20 @@ pub trait LtStore: Send + Sync + std::fmt::Debug {
         body: ByteStream,
         meta: &ObjectMeta,
     ) -> StoreResult<u64>;
+    /// [`LtStore::put_stream`] for a body whose size and checksum are known, sent as it
+    /// arrives: below GCS's resumable threshold one request streams it (the writer's gated
+    /// upload holds the final chunk back while the first ones travel), where `put_stream`
+    /// of an unknown size opens a resumable upload first. A body that is not what was
+    /// declared fails the upload and creates nothing.
+    async fn put_stream_sized(
+        &self,
+        rev: &Revision,
+        body: ByteStream,
+        declared: Declared,
+        meta: &ObjectMeta,
+    ) -> StoreResult<u64> {
+        self.put_stream(rev, exactly(body, declared), meta).await
+    }
     /// The blob's bytes; `None` when it does not exist.
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>>;
     /// Opens the blob for reading as a stream of chunks, holding about one chunk in memory

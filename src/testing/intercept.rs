@@ -157,6 +157,28 @@ impl<H: Intercept> HvStore for HookedHv<H> {
     }
 }
 
+/// An upload's body as the store receives it: sent as fast as the writer yields it, the
+/// way an HTTP client sends a request body, whether or not the hook has let the call
+/// through yet. So a call that a hook runs late (a straggler, a frozen host's request)
+/// finds the bytes that had left the writer in time, each checked by the writer's guard
+/// and gate when it left, not when it lands: a request that was on its way when its guard
+/// lapsed still lands, as in production.
+fn on_the_wire(mut body: ByteStream) -> ByteStream {
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = body.next().await {
+            let failed = item.is_err();
+            if tx.send(item).is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
 #[derive(Debug)]
 struct HookedLt<H> {
     inner: Arc<dyn LtStore>,
@@ -184,7 +206,21 @@ impl<H: Intercept> LtStore for HookedLt<H> {
         // One upload, as `put` is: faults before it send nothing, faults after it let it
         // land and report an error.
         let (inner, rev, meta) = (self.inner.clone(), rev.clone(), meta.clone());
+        let body = on_the_wire(body);
         let call = Box::pin(async move { inner.put_stream(&rev, body, &meta).await });
+        self.hook.run(Op::LtPut, StoreKind::Lt, call).await
+    }
+    async fn put_stream_sized(
+        &self,
+        rev: &Revision,
+        body: ByteStream,
+        declared: crate::lt::Declared,
+        meta: &ObjectMeta,
+    ) -> StoreResult<u64> {
+        let (inner, rev, meta) = (self.inner.clone(), rev.clone(), meta.clone());
+        let body = on_the_wire(body);
+        let call =
+            Box::pin(async move { inner.put_stream_sized(&rev, body, declared, &meta).await });
         self.hook.run(Op::LtPut, StoreKind::Lt, call).await
     }
     async fn get(&self, rev: &Revision) -> StoreResult<Option<Bytes>> {

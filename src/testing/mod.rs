@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod crash;
 pub mod emulators;
 pub mod faults;
+pub mod gated_writes;
 pub mod intercept;
 pub mod invariants;
 pub mod membership;

@@ -24,6 +24,8 @@ use crate::recovery::{Cleaner, CleanupJob, JobOutcome};
 use crate::stores::Stores;
 use crate::writer::{Object, ReadOutcome, StreamOutcome, TieredStorage};
 
+pub use super::gated_writes::*;
+
 /// Expands to one test per schedule. `$attr` is the test attribute (paused time for the
 /// twin, a multi-threaded runtime for the emulators), `$stores` an async expression that
 /// yields fresh [`Stores`], `$protocol` the [`ProtocolConfig`] to run with. With a
@@ -54,6 +56,10 @@ macro_rules! safety_schedules {
             a_streamed_upload_that_outlives_its_guard_never_completes,
             metadata_comes_back_with_its_value,
             a_deferred_put_is_left_alone_until_its_deadline,
+            the_upload_overlaps_the_record_and_completes_only_after_it,
+            a_crash_while_the_final_chunk_is_held_leaves_no_blob,
+            a_failed_record_stops_the_upload_at_the_gate,
+            a_guard_invalid_at_the_gate_stops_the_upload,
         ]);
     };
     (@each #[$attr:meta], $stores:expr, $protocol:expr, [$($name:ident),* $(,)?]) => {
@@ -123,7 +129,7 @@ pub async fn blobs_of(stores: &Stores, path: &ObjectPath) -> Vec<String> {
 
 /// One embedded recovery pass over `stores` with the test timings (and the second pass of
 /// the changes it deferred, after their settle).
-async fn recovery_pass(
+pub(crate) async fn recovery_pass(
     stores: &Stores,
     protocol: ProtocolConfig,
 ) -> crate::recovery::embedded::PassReport {

@@ -4,11 +4,18 @@
 //! The sequences are exactly those of the design (DESIGN.md §1–2):
 //!
 //! ```text
-//! large put:            record → upload new → [guard valid?] CAS old→new → delete old → remove
+//! large put:            read → record ─┐
+//!                       upload new ─────┴ [gate: record landed, guard valid?] final chunk
+//!                                         → [guard valid?] CAS old→new → delete old → remove
 //! small put over large: record →              [guard valid?] CAS old→inline → delete old → remove
 //! delete of large:      record →              [guard valid?] CAS old→∅ → delete old → remove
 //! small put / delete of small: CAS only (no LT blob is involved, nothing can be orphaned)
 //! ```
+//!
+//! A large put's upload starts at once, beside the row's read and the change's record; its
+//! final chunk waits behind a gate (`src/writer/gate.rs`) until the record has landed with the guard
+//! valid. A GCS object exists only once its upload is complete, so the row still names the
+//! blob before the blob can exist (I1), while the record's round trip overlaps the upload.
 //!
 //! With `background_completions`, the write returns after the CAS and "delete old → remove"
 //! runs in the background ([`TieredStorage::flush`] waits for it).
@@ -17,6 +24,7 @@
 //! `Ok` is readable; a write that returns an error may or may not have happened (as with
 //! any storage write whose response is lost) and is safe to retry.
 
+mod gate;
 pub mod guard;
 
 use std::sync::Arc;
@@ -60,6 +68,26 @@ fn guarded(body: ByteStream, watch: GuardWatch) -> ByteStream {
             ))),
         })
     }))
+}
+
+/// What [`TieredStorage::begin_change`] did.
+enum Begun {
+    /// Neither the row nor the write names a blob: nothing recorded; the row's version.
+    Unrecorded(Option<Version>),
+    /// The change's guard, and the row's version the compare-and-write expects.
+    Recorded(Box<ChangeGuard>, Option<Version>),
+}
+
+/// The chunk size a byte body is uploaded in, so that the gate holds back only its tail.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// `bytes` as a stream of slices of it (no copy).
+fn chunks_of(bytes: Bytes) -> ByteStream {
+    let chunks: Vec<_> = (0..bytes.len())
+        .step_by(UPLOAD_CHUNK)
+        .map(|at| Ok(bytes.slice(at..(at + UPLOAD_CHUNK).min(bytes.len()))))
+        .collect();
+    Box::pin(futures::stream::iter(chunks))
 }
 
 /// What became of a change's guarded compare-and-write.
@@ -646,20 +674,42 @@ impl TieredStorage {
         write: HvWrite,
         upload: Option<(Revision, Body)>,
     ) -> Result<(), WriteError> {
-        let retry = &self.config.retry;
-        let row = retry.run("read", || self.stores.hv.read_row(path)).await?;
-        let old = row.value.as_ref().and_then(HvValue::tombstone).cloned();
-        let new = upload.as_ref().map(|(rev, _)| rev.clone());
+        let Some((rev, body)) = upload else {
+            let (guard, expected) = match self.begin_change(path, None).await? {
+                Begun::Recorded(guard, expected) => (*guard, expected),
+                Begun::Unrecorded(version) => {
+                    return self.plain_write(path, version, &write).await;
+                }
+            };
+            return self
+                .commit(guard, path, expected.as_ref(), &write, None, false)
+                .await;
+        };
+        let (guard, expected, settle) = self.gated_upload(path, &rev, body, &write).await?;
+        self.commit(guard, path, expected.as_ref(), &write, Some(rev), settle)
+            .await
+    }
 
+    /// Reads the object's row and records the change from the revision it names to `new`,
+    /// returning the guard and the version the compare-and-write expects; or, when neither
+    /// names a blob, the version only (nothing can be orphaned, nothing is recorded).
+    async fn begin_change(
+        &self,
+        path: &ObjectPath,
+        new: Option<&Revision>,
+    ) -> Result<Begun, WriteError> {
+        let row = self
+            .config
+            .retry
+            .run("read", || self.stores.hv.read_row(path))
+            .await?;
+        let old = row.value.as_ref().and_then(HvValue::tombstone).cloned();
         if old.is_none() && new.is_none() {
-            return self.plain_write(path, row.version, &write).await;
+            return Ok(Begun::Unrecorded(row.version));
         }
         // The writer read the row before recording the change, so recovery's fence, which
         // comes after the record, always refuses this expectation.
-        let expected = row.version;
-
-        let mut record =
-            ChangeRecord::new(path.clone(), old.clone(), new.clone(), OwnerToken::writer());
+        let mut record = ChangeRecord::new(path.clone(), old, new.cloned(), OwnerToken::writer());
         // Recovery links its trace back to this request if the change is abandoned.
         record.traceparent = crate::telemetry::propagation::current_traceparent();
         let guard = ChangeGuard::begin(
@@ -671,13 +721,96 @@ impl TieredStorage {
         )
         .await?;
         tracing::Span::current().record("tiersweep.change_id", guard.id.as_str());
+        Ok(Begun::Recorded(Box::new(guard), row.version))
+    }
 
-        let (guard, settle) = match upload {
-            Some((rev, body)) => self.upload(guard, &rev, body, &write).await?,
-            None => (guard, false),
+    /// A large put's upload, started at once, beside the row's read and the change's
+    /// record; its final chunk waits behind a gate (`gate`) that opens only once the
+    /// record has landed with the guard valid, so the blob cannot exist before a row names
+    /// it, while the rest of the upload overlaps the record. Returns the guard, the
+    /// version the compare-and-write expects, and whether an attempt failed (the change
+    /// then settles before removal).
+    ///
+    /// A byte body whose gated attempt fails is retried as an ordinary guarded upload (its
+    /// record is in place by then); a stream is sent once, and its failure fails the put.
+    async fn gated_upload(
+        &self,
+        path: &ObjectPath,
+        rev: &Revision,
+        body: Body,
+        write: &HvWrite,
+    ) -> Result<(ChangeGuard, Option<Version>, bool), WriteError> {
+        let meta = match write {
+            HvWrite::Tombstone(_, meta) => meta,
+            _ => &ObjectMeta::default(),
         };
-        self.commit(guard, path, expected.as_ref(), &write, new, settle)
-            .await
+        let (stream, size) = match &body {
+            Body::Bytes(bytes) => (
+                chunks_of(bytes.clone()),
+                Some(crate::lt::Declared::of(bytes)),
+            ),
+            Body::Stream(stream) => {
+                let taken = stream.lock().unwrap_or_else(|e| e.into_inner()).take();
+                (
+                    taken.unwrap_or_else(|| Box::pin(futures::stream::empty())),
+                    None,
+                )
+            }
+        };
+        let (stream, opener) = gate::gated(stream);
+        let upload = async {
+            match size {
+                Some(declared) => {
+                    self.stores
+                        .lt
+                        .put_stream_sized(rev, stream, declared, meta)
+                        .await
+                }
+                None => self.stores.lt.put_stream(rev, stream, meta).await,
+            }
+        };
+        let begin = async {
+            let begun = self.begin_change(path, Some(rev)).await;
+            match &begun {
+                Ok(Begun::Recorded(guard, _)) => {
+                    opener.open(guard.watch());
+                }
+                Ok(Begun::Unrecorded(_)) => opener.close("nothing was recorded"),
+                Err(e) => opener.close(format!("the change could not be recorded: {e}")),
+            }
+            begun
+        };
+        let (uploaded, begun) = tokio::join!(upload, begin);
+        let Begun::Recorded(guard, expected) = begun? else {
+            unreachable!("a change with a new revision is always recorded")
+        };
+        let guard = *guard;
+        let Err(err) = uploaded else {
+            return Ok((guard, expected, false));
+        };
+        match (body, guard.state()) {
+            (Body::Bytes(bytes), GuardState::Valid) => {
+                tracing::debug!(change_id = %guard.id, error = %err,
+                    "the gated upload failed; retrying it as a guarded upload");
+                let (guard, _) = self.upload(guard, rev, Body::Bytes(bytes), write).await?;
+                Ok((guard, expected, true))
+            }
+            (_, GuardState::Valid) => {
+                let mut err = err;
+                err.kind = crate::error::ErrorKind::Permanent;
+                self.give_up_upload(guard, rev).await;
+                Err(err.into())
+            }
+            (_, state) => {
+                let change = guard.id.clone();
+                self.give_up_upload(guard, rev).await;
+                Err(WriteError::GuardLost {
+                    path: path.clone(),
+                    change,
+                    state,
+                })
+            }
+        }
     }
 
     /// Uploads a recorded change's new revision under its guard: no attempt leaves once the

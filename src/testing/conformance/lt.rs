@@ -146,6 +146,93 @@ pub async fn a_streamed_put_whose_stream_fails_creates_nothing(lt: &dyn LtStore)
     }
 }
 
+/// A sized put stores exactly its bytes on either side of the resumable threshold, and a
+/// body longer or shorter than declared, or failing part-way, creates nothing.
+pub async fn a_sized_put_stores_exactly_its_declared_bytes(lt: &dyn LtStore) {
+    let meta = ObjectMeta::default();
+    for (n, chunk) in [
+        (0, 1),
+        (1000, 7),
+        (crate::lt::gcs::UPLOAD_BUFFER + 300 * 1024 + 5, 1024 * 1024),
+    ] {
+        let r = rev();
+        let (body, all) = chunks(n, chunk, None);
+        let declared = crate::lt::Declared::of(&all);
+        let sent = lt
+            .put_stream_sized(&r, body, declared, &meta)
+            .await
+            .unwrap();
+        assert_eq!(sent, n as u64, "{n} bytes");
+        assert_eq!(lt.get(&r).await.unwrap(), Some(all), "{n} bytes");
+        lt.delete(&r).await.unwrap();
+    }
+    let (_, all) = chunks(1000, 256, None);
+    let right = crate::lt::Declared::of(&all);
+    for (declared, tail) in [
+        (
+            crate::lt::Declared {
+                size: 1001,
+                ..right
+            },
+            None,
+        ),
+        (crate::lt::Declared { size: 999, ..right }, None),
+        (
+            crate::lt::Declared {
+                crc32c: right.crc32c ^ 1,
+                ..right
+            },
+            None,
+        ),
+        (right, Some(std::io::Error::other("client went away"))),
+    ] {
+        let r = rev();
+        let (body, _) = chunks(1000, 256, tail);
+        let err = lt
+            .put_stream_sized(&r, body, declared, &meta)
+            .await
+            .unwrap_err();
+        assert_eq!(err.store, crate::error::StoreKind::Lt, "{err}");
+        assert!(
+            !lt.exists(&r).await.unwrap(),
+            "1000 bytes declared as {declared:?}: the upload left a blob"
+        );
+    }
+}
+
+/// A sized put whose last chunk is late is no object until that chunk has arrived,
+/// whatever the rest of the body has (the writer's gate rests on this); then it is.
+pub async fn a_sized_put_is_no_object_until_its_last_chunk(lt: &dyn LtStore) {
+    use futures::StreamExt as _;
+    let r = rev();
+    let (head, all) = chunks(300 * 1024, 64 * 1024, None);
+    let last = Bytes::from_static(b"last");
+    let mut expected = all.to_vec();
+    expected.extend_from_slice(&last);
+    let declared = crate::lt::Declared::of(&expected);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let body: crate::lt::ByteStream = Box::pin(head.chain(futures::stream::once({
+        let last = last.clone();
+        async move {
+            let _ = released.await;
+            Ok(last)
+        }
+    })));
+    let meta = ObjectMeta::default();
+    let put = lt.put_stream_sized(&r, body, declared, &meta);
+    tokio::pin!(put);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(500), &mut put).await;
+    assert!(waited.is_err(), "the put completed without its last chunk");
+    assert!(
+        !lt.exists(&r).await.unwrap(),
+        "an object before its last chunk"
+    );
+    release.send(()).expect("the body waits for its last chunk");
+    assert_eq!(put.await.unwrap(), declared.size);
+    assert_eq!(lt.get(&r).await.unwrap(), Some(Bytes::from(expected)));
+    lt.delete(&r).await.unwrap();
+}
+
 pub async fn delete_of_missing_blob_succeeds(lt: &dyn LtStore) {
     let r = rev();
     lt.delete(&r).await.unwrap();

@@ -62,6 +62,8 @@ macro_rules! lt_conformance {
                 a_put_never_overwrites,
                 a_streamed_put_stores_every_chunk,
                 a_streamed_put_whose_stream_fails_creates_nothing,
+                a_sized_put_stores_exactly_its_declared_bytes,
+                a_sized_put_is_no_object_until_its_last_chunk,
                 a_streamed_get_yields_the_blob,
                 a_blob_carries_its_metadata,
                 list_pages_through_everything,

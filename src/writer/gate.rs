@@ -1,0 +1,231 @@
+//! The gate on a large put's upload: the upload starts at once, and its final chunk waits
+//! until the change's record has landed and its guard is valid.
+//!
+//! Why this is safe: what invariant I1 needs is that no blob exists without a row naming
+//! it, and a GCS object exists only once its upload is complete — the server has every
+//! byte. So the record must be durable before the *last* byte leaves, not before the
+//! first. The gate holds one chunk back (never just the end of the stream: with a length
+//! known to the server, all bytes sent could be enough to finalize) and releases it only
+//! when opened with a valid guard. If the record fails, the guard is already invalid, or
+//! the writer stops (crash, cancellation: the opener is dropped), the stream ends with an
+//! error instead and the store creates nothing.
+//!
+//! After the gate opens, every chunk is checked against the guard as before: an upload
+//! that outlives its guard stops at its next chunk.
+
+use futures::StreamExt as _;
+use tokio::sync::watch;
+
+use super::guard::{GuardState, GuardWatch};
+use crate::lt::ByteStream;
+
+#[derive(Clone)]
+enum Gate {
+    Held,
+    Open(GuardWatch),
+    Closed(String),
+}
+
+/// Opens or closes the gate of one upload; dropping it unopened closes the gate.
+pub(crate) struct GateOpener {
+    tx: watch::Sender<Gate>,
+}
+
+impl GateOpener {
+    /// Releases the final chunk if the guard is valid now; closes the gate otherwise.
+    /// Returns whether it opened.
+    pub(crate) fn open(self, watch: GuardWatch) -> bool {
+        match watch.state() {
+            GuardState::Valid => {
+                self.tx.send_replace(Gate::Open(watch));
+                true
+            }
+            state => {
+                self.close(format!("the change's guard was {state:?} at the gate"));
+                false
+            }
+        }
+    }
+
+    /// Ends the upload with an error instead of its final chunk.
+    pub(crate) fn close(self, why: impl Into<String>) {
+        self.tx.send_replace(Gate::Closed(why.into()));
+    }
+}
+
+/// `body` with its final chunk held until the returned opener opens the gate.
+pub(crate) fn gated(body: ByteStream) -> (ByteStream, GateOpener) {
+    let (tx, rx) = watch::channel(Gate::Held);
+    let state = State {
+        body: Some(body),
+        held: None,
+        rx,
+    };
+    let stream = futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        match state.next().await {
+            Some(Ok(chunk)) => Some((Ok(chunk), Some(state))),
+            Some(Err(e)) => Some((Err(e), None)),
+            None => None,
+        }
+    });
+    (Box::pin(stream), GateOpener { tx })
+}
+
+struct State {
+    /// `None` once the body has ended.
+    body: Option<ByteStream>,
+    /// The last chunk read, not yet handed on: it goes only through an open gate.
+    held: Option<bytes::Bytes>,
+    rx: watch::Receiver<Gate>,
+}
+
+impl State {
+    async fn next(&mut self) -> Option<std::io::Result<bytes::Bytes>> {
+        while let Some(body) = self.body.as_mut() {
+            match body.next().await {
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk)) => {
+                    if let Some(previous) = self.held.replace(chunk) {
+                        return Some(self.pass(previous));
+                    }
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                None => self.body = None,
+            }
+        }
+        // The body has ended: the held chunk is the last one.
+        let decided = self
+            .rx
+            .wait_for(|gate| !matches!(gate, Gate::Held))
+            .await
+            .map(|gate| gate.clone());
+        match decided {
+            Ok(Gate::Open(_)) => self.held.take().map(|last| self.pass(last)),
+            Ok(Gate::Closed(why)) => Some(Err(std::io::Error::other(format!(
+                "upload stopped before its final chunk: {why}"
+            )))),
+            Ok(Gate::Held) | Err(_) => Some(Err(std::io::Error::other(
+                "upload stopped before its final chunk: the writer stopped before the gate opened",
+            ))),
+        }
+    }
+
+    /// A chunk through the gate as it stands: before it opens, any chunk but the last
+    /// passes; once open, only while the guard is valid; once closed, none.
+    fn pass(&self, chunk: bytes::Bytes) -> std::io::Result<bytes::Bytes> {
+        match &*self.rx.borrow() {
+            Gate::Held => Ok(chunk),
+            Gate::Open(watch) => match watch.state() {
+                GuardState::Valid => Ok(chunk),
+                state => Err(std::io::Error::other(format!(
+                    "the change's guard lapsed ({state:?}); upload stopped"
+                ))),
+            },
+            Gate::Closed(why) => Err(std::io::Error::other(format!("upload stopped: {why}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn body(chunks: &[&'static str]) -> ByteStream {
+        let chunks: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        Box::pin(futures::stream::iter(chunks))
+    }
+
+    async fn next_now(stream: &mut ByteStream) -> Option<Option<std::io::Result<Bytes>>> {
+        tokio::time::timeout(std::time::Duration::from_millis(50), stream.next())
+            .await
+            .ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_chunk_but_the_last_passes_before_the_gate_decides() {
+        let (mut stream, _opener) = gated(body(&["a", "b", "c"]));
+        assert_eq!(next_now(&mut stream).await.unwrap().unwrap().unwrap(), "a");
+        assert_eq!(next_now(&mut stream).await.unwrap().unwrap().unwrap(), "b");
+        assert!(
+            next_now(&mut stream).await.is_none(),
+            "the last chunk is held"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_or_dropped_gate_ends_the_upload_with_an_error() {
+        let (mut stream, opener) = gated(body(&["a", "b"]));
+        assert!(next_now(&mut stream).await.unwrap().unwrap().is_ok());
+        opener.close("the record failed");
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("the record failed"), "{err}");
+        assert!(stream.next().await.is_none());
+
+        let (mut stream, opener) = gated(body(&["only"]));
+        drop(opener);
+        assert!(
+            stream.next().await.unwrap().is_err(),
+            "a crash mid-record sends nothing more"
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_body_still_waits_for_the_gate() {
+        let (mut stream, opener) = gated(body(&[]));
+        assert!(next_now(&mut stream).await.is_none(), "the end is held too");
+        drop(opener);
+        assert!(stream.next().await.unwrap().is_err());
+    }
+
+    async fn guard(clock: crate::clock::SharedClock) -> super::super::ChangeGuard {
+        use crate::model::{ChangeRecord, ObjectPath, OwnerToken, Revision};
+        let path = ObjectPath::new("gate/test").unwrap();
+        let record = ChangeRecord::new(
+            path.clone(),
+            None,
+            Some(Revision::mint(&path)),
+            OwnerToken::writer(),
+        );
+        let changelog = std::sync::Arc::new(crate::changelog::MemoryChangelog::new(clock.clone()));
+        let protocol = crate::config::ProtocolConfig {
+            heartbeat_interval: std::time::Duration::from_millis(500),
+            staleness_threshold: std::time::Duration::from_secs(2),
+            safety_margin: std::time::Duration::from_millis(500),
+        };
+        super::super::ChangeGuard::begin(changelog, clock, record, protocol, Default::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_gate_releases_the_last_chunk_and_then_follows_the_guard() {
+        let clock =
+            crate::testing::SkewedClock::new(std::sync::Arc::new(crate::clock::TokioClock::new()));
+        let g = guard(clock.clone()).await;
+        let (mut stream, opener) = gated(body(&["a", "b"]));
+        assert!(next_now(&mut stream).await.unwrap().unwrap().is_ok());
+        assert!(opener.open(g.watch()));
+        assert_eq!(stream.next().await.unwrap().unwrap(), "b");
+        assert!(stream.next().await.is_none());
+
+        // Opened, then the guard lapses (a day's suspend): the next chunk stops the upload.
+        let (mut stream, opener) = gated(body(&["a", "b", "c"]));
+        assert!(opener.open(g.watch()));
+        assert!(stream.next().await.unwrap().is_ok());
+        clock.jump(std::time::Duration::from_secs(24 * 3600), true);
+        assert!(stream.next().await.unwrap().is_err());
+        assert!(stream.next().await.is_none());
+
+        // A guard already invalid at the gate closes it.
+        let (mut stream, opener) = gated(body(&["a"]));
+        assert!(!opener.open(g.watch()), "the guard has lapsed");
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("at the gate"), "{err}");
+    }
+}
