@@ -55,13 +55,24 @@ async fn crash_at_every_step(config: WriterConfig) {
     let mut points = 0;
     for scenario in SCENARIOS {
         let calls = crash::calls_of(scenario, &MemoryStores::new().stores(), config).await;
-        // record, upload (large puts only), CAS, old-blob delete (when there is an old blob), remove.
+        // read, record, upload (large puts only), CAS, old-blob delete (when there is an
+        // old blob), remove.
         assert!(
             calls.contains(&Op::Record)
                 && calls.contains(&Op::HvCas)
                 && calls.contains(&Op::Remove),
             "{scenario:?} makes the protocol's calls: {calls:?}"
         );
+        // A large put's upload is the gated one: sent first, beside the read and the
+        // record, so the matrix crashes it with its final chunk held (before the record,
+        // after it) as well as after it completed.
+        if matches!(scenario, Scenario::LargePut | Scenario::LargeOverLarge) {
+            assert_eq!(
+                calls[..3],
+                [Op::LtPut, Op::HvRead, Op::Record],
+                "{scenario:?}: {calls:?}"
+            );
+        }
         for call in 0..calls.len() {
             for fault in [Fault::CrashBefore, Fault::CrashAfter] {
                 let stores = MemoryStores::new().stores();

@@ -285,6 +285,11 @@ pub fn percentile(sorted: &[u64], q: f64) -> u64 {
 /// Latency of single writes, in microseconds, sorted.
 #[derive(Debug, Clone, Serialize)]
 pub struct WriteLatency {
+    /// Where: `emulators` or `cloud` (the cloud model), and under which variant of the
+    /// model (the cloud model's upload split), empty if none.
+    pub setting: String,
+    pub model: String,
+    /// `bigtable`, `bigtable, background completion` or `noop`.
     pub changelog: String,
     pub op: String,
     pub p50_us: u64,
@@ -293,9 +298,16 @@ pub struct WriteLatency {
 }
 
 impl WriteLatency {
-    pub fn from_samples(changelog: &str, op: &str, mut us: Vec<u64>) -> Self {
+    pub fn from_samples(
+        (setting, model): (&str, &str),
+        changelog: &str,
+        op: &str,
+        mut us: Vec<u64>,
+    ) -> Self {
         us.sort_unstable();
         Self {
+            setting: setting.to_owned(),
+            model: model.to_owned(),
             changelog: changelog.to_owned(),
             op: op.to_owned(),
             p50_us: percentile(&us, 0.5),
@@ -308,6 +320,7 @@ impl WriteLatency {
 /// Times `n` large puts then `n` deletes of fresh objects, one at a time.
 pub async fn write_latency(
     writer: &crate::writer::TieredStorage,
+    setting: (&str, &str),
     changelog: &str,
     run: &str,
     n: usize,
@@ -325,7 +338,7 @@ pub async fn write_latency(
         deletes.push(t.elapsed().as_micros() as u64);
     }
     Ok([
-        WriteLatency::from_samples(changelog, "large put (64 KiB)", puts),
-        WriteLatency::from_samples(changelog, "delete", deletes),
+        WriteLatency::from_samples(setting, changelog, "large put (64 KiB)", puts),
+        WriteLatency::from_samples(setting, changelog, "delete", deletes),
     ])
 }

@@ -83,6 +83,14 @@ pub trait Intercept: Send + Sync + std::fmt::Debug + 'static {
         store: StoreKind,
         call: Call<T>,
     ) -> impl Future<Output = StoreResult<T>> + Send;
+
+    /// How long the store takes to finish an upload once its last byte has arrived, for an
+    /// upload whose call started at `started`: the call meter's model of GCS (an object is
+    /// finalized after its last byte). Nothing by default.
+    fn after_last_byte(&self, started: tokio::time::Instant) -> std::time::Duration {
+        let _ = started;
+        std::time::Duration::ZERO
+    }
 }
 
 /// The three stores, each call going through `hook`.
@@ -157,26 +165,46 @@ impl<H: Intercept> HvStore for HookedHv<H> {
     }
 }
 
-/// An upload's body as the store receives it: sent as fast as the writer yields it, the
-/// way an HTTP client sends a request body, whether or not the hook has let the call
-/// through yet. So a call that a hook runs late (a straggler, a frozen host's request)
-/// finds the bytes that had left the writer in time, each checked by the writer's guard
-/// and gate when it left, not when it lands: a request that was on its way when its guard
-/// lapsed still lands, as in production.
-fn on_the_wire(mut body: ByteStream) -> ByteStream {
-    use futures::StreamExt as _;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(item) = body.next().await {
-            let failed = item.is_err();
-            if tx.send(item).is_err() || failed {
-                break;
+async fn pause(d: std::time::Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+impl<H: Intercept> HookedLt<H> {
+    /// An upload's body as the store receives it: sent as fast as the writer yields it,
+    /// the way an HTTP client sends a request body, whether or not the hook has let the
+    /// call through yet. So a call that a hook runs late (a straggler, a frozen host's
+    /// request) finds the bytes that had left the writer in time, each checked by the
+    /// writer's guard and gate when it left, not when it lands: a request that was on its
+    /// way when its guard lapsed still lands, as in production. Its end reaches the store
+    /// [`Intercept::after_last_byte`] after the last byte.
+    fn on_the_wire(&self, mut body: ByteStream) -> ByteStream {
+        use futures::StreamExt as _;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(item) = body.next().await {
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
+                    break;
+                }
             }
-        }
-    });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+        });
+        let (hook, started) = (self.hook.clone(), tokio::time::Instant::now());
+        Box::pin(futures::stream::unfold(Some(rx), move |rx| {
+            let hook = hook.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(item) => Some((item, Some(rx))),
+                    None => {
+                        pause(hook.after_last_byte(started)).await;
+                        None
+                    }
+                }
+            }
+        }))
+    }
 }
 
 #[derive(Debug)]
@@ -194,7 +222,12 @@ impl<H: Intercept> LtStore for HookedLt<H> {
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         let (inner, rev, meta) = (self.inner.clone(), rev.clone(), meta.clone());
-        let call = Box::pin(async move { inner.put_with_meta(&rev, bytes, &meta).await });
+        // The bytes are all there at once: the upload ends `after_last_byte` of its start.
+        let (hook, started) = (self.hook.clone(), tokio::time::Instant::now());
+        let call = Box::pin(async move {
+            pause(hook.after_last_byte(started)).await;
+            inner.put_with_meta(&rev, bytes, &meta).await
+        });
         self.hook.run(Op::LtPut, StoreKind::Lt, call).await
     }
     async fn put_stream(
@@ -206,7 +239,7 @@ impl<H: Intercept> LtStore for HookedLt<H> {
         // One upload, as `put` is: faults before it send nothing, faults after it let it
         // land and report an error.
         let (inner, rev, meta) = (self.inner.clone(), rev.clone(), meta.clone());
-        let body = on_the_wire(body);
+        let body = self.on_the_wire(body);
         let call = Box::pin(async move { inner.put_stream(&rev, body, &meta).await });
         self.hook.run(Op::LtPut, StoreKind::Lt, call).await
     }
@@ -218,7 +251,7 @@ impl<H: Intercept> LtStore for HookedLt<H> {
         meta: &ObjectMeta,
     ) -> StoreResult<u64> {
         let (inner, rev, meta) = (self.inner.clone(), rev.clone(), meta.clone());
-        let body = on_the_wire(body);
+        let body = self.on_the_wire(body);
         let call =
             Box::pin(async move { inner.put_stream_sized(&rev, body, declared, &meta).await });
         self.hook.run(Op::LtPut, StoreKind::Lt, call).await

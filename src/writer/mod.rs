@@ -78,15 +78,22 @@ enum Begun {
     Recorded(Box<ChangeGuard>, Option<Version>),
 }
 
-/// The chunk size a byte body is uploaded in, so that the gate holds back only its tail.
+/// The chunk size a byte body is uploaded in.
 const UPLOAD_CHUNK: usize = 256 * 1024;
 
-/// `bytes` as a stream of slices of it (no copy).
+/// The last chunk of a byte body, which the gate holds back: small, so that the rest of
+/// the body travels while the change is recorded.
+const HELD_TAIL: usize = 4 * 1024;
+
+/// `bytes` as a stream of slices of it (no copy), its last [`HELD_TAIL`] bytes a chunk of
+/// their own.
 fn chunks_of(bytes: Bytes) -> ByteStream {
-    let chunks: Vec<_> = (0..bytes.len())
+    let body = bytes.len().saturating_sub(HELD_TAIL);
+    let mut chunks: Vec<_> = (0..body)
         .step_by(UPLOAD_CHUNK)
-        .map(|at| Ok(bytes.slice(at..(at + UPLOAD_CHUNK).min(bytes.len()))))
+        .map(|at| Ok(bytes.slice(at..(at + UPLOAD_CHUNK).min(body))))
         .collect();
+    chunks.push(Ok(bytes.slice(body..)));
     Box::pin(futures::stream::iter(chunks))
 }
 

@@ -170,6 +170,11 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         report
             .settings
             .push(setting(name, &stores, &queues, latency, args, &probe).await?);
+        if name == "cloud" && args.writes > 0 {
+            report
+                .write_latency
+                .extend(cloud_write_latency(args.writes).await?);
+        }
         if let Queues::Emulator(e) = &queues {
             report
                 .write_latency
@@ -519,7 +524,32 @@ async fn setting(
     })
 }
 
+/// The write path's latency on `stores` (the emulators): with the Bigtable changelog, with
+/// it and background completion, and with the no-op changelog.
 async fn write_latency(stores: &Stores, n: usize) -> Result<Vec<WriteLatency>> {
+    write_latency_of("emulators", writer_setups("", stores), n).await
+}
+
+/// The write path's latency in the cloud model (in-memory stores, each call at its cloud
+/// latency), at the assumed split of an upload's latency around its last byte and at both
+/// extremes: nothing after the last byte (all of it can overlap the record) and all of
+/// it (none can).
+async fn cloud_write_latency(n: usize) -> Result<Vec<WriteLatency>> {
+    let mut setups = Vec::new();
+    for tail_ms in [tiersweep::testing::meter::CLOUD_WRITE_TAIL_MS, 0, 50] {
+        let latency = Latency::cloud_with_write_tail(Duration::from_millis(tail_ms));
+        let stores = Meter::new(latency).wrap(&MemoryStores::new().stores());
+        setups.extend(writer_setups(
+            &format!("{tail_ms} ms of 50 after the last byte"),
+            &stores,
+        ));
+    }
+    write_latency_of("cloud", setups, n).await
+}
+
+/// The three writers compared: the changelog (`stores`'), with background completion, and
+/// the no-op changelog on the same stores.
+fn writer_setups(model: &str, stores: &Stores) -> Vec<WriterSetup> {
     let inline = WriterConfig {
         inline_threshold: 1024,
         protocol: bench::protocol(),
@@ -529,23 +559,44 @@ async fn write_latency(stores: &Stores, n: usize) -> Result<Vec<WriteLatency>> {
         background_completions: 64,
         ..inline
     };
-    let run = uuid::Uuid::now_v7().simple().to_string();
     let noop = Stores {
         changelog: Arc::new(tiersweep::changelog::NoopChangelog),
         ..stores.clone()
     };
-    let setups = [
-        ("bigtable", stores, inline),
-        ("bigtable, background completion", stores, background),
-        ("noop", &noop, inline),
-    ];
+    let setup = |changelog: &str, stores: &Stores, config| WriterSetup {
+        model: model.to_owned(),
+        changelog: changelog.to_owned(),
+        stores: stores.clone(),
+        config,
+    };
+    vec![
+        setup("bigtable", stores, inline),
+        setup("bigtable, background completion", stores, background),
+        setup("noop", &noop, inline),
+    ]
+}
+
+/// One writer whose write latency is measured.
+struct WriterSetup {
+    model: String,
+    changelog: String,
+    stores: Stores,
+    config: WriterConfig,
+}
+
+async fn write_latency_of(
+    setting: &str,
+    setups: Vec<WriterSetup>,
+    n: usize,
+) -> Result<Vec<WriteLatency>> {
+    let run = uuid::Uuid::now_v7().simple().to_string();
     // Interleaved rounds, so drift on a shared machine hits every setup alike.
     let mut samples: Vec<Vec<WriteLatency>> = vec![Vec::new(); setups.len()];
     for round in 0..4 {
-        for (i, (label, s, config)) in setups.iter().enumerate() {
-            let writer = TieredStorage::new((*s).clone(), *config).context("writer config")?;
+        for (i, w) in setups.iter().enumerate() {
+            let writer = TieredStorage::new(w.stores.clone(), w.config).context("writer config")?;
             let tag = format!("{run}-{i}-{round}");
-            let r = bench::write_latency(&writer, label, &tag, n / 4)
+            let r = bench::write_latency(&writer, (setting, &w.model), &w.changelog, &tag, n / 4)
                 .await
                 .context("timing writes")?;
             // Background completions finish before the next setup's round starts.
@@ -553,26 +604,32 @@ async fn write_latency(stores: &Stores, n: usize) -> Result<Vec<WriteLatency>> {
             samples[i].extend(r);
         }
     }
-    eprintln!("[emulators] write latency measured over {n} puts and deletes per setup");
+    eprintln!("[{setting}] write latency measured over {n} puts and deletes per setup");
     Ok(samples.into_iter().flat_map(merge).collect())
 }
 
 /// Rounds of the same (changelog, op) merged by their medians' median (robust on a noisy box).
 fn merge(rounds: Vec<WriteLatency>) -> Vec<WriteLatency> {
-    let mut by: std::collections::BTreeMap<(String, String), Vec<WriteLatency>> =
-        Default::default();
+    type Key = (String, String, String, String);
+    let mut by: std::collections::BTreeMap<Key, Vec<WriteLatency>> = Default::default();
     for r in rounds {
-        by.entry((r.changelog.clone(), r.op.clone()))
-            .or_default()
-            .push(r);
+        let key = (
+            r.setting.clone(),
+            r.model.clone(),
+            r.changelog.clone(),
+            r.op.clone(),
+        );
+        by.entry(key).or_default().push(r);
     }
     by.into_iter()
-        .map(|((changelog, op), rs)| {
+        .map(|((setting, model, changelog, op), rs)| {
             let mut p50: Vec<u64> = rs.iter().map(|r| r.p50_us).collect();
             let mut p99: Vec<u64> = rs.iter().map(|r| r.p99_us).collect();
             p50.sort_unstable();
             p99.sort_unstable();
             WriteLatency {
+                setting,
+                model,
                 changelog,
                 op,
                 p50_us: p50[p50.len() / 2],

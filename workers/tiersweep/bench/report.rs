@@ -328,13 +328,37 @@ pub fn table(r: &Report) -> String {
         );
     }
     if !r.write_latency.is_empty() {
-        let _ = writeln!(t, "\n== write latency (emulators) ==");
-        for w in &r.write_latency {
-            let _ = writeln!(
-                t,
-                "{:<32} {:<20} p50 {:>7} us  p99 {:>7} us  ({} samples)",
-                w.changelog, w.op, w.p50_us, w.p99_us, w.samples
-            );
+        let mut settings: Vec<&str> = r.write_latency.iter().map(|w| w.setting.as_str()).collect();
+        settings.dedup();
+        for setting in settings {
+            let _ = writeln!(t, "\n== write latency ({setting}) ==");
+            let of: Vec<&WriteLatency> = r
+                .write_latency
+                .iter()
+                .filter(|w| w.setting == setting)
+                .collect();
+            for w in &of {
+                // Against the no-op changelog's, for the same op under the same model.
+                let noop = of
+                    .iter()
+                    .find(|n| n.changelog == "noop" && n.op == w.op && n.model == w.model);
+                let _ = writeln!(
+                    t,
+                    "{:<28} {:<32} {:<18} p50 {:>7} us  p99 {:>7} us  ({} samples){}",
+                    w.model,
+                    w.changelog,
+                    w.op,
+                    w.p50_us,
+                    w.p99_us,
+                    w.samples,
+                    noop.map(|n| format!(
+                        "  {:.2}x / {:.2}x of no-op",
+                        w.p50_us as f64 / n.p50_us.max(1) as f64,
+                        w.p99_us as f64 / n.p99_us.max(1) as f64
+                    ))
+                    .unwrap_or_default()
+                );
+            }
         }
     }
     for s in r.settings.iter().filter(|s| !s.shapes.is_empty()) {
