@@ -64,11 +64,14 @@ pub enum Mutant {
     /// Recovery removes the row of a change whose upload it deleted at once, though the
     /// dead writer's upload may still land.
     RecoveryRemovesAtOnce,
+    /// A large put's upload releases its final chunk without waiting for the change's
+    /// record, so the blob can exist before any row names it.
+    UngatedUpload,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 19] = [
+    pub const ALL: [Mutant; 20] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -88,6 +91,7 @@ impl Mutant {
         Mutant::ReadTrustsFirstMiss,
         Mutant::DeadLetterWithoutReason,
         Mutant::RecoveryRemovesAtOnce,
+        Mutant::UngatedUpload,
     ];
 }
 

@@ -54,7 +54,14 @@ fn assert_lag(s: &Value) {
 fn bench_runs_at_smoke_size_and_reports_every_figure() {
     let (report, out) = bench(
         "memory",
-        &["--settings", "memory,cloud", "--in-flight", "1,16"],
+        &[
+            "--settings",
+            "memory,cloud",
+            "--in-flight",
+            "1,16",
+            "--writes",
+            "8",
+        ],
     );
     let settings = report["settings"].as_array().unwrap();
     assert_eq!(settings.len(), 2);
@@ -132,6 +139,14 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
     assert_eq!(elastic["left"], 0, "the pool drained everything: {elastic}");
     assert_eq!(elastic["claimed_twice_at_once"], 0, "{elastic}");
     assert_eq!(elastic["shared_shard_instants"], 0, "{elastic}");
+    // Write latency in the cloud model: three splits of an upload's latency, three
+    // writers each (the changelog, with background completion, no-op), put and delete.
+    let writes = report["write_latency"].as_array().unwrap();
+    assert_eq!(writes.len(), 18, "{writes:?}");
+    for w in writes {
+        assert_eq!(w["setting"], "cloud", "{w}");
+        assert_eq!(w["samples"], 8, "{w}");
+    }
     let svg = std::fs::read_to_string(out.join("throughput.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
 }
@@ -239,5 +254,7 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
         "audit peak {small} MiB at 300 blobs, {large} at 1500"
     );
     // put and delete, for the Bigtable changelog inline and in the background, and no-op.
-    assert_eq!(report["write_latency"].as_array().unwrap().len(), 6);
+    let writes = report["write_latency"].as_array().unwrap();
+    assert_eq!(writes.len(), 6, "{writes:?}");
+    assert!(writes.iter().all(|w| w["setting"] == "emulators"), "{writes:?}");
 }
