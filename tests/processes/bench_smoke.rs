@@ -256,5 +256,8 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
     // put and delete, for the Bigtable changelog inline and in the background, and no-op.
     let writes = report["write_latency"].as_array().unwrap();
     assert_eq!(writes.len(), 6, "{writes:?}");
-    assert!(writes.iter().all(|w| w["setting"] == "emulators"), "{writes:?}");
+    assert!(
+        writes.iter().all(|w| w["setting"] == "emulators"),
+        "{writes:?}"
+    );
 }
