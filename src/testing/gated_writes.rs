@@ -9,13 +9,24 @@ use bytes::Bytes;
 
 use super::crash::{INLINE_THRESHOLD, test_writer_config, unique_path};
 use super::faults::{Fault, Faults, Op, Rule};
-use super::schedules::{blobs_of, entries_for, recovery_pass};
+use super::schedules::{blobs_of, entries_for, recovery_leaves_nothing_of};
 use crate::config::ProtocolConfig;
+use crate::model::ObjectPath;
 use crate::stores::Stores;
 use crate::writer::{ReadOutcome, TieredStorage, WriteError};
 
 fn large(tag: &str) -> Bytes {
     Bytes::from(format!("{tag}:{}", "G".repeat(INLINE_THRESHOLD * 4)))
+}
+
+/// After recovery, nothing of `path`: no row, no blob, no HV value (the put never committed).
+async fn nothing_left_of(stores: &Stores, path: &ObjectPath, protocol: ProtocolConfig, what: &str) {
+    recovery_leaves_nothing_of(stores, path, protocol, what).await;
+    assert_eq!(
+        stores.hv.read(path).await.expect("reading HV"),
+        None,
+        "{what}"
+    );
 }
 
 /// A body of several chunks whose last one is what the gate holds.
@@ -91,10 +102,7 @@ pub async fn a_crash_while_the_final_chunk_is_held_leaves_no_blob(
             blobs_of(&stores, &path).await.is_empty(),
             "{fault:?}: an upload whose final chunk was held completed"
         );
-        recovery_pass(&stores, protocol).await;
-        assert!(entries_for(&stores, &path).await.is_empty(), "{fault:?}");
-        assert!(blobs_of(&stores, &path).await.is_empty(), "{fault:?}");
-        assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+        nothing_left_of(&stores, &path, protocol, &format!("{fault:?}")).await;
     }
 }
 
@@ -125,10 +133,7 @@ pub async fn a_failed_record_stops_the_upload_at_the_gate(
             _ => assert!(!rows.is_empty(), "the lost record landed"),
         }
         tokio::time::sleep(protocol.staleness_threshold * 2).await;
-        recovery_pass(&stores, protocol).await;
-        assert!(entries_for(&stores, &path).await.is_empty(), "{fault:?}");
-        assert!(blobs_of(&stores, &path).await.is_empty(), "{fault:?}");
-        assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+        nothing_left_of(&stores, &path, protocol, &format!("{fault:?}")).await;
     }
 }
 
@@ -159,8 +164,5 @@ pub async fn a_guard_invalid_at_the_gate_stops_the_upload(
         "the upload completed past its guard"
     );
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
-    recovery_pass(&stores, protocol).await;
-    assert!(entries_for(&stores, &path).await.is_empty());
-    assert!(blobs_of(&stores, &path).await.is_empty());
-    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+    nothing_left_of(&stores, &path, protocol, "a guard invalid at the gate").await;
 }

@@ -129,7 +129,7 @@ pub async fn blobs_of(stores: &Stores, path: &ObjectPath) -> Vec<String> {
 
 /// One embedded recovery pass over `stores` with the test timings (and the second pass of
 /// the changes it deferred, after their settle).
-pub(crate) async fn recovery_pass(
+async fn recovery_pass(
     stores: &Stores,
     protocol: ProtocolConfig,
 ) -> crate::recovery::embedded::PassReport {
@@ -138,7 +138,7 @@ pub(crate) async fn recovery_pass(
 
 /// Runs a recovery pass and asserts that nothing of `path` is left: no LT blob (`what`
 /// says which one the schedule cares about) and no changelog row.
-async fn recovery_leaves_nothing_of(
+pub(crate) async fn recovery_leaves_nothing_of(
     stores: &Stores,
     path: &ObjectPath,
     protocol: ProtocolConfig,

@@ -134,16 +134,24 @@ pub async fn a_streamed_put_whose_stream_fails_creates_nothing(lt: &dyn LtStore)
             256 * 1024,
             Some(std::io::Error::other("client went away")),
         );
-        let err = lt
-            .put_stream(&r, body, &ObjectMeta::default())
-            .await
-            .unwrap_err();
-        assert_eq!(err.store, crate::error::StoreKind::Lt, "{err}");
-        assert!(
-            !lt.exists(&r).await.unwrap(),
-            "{n} bytes: a failed stream left a blob"
-        );
+        let failed = lt.put_stream(&r, body, &ObjectMeta::default()).await;
+        created_nothing(lt, &r, failed, &format!("{n} bytes, a failed stream")).await;
     }
+}
+
+/// An upload that must fail: an LT error, and no blob at `r`.
+async fn created_nothing(
+    lt: &dyn LtStore,
+    r: &Revision,
+    outcome: crate::error::StoreResult<u64>,
+    what: &str,
+) {
+    let err = outcome.expect_err(what);
+    assert_eq!(err.store, crate::error::StoreKind::Lt, "{what}: {err}");
+    assert!(
+        !lt.exists(r).await.unwrap(),
+        "{what}: the upload left a blob"
+    );
 }
 
 /// A sized put stores exactly its bytes on either side of the resumable threshold, and a
@@ -188,15 +196,14 @@ pub async fn a_sized_put_stores_exactly_its_declared_bytes(lt: &dyn LtStore) {
     ] {
         let r = rev();
         let (body, _) = chunks(1000, 256, tail);
-        let err = lt
-            .put_stream_sized(&r, body, declared, &meta)
-            .await
-            .unwrap_err();
-        assert_eq!(err.store, crate::error::StoreKind::Lt, "{err}");
-        assert!(
-            !lt.exists(&r).await.unwrap(),
-            "1000 bytes declared as {declared:?}: the upload left a blob"
-        );
+        let failed = lt.put_stream_sized(&r, body, declared, &meta).await;
+        created_nothing(
+            lt,
+            &r,
+            failed,
+            &format!("1000 bytes declared as {declared:?}"),
+        )
+        .await;
     }
 }
 
