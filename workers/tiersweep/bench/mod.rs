@@ -44,7 +44,7 @@ pub struct BenchArgs {
     /// Scanners in the pipeline runs.
     #[arg(long, default_value_t = 2)]
     scanners: u16,
-    /// Writes per changelog setting in the write-latency runs.
+    /// Writes per writer in the write-latency runs (cloud model and emulators; 0 skips them).
     #[arg(long, default_value_t = 200)]
     writes: usize,
     /// Settings to run: cloud (in-memory stores, cloud-like latency), memory (in-memory,
@@ -176,9 +176,11 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 .extend(cloud_write_latency(args.writes).await?);
         }
         if let Queues::Emulator(e) = &queues {
-            report
-                .write_latency
-                .extend(write_latency(&stores, args.writes).await?);
+            if args.writes > 0 {
+                report
+                    .write_latency
+                    .extend(write_latency(&stores, args.writes).await?);
+            }
             write_json(&args.out, &report)?;
             if args.rss_changes > 0 {
                 let deadline = Duration::from_secs(args.run_deadline_s.max(600));
