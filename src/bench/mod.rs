@@ -12,6 +12,7 @@ pub mod drain;
 pub mod elastic;
 pub mod lag;
 pub mod shapes;
+pub mod upload_split;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

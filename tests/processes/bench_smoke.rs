@@ -260,4 +260,12 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
         writes.iter().all(|w| w["setting"] == "emulators"),
         "{writes:?}"
     );
+    // The upload's split around its last byte: measured, the held upload waited for it.
+    let split = &report["upload_split"];
+    assert_eq!(split["samples"], 1, "{split}");
+    assert!(split["whole_p50_us"].as_u64().unwrap() > 0, "{split}");
+    assert!(
+        split["after_last_byte_p50_us"].as_u64().unwrap() > 0,
+        "{split}"
+    );
 }

@@ -132,6 +132,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         latency: Latency::cloud(),
         settings: Vec::new(),
         write_latency: Vec::new(),
+        upload_split: None,
         ceiling: Vec::new(),
         memory: Vec::new(),
         elastic: None,
@@ -180,6 +181,13 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 report
                     .write_latency
                     .extend(write_latency(&stores, args.writes).await?);
+                let run = uuid::Uuid::now_v7().simple().to_string();
+                let n = args.writes.div_ceil(4);
+                report.upload_split = Some(
+                    tiersweep::bench::upload_split::measure(&*stores.lt, &run, 64 * 1024, n)
+                        .await
+                        .context("measuring the upload's split around its last byte")?,
+                );
             }
             write_json(&args.out, &report)?;
             if args.rss_changes > 0 {

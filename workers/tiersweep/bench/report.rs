@@ -17,6 +17,8 @@ pub struct Report {
     pub latency: Latency,
     pub settings: Vec<Setting>,
     pub write_latency: Vec<WriteLatency>,
+    /// How the emulated LT's upload time splits around its last byte.
+    pub upload_split: Option<tiersweep::bench::upload_split::UploadSplit>,
     /// The emulators' raw RPC rates, one at a time and concurrently.
     pub ceiling: Vec<CeilingReport>,
     /// Peak RSS of a scanner and a cleaner process over a large backlog.
@@ -360,6 +362,18 @@ pub fn table(r: &Report) -> String {
                 );
             }
         }
+    }
+    if let Some(u) = &r.upload_split {
+        let _ = writeln!(
+            t,
+            "\n== LT upload time around its last byte (emulators, {} bytes, {} samples) ==\n\
+             whole upload p50 {} us; from the release of a held last chunk to the answer p50 {} us ({:.0} %)",
+            u.bytes,
+            u.samples,
+            u.whole_p50_us,
+            u.after_last_byte_p50_us,
+            100.0 * u.after_last_byte_p50_us as f64 / u.whole_p50_us.max(1) as f64
+        );
     }
     for s in r.settings.iter().filter(|s| !s.shapes.is_empty()) {
         let _ = writeln!(
