@@ -1,8 +1,9 @@
 //! The write-ahead changelog: one row per in-flight change, whose timestamp is its
 //! liveness signal.
 //!
-//! * A writer [`record`](Changelog::record)s a change before touching LT and
-//!   [`heartbeat`](Changelog::heartbeat)s it while it works; the heartbeat succeeds only
+//! * A writer [`record`](Changelog::record)s a change before any LT blob it names can exist
+//!   (a large put's upload may already be under way, its final chunk held until the
+//!   record lands) and [`heartbeat`](Changelog::heartbeat)s it while it works; the heartbeat succeeds only
 //!   while the writer still owns the row.
 //! * Recovery [`scan_stale`](Changelog::scan_stale)s for rows stamped before a cutoff and
 //!   [`claim`](Changelog::claim)s each with a compare-and-set whose predicate is "still
