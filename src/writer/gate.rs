@@ -29,12 +29,37 @@ enum Gate {
 /// Opens or closes the gate of one upload; dropping it unopened closes the gate.
 pub(crate) struct GateOpener {
     tx: watch::Sender<Gate>,
+    timing: std::sync::Arc<Timing>,
+}
+
+/// When the body ended and when the gate decided, so the writer can say how long the final
+/// chunk waited for the record: zero when the record was wholly hidden behind the upload.
+#[derive(Default)]
+pub(crate) struct Timing {
+    ended: std::sync::OnceLock<tokio::time::Instant>,
+    decided: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl Timing {
+    /// How long the final chunk was held; `None` if the body had not ended when the gate
+    /// decided (nothing waited) or the gate never decided.
+    pub(crate) fn held(&self) -> Option<std::time::Duration> {
+        let decided = *self.decided.get()?;
+        let ended = *self.ended.get()?;
+        Some(decided.saturating_duration_since(ended))
+    }
 }
 
 impl GateOpener {
+    /// The gate's timing, readable after it decided.
+    pub(crate) fn timing(&self) -> std::sync::Arc<Timing> {
+        self.timing.clone()
+    }
+
     /// Releases the final chunk if the guard is valid now; closes the gate otherwise.
     /// Returns whether it opened.
     pub(crate) fn open(self, watch: GuardWatch) -> bool {
+        let _ = self.timing.decided.set(tokio::time::Instant::now());
         match watch.state() {
             GuardState::Valid => {
                 self.tx.send_replace(Gate::Open(watch));
@@ -49,6 +74,7 @@ impl GateOpener {
 
     /// Ends the upload with an error instead of its final chunk.
     pub(crate) fn close(self, why: impl Into<String>) {
+        let _ = self.timing.decided.set(tokio::time::Instant::now());
         self.tx.send_replace(Gate::Closed(why.into()));
     }
 }
@@ -56,10 +82,12 @@ impl GateOpener {
 /// `body` with its final chunk held until the returned opener opens the gate.
 pub(crate) fn gated(body: ByteStream) -> (ByteStream, GateOpener) {
     let (tx, rx) = watch::channel(Gate::Held);
+    let timing = std::sync::Arc::new(Timing::default());
     let state = State {
         body: Some(body),
         held: None,
         rx,
+        timing: timing.clone(),
     };
     let stream = futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -69,7 +97,7 @@ pub(crate) fn gated(body: ByteStream) -> (ByteStream, GateOpener) {
             None => None,
         }
     });
-    (Box::pin(stream), GateOpener { tx })
+    (Box::pin(stream), GateOpener { tx, timing })
 }
 
 struct State {
@@ -78,6 +106,7 @@ struct State {
     /// The last chunk read, not yet handed on: it goes only through an open gate.
     held: Option<bytes::Bytes>,
     rx: watch::Receiver<Gate>,
+    timing: std::sync::Arc<Timing>,
 }
 
 impl State {
@@ -95,6 +124,7 @@ impl State {
             }
         }
         // The body has ended: the held chunk is the last one.
+        let _ = self.timing.ended.set(tokio::time::Instant::now());
         if crate::mutants::on(crate::mutants::Mutant::UngatedUpload) {
             return self.held.take().map(Ok);
         }
@@ -176,6 +206,28 @@ mod tests {
             "a crash mid-record sends nothing more"
         );
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_says_how_long_the_final_chunk_waited() {
+        let (mut stream, opener) = gated(body(&["a", "b"]));
+        let timing = opener.timing();
+        assert!(next_now(&mut stream).await.unwrap().unwrap().is_ok());
+        assert!(
+            next_now(&mut stream).await.is_none(),
+            "the body ended, its last chunk held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        opener.close("enough");
+        let held = timing
+            .held()
+            .expect("the body ended before the gate decided");
+        assert!(held >= std::time::Duration::from_millis(30), "{held:?}");
+
+        let (_stream, opener) = gated(body(&["a", "b"]));
+        let timing = opener.timing();
+        opener.close("decided before the body ended");
+        assert_eq!(timing.held(), None, "nothing waited");
     }
 
     #[tokio::test(start_paused = true)]

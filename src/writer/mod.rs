@@ -671,7 +671,8 @@ impl TieredStorage {
         upload: Option<(Revision, Body)>,
     ) -> Result<(), WriteError> {
         let span = tracing::info_span!(crate::telemetry::span::WRITE,
-            "tiersweep.object" = %path, "tiersweep.change_id" = tracing::field::Empty);
+            "tiersweep.object" = %path, "tiersweep.change_id" = tracing::field::Empty,
+            "tiersweep.upload.final_chunk_held_us" = tracing::field::Empty);
         self.mutate_in(path, write, upload).instrument(span).await
     }
 
@@ -765,6 +766,7 @@ impl TieredStorage {
             }
         };
         let (stream, opener) = gate::gated(stream);
+        let timing = opener.timing();
         let upload = async {
             match size {
                 Some(declared) => {
@@ -788,6 +790,13 @@ impl TieredStorage {
             begun
         };
         let (uploaded, begun) = tokio::join!(upload, begin);
+        // How much of the record the upload did not hide: the final chunk's wait (0 when
+        // the record landed before the body ended).
+        let held = timing.held().unwrap_or_default();
+        tracing::Span::current().record(
+            "tiersweep.upload.final_chunk_held_us",
+            u64::try_from(held.as_micros()).unwrap_or(u64::MAX),
+        );
         let Begun::Recorded(guard, expected) = begun? else {
             unreachable!("a change with a new revision is always recorded")
         };
@@ -1230,5 +1239,67 @@ impl TieredStorage {
         )
         .await?;
         Ok(report.row == RowFate::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+    use crate::testing::MemoryStores;
+
+    /// Collects the values recorded into one span field, whichever span.
+    struct Field(&'static str, Arc<Mutex<Vec<u64>>>);
+
+    impl tracing::field::Visit for Field {
+        fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+            if field.name() == self.0 {
+                self.1.lock().unwrap().push(value);
+            }
+        }
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    struct Capture(&'static str, Arc<Mutex<Vec<u64>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_record(
+            &self,
+            _: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            values.record(&mut Field(self.0, self.1.clone()));
+        }
+    }
+
+    /// A large put's `write` span says how long its final chunk waited for the record: the
+    /// figure that tells, in production, whether the gate hides the record.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_puts_span_says_how_long_its_final_chunk_waited() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Capture(
+            "tiersweep.upload.final_chunk_held_us",
+            seen.clone(),
+        ));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let slow = std::time::Duration::from_millis(40);
+        let faults = crate::testing::faults::Faults::new([crate::testing::faults::Rule::once(
+            crate::testing::faults::Op::Record,
+            crate::testing::faults::Fault::Delay(slow),
+        )]);
+        let stores = faults.wrap(&MemoryStores::new().stores());
+        let writer = TieredStorage::new(stores, WriterConfig::default()).unwrap();
+        let path = ObjectPath::new("gate/span").unwrap();
+        writer
+            .put(&path, Bytes::from(vec![b'x'; 256 * 1024]))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0] >= slow.as_micros() as u64, "held {} us", seen[0]);
     }
 }
