@@ -310,23 +310,11 @@ impl PubsubQueue {
                     fail(not_found_is_permanent(&e), format!("cannot read the topic ({e}); create it with infra/local/provision.sh or infra/terraform"))
                 })?;
             }
-            Purpose::DeadLetters => {
-                let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
-                crate::iam::record(Call::PubsubGetSubscription, subscription_resource);
-                answered(
-                    config.timeout,
-                    admin
-                        .get_subscription()
-                        .set_subscription(subscription.clone())
-                        .send(),
-                )
-                .await
-                .map_err(|d| fail(ErrorKind::Transient, d))?
-                .map_err(|e| {
-                        fail(not_found_is_permanent(&e), format!("cannot read the dead-letter subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
-                    })?;
-            }
-            Purpose::Consume | Purpose::AuditConsume => {
+            Purpose::Consume | Purpose::AuditConsume | Purpose::DeadLetters => {
+                let what = match purpose {
+                    Purpose::DeadLetters => "the dead-letter subscription",
+                    _ => "the subscription",
+                };
                 let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
                 crate::iam::record(Call::PubsubGetSubscription, subscription_resource);
                 let found = answered(
@@ -339,22 +327,26 @@ impl PubsubQueue {
                 .await
                 .map_err(|d| fail(ErrorKind::Transient, d))?
                 .map_err(|e| {
-                        fail(not_found_is_permanent(&e), format!("cannot read the subscription ({e}); create it with infra/local/provision.sh or infra/terraform"))
+                        fail(not_found_is_permanent(&e), format!("cannot read {what} ({e}); create it with infra/local/provision.sh or infra/terraform"))
                     })?;
-                let policy = found
-                    .dead_letter_policy
-                    .as_ref()
-                    .filter(|p| !p.dead_letter_topic.is_empty());
-                max_delivery_attempts = policy
-                    .and_then(|p| u32::try_from(p.max_delivery_attempts).ok())
-                    .filter(|n| *n > 0);
-                if policy.is_none() {
-                    return Err(fail(
-                        ErrorKind::Permanent,
-                        "the subscription has no dead-letter policy: jobs that keep failing would be retried \
-                         forever and delivery attempts are not counted; set one (see infra/local/provision.sh)"
-                            .into(),
-                    ));
+                // The dead-letter tools read the dead-letter subscription, which has no
+                // policy of its own; a consumer's subscription must have one.
+                if purpose != Purpose::DeadLetters {
+                    let policy = found
+                        .dead_letter_policy
+                        .as_ref()
+                        .filter(|p| !p.dead_letter_topic.is_empty());
+                    max_delivery_attempts = policy
+                        .and_then(|p| u32::try_from(p.max_delivery_attempts).ok())
+                        .filter(|n| *n > 0);
+                    if policy.is_none() {
+                        return Err(fail(
+                            ErrorKind::Permanent,
+                            "the subscription has no dead-letter policy: jobs that keep failing would be retried \
+                             forever and delivery attempts are not counted; set one (see infra/local/provision.sh)"
+                                .into(),
+                        ));
+                    }
                 }
             }
         }

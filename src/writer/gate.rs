@@ -238,25 +238,7 @@ mod tests {
         assert!(stream.next().await.unwrap().is_err());
     }
 
-    async fn guard(clock: crate::clock::SharedClock) -> super::super::ChangeGuard {
-        use crate::model::{ChangeRecord, ObjectPath, OwnerToken, Revision};
-        let path = ObjectPath::new("gate/test").unwrap();
-        let record = ChangeRecord::new(
-            path.clone(),
-            None,
-            Some(Revision::mint(&path)),
-            OwnerToken::writer(),
-        );
-        let changelog = std::sync::Arc::new(crate::changelog::MemoryChangelog::new(clock.clone()));
-        let protocol = crate::config::ProtocolConfig {
-            heartbeat_interval: std::time::Duration::from_millis(500),
-            staleness_threshold: std::time::Duration::from_secs(2),
-            safety_margin: std::time::Duration::from_millis(500),
-        };
-        super::super::ChangeGuard::begin(changelog, clock, record, protocol, Default::default())
-            .await
-            .unwrap()
-    }
+    use super::super::guard::tests::guard;
 
     #[tokio::test(start_paused = true)]
     async fn an_open_gate_releases_the_last_chunk_and_then_follows_the_guard() {

@@ -322,7 +322,7 @@ async fn within_validity<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::changelog::MemoryChangelog;
     use crate::clock::TokioClock;
@@ -337,7 +337,8 @@ mod tests {
         }
     }
 
-    async fn guard(clock: SharedClock) -> ChangeGuard {
+    /// A valid guard on a memory changelog, with short test timings.
+    pub(in crate::writer) async fn guard(clock: SharedClock) -> ChangeGuard {
         let path = ObjectPath::new("guard/test").unwrap();
         let record = ChangeRecord::new(
             path.clone(),

@@ -58,14 +58,18 @@ fn chunks(n: usize, chunk: usize, tail: Option<std::io::Error>) -> (crate::lt::B
     (Box::pin(futures::stream::iter(items)), all)
 }
 
+/// (bytes, chunk size) of the streamed puts: empty, small in odd chunks, and past GCS's
+/// resumable threshold ([`crate::lt::gcs::UPLOAD_BUFFER`]).
+const STREAM_SIZES: [(usize, usize); 3] = [
+    (0, 1),
+    (1000, 7),
+    (crate::lt::gcs::UPLOAD_BUFFER + 300 * 1024 + 5, 1024 * 1024),
+];
+
 /// A streamed put stores exactly the stream's bytes, across the backend's single-request
 /// and resumable paths (GCS switches above [`crate::lt::gcs::UPLOAD_BUFFER`]).
 pub async fn a_streamed_put_stores_every_chunk(lt: &dyn LtStore) {
-    for (n, chunk) in [
-        (0, 1),
-        (1000, 7),
-        (crate::lt::gcs::UPLOAD_BUFFER + 300 * 1024 + 5, 1024 * 1024),
-    ] {
+    for (n, chunk) in STREAM_SIZES {
         let r = rev();
         let (body, all) = chunks(n, chunk, None);
         assert_eq!(
@@ -158,11 +162,7 @@ async fn created_nothing(
 /// body longer or shorter than declared, or failing part-way, creates nothing.
 pub async fn a_sized_put_stores_exactly_its_declared_bytes(lt: &dyn LtStore) {
     let meta = ObjectMeta::default();
-    for (n, chunk) in [
-        (0, 1),
-        (1000, 7),
-        (crate::lt::gcs::UPLOAD_BUFFER + 300 * 1024 + 5, 1024 * 1024),
-    ] {
+    for (n, chunk) in STREAM_SIZES {
         let r = rev();
         let (body, all) = chunks(n, chunk, None);
         let declared = crate::lt::Declared::of(&all);
