@@ -29,7 +29,9 @@ RUN touch src/lib.rs workers/tiersweep/main.rs \
 # Runtime: glibc + CA certificates, no shell, no package manager, uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /tiersweep /usr/local/bin/tiersweep
-USER nonroot:nonroot
+# Numeric, not `nonroot`: a pod with runAsNonRoot can only verify a numeric user, and
+# refuses to start a container whose image names its user (CreateContainerConfigError).
+USER 65532:65532
 # Health, readiness and Prometheus metrics (worker.health_listen).
 EXPOSE 8080
 ENV TIERSWEEP_WORKER__HEALTH_LISTEN=0.0.0.0:8080

@@ -7,11 +7,15 @@
 #   * the alert rules (infra/monitoring) with promtool: `check rules`, and `test rules` with
 #     their unit tests; the PrometheusRule / GMP Rules and the Grafana dashboard generated
 #     from them are up to date; each monitoring component renders over the base;
+#   * the Alertmanager configuration (amtool check-config);
+#   * infra/check-deploy.py: namespaces, numeric users, grace periods, one project id,
+#     telemetry and autoscaling targets, runbooks, APIs and protected tables;
 #   * Terraform: `terraform fmt -check`, and `terraform validate` when the google provider
 #     can be installed (it cannot be downloaded on machines without registry access: then
 #     that step is reported as skipped, not passed).
 # The validators are installed into .local/venv-validate from PyPI on first use; promtool
-# into .local/promtool from the distribution's prometheus package (apt-get download, no root).
+# and amtool into .local/ from the distribution's prometheus and prometheus-alertmanager
+# packages (apt-get download, no root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/local/common.sh
@@ -19,10 +23,11 @@ log() { echo "infra/validate: $*" >&2; }
 die() { echo "infra/validate: error: $*" >&2; exit 1; }
 
 VENV="$STATE_DIR/venv-validate"
-if [[ ! -x $VENV/bin/check-jsonschema || ! -x $VENV/bin/kubernetes-validate ]]; then
-  log "installing check-jsonschema and kubernetes-validate into $VENV"
+if [[ ! -x $VENV/bin/check-jsonschema || ! -x $VENV/bin/kubernetes-validate ]] \
+  || ! "$VENV/bin/python" -c "import yaml" 2>/dev/null; then
+  log "installing check-jsonschema, kubernetes-validate and PyYAML into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check check-jsonschema kubernetes-validate >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check check-jsonschema kubernetes-validate pyyaml >&2
 fi
 
 log "docker-compose.yml: Compose specification schema"
@@ -41,24 +46,31 @@ for overlay in infra/k8s/overlays/*/; do
   log "infra/k8s/overlays/$name: renders, valid for Kubernetes $K8S_VERSION${skipped:+ (no schema, not validated: $skipped)}"
 done
 
-PROMTOOL="$STATE_DIR/promtool/usr/bin/promtool"
-if [[ ! -x $PROMTOOL ]]; then
-  if command -v promtool >/dev/null; then
-    PROMTOOL="$(command -v promtool)"
-  else
-    command -v apt-get >/dev/null || die "promtool is needed to check infra/monitoring: install Prometheus's promtool"
-    log "installing promtool into $STATE_DIR/promtool (apt-get download prometheus)"
-    dl="$(mktemp -d)"
-    (cd "$dl" && apt-get download -q prometheus >/dev/null 2>&1) || die "apt-get download prometheus failed: install promtool"
-    mkdir -p "$STATE_DIR/promtool"
-    dpkg-deb -x "$dl"/prometheus_*.deb "$STATE_DIR/promtool"
-    rm -rf "$dl"
-  fi
-fi
+# Installs Debian package $2's binary $1 under $STATE_DIR/$1 (apt-get download, no root)
+# unless it is on PATH; prints its path.
+tool() {
+  local bin=$1 package=$2 path="$STATE_DIR/$1/usr/bin/$1"
+  if [[ -x $path ]]; then echo "$path"; return; fi
+  if command -v "$bin" >/dev/null; then command -v "$bin"; return; fi
+  command -v apt-get >/dev/null || die "$bin is needed: install Debian's $package"
+  log "installing $bin into $STATE_DIR/$bin (apt-get download $package)"
+  local dl
+  dl="$(mktemp -d)"
+  (cd "$dl" && apt-get download -q "$package" >/dev/null 2>&1) || die "apt-get download $package failed: install $bin"
+  mkdir -p "$STATE_DIR/$bin"
+  dpkg-deb -x "$dl"/"${package}"_*.deb "$STATE_DIR/$bin"
+  rm -rf "$dl"
+  echo "$path"
+}
+PROMTOOL="$(tool promtool prometheus)"
+AMTOOL="$(tool amtool prometheus-alertmanager)"
 "$PROMTOOL" check rules infra/monitoring/tiersweep.rules.yaml >&2 || die "infra/monitoring/tiersweep.rules.yaml: promtool check rules failed"
 (cd infra/monitoring && "$PROMTOOL" test rules tiersweep.rules.test.yaml) >&2 || die "infra/monitoring: the alert rules' unit tests failed"
 log "infra/monitoring: alert rules pass promtool check and their unit tests"
-infra/monitoring/render.sh --check || die "infra/monitoring: generated rule resources are stale"
+python3 infra/monitoring/render.py --check || die "infra/monitoring: generated rule resources are stale"
+"$AMTOOL" check-config infra/k8s/gmp-alertmanager/alertmanager.yaml >&2 \
+  || die "infra/k8s/gmp-alertmanager/alertmanager.yaml: amtool check-config failed"
+log "infra/k8s/gmp-alertmanager: the Alertmanager route is valid"
 python3 infra/monitoring/dashboard.py --check || die "infra/monitoring: the dashboard is stale"
 for component in infra/k8s/components/*/; do
   name="$(basename "$component")"
@@ -78,6 +90,10 @@ KUST
     || { echo "$out" >&2; die "infra/k8s/components/$name: manifests do not validate against Kubernetes $K8S_VERSION"; }
   log "infra/k8s/components/$name: renders over the base"
 done
+
+# What schemas and renders let through, read as the kubelet, KEDA and Google Cloud would.
+"$VENV/bin/python" infra/check-deploy.py --self-test
+"$VENV/bin/python" infra/check-deploy.py || die "infra: the deployment checks failed (above)"
 
 command -v terraform >/dev/null || die "terraform is needed for terraform fmt -check"
 # No user CLI configuration here; an empty one keeps terraform from warning about it.

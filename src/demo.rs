@@ -66,6 +66,24 @@ impl Default for DemoConfig {
     }
 }
 
+/// How long a writer load must wait, at most, for scanner and cleaner pools running with
+/// `recovery` (and the writers' `protocol`) to converge every change it left behind — the
+/// bound `tiersweep demo --external-recovery` waits for, and refuses to start beyond.
+///
+/// A crashed change goes stale after the threshold and is claimed within a scanner's idle
+/// poll. One recovered before its HV write (the commonest crash) is deferred by the cleaner
+/// for `upload_settle` (its upload may still land) and then needs a second pass: a running
+/// scanner reads the deferred row again when the claim's lease ends or, at the latest, at
+/// its next full sweep — so the later of the two bounds the wait. A minute of margin covers
+/// delivery and the convergence itself.
+pub fn external_recovery_bound(protocol: &ProtocolConfig, recovery: &RecoveryConfig) -> Duration {
+    let pass = protocol.staleness_threshold + recovery.idle_poll;
+    pass + recovery.upload_settle
+        + recovery.claim_lease.max(recovery.full_sweep_every)
+        + pass
+        + Duration::from_secs(60)
+}
+
 /// The verdict, as `tiersweep demo --json` prints it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DemoReport {

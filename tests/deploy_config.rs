@@ -23,19 +23,17 @@ fn every_kubernetes_configuration_loads_and_validates() {
         "infra/k8s/overlays/local/tiersweep.toml",
         "infra/k8s/overlays/gke/tiersweep.toml",
     ] {
-        let config = Config::load(Some(Path::new(&root().join(file))), [], &[])
+        // The drain's fit in the pods' grace period is checked on the rendered
+        // manifests (infra/check-deploy.py).
+        Config::load(Some(Path::new(&root().join(file))), [], &[])
             .unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(
-            config.worker.shutdown_deadline < std::time::Duration::from_secs(30),
-            "{file}: the drain must fit in terminationGracePeriodSeconds (30 s)"
-        );
     }
 }
 
-#[test]
-fn docker_compose_sets_only_settings_that_exist() {
+/// The `TIERSWEEP_…` worker settings docker-compose.yml gives every tiersweep container.
+fn compose_settings() -> Vec<(String, String)> {
     let compose = read("docker-compose.yml");
-    let env: Vec<(String, String)> = compose
+    compose
         .lines()
         .filter_map(|l| {
             let (k, v) = l.trim().split_once(": ")?;
@@ -44,9 +42,45 @@ fn docker_compose_sets_only_settings_that_exist() {
         })
         // Provisioning-script variables, not worker settings.
         .filter(|(k, _)| !k.ends_with("_HOST") && k != "TIERSWEEP_LOCAL_DIR")
-        .collect();
+        .map(|(k, v)| (k, v.split(" #").next().unwrap_or(&v).trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn docker_compose_sets_only_settings_that_exist() {
+    let env = compose_settings();
     assert!(env.len() > 5, "found the settings: {env:?}");
     Config::load(None, env.clone(), &[]).unwrap_or_else(|e| panic!("{e}: {env:?}"));
+}
+
+/// The compose `load` service waits for the pools within its `--max-wait`; the workers'
+/// timings must let it converge in that time, or it refuses to start.
+#[test]
+fn the_compose_load_can_converge_within_its_own_deadline() {
+    let settings = Config::load(None, compose_settings(), &[]).expect("compose settings load");
+    let needed = tiersweep::demo::external_recovery_bound(&settings.protocol, &settings.recovery);
+    let compose = read("docker-compose.yml");
+    let command = compose
+        .split("command: [\"demo\"")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("the load service runs the demo");
+    assert!(command.contains("\"--external-recovery\""), "{command}");
+    let max_wait = command
+        .split("\"--max-wait\", \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|d| tiersweep::config::duration::parse(d).expect("a --max-wait duration"))
+        .expect("the load names its --max-wait");
+    assert!(
+        needed <= max_wait,
+        "the workers' timings need up to {needed:?} to converge, the load waits {max_wait:?}"
+    );
+    // The defaults would not: the bound is what makes the load refuse, not time out.
+    let defaults = Config::default();
+    assert!(
+        tiersweep::demo::external_recovery_bound(&defaults.protocol, &defaults.recovery) > max_wait
+    );
 }
 
 #[test]
@@ -226,6 +260,22 @@ fn alerts_and_the_dashboard_query_only_metrics_the_workers_export() {
         assert!(
             exported.contains(m),
             "an alert queries {m}, which is not exported"
+        );
+    }
+
+    // KEDA's queries: the scanners scale on what they export (Pub/Sub's own metrics, which
+    // the cleaners' triggers read, are not tiersweep's to check).
+    let keda = read("infra/k8s/components/keda/scaledobject.yaml");
+    let keda_metrics: Vec<String> = keda
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("query:"))
+        .flat_map(metric_names_in)
+        .collect();
+    assert!(keda_metrics.len() >= 2, "{keda_metrics:?}");
+    for m in &keda_metrics {
+        assert!(
+            exported.contains(m),
+            "a KEDA trigger queries {m}, which is not exported"
         );
     }
 

@@ -11,10 +11,11 @@ resource "google_storage_bucket" "lt" {
     retention_duration_seconds = var.soft_delete_retention_seconds
   }
 
-  # Blobs are live data until the object store drops them; never expire them by age.
-  # Only abandoned multipart uploads (crashed writers' partial uploads) are cleaned here.
-  lifecycle_rule {
-    condition { age = 1 }
-    action { type = "AbortIncompleteMultipartUpload" }
-  }
+  # No lifecycle rule. Blobs are live data until the object store drops them: never expire
+  # them by age. Writers upload through the JSON API (one request, or a resumable
+  # session): an upload that never completes creates no object and bills no storage, and
+  # its session expires on its own after a week. GCS's AbortIncompleteMultipartUpload
+  # applies only to the XML API's multipart uploads, which tiersweep does not make.
+
+  depends_on = [google_project_service.apis]
 }

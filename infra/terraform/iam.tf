@@ -4,11 +4,13 @@
 resource "google_service_account" "scanner" {
   account_id   = "tiersweep-scanner"
   display_name = "tiersweep stale-scan workers"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "cleaner" {
   account_id   = "tiersweep-cleaner"
   display_name = "tiersweep cleanup workers"
+  depends_on   = [google_project_service.apis]
 }
 
 # Operators run `tiersweep status`, `inspect`, `recover --dry-run` and `dlq` as this
@@ -18,6 +20,7 @@ resource "google_service_account" "cleaner" {
 resource "google_service_account" "operator" {
   account_id   = "tiersweep-operator"
   display_name = "tiersweep operator views (read only)"
+  depends_on   = [google_project_service.apis]
 }
 
 # `tiersweep audit` (the CronJob in infra/k8s/base/audit.yaml): the only account that lists
@@ -26,6 +29,7 @@ resource "google_service_account" "operator" {
 resource "google_service_account" "auditor" {
   account_id   = "tiersweep-auditor"
   display_name = "tiersweep audit (lists LT, records orphans for recovery)"
+  depends_on   = [google_project_service.apis]
 }
 
 locals {
@@ -76,6 +80,7 @@ resource "google_project_iam_custom_role" "blob_cleaner" {
   title       = "tiersweep blob cleaner"
   description = "Check that an LT blob exists and delete orphaned ones."
   permissions = ["storage.objects.get", "storage.objects.delete"]
+  depends_on  = [google_project_service.apis]
 }
 
 resource "google_storage_bucket_iam_member" "cleaner_blobs" {
@@ -113,6 +118,7 @@ resource "google_project_iam_custom_role" "blob_reader" {
   title       = "tiersweep blob reader"
   description = "Check that an LT blob exists, without listing the bucket."
   permissions = ["storage.objects.get"]
+  depends_on  = [google_project_service.apis]
 }
 
 resource "google_storage_bucket_iam_member" "operator_blobs" {
@@ -156,6 +162,7 @@ resource "google_project_iam_custom_role" "blob_lister" {
   title       = "tiersweep blob lister"
   description = "List the LT bucket's blobs with their creation times, nothing else."
   permissions = ["storage.objects.list"]
+  depends_on  = [google_project_service.apis]
 }
 
 resource "google_storage_bucket_iam_member" "auditor_lists" {

@@ -1,9 +1,11 @@
 resource "google_pubsub_topic" "jobs" {
-  name = "cleanup-jobs"
+  name       = "cleanup-jobs"
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
-  name = "cleanup-jobs-dead-letter"
+  name       = "cleanup-jobs-dead-letter"
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_pubsub_subscription" "cleaners" {
@@ -59,11 +61,13 @@ resource "google_pubsub_subscription_iam_member" "agent_acks_dead_letters" {
 # `tiersweep audit --worker` pods take them). A job names only a run recorded in the
 # changelog table and a range index; workers refuse (and dead-letter) the rest.
 resource "google_pubsub_topic" "audit_jobs" {
-  name = "audit-jobs"
+  name       = "audit-jobs"
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_pubsub_topic" "audit_dead_letter" {
-  name = "audit-jobs-dead-letter"
+  name       = "audit-jobs-dead-letter"
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_pubsub_subscription" "audit_workers" {
@@ -111,7 +115,8 @@ resource "google_pubsub_subscription_iam_member" "agent_acks_audit_dead_letters"
 # requested, published before the request. Kept a week here; route it to BigQuery or
 # Cloud Storage with a subscription of that kind for longer.
 resource "google_pubsub_topic" "audit_trail" {
-  name = "audit-trail"
+  name       = "audit-trail"
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_pubsub_subscription" "audit_trail_kept" {

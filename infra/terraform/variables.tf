@@ -70,6 +70,33 @@ variable "namespace" {
 }
 
 variable "deletion_protection" {
-  type    = bool
-  default = true
+  description = "Refuse to destroy the Bigtable instance and tables (the object store's data)."
+  type        = bool
+  default     = true
+}
+
+variable "backup_retention_days" {
+  description = "Days each daily automated backup of the HV and changelog tables is kept (3..90)."
+  type        = number
+  default     = 7
+  validation {
+    condition     = var.backup_retention_days >= 3 && var.backup_retention_days <= 90
+    error_message = "Bigtable keeps automated backups for 3 to 90 days."
+  }
+}
+
+variable "operator_members" {
+  description = <<-EOT
+    Who may act as the operator account (tiersweep status, inspect, dlq): IAM members such as
+    "group:storage-oncall@example.com", granted roles/iam.serviceAccountTokenCreator on it
+    (gcloud --impersonate-service-account).
+  EOT
+  type        = list(string)
+  default     = []
+}
+
+variable "keda_namespace" {
+  description = "Namespace of KEDA's operator, whose Kubernetes service account reads the backlog from Cloud Monitoring."
+  type        = string
+  default     = "keda"
 }

@@ -265,6 +265,13 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug {
     /// Where published jobs go (a topic name), for telemetry.
     fn destination(&self) -> String;
 
+    /// Where consumers pull jobs from (a subscription name), for telemetry
+    /// (`messaging.destination.subscription.name`, consumer and settle span names). A queue
+    /// without subscriptions names its destination.
+    fn subscription(&self) -> String {
+        self.destination()
+    }
+
     /// Sends `delivery` to the dead-letter destination with `reason`, then acks it.
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()>;
 }

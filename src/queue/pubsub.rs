@@ -452,6 +452,10 @@ impl JobQueue for PubsubQueue {
         self.topic.clone()
     }
 
+    fn subscription(&self) -> String {
+        self.subscription.clone()
+    }
+
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
         self.publish_to(&self.jobs, &self.topic, self.jobs_resource, batch)
             .await

@@ -123,11 +123,15 @@ impl Cleaner {
     }
 
     async fn process_traced(&self, delivery: Delivery) -> JobOutcome {
+        let subscription = self.queue.subscription();
         let span = tracing::info_span!(parent: None, span::PROCESS,
+            otel.name = %crate::telemetry::messaging_span_name("process", &subscription),
             otel.kind = "consumer",
             "messaging.system" = attr::GCP_PUBSUB,
             "messaging.operation.name" = "process",
+            "messaging.operation.type" = "process",
             "messaging.destination.name" = %self.queue.destination(),
+            "messaging.destination.subscription.name" = %subscription,
             "messaging.message.id" = %delivery.message_id,
             "messaging.gcp_pubsub.message.delivery_attempt" = delivery.attempt,
             "tiersweep.change_id" = tracing::field::Empty,
@@ -154,7 +158,7 @@ impl Cleaner {
                     tracing::warn!(%reason, attempt = delivery.attempt, "job failed; nacking for redelivery");
                     current.record("error.type", "transient");
                     current.record("otel.status_code", "ERROR");
-                    tracing::info_span!(span::NACK).in_scope(|| delivery.nack());
+                    settle_span(false, &subscription).in_scope(|| delivery.nack());
                     return JobOutcome::Retry(reason);
                 }
                 Err(Failure::Transient(reason) | Failure::Permanent(reason)) => {
@@ -164,7 +168,7 @@ impl Cleaner {
                 }
             };
             current.record("tiersweep.outcome", outcome.name());
-            tracing::info_span!(span::ACK).in_scope(|| delivery.ack());
+            settle_span(true, &subscription).in_scope(|| delivery.ack());
             outcome
         }
         .instrument(span)
@@ -384,5 +388,28 @@ impl Cleaner {
             tracing::warn!("the subscription did not close in time; unsent acks are redelivered");
         }
         tracing::info!("cleaner stopped");
+    }
+}
+
+/// A settle span (ack or nack) as the messaging conventions name it: a client call to the
+/// subscription, of operation type `settle`, exported as `ack <subscription>` or
+/// `nack <subscription>`.
+fn settle_span(ack: bool, subscription: &str) -> tracing::Span {
+    // tracing takes a span's name as a literal: one invocation per name, same fields.
+    macro_rules! settle {
+        ($name:expr, $operation:literal) => {
+            tracing::info_span!($name,
+                otel.name = %crate::telemetry::messaging_span_name($operation, subscription),
+                otel.kind = "client",
+                "messaging.system" = attr::GCP_PUBSUB,
+                "messaging.operation.name" = $operation,
+                "messaging.operation.type" = "settle",
+                "messaging.destination.subscription.name" = %subscription)
+        };
+    }
+    if ack {
+        settle!(span::ACK, "ack")
+    } else {
+        settle!(span::NACK, "nack")
     }
 }

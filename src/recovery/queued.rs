@@ -179,13 +179,16 @@ impl QueuedClaims {
             .map(|&i| {
                 let w = &self.waiting[i];
                 // A new trace: the claim's trace ended when its first job was published.
+                let topic = queue.destination();
                 let span = tracing::info_span!(parent: None, span::PUBLISH,
+                    otel.name = %crate::telemetry::messaging_span_name("create", &topic),
                     otel.kind = "producer",
                     "tiersweep.change_id" = %w.id,
                     "tiersweep.republish" = w.republished + 1,
                     "messaging.system" = attr::GCP_PUBSUB,
                     "messaging.operation.name" = "create",
-                    "messaging.destination.name" = %queue.destination());
+                    "messaging.operation.type" = "create",
+                    "messaging.destination.name" = %topic);
                 CleanupJob::new(w.id.clone(), w.claim.clone())
                     .to_message(propagation::inject(&span))
             })

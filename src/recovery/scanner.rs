@@ -686,12 +686,15 @@ impl Scanner {
         span.record("tiersweep.claim.won", matches!(outcome, Claim::Won(_)));
         Ok(match outcome {
             Claim::Won(won) => {
+                let topic = self.queue.destination();
                 let publish = tracing::info_span!(parent: &span, span::PUBLISH,
+                    otel.name = %crate::telemetry::messaging_span_name("create", &topic),
                     otel.kind = "producer",
                     "tiersweep.change_id" = %entry.id,
                     "messaging.system" = attr::GCP_PUBSUB,
                     "messaging.operation.name" = "create",
-                    "messaging.destination.name" = %self.queue.destination(),
+                    "messaging.operation.type" = "create",
+                    "messaging.destination.name" = %topic,
                     error.type = tracing::field::Empty,
                     otel.status_code = tracing::field::Empty);
                 Some((won, CleanupJob::new(entry.id, claimer), publish))

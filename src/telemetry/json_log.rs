@@ -4,7 +4,8 @@
 //! severity is its level, not "ERROR because stderr". The event's fields, its target and
 //! the fields of the spans it is in are kept beside them, and the OpenTelemetry trace and
 //! span ids too (with `logging.googleapis.com/trace` when `GOOGLE_CLOUD_PROJECT` names the
-//! project, so Cloud Logging links the line to its trace).
+//! project, so Cloud Logging links the line to its trace, and
+//! `logging.googleapis.com/trace_sampled`, whether that trace was exported).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -195,6 +196,12 @@ where
                 "logging.googleapis.com/spanId".into(),
                 sc.span_id().to_string().into(),
             );
+            // Without it Cloud Logging shows the trace link but cannot say whether the
+            // trace was kept, and its "view trace" lands on nothing for unsampled ones.
+            line.insert(
+                "logging.googleapis.com/trace_sampled".into(),
+                sc.is_sampled().into(),
+            );
         }
         let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
@@ -301,6 +308,7 @@ mod tests {
             format!("projects/my-project/traces/{trace_id}")
         );
         assert_eq!(line["span_id"].as_str().unwrap().len(), 16);
+        assert_eq!(line["logging.googleapis.com/trace_sampled"], true);
     }
 
     #[test]

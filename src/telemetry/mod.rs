@@ -11,6 +11,11 @@ pub mod setup;
 pub use setup::{LogFormat, Telemetry, init};
 
 /// Span names, one per pipeline step. Every span carries the change id in [`CHANGE_ID`].
+///
+/// The messaging spans (`publish`, `process`, `ack`, `nack`) are exported under the names
+/// the messaging conventions give them, `{operation} {destination}` — `create cleanup-jobs`,
+/// `process cleanup-workers`, `ack cleanup-workers` — through `otel.name`; these are their
+/// names in logs.
 pub mod span {
     /// A scanner's page of stale rows.
     pub const SCAN: &str = "scan";
@@ -30,6 +35,13 @@ pub mod span {
     pub const NACK: &str = "nack";
 }
 
+/// A messaging span's exported name, as the conventions spell it: the operation and the
+/// destination's own name (a topic or subscription id, not its full resource path).
+pub(crate) fn messaging_span_name(operation: &str, destination: &str) -> String {
+    let id = destination.rsplit('/').next().unwrap_or(destination);
+    format!("{operation} {id}")
+}
+
 /// The span field that identifies a change across every step and process.
 pub const CHANGE_ID: &str = "tiersweep.change_id";
 
@@ -40,8 +52,13 @@ pub mod attr {
     pub const MESSAGING_SYSTEM: &str = "messaging.system";
     /// Its value for Pub/Sub.
     pub const GCP_PUBSUB: &str = "gcp_pubsub";
-    /// The messaging operation attribute.
+    /// The messaging operation attribute: the system's name for it (`create`, `process`,
+    /// `ack`, `nack`).
     pub const MESSAGING_OPERATION: &str = "messaging.operation.name";
+    /// The operation's kind across messaging systems: `create`, `process`, `settle`.
+    pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+    /// The subscription a consumer pulled the message from.
+    pub const MESSAGING_SUBSCRIPTION: &str = "messaging.destination.subscription.name";
     /// The topic or subscription attribute.
     pub const MESSAGING_DESTINATION: &str = "messaging.destination.name";
     /// The message id attribute.

@@ -209,6 +209,9 @@ impl JobQueue for Losing {
     fn destination(&self) -> String {
         self.inner.destination()
     }
+    fn subscription(&self) -> String {
+        self.inner.subscription()
+    }
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
         self.inner.dead_letter(delivery, reason).await
     }

@@ -240,6 +240,9 @@ impl JobQueue for MeteredQueue {
     fn destination(&self) -> String {
         self.inner.destination()
     }
+    fn subscription(&self) -> String {
+        self.inner.subscription()
+    }
 
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
         self.meter.publishes.fetch_add(1, Ordering::Relaxed);

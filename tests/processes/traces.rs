@@ -274,10 +274,20 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
             })
             .collect()
     };
+    // The messaging spans carry the conventions' names: `{operation} {destination}`.
+    let (topic, subscription) = (&config.pubsub.topic, &config.pubsub.subscription);
+    let by_parent = |name: &str| -> BTreeMap<Vec<u8>, Span> {
+        spans
+            .iter()
+            .filter(|(_, s)| s.name == name)
+            .map(|(_, s)| (s.parent_span_id.clone(), s.clone()))
+            .collect()
+    };
+    let acks = by_parent(&format!("ack {subscription}"));
     let (claims, publishes, processes, converges) = (
         by_change("claim"),
-        by_change("publish"),
-        by_change("process"),
+        by_change(&format!("create {topic}")),
+        by_change(&format!("process {subscription}")),
         by_change("converge"),
     );
     let converged: BTreeSet<&String> = converges.keys().collect();
@@ -335,6 +345,24 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
             );
         }
         assert!(string(&process.attributes, "messaging.message.id").is_some());
+        let op_type = |s: &Span| string(&s.attributes, "messaging.operation.type");
+        assert_eq!(op_type(publish).as_deref(), Some("create"));
+        assert_eq!(op_type(process).as_deref(), Some("process"));
+        assert_eq!(
+            string(
+                &process.attributes,
+                "messaging.destination.subscription.name"
+            )
+            .as_deref()
+            .map(|s| s.rsplit('/').next().unwrap_or(s)),
+            Some(subscription.as_str())
+        );
+        // The delivery is settled inside its process span, by an ack span of its own.
+        let ack = acks
+            .get(&process.span_id)
+            .expect("an ack span under process");
+        assert_eq!(op_type(ack).as_deref(), Some("settle"));
+        assert_eq!(ack.kind, SpanKind::Client as i32);
         assert_eq!(
             string(
                 &process.attributes,

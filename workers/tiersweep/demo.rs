@@ -48,6 +48,12 @@ pub struct DemoArgs {
     /// elsewhere against the same configuration do the recovery.
     #[arg(long)]
     external_recovery: bool,
+    /// With --external-recovery: the longest the demo may wait for the pools. It waits as
+    /// long as the workers' settings need (threshold, upload settle, claim lease, full
+    /// sweep period, read from the same configuration) and refuses to start when that is
+    /// longer than this. Accepts 90s, 20m, 2h.
+    #[arg(long, default_value = "5m", value_parser = tiersweep::config::duration::parse)]
+    max_wait: std::time::Duration,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -91,6 +97,29 @@ pub async fn run(args: &DemoArgs, cli: &Cli) -> Result<()> {
         Backend::Configured => {
             let settings = crate::load_config(cli)?;
             config.protocol = settings.protocol;
+            if config.external_recovery {
+                let needed = demo::external_recovery_bound(&settings.protocol, &settings.recovery);
+                if needed > args.max_wait {
+                    bail!(
+                        "the workers' settings need up to {} to converge a crashed write \
+                         (staleness_threshold {}, recovery.upload_settle {}, the later of \
+                         recovery.claim_lease {} and recovery.full_sweep_every {}), more than \
+                         --max-wait {}: shorten those settings for the workers and this demo \
+                         alike (docker-compose.yml shows demo timings), or raise --max-wait",
+                        fmt(needed),
+                        fmt(settings.protocol.staleness_threshold),
+                        fmt(settings.recovery.upload_settle),
+                        fmt(settings.recovery.claim_lease),
+                        fmt(settings.recovery.full_sweep_every),
+                        fmt(args.max_wait),
+                    );
+                }
+                eprintln!(
+                    "waiting up to {} for the pools (from the workers' settings)",
+                    fmt(needed)
+                );
+                config.deadline = needed;
+            }
             let clock = tiersweep::clock::system();
             let stores =
                 tiersweep::Stores::connect(&settings, clock, tiersweep::lt::LtAccess::Write)
@@ -123,6 +152,10 @@ pub async fn run(args: &DemoArgs, cli: &Cli) -> Result<()> {
         bail!("the stores did not converge: see the report above");
     }
     Ok(())
+}
+
+fn fmt(d: std::time::Duration) -> String {
+    tiersweep::config::duration::format(d)
 }
 
 async fn execute(
