@@ -67,11 +67,15 @@ pub enum Mutant {
     /// A large put's upload releases its final chunk without waiting for the change's
     /// record, so the blob can exist before any row names it.
     UngatedUpload,
+    /// Recovery's upload settle is stamped and judged on the cleaner host's clock instead
+    /// of the changelog's: a cleaner behind by the settle makes the row due at once, and a
+    /// duplicate job on a cleaner ahead converges it early.
+    SettleOnHostClock,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 20] = [
+    pub const ALL: [Mutant; 21] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -92,6 +96,7 @@ impl Mutant {
         Mutant::DeadLetterWithoutReason,
         Mutant::RecoveryRemovesAtOnce,
         Mutant::UngatedUpload,
+        Mutant::SettleOnHostClock,
     ];
 }
 

@@ -3,7 +3,8 @@
 //!
 //! `TIERSWEEP_MUTANT_BUDGET` bounds the schedules tried per mutant (5,000 by default; the
 //! slowest mutant to catch took 331 schedules, so the budget leaves a wide margin);
-//! `TIERSWEEP_SEED_BASE` picks the first seed (random by default).
+//! `TIERSWEEP_SEED_BASE` picks the first seed (random by default); `TIERSWEEP_MUTANT=<name>`
+//! hunts that one mutant only.
 
 use tiersweep::mutants::{Mutant, activate};
 use tiersweep::testing::simulation::plan::{Plan, Shape};
@@ -33,7 +34,11 @@ fn the_simulation_catches_every_mutant() {
     let base = env_u64("TIERSWEEP_SEED_BASE").unwrap_or_else(rand::random);
     let mut survivors = Vec::new();
     eprintln!("mutant → schedules until caught (seeds from {base}, budget {budget})");
+    let only = std::env::var("TIERSWEEP_MUTANT").ok();
     for m in Mutant::ALL {
+        if only.as_deref().is_some_and(|name| name != format!("{m:?}")) {
+            continue;
+        }
         match hunt(m, base, budget) {
             Some((tries, seed, violation)) => {
                 let first = violation.lines().next().unwrap_or_default();

@@ -57,6 +57,30 @@ async fn a_writer_clock_running_behind_keeps_its_live_write() {
         .await;
 }
 
+// Recovery hosts whose clocks are wrong (tiersweep::testing::recovery_clocks).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleaner_clock_behind_does_not_cut_the_settle_short() {
+    let (honest, behind) = skewed_pair(false).await;
+    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_does_not_cut_the_settle_short(
+        honest,
+        behind,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short() {
+    let (honest, ahead) = skewed_pair(true).await;
+    tiersweep::testing::recovery_clocks::a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
+        honest,
+        ahead,
+        protocol(),
+    )
+    .await;
+}
+
 // Key-bounded scans still find every stale row (tiersweep::testing::scans).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +120,38 @@ async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
     tiersweep::testing::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
         recovery,
         writer,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
+    let stores = emulators().await.stores(clock::system()).await;
+    tiersweep::testing::scans::a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner() {
+    let (recovery, writer) = skewed_pair(true).await;
+    tiersweep::testing::scans::a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
+        recovery,
+        writer,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works() {
+    let (honest, behind) = skewed_pair(false).await;
+    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_keeps_its_claim_while_it_works(
+        honest,
+        behind,
         protocol(),
     )
     .await;

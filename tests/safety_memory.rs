@@ -66,6 +66,30 @@ async fn a_writer_clock_running_behind_keeps_its_live_write() {
         .await;
 }
 
+// Recovery hosts whose clocks are wrong (tiersweep::testing::recovery_clocks).
+
+#[tokio::test(start_paused = true)]
+async fn a_cleaner_clock_behind_does_not_cut_the_settle_short() {
+    let (honest, behind) = skewed_pair(false);
+    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_does_not_cut_the_settle_short(
+        honest,
+        behind,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short() {
+    let (honest, ahead) = skewed_pair(true);
+    tiersweep::testing::recovery_clocks::a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
+        honest,
+        ahead,
+        protocol(),
+    )
+    .await;
+}
+
 // Key-bounded scans still find every stale row (tiersweep::testing::scans).
 
 #[tokio::test(start_paused = true)]
@@ -188,4 +212,36 @@ async fn removed_rows_piling_up_are_not_read_again_by_key_bounded_scans() {
         full.per_found() >= 10.0,
         "a full-range scan re-reads the removed history every round: {full:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
+    let stores = tiersweep::testing::MemoryStores::new().stores();
+    tiersweep::testing::scans::a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner() {
+    let (recovery, writer) = skewed_pair(true);
+    tiersweep::testing::scans::a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
+        recovery,
+        writer,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works() {
+    let (honest, behind) = skewed_pair(false);
+    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_keeps_its_claim_while_it_works(
+        honest,
+        behind,
+        protocol(),
+    )
+    .await;
 }

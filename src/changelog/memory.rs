@@ -116,7 +116,12 @@ fn ranges_holding_keys<'a>(
         .clone()
         .map_or(Bound::Unbounded, Bound::Excluded);
     let mut done = false;
+    // A shard's second window (an `ahead` one), returned after its first.
+    let mut pending: Vec<KeyRange> = Vec::new();
     std::iter::from_fn(move || {
+        if let Some(range) = pending.pop() {
+            return Some(range);
+        }
         while !done {
             let live = rows
                 .range((pos.clone(), Bound::Unbounded))
@@ -140,15 +145,23 @@ fn ranges_holding_keys<'a>(
                 pos = Bound::Included(shard.start_key());
                 continue;
             }
-            let (start, end) = req.window(shard);
-            // On to the next shard, whatever this one's range holds.
+            // On to the next shard, whatever this one's ranges hold.
             match shard.end_key() {
                 Some(next) => pos = Bound::Included(next),
                 None => done = true,
             }
-            if let Some(range) = req.after_cursor(start, end) {
-                return Some(range);
+            let mut ranges: Vec<KeyRange> = req
+                .windows(shard)
+                .into_iter()
+                .filter_map(|(start, end)| req.after_cursor(start, end))
+                .collect();
+            if ranges.is_empty() {
+                continue;
             }
+            ranges.reverse();
+            let first = ranges.pop();
+            pending = ranges;
+            return first;
         }
         None
     })

@@ -81,6 +81,9 @@ pub struct MintedWindow {
     /// Shards read from their first row whatever `from` says: those a scanner has not read
     /// whole since it gained them, whose older ids it has never seen.
     pub whole: ShardSet,
+    /// Also the ids minted in `[start, end)`, after `to`: ids minted in the future, by a
+    /// writer whose clock runs ahead (see `RecoveryConfig::max_writer_skew`).
+    pub ahead: Option<(Timestamp, Timestamp)>,
 }
 
 /// One contiguous key range a scan reads: how a request's shards, minted window and cursor
@@ -128,7 +131,7 @@ impl ScanRequest {
                 .runs()
                 .map(|r| (r.start_key(), r.end_key()))
                 .collect(),
-            Some(_) => self.shards.iter().map(|s| self.window(s)).collect(),
+            Some(_) => self.shards.iter().flat_map(|s| self.windows(s)).collect(),
         };
         windows
             .into_iter()
@@ -136,20 +139,30 @@ impl ScanRequest {
             .collect()
     }
 
-    /// The keys of `shard` this request reads, `start_after` aside.
-    pub(crate) fn window(&self, shard: Shard) -> (String, Option<String>) {
+    /// The keys of `shard` this request reads, `start_after` aside, in key order: one
+    /// range, or two with an `ahead` window that does not touch the first.
+    pub(crate) fn windows(&self, shard: Shard) -> Vec<(String, Option<String>)> {
         let Some(w) = self.minted else {
-            return (shard.start_key(), shard.end_key());
+            return vec![(shard.start_key(), shard.end_key())];
         };
         let start = match w.from {
             Some(t) if !w.whole.contains(shard) => minted_key(shard, t),
             _ => shard.start_key(),
         };
-        let end = match w.to {
+        let (to, ahead) = match (w.to, w.ahead) {
+            // Overlapping or touching: one range to the later end.
+            (Some(to), Some((from, end))) if from <= to => (Some(to.max(end)), None),
+            (to, ahead) => (to, ahead),
+        };
+        let end = match to {
             Some(t) => Some(minted_key(shard, t)),
             None => shard.end_key(),
         };
-        (start, end)
+        let mut out = vec![(start, end)];
+        if let (Some(_), Some((from, until))) = (to, ahead) {
+            out.push((minted_key(shard, from), Some(minted_key(shard, until))));
+        }
+        out
     }
 
     /// `[start, end)` less the keys up to `start_after`; `None` when nothing is left.

@@ -222,13 +222,20 @@ impl Cleaner {
         }
         // A deferred row is not due: the job that deferred it may be delivered again (a
         // duplicate, a redelivery after its ack deadline), and converging now would cut the
-        // settle short. Judged on this process's clock, as the deferral was stamped.
+        // settle short. Judged in the changelog's time, as the deferral was stamped and as
+        // the scanners judge it: a cleaner whose clock runs ahead must not see it due early.
         if let Some(due) = entry.record.cleanup_after
-            && due > self.stores.clock.now()
             && !on(Mutant::RecoveryRemovesAtOnce)
         {
-            tracing::info!(due = %due, "row is deferred until later; a duplicate or early job, touching nothing");
-            return Ok(JobOutcome::NotDue);
+            let now = if on(Mutant::SettleOnHostClock) {
+                self.stores.clock.now()
+            } else {
+                retry.run("now", || self.stores.changelog.now()).await?
+            };
+            if due > now {
+                tracing::info!(due = %due, "row is deferred until later; a duplicate or early job, touching nothing");
+                return Ok(JobOutcome::NotDue);
+            }
         }
         if !entry.record.object.is_under(&self.config.object_prefix) && !on(Mutant::NoScopeCheck) {
             return Err(Failure::Permanent(format!(
@@ -270,35 +277,50 @@ impl Cleaner {
     }
 
     /// Keeps the job's claim alive while the cleaner works on it, as a writer heartbeats its
-    /// change: whenever less than half its lease is left (by this process's clock), the
-    /// lease is moved on by a whole one. Costs nothing for a job that finishes within half
-    /// a lease of its claim; a job that waited long, or converges slowly, is not claimed
-    /// again meanwhile. A refused extension means the row moved on (a duplicate converged
-    /// it, or a later claim took it over): converging goes on regardless, as it is safe
-    /// concurrently, and this stops. So does it after [`MAX_LEASES_IN_HAND`] leases: a
-    /// cleaner stuck on a call must not hold a row forever. Never returns.
+    /// change: whenever less than half its lease is left, the lease is moved on by a whole
+    /// one. Costs nothing for a job that finishes within half a lease of its claim; a job
+    /// that waited long, or converges slowly, is not claimed again meanwhile. A refused
+    /// extension means the row moved on (a duplicate converged it, or a later claim took it
+    /// over): converging goes on regardless, as it is safe concurrently, and this stops. So
+    /// does it after [`MAX_LEASES_IN_HAND`] leases: a cleaner stuck on a call must not hold
+    /// a row forever. Never returns.
+    ///
+    /// Every time here is the changelog's (Bigtable's server), as the lease is stamped and
+    /// judged: on this host's clock a cleaner behind by a lease would extend to a time
+    /// already past and lose the row while it works, and one ahead would hold a dead job's
+    /// row for its skew. Waits between reads run on the local timer and are re-checked
+    /// against the changelog's time, so a host suspended meanwhile extends from the time
+    /// it wakes to, not the time it slept at.
     async fn keep_claim(
         &self,
         entry: &crate::changelog::ChangelogEntry,
     ) -> std::convert::Infallible {
         let changelog = &self.stores.changelog;
-        let clock = &self.stores.clock;
         let lease = self.config.lease_for(entry.record.claims.saturating_sub(1));
         let mut stamp = entry.stamp;
-        let give_up = clock.now().saturating_add(lease * MAX_LEASES_IN_HAND);
+        let mut give_up = None;
         loop {
+            let now = match changelog.now().await {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the changelog's time to keep a claim failed; retrying");
+                    tokio::time::sleep(self.config.retry.max_delay).await;
+                    continue;
+                }
+            };
+            let give_up = *give_up.get_or_insert(now.saturating_add(lease * MAX_LEASES_IN_HAND));
             let due = stamp.saturating_sub(lease / 2);
             if due >= give_up {
                 tracing::warn!(change = %entry.id, ?lease, leases = MAX_LEASES_IN_HAND,
                     "job still in hand after this many claim leases; letting its lease end so the row is claimed again");
                 break;
             }
-            let now = clock.now();
             if now < due {
-                // `now` seen from `due`: the time left until then.
+                // `now` seen from `due`: the time left until then; then look again.
                 tokio::time::sleep(now.age_at(due)).await;
+                continue;
             }
-            let until = clock.now().saturating_add(lease);
+            let until = now.saturating_add(lease);
             match changelog
                 .extend_claim(&entry.id, &entry.record.owner, until)
                 .await

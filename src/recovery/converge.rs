@@ -147,9 +147,17 @@ pub async fn converge(
     let row = if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
         RowFate::Removed
     } else if let Some(settle) = settle {
-        // Stamped by this process's clock, like a writer's deferral: a skewed recovery
-        // host moves the second pass by its skew, never the decision.
-        let due = stores.clock.now().saturating_add(settle);
+        // In the changelog's time (Bigtable's server), the clock the scanners judge
+        // `cleanup_after` by: a cleaner host's clock behind by the settle would make the
+        // row due at once, and the dead writer's upload could then land after the second
+        // pass, an orphan. No fallback to the host clock: a failed read fails the job,
+        // which is retried.
+        let now = if crate::mutants::on(crate::mutants::Mutant::SettleOnHostClock) {
+            stores.clock.now()
+        } else {
+            retry.run("now", || stores.changelog.now()).await?
+        };
+        let due = now.saturating_add(settle);
         let mut deferred = record.clone();
         deferred.owner = owner.clone();
         deferred.cleanup_after = Some(due);

@@ -79,6 +79,15 @@ pub struct RecoveryConfig {
     /// is a full sweep and nothing is watched (the behaviour before key-bounded scans).
     #[serde(with = "crate::config::duration")]
     pub full_sweep_every: Duration,
+    /// How far ahead of Bigtable's time a writer's clock may run and its crash still be
+    /// found by a running scanner's incremental rounds (within about two staleness
+    /// thresholds and a round), not only by the next full sweep. Change ids are minted on
+    /// the writer's clock, and a round reads the ids minted before its cutoff, so each
+    /// round also reads the ids minted in `[now, now + max_writer_skew)` — ids no writer
+    /// with a right clock has minted yet, so normally an empty range per shard. Zero reads
+    /// none; a writer further ahead is found by the next sweep.
+    #[serde(with = "crate::config::duration")]
+    pub max_writer_skew: Duration,
     /// Rows not claimable when scanned that one scanner watches at most (re-reading each
     /// when it could first be stale). A row beyond it holds the next pass's lower key bound
     /// at its key instead, which costs reads, never a missed row.
@@ -115,6 +124,7 @@ impl Default for RecoveryConfig {
             max_queued_claims: 2000,
             republish_after: Duration::from_secs(600),
             full_sweep_every: Duration::from_secs(3600),
+            max_writer_skew: Duration::from_secs(3600),
             max_watched_rows: 10_000,
             idle_poll: Duration::from_secs(5),
             cleaner_concurrency: 32,

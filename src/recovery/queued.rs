@@ -13,7 +13,12 @@
 //!
 //! A waiting claim is one whose row is still as the scanner left it: same owner, same
 //! stamp, same `cleanup_after`. Anything else means a cleaner took it (it removed,
-//! deferred or extended the row) or another claim replaced it, and the scanner forgets it.
+//! deferred or extended the row) or another claim replaced it, and the scanner forgets it
+//! — but not the row: a review hands back every claim it forgets whose row is still there
+//! ([`Forgotten`]), and the scanner watches it until it could be claimable again (a
+//! deferred row at its `cleanup_after`, a released claim when its lease ends). Its id was
+//! minted before the scanner's key bound, so nothing else would read it before the next
+//! full sweep.
 //!
 //! A job still waiting `republish_after` after it was published is published again under
 //! the same claim: a duplicate, never a second claim, and whichever copy comes second finds
@@ -55,6 +60,15 @@ struct Waiting {
     first_published: Timestamp,
     published: Timestamp,
     republished: u32,
+}
+
+/// A claim a review stopped keeping whose row may still need recovery: when it could be
+/// claimable again is its stamp plus the staleness threshold, or its `cleanup_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    pub id: ChangeId,
+    pub stamp: Timestamp,
+    pub cleanup_after: Option<Timestamp>,
 }
 
 /// What one review of the waiting claims did.
@@ -114,17 +128,20 @@ impl QueuedClaims {
 
     /// Re-reads every waiting claim, forgets those taken, extends the leases of the rest
     /// that are past half their lease, and republishes the jobs that waited too long.
+    /// Returns what it did and the claims it forgot whose rows the scanner must come back
+    /// to.
     pub async fn review(
         &mut self,
         changelog: &Arc<dyn Changelog>,
         queue: &Arc<dyn JobQueue>,
         config: &RecoveryConfig,
         now: Timestamp,
-    ) -> StoreResult<Review> {
+    ) -> StoreResult<(Review, Vec<Forgotten>)> {
         let mut review = Review::default();
+        let mut forgotten = Vec::new();
         self.last_review = Some(now);
         if self.waiting.is_empty() {
-            return Ok(review);
+            return Ok((review, forgotten));
         }
         let ids: Vec<ChangeId> = self.waiting.iter().map(|w| w.id.clone()).collect();
         let rows = config
@@ -133,10 +150,19 @@ impl QueuedClaims {
             .await?;
         let before = self.waiting.len();
         let mut rows = rows.into_iter();
-        self.waiting.retain(|w| {
-            rows.next()
-                .flatten()
-                .is_some_and(|row| still_waiting(w, &row))
+        self.waiting.retain(|w| match rows.next().flatten() {
+            Some(row) if still_waiting(w, &row) => true,
+            // Taken and changed (deferred, extended, re-claimed): watched from here on.
+            Some(row) => {
+                forgotten.push(Forgotten {
+                    id: row.id,
+                    stamp: row.stamp,
+                    cleanup_after: row.record.cleanup_after,
+                });
+                false
+            }
+            // Removed (converged), or malformed (reported by scans, never claimed).
+            None => false,
         });
         review.taken = before - self.waiting.len();
 
@@ -146,15 +172,22 @@ impl QueuedClaims {
         for w in &released {
             tracing::warn!(change = %w.id, claim = %w.claim, republished = w.republished,
                 "job still not taken after being republished; letting its claim lease end so the row is claimed again");
+            forgotten.push(Forgotten {
+                id: w.id.clone(),
+                stamp: w.stamp,
+                cleanup_after: w.cleanup_after,
+            });
         }
         review.released = released.len();
         self.waiting = keep;
 
         review.republished = self.republish_overdue(queue, config, now).await;
-        review.extended = self.extend_ending(changelog, config, now).await;
+        review.extended = self
+            .extend_ending(changelog, config, now, &mut forgotten)
+            .await;
         METRICS.claims_extended.add(review.extended as u64);
         METRICS.jobs_republished.add(review.republished as u64);
-        Ok(review)
+        Ok((review, forgotten))
     }
 
     /// Publishes again, in one batch, the jobs that waited `republish_after`. A failed
@@ -209,12 +242,14 @@ impl QueuedClaims {
     }
 
     /// Extends, `claim_concurrency` at a time, the leases past half their length. A claim
-    /// whose extension is refused was taken meanwhile and is forgotten.
+    /// whose extension is refused was taken meanwhile and is forgotten, its row handed to
+    /// `forgotten` as of `now` (what became of it is unknown until it is read again).
     async fn extend_ending(
         &mut self,
         changelog: &Arc<dyn Changelog>,
         config: &RecoveryConfig,
         now: Timestamp,
+        forgotten: &mut Vec<Forgotten>,
     ) -> usize {
         let ending: Vec<(usize, Timestamp)> = self
             .waiting
@@ -251,7 +286,14 @@ impl QueuedClaims {
                     self.waiting[i].stamp = until;
                     extended += 1;
                 }
-                Ok(Extension::Refused) => gone[i] = true,
+                Ok(Extension::Refused) => {
+                    gone[i] = true;
+                    forgotten.push(Forgotten {
+                        id: self.waiting[i].id.clone(),
+                        stamp: now,
+                        cleanup_after: None,
+                    });
+                }
                 // Tried again at the next review; the lease has half its length left.
                 Err(e) => tracing::warn!(change = %self.waiting[i].id, error = %e,
                     "extending a queued claim's lease failed"),

@@ -264,10 +264,15 @@ impl Scanner {
     }
 
     async fn review(&mut self, now: Timestamp) -> StoreResult<Review> {
-        let review = self
+        let (review, forgotten) = self
             .queued
             .review(&self.changelog, &self.queue, &self.config, now)
             .await?;
+        // A claim let go is not a row let go: its id lies below the round's key bound.
+        for f in forgotten {
+            let due = self.due(f.stamp, f.cleanup_after);
+            self.keep(&f.id, due);
+        }
         if review != Review::default() {
             tracing::debug!(
                 ?review,
@@ -352,6 +357,10 @@ impl Scanner {
                 from: self.low,
                 to: Some(cutoff),
                 whole: self.unswept,
+                // A writer whose clock runs ahead mints ids in the future: without this,
+                // its crash would wait until the cutoff passes them, or for the next sweep.
+                ahead: (!self.config.max_writer_skew.is_zero())
+                    .then(|| (now, now.saturating_add(self.config.max_writer_skew))),
             }),
             report_waiting: bounded,
         };
@@ -425,6 +434,7 @@ impl Scanner {
                 })),
                 to: None,
                 whole: ShardSet::EMPTY,
+                ahead: None,
             }),
             report_waiting: false,
         };

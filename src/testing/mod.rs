@@ -17,6 +17,7 @@ pub mod invariants;
 pub mod membership;
 pub mod meter;
 pub mod proxy;
+pub mod recovery_clocks;
 pub mod scans;
 pub mod schedules;
 pub mod simulation;

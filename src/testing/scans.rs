@@ -147,6 +147,122 @@ pub async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
     assert_eq!(entries_for(&recovery, &path).await.len(), 1);
 }
 
+/// A long-lived scanner claims a dead writer's change (uploaded, died before its HV write);
+/// a cleaner deletes the upload and defers the row for the settle, which changes the row
+/// under the scanner's queued claim. Its id lies below the key bound, so only the watch the
+/// scanner set when it claimed the row brought it back — at the claim's lease end, which
+/// in production (10 min) and in this schedule (four settles) comes long after the settle.
+/// The scanner now watches a row whose claim it lets go from the row as it finds it, so
+/// the second pass comes at `cleanup_after`, with no sweep and no wait for the lease.
+pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let settle = threshold * 8;
+    let gap = protocol.heartbeat_interval;
+    let config = RecoveryConfig {
+        full_sweep_every: Duration::from_secs(86_400),
+        upload_settle: settle,
+        claim_lease: settle * 4,
+        ..test_recovery_config(protocol)
+    };
+    let queue = Arc::new(MemoryQueue::new(1024, 5));
+    let mut s = Scanner::new(
+        stores.changelog.clone(),
+        queue.clone(),
+        config.clone(),
+        ShardRange::ALL,
+    );
+    let (_, sweeps) = scan_for(&mut s, gap, gap).await;
+    assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
+
+    let path = unique_path();
+    let crashing = Faults::new([Rule::once(Op::HvCas, Fault::CrashBefore)]);
+    let w = TieredStorage::new(crashing.wrap(&stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let crashed = crashing
+        .run_until_crash({
+            let path = path.clone();
+            async move { w.put(&path, large("deferred")).await }
+        })
+        .await;
+    assert!(crashed.is_none(), "the writer died before its HV write");
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let cleaner = tokio::spawn(
+        crate::recovery::Cleaner::new(stores.clone(), queue, config)
+            .run(cancel.clone(), Duration::from_secs(1)),
+    );
+    // The first pass after the threshold, the second at the settle's end; a few rounds more.
+    let (report, sweeps) = scan_for(&mut s, threshold * 3 + settle + threshold * 3, gap).await;
+    cancel.cancel();
+    let _ = cleaner.await;
+    assert!(
+        !sweeps.contains(&true),
+        "no sweep ran: the deferred row was found by its due time"
+    );
+    assert_eq!(
+        report.won, 2,
+        "claimed for the first pass, and again for the second at its due time: {report:?}"
+    );
+    assert!(
+        entries_for(&stores, &path).await.is_empty(),
+        "the second pass converged the change"
+    );
+    let left = super::schedules::blobs_of(&stores, &path).await;
+    assert!(left.is_empty(), "the upload is deleted: {left:?}");
+}
+
+/// A writer whose clock runs an hour ahead records a change (its id minted an hour in the
+/// future) and dies after its upload, while a scanner that has run for many rounds is
+/// scanning. Incremental rounds read the ids minted before their cutoff, so they used to
+/// skip the row until the cutoff passed its id (an hour) or the next full sweep; a one-off
+/// pass, whose first round is a sweep, hid that. Each round also reads the ids minted up
+/// to `max_writer_skew` ahead of now: the crash is claimed within a couple of thresholds,
+/// with no sweep. `writer` is the writer's view of the stores (its clock
+/// [`super::schedules::SKEW`] ahead), `recovery` the scanner's.
+pub async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
+    recovery: Stores,
+    writer: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let gap = protocol.heartbeat_interval;
+    let mut s = scanner(&recovery, protocol, Duration::from_secs(86_400));
+    let (_, sweeps) = scan_for(&mut s, threshold * 2, gap).await;
+    assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
+    assert!(
+        sweeps.len() > 2,
+        "and then runs incremental rounds: {sweeps:?}"
+    );
+    let path = unique_path();
+    let crashing = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
+    let w = TieredStorage::new(crashing.wrap(&writer), test_writer_config(protocol))
+        .expect("valid writer config");
+    let crashed = crashing
+        .run_until_crash({
+            let path = path.clone();
+            async move { w.put(&path, large("ahead")).await }
+        })
+        .await;
+    assert!(crashed.is_none(), "the writer crashed after its upload");
+    let (found, sweeps) = scan_for(&mut s, threshold * 3, gap).await;
+    assert!(
+        !sweeps.contains(&true),
+        "incremental rounds only: {sweeps:?}"
+    );
+    assert_eq!(
+        found.won, 1,
+        "the crash of a writer an hour ahead is claimed within the threshold and a few rounds: {found:?}"
+    );
+    assert_eq!(
+        entries_for(&recovery, &path).await.len(),
+        1,
+        "claimed, not converged (nobody drains the queue)"
+    );
+}
+
 /// A shard changes hands while a writer heartbeats a slow put in it: its old owner has
 /// been watching the row, its new owner's key bound has long passed the row's key. Then the
 /// writer dies. The new owner reads the shard whole in its next round and claims the row,

@@ -77,7 +77,7 @@ macro_rules! safety_schedules {
 /// than any deadline a store call carries.
 const LONGER_THAN_A_DAY: Duration = Duration::from_secs(25 * 3600);
 
-fn large(tag: &str) -> Bytes {
+pub(crate) fn large(tag: &str) -> Bytes {
     Bytes::from(format!("{tag}:{}", "S".repeat(INLINE_THRESHOLD * 2)))
 }
 
@@ -186,7 +186,11 @@ async fn wait_for_upload(stores: &Stores, path: &ObjectPath) -> ChangelogEntry {
 }
 
 /// One delivery of `job` from a fresh in-process queue, handed to a cleaner on `stores`.
-async fn deliver(stores: &Stores, protocol: ProtocolConfig, job: CleanupJob) -> JobOutcome {
+pub(crate) async fn deliver(
+    stores: &Stores,
+    protocol: ProtocolConfig,
+    job: CleanupJob,
+) -> JobOutcome {
     let queue = Arc::new(MemoryQueue::new(16, 5));
     queue
         .publish(vec![job.to_message(Default::default())])

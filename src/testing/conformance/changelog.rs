@@ -460,22 +460,35 @@ pub async fn a_scan_by_minting_time_reads_only_ids_minted_in_the_window(cl: &dyn
         out.sort();
         out
     };
+    let just_after = |i: usize| minted(i).map(|t| Timestamp(t.0 + 1));
     let cases = [
-        (minted(1), minted(2), vec![1]),
-        (None, minted(1), vec![0]),
-        (minted(1), None, vec![1, 2]),
+        (minted(1), minted(2), None, vec![1]),
+        (None, minted(1), None, vec![0]),
+        (minted(1), None, None, vec![1, 2]),
+        (minted(0), just_after(0), None, vec![0]),
+        (minted(2), minted(2), None, vec![]),
+        // An `ahead` window adds the ids minted in it, apart from the first range...
         (
             minted(0),
-            Some(Timestamp(minted(0).unwrap().0 + 1)),
-            vec![0],
+            minted(1),
+            minted(2).zip(just_after(2)),
+            vec![0, 2],
         ),
-        (minted(2), minted(2), vec![]),
+        // ...or merged with it when they touch or overlap.
+        (minted(0), minted(1), minted(1).zip(minted(2)), vec![0, 1]),
+        (
+            minted(1),
+            minted(2),
+            minted(0).zip(just_after(2)),
+            vec![1, 2],
+        ),
     ];
-    for (from, to, want) in cases {
+    for (from, to, ahead, want) in cases {
         let window = Some(MintedWindow {
             from,
             to,
             whole: ShardSet::EMPTY,
+            ahead,
         });
         let want = sorted(want);
         for limit in [1, 1000] {
@@ -483,7 +496,7 @@ pub async fn a_scan_by_minting_time_reads_only_ids_minted_in_the_window(cl: &dyn
             assert_eq!(
                 entry_ids(&rows, &ids),
                 want,
-                "window {from:?}..{to:?}, pages of {limit}"
+                "window {from:?}..{to:?} and {ahead:?}, pages of {limit}"
             );
         }
     }
@@ -493,6 +506,7 @@ pub async fn a_scan_by_minting_time_reads_only_ids_minted_in_the_window(cl: &dyn
         from: minted(1),
         to: minted(2),
         whole,
+        ahead: None,
     });
     for limit in [1, 1000] {
         let rows = scan_all(cl, cutoff, window, false, limit).await;
@@ -522,6 +536,7 @@ pub async fn a_scan_reports_rows_not_claimable_as_waiting_when_asked(cl: &dyn Ch
         from: stale.minted_at(),
         to: None,
         whole: ShardSet::EMPTY,
+        ahead: None,
     });
     // The cutoff falls between the first two rows' stamps and the live row's.
     let cutoff = live_stamp;

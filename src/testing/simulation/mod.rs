@@ -86,7 +86,9 @@ pub fn shrink(plan: &Plan, shape: Shape, tries: usize) -> Plan {
 }
 
 /// The writers' configuration: the test one, with an upload settle longer than the
-/// longest upload straggler the plan makes (58 s), as production's must be longer than any
+/// longest upload straggler the plan makes for a writer that lives to see it (58 s; the
+/// minutes-long ones of [`plan::MAX_UPLOAD_STRAGGLE`] are a dead writer's, which recovery's
+/// settle covers), as production's must be longer than any
 /// upload can trail its error.
 fn sim_writer_config(protocol: ProtocolConfig) -> crate::writer::WriterConfig {
     let mut config = test_writer_config(protocol);
@@ -137,6 +139,8 @@ struct World {
     /// Takeovers of writes that met no fault (I4).
     precision: Vec<String>,
     processes: Vec<JoinHandle<()>>,
+    /// Each cleaner host's wall clock (stepped by [`Event::SkewCleaner`]).
+    cleaner_clocks: Vec<Arc<SkewedClock>>,
     next_seed: u64,
 }
 
@@ -148,6 +152,7 @@ impl World {
         recovery.idle_poll = Duration::from_secs(20);
         recovery.cleaner_concurrency = 4;
         recovery.max_delivery_attempts = 5;
+        recovery.upload_settle = plan::RECOVERY_SETTLE;
         let mut paths: Vec<ObjectPath> = (0..shape.objects)
             .map(|i| ObjectPath::new(format!("{PREFIX}/{seed}/{i}")))
             .collect::<Result<_, _>>()
@@ -183,6 +188,7 @@ impl World {
             claims_seen: HashMap::new(),
             precision: Vec::new(),
             processes: Vec::new(),
+            cleaner_clocks: Vec::new(),
             next_seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         }
     }
@@ -267,6 +273,8 @@ impl World {
         for i in 0..self.shape.cleaners {
             let seed = self.sub_seed();
             let mem = self.mem.stores();
+            let clock = SkewedClock::new(self.mem.clock.clone());
+            self.cleaner_clocks.push(clock.clone());
             let (queue, config, control) = (
                 Arc::new(self.queue.clone()) as Arc<dyn JobQueue>,
                 self.recovery.clone(),
@@ -288,6 +296,7 @@ impl World {
                         prefix: PREFIX.to_owned(),
                         trespasses: trespasses.clone(),
                     });
+                    stores.clock = clock.clone();
                     let cancel = CancellationToken::new();
                     let cleaner = Cleaner::new(stores, queue.clone(), config.clone());
                     let task = tokio::spawn(cleaner.run(cancel.clone(), Duration::from_secs(1)));
@@ -374,6 +383,9 @@ impl World {
             }
             Event::Forge { object, forgery } => self.forge(*object, *forgery).await,
             Event::Queue(f) => self.queue.inject(*f),
+            Event::SkewCleaner { cleaner, by, ahead } => {
+                self.cleaner_clocks[*cleaner % self.shape.cleaners].jump(*by, *ahead)
+            }
         }
     }
 

@@ -92,11 +92,28 @@ pub enum Event {
         forgery: Forgery,
     },
     Queue(QueueFault),
+    /// The cleaner host's wall clock is stepped by this much (forward when `ahead`): NTP
+    /// broken or corrected. Every recovery decision must be in the changelog's time.
+    SkewCleaner {
+        cleaner: usize,
+        by: Duration,
+        ahead: bool,
+    },
 }
 
 /// The longest a straggling call lands after its caller saw the error: the deadline every
 /// Bigtable write carries (10 s), within an upload's settle time.
 pub const MAX_STRAGGLE: Duration = Duration::from_secs(10);
+
+/// Recovery's upload settle in the simulated deployment: production's default, 20 times
+/// the staleness threshold, so that a settle cut short is a hole the simulation can see
+/// (with the settle equal to the threshold, a due time stamped early changes nothing).
+pub const RECOVERY_SETTLE: Duration = Duration::from_secs(600);
+
+/// The longest a dead writer's upload lands after its error in the openings that test the
+/// settle: minutes, within [`RECOVERY_SETTLE`] (the settle is the hypothesis that none
+/// lands later; the audit, not recovery, is what catches one that does).
+pub const MAX_UPLOAD_STRAGGLE: Duration = Duration::from_secs(300);
 
 /// Longer than every lease, threshold and deadline the simulated deployment has (the
 /// claim lease, the staleness threshold, a straggler's deadline, an upload's settle time).
@@ -194,7 +211,36 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..5) {
+    match rng.random_range(0..6) {
+        // The cleaners' clocks are off by an hour, one behind and one ahead, while a writer
+        // dies before its HV write with its first upload attempt still on its way for
+        // minutes. Recovery deletes the upload and must keep the row for the whole settle,
+        // in the changelog's time, whichever cleaner takes the job and its duplicates.
+        5 => {
+            let straggle = secs(rng.random_range(60..=MAX_UPLOAD_STRAGGLE.as_secs()));
+            let skew = secs(rng.random_range(1800..7200));
+            vec![
+                Event::SkewCleaner {
+                    cleaner: 0,
+                    by: skew,
+                    ahead: false,
+                },
+                Event::SkewCleaner {
+                    cleaner: 1,
+                    by: skew,
+                    ahead: true,
+                },
+                large_put(
+                    vec![
+                        Rule::once(Op::LtPut, Fault::Straggle(straggle)),
+                        Rule::once(Op::HvCas, Fault::CrashBefore),
+                    ],
+                    Process::Healthy,
+                ),
+                Event::Queue(QueueFault::Duplicate(rng.random_range(1..4))),
+                Event::Sleep(MAX_UPLOAD_STRAGGLE + secs(60)),
+            ]
+        }
         // A small write lands and its host freezes before the response arrives; a large put
         // reads the row after it and its write is held while its row goes stale, so
         // recovery fences. The small write wakes, is refused by the fence, re-reads and
@@ -364,7 +410,12 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             scanner: rng.random_range(0..shape.scanners),
             stall: Duration::from_secs(rng.random_range(5..60)),
         },
-        83..=90 => Event::Forge {
+        89..=90 => Event::SkewCleaner {
+            cleaner: rng.random_range(0..shape.cleaners),
+            by: Duration::from_secs(rng.random_range(60..7200)),
+            ahead: rng.random_bool(0.5),
+        },
+        83..=88 => Event::Forge {
             object,
             forgery: match rng.random_range(0..4) {
                 0 => Forgery::OwnersToken,
