@@ -1,8 +1,9 @@
 //! Mutation score of the simulation: every known-bad protocol variant in
 //! `tiersweep::mutants` must be caught. Prints "mutant → schedules until caught".
 //!
-//! `TIERSWEEP_MUTANT_BUDGET` bounds the schedules tried per mutant (5,000 by default; the
-//! slowest mutant to catch took 331 schedules, so the budget leaves a wide margin);
+//! `TIERSWEEP_MUTANT_BUDGET` bounds the schedules tried per mutant (15,000 by default: the
+//! slowest mutant to catch, `SettleOnHostClock`, takes about one schedule in a thousand, so
+//! it survives the budget with odds of about e^-15);
 //! `TIERSWEEP_SEED_BASE` picks the first seed (random by default); `TIERSWEEP_MUTANT=<name>`
 //! hunts that one mutant only.
 
@@ -30,7 +31,7 @@ fn hunt(m: Mutant, base: u64, budget: u64) -> Option<(u64, u64, String)> {
 
 #[test]
 fn the_simulation_catches_every_mutant() {
-    let budget = env_u64("TIERSWEEP_MUTANT_BUDGET").unwrap_or(5_000);
+    let budget = env_u64("TIERSWEEP_MUTANT_BUDGET").unwrap_or(15_000);
     let base = env_u64("TIERSWEEP_SEED_BASE").unwrap_or_else(rand::random);
     let mut survivors = Vec::new();
     eprintln!("mutant → schedules until caught (seeds from {base}, budget {budget})");

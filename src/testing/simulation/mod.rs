@@ -66,7 +66,7 @@ pub fn run(plan: &Plan, shape: Shape) -> Result<(), String> {
         .start_paused(true)
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(World::new(plan.seed, shape).play(plan))
+    rt.block_on(World::new(plan.seed, shape, plan.recovery_settle).play(plan))
 }
 
 /// Drops events from a failing plan while it still fails (each candidate tried `tries`
@@ -145,14 +145,14 @@ struct World {
 }
 
 impl World {
-    fn new(seed: u64, shape: Shape) -> Self {
+    fn new(seed: u64, shape: Shape, recovery_settle: Duration) -> Self {
         let protocol = ProtocolConfig::default();
         let mut recovery = test_recovery_config(protocol);
         recovery.object_prefix = PREFIX.to_owned();
         recovery.idle_poll = Duration::from_secs(20);
         recovery.cleaner_concurrency = 4;
         recovery.max_delivery_attempts = 5;
-        recovery.upload_settle = plan::RECOVERY_SETTLE;
+        recovery.upload_settle = recovery_settle;
         let mut paths: Vec<ObjectPath> = (0..shape.objects)
             .map(|i| ObjectPath::new(format!("{PREFIX}/{seed}/{i}")))
             .collect::<Result<_, _>>()

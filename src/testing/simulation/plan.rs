@@ -105,10 +105,16 @@ pub enum Event {
 /// Bigtable write carries (10 s), within an upload's settle time.
 pub const MAX_STRAGGLE: Duration = Duration::from_secs(10);
 
-/// Recovery's upload settle in the simulated deployment: production's default, 20 times
-/// the staleness threshold, so that a settle cut short is a hole the simulation can see
-/// (with the settle equal to the threshold, a due time stamped early changes nothing).
+/// Recovery's upload settle in half the schedules (and every one that skews cleaner
+/// clocks): production's default, 20 times the staleness threshold, so that a settle cut
+/// short is a hole the simulation can see (with the settle equal to the threshold, a due
+/// time stamped early changes nothing).
 pub const RECOVERY_SETTLE: Duration = Duration::from_secs(600);
+
+/// Recovery's upload settle in the other half: the staleness threshold, whose second pass
+/// comes while the first pass's consequences (a fenced live writer, a forged job's
+/// deferral) are still in play.
+pub const SHORT_RECOVERY_SETTLE: Duration = Duration::from_secs(30);
 
 /// The longest a dead writer's upload lands after its error in the openings that test the
 /// settle: minutes, within [`RECOVERY_SETTLE`] (the settle is the hypothesis that none
@@ -123,6 +129,9 @@ pub const LONGER_THAN_TTLS: Duration = Duration::from_secs(660);
 pub struct Plan {
     pub seed: u64,
     pub events: Vec<Event>,
+    /// Recovery's upload settle for this schedule ([`RECOVERY_SETTLE`] or
+    /// [`SHORT_RECOVERY_SETTLE`]).
+    pub recovery_settle: Duration,
 }
 
 /// Sizes of the simulated deployment.
@@ -172,7 +181,19 @@ impl Plan {
         for _ in 0..shape.steps {
             events.push(event(&mut rng, shape));
         }
-        Self { seed, events }
+        let skews = events
+            .iter()
+            .any(|e| matches!(e, Event::SkewCleaner { .. }));
+        let recovery_settle = if skews || rng.random_bool(0.5) {
+            RECOVERY_SETTLE
+        } else {
+            SHORT_RECOVERY_SETTLE
+        };
+        Self {
+            seed,
+            events,
+            recovery_settle,
+        }
     }
 
     /// The plan without event `i`.
@@ -182,6 +203,7 @@ impl Plan {
         Self {
             seed: self.seed,
             events,
+            recovery_settle: self.recovery_settle,
         }
     }
 }
@@ -212,10 +234,11 @@ fn secs(s: u64) -> Duration {
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
     match rng.random_range(0..6) {
-        // The cleaners' clocks are off by an hour, one behind and one ahead, while a writer
-        // dies before its HV write with its first upload attempt still on its way for
-        // minutes. Recovery deletes the upload and must keep the row for the whole settle,
-        // in the changelog's time, whichever cleaner takes the job and its duplicates.
+        // The cleaners' clocks are off by an hour or more — both behind, or one behind and
+        // one ahead — while a writer dies before its HV write with its first upload attempt
+        // still on its way for minutes. Recovery deletes the upload and must keep the row
+        // for the whole settle, in the changelog's time, whichever cleaner takes the job
+        // and its duplicates.
         5 => {
             let straggle = secs(rng.random_range(60..=MAX_UPLOAD_STRAGGLE.as_secs()));
             let skew = secs(rng.random_range(1800..7200));
@@ -228,7 +251,7 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                 Event::SkewCleaner {
                     cleaner: 1,
                     by: skew,
-                    ahead: true,
+                    ahead: rng.random_ratio(1, 3),
                 },
                 large_put(
                     vec![
@@ -391,7 +414,7 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
                 .random_bool(0.5)
                 .then(|| Duration::from_millis(rng.random_range(10..3000))),
         },
-        58..=71 => Event::Sleep(match rng.random_range(0..10) {
+        58..=69 => Event::Sleep(match rng.random_range(0..10) {
             0 => LONGER_THAN_TTLS,
             1..=3 => Duration::from_secs(rng.random_range(30..300)),
             _ => Duration::from_secs(rng.random_range(1..30)),
@@ -410,12 +433,12 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             scanner: rng.random_range(0..shape.scanners),
             stall: Duration::from_secs(rng.random_range(5..60)),
         },
-        89..=90 => Event::SkewCleaner {
+        70..=71 => Event::SkewCleaner {
             cleaner: rng.random_range(0..shape.cleaners),
             by: Duration::from_secs(rng.random_range(60..7200)),
             ahead: rng.random_bool(0.5),
         },
-        83..=88 => Event::Forge {
+        83..=90 => Event::Forge {
             object,
             forgery: match rng.random_range(0..4) {
                 0 => Forgery::OwnersToken,
