@@ -8,14 +8,13 @@
 
 use std::time::Duration;
 
-use super::crash::{test_recovery_config, test_writer_config, unique_path};
+use super::crash::test_recovery_config;
 use super::faults::{Fault, Faults, Op, Rule};
-use super::schedules::{blobs_of, deliver, entries_for, large};
+use super::schedules::{blobs_of, dead_large_put, deliver, entries_for};
 use crate::config::ProtocolConfig;
 use crate::model::ObjectPath;
 use crate::recovery::{CleanupJob, EmbeddedRecovery, JobOutcome, RecoveryConfig};
 use crate::stores::Stores;
-use crate::writer::TieredStorage;
 
 /// The settle these schedules run with: much longer than the staleness threshold, as
 /// deployed (10 min against 30 s), so that a settle cut short shows.
@@ -38,21 +37,11 @@ async fn dead_writer_with_a_straggling_upload(
     protocol: ProtocolConfig,
     lands_after: Duration,
 ) -> ObjectPath {
-    let path = unique_path();
-    let faults = Faults::new([
+    let faults = [
         Rule::once(Op::LtPut, Fault::Straggle(lands_after)),
         Rule::once(Op::HvCas, Fault::CrashBefore),
-    ]);
-    let writer = TieredStorage::new(faults.wrap(stores), test_writer_config(protocol))
-        .expect("valid writer config");
-    let crashed = faults
-        .run_until_crash({
-            let path = path.clone();
-            async move { writer.put(&path, large("dead")).await }
-        })
-        .await;
-    assert!(crashed.is_none(), "the writer died before its HV write");
-    path
+    ];
+    dead_large_put(stores, protocol, faults, "dead").await
 }
 
 /// The end every schedule here must reach: once the straggler has landed and the settle
@@ -166,17 +155,8 @@ pub async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works(
     protocol: ProtocolConfig,
 ) {
     let lease = test_recovery_config(protocol).claim_lease;
-    let path = unique_path();
-    let faults = Faults::new([Rule::once(Op::HvCas, Fault::CrashBefore)]);
-    let writer = TieredStorage::new(faults.wrap(&honest), test_writer_config(protocol))
-        .expect("valid writer config");
-    let crashed = faults
-        .run_until_crash({
-            let path = path.clone();
-            async move { writer.put(&path, large("slow")).await }
-        })
-        .await;
-    assert!(crashed.is_none(), "the writer died before its HV write");
+    let faults = [Rule::once(Op::HvCas, Fault::CrashBefore)];
+    let path = dead_large_put(&honest, protocol, faults, "slow").await;
     tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(50)).await;
     let rows = entries_for(&honest, &path).await;
     let [row] = rows.as_slice() else {

@@ -177,17 +177,13 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
     let (_, sweeps) = scan_for(&mut s, gap, gap).await;
     assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
 
-    let path = unique_path();
-    let crashing = Faults::new([Rule::once(Op::HvCas, Fault::CrashBefore)]);
-    let w = TieredStorage::new(crashing.wrap(&stores), test_writer_config(protocol))
-        .expect("valid writer config");
-    let crashed = crashing
-        .run_until_crash({
-            let path = path.clone();
-            async move { w.put(&path, large("deferred")).await }
-        })
-        .await;
-    assert!(crashed.is_none(), "the writer died before its HV write");
+    let path = super::schedules::dead_large_put(
+        &stores,
+        protocol,
+        [Rule::once(Op::HvCas, Fault::CrashBefore)],
+        "deferred",
+    )
+    .await;
 
     let cancel = tokio_util::sync::CancellationToken::new();
     let cleaner = tokio::spawn(
@@ -236,17 +232,13 @@ pub async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
         sweeps.len() > 2,
         "and then runs incremental rounds: {sweeps:?}"
     );
-    let path = unique_path();
-    let crashing = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
-    let w = TieredStorage::new(crashing.wrap(&writer), test_writer_config(protocol))
-        .expect("valid writer config");
-    let crashed = crashing
-        .run_until_crash({
-            let path = path.clone();
-            async move { w.put(&path, large("ahead")).await }
-        })
-        .await;
-    assert!(crashed.is_none(), "the writer crashed after its upload");
+    let path = super::schedules::dead_large_put(
+        &writer,
+        protocol,
+        [Rule::once(Op::LtPut, Fault::CrashAfter)],
+        "ahead",
+    )
+    .await;
     let (found, sweeps) = scan_for(&mut s, threshold * 3, gap).await;
     assert!(
         !sweeps.contains(&true),

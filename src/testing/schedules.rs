@@ -81,6 +81,32 @@ pub(crate) fn large(tag: &str) -> Bytes {
     Bytes::from(format!("{tag}:{}", "S".repeat(INLINE_THRESHOLD * 2)))
 }
 
+/// A large put of a fresh object on `stores` that meets `faults` and dies at the crash
+/// among them (asserted); returns the object. What it leaves (a row, maybe an upload) is
+/// the schedule's to recover.
+pub(crate) async fn dead_large_put(
+    stores: &Stores,
+    protocol: ProtocolConfig,
+    faults: impl IntoIterator<Item = Rule>,
+    tag: &str,
+) -> ObjectPath {
+    let path = unique_path();
+    let faults = Faults::new(faults);
+    let writer = TieredStorage::new(faults.wrap(stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let crashed = faults
+        .run_until_crash({
+            let (path, bytes) = (path.clone(), large(tag));
+            async move { writer.put(&path, bytes).await }
+        })
+        .await;
+    assert!(
+        crashed.is_none(),
+        "the writer died at its crash: {crashed:?}"
+    );
+    path
+}
+
 /// Every changelog row for `path`, whatever its stamp.
 pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEntry> {
     let mut out = Vec::new();
@@ -811,17 +837,13 @@ pub async fn a_writer_clock_running_ahead_does_not_hide_its_crash(
     writer: Stores,
     protocol: ProtocolConfig,
 ) {
-    let path = unique_path();
-    let crashing = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
-    let w = TieredStorage::new(crashing.wrap(&writer), test_writer_config(protocol))
-        .expect("valid writer config");
-    let crashed = crashing
-        .run_until_crash({
-            let path = path.clone();
-            async move { w.put(&path, large("ahead")).await }
-        })
-        .await;
-    assert!(crashed.is_none(), "the writer crashed after its upload");
+    let path = dead_large_put(
+        &writer,
+        protocol,
+        [Rule::once(Op::LtPut, Fault::CrashAfter)],
+        "ahead",
+    )
+    .await;
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
     let pass = recovery_pass(&recovery, protocol).await;
     assert_eq!(
