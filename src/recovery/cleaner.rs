@@ -285,12 +285,13 @@ impl Cleaner {
     /// does it after [`MAX_LEASES_IN_HAND`] leases: a cleaner stuck on a call must not hold
     /// a row forever. Never returns.
     ///
-    /// Every time here is the changelog's (Bigtable's server), as the lease is stamped and
-    /// judged: on this host's clock a cleaner behind by a lease would extend to a time
-    /// already past and lose the row while it works, and one ahead would hold a dead job's
-    /// row for its skew. Waits between reads run on the local timer and are re-checked
-    /// against the changelog's time, so a host suspended meanwhile extends from the time
-    /// it wakes to, not the time it slept at.
+    /// Every time written or compared here is the changelog's (Bigtable's server), as the
+    /// lease is stamped and judged: on this host's clock a cleaner behind by a lease would
+    /// extend to a time already past and lose the row while it works, and one ahead would
+    /// hold a dead job's row for its skew. Only the first look is timed by this host's
+    /// clock (at most half a lease away). Waits run on the local timer and are re-checked
+    /// against the changelog's time, so a host suspended meanwhile extends from the time it
+    /// wakes to, not the time it slept at.
     async fn keep_claim(
         &self,
         entry: &crate::changelog::ChangelogEntry,
@@ -299,6 +300,16 @@ impl Cleaner {
         let lease = self.config.lease_for(entry.record.claims.saturating_sub(1));
         let mut stamp = entry.stamp;
         let mut give_up = None;
+        // When to look first is this host's guess, never longer than half a lease: a job
+        // that converges within it costs no call at all (the common case), and a host clock
+        // that is wrong only moves that first look, not any time written.
+        let first_look = self
+            .stores
+            .clock
+            .now()
+            .age_at(stamp.saturating_sub(lease / 2))
+            .min(lease / 2);
+        tokio::time::sleep(first_look).await;
         loop {
             let now = match changelog.now().await {
                 Ok(now) => now,
