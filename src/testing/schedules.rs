@@ -56,6 +56,7 @@ macro_rules! safety_schedules {
             a_streamed_upload_that_outlives_its_guard_never_completes,
             metadata_comes_back_with_its_value,
             a_deferred_put_is_left_alone_until_its_deadline,
+            a_deferred_put_whose_stream_ends_after_its_deadline_creates_nothing,
             the_upload_overlaps_the_record_and_completes_only_after_it,
             a_crash_while_the_final_chunk_is_held_leaves_no_blob,
             a_failed_record_stops_the_upload_at_the_gate,
@@ -1249,4 +1250,56 @@ pub async fn a_deferred_put_is_left_alone_until_its_deadline(
         "{short:?}"
     );
     assert!(entries_for(&stores, &abandoned).await.is_empty());
+}
+
+/// A deferred put's client sends every part in time but ends its stream (completes the
+/// upload) long after the put's deadline, after recovery has converged the change and
+/// removed its row; the writer dies right after its upload call returns. The end of the
+/// stream used to be unchecked (each chunk was checked as it was yielded), so the object
+/// came to exist then, with no row naming it and no writer left to delete it: an orphan
+/// (I2) that no settle covers, since the end can come at any time. The last chunk is held
+/// until the end and goes only while the guard is valid: nothing is created.
+pub async fn a_deferred_put_whose_stream_ends_after_its_deadline_creates_nothing(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let within = threshold * 4;
+    let hold = within + threshold * 6;
+    let dying = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
+    let writer = TieredStorage::new(dying.wrap(&stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let path = unique_path();
+    let put = writer
+        .begin_deferred_put(&path, ObjectMeta::default(), within)
+        .await
+        .expect("beginning a deferred put");
+    let parts: Vec<Bytes> = (0..3).map(|i| large(&format!("late{i}"))).collect();
+    // Every part at once; the end only after `hold`.
+    let body = futures::stream::unfold(parts.into_iter(), move |mut parts| async move {
+        match parts.next() {
+            Some(part) => Some((Ok::<Bytes, std::io::Error>(part), parts)),
+            None => {
+                tokio::time::sleep(hold).await;
+                None
+            }
+        }
+    });
+    let finish = tokio::spawn(async move {
+        dying
+            .run_until_crash(async move { writer.finish_deferred_put(put, body).await })
+            .await
+    });
+    tokio::time::sleep(within + threshold).await;
+    super::crash::pass_settled(&stores, test_recovery_config(protocol)).await;
+    assert!(
+        entries_for(&stores, &path).await.is_empty(),
+        "recovery converged the expired change before its stream ended"
+    );
+    let outcome = finish.await.expect("the writer's task");
+    assert!(
+        !matches!(outcome, Some(Ok(()))),
+        "the put cannot succeed after its deadline: {outcome:?}"
+    );
+    recovery_leaves_nothing_of(&stores, &path, protocol, "a late end created nothing").await;
 }

@@ -55,19 +55,16 @@ enum Body {
 
 /// `body`, stopped with an error before any chunk the guard no longer allows: an upload
 /// that outlives its guard must not complete (recovery may have converged the change
-/// already, and the blob would be an orphan no row names). The last chunk is checked
-/// like the others, so the object cannot come to exist after the guard lapsed, short of
-/// the final request itself being slow.
+/// already, and the blob would be an orphan no row names). What completes the object is
+/// the stream's *end*, which may come any time after its last chunk (a client that sends
+/// its parts in time and completes late), so the last chunk is held until the end and
+/// checked then: the gate ([`gate`]), opened at once, since the change is recorded. The
+/// object cannot come to exist after the guard lapsed, short of the final request itself
+/// being slow (the settle's hypothesis).
 fn guarded(body: ByteStream, watch: GuardWatch) -> ByteStream {
-    use futures::StreamExt as _;
-    Box::pin(body.map(move |item| {
-        item.and_then(|chunk| match watch.state() {
-            GuardState::Valid => Ok(chunk),
-            state => Err(std::io::Error::other(format!(
-                "the change's guard lapsed ({state:?}); upload stopped"
-            ))),
-        })
-    }))
+    let (body, opener) = gate::gated(body);
+    opener.open(watch);
+    body
 }
 
 /// What [`TieredStorage::begin_change`] did.
