@@ -71,11 +71,32 @@ pub enum Mutant {
     /// of the changelog's: a cleaner behind by the settle makes the row due at once, and a
     /// duplicate job on a cleaner ahead converges it early.
     SettleOnHostClock,
+    /// The scanner drops the claims it lets go (their jobs republished twice and still
+    /// untaken) without watching them, though their ids lie below the round's key bound:
+    /// the rows wait for the next full sweep.
+    ForgottenClaimsUnwatched,
+    /// Incremental rounds read no ids minted ahead of the changelog's time, so the crash of
+    /// a writer whose clock runs ahead waits until the cutoff passes its id.
+    NoWriterSkewWindow,
+    /// A watched row re-read before it turned stale (its writer heartbeated meanwhile) is
+    /// not watched again: if its writer then dies, the row waits for the next sweep.
+    RecheckDropsLiveRows,
+    /// A cleaner extends the claim of a job in hand from its host's clock: one ahead holds
+    /// a dead job's row for its skew, one behind loses the claim while it works.
+    KeepClaimOnHostClock,
+    /// A record attempt writes its row whatever is there, so a retry that lands after the
+    /// writer froze past the threshold takes the row back from recovery's claim and erases
+    /// its deferral: the scanner that watched the row no longer knows when it is due.
+    RecordOverwrites,
+    /// A scanner that sees a row under another's claim (or its predecessor's, before a
+    /// restart) watches it only until the claim's lease ends, so a settle deferral the
+    /// claim's cleaner made meanwhile is taken up a lease late.
+    LeasedRowsWatchedToLeaseEnd,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 21] = [
+    pub const ALL: [Mutant; 27] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -97,6 +118,12 @@ impl Mutant {
         Mutant::RecoveryRemovesAtOnce,
         Mutant::UngatedUpload,
         Mutant::SettleOnHostClock,
+        Mutant::ForgottenClaimsUnwatched,
+        Mutant::NoWriterSkewWindow,
+        Mutant::RecheckDropsLiveRows,
+        Mutant::KeepClaimOnHostClock,
+        Mutant::RecordOverwrites,
+        Mutant::LeasedRowsWatchedToLeaseEnd,
     ];
 }
 

@@ -143,6 +143,11 @@ fn whole_row() -> bigtable_rs::google::bigtable::v2::RowFilter {
     chain(vec![family(FAMILY), latest()])
 }
 
+/// Any owner cell: the row exists (a malformed row without one may be overwritten).
+fn any_owner() -> bigtable_rs::google::bigtable::v2::RowFilter {
+    chain(vec![column(FAMILY, OWNER), latest()])
+}
+
 /// The newest owner cell, if its value is `owner`.
 fn owned_by(owner: &OwnerToken) -> bigtable_rs::google::bigtable::v2::RowFilter {
     chain(vec![
@@ -206,9 +211,28 @@ fn waiting(key: &[u8], cells: &[RowCell], cutoff: Timestamp) -> Option<ScannedRo
 impl Changelog for BigtableChangelog {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
         let key = id.as_str().as_bytes();
-        self.client
-            .mutate_row(&self.table, key, Self::row_cells(record, SERVER_TIME))
+        let cells = Self::row_cells(record, SERVER_TIME);
+        if crate::mutants::on(crate::mutants::Mutant::RecordOverwrites) {
+            self.client.mutate_row(&self.table, key, cells).await?;
+            return Ok(self.clock.now());
+        }
+        // Written only where no owner cell is: an attempt that lands after an earlier one
+        // (a retry after a lost response or a freeze) must not take the row back from a
+        // recovery claim.
+        let existed = self
+            .client
+            .check_and_mutate(&self.table, key, any_owner(), vec![], cells)
             .await?;
+        if existed {
+            let found = self.read(id).await?;
+            return super::record_found(
+                id,
+                record,
+                found.map(|e| e.record.owner),
+                &self.table.target(key),
+            )
+            .map(|()| self.clock.now());
+        }
         Ok(self.clock.now())
     }
 

@@ -22,6 +22,10 @@ use crate::model::{ChangeId, ChangeRecord, OwnerToken, SHARD_COUNT, Shard, Times
 struct Row {
     bytes: Vec<u8>,
     stamp: Timestamp,
+    /// When this incarnation of the row came to exist, in the changelog's time: what the
+    /// simulation's liveness oracle compares with the time the row's id was minted (a row
+    /// recorded long after its id was minted is, by design, only a full sweep's to find).
+    created: Timestamp,
 }
 
 /// Removed rows the twin keeps as tombstones at most; beyond, it compacts. Bounds the twin's
@@ -80,7 +84,20 @@ impl MemoryChangelog {
 
     /// Plants a raw row, as a buggy or foreign writer might have left it.
     pub fn insert_raw(&self, key: &str, bytes: Vec<u8>, stamp: Timestamp) {
-        self.rows().insert(key.to_owned(), Row { bytes, stamp });
+        self.rows().insert(
+            key.to_owned(),
+            Row {
+                bytes,
+                stamp,
+                created: stamp,
+            },
+        );
+    }
+
+    /// When the live row `id` came to exist (the record that created it, not a retry
+    /// that rewrote it), in the changelog's time.
+    pub fn created(&self, id: &ChangeId) -> Option<Timestamp> {
+        self.rows().get(id.as_str()).map(|row| row.created)
     }
 
     /// Live rows.
@@ -205,8 +222,25 @@ impl Changelog for MemoryChangelog {
         let stamp = self.clock.now();
         let bytes = record.encode();
         let mut rows = self.rows();
+        let overwrite = crate::mutants::on(crate::mutants::Mutant::RecordOverwrites);
+        if let Some(row) = rows.get(id.as_str())
+            && !overwrite
+            && let Ok(found) = decode(id.as_str(), row)
+        {
+            // As on Bigtable: a row with an owner is never written over.
+            return super::record_found(id, record, Some(found.record.owner), id.as_str())
+                .map(|()| stamp);
+        }
         self.removed().remove(id.as_str());
-        rows.insert(id.as_str().to_owned(), Row { bytes, stamp });
+        let created = rows.get(id.as_str()).map_or(stamp, |row| row.created);
+        rows.insert(
+            id.as_str().to_owned(),
+            Row {
+                bytes,
+                stamp,
+                created,
+            },
+        );
         Ok(stamp)
     }
 
@@ -222,6 +256,7 @@ impl Changelog for MemoryChangelog {
             let row = rows.entry(id.as_str().to_owned()).or_insert(Row {
                 bytes: Vec::new(),
                 stamp: now,
+                created: now,
             });
             row.stamp = now;
             return Ok(Heartbeat::Refreshed);
@@ -363,10 +398,8 @@ impl Changelog for MemoryChangelog {
         entry.record.owner = claimer.clone();
         entry.record.claims = entry.record.claims.saturating_add(1);
         entry.stamp = lease_until;
-        *row = Row {
-            bytes: entry.record.encode(),
-            stamp: lease_until,
-        };
+        row.bytes = entry.record.encode();
+        row.stamp = lease_until;
         Ok(Claim::Won(entry))
     }
 
@@ -387,10 +420,8 @@ impl Changelog for MemoryChangelog {
         if entry.record.owner != record.owner {
             return Ok(Deferral::NotOwned);
         }
-        *row = Row {
-            bytes: record.encode(),
-            stamp: now,
-        };
+        row.bytes = record.encode();
+        row.stamp = now;
         Ok(Deferral::Deferred)
     }
 

@@ -21,7 +21,7 @@ pub mod noop;
 
 use async_trait::async_trait;
 
-use crate::error::StoreResult;
+use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use std::ops::Bound;
 
 use crate::model::{ChangeId, ChangeRecord, OwnerToken, Shard, ShardSet, Timestamp, minted_key};
@@ -246,6 +246,14 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
     /// Writes the row for a new change, stamped now in the changelog's own time
     /// ([`Changelog::now`]). Returns the caller's estimate of the stamp; the stamp itself is
     /// what [`Changelog::get`] reads back (Bigtable's server assigns it).
+    ///
+    /// Create-or-confirm: a row that already exists is never written over. If its owner is
+    /// `record.owner`, an earlier attempt of this call landed (its response was lost) and
+    /// this one succeeds without writing; any other owner means recovery claimed the change
+    /// while this attempt was on its way — the caller froze past the staleness threshold
+    /// between attempts — and the call fails, permanently, leaving the change to recovery.
+    /// A blind write would take the row back from its claim and erase recovery's deferral,
+    /// hiding the change from the scanner that watched it.
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp>;
 
     /// The changelog's own time: the clock its stamps are in. Staleness is judged against
@@ -321,5 +329,29 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
     /// True for [`NoopChangelog`]: writers skip heartbeats, recovery has nothing to do.
     fn is_noop(&self) -> bool {
         false
+    }
+}
+
+/// What `record` concludes from the row it found already there: the caller's own earlier
+/// attempt, or a change recovery has taken over (see [`Changelog::record`]).
+pub(crate) fn record_found(
+    id: &ChangeId,
+    record: &ChangeRecord,
+    owner: Option<OwnerToken>,
+    target: &str,
+) -> StoreResult<()> {
+    match owner {
+        Some(owner) if owner == record.owner => Ok(()),
+        found => Err(StoreError::new(
+            StoreKind::Changelog,
+            "record",
+            target.to_owned(),
+            ErrorKind::Permanent,
+            format!(
+                "change {id} is already recorded, owned by {}: recovery took it over while this \
+                 attempt was on its way",
+                found.map_or_else(|| "nobody".to_owned(), |o| o.to_string())
+            ),
+        )),
     }
 }

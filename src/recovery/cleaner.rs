@@ -311,7 +311,9 @@ impl Cleaner {
             .min(lease / 2);
         tokio::time::sleep(first_look).await;
         loop {
+            let host_clock = crate::mutants::on(crate::mutants::Mutant::KeepClaimOnHostClock);
             let now = match changelog.now().await {
+                Ok(_) if host_clock => self.stores.clock.now(),
                 Ok(now) => now,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the changelog's time to keep a claim failed; retrying");

@@ -166,6 +166,15 @@ impl RecoveryConfig {
         Ok(())
     }
 
+    /// How often a scanner reviews the claims it published that may still wait for a
+    /// cleaner, when nothing else asks: often enough that a lease is extended well before
+    /// it ends and a lost job is republished close to `republish_after`. It is also how
+    /// late a scanner may learn that a cleaner deferred a claimed row, so a deferred row is
+    /// taken up within its `cleanup_after` plus this plus a round.
+    pub fn review_every(&self) -> Duration {
+        self.claim_lease.min(self.republish_after) / 4
+    }
+
     /// The lease for the `claims`-th claim of a row (0 for the first).
     pub fn lease_for(&self, claims: u32) -> Duration {
         self.claim_lease * (1u32 << claims.min(4))

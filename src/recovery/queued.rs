@@ -30,7 +30,6 @@
 //! again once their leases end. That is the one way queued work is re-claimed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 
@@ -112,18 +111,11 @@ impl QueuedClaims {
         });
     }
 
-    /// How often waiting claims are reviewed when nothing else asks: often enough that a
-    /// lease is extended well before it ends and a lost job is republished close to
-    /// `republish_after`.
-    fn review_every(config: &RecoveryConfig) -> Duration {
-        config.claim_lease.min(config.republish_after) / 4
-    }
-
     pub fn review_due(&self, config: &RecoveryConfig, now: Timestamp) -> bool {
         !self.waiting.is_empty()
             && self
                 .last_review
-                .is_none_or(|at| at.saturating_add(Self::review_every(config)) <= now)
+                .is_none_or(|at| at.saturating_add(config.review_every()) <= now)
     }
 
     /// Re-reads every waiting claim, forgets those taken, extends the leases of the rest

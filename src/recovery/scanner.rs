@@ -245,6 +245,28 @@ impl Scanner {
         cleanup_after.map_or(stale_from, |t| t.max(stale_from))
     }
 
+    /// When to read again a row seen not claimable. A row stamped ahead of the changelog's
+    /// time is under a claim's lease, and whoever holds the claim may defer the row (a
+    /// settle pass) long before the lease ends. The scanner that published the claim
+    /// learns of that at its next review (`recovery::queued`); any other — one that took
+    /// over the shard, or a restarted one whose predecessor made the claim — would learn
+    /// only when the lease ends, so it looks again every review period meanwhile.
+    fn due_seen(
+        &self,
+        stamp: Timestamp,
+        cleanup_after: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Timestamp {
+        let due = self.due(stamp, cleanup_after);
+        let leased =
+            stamp > now && !crate::mutants::on(crate::mutants::Mutant::LeasedRowsWatchedToLeaseEnd);
+        if leased {
+            due.min(now.saturating_add(self.config.review_every()))
+        } else {
+            due
+        }
+    }
+
     /// Rows watched here (re-read when they could turn stale).
     pub fn watched_rows(&self) -> usize {
         self.watched.len()
@@ -270,6 +292,9 @@ impl Scanner {
             .await?;
         // A claim let go is not a row let go: its id lies below the round's key bound.
         for f in forgotten {
+            if crate::mutants::on(crate::mutants::Mutant::ForgottenClaimsUnwatched) {
+                continue;
+            }
             let due = self.due(f.stamp, f.cleanup_after);
             self.keep(&f.id, due);
         }
@@ -359,8 +384,9 @@ impl Scanner {
                 whole: self.unswept,
                 // A writer whose clock runs ahead mints ids in the future: without this,
                 // its crash would wait until the cutoff passes them, or for the next sweep.
-                ahead: (!self.config.max_writer_skew.is_zero())
-                    .then(|| (now, now.saturating_add(self.config.max_writer_skew))),
+                ahead: (!self.config.max_writer_skew.is_zero()
+                    && !crate::mutants::on(crate::mutants::Mutant::NoWriterSkewWindow))
+                .then(|| (now, now.saturating_add(self.config.max_writer_skew))),
             }),
             report_waiting: bounded,
         };
@@ -509,8 +535,8 @@ impl Scanner {
         for entry in rows.into_iter().flatten() {
             if entry.stamp < cutoff && entry.record.cleanup_after.is_none_or(|t| t <= now) {
                 stale.push(entry);
-            } else {
-                let due = self.due(entry.stamp, entry.record.cleanup_after);
+            } else if !crate::mutants::on(crate::mutants::Mutant::RecheckDropsLiveRows) {
+                let due = self.due_seen(entry.stamp, entry.record.cleanup_after, now);
                 self.keep(&entry.id, due);
             }
         }
@@ -548,7 +574,7 @@ impl Scanner {
                     stamp,
                     cleanup_after,
                 } => {
-                    let due = self.due(stamp, cleanup_after);
+                    let due = self.due_seen(stamp, cleanup_after, now);
                     self.keep(&id, due);
                 }
                 ScannedRow::Malformed { key, reason } => {

@@ -105,6 +105,20 @@ impl Faults {
         intercept::wrap(self.clone(), stores)
     }
 
+    /// Drops the rules that have not fired yet (a fault already under way runs its course):
+    /// the process goes on without restarting.
+    pub fn heal(&self) {
+        self.lock().rules.clear();
+    }
+
+    /// Whether some rule has yet to fire all its times.
+    pub fn pending(&self) -> bool {
+        self.lock()
+            .rules
+            .iter()
+            .any(|(rule, seen)| seen.saturating_sub(rule.skip) < rule.times)
+    }
+
     pub fn is_crashed(&self) -> bool {
         self.crashed.load(Ordering::SeqCst)
     }

@@ -210,6 +210,72 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
     assert!(left.is_empty(), "the upload is deleted: {left:?}");
 }
 
+/// A scanner claims a dead writer's change and is restarted before a cleaner takes the
+/// job; the cleaner deletes the upload and defers the row for its settle. The restarted
+/// scanner does not hold the claim (it cannot learn of the deferral at a review of its own
+/// claims), and saw the row under a lease that ends long after the settle: it must still
+/// take the row up at its `cleanup_after`, not at the lease's end or the next sweep.
+pub async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let settle = threshold * 8;
+    let gap = protocol.heartbeat_interval;
+    let config = RecoveryConfig {
+        full_sweep_every: Duration::from_secs(86_400),
+        upload_settle: settle,
+        claim_lease: settle * 4,
+        ..test_recovery_config(protocol)
+    };
+    let queue = Arc::new(MemoryQueue::new(1024, 5));
+    let scanner = || {
+        Scanner::new(
+            stores.changelog.clone(),
+            queue.clone(),
+            config.clone(),
+            ShardRange::ALL,
+        )
+    };
+    let mut first = scanner();
+    let path = super::schedules::dead_large_put(
+        &stores,
+        protocol,
+        [Rule::once(Op::HvCas, Fault::CrashBefore)],
+        "predecessor",
+    )
+    .await;
+    let (report, _) = scan_for(&mut first, threshold * 3, gap).await;
+    assert_eq!(
+        report.won, 1,
+        "the first scanner claimed the change: {report:?}"
+    );
+    drop(first);
+
+    let mut restarted = scanner();
+    let (_, sweeps) = scan_for(&mut restarted, gap, gap).await;
+    assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let cleaner = tokio::spawn(
+        crate::recovery::Cleaner::new(stores.clone(), queue.clone(), config.clone())
+            .run(cancel.clone(), Duration::from_secs(1)),
+    );
+    let (report, sweeps) = scan_for(&mut restarted, settle + threshold * 4, gap).await;
+    cancel.cancel();
+    let _ = cleaner.await;
+    assert!(!sweeps.contains(&true), "no sweep ran after the first");
+    assert_eq!(
+        report.won, 1,
+        "claimed again for the second pass at its due time, a lease early: {report:?}"
+    );
+    assert!(
+        entries_for(&stores, &path).await.is_empty(),
+        "the second pass converged the change"
+    );
+    let left = super::schedules::blobs_of(&stores, &path).await;
+    assert!(left.is_empty(), "the upload is deleted: {left:?}");
+}
+
 /// A writer whose clock runs an hour ahead records a change (its id minted an hour in the
 /// future) and dies after its upload, while a scanner that has run for many rounds is
 /// scanning. Incremental rounds read the ids minted before their cutoff, so they used to

@@ -181,10 +181,38 @@ pub async fn claim_fences_the_writer(cl: &dyn Changelog) {
         Heartbeat::Refused
     );
     assert_eq!(cl.remove(&id, &rec.owner).await.unwrap(), Removal::NotOwned);
+    let err = cl
+        .record(&id, &rec)
+        .await
+        .expect_err("a record attempt landing after the claim is refused");
+    assert_eq!(err.kind, crate::error::ErrorKind::Permanent, "{err}");
+    let after = entry(cl, &id).await;
     assert_eq!(
-        entry(cl, &id).await.record.owner,
-        claimer,
+        after.record.owner, claimer,
         "the writer cannot take the row back"
+    );
+    assert_eq!(after.record.claims, 1, "the claim's row is left as it was");
+}
+
+/// A record attempt that lands after an earlier one of the same call (whose response was
+/// lost) succeeds and writes nothing: the row keeps the first attempt's stamp and any
+/// deferral since.
+pub async fn a_repeated_record_confirms_without_writing(cl: &dyn Changelog) {
+    let (id, rec) = (ChangeId::mint(), record());
+    let stamp = recorded(cl, &id, &rec).await;
+    let mut deferred = rec.clone();
+    deferred.cleanup_after = Some(stamp.saturating_add(LEASE));
+    assert_eq!(
+        cl.defer(&id, &deferred).await.unwrap(),
+        crate::changelog::Deferral::Deferred
+    );
+    cl.record(&id, &rec)
+        .await
+        .expect("the same record again is the caller's own row");
+    assert_eq!(
+        entry(cl, &id).await.record,
+        deferred,
+        "the repeated attempt wrote nothing"
     );
 }
 
@@ -359,10 +387,12 @@ pub async fn a_scan_from_a_stamp_reads_only_rows_stamped_since(cl: &dyn Changelo
     let (a, b) = (ChangeId::mint(), ChangeId::mint());
     let stamp_a = recorded(cl, &a, &record()).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let mut stamp_b = recorded(cl, &b, &record()).await;
+    let rec_b = record();
+    let mut stamp_b = recorded(cl, &b, &rec_b).await;
     while stamp_b <= stamp_a {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        stamp_b = recorded(cl, &b, &record()).await;
+        cl.heartbeat(&b, &rec_b.owner).await.unwrap();
+        stamp_b = entry(cl, &b).await.stamp;
     }
     let cutoff = stamp_b.saturating_add(MS);
     let from = |stamped_from: Timestamp| async move {
@@ -526,10 +556,12 @@ pub async fn a_scan_reports_rows_not_claimable_as_waiting_when_asked(cl: &dyn Ch
     let mut later = record();
     later.cleanup_after = Some(stale_stamp.saturating_add(Duration::from_secs(3600)));
     let deferred_stamp = recorded(cl, &deferred, &later).await;
-    let mut live_stamp = recorded(cl, &live, &record()).await;
+    let live_record = record();
+    let mut live_stamp = recorded(cl, &live, &live_record).await;
     while live_stamp <= deferred_stamp.max(stale_stamp) {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        live_stamp = recorded(cl, &live, &record()).await;
+        cl.heartbeat(&live, &live_record.owner).await.unwrap();
+        live_stamp = entry(cl, &live).await.stamp;
     }
     let ours = [stale.clone(), deferred.clone(), live.clone()];
     let window = Some(MintedWindow {

@@ -85,6 +85,7 @@ macro_rules! changelog_conformance {
                 fresh_entry_is_not_stale,
                 stale_entry_is_claimed_once,
                 claim_fences_the_writer,
+                a_repeated_record_confirms_without_writing,
                 claim_retry_by_its_claimer_wins,
                 heartbeat_refreshes_only_for_the_owner,
                 remove_is_conditional_and_missing_is_fine,

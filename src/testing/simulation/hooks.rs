@@ -173,14 +173,42 @@ impl HvStore for ScopeWitness {
     }
 }
 
-/// Records every claim won on a row that was fresh when the claim landed (invariant I4:
-/// recovery takes over only changes whose writer has gone quiet). It reads the row just
-/// before passing the claim on; with the in-memory changelog nothing runs in between.
+/// Witnesses invariant I4 — recovery takes over only changes whose writer has gone quiet —
+/// on both sides. Wrapping a scanner's changelog, it records every claim won on a row that
+/// was fresh when the claim landed (it reads the row just before passing the claim on; with
+/// the in-memory changelog nothing runs in between), and remembers every claim token won.
+/// Wrapping a cleaner's, it records every row the cleaner removes or defers while the row
+/// is owned by anything but a token a scanner won: a cleaner that acted on a forged job.
 #[derive(Debug)]
 pub struct ClaimWitness {
     pub inner: Arc<dyn Changelog>,
     pub cutoff_age: Duration,
-    pub fresh_claims: Arc<Mutex<Vec<String>>>,
+    pub violations: Arc<Mutex<Vec<String>>>,
+    pub won: Arc<Mutex<std::collections::HashSet<OwnerToken>>>,
+}
+
+impl ClaimWitness {
+    /// Notes a cleaner's `op` on `id` if the row is owned by no claim a scanner won.
+    async fn check_converged(&self, op: &str, id: &ChangeId) -> StoreResult<()> {
+        let Some(row) = self.inner.get(id).await? else {
+            return Ok(());
+        };
+        let claimed = self
+            .won
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&row.record.owner);
+        if !claimed {
+            self.violations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "a cleaner's {op} reached change {id}, owned by {}, a token no scanner won",
+                    row.record.owner
+                ));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -207,11 +235,17 @@ impl Changelog for ClaimWitness {
         let now = self.inner.now().await?;
         let before = self.inner.get(&seen.id).await?;
         let outcome = self.inner.claim(seen, cutoff, claimer, lease_until).await?;
+        if matches!(outcome, Claim::Won(_)) {
+            self.won
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(claimer.clone());
+        }
         if let (Claim::Won(_), Some(before)) = (&outcome, before)
             && before.record.owner != *claimer
             && before.stamp > now.saturating_sub(self.cutoff_age)
         {
-            self.fresh_claims
+            self.violations
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(format!(
@@ -241,9 +275,13 @@ impl Changelog for ClaimWitness {
         self.inner.remove(id, owner).await
     }
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        for id in ids {
+            self.check_converged("remove", id).await?;
+        }
         self.inner.remove_many(ids).await
     }
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
+        self.check_converged("defer", id).await?;
         self.inner.defer(id, record).await
     }
     fn is_noop(&self) -> bool {

@@ -44,13 +44,14 @@ use self::history::{Ending, History};
 use self::hooks::{ClaimWitness, Freeze, Jitter, ScopeWitness};
 use self::plan::{Event, Forgery, Plan, Process, Shape, Value};
 use self::queue::ChaosQueue;
+use crate::changelog::Changelog as _;
 use crate::config::ProtocolConfig;
-use crate::model::{ChangeId, ObjectPath, OwnerToken, ShardRange};
+use crate::model::{ChangeId, ObjectPath, OwnerToken, ShardRange, Timestamp};
 use crate::queue::{JobQueue, Message};
 use crate::recovery::{Cleaner, CleanupJob, RecoveryConfig, Scanner};
 use crate::stores::Stores;
 use crate::testing::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config};
-use crate::testing::faults::{Fault, Faults, Rule};
+use crate::testing::faults::{Fault, Faults, Op, Rule};
 use crate::testing::{MemoryStores, SkewedClock, intercept, invariants};
 use crate::writer::{ReadOutcome, TieredStorage, WriteError};
 
@@ -58,6 +59,12 @@ use crate::writer::{ReadOutcome, TieredStorage, WriteError};
 const PREFIX: &str = "sim";
 const ACK_DEADLINE: Duration = Duration::from_secs(10);
 const JITTER: Duration = Duration::from_millis(20);
+/// How often quiescence looks at the stores.
+const LIVENESS_POLL: Duration = Duration::from_secs(10);
+/// How long a running scanner may take to claim a row once it is due: an idle poll, a
+/// page, and the poll of the check itself, with room for the writers' and cleaners'
+/// jitter.
+const ONE_ROUND: Duration = Duration::from_secs(60);
 
 /// Plays `plan` on a fresh paused-time runtime. `Err` describes the first violation.
 pub fn run(plan: &Plan, shape: Shape) -> Result<(), String> {
@@ -66,7 +73,7 @@ pub fn run(plan: &Plan, shape: Shape) -> Result<(), String> {
         .start_paused(true)
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(World::new(plan.seed, shape, plan.recovery_settle).play(plan))
+    rt.block_on(World::new(plan, shape).play(plan))
 }
 
 /// Drops events from a failing plan while it still fails (each candidate tried `tries`
@@ -117,6 +124,8 @@ struct Control {
     outage: Notify,
     restart_scanner: Vec<Notify>,
     scanner_rules: Vec<Mutex<Vec<Rule>>>,
+    /// The faults of each scanner's running incarnation, healed at quiescence.
+    scanner_faults: Vec<Mutex<Option<Arc<Faults>>>>,
     cleaner_rules: Vec<Mutex<Vec<Rule>>>,
     restart_cleaner: Vec<Notify>,
 }
@@ -133,26 +142,38 @@ struct World {
     writes: Vec<Write>,
     reads: Vec<(ObjectPath, JoinHandle<Option<ReadOutcome>>)>,
     trespasses: Arc<Mutex<Vec<ObjectPath>>>,
-    /// Claims won on rows that were not stale when the claim landed (I4).
+    /// Claims won on rows that were not stale when the claim landed, and rows a cleaner
+    /// removed or deferred under no claim a scanner won (I4).
     stale_claims: Arc<Mutex<Vec<String>>>,
+    /// Every claim token a scanner won.
+    won_claims: Arc<Mutex<std::collections::HashSet<OwnerToken>>>,
     claims_seen: HashMap<ChangeId, Vec<OwnerToken>>,
     /// Takeovers of writes that met no fault (I4).
     precision: Vec<String>,
     processes: Vec<JoinHandle<()>>,
     /// Each cleaner host's wall clock (stepped by [`Event::SkewCleaner`]).
     cleaner_clocks: Vec<Arc<SkewedClock>>,
+    /// From when (changelog time) the scanners have run undisturbed: no outage, restart
+    /// or stalled claim since. The liveness oracle counts a row's wait from here at the
+    /// earliest.
+    scanners_steady_from: Timestamp,
+    /// A scanner still had a stalled claim to come at the last check.
+    stall_pending: bool,
     next_seed: u64,
 }
 
 impl World {
-    fn new(seed: u64, shape: Shape, recovery_settle: Duration) -> Self {
+    fn new(plan: &Plan, shape: Shape) -> Self {
+        let seed = plan.seed;
         let protocol = ProtocolConfig::default();
         let mut recovery = test_recovery_config(protocol);
         recovery.object_prefix = PREFIX.to_owned();
         recovery.idle_poll = Duration::from_secs(20);
         recovery.cleaner_concurrency = 4;
         recovery.max_delivery_attempts = 5;
-        recovery.upload_settle = recovery_settle;
+        recovery.upload_settle = plan.recovery_settle;
+        recovery.claim_lease = plan.claim_lease;
+        recovery.republish_after = plan.claim_lease;
         let mut paths: Vec<ObjectPath> = (0..shape.objects)
             .map(|i| ObjectPath::new(format!("{PREFIX}/{seed}/{i}")))
             .collect::<Result<_, _>>()
@@ -166,6 +187,7 @@ impl World {
             scanner_rules: (0..shape.scanners)
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            scanner_faults: (0..shape.scanners).map(|_| Mutex::new(None)).collect(),
             cleaner_rules: (0..shape.cleaners)
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
@@ -185,10 +207,13 @@ impl World {
             reads: Vec::new(),
             trespasses: Arc::default(),
             stale_claims: Arc::default(),
+            won_claims: Arc::default(),
             claims_seen: HashMap::new(),
             precision: Vec::new(),
             processes: Vec::new(),
             cleaner_clocks: Vec::new(),
+            scanners_steady_from: Timestamp(0),
+            stall_pending: false,
             next_seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         }
     }
@@ -220,10 +245,15 @@ impl World {
 
     fn start_processes(&mut self) {
         for i in 0..self.shape.scanners {
+            // Each scanner reads its own part of the key space, as in production: a
+            // scanner's forgetting is not covered by another that happens to watch the row.
+            let shards = ShardRange::for_member(i as u16, self.shape.scanners as u16)
+                .expect("the simulation has fewer scanners than shards");
             let seed = self.sub_seed();
             let jitter = Jitter::new(seed, JITTER);
             let mem = self.mem.stores();
             let stale_claims = self.stale_claims.clone();
+            let won_claims = self.won_claims.clone();
             let (queue, config, control) = (
                 Arc::new(self.queue.clone()) as Arc<dyn JobQueue>,
                 self.recovery.clone(),
@@ -252,14 +282,17 @@ impl World {
                     stores.changelog = Arc::new(ClaimWitness {
                         inner: mem.changelog.clone(),
                         cutoff_age: config.protocol.staleness_threshold,
-                        fresh_claims: stale_claims.clone(),
+                        violations: stale_claims.clone(),
+                        won: won_claims.clone(),
                     });
+                    let faults = Faults::new(rules);
+                    *control.scanner_faults[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(faults.clone());
                     let changelog =
-                        intercept::wrap(jitter.clone(), &Faults::new(rules).wrap(&stores))
-                            .changelog;
+                        intercept::wrap(jitter.clone(), &faults.wrap(&stores)).changelog;
                     let cancel = CancellationToken::new();
-                    let scanner =
-                        Scanner::new(changelog, queue.clone(), config.clone(), ShardRange::ALL);
+                    let scanner = Scanner::new(changelog, queue.clone(), config.clone(), shards);
                     let task = tokio::spawn(scanner.run(cancel.clone()));
                     tokio::select! {
                         _ = control.restart_scanner[i].notified() => {}
@@ -281,6 +314,7 @@ impl World {
                 self.control.clone(),
             );
             let trespasses = self.trespasses.clone();
+            let (violations, won_claims) = (self.stale_claims.clone(), self.won_claims.clone());
             self.processes.push(tokio::spawn(async move {
                 let jitter = Jitter::new(seed, JITTER);
                 loop {
@@ -297,6 +331,12 @@ impl World {
                         trespasses: trespasses.clone(),
                     });
                     stores.clock = clock.clone();
+                    stores.changelog = Arc::new(ClaimWitness {
+                        inner: stores.changelog.clone(),
+                        cutoff_age: config.protocol.staleness_threshold,
+                        violations: violations.clone(),
+                        won: won_claims.clone(),
+                    });
                     let cancel = CancellationToken::new();
                     let cleaner = Cleaner::new(stores, queue.clone(), config.clone());
                     let task = tokio::spawn(cleaner.run(cancel.clone(), Duration::from_secs(1)));
@@ -340,6 +380,7 @@ impl World {
             }
             Event::Sleep(d) => tokio::time::sleep(*d).await,
             Event::RecoveryOutage(d) => {
+                self.scanners_disturbed_until(*d);
                 *self
                     .control
                     .outage_until
@@ -349,6 +390,7 @@ impl World {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Event::RestartScanner(i) => {
+                self.scanners_disturbed_until(Duration::ZERO);
                 self.control.restart_scanner[*i % self.shape.scanners].notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -389,6 +431,31 @@ impl World {
         }
     }
 
+    /// The scanners are disturbed (stopped, restarted) from now until `d` from now.
+    fn scanners_disturbed_until(&mut self, d: Duration) {
+        let until = self.mem.clock.now().saturating_add(d);
+        self.scanners_steady_from = self.scanners_steady_from.max(until);
+    }
+
+    /// A scanner's stalled claim may have been held since the last check: treated as
+    /// held until the longest stall from now.
+    fn note_scanner_stalls(&mut self) {
+        let pending = self.control.scanner_faults.iter().any(|f| {
+            f.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|f| f.pending())
+        }) || self
+            .control
+            .scanner_rules
+            .iter()
+            .any(|r| !r.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+        if pending || self.stall_pending {
+            self.scanners_disturbed_until(plan::MAX_SCANNER_STALL);
+        }
+        self.stall_pending = pending;
+    }
+
     fn cleaner_rule(&self, i: usize, rule: Rule) {
         self.control.cleaner_rules[i]
             .lock()
@@ -408,9 +475,19 @@ impl World {
                 "L".repeat(INLINE_THRESHOLD * 2)
             ))),
         };
-        let healthy = rules.is_empty() && process == Process::Healthy;
+        // A writer whose clock is off from the start is healthy: staleness is judged in the
+        // changelog's time, never the writer's. So is one whose upload is merely slow: its
+        // heartbeats keep its change its own however long the upload takes.
+        let slow_upload_only = rules
+            .iter()
+            .all(|r| r.op == Some(Op::LtPut) && matches!(r.fault, Fault::Delay(_)));
+        let healthy =
+            slow_upload_only && matches!(process, Process::Healthy | Process::ClockOff(..));
         let faults = Faults::new(rules.iter().copied());
         let clock = SkewedClock::new(self.mem.clock.clone());
+        if let Process::ClockOff(by, ahead) = process {
+            clock.jump(by, ahead);
+        }
         let seed = self.sub_seed();
         let mut stores: Stores = faults.wrap(&self.mem.stores());
         if let Process::SuspendAfter(op, d) = process {
@@ -546,6 +623,11 @@ impl World {
             ));
         }
         self.check_witnesses().await?;
+        self.check_stamps().await?;
+        self.note_scanner_stalls();
+        if !self.outage_in_effect() {
+            self.check_liveness(self.scanners_steady_from).await?;
+        }
         // Remember the claims seen on rows, for forged jobs that replay an old one.
         for path in self.paths.clone() {
             for e in crate::testing::schedules::entries_for(&self.mem.stores(), &path).await {
@@ -555,6 +637,77 @@ impl World {
                         seen.push(e.record.owner);
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Liveness, while scanners run undisturbed (at quiescence): every row due for recovery
+    /// (stale, or past its `cleanup_after`) is claimed or changed within [`ONE_ROUND`] and a
+    /// scanner's review period of becoming due — found by a running scanner's rounds, watch set or fresh read, not left
+    /// to its next full sweep. A row whose id was minted more than a staleness threshold
+    /// before the row was created (a writer frozen between the two, or a clock behind) is,
+    /// by design, the sweep's to find, and is judged only by the convergence bound; a row
+    /// whose id was minted more than `max_writer_skew` ahead is found when the rounds'
+    /// cutoff passes its id.
+    async fn check_liveness(&self, since: Timestamp) -> Result<(), String> {
+        let threshold = self.protocol.staleness_threshold;
+        let now = self.mem.clock.now();
+        for key in self.mem.changelog.keys() {
+            let Ok(id) = ChangeId::parse(&key) else {
+                return Err(format!("a changelog row with a malformed key: {key}"));
+            };
+            let (Ok(Some(entry)), Some(created), Some(minted)) = (
+                self.mem.changelog.get(&id).await,
+                self.mem.changelog.created(&id),
+                id.minted_at(),
+            ) else {
+                continue;
+            };
+            if created > minted.saturating_add(threshold) {
+                continue;
+            }
+            let mut due = entry.stamp.saturating_add(threshold).max(since);
+            if let Some(after) = entry.record.cleanup_after {
+                due = due.max(after);
+            }
+            if minted > created.saturating_add(self.recovery.max_writer_skew) {
+                due = due.max(minted.saturating_add(threshold));
+            }
+            // A deferral made by a cleaner is learnt at the claiming scanner's next review.
+            let late = ONE_ROUND + self.recovery.review_every();
+            if now > due.saturating_add(late) {
+                return Err(format!(
+                    "liveness: row {id} ({}, owner {}, {} claims) due at {due} is still there at {now}, \
+                     more than {late:?} later (stamp {}, cleanup_after {:?}, created {created}, minted {minted})",
+                    entry.record.object,
+                    entry.record.owner,
+                    entry.record.claims,
+                    entry.stamp,
+                    entry.record.cleanup_after,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// No row is stamped further ahead of the changelog's time than the longest claim lease:
+    /// a stamp beyond it is a lease extended on a host's clock, which would hold a dead
+    /// job's row for that host's skew.
+    async fn check_stamps(&self) -> Result<(), String> {
+        let now = self.mem.clock.now();
+        let limit = now.saturating_add(self.recovery.lease_for(u32::MAX) + Duration::from_secs(1));
+        for key in self.mem.changelog.keys() {
+            let Ok(id) = ChangeId::parse(&key) else {
+                continue;
+            };
+            if let Ok(Some(entry)) = self.mem.changelog.get(&id).await
+                && entry.stamp > limit
+            {
+                return Err(format!(
+                    "row {id} is stamped {:?} ahead of the changelog's time, past the longest claim lease",
+                    now.age_at(entry.stamp)
+                ));
             }
         }
         Ok(())
@@ -607,16 +760,35 @@ impl World {
         Ok(())
     }
 
+    fn outage_in_effect(&self) -> bool {
+        self.control
+            .outage_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| until > Instant::now())
+    }
+
     /// Lets every write finish, heals every fault, and waits for recovery to converge what
     /// is in scope; then checks the end state.
     async fn quiesce(&mut self) -> Result<(), String> {
         self.queue.heal();
-        *self
+        // An outage in effect is called off; scanners that run go on running, their watch
+        // sets and round bounds intact (a restart would read every shard whole and hide
+        // whatever a round forgot).
+        let outage = self
             .control
             .outage_until
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        self.control.outage.notify_waiters();
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if outage.is_some_and(|until| until > Instant::now()) {
+            self.control.outage.notify_waiters();
+        }
+        for faults in &self.control.scanner_faults {
+            if let Some(f) = &*faults.lock().unwrap_or_else(|e| e.into_inner()) {
+                f.heal();
+            }
+        }
         for i in 0..self.shape.cleaners {
             self.control.cleaner_rules[i]
                 .lock()
@@ -645,21 +817,27 @@ impl World {
             .acceptable()
             .into_iter()
             .partition(|(p, _)| self.in_scope(p));
-        // Every claim's lease (up to 16 × 40 s) runs out well within two hours, and every
-        // abandoned change is claimed, converged or re-claimed within it.
-        let give_up = Instant::now() + Duration::from_secs(2 * 3600);
+        // Every abandoned change is claimed, converged or re-claimed within two hours and
+        // the longest claim lease (16 × the first); the liveness oracle holds each row to
+        // far less.
+        let give_up =
+            Instant::now() + Duration::from_secs(2 * 3600) + self.recovery.lease_for(u32::MAX);
         let stores = self.mem.stores();
+        // Scanners run undisturbed from here (a stalled claim already under way runs out).
+        self.note_scanner_stalls();
+        let recovering_since = self.scanners_steady_from.max(self.mem.clock.now());
         loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(LIVENESS_POLL).await;
             let report = invariants::check(&stores, &inside)
                 .await
                 .map_err(|e| e.to_string())?;
             if report.is_converged() {
                 break;
             }
+            self.check_liveness(recovering_since).await?;
             if Instant::now() >= give_up {
                 return Err(format!(
-                    "I2: recovery did not converge within two hours of quiescence: {report:#?}\nqueue: {} published, {} pending, dead letters {:?}",
+                    "I2: recovery did not converge within two hours and a lease of quiescence: {report:#?}\nqueue: {} published, {} pending, dead letters {:?}",
                     self.queue.published(),
                     self.queue.pending(),
                     self.queue

@@ -23,6 +23,9 @@ pub enum Process {
     Healthy,
     /// Its wall clock is stepped by this much (forward when `true`) mid-write.
     ClockStep(Duration, bool),
+    /// Its wall clock is off by this much (ahead when `true`) from the start: its change
+    /// ids are minted in the future or the past, which is what bounds the scanners' rounds.
+    ClockOff(Duration, bool),
     /// The first call of `op` lands, then the whole process freezes for the duration (its
     /// heartbeats too, and its monotonic clock does not count it), then sees an error.
     SuspendAfter(Op, Duration),
@@ -121,6 +124,9 @@ pub const SHORT_RECOVERY_SETTLE: Duration = Duration::from_secs(30);
 /// lands later; the audit, not recovery, is what catches one that does).
 pub const MAX_UPLOAD_STRAGGLE: Duration = Duration::from_secs(300);
 
+/// The longest a scanner's claim is held after its scan ([`Event::StallScanner`]).
+pub const MAX_SCANNER_STALL: Duration = Duration::from_secs(60);
+
 /// Longer than every lease, threshold and deadline the simulated deployment has (the
 /// claim lease, the staleness threshold, a straggler's deadline, an upload's settle time).
 pub const LONGER_THAN_TTLS: Duration = Duration::from_secs(660);
@@ -132,7 +138,18 @@ pub struct Plan {
     /// Recovery's upload settle for this schedule ([`RECOVERY_SETTLE`] or
     /// [`SHORT_RECOVERY_SETTLE`]).
     pub recovery_settle: Duration,
+    /// The first claim's lease (and the scanners' `republish_after`): [`CLAIM_LEASE`] or
+    /// [`SHORT_CLAIM_LEASE`].
+    pub claim_lease: Duration,
 }
+
+/// The claim lease as deployed: with a settle shorter than it, a deferred row that is
+/// read again only at its lease's end (not at its `cleanup_after`) waits minutes.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
+
+/// The claim lease in the other half: four heartbeats, so that leases end, double and are
+/// re-claimed many times within one schedule.
+pub const SHORT_CLAIM_LEASE: Duration = Duration::from_secs(40);
 
 /// Sizes of the simulated deployment.
 #[derive(Debug, Clone, Copy)]
@@ -189,10 +206,16 @@ impl Plan {
         } else {
             SHORT_RECOVERY_SETTLE
         };
+        let claim_lease = if rng.random_bool(0.5) {
+            CLAIM_LEASE
+        } else {
+            SHORT_CLAIM_LEASE
+        };
         Self {
             seed,
             events,
             recovery_settle,
+            claim_lease,
         }
     }
 
@@ -204,6 +227,7 @@ impl Plan {
             seed: self.seed,
             events,
             recovery_settle: self.recovery_settle,
+            claim_lease: self.claim_lease,
         }
     }
 }
@@ -233,7 +257,7 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..6) {
+    match rng.random_range(0..9) {
         // The cleaners' clocks are off by an hour or more — both behind, or one behind and
         // one ahead — while a writer dies before its HV write with its first upload attempt
         // still on its way for minutes. Recovery deletes the upload and must keep the row
@@ -242,6 +266,13 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
         5 => {
             let straggle = secs(rng.random_range(60..=MAX_UPLOAD_STRAGGLE.as_secs()));
             let skew = secs(rng.random_range(1800..7200));
+            // Duplicates of the job reach cleaners ahead and behind; without them, only
+            // the scanner that watches the deferred row takes it up at its due time.
+            let duplicates = if rng.random_bool(0.5) {
+                Event::Queue(QueueFault::Duplicate(rng.random_range(1..4)))
+            } else {
+                Event::Sleep(secs(1))
+            };
             vec![
                 Event::SkewCleaner {
                     cleaner: 0,
@@ -260,7 +291,7 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                     ],
                     Process::Healthy,
                 ),
-                Event::Queue(QueueFault::Duplicate(rng.random_range(1..4))),
+                duplicates,
                 Event::Sleep(MAX_UPLOAD_STRAGGLE + secs(60)),
             ]
         }
@@ -299,6 +330,57 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
             Event::Sleep(secs(rng.random_range(5..60))),
             healthy_write(Value::Absent),
             Event::Sleep(LONGER_THAN_TTLS),
+        ],
+        // A live writer's upload is slow (its heartbeats on time) while a bystander
+        // publishes a job naming its row: with the owner's token, or a claim nobody holds.
+        // No cleaner may act on it.
+        8 => vec![
+            large_put(
+                vec![Rule::once(
+                    Op::LtPut,
+                    Fault::Delay(secs(rng.random_range(40..90))),
+                )],
+                Process::Healthy,
+            ),
+            Event::Sleep(secs(1)),
+            Event::Forge {
+                object: 0,
+                forgery: if rng.random_bool(0.5) {
+                    Forgery::OwnersToken
+                } else {
+                    Forgery::UnknownClaim
+                },
+            },
+            Event::Sleep(secs(100)),
+        ],
+        // A writer dies before its HV write; a scanner claims the change and is restarted
+        // while the job waits in the queue. The cleaner that takes the job defers the row
+        // for its settle: the restarted scanner, which saw the row under its predecessor's
+        // lease, must take it up at its `cleanup_after`, not when the lease ends.
+        7 => vec![
+            Event::Queue(QueueFault::Delay(1, secs(rng.random_range(60..180)))),
+            large_put(
+                vec![Rule::once(Op::HvCas, Fault::CrashBefore)],
+                Process::Healthy,
+            ),
+            // Claimed a threshold and a poll after the crash; restarted before the job
+            // arrives; looked at again after the deferral's due time but before the lease's
+            // end (a lease of ten minutes).
+            Event::Sleep(secs(rng.random_range(55..75))),
+            Event::RestartScanner(0),
+            Event::RestartScanner(1),
+            Event::Sleep(secs(rng.random_range(450..580))),
+        ],
+        // A writer's record lands and its host freezes past the staleness threshold before
+        // the response arrives: recovery claims the change meanwhile (and may defer it for
+        // its settle). The writer wakes and sends the record again; that attempt must not
+        // take the row back, or the scanner watching it loses track of when it is due.
+        6 => vec![
+            large_put(
+                vec![],
+                Process::SuspendAfter(Op::Record, secs(rng.random_range(70..200))),
+            ),
+            Event::Sleep(secs(rng.random_range(200..400))),
         ],
         // A writer freezes after its upload; scanners see its row stale but their claims
         // stall until after it has woken and heartbeated: they must lose.
@@ -385,7 +467,7 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
                 _ => Value::Large,
             };
             let faults = write_faults(rng);
-            let process = match rng.random_range(0..12) {
+            let process = match rng.random_range(0..14) {
                 0 => Process::SuspendAfter(Op::HvCas, LONGER_THAN_TTLS),
                 1 => Process::SuspendAfter(
                     if rng.random_bool(0.5) {
@@ -397,6 +479,11 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
                 ),
                 2 => Process::ClockStep(
                     Duration::from_secs(rng.random_range(60..7200)),
+                    rng.random_bool(0.5),
+                ),
+                // Within the skew a running scanner's rounds allow for (an hour), or past it.
+                3 => Process::ClockOff(
+                    Duration::from_secs(rng.random_range(60..5400)),
                     rng.random_bool(0.5),
                 ),
                 _ => Process::Healthy,
@@ -431,7 +518,7 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
         },
         82 => Event::StallScanner {
             scanner: rng.random_range(0..shape.scanners),
-            stall: Duration::from_secs(rng.random_range(5..60)),
+            stall: Duration::from_secs(rng.random_range(5..MAX_SCANNER_STALL.as_secs())),
         },
         70..=71 => Event::SkewCleaner {
             cleaner: rng.random_range(0..shape.cleaners),
