@@ -92,11 +92,14 @@ pub enum Mutant {
     /// restart) watches it only until the claim's lease ends, so a settle deferral the
     /// claim's cleaner made meanwhile is taken up a lease late.
     LeasedRowsWatchedToLeaseEnd,
+    /// A failed re-read of the watched rows due now drops them from the watch set instead
+    /// of watching them again: a Bigtable hiccup leaves them to the next sweep.
+    RecheckErrorDropsRows,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 27] = [
+    pub const ALL: [Mutant; 28] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -124,6 +127,7 @@ impl Mutant {
         Mutant::KeepClaimOnHostClock,
         Mutant::RecordOverwrites,
         Mutant::LeasedRowsWatchedToLeaseEnd,
+        Mutant::RecheckErrorDropsRows,
     ];
 }
 

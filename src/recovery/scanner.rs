@@ -525,8 +525,10 @@ impl Scanner {
         let rows = match self.changelog.get_many(&ids).await {
             Ok(rows) => rows,
             Err(e) => {
-                for id in &ids {
-                    self.keep(id, now);
+                if !crate::mutants::on(crate::mutants::Mutant::RecheckErrorDropsRows) {
+                    for id in &ids {
+                        self.keep(id, now);
+                    }
                 }
                 return Err(e);
             }

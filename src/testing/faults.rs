@@ -111,6 +111,11 @@ impl Faults {
         self.lock().rules.clear();
     }
 
+    /// Adds a rule to a running process's plan (counting its calls from now).
+    pub fn add(&self, rule: Rule) {
+        self.lock().rules.push((rule, 0));
+    }
+
     /// Whether some rule has yet to fire all its times.
     pub fn pending(&self) -> bool {
         self.lock()

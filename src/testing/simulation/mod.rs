@@ -423,6 +423,31 @@ impl World {
                 self.control.restart_scanner[i].notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            Event::FailScanner {
+                scanner,
+                op,
+                skip,
+                times,
+            } => {
+                let rule = Rule {
+                    op: Some(*op),
+                    skip: *skip,
+                    times: *times,
+                    fault: Fault::Fail,
+                };
+                let i = *scanner % self.shape.scanners;
+                let running = self.control.scanner_faults[i]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                match running {
+                    Some(faults) => faults.add(rule),
+                    None => self.control.scanner_rules[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(rule),
+                }
+            }
             Event::Forge { object, forgery } => self.forge(*object, *forgery).await,
             Event::Queue(f) => self.queue.inject(*f),
             Event::SkewCleaner { cleaner, by, ahead } => {

@@ -95,6 +95,15 @@ pub enum Event {
         forgery: Forgery,
     },
     Queue(QueueFault),
+    /// The scanner's next calls of `op` fail (after `skip` that succeed), `times` in a row:
+    /// a Bigtable hiccup. The scanner runs on, its watch set and bounds intact, and must not
+    /// lose track of a row for it.
+    FailScanner {
+        scanner: usize,
+        op: Op,
+        skip: usize,
+        times: usize,
+    },
     /// The cleaner host's wall clock is stepped by this much (forward when `ahead`): NTP
     /// broken or corrected. Every recovery decision must be in the changelog's time.
     SkewCleaner {
@@ -501,7 +510,13 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
                 .random_bool(0.5)
                 .then(|| Duration::from_millis(rng.random_range(10..3000))),
         },
-        58..=69 => Event::Sleep(match rng.random_range(0..10) {
+        58..=59 => Event::FailScanner {
+            scanner: rng.random_range(0..shape.scanners),
+            op: [Op::Scan, Op::Get, Op::Claim, Op::Now, Op::Extend][rng.random_range(0..5)],
+            skip: rng.random_range(0..4),
+            times: rng.random_range(1..4),
+        },
+        60..=69 => Event::Sleep(match rng.random_range(0..10) {
             0 => LONGER_THAN_TTLS,
             1..=3 => Duration::from_secs(rng.random_range(30..300)),
             _ => Duration::from_secs(rng.random_range(1..30)),
