@@ -255,3 +255,52 @@ async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works() {
     )
     .await;
 }
+
+/// A writer's record lands and its host freezes past the guard's validity before the
+/// response arrives; meanwhile recovery claims and converges the change and removes its row.
+/// The writer wakes to the error and must not send its record again: the attempt would
+/// create the row anew, with an id minted long before, which no scan round would read.
+#[tokio::test(start_paused = true)]
+async fn a_record_retry_after_a_freeze_past_the_guard_is_not_sent() {
+    use tiersweep::testing::faults::Op;
+    use tiersweep::testing::simulation::hooks::Freeze;
+    use tiersweep::testing::{MemoryStores, SkewedClock, intercept};
+    let protocol = protocol();
+    let mem = MemoryStores::new();
+    let clock = SkewedClock::new(mem.clock.clone());
+    let freeze = protocol.guard_validity() * 3;
+    let mut stores = intercept::wrap(
+        Freeze::new(Op::Record, freeze, clock.clone()),
+        &mem.stores(),
+    );
+    stores.clock = clock;
+    let writer = tiersweep::TieredStorage::new(
+        stores,
+        tiersweep::testing::crash::test_writer_config(protocol),
+    )
+    .expect("valid config");
+    let path = tiersweep::model::ObjectPath::new("freeze/record").expect("valid path");
+    let write = tokio::spawn(async move {
+        writer
+            .put(&path, bytes::Bytes::from("K".repeat(1 << 16)))
+            .await
+    });
+    // While the writer is frozen, recovery converges its change and removes the row.
+    tokio::time::sleep(freeze / 2).await;
+    let keys = mem.changelog.keys();
+    assert_eq!(keys.len(), 1, "the first attempt landed: {keys:?}");
+    let id = tiersweep::model::ChangeId::parse(&keys[0]).expect("a change id");
+    tiersweep::changelog::Changelog::remove_many(&*mem.changelog, &[id])
+        .await
+        .expect("removing");
+    let outcome = write.await.expect("the write task");
+    assert!(
+        outcome.is_err(),
+        "the write cannot have landed: {outcome:?}"
+    );
+    assert!(
+        mem.changelog.is_empty(),
+        "the record was not sent again: {:?}",
+        mem.changelog.keys()
+    );
+}

@@ -212,10 +212,6 @@ impl Changelog for BigtableChangelog {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
         let key = id.as_str().as_bytes();
         let cells = Self::row_cells(record, SERVER_TIME);
-        if crate::mutants::on(crate::mutants::Mutant::RecordOverwrites) {
-            self.client.mutate_row(&self.table, key, cells).await?;
-            return Ok(self.clock.now());
-        }
         // Written only where no owner cell is: an attempt that lands after an earlier one
         // (a retry after a lost response or a freeze) must not take the row back from a
         // recovery claim.

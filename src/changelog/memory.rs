@@ -222,9 +222,7 @@ impl Changelog for MemoryChangelog {
         let stamp = self.clock.now();
         let bytes = record.encode();
         let mut rows = self.rows();
-        let overwrite = crate::mutants::on(crate::mutants::Mutant::RecordOverwrites);
         if let Some(row) = rows.get(id.as_str())
-            && !overwrite
             && let Ok(found) = decode(id.as_str(), row)
         {
             // As on Bigtable: a row with an owner is never written over.

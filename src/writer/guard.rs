@@ -144,8 +144,30 @@ impl ChangeGuard {
             monotonic: clock.monotonic(),
             wall: clock.now(),
         };
+        let validity = protocol.guard_validity();
+        // A record attempt is sent only while the guard it starts is valid: past that, an
+        // earlier attempt may have landed and been claimed and converged by recovery, and
+        // this one would create the row again — a row whose id was minted long ago, which
+        // only a full sweep would find if this process then died.
         retry
-            .run("record", || changelog.record(&id, &record))
+            .run("record", || {
+                let lapsed = age_of(&clock, sent) >= validity;
+                let (changelog, id, record) = (&changelog, &id, &record);
+                async move {
+                    if lapsed {
+                        return Err(crate::error::StoreError::new(
+                            crate::error::StoreKind::Changelog,
+                            "record",
+                            id.to_string(),
+                            crate::error::ErrorKind::Permanent,
+                            "the change's guard lapsed before its record was confirmed (the \
+                             process stalled): not sent again; if an earlier attempt landed, \
+                             recovery takes the change over",
+                        ));
+                    }
+                    changelog.record(id, record).await
+                }
+            })
             .await?;
         let shared = Arc::new(Shared {
             last_sent_ok: Mutex::new(sent),

@@ -159,6 +159,7 @@ struct World {
     scanners_steady_from: Timestamp,
     /// A scanner still had a stalled claim to come at the last check.
     stall_pending: bool,
+
     next_seed: u64,
 }
 
@@ -513,6 +514,7 @@ impl World {
         if let Process::ClockOff(by, ahead) = process {
             clock.jump(by, ahead);
         }
+
         let seed = self.sub_seed();
         let mut stores: Stores = faults.wrap(&self.mem.stores());
         if let Process::SuspendAfter(op, d) = process {
@@ -671,8 +673,9 @@ impl World {
     /// (stale, or past its `cleanup_after`) is claimed or changed within [`ONE_ROUND`] and a
     /// scanner's review period of becoming due — found by a running scanner's rounds, watch set or fresh read, not left
     /// to its next full sweep. A row whose id was minted more than a staleness threshold
-    /// before the row was created (a writer frozen between the two, or a clock behind) is,
-    /// by design, the sweep's to find, and is judged only by the convergence bound; a row
+    /// before the row was created (a writer's clock behind, or a record attempt held while
+    /// its host froze) is, by design, the sweep's to find, and is judged only by the
+    /// convergence bound; a row
     /// whose id was minted more than `max_writer_skew` ahead is found when the rounds'
     /// cutoff passes its id.
     async fn check_liveness(&self, since: Timestamp) -> Result<(), String> {
@@ -689,6 +692,8 @@ impl World {
             ) else {
                 continue;
             };
+            // Recorded more than a threshold after its id's time (a writer's clock behind,
+            // or a record attempt held while its host froze): by design a sweep's to find.
             if created > minted.saturating_add(threshold) {
                 continue;
             }
