@@ -147,6 +147,29 @@ pub async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
     assert_eq!(entries_for(&recovery, &path).await.len(), 1);
 }
 
+/// A settle of eight thresholds under a claim lease four times longer, and no sweep within
+/// a schedule: a deferred row taken up at the lease's end or by a sweep, rather than at its
+/// `cleanup_after`, fails the schedules below.
+fn settle_under_a_long_lease(protocol: ProtocolConfig) -> RecoveryConfig {
+    let settle = protocol.staleness_threshold * 8;
+    RecoveryConfig {
+        full_sweep_every: Duration::from_secs(86_400),
+        upload_settle: settle,
+        claim_lease: settle * 4,
+        ..test_recovery_config(protocol)
+    }
+}
+
+/// The change's second pass ran: its row is gone and its upload deleted.
+async fn second_pass_converged(stores: &Stores, path: &ObjectPath) {
+    assert!(
+        entries_for(stores, path).await.is_empty(),
+        "the second pass converged the change"
+    );
+    let left = super::schedules::blobs_of(stores, path).await;
+    assert!(left.is_empty(), "the upload is deleted: {left:?}");
+}
+
 /// A long-lived scanner claims a dead writer's change (uploaded, died before its HV write);
 /// a cleaner deletes the upload and defers the row for the settle, which changes the row
 /// under the scanner's queued claim. Its id lies below the key bound, so only the watch the
@@ -159,14 +182,9 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
     protocol: ProtocolConfig,
 ) {
     let threshold = protocol.staleness_threshold;
-    let settle = threshold * 8;
     let gap = protocol.heartbeat_interval;
-    let config = RecoveryConfig {
-        full_sweep_every: Duration::from_secs(86_400),
-        upload_settle: settle,
-        claim_lease: settle * 4,
-        ..test_recovery_config(protocol)
-    };
+    let config = settle_under_a_long_lease(protocol);
+    let settle = config.upload_settle;
     let queue = Arc::new(MemoryQueue::new(1024, 5));
     let mut s = Scanner::new(
         stores.changelog.clone(),
@@ -202,12 +220,7 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
         report.won, 2,
         "claimed for the first pass, and again for the second at its due time: {report:?}"
     );
-    assert!(
-        entries_for(&stores, &path).await.is_empty(),
-        "the second pass converged the change"
-    );
-    let left = super::schedules::blobs_of(&stores, &path).await;
-    assert!(left.is_empty(), "the upload is deleted: {left:?}");
+    second_pass_converged(&stores, &path).await;
 }
 
 /// A scanner claims a dead writer's change and is restarted before a cleaner takes the
@@ -220,14 +233,9 @@ pub async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_t
     protocol: ProtocolConfig,
 ) {
     let threshold = protocol.staleness_threshold;
-    let settle = threshold * 8;
     let gap = protocol.heartbeat_interval;
-    let config = RecoveryConfig {
-        full_sweep_every: Duration::from_secs(86_400),
-        upload_settle: settle,
-        claim_lease: settle * 4,
-        ..test_recovery_config(protocol)
-    };
+    let config = settle_under_a_long_lease(protocol);
+    let settle = config.upload_settle;
     let queue = Arc::new(MemoryQueue::new(1024, 5));
     let scanner = || {
         Scanner::new(
@@ -268,12 +276,7 @@ pub async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_t
         report.won, 1,
         "claimed again for the second pass at its due time, a lease early: {report:?}"
     );
-    assert!(
-        entries_for(&stores, &path).await.is_empty(),
-        "the second pass converged the change"
-    );
-    let left = super::schedules::blobs_of(&stores, &path).await;
-    assert!(left.is_empty(), "the upload is deleted: {left:?}");
+    second_pass_converged(&stores, &path).await;
 }
 
 /// A writer whose clock runs an hour ahead records a change (its id minted an hour in the

@@ -129,6 +129,51 @@ pub struct ChangeGuard {
     heartbeat: Option<JoinHandle<()>>,
 }
 
+impl Shared {
+    fn new(sent: Sent) -> Arc<Self> {
+        Arc::new(Self {
+            last_sent_ok: Mutex::new(sent),
+            failed: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Records the change, retrying only while the guard the record starts (valid for
+/// `validity` from `sent`) is valid: past that, an earlier attempt may have landed and been
+/// claimed and converged by recovery, and another would create the row again — with an id
+/// minted long ago, which only a full sweep would find if this process then died.
+async fn record_while_valid(
+    changelog: &Arc<dyn Changelog>,
+    id: &ChangeId,
+    record: &ChangeRecord,
+    clock: &SharedClock,
+    sent: Sent,
+    validity: std::time::Duration,
+    retry: &RetryPolicy,
+) -> StoreResult<()> {
+    retry
+        .run("record", || {
+            let lapsed = age_of(clock, sent) >= validity;
+            async move {
+                if lapsed {
+                    return Err(crate::error::StoreError::new(
+                        crate::error::StoreKind::Changelog,
+                        "record",
+                        id.to_string(),
+                        crate::error::ErrorKind::Permanent,
+                        "the change's guard lapsed before its record was confirmed (the \
+                         process stalled): not sent again; if an earlier attempt landed, \
+                         recovery takes the change over",
+                    ));
+                }
+                changelog.record(id, record).await
+            }
+        })
+        .await
+        .map(drop)
+}
+
 impl ChangeGuard {
     /// Records the change and starts heartbeating it.
     pub async fn begin(
@@ -145,35 +190,8 @@ impl ChangeGuard {
             wall: clock.now(),
         };
         let validity = protocol.guard_validity();
-        // A record attempt is sent only while the guard it starts is valid: past that, an
-        // earlier attempt may have landed and been claimed and converged by recovery, and
-        // this one would create the row again — a row whose id was minted long ago, which
-        // only a full sweep would find if this process then died.
-        retry
-            .run("record", || {
-                let lapsed = age_of(&clock, sent) >= validity;
-                let (changelog, id, record) = (&changelog, &id, &record);
-                async move {
-                    if lapsed {
-                        return Err(crate::error::StoreError::new(
-                            crate::error::StoreKind::Changelog,
-                            "record",
-                            id.to_string(),
-                            crate::error::ErrorKind::Permanent,
-                            "the change's guard lapsed before its record was confirmed (the \
-                             process stalled): not sent again; if an earlier attempt landed, \
-                             recovery takes the change over",
-                        ));
-                    }
-                    changelog.record(id, record).await
-                }
-            })
-            .await?;
-        let shared = Arc::new(Shared {
-            last_sent_ok: Mutex::new(sent),
-            failed: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
-        });
+        record_while_valid(&changelog, &id, &record, &clock, sent, validity, &retry).await?;
+        let shared = Shared::new(sent);
         let heartbeat = (!changelog.is_noop()).then(|| {
             tokio::spawn(heartbeat_loop(
                 changelog,
@@ -189,7 +207,7 @@ impl ChangeGuard {
             id,
             record,
             shared,
-            validity: protocol.guard_validity(),
+            validity,
             expires: heartbeat.is_some(),
             clock,
             heartbeat,
@@ -214,20 +232,15 @@ impl ChangeGuard {
             monotonic: clock.monotonic(),
             wall: clock.now(),
         };
+        let validity = within.saturating_sub(protocol.safety_margin);
         let now = retry.run("now", || changelog.now()).await?;
         record.cleanup_after = Some(now.saturating_add(within));
-        retry
-            .run("record", || changelog.record(&id, &record))
-            .await?;
+        record_while_valid(&changelog, &id, &record, &clock, sent, validity, &retry).await?;
         Ok(Self {
             id,
             record,
-            shared: Arc::new(Shared {
-                last_sent_ok: Mutex::new(sent),
-                failed: AtomicBool::new(false),
-                fenced: AtomicBool::new(false),
-            }),
-            validity: within.saturating_sub(protocol.safety_margin),
+            shared: Shared::new(sent),
+            validity,
             expires: true,
             clock,
             heartbeat: None,
