@@ -91,11 +91,15 @@ pub enum Mutant {
     /// A failed re-read of the watched rows due now drops them from the watch set instead
     /// of watching them again: a Bigtable hiccup leaves them to the next sweep.
     RecheckErrorDropsRows,
+    /// A writer defers its change after an upload that needed a retry with `cleanup_after`
+    /// on its own clock: one behind makes the row due at once, and recovery deletes before
+    /// the failed attempt lands.
+    WriterSettleOnHostClock,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 27] = [
+    pub const ALL: [Mutant; 28] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -123,6 +127,7 @@ impl Mutant {
         Mutant::KeepClaimOnHostClock,
         Mutant::LeasedRowsWatchedToLeaseEnd,
         Mutant::RecheckErrorDropsRows,
+        Mutant::WriterSettleOnHostClock,
     ];
 }
 

@@ -1081,7 +1081,7 @@ impl TieredStorage {
         for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
             retry.run("delete", || self.stores.lt.delete(rev)).await?;
         }
-        let record = self.due_after_upload_settle(&guard).await;
+        let record = self.due_after_upload_settle(&guard).await?;
         let deferral = retry
             .run("defer", || self.stores.changelog.defer(&guard.id, &record))
             .await?;
@@ -1089,22 +1089,28 @@ impl TieredStorage {
     }
 
     /// The guard's record, due for recovery once a late upload can no longer land. Due by
-    /// the changelog's own time, as every liveness stamp is: a writer whose clock runs ahead
-    /// would otherwise hide its change from recovery for as long as its skew. Only if the
-    /// changelog cannot say does the writer fall back to its own clock.
-    async fn due_after_upload_settle(&self, guard: &ChangeGuard) -> ChangeRecord {
-        let now = match self.stores.changelog.now().await {
-            Ok(now) => now,
-            Err(e) => {
-                tracing::warn!(change_id = %guard.id, error = %e,
-                    "could not read the changelog's time; deferring by this host's clock");
-                self.stores.clock.now()
-            }
+    /// the changelog's own time, as every liveness stamp is: on this host's clock, a writer
+    /// running ahead would hide its change from recovery for its skew, and one running
+    /// behind would make it due at once — recovery would then delete before a late attempt
+    /// lands, and that blob would be an orphan. No fallback to the host clock: if the
+    /// changelog cannot say, the change is not deferred, and recovery takes it when it
+    /// turns stale, with a settle pass of its own.
+    async fn due_after_upload_settle(
+        &self,
+        guard: &ChangeGuard,
+    ) -> Result<ChangeRecord, StoreError> {
+        let now = if crate::mutants::on(crate::mutants::Mutant::WriterSettleOnHostClock) {
+            self.stores.clock.now()
+        } else {
+            self.config
+                .retry
+                .run("now", || self.stores.changelog.now())
+                .await?
         };
         let mut record = guard.record.clone();
         record.cleanup_after = Some(now.saturating_add(self.config.upload_settle));
         record.settled = true;
-        record
+        Ok(record)
     }
 
     /// After a failed upload, HV still references `old`, and the upload may have landed or
@@ -1122,14 +1128,17 @@ impl TieredStorage {
                 .await;
             return;
         }
-        let record = self.due_after_upload_settle(&guard).await;
-        match retry
-            .run("defer", || self.stores.changelog.defer(&guard.id, &record))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => tracing::warn!(change_id = %guard.id, error = %e,
-                "could not defer the change after a failed upload; recovery converges it once it is stale"),
+        let deferred = match self.due_after_upload_settle(&guard).await {
+            Ok(record) => {
+                retry
+                    .run("defer", || self.stores.changelog.defer(&guard.id, &record))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deferred {
+            tracing::warn!(change_id = %guard.id, error = %e,
+                "could not defer the change after a failed upload; recovery converges it once it is stale");
         }
         if let Err(e) = retry.run("delete", || self.stores.lt.delete(rev)).await {
             tracing::warn!(change_id = %guard.id, revision = %rev, error = %e,

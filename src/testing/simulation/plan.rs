@@ -266,7 +266,7 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..9) {
+    match rng.random_range(0..10) {
         // The cleaners' clocks are off by an hour or more — both behind, or one behind and
         // one ahead — while a writer dies before its HV write with its first upload attempt
         // still on its way for minutes. Recovery deletes the upload and must keep the row
@@ -340,6 +340,30 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
             healthy_write(Value::Absent),
             Event::Sleep(LONGER_THAN_TTLS),
         ],
+        // A writer whose clock runs behind sees its upload's first attempt fail and land
+        // most of a minute later; its retry succeeds, and an overlapping put makes the
+        // revision unreferenced either way. The writer hands the change to recovery due
+        // after its upload settle — in the changelog's time, or recovery deletes before the
+        // late attempt lands. In half of them it cannot read the changelog's time at all.
+        9 => {
+            let mut faults = vec![Rule::once(
+                Op::LtPut,
+                Fault::Straggle(secs(rng.random_range(40..=58))),
+            )];
+            if rng.random_bool(0.5) {
+                faults.push(Rule::on(Op::Now, Fault::Fail));
+            }
+            vec![
+                Event::Write {
+                    object: 0,
+                    value: Value::Large,
+                    faults,
+                    process: Process::ClockOff(secs(rng.random_range(300..3600)), false),
+                },
+                healthy_write(Value::Large),
+                Event::Sleep(secs(rng.random_range(120..240))),
+            ]
+        }
         // A live writer's upload is slow (its heartbeats on time) while a bystander
         // publishes a job naming its row: with the owner's token, or a claim nobody holds.
         // No cleaner may act on it.
