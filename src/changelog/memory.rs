@@ -94,8 +94,8 @@ impl MemoryChangelog {
         );
     }
 
-    /// When the live row `id` came to exist (the record that created it, not a retry
-    /// that rewrote it), in the changelog's time.
+    /// When the live row `id` came to exist (the record that created it), in the
+    /// changelog's time.
     pub fn created(&self, id: &ChangeId) -> Option<Timestamp> {
         self.rows().get(id.as_str()).map(|row| row.created)
     }
@@ -222,21 +222,21 @@ impl Changelog for MemoryChangelog {
         let stamp = self.clock.now();
         let bytes = record.encode();
         let mut rows = self.rows();
-        if let Some(row) = rows.get(id.as_str())
-            && let Ok(found) = decode(id.as_str(), row)
-        {
-            // As on Bigtable: a row with an owner is never written over.
+        if let Some(row) = rows.get(id.as_str()) {
+            // As on Bigtable: an existing row is never written over; one that does not
+            // decode is reported, as Bigtable's read of it after the refused write is.
+            let found =
+                decode(id.as_str(), row).map_err(|r| malformed("record", id.as_str(), r))?;
             return super::record_found(id, record, Some(found.record.owner), id.as_str())
                 .map(|()| stamp);
         }
         self.removed().remove(id.as_str());
-        let created = rows.get(id.as_str()).map_or(stamp, |row| row.created);
         rows.insert(
             id.as_str().to_owned(),
             Row {
                 bytes,
                 stamp,
-                created,
+                created: stamp,
             },
         );
         Ok(stamp)
