@@ -95,11 +95,23 @@ pub enum Mutant {
     /// on its own clock: one behind makes the row due at once, and recovery deletes before
     /// the failed attempt lands.
     WriterSettleOnHostClock,
+    /// The gate checks the guard when it releases a streamed upload's final chunk only
+    /// until it opens: once open, the stream's end passes unchecked, so a deferred put whose
+    /// client completes after the deadline creates its blob after recovery removed the row.
+    StreamEndUngated,
+    /// A writer that gives up a deferred put's upload defers the row to the end of its
+    /// upload settle even when that is before the put's deadline: a scanner watching the
+    /// row until the deadline it saw takes it up only then.
+    SettleMovesDueEarlier,
+    /// Recovery takes an LT delete that failed for one that found nothing (deleting a
+    /// missing blob succeeds, so why not an error too): the row is removed with the blob
+    /// still there, an orphan no row names.
+    DeleteErrorTakenForGone,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 28] = [
+    pub const ALL: [Mutant; 31] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -128,6 +140,9 @@ impl Mutant {
         Mutant::LeasedRowsWatchedToLeaseEnd,
         Mutant::RecheckErrorDropsRows,
         Mutant::WriterSettleOnHostClock,
+        Mutant::StreamEndUngated,
+        Mutant::SettleMovesDueEarlier,
+        Mutant::DeleteErrorTakenForGone,
     ];
 }
 

@@ -57,6 +57,7 @@ macro_rules! safety_schedules {
             metadata_comes_back_with_its_value,
             a_deferred_put_is_left_alone_until_its_deadline,
             a_deferred_put_whose_stream_ends_after_its_deadline_creates_nothing,
+            a_deferred_put_whose_upload_fails_keeps_its_deadline,
             the_upload_overlaps_the_record_and_completes_only_after_it,
             a_crash_while_the_final_chunk_is_held_leaves_no_blob,
             a_failed_record_stops_the_upload_at_the_gate,
@@ -1250,6 +1251,47 @@ pub async fn a_deferred_put_is_left_alone_until_its_deadline(
         "{short:?}"
     );
     assert!(entries_for(&stores, &abandoned).await.is_empty());
+}
+
+/// A deferred put's upload fails long before its deadline. The writer hands the change to
+/// recovery due after its upload settle — but never earlier than the deadline the row
+/// already carries: a scanner that saw the row watches it until the time it saw, so an
+/// earlier due time would only be taken up then anyway, and a due time written means
+/// "not before", which a later one keeps.
+pub async fn a_deferred_put_whose_upload_fails_keeps_its_deadline(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let within = protocol.staleness_threshold * 8;
+    let failing = Faults::new([Rule::once(Op::LtPut, Fault::Fail)]);
+    let writer = TieredStorage::new(failing.wrap(&stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let path = unique_path();
+    let put = writer
+        .begin_deferred_put(&path, ObjectMeta::default(), within)
+        .await
+        .expect("beginning a deferred put");
+    let [before] = &entries_for(&stores, &path).await[..] else {
+        panic!("a deferred put is recorded");
+    };
+    let deadline = before
+        .record
+        .cleanup_after
+        .expect("a deferred put carries its deadline");
+    let body = futures::stream::iter([Ok::<Bytes, std::io::Error>(large("failing"))]);
+    let finished = writer.finish_deferred_put(put, body).await;
+    assert!(finished.is_err(), "the upload failed: {finished:?}");
+    let [after] = &entries_for(&stores, &path).await[..] else {
+        panic!("the failed put's change is left to recovery");
+    };
+    assert!(
+        after.record.settled,
+        "deferred for its upload settle: {after:?}"
+    );
+    assert!(
+        after.record.cleanup_after >= Some(deadline),
+        "due no earlier than the put's deadline {deadline:?}: {after:?}"
+    );
 }
 
 /// A deferred put's client sends every part in time but ends its stream (completes the

@@ -134,6 +134,9 @@ impl State {
             .await
             .map(|gate| gate.clone());
         match decided {
+            Ok(Gate::Open(_)) if crate::mutants::on(crate::mutants::Mutant::StreamEndUngated) => {
+                self.held.take().map(Ok)
+            }
             Ok(Gate::Open(_)) => self.held.take().map(|last| self.pass(last)),
             Ok(Gate::Closed(why)) => Some(Err(std::io::Error::other(format!(
                 "upload stopped before its final chunk: {why}"

@@ -1108,7 +1108,16 @@ impl TieredStorage {
                 .await?
         };
         let mut record = guard.record.clone();
-        record.cleanup_after = Some(now.saturating_add(self.config.upload_settle));
+        // Never earlier than a due time the row already carries (a deferred put's
+        // deadline): a scanner that saw the row watches it until the time it saw, so an
+        // earlier one would be taken up only then anyway; later is always safe.
+        let settled = now.saturating_add(self.config.upload_settle);
+        record.cleanup_after = match record.cleanup_after {
+            Some(due) if !crate::mutants::on(crate::mutants::Mutant::SettleMovesDueEarlier) => {
+                Some(due.max(settled))
+            }
+            _ => Some(settled),
+        };
         record.settled = true;
         Ok(record)
     }

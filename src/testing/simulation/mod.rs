@@ -29,6 +29,7 @@ pub mod history;
 pub mod hooks;
 pub mod plan;
 pub mod queue;
+mod writes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -110,6 +111,9 @@ fn sim_stores() -> MemoryStores {
 struct Write {
     path: ObjectPath,
     value: Option<Bytes>,
+    /// Whether the object may take its value: not for a stream that fails, nor for a
+    /// deferred put aborted or never finished.
+    may_land: bool,
     /// It met no fault: it must not be taken over.
     healthy: bool,
     faults: Arc<Faults>,
@@ -127,6 +131,8 @@ struct Control {
     /// The faults of each scanner's running incarnation, healed at quiescence.
     scanner_faults: Vec<Mutex<Option<Arc<Faults>>>>,
     cleaner_rules: Vec<Mutex<Vec<Rule>>>,
+    /// The faults of each cleaner's running incarnation.
+    cleaner_faults: Vec<Mutex<Option<Arc<Faults>>>>,
     restart_cleaner: Vec<Notify>,
 }
 
@@ -192,6 +198,7 @@ impl World {
             cleaner_rules: (0..shape.cleaners)
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            cleaner_faults: (0..shape.cleaners).map(|_| Mutex::new(None)).collect(),
             restart_cleaner: (0..shape.cleaners).map(|_| Notify::new()).collect(),
             ..Control::default()
         };
@@ -231,11 +238,15 @@ impl World {
     async fn play(mut self, plan: &Plan) -> Result<(), String> {
         self.start_processes();
         for (step, event) in plan.events.iter().enumerate() {
-            self.apply(event).await;
+            let at = |e| format!("after event {step} ({event:?}): {e}");
+            match event {
+                // Looked at every poll while time passes, not only at the end: a row left
+                // waiting past its due time may be converged by the end of a long sleep.
+                Event::Sleep(d) => self.sleep_checking(*d).await.map_err(at)?,
+                _ => self.apply(event).await,
+            }
             self.settle(false).await;
-            self.check_step()
-                .await
-                .map_err(|e| format!("after event {step} ({event:?}): {e}"))?;
+            self.check_step().await.map_err(at)?;
         }
         self.quiesce().await?;
         for p in &self.processes {
@@ -325,6 +336,9 @@ impl World {
                             .unwrap_or_else(|e| e.into_inner()),
                     );
                     let faults = Faults::new(rules);
+                    *control.cleaner_faults[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(faults.clone());
                     let mut stores = intercept::wrap(jitter.clone(), &faults.wrap(&mem));
                     stores.hv = Arc::new(ScopeWitness {
                         inner: stores.hv.clone(),
@@ -449,11 +463,40 @@ impl World {
                         .push(rule),
                 }
             }
+            Event::FaultCleaner { cleaner, rule } => {
+                let i = *cleaner % self.shape.cleaners;
+                let running = self.control.cleaner_faults[i]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                match running {
+                    Some(faults) => faults.add(*rule),
+                    None => self.control.cleaner_rules[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(*rule),
+                }
+            }
             Event::Forge { object, forgery } => self.forge(*object, *forgery).await,
             Event::Queue(f) => self.queue.inject(*f),
             Event::SkewCleaner { cleaner, by, ahead } => {
                 self.cleaner_clocks[*cleaner % self.shape.cleaners].jump(*by, *ahead)
             }
+        }
+    }
+
+    /// Lets `d` pass, checking the invariants every [`LIVENESS_POLL`] meanwhile.
+    async fn sleep_checking(&mut self, d: Duration) -> Result<(), String> {
+        let until = Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left <= LIVENESS_POLL {
+                tokio::time::sleep(left).await;
+                return Ok(());
+            }
+            tokio::time::sleep(LIVENESS_POLL).await;
+            self.settle(false).await;
+            self.check_step().await?;
         }
     }
 
@@ -495,11 +538,13 @@ impl World {
         let bytes = match value {
             Value::Absent => None,
             Value::Small => Some(Bytes::from(format!("s{}", self.writes.len() % 10))),
-            Value::Large => Some(Bytes::from(format!(
-                "large{}:{}",
-                self.writes.len(),
-                "L".repeat(INLINE_THRESHOLD * 2)
-            ))),
+            Value::Large | Value::Streamed { .. } | Value::Deferred { .. } => {
+                Some(Bytes::from(format!(
+                    "large{}:{}",
+                    self.writes.len(),
+                    "L".repeat(INLINE_THRESHOLD * 2)
+                )))
+            }
         };
         // A writer whose clock is off from the start is healthy: staleness is judged in the
         // changelog's time, never the writer's. So is one whose upload is merely slow: its
@@ -507,8 +552,9 @@ impl World {
         let slow_upload_only = rules
             .iter()
             .all(|r| r.op == Some(Op::LtPut) && matches!(r.fault, Fault::Delay(_)));
-        let healthy =
-            slow_upload_only && matches!(process, Process::Healthy | Process::ClockOff(..));
+        let healthy = slow_upload_only
+            && matches!(process, Process::Healthy | Process::ClockOff(..))
+            && writes::in_time(value, self.protocol);
         let faults = Faults::new(rules.iter().copied());
         let clock = SkewedClock::new(self.mem.clock.clone());
         if let Process::ClockOff(by, ahead) = process {
@@ -536,16 +582,14 @@ impl World {
         let task = tokio::spawn({
             let (path, bytes) = (path.clone(), bytes.clone());
             async move {
-                let r = match bytes {
-                    Some(b) => writer.put(&path, b).await,
-                    None => writer.delete(&path).await,
-                };
+                let r = writes::perform(&writer, &path, value, bytes).await;
                 (r, Instant::now())
             }
         });
         self.writes.push(Write {
             path,
             value: bytes,
+            may_land: writes::may_land(value),
             healthy,
             faults,
             start,
@@ -589,44 +633,28 @@ impl World {
     /// Folds finished writes into the history, in the order they finished. With `all`,
     /// waits for every write whose process is alive, and abandons the crashed ones.
     async fn settle(&mut self, all: bool) {
-        let mut done: Vec<(Instant, Instant, ObjectPath, Option<Bytes>, Ending, bool)> = Vec::new();
+        let mut done: Vec<(Instant, Write, Ending)> = Vec::new();
         let mut i = 0;
         while i < self.writes.len() {
             let w = &self.writes[i];
             let crashed = w.faults.is_crashed();
             if w.task.is_finished() || (all && !crashed) {
-                let w = self.writes.remove(i);
-                match w.task.await {
-                    Ok((r, at)) => {
-                        done.push((at, w.start, w.path, w.value, Ending::Returned(r), w.healthy))
-                    }
-                    Err(_) => done.push((
-                        Instant::now(),
-                        w.start,
-                        w.path,
-                        w.value,
-                        Ending::Crashed,
-                        false,
-                    )),
+                let mut w = self.writes.remove(i);
+                match (&mut w.task).await {
+                    Ok((r, at)) => done.push((at, w, Ending::Returned(r))),
+                    Err(_) => done.push((Instant::now(), w, Ending::Crashed)),
                 }
             } else if crashed {
                 let w = self.writes.remove(i);
                 w.task.abort();
-                done.push((
-                    Instant::now(),
-                    w.start,
-                    w.path,
-                    w.value,
-                    Ending::Crashed,
-                    false,
-                ));
+                done.push((Instant::now(), w, Ending::Crashed));
             } else {
                 i += 1;
             }
         }
         done.sort_by_key(|d| d.0);
-        for (end, start, path, value, ending, healthy) in done {
-            if healthy
+        for (end, w, ending) in done {
+            if w.healthy
                 && let Ending::Returned(Err(
                     e @ (WriteError::Fenced { .. } | WriteError::GuardLost { .. }),
                 )) = &ending
@@ -634,7 +662,11 @@ impl World {
                 self.precision
                     .push(format!("a write that met no fault was taken over: {e}"));
             }
-            self.history.settle(start, end, &path, value, ending);
+            // A write that cannot land leaves no candidate: the object must never read
+            // back as its value.
+            if w.may_land {
+                self.history.settle(w.start, end, &w.path, w.value, ending);
+            }
         }
     }
 

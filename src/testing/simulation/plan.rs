@@ -9,12 +9,44 @@ use rand::{Rng, SeedableRng};
 
 use crate::testing::faults::{Fault, Op, Rule};
 
-/// The value a write leaves.
+/// The value a write leaves, and how it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value {
+    /// A delete.
     Absent,
     Small,
     Large,
+    /// A large put from a client-paced stream ([`put_stream`]): its three chunks `pace`
+    /// apart, its end `end` after its last chunk; a stream that `fails` errs after its
+    /// first chunk, and the object must keep its earlier value.
+    ///
+    /// [`put_stream`]: crate::writer::TieredStorage::put_stream
+    Streamed {
+        pace: Duration,
+        end: Duration,
+        fails: bool,
+    },
+    /// A deferred put ([`begin_deferred_put`]): recorded due `within` from now, then
+    /// finished, aborted or left as `finish` says.
+    ///
+    /// [`begin_deferred_put`]: crate::writer::TieredStorage::begin_deferred_put
+    Deferred {
+        within: Duration,
+        finish: Finish,
+    },
+}
+
+/// What the client of a deferred put does after its begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Starts its stream `after` the begin, sends every part at once, and ends the stream
+    /// `end` after its last part: in time, or after the deadline (a multipart upload
+    /// completed late).
+    Stream { after: Duration, end: Duration },
+    /// Aborts it `after` the begin.
+    Abort { after: Duration },
+    /// Goes away: the put is never finished, and recovery takes it at its deadline.
+    Never,
 }
 
 /// What happens to the writing process besides its store calls' faults.
@@ -103,6 +135,14 @@ pub enum Event {
         op: Op,
         skip: usize,
         times: usize,
+    },
+    /// The running cleaner's calls meet `rule` (counted from now): Bigtable or GCS failing,
+    /// losing a response, or landing a call late after its error, on recovery's side — a
+    /// re-read, a defer, a batched removal, a claim extension, an HV fence, an LT delete.
+    /// The cleaner runs on; a job it fails is redelivered.
+    FaultCleaner {
+        cleaner: usize,
+        rule: Rule,
     },
     /// The cleaner host's wall clock is stepped by this much (forward when `ahead`): NTP
     /// broken or corrected. Every recovery decision must be in the changelog's time.
@@ -266,7 +306,71 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..10) {
+    match rng.random_range(0..12) {
+        // A deferred put's client sends its parts in time and completes the upload long
+        // after the deadline, after recovery converged the change and removed its row; the
+        // writer dies right after its upload call. The end of the stream is what creates
+        // the object: it must not pass once the guard has lapsed, or the blob lands with no
+        // row naming it and no writer left to delete it (I2). Or its upload fails long
+        // before a distant deadline, and the writer hands the change to recovery after its
+        // upload settle: not before the deadline a scanner may already be watching for.
+        10 => {
+            let within = secs(rng.random_range(40..600));
+            let after = secs(rng.random_range(0..within.as_secs() / 2));
+            let (end, fault) = if rng.random_bool(0.5) {
+                (
+                    within + RECOVERY_SETTLE + secs(rng.random_range(120..600)),
+                    Fault::CrashAfter,
+                )
+            } else {
+                (secs(rng.random_range(0..10)), Fault::Fail)
+            };
+            vec![
+                Event::Write {
+                    object: 0,
+                    value: Value::Deferred {
+                        within,
+                        finish: Finish::Stream { after, end },
+                    },
+                    faults: vec![Rule::once(Op::LtPut, fault)],
+                    process: Process::Healthy,
+                },
+                Event::Sleep(end + RECOVERY_SETTLE + secs(700)),
+            ]
+        }
+        // A writer dies before its HV write while the cleaners' calls fail for a while on
+        // one store (a GCS or Bigtable outage on recovery's side, outlasting their retries)
+        // or land late after their errors: no job may end as if a failed call had done its
+        // work, and none may be lost for one.
+        11 => {
+            let op = [
+                Op::LtDelete,
+                Op::HvFence,
+                Op::Defer,
+                Op::RemoveMany,
+                Op::Get,
+            ][rng.random_range(0..5)];
+            let fault = if rng.random_bool(0.75) {
+                Fault::Fail
+            } else {
+                Fault::Straggle(secs(rng.random_range(1..=MAX_STRAGGLE.as_secs())))
+            };
+            let rule = Rule {
+                op: Some(op),
+                skip: 0,
+                times: rng.random_range(3..=12),
+                fault,
+            };
+            vec![
+                Event::FaultCleaner { cleaner: 0, rule },
+                Event::FaultCleaner { cleaner: 1, rule },
+                large_put(
+                    vec![Rule::once(Op::HvCas, Fault::CrashBefore)],
+                    Process::Healthy,
+                ),
+                Event::Sleep(secs(rng.random_range(60..300))),
+            ]
+        }
         // The cleaners' clocks are off by an hour or more — both behind, or one behind and
         // one ahead — while a writer dies before its HV write with its first upload attempt
         // still on its way for minutes. Recovery deletes the upload and must keep the row
@@ -494,10 +598,12 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
     };
     match rng.random_range(0..100) {
         0..=49 => {
-            let value = match rng.random_range(0..3) {
-                0 => Value::Absent,
-                1 => Value::Small,
-                _ => Value::Large,
+            let value = match rng.random_range(0..12) {
+                0..=2 => Value::Absent,
+                3..=5 => Value::Small,
+                6..=8 => Value::Large,
+                9..=10 => streamed(rng),
+                _ => deferred(rng),
             };
             let faults = write_faults(rng);
             let process = match rng.random_range(0..14) {
@@ -528,11 +634,15 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
                 process,
             }
         }
-        50..=57 => Event::Read {
+        50..=55 => Event::Read {
             object,
             hold: rng
                 .random_bool(0.5)
                 .then(|| Duration::from_millis(rng.random_range(10..3000))),
+        },
+        56..=57 => Event::FaultCleaner {
+            cleaner: rng.random_range(0..shape.cleaners),
+            rule: cleaner_fault(rng),
         },
         58..=59 => Event::FailScanner {
             scanner: rng.random_range(0..shape.scanners),
@@ -585,6 +695,71 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             ),
         }),
     }
+}
+
+/// A fault on recovery's side: any of a cleaner's calls failing, losing its response,
+/// landing late after its error (within a Bigtable deadline), or held (a host suspended
+/// mid-call, mid-`keep_claim`).
+fn cleaner_fault(rng: &mut StdRng) -> Rule {
+    let op = [
+        Op::Get,
+        Op::Defer,
+        Op::RemoveMany,
+        Op::Extend,
+        Op::Now,
+        Op::HvFence,
+        Op::HvRead,
+        Op::LtDelete,
+        Op::LtExists,
+    ][rng.random_range(0..9)];
+    let fault = match rng.random_range(0..4) {
+        0 => Fault::Fail,
+        1 => Fault::LoseResponse,
+        2 => Fault::Straggle(secs(rng.random_range(1..=MAX_STRAGGLE.as_secs()))),
+        _ => Fault::Delay(secs(rng.random_range(1..90))),
+    };
+    // A hiccup the retries hide, or, in a third, an outage that outlasts them.
+    let times = if rng.random_ratio(1, 3) {
+        rng.random_range(5..=12)
+    } else {
+        rng.random_range(1..4)
+    };
+    Rule {
+        op: Some(op),
+        skip: rng.random_range(0..3),
+        times,
+        fault,
+    }
+}
+
+/// A streamed put: paced slower than the staleness threshold in some (its heartbeats must
+/// carry it), ending late in some, failing in a quarter.
+fn streamed(rng: &mut StdRng) -> Value {
+    Value::Streamed {
+        pace: secs(rng.random_range(0..45)),
+        end: secs(rng.random_range(0..60)),
+        fails: rng.random_ratio(1, 4),
+    }
+}
+
+/// A deferred put: finished in time in most, its stream ending after the deadline in some
+/// (by up to a long settle), aborted or never finished in a sixth each.
+fn deferred(rng: &mut StdRng) -> Value {
+    let within = secs(rng.random_range(40..600));
+    let after = secs(rng.random_range(0..within.as_secs() / 2));
+    let finish = match rng.random_range(0..6) {
+        0 => Finish::Abort { after },
+        1 => Finish::Never,
+        2 => Finish::Stream {
+            after,
+            end: within + secs(rng.random_range(0..900)),
+        },
+        _ => Finish::Stream {
+            after,
+            end: secs(rng.random_range(0..within.as_secs() / 4)),
+        },
+    };
+    Value::Deferred { within, finish }
 }
 
 /// The faults one write's store calls meet: crashes at any call, pauses, lost responses,
