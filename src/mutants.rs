@@ -107,11 +107,15 @@ pub enum Mutant {
     /// missing blob succeeds, so why not an error too): the row is removed with the blob
     /// still there, an orphan no row names.
     DeleteErrorTakenForGone,
+    /// The audit judges every blob it lists, whatever its creation time: the blob of a
+    /// write recorded after the audit's changelog snapshot looks like an orphan, and the
+    /// deletion it requests fences the live write.
+    AuditJudgesYoungBlobs,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 31] = [
+    pub const ALL: [Mutant; 32] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -143,6 +147,7 @@ impl Mutant {
         Mutant::StreamEndUngated,
         Mutant::SettleMovesDueEarlier,
         Mutant::DeleteErrorTakenForGone,
+        Mutant::AuditJudgesYoungBlobs,
     ];
 }
 

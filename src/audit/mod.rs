@@ -677,7 +677,9 @@ impl<'a> Judge<'a> {
                 summary.foreign += 1;
                 continue;
             };
-            if blob.created >= newest_judged {
+            if blob.created >= newest_judged
+                && !crate::mutants::on(crate::mutants::Mutant::AuditJudgesYoungBlobs)
+            {
                 summary.young += 1;
             } else if self.snapshot.names(&rev) {
                 summary.in_flight += 1;
@@ -788,7 +790,9 @@ impl<'a> Judge<'a> {
     async fn request_deletion(&self, orphan: &Orphan) -> Result<(), String> {
         let trail = self.trail.ok_or("no audit trail")?;
         let object = ObjectPath::new(orphan.rev.object()).map_err(|e| e.to_string())?;
-        let change = ChangeId::mint();
+        // Minted on this process's clock, as a writer mints its changes: the scanners'
+        // rounds read ids by mint time, so the row is found by the next round, not a sweep.
+        let change = ChangeId::mint_at(self.stores.clock.now());
         let entry = DeletionRequested {
             run: self.run.clone(),
             blob: orphan.rev.as_str().to_owned(),

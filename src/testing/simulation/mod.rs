@@ -51,6 +51,7 @@ use crate::model::{ChangeId, ObjectPath, OwnerToken, ShardRange, Timestamp};
 use crate::queue::{JobQueue, Message};
 use crate::recovery::{Cleaner, CleanupJob, RecoveryConfig, Scanner};
 use crate::stores::Stores;
+use crate::testing::audits::MemoryTrail;
 use crate::testing::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config};
 use crate::testing::faults::{Fault, Faults, Op, Rule};
 use crate::testing::{MemoryStores, SkewedClock, intercept, invariants};
@@ -108,6 +109,15 @@ fn sim_stores() -> MemoryStores {
     MemoryStores::new()
 }
 
+/// One `audit --delete` the schedule started.
+struct AuditRun {
+    /// The changelog's time when it started (before its snapshot).
+    started: Timestamp,
+    min_age: Duration,
+    trail: Arc<MemoryTrail>,
+    task: JoinHandle<()>,
+}
+
 struct Write {
     path: ObjectPath,
     value: Option<Bytes>,
@@ -156,6 +166,8 @@ struct World {
     claims_seen: HashMap<ChangeId, Vec<OwnerToken>>,
     /// Takeovers of writes that met no fault (I4).
     precision: Vec<String>,
+    /// The audits started, with what they asked for.
+    audits: Vec<AuditRun>,
     processes: Vec<JoinHandle<()>>,
     /// Each cleaner host's wall clock (stepped by [`Event::SkewCleaner`]).
     cleaner_clocks: Vec<Arc<SkewedClock>>,
@@ -218,6 +230,7 @@ impl World {
             won_claims: Arc::default(),
             claims_seen: HashMap::new(),
             precision: Vec::new(),
+            audits: Vec::new(),
             processes: Vec::new(),
             cleaner_clocks: Vec::new(),
             scanners_steady_from: Timestamp(0),
@@ -477,6 +490,10 @@ impl World {
                         .push(*rule),
                 }
             }
+            Event::Audit {
+                min_age,
+                list_delay,
+            } => self.audit(*min_age, *list_delay),
             Event::Forge { object, forgery } => self.forge(*object, *forgery).await,
             Event::Queue(f) => self.queue.inject(*f),
             Event::SkewCleaner { cleaner, by, ahead } => {
@@ -602,6 +619,49 @@ impl World {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    /// Starts an `audit --delete` of the simulation's prefix whose listing calls each take
+    /// `list_delay`.
+    fn audit(&mut self, min_age: Duration, list_delay: Duration) {
+        let config = crate::audit::AuditConfig {
+            prefix: format!("{PREFIX}/"),
+            ranges: 4,
+            concurrency: 2,
+            min_age,
+            delete: true,
+            max_deletes_per_s: None,
+            max_lists_per_s: None,
+            ..crate::audit::AuditConfig::default()
+        };
+        let trail = Arc::new(MemoryTrail::default());
+        let slow_listing = Faults::new([Rule::on(Op::LtList, Fault::Delay(list_delay))]);
+        let audit = crate::audit::Audit::new(slow_listing.wrap(&self.mem.stores()), config)
+            .trail(trail.clone());
+        self.audits.push(AuditRun {
+            started: self.mem.clock.now(),
+            min_age,
+            trail,
+            task: tokio::spawn(async move {
+                let _ = audit.run().await;
+            }),
+        });
+    }
+
+    /// Whether an audit asked for the deletion of a blob of `path`: recovery's fence for it
+    /// may refuse a concurrent write of the object, as documented, whatever that write met.
+    fn audited(&self, path: &ObjectPath) -> bool {
+        self.audits.iter().any(|a| {
+            a.trail
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|e| {
+                    crate::model::Revision::parse(e.blob.as_str())
+                        .is_ok_and(|r| r.object() == path.as_str())
+                })
+        })
+    }
+
     async fn forge(&mut self, object: usize, forgery: Forgery) {
         let path = self.paths[object % self.paths.len()].clone();
         let message = if forgery == Forgery::Poison {
@@ -658,6 +718,7 @@ impl World {
         done.sort_by_key(|d| d.0);
         for (end, w, ending) in done {
             if w.healthy
+                && !self.audited(&w.path)
                 && let Ending::Returned(Err(
                     e @ (WriteError::Fenced { .. } | WriteError::GuardLost { .. }),
                 )) = &ending
@@ -814,6 +875,23 @@ impl World {
         if let Some(p) = self.precision.first() {
             return Err(format!("I4: {p}"));
         }
+        // An audit judges only blobs older than its start less its minimum age: a younger
+        // one may belong to a write recorded after its snapshot.
+        for audit in &self.audits {
+            let entries = audit
+                .trail
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for e in entries.iter() {
+                if e.created.saturating_add(audit.min_age) >= audit.started {
+                    return Err(format!(
+                        "an audit started at {:?} with a minimum age of {:?} asked to delete {}, created at {:?}",
+                        audit.started, audit.min_age, e.blob, e.created
+                    ));
+                }
+            }
+        }
         for dead in self.queue.dead_letters() {
             if !dead.by_policy && dead.reason().is_none_or(str::is_empty) {
                 return Err(format!(
@@ -875,6 +953,11 @@ impl World {
         while !self.reads.iter().all(|r| r.1.is_finished()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
+        // Audits under way finish (a minute of listing); recovery converges what they
+        // handed it like any other change.
+        for audit in &mut self.audits {
+            let _ = (&mut audit.task).await;
+        }
         self.check_witnesses().await?;
 
         let (inside, outside): (BTreeMap<_, _>, BTreeMap<_, _>) = self
@@ -912,6 +995,25 @@ impl World {
                         .collect::<Vec<_>>()
                 ));
             }
+        }
+        // An audit of the converged stores agrees: no orphan.
+        let audit = crate::audit::Audit::new(
+            stores.clone(),
+            crate::audit::AuditConfig {
+                prefix: format!("{PREFIX}/"),
+                min_age: Duration::ZERO,
+                max_lists_per_s: None,
+                ..crate::audit::AuditConfig::default()
+            },
+        )
+        .run()
+        .await
+        .map_err(|e| format!("the audit at quiescence failed: {e}"))?;
+        if !audit.complete() || audit.totals.orphans > 0 {
+            return Err(format!(
+                "the audit at quiescence disagrees with the converged stores: {:?}",
+                audit.totals
+            ));
         }
         let outside_report = invariants::check(&stores, &outside)
             .await

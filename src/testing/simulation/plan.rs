@@ -144,6 +144,13 @@ pub enum Event {
         cleaner: usize,
         rule: Rule,
     },
+    /// An `audit --delete` starts, racing writers and recovery: it reads the changelog, then
+    /// lists the bucket, each listing call taking `list_delay` (a big bucket: writes land
+    /// meanwhile), and hands what it judges orphans older than `min_age` to recovery.
+    Audit {
+        min_age: Duration,
+        list_delay: Duration,
+    },
     /// The cleaner host's wall clock is stepped by this much (forward when `ahead`): NTP
     /// broken or corrected. Every recovery decision must be in the changelog's time.
     SkewCleaner {
@@ -306,7 +313,7 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..12) {
+    match rng.random_range(0..13) {
         // A deferred put's client sends its parts in time and completes the upload long
         // after the deadline, after recovery converged the change and removed its row; the
         // writer dies right after its upload call. The end of the stream is what creates
@@ -371,6 +378,26 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                 Event::Sleep(secs(rng.random_range(60..300))),
             ]
         }
+        // An audit reads the changelog, and its listing takes a minute or two; meanwhile a
+        // writer records a change, uploads and dies before its HV write (or a healthy one
+        // completes). The blob is younger than the audit's snapshot: not the audit's to
+        // judge, whatever its minimum age (the change's row, recorded after the snapshot,
+        // is what recovery acts on).
+        12 => vec![
+            Event::Audit {
+                min_age: Duration::ZERO,
+                list_delay: secs(rng.random_range(30..120)),
+            },
+            large_put(
+                if rng.random_bool(0.5) {
+                    vec![Rule::once(Op::HvCas, Fault::CrashBefore)]
+                } else {
+                    vec![]
+                },
+                Process::Healthy,
+            ),
+            Event::Sleep(secs(rng.random_range(150..300))),
+        ],
         // The cleaners' clocks are off by an hour or more — both behind, or one behind and
         // one ahead — while a writer dies before its HV write with its first upload attempt
         // still on its way for minutes. Recovery deletes the upload and must keep the row
@@ -657,7 +684,11 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             1..=3 => Duration::from_secs(rng.random_range(30..300)),
             _ => Duration::from_secs(rng.random_range(1..30)),
         }),
-        72..=74 => Event::RestartScanner(rng.random_range(0..shape.scanners)),
+        72..=73 => Event::RestartScanner(rng.random_range(0..shape.scanners)),
+        74 => Event::Audit {
+            min_age: [Duration::ZERO, secs(30), secs(300)][rng.random_range(0..3)],
+            list_delay: secs(rng.random_range(0..120)),
+        },
         75..=78 => Event::KillCleaner {
             cleaner: rng.random_range(0..shape.cleaners),
             at_call: rng.random_range(0..6),
