@@ -111,11 +111,20 @@ pub enum Mutant {
     /// write recorded after the audit's changelog snapshot looks like an orphan, and the
     /// deletion it requests fences the live write.
     AuditJudgesYoungBlobs,
+    /// A scanner uses a shard lease for one and a half TTLs from its renewal instead of
+    /// 0.9: a holder that froze reads on after another member took the shard.
+    LeaseUsedPastTtl,
+    /// A member takes only free leases, never expired ones: the shards of a member that
+    /// died without releasing them are read by nobody.
+    ExpiredLeasesKept,
+    /// A scanner reads a shard it gains from the key bound of its current round on, not
+    /// whole: rows below the bound that the shard's last holder left go to the next sweep.
+    GainedShardsNotReadWhole,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 32] = [
+    pub const ALL: [Mutant; 35] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -148,6 +157,9 @@ impl Mutant {
         Mutant::SettleMovesDueEarlier,
         Mutant::DeleteErrorTakenForGone,
         Mutant::AuditJudgesYoungBlobs,
+        Mutant::LeaseUsedPastTtl,
+        Mutant::ExpiredLeasesKept,
+        Mutant::GainedShardsNotReadWhole,
     ];
 }
 

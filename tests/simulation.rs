@@ -3,7 +3,8 @@
 //!
 //! `TIERSWEEP_SCHEDULES=N` runs N schedules (10,000 by default, what CI runs) from
 //! consecutive seeds starting at `TIERSWEEP_SEED_BASE` (random by default) and prints the
-//! rate; `TIERSWEEP_SEED=<seed>` replays one. A failure prints its seed, the violation and
+//! rate, over one thread per core (`TIERSWEEP_SIM_THREADS=N` for another number);
+//! `TIERSWEEP_SEED=<seed>` replays one. A failure prints its seed, the violation and
 //! the shrunk schedule.
 
 use tiersweep::testing::simulation::plan::{Plan, Shape};
@@ -31,17 +32,33 @@ fn check(seed: u64) {
 fn the_pipeline_keeps_every_invariant_under_the_fault_model() {
     let n = env_u64("TIERSWEEP_SCHEDULES").unwrap_or(10_000);
     let base = env_u64("TIERSWEEP_SEED_BASE").unwrap_or_else(rand::random);
+    // Each schedule runs on a runtime of its own: the seeds are shared out among threads,
+    // one per core unless `TIERSWEEP_SIM_THREADS` says otherwise.
+    let threads = env_u64("TIERSWEEP_SIM_THREADS")
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|p| p.get() as u64)
+        })
+        .unwrap_or(1)
+        .clamp(1, n.max(1));
     let start = std::time::Instant::now();
-    for i in 0..n {
-        let t = std::time::Instant::now();
-        check(base.wrapping_add(i));
-        if t.elapsed() > std::time::Duration::from_millis(500) {
-            eprintln!("seed {} took {:?}", base.wrapping_add(i), t.elapsed());
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                for i in (t..n).step_by(threads as usize) {
+                    let began = std::time::Instant::now();
+                    check(base.wrapping_add(i));
+                    if began.elapsed() > std::time::Duration::from_millis(500) {
+                        eprintln!("seed {} took {:?}", base.wrapping_add(i), began.elapsed());
+                    }
+                }
+            });
         }
-    }
+    });
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "{n} schedules, 0 violations, in {secs:.1} s ({:.0} schedules/s); seeds {base}..{}",
+        "{n} schedules, 0 violations, in {secs:.1} s ({:.0} schedules/s over {threads} threads); seeds {base}..{}",
         n as f64 / secs,
         base.wrapping_add(n)
     );

@@ -35,7 +35,7 @@ echo "simulate.sh: $n schedules in $jobs processes of $per, seeds $base..$((base
 start=$(date +%s)
 pids=()
 for k in $(seq 0 $((jobs - 1))); do
-    TIERSWEEP_SCHEDULES=$per TIERSWEEP_SEED_BASE=$((base + k * per)) \
+    TIERSWEEP_SIM_THREADS=1 TIERSWEEP_SCHEDULES=$per TIERSWEEP_SEED_BASE=$((base + k * per)) \
         "$bin" the_pipeline_keeps_every_invariant_under_the_fault_model --exact --nocapture \
         >"$logs/$k.log" 2>&1 &
     pids+=($!)

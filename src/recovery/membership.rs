@@ -135,6 +135,9 @@ impl LeaseKeeper {
     }
 
     fn valid_for(&self) -> Duration {
+        if crate::mutants::on(crate::mutants::Mutant::LeaseUsedPastTtl) {
+            return self.ttl() * 3 / 2;
+        }
         self.ttl() * 9 / 10
     }
 
@@ -256,7 +259,11 @@ impl LeaseKeeper {
         let candidates: Vec<Lease> = (0..n)
             .map(|i| &table.leases[(start + i) % n])
             .filter(|l| !self.held.contains_key(&l.shard))
-            .filter(|l| l.holder.is_none() || l.stamp < expired_before)
+            .filter(|l| {
+                l.holder.is_none()
+                    || (l.stamp < expired_before
+                        && !crate::mutants::on(crate::mutants::Mutant::ExpiredLeasesKept))
+            })
             .take(wanted)
             .cloned()
             .collect();

@@ -205,7 +205,9 @@ impl Scanner {
         let lost = self.shards.difference(&shards);
         self.shards = shards;
         for s in gained.iter() {
-            self.unswept.insert(s);
+            if !crate::mutants::on(crate::mutants::Mutant::GainedShardsNotReadWhole) {
+                self.unswept.insert(s);
+            }
         }
         self.unswept = self.unswept.difference(&lost);
         if let Some(round) = &mut self.round {

@@ -288,3 +288,76 @@ impl Changelog for ClaimWitness {
         self.inner.is_noop()
     }
 }
+
+/// A scanner host's shard leases, frozen with the host: while `until` lies ahead every
+/// lease call waits for it (the keeper neither renews nor reads), as a suspended process's
+/// would.
+#[derive(Debug)]
+pub struct FrozenLeases {
+    pub inner: Arc<dyn crate::lease::Leases>,
+    pub until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl FrozenLeases {
+    async fn thaw(&self) {
+        let until = *self.until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
+#[async_trait]
+impl crate::lease::Leases for FrozenLeases {
+    async fn read(&self) -> StoreResult<crate::lease::LeaseTable> {
+        self.thaw().await;
+        self.inner.read().await
+    }
+    async fn read_at(&self, now: Timestamp) -> StoreResult<crate::lease::LeaseTable> {
+        self.thaw().await;
+        self.inner.read_at(now).await
+    }
+    async fn announce(&self, member: &crate::lease::MemberId) -> StoreResult<()> {
+        self.thaw().await;
+        self.inner.announce(member).await
+    }
+    async fn depart(&self, member: &crate::lease::MemberId) -> StoreResult<()> {
+        self.thaw().await;
+        self.inner.depart(member).await
+    }
+    async fn forget(
+        &self,
+        member: &crate::lease::MemberId,
+        stale_before: Timestamp,
+    ) -> StoreResult<bool> {
+        self.thaw().await;
+        self.inner.forget(member, stale_before).await
+    }
+    async fn acquire(
+        &self,
+        seen: &crate::lease::Lease,
+        by: &crate::lease::MemberId,
+        expired_before: Timestamp,
+    ) -> StoreResult<crate::lease::Taken> {
+        self.thaw().await;
+        self.inner.acquire(seen, by, expired_before).await
+    }
+    async fn renew(
+        &self,
+        shard: crate::model::Shard,
+        epoch: u64,
+        by: &crate::lease::MemberId,
+    ) -> StoreResult<crate::lease::Kept> {
+        self.thaw().await;
+        self.inner.renew(shard, epoch, by).await
+    }
+    async fn release(
+        &self,
+        shard: crate::model::Shard,
+        epoch: u64,
+        by: &crate::lease::MemberId,
+    ) -> StoreResult<crate::lease::Kept> {
+        self.thaw().await;
+        self.inner.release(shard, epoch, by).await
+    }
+}

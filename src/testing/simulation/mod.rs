@@ -42,12 +42,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::history::{Ending, History};
-use self::hooks::{ClaimWitness, Freeze, Jitter, ScopeWitness};
+use self::hooks::{ClaimWitness, Freeze, FrozenLeases, Jitter, ScopeWitness};
 use self::plan::{Event, Forgery, Plan, Process, Shape, Value};
 use self::queue::ChaosQueue;
 use crate::changelog::Changelog as _;
 use crate::config::ProtocolConfig;
-use crate::model::{ChangeId, ObjectPath, OwnerToken, ShardRange, Timestamp};
+use crate::model::{ChangeId, ObjectPath, OwnerToken, ShardRange, ShardSet, Timestamp};
 use crate::queue::{JobQueue, Message};
 use crate::recovery::{Cleaner, CleanupJob, RecoveryConfig, Scanner};
 use crate::stores::Stores;
@@ -61,12 +61,42 @@ use crate::writer::{ReadOutcome, TieredStorage, WriteError};
 const PREFIX: &str = "sim";
 const ACK_DEADLINE: Duration = Duration::from_secs(10);
 const JITTER: Duration = Duration::from_millis(20);
+/// The scanners' lease period when they hold their shards under leases: the deployed
+/// default (a TTL of 20 s, renewed every 7.5 s).
+const LEASE_PERIOD: Duration = Duration::from_secs(30);
 /// How often quiescence looks at the stores.
 const LIVENESS_POLL: Duration = Duration::from_secs(10);
 /// How long a running scanner may take to claim a row once it is due: an idle poll, a
 /// page, and the poll of the check itself, with room for the writers' and cleaners'
 /// jitter.
 const ONE_ROUND: Duration = Duration::from_secs(60);
+
+/// No shard is readable by two scanners at once: a holder stops reading a shard (its lease
+/// used up to 0.9 × TTL from the renewal's sending) before another may take it.
+fn overlap(control: &Control) -> Result<(), String> {
+    let now = Instant::now();
+    let mut seen = ShardSet::EMPTY;
+    for (i, a) in control.assignments.iter().enumerate() {
+        let Some(set) = a
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|rx| rx.borrow().valid_at(now))
+        else {
+            continue;
+        };
+        let both = seen.intersection(&set);
+        if !both.is_empty() {
+            return Err(format!(
+                "shards {both} readable by scanner {i} and another at once"
+            ));
+        }
+        for s in set.iter() {
+            seen.insert(s);
+        }
+    }
+    Ok(())
+}
 
 /// Plays `plan` on a fresh paused-time runtime. `Err` describes the first violation.
 pub fn run(plan: &Plan, shape: Shape) -> Result<(), String> {
@@ -140,6 +170,10 @@ struct Control {
     scanner_rules: Vec<Mutex<Vec<Rule>>>,
     /// The faults of each scanner's running incarnation, healed at quiescence.
     scanner_faults: Vec<Mutex<Option<Arc<Faults>>>>,
+    /// Until when each scanner host is frozen (its lease keeper with it).
+    frozen_until: Vec<Arc<Mutex<Option<Instant>>>>,
+    /// Each leased scanner's current assignment, for the disjointness oracle.
+    assignments: Vec<Mutex<Option<tokio::sync::watch::Receiver<crate::recovery::Assignment>>>>,
     cleaner_rules: Vec<Mutex<Vec<Rule>>>,
     /// The faults of each cleaner's running incarnation.
     cleaner_faults: Vec<Mutex<Option<Arc<Faults>>>>,
@@ -168,6 +202,11 @@ struct World {
     precision: Vec<String>,
     /// The audits started, with what they asked for.
     audits: Vec<AuditRun>,
+    /// The scanners' shard leases, when they hold their shards under leases (`None`: each
+    /// reads a fixed half).
+    leases: Option<Arc<dyn crate::lease::Leases>>,
+    /// Overlapping assignments the watcher saw.
+    overlaps: Arc<Mutex<Vec<String>>>,
     processes: Vec<JoinHandle<()>>,
     /// Each cleaner host's wall clock (stepped by [`Event::SkewCleaner`]).
     cleaner_clocks: Vec<Arc<SkewedClock>>,
@@ -207,6 +246,8 @@ impl World {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             scanner_faults: (0..shape.scanners).map(|_| Mutex::new(None)).collect(),
+            frozen_until: (0..shape.scanners).map(|_| Arc::default()).collect(),
+            assignments: (0..shape.scanners).map(|_| Mutex::new(None)).collect(),
             cleaner_rules: (0..shape.cleaners)
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
@@ -214,9 +255,16 @@ impl World {
             restart_cleaner: (0..shape.cleaners).map(|_| Notify::new()).collect(),
             ..Control::default()
         };
+        let mem = sim_stores();
+        let leases = plan.leased.then(|| {
+            Arc::new(crate::lease::MemoryLeases::new(mem.clock.clone()))
+                as Arc<dyn crate::lease::Leases>
+        });
         Self {
             shape,
-            mem: sim_stores(),
+            leases,
+            overlaps: Arc::default(),
+            mem,
             protocol,
             history: History::new(paths.clone(), plan::MAX_STRAGGLE),
             paths,
@@ -250,6 +298,7 @@ impl World {
 
     async fn play(mut self, plan: &Plan) -> Result<(), String> {
         self.start_processes();
+        self.watch_assignments();
         for (step, event) in plan.events.iter().enumerate() {
             let at = |e| format!("after event {step} ({event:?}): {e}");
             match event {
@@ -279,6 +328,7 @@ impl World {
             let mem = self.mem.stores();
             let stale_claims = self.stale_claims.clone();
             let won_claims = self.won_claims.clone();
+            let leases = self.leases.clone();
             let (queue, config, control) = (
                 Arc::new(self.queue.clone()) as Arc<dyn JobQueue>,
                 self.recovery.clone(),
@@ -317,14 +367,52 @@ impl World {
                     let changelog =
                         intercept::wrap(jitter.clone(), &faults.wrap(&stores)).changelog;
                     let cancel = CancellationToken::new();
-                    let scanner = Scanner::new(changelog, queue.clone(), config.clone(), shards);
-                    let task = tokio::spawn(scanner.run(cancel.clone()));
-                    tokio::select! {
-                        _ = control.restart_scanner[i].notified() => {}
-                        _ = control.outage.notified() => {}
-                    }
+                    let Some(leases) = leases.clone() else {
+                        let scanner =
+                            Scanner::new(changelog, queue.clone(), config.clone(), shards);
+                        let task = tokio::spawn(scanner.run(cancel.clone()));
+                        tokio::select! {
+                            _ = control.restart_scanner[i].notified() => {}
+                            _ = control.outage.notified() => {}
+                        }
+                        cancel.cancel();
+                        task.abort();
+                        continue;
+                    };
+                    // A new member each incarnation, as a restarted pod is.
+                    let me = crate::lease::MemberId::fresh(&format!("scanner{i}"))
+                        .expect("a valid member name");
+                    let frozen = Arc::new(FrozenLeases {
+                        inner: leases,
+                        until: control.frozen_until[i].clone(),
+                    });
+                    let (keeper, assignment) =
+                        crate::recovery::LeaseKeeper::new(frozen, me, LEASE_PERIOD);
+                    *control.assignments[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(assignment.clone());
+                    let keeper_stop = CancellationToken::new();
+                    let keeper = tokio::spawn(keeper.run(keeper_stop.clone()));
+                    let scanner =
+                        Scanner::new(changelog, queue.clone(), config.clone(), ShardSet::EMPTY);
+                    let task = tokio::spawn(scanner.run_leased(assignment, cancel.clone()));
+                    let killed = tokio::select! {
+                        _ = control.restart_scanner[i].notified() => true,
+                        _ = control.outage.notified() => false,
+                    };
                     cancel.cancel();
                     task.abort();
+                    if killed {
+                        // Killed: its leases lapse on their own, a TTL later.
+                        keeper.abort();
+                    } else {
+                        // Stopped: it releases its leases on the way out.
+                        keeper_stop.cancel();
+                        let _ = keeper.await;
+                    }
+                    *control.assignments[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
                 }
             }));
         }
@@ -408,7 +496,7 @@ impl World {
             }
             Event::Sleep(d) => tokio::time::sleep(*d).await,
             Event::RecoveryOutage(d) => {
-                self.scanners_disturbed_until(*d);
+                self.scanners_disturbed_until(*d + self.handover());
                 *self
                     .control
                     .outage_until
@@ -418,7 +506,7 @@ impl World {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Event::RestartScanner(i) => {
-                self.scanners_disturbed_until(Duration::ZERO);
+                self.scanners_disturbed_until(self.handover());
                 self.control.restart_scanner[*i % self.shape.scanners].notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -490,6 +578,27 @@ impl World {
                         .push(*rule),
                 }
             }
+            Event::FreezeScanner { scanner, freeze } => {
+                let i = *scanner % self.shape.scanners;
+                // Its shards wait until another takes them over (a lease period) or it
+                // wakes; the liveness bound counts from then.
+                self.scanners_disturbed_until(*freeze + LEASE_PERIOD);
+                *self.control.frozen_until[i]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + *freeze);
+                let rule = Rule::nth_call(0, Fault::Delay(*freeze));
+                let running = self.control.scanner_faults[i]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                match running {
+                    Some(faults) => faults.add(rule),
+                    None => self.control.scanner_rules[i]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(rule),
+                }
+            }
             Event::Audit {
                 min_age,
                 list_delay,
@@ -517,6 +626,47 @@ impl World {
             if !self.outage_in_effect() {
                 self.check_liveness(self.scanners_steady_from).await?;
             }
+        }
+    }
+
+    /// How long shards may wait for a holder after a scanner stops or starts: a lease
+    /// period when they are held under leases (the dead member's lapse, the others take
+    /// them at their next tick), nothing when each scanner reads a fixed half.
+    fn handover(&self) -> Duration {
+        if self.leases.is_some() {
+            LEASE_PERIOD
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Watches the leased scanners' assignments every second (an overlap may last seconds):
+    /// see [`overlap`].
+    fn watch_assignments(&mut self) {
+        if self.leases.is_none() {
+            return;
+        }
+        let (control, seen) = (self.control.clone(), self.overlaps.clone());
+        self.processes.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = overlap(&control) {
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                    return;
+                }
+            }
+        }));
+    }
+
+    fn check_assignments(&self) -> Result<(), String> {
+        match self
+            .overlaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+        {
+            Some(e) => Err(e.clone()),
+            None => overlap(&self.control),
         }
     }
 
@@ -747,6 +897,7 @@ impl World {
         }
         self.check_witnesses().await?;
         self.check_stamps().await?;
+        self.check_assignments()?;
         self.note_scanner_stalls();
         if !self.outage_in_effect() {
             self.check_liveness(self.scanners_steady_from).await?;

@@ -144,6 +144,13 @@ pub enum Event {
         cleaner: usize,
         rule: Rule,
     },
+    /// The scanner's host freezes for this long (a long GC pause, a suspended VM): its next
+    /// store call and its lease keeper wait it out. Its shard leases lapse meanwhile and
+    /// another scanner takes them; it must stop reading them before that.
+    FreezeScanner {
+        scanner: usize,
+        freeze: Duration,
+    },
     /// An `audit --delete` starts, racing writers and recovery: it reads the changelog, then
     /// lists the bucket, each listing call taking `list_delay` (a big bucket: writes land
     /// meanwhile), and hands what it judges orphans older than `min_age` to recovery.
@@ -197,6 +204,9 @@ pub struct Plan {
     /// The first claim's lease (and the scanners' `republish_after`): [`CLAIM_LEASE`] or
     /// [`SHORT_CLAIM_LEASE`].
     pub claim_lease: Duration,
+    /// The scanners hold their shards under leases (joining, leaving and freezing move
+    /// shards between them) instead of each reading a fixed half.
+    pub leased: bool,
 }
 
 /// The claim lease as deployed: with a settle shorter than it, a deferred row that is
@@ -251,6 +261,9 @@ impl Plan {
         if rng.random_ratio(1, 4) {
             events.extend(opening(&mut rng));
         }
+        let lease_opening = events
+            .iter()
+            .any(|e| matches!(e, Event::FreezeScanner { .. }));
         for _ in 0..shape.steps {
             events.push(event(&mut rng, shape));
         }
@@ -267,11 +280,15 @@ impl Plan {
         } else {
             SHORT_CLAIM_LEASE
         };
+        // Shard leases cost a keeper's tick per member every 7.5 s (1,024 renewals a
+        // period): one schedule in twenty, and every one that opens with a frozen holder.
+        let leased = lease_opening || rng.random_ratio(1, 20);
         Self {
             seed,
             events,
             recovery_settle,
             claim_lease,
+            leased,
         }
     }
 
@@ -284,6 +301,7 @@ impl Plan {
             events,
             recovery_settle: self.recovery_settle,
             claim_lease: self.claim_lease,
+            leased: self.leased,
         }
     }
 }
@@ -313,7 +331,7 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..13) {
+    match rng.random_range(0..14) {
         // A deferred put's client sends its parts in time and completes the upload long
         // after the deadline, after recovery converged the change and removed its row; the
         // writer dies right after its upload call. The end of the stream is what creates
@@ -398,6 +416,29 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
             ),
             Event::Sleep(secs(rng.random_range(150..300))),
         ],
+        // Scanners hold their shards under leases. A writer dies before its HV write; as
+        // its row turns stale one scanner's host freezes past its leases' TTL (and in half
+        // of them the other is killed and replaced). The frozen holder must stop reading
+        // its shards before another takes them; the taker reads them whole and claims the
+        // row within a lease period and a round.
+        13 => {
+            let mut events = vec![
+                large_put(
+                    vec![Rule::once(Op::HvCas, Fault::CrashBefore)],
+                    Process::Healthy,
+                ),
+                Event::Sleep(secs(rng.random_range(5..35))),
+                Event::FreezeScanner {
+                    scanner: rng.random_range(0..2),
+                    freeze: secs(rng.random_range(25..150)),
+                },
+            ];
+            if rng.random_bool(0.5) {
+                events.push(Event::RestartScanner(rng.random_range(0..2)));
+            }
+            events.push(Event::Sleep(secs(rng.random_range(150..400))));
+            events
+        }
         // The cleaners' clocks are off by an hour or more — both behind, or one behind and
         // one ahead — while a writer dies before its HV write with its first upload attempt
         // still on its way for minutes. Recovery deletes the upload and must keep the row
@@ -679,7 +720,11 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             skip: rng.random_range(0..4),
             times: rng.random_range(1..4),
         },
-        60..=69 => Event::Sleep(match rng.random_range(0..10) {
+        69 => Event::FreezeScanner {
+            scanner: rng.random_range(0..shape.scanners),
+            freeze: secs(rng.random_range(5..120)),
+        },
+        60..=68 => Event::Sleep(match rng.random_range(0..10) {
             0 => LONGER_THAN_TTLS,
             1..=3 => Duration::from_secs(rng.random_range(30..300)),
             _ => Duration::from_secs(rng.random_range(1..30)),
