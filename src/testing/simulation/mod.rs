@@ -478,7 +478,11 @@ impl World {
                 faults,
                 process,
             } => self.write(*object, *value, faults, *process).await,
-            Event::Read { object, hold } => {
+            Event::Read {
+                object,
+                hold,
+                streamed,
+            } => {
                 let path = self.paths[*object % self.paths.len()].clone();
                 let rules =
                     hold.map(|d| Rule::once(crate::testing::faults::Op::LtGet, Fault::Delay(d)));
@@ -488,9 +492,11 @@ impl World {
                     sim_writer_config(self.protocol),
                 );
                 if let Ok(reader) = reader {
-                    let p = path.clone();
-                    self.reads
-                        .push((path, tokio::spawn(async move { reader.get(&p).await.ok() })));
+                    let (p, streamed) = (path.clone(), *streamed);
+                    self.reads.push((
+                        path,
+                        tokio::spawn(async move { writes::read(&reader, &p, streamed).await }),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

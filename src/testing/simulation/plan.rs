@@ -98,6 +98,9 @@ pub enum Event {
     Read {
         object: usize,
         hold: Option<Duration>,
+        /// Read as a stream ([`get_stream`](crate::writer::TieredStorage::get_stream)),
+        /// to its end.
+        streamed: bool,
     },
     Sleep(Duration),
     /// Scanners stop for this long (a scanner pool outage), then start again.
@@ -707,6 +710,7 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             hold: rng
                 .random_bool(0.5)
                 .then(|| Duration::from_millis(rng.random_range(10..3000))),
+            streamed: rng.random_bool(0.5),
         },
         56..=57 => Event::FaultCleaner {
             cleaner: rng.random_range(0..shape.cleaners),

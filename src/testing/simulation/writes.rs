@@ -1,5 +1,6 @@
-//! How the simulation's writers write: byte puts and deletes, client-paced streamed puts,
-//! and deferred puts whose clients finish in time, late, abort or go away.
+//! How the simulation's writers write — byte puts and deletes, client-paced streamed puts,
+//! deferred puts whose clients finish in time, late, abort or go away — and its readers
+//! read.
 
 use std::time::Duration;
 
@@ -9,7 +10,33 @@ use futures::StreamExt as _;
 use super::plan::{Finish, Value};
 use crate::config::ProtocolConfig;
 use crate::model::{ObjectMeta, ObjectPath};
-use crate::writer::{TieredStorage, WriteError};
+use crate::writer::{ReadOutcome, StreamOutcome, TieredStorage, WriteError};
+
+/// Reads `path` whole, or as a stream to its end (a stream cut short by an overwrite
+/// counts as no answer); `None` when the read failed.
+pub(super) async fn read(
+    reader: &TieredStorage,
+    path: &ObjectPath,
+    streamed: bool,
+) -> Option<ReadOutcome> {
+    if !streamed {
+        return reader.get(path).await.ok();
+    }
+    match reader.get_stream(path).await.ok()? {
+        StreamOutcome::Found(mut stream, meta) => {
+            let mut bytes = bytes::BytesMut::new();
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk.ok()?);
+            }
+            Some(ReadOutcome::Found(crate::writer::Object {
+                bytes: bytes.freeze(),
+                meta,
+            }))
+        }
+        StreamOutcome::NotFound => Some(ReadOutcome::NotFound),
+        StreamOutcome::Dangling(rev) => Some(ReadOutcome::Dangling(rev)),
+    }
+}
 
 /// Writes `bytes` (or deletes, for `None`) to `path` the way `value` says.
 pub(super) async fn perform(
