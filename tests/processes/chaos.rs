@@ -406,8 +406,8 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
         .expect("connecting to the emulators directly");
     let acceptable: BTreeMap<_, _> = history.lock().unwrap().acceptable();
     let drained = Instant::now();
-    // Generous: the Pub/Sub emulator strands jobs on streams it dropped (README, "Known
-    // emulator bug"), and such a row comes back only when its lease runs out.
+    // Generous: the Pub/Sub emulator strands jobs on streams it dropped (docs/protocol.md,
+    // "Known emulator bug"), and such a row comes back only when its lease runs out.
     let bound = Duration::from_secs(300);
     let report = loop {
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -87,7 +87,7 @@ pub async fn run(args: &DemoArgs, cli: &Cli) -> Result<()> {
         }
         Backend::Auto => {
             eprintln!(
-                "backend: in-memory (auto: no gcloud emulators installed; see README to install them)"
+                "backend: in-memory (auto: no gcloud emulators installed; see docs/development.md to install them)"
             );
             Backend::Memory
         }

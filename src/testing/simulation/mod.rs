@@ -15,15 +15,8 @@
 //! * I5: every job a cleaner dead-letters carries its reason;
 //! * a read never reports a dangling tombstone.
 //!
-//! Why tokio's paused time and not turmoil or madsim: the system under test is tokio code
-//! talking to stores through traits, and the faults worth injecting sit at those traits
-//! (a call that lands late, lands after its error, or never returns), not in a network
-//! stack. Paused time gives virtual time to the real scanner, cleaner and writer code
-//! unchanged; turmoil simulates TCP hosts we do not have here, and madsim would replace
-//! tokio under every dependency. The price: tokio does not let a stable build seed its
-//! scheduler's choices (`select!` branch order), and ids are random UUIDs, so a seed
-//! replays its schedule exactly but concurrent tasks may interleave differently; a failing
-//! seed reproduces on most replays, and [`shrink`] re-tries each candidate.
+//! Why tokio's paused time and not turmoil or madsim, and what a seed does and does not
+//! replay: `docs/simulation.md`, "How a schedule plays".
 
 pub mod history;
 pub mod hooks;

@@ -1,0 +1,117 @@
+//! Every repository path the README and the docs name exists: a moved or renamed file
+//! fails the build instead of leaving a reader at a dead end.
+
+use std::path::{Path, PathBuf};
+
+/// Where paths named in the docs start.
+const ROOTS: [&str; 7] = [
+    "src/",
+    "tests/",
+    "infra/",
+    "docs/",
+    "workers/",
+    "examples/",
+    ".ci/",
+];
+
+/// Files at the top level the docs name.
+const TOP_LEVEL: [&str; 6] = [
+    "Cargo.toml",
+    "Dockerfile",
+    "docker-compose.yml",
+    "deny.toml",
+    "CHANGELOG.md",
+    "README.md",
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The documents checked: the README and everything under docs/.
+fn documents() -> Vec<PathBuf> {
+    let mut docs = vec![repo().join("README.md")];
+    let dir = repo().join("docs");
+    for entry in std::fs::read_dir(&dir).expect("reading docs/") {
+        let path = entry.expect("a docs/ entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path);
+        }
+    }
+    docs
+}
+
+/// The repository paths `text` names: inside backticks, or as a Markdown link's target
+/// (resolved from the document's directory).
+fn named(text: &str, dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    let mut consider = |raw: &str, base: &Path| {
+        let token = raw
+            .split(['#', ' '])
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches([',', '.', ';', ':', ')']);
+        if token.contains("://") || token.contains('<') || token.contains('*') {
+            return;
+        }
+        let rooted = ROOTS.iter().any(|r| token.starts_with(r)) || TOP_LEVEL.contains(&token);
+        if rooted {
+            found.push((raw.to_owned(), repo().join(token)));
+        } else if token.ends_with(".md") || token.starts_with("../") {
+            found.push((raw.to_owned(), base.join(token)));
+        }
+    };
+    for (i, part) in text.split('`').enumerate() {
+        if i % 2 == 1 && !part.contains(' ') {
+            consider(part, &repo());
+        }
+    }
+    for link in text.split("](").skip(1) {
+        if let Some(target) = link.split(')').next() {
+            consider(target, dir);
+        }
+    }
+    found
+}
+
+#[test]
+fn every_path_the_docs_name_exists() {
+    let mut missing = Vec::new();
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).expect("reading a document");
+        let dir = doc.parent().expect("a document's directory").to_owned();
+        for (raw, path) in named(&text, &dir) {
+            if !path.exists() {
+                missing.push(format!("{}: {raw}", doc.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "paths named but missing:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn the_checker_sees_paths_in_backticks_and_links() {
+    let names = named(
+        "see `src/lib.rs`, [the protocol](protocol.md#fence), `cargo run`, `src/nowhere.rs`",
+        &repo().join("docs"),
+    );
+    let paths: Vec<_> = names.iter().map(|(raw, _)| raw.as_str()).collect();
+    assert_eq!(paths, ["src/lib.rs", "src/nowhere.rs", "protocol.md#fence"]);
+    assert!(names[0].1.exists() && !names[1].1.exists() && names[2].1.exists());
+}
+
+#[test]
+fn the_readme_stays_a_front_door() {
+    let lines = std::fs::read_to_string(repo().join("README.md"))
+        .expect("reading the README")
+        .lines()
+        .count();
+    assert!(
+        lines <= 200,
+        "README.md has {lines} lines; the detail belongs in docs/"
+    );
+}
