@@ -1,19 +1,6 @@
-//! # tiersweep — crash recovery for tiered object storage
-//!
-//! An object store keeps small objects inline in a Bigtable table (the **HV** tier) and large
-//! ones in a GCS bucket (the **LT** tier), with a *tombstone* in HV pointing at the LT
-//! revision. Every large write touches both tiers, so a process that dies between the steps
-//! leaves an LT blob nothing references. tiersweep does not infer orphans by listing: writers
-//! keep an explicit **write-ahead changelog**, and recovery converges what it records.
-//!
-//! ## The protocol
-//!
-//! ```text
-//! writer:    record change {object, old, new} ─ heartbeat ─┐
-//!            upload new → [guard valid?] CAS HV old→new → delete old → remove change
-//! recovery:  scan stale changes → claim (CAS "still stale") → job → fence HV row for the change
-//!            → read HV → delete each of {old, new} HV does not reference → remove change
-//! ```
+// The crate's front page is the architecture document, so that its map and vocabulary are
+// read where the code is, and its paths are checked (`tests/doc_paths.rs`).
+#![doc = include_str!("../docs/architecture.md")]
 //!
 //! ## The invariants every test checks ([`testing::invariants`])
 //!
@@ -58,14 +45,6 @@
 //! # }
 //! ```
 //!
-//! ## Layout
-//!
-//! [`model`] is the vocabulary; [`hv`], [`lt`], [`changelog`] and [`queue`] are the stores,
-//! each a small trait with an in-memory twin beside the real backend; [`writer`] is the
-//! library object-store services embed; [`recovery`] holds the scanner, the cleaner, the one
-//! [`converge`](mod@recovery::converge) function and the embedded loop; [`audit`] is the
-//! listing-based reconciler that checks the changelog path from outside.
-
 // Every public item is documented (clippy -D warnings makes a missing doc an error), except
 // in the feature-gated test, demo and benchmark machinery, which production never compiles.
 #![warn(missing_docs)]
