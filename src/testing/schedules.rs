@@ -1253,6 +1253,23 @@ pub async fn a_deferred_put_is_left_alone_until_its_deadline(
     assert!(entries_for(&stores, &abandoned).await.is_empty());
 }
 
+/// A writer meeting `faults` that has begun a deferred put of a fresh object, due `within`.
+async fn begin_deferred(
+    stores: &Stores,
+    protocol: ProtocolConfig,
+    faults: &Arc<Faults>,
+    within: Duration,
+) -> (TieredStorage, ObjectPath, crate::writer::DeferredPut) {
+    let writer = TieredStorage::new(faults.wrap(stores), test_writer_config(protocol))
+        .expect("valid writer config");
+    let path = unique_path();
+    let put = writer
+        .begin_deferred_put(&path, ObjectMeta::default(), within)
+        .await
+        .expect("beginning a deferred put");
+    (writer, path, put)
+}
+
 /// A deferred put's upload fails long before its deadline. The writer hands the change to
 /// recovery due after its upload settle — but never earlier than the deadline the row
 /// already carries: a scanner that saw the row watches it until the time it saw, so an
@@ -1262,15 +1279,14 @@ pub async fn a_deferred_put_whose_upload_fails_keeps_its_deadline(
     stores: Stores,
     protocol: ProtocolConfig,
 ) {
-    let within = protocol.staleness_threshold * 8;
     let failing = Faults::new([Rule::once(Op::LtPut, Fault::Fail)]);
-    let writer = TieredStorage::new(failing.wrap(&stores), test_writer_config(protocol))
-        .expect("valid writer config");
-    let path = unique_path();
-    let put = writer
-        .begin_deferred_put(&path, ObjectMeta::default(), within)
-        .await
-        .expect("beginning a deferred put");
+    let (writer, path, put) = begin_deferred(
+        &stores,
+        protocol,
+        &failing,
+        protocol.staleness_threshold * 8,
+    )
+    .await;
     let [before] = &entries_for(&stores, &path).await[..] else {
         panic!("a deferred put is recorded");
     };
@@ -1309,13 +1325,7 @@ pub async fn a_deferred_put_whose_stream_ends_after_its_deadline_creates_nothing
     let within = threshold * 4;
     let hold = within + threshold * 6;
     let dying = Faults::new([Rule::once(Op::LtPut, Fault::CrashAfter)]);
-    let writer = TieredStorage::new(dying.wrap(&stores), test_writer_config(protocol))
-        .expect("valid writer config");
-    let path = unique_path();
-    let put = writer
-        .begin_deferred_put(&path, ObjectMeta::default(), within)
-        .await
-        .expect("beginning a deferred put");
+    let (writer, path, put) = begin_deferred(&stores, protocol, &dying, within).await;
     let parts: Vec<Bytes> = (0..3).map(|i| large(&format!("late{i}"))).collect();
     // Every part at once; the end only after `hold`.
     let body = futures::stream::unfold(parts.into_iter(), move |mut parts| async move {

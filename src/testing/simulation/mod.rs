@@ -64,6 +64,16 @@ const LIVENESS_POLL: Duration = Duration::from_secs(10);
 /// jitter.
 const ONE_ROUND: Duration = Duration::from_secs(60);
 
+/// Adds `rule` to a process's running incarnation (counting its calls from now), or, when
+/// none runs, to the rules its next incarnation starts with.
+fn add_rule(running: &Mutex<Option<Arc<Faults>>>, next: &Mutex<Vec<Rule>>, rule: Rule) {
+    let running = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match running {
+        Some(faults) => faults.add(rule),
+        None => next.lock().unwrap_or_else(|e| e.into_inner()).push(rule),
+    }
+}
+
 /// No shard is readable by two scanners at once: a holder stops reading a shard (its lease
 /// used up to 0.9 × TTL from the renewal's sending) before another may take it.
 fn overlap(control: &Control) -> Result<(), String> {
@@ -551,31 +561,19 @@ impl World {
                     fault: Fault::Fail,
                 };
                 let i = *scanner % self.shape.scanners;
-                let running = self.control.scanner_faults[i]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                match running {
-                    Some(faults) => faults.add(rule),
-                    None => self.control.scanner_rules[i]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(rule),
-                }
+                add_rule(
+                    &self.control.scanner_faults[i],
+                    &self.control.scanner_rules[i],
+                    rule,
+                );
             }
             Event::FaultCleaner { cleaner, rule } => {
                 let i = *cleaner % self.shape.cleaners;
-                let running = self.control.cleaner_faults[i]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                match running {
-                    Some(faults) => faults.add(*rule),
-                    None => self.control.cleaner_rules[i]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(*rule),
-                }
+                add_rule(
+                    &self.control.cleaner_faults[i],
+                    &self.control.cleaner_rules[i],
+                    *rule,
+                );
             }
             Event::FreezeScanner { scanner, freeze } => {
                 let i = *scanner % self.shape.scanners;
@@ -586,17 +584,11 @@ impl World {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + *freeze);
                 let rule = Rule::nth_call(0, Fault::Delay(*freeze));
-                let running = self.control.scanner_faults[i]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                match running {
-                    Some(faults) => faults.add(rule),
-                    None => self.control.scanner_rules[i]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(rule),
-                }
+                add_rule(
+                    &self.control.scanner_faults[i],
+                    &self.control.scanner_rules[i],
+                    rule,
+                );
             }
             Event::Audit {
                 min_age,
