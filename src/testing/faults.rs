@@ -250,4 +250,9 @@ impl Intercept for Faults {
     ) -> impl Future<Output = StoreResult<T>> + Send {
         self.apply(op, store, call)
     }
+
+    /// Batched removals meet faults half by half: a failure can leave a batch partly done.
+    fn splits_batches(&self) -> bool {
+        true
+    }
 }

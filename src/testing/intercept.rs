@@ -84,6 +84,13 @@ pub trait Intercept: Send + Sync + std::fmt::Debug + 'static {
         call: Call<T>,
     ) -> impl Future<Output = StoreResult<T>> + Send;
 
+    /// Whether a batched removal is sent as two halves, each a call the hook sees, so that
+    /// a fault on the second leaves the first done: a `MutateRows` that removed some rows
+    /// and then failed. Off by default (the call meter counts one call per batch).
+    fn splits_batches(&self) -> bool {
+        false
+    }
+
     /// How long the store takes to finish an upload once its last byte has arrived, for an
     /// upload whose call started at `started`: the call meter's model of GCS (an object is
     /// finalized after its last byte). Nothing by default.
@@ -290,6 +297,16 @@ struct HookedChangelog<H> {
     hook: Arc<H>,
 }
 
+impl<H: Intercept> HookedChangelog<H> {
+    async fn remove_part(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        let (inner, ids) = (self.inner.clone(), ids.to_vec());
+        let call = Box::pin(async move { inner.remove_many(&ids).await });
+        self.hook
+            .run(Op::RemoveMany, StoreKind::Changelog, call)
+            .await
+    }
+}
+
 #[async_trait]
 impl<H: Intercept> Changelog for HookedChangelog<H> {
     async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
@@ -347,11 +364,12 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
         self.hook.run(Op::Extend, StoreKind::Changelog, call).await
     }
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
-        let (inner, ids) = (self.inner.clone(), ids.to_vec());
-        let call = Box::pin(async move { inner.remove_many(&ids).await });
-        self.hook
-            .run(Op::RemoveMany, StoreKind::Changelog, call)
-            .await
+        if ids.len() > 1 && self.hook.splits_batches() {
+            let (first, second) = ids.split_at(ids.len() / 2);
+            self.remove_part(first).await?;
+            return self.remove_part(second).await;
+        }
+        self.remove_part(ids).await
     }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let (inner, id, owner) = (self.inner.clone(), id.clone(), owner.clone());

@@ -334,7 +334,7 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..14) {
+    match rng.random_range(0..15) {
         // A deferred put's client sends its parts in time and completes the upload long
         // after the deadline, after recovery converged the change and removed its row; the
         // writer dies right after its upload call. The end of the stream is what creates
@@ -440,6 +440,44 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                 events.push(Event::RestartScanner(rng.random_range(0..2)));
             }
             events.push(Event::Sleep(secs(rng.random_range(150..400))));
+            events
+        }
+        // Three writers die before their HV writes at once, so that their jobs reach the
+        // cleaners together and the removals share a batch; a batch's second half fails,
+        // loses its response or lands late. Rows a failed half left must be converged
+        // again; none may be taken for removed.
+        14 => {
+            let fault = match rng.random_range(0..3) {
+                0 => Fault::Fail,
+                1 => Fault::LoseResponse,
+                _ => Fault::Straggle(secs(rng.random_range(1..=MAX_STRAGGLE.as_secs()))),
+            };
+            // The first removal is slow, so the next ones queue behind it and leave as
+            // one batch, whose halves are the second and third calls.
+            let slow = Rule::once(Op::RemoveMany, Fault::Delay(secs(2)));
+            let rule = Rule {
+                op: Some(Op::RemoveMany),
+                skip: rng.random_range(1..3),
+                times: rng.random_range(1..6),
+                fault,
+            };
+            let mut events = Vec::new();
+            for cleaner in 0..2 {
+                events.push(Event::FaultCleaner {
+                    cleaner,
+                    rule: slow,
+                });
+                events.push(Event::FaultCleaner { cleaner, rule });
+            }
+            for object in 0..3 {
+                events.push(Event::Write {
+                    object,
+                    value: Value::Large,
+                    faults: vec![Rule::once(Op::HvCas, Fault::CrashBefore)],
+                    process: Process::Healthy,
+                });
+            }
+            events.push(Event::Sleep(secs(rng.random_range(120..300))));
             events
         }
         // The cleaners' clocks are off by an hour or more — both behind, or one behind and
