@@ -40,6 +40,7 @@ impl fmt::Display for StoreKind {
 
 /// What a caller can do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Unavailable, deadline exceeded, overloaded, aborted: retrying may succeed.
     Transient,

@@ -134,6 +134,7 @@ impl AuditConfig {
 
 #[derive(Debug, thiserror::Error)]
 /// Why an audit could not run (a range's failure is in its [`RangeReport`] instead).
+#[non_exhaustive]
 pub enum AuditError {
     #[error("invalid audit configuration: {0}")]
     /// A setting is out of range, or `delete` was asked without a trail.

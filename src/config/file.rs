@@ -108,6 +108,7 @@ impl Default for WorkerConfig {
 
 /// Why a configuration could not be loaded, naming the file, override or setting.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read configuration file {path}: {source}")]

@@ -31,6 +31,7 @@ pub struct CleanupJob {
 
 /// Why a message is not a job. Carried into the dead-letter reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     /// The body is not a job.
     #[error("message body is not a cleanup job: {0}")]

@@ -164,6 +164,7 @@ impl Default for WriterConfig {
 /// Why a write did not happen, or may not have. Every variant names the object; each says
 /// whether the write can have landed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WriteError {
     /// A store call failed after its retries. The write may or may not have happened, as
     /// with any storage write whose response is lost; it is safe to retry.
