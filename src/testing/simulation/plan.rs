@@ -371,22 +371,30 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
         // or land late after their errors: no job may end as if a failed call had done its
         // work, and none may be lost for one.
         11 => {
+            // GCS deletes twice as often: the call whose failure is easiest to mistake.
             let op = [
+                Op::LtDelete,
                 Op::LtDelete,
                 Op::HvFence,
                 Op::Defer,
                 Op::RemoveMany,
                 Op::Get,
-            ][rng.random_range(0..5)];
+            ][rng.random_range(0..6)];
             let fault = if rng.random_bool(0.75) {
                 Fault::Fail
             } else {
                 Fault::Straggle(secs(rng.random_range(1..=MAX_STRAGGLE.as_secs())))
             };
+            // A hiccup past the retries, or an outage until quiescence heals it.
+            let times = if rng.random_bool(0.5) {
+                rng.random_range(3..=12)
+            } else {
+                usize::MAX
+            };
             let rule = Rule {
                 op: Some(op),
                 skip: 0,
-                times: rng.random_range(3..=12),
+                times,
                 fault,
             };
             vec![
