@@ -28,14 +28,18 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The documents checked: the README and everything under docs/.
+/// The documents checked: the README and every Markdown file under docs/.
 fn documents() -> Vec<PathBuf> {
     let mut docs = vec![repo().join("README.md")];
-    let dir = repo().join("docs");
-    for entry in std::fs::read_dir(&dir).expect("reading docs/") {
-        let path = entry.expect("a docs/ entry").path();
-        if path.extension().is_some_and(|e| e == "md") {
-            docs.push(path);
+    let mut dirs = vec![repo().join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading a docs directory") {
+            let path = entry.expect("a docs entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                docs.push(path);
+            }
         }
     }
     docs

@@ -87,6 +87,7 @@ pub struct Faults {
     state: Mutex<State>,
     crashed: AtomicBool,
     crash: Notify,
+    split_batches: AtomicBool,
 }
 
 impl Faults {
@@ -114,6 +115,13 @@ impl Faults {
     /// Adds a rule to a running process's plan (counting its calls from now).
     pub fn add(&self, rule: Rule) {
         self.lock().rules.push((rule, 0));
+    }
+
+    /// From now on a batched removal leaves as two halves, each its own call meeting the
+    /// rules, so that a fault can leave a batch partly done (a `MutateRows` that removed
+    /// some rows and then failed). Off by default: call counts see one call per batch.
+    pub fn split_batches(&self) {
+        self.split_batches.store(true, Ordering::SeqCst);
     }
 
     /// Whether some rule has yet to fire all its times.
@@ -251,8 +259,7 @@ impl Intercept for Faults {
         self.apply(op, store, call)
     }
 
-    /// Batched removals meet faults half by half: a failure can leave a batch partly done.
     fn splits_batches(&self) -> bool {
-        true
+        self.split_batches.load(Ordering::SeqCst)
     }
 }

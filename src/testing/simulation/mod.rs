@@ -440,6 +440,8 @@ impl World {
                             .unwrap_or_else(|e| e.into_inner()),
                     );
                     let faults = Faults::new(rules);
+                    // A batched removal can fail half done.
+                    faults.split_batches();
                     *control.cleaner_faults[i]
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(faults.clone());
