@@ -21,7 +21,9 @@ pub mod embedded;
 pub mod inspect;
 pub mod job;
 pub mod membership;
-pub mod pool;
+// The demo's and the benchmarks' in-process pools: not production API.
+#[cfg(feature = "dev")]
+pub(crate) mod pool;
 mod queued;
 pub mod scanner;
 mod watched;
