@@ -763,7 +763,8 @@ impl World {
     }
 
     /// Starts an `audit --delete` of the simulation's prefix whose listing calls each take
-    /// `list_delay`.
+    /// `list_delay`. Only the listing is slowed (no jitter on the audit's other calls), so
+    /// its changelog snapshot is taken at the `started` the oracle judges it by.
     fn audit(&mut self, min_age: Duration, list_delay: Duration) {
         let config = crate::audit::AuditConfig {
             prefix: format!("{PREFIX}/"),
