@@ -120,11 +120,14 @@ pub enum Mutant {
     /// A scanner reads a shard it gains from the key bound of its current round on, not
     /// whole: rows below the bound that the shard's last holder left go to the next sweep.
     GainedShardsNotReadWhole,
+    /// The fresh read claims within the backlog's part of the room, not the whole room: a
+    /// drain held back at its part leaves rows that just turned stale waiting behind it.
+    FreshReadWithoutReserve,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 35] = [
+    pub const ALL: [Mutant; 36] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -160,6 +163,7 @@ impl Mutant {
         Mutant::LeaseUsedPastTtl,
         Mutant::ExpiredLeasesKept,
         Mutant::GainedShardsNotReadWhole,
+        Mutant::FreshReadWithoutReserve,
     ];
 }
 

@@ -33,25 +33,45 @@ fn hunt(m: Mutant, base: u64, budget: u64) -> Option<(u64, u64, String)> {
 fn the_simulation_catches_every_mutant() {
     let budget = env_u64("TIERSWEEP_MUTANT_BUDGET").unwrap_or(15_000);
     let base = env_u64("TIERSWEEP_SEED_BASE").unwrap_or_else(rand::random);
-    let mut survivors = Vec::new();
-    eprintln!("mutant → schedules until caught (seeds from {base}, budget {budget})");
     let only = std::env::var("TIERSWEEP_MUTANT").ok();
-    for m in Mutant::ALL {
-        if only.as_deref().is_some_and(|name| name != format!("{m:?}")) {
-            continue;
+    let mutants: Vec<Mutant> = Mutant::ALL
+        .into_iter()
+        .filter(|m| only.as_deref().is_none_or(|name| name == format!("{m:?}")))
+        .collect();
+    // One hunt per thread at a time (the mutant switch is per thread), one thread per core
+    // unless `TIERSWEEP_SIM_THREADS` says otherwise.
+    let threads = env_u64("TIERSWEEP_SIM_THREADS")
+        .map(|n| n as usize)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .clamp(1, mutants.len().max(1));
+    eprintln!(
+        "mutant → schedules until caught (seeds from {base}, budget {budget}, {threads} threads)"
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let survivors = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some(&m) =
+                    mutants.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    match hunt(m, base, budget) {
+                        Some((tries, seed, violation)) => {
+                            let first = violation.lines().next().unwrap_or_default();
+                            let first: String = first.chars().take(140).collect();
+                            eprintln!("{m:?} → {tries} (seed {seed}: {first})");
+                        }
+                        None => {
+                            eprintln!("{m:?} → SURVIVED {budget} schedules");
+                            survivors.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+                        }
+                    }
+                }
+            });
         }
-        match hunt(m, base, budget) {
-            Some((tries, seed, violation)) => {
-                let first = violation.lines().next().unwrap_or_default();
-                let first: String = first.chars().take(140).collect();
-                eprintln!("{m:?} → {tries} (seed {seed}: {first})");
-            }
-            None => {
-                eprintln!("{m:?} → SURVIVED {budget} schedules");
-                survivors.push(m);
-            }
-        }
-    }
+    });
+    let survivors = survivors.into_inner().unwrap_or_else(|e| e.into_inner());
     assert!(
         survivors.is_empty(),
         "mutants the simulation did not catch: {survivors:?}"

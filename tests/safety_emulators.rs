@@ -136,6 +136,22 @@ async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time() {
+    let stores = emulators().await.stores(clock::system()).await;
+    tiersweep::testing::scans::a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_of_watched_rows_reads_on() {
+    let stores = emulators().await.stores(clock::system()).await;
+    tiersweep::testing::scans::a_full_batch_of_watched_rows_reads_on(stores, protocol()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time() {
     let stores = emulators().await.stores(clock::system()).await;
     tiersweep::testing::scans::a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(

@@ -225,6 +225,22 @@ async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time() {
+    let stores = tiersweep::testing::MemoryStores::new().stores();
+    tiersweep::testing::scans::a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_of_watched_rows_reads_on() {
+    let stores = tiersweep::testing::MemoryStores::new().stores();
+    tiersweep::testing::scans::a_full_batch_of_watched_rows_reads_on(stores, protocol()).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
     tiersweep::testing::scans::a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(

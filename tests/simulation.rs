@@ -5,7 +5,10 @@
 //! consecutive seeds starting at `TIERSWEEP_SEED_BASE` (random by default) and prints the
 //! rate, over one thread per core (`TIERSWEEP_SIM_THREADS=N` for another number);
 //! `TIERSWEEP_SEED=<seed>` replays one. A failure prints its seed, the violation and
-//! the shrunk schedule.
+//! the shrunk schedule. `TIERSWEEP_SIM_LOG=<filter>` (e.g.
+//! `tiersweep::recovery::scanner=debug`) makes the replay print the schedule and the run's
+//! log, stamped with simulated seconds, instead of judging it; a schedule's outcome can
+//! differ between replays (tokio's `select!` order is not seeded).
 
 use tiersweep::testing::simulation::plan::{Plan, Shape};
 use tiersweep::testing::simulation::{run, shrink};
@@ -67,5 +70,34 @@ fn the_pipeline_keeps_every_invariant_under_the_fault_model() {
 #[test]
 fn replay_seed_from_env() {
     // Without a seed, a fixed one, so this test still exercises the replay path.
-    check(env_u64("TIERSWEEP_SEED").unwrap_or(11));
+    let seed = env_u64("TIERSWEEP_SEED").unwrap_or(11);
+    match std::env::var("TIERSWEEP_SIM_LOG") {
+        Ok(filter) => trace(seed, &filter),
+        Err(_) => check(seed),
+    }
+}
+
+/// Replays `seed` with its log on stderr, to see why a schedule failed.
+fn trace(seed: u64, filter: &str) {
+    /// Seconds of simulated time since the first line.
+    struct Simulated;
+    impl tracing_subscriber::fmt::time::FormatTime for Simulated {
+        fn format_time(
+            &self,
+            w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+        ) -> std::fmt::Result {
+            static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+            let start = START.get_or_init(tokio::time::Instant::now);
+            write!(w, "{:>9.3}", start.elapsed().as_secs_f64())
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_timer(Simulated)
+        .with_test_writer()
+        .try_init();
+    let plan = Plan::generate(seed, Shape::default());
+    eprintln!("{plan:#?}");
+    eprintln!("outcome: {:?}", run(&plan, Shape::default()));
 }

@@ -250,9 +250,11 @@ impl Scanner {
     /// When to read again a row seen not claimable. A row stamped ahead of the changelog's
     /// time is under a claim's lease, and whoever holds the claim may defer the row (a
     /// settle pass) long before the lease ends. The scanner that published the claim
-    /// learns of that at its next review (`recovery::queued`); any other — one that took
-    /// over the shard, or a restarted one whose predecessor made the claim — would learn
-    /// only when the lease ends, so it looks again every review period meanwhile.
+    /// learns of that at its next review (`recovery::queued`) only while the row is as it
+    /// published it; once the claim's cleaner extended the lease, the review lets the
+    /// claim go, and like any other scanner — one that took over the shard, or a restarted
+    /// one whose predecessor made the claim — it would learn only when the lease ends. So
+    /// a row under a lease is looked at again every review period.
     fn due_seen(
         &self,
         stamp: Timestamp,
@@ -297,7 +299,9 @@ impl Scanner {
             if crate::mutants::on(crate::mutants::Mutant::ForgottenClaimsUnwatched) {
                 continue;
             }
-            let due = self.due(f.stamp, f.cleanup_after);
+            // A row the claim's cleaner extended is under a lease the cleaner may cut
+            // short with a deferral: read again every review period, as any leased row.
+            let due = self.due_seen(f.stamp, f.cleanup_after, now);
             self.keep(&f.id, due);
         }
         if review != Review::default() {
@@ -338,10 +342,12 @@ impl Scanner {
             report.republished = review.republished;
         }
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
+        let mut watched_more = false;
         if self.bounded() {
-            let (rechecked, claimed) = self.recheck_watched(cutoff, now, scan).await?;
+            let (rechecked, claimed, full) = self.recheck_watched(cutoff, now, scan).await?;
             report.rechecked = rechecked;
             report.add_claims(&claimed);
+            watched_more = full;
         }
         // Mid-pass, a backlog lies between the cursor and rows that just turned stale:
         // those are read first, from where the last look at them ended.
@@ -406,7 +412,9 @@ impl Scanner {
             .await?;
         let held_back = claimed.held_back.len();
         report.add_claims(&claimed);
-        report.more = more;
+        // A full batch of watched rows re-read: more may be due (rows that fell due together,
+        // a drain's deferred second passes), and an idle poll per batch would hold them.
+        report.more = more || watched_more;
         if held_back > 0 {
             report.held_back += held_back;
             // Resume right after the last row claimed now, so the held-back rows are
@@ -470,7 +478,10 @@ impl Scanner {
         let full = page.resume_after.is_some();
         let mut counts = ScanReport::default();
         let entries = self.entries(page.rows, now, &mut counts);
-        let max = self.config.max_queued_claims;
+        let mut max = self.config.max_queued_claims;
+        if crate::mutants::on(crate::mutants::Mutant::FreshReadWithoutReserve) {
+            max -= max / FRESH_RESERVE;
+        }
         let claimed = self
             .claim_and_publish(entries, max, cutoff, now, scan)
             .await?;
@@ -513,16 +524,17 @@ impl Scanner {
         cutoff: Timestamp,
         now: Timestamp,
         scan: &tracing::Span,
-    ) -> StoreResult<(usize, Claimed)> {
+    ) -> StoreResult<(usize, Claimed, bool)> {
         let max = self.config.max_queued_claims;
         let room = if max == 0 {
             self.config.scan_batch
         } else {
             max.saturating_sub(self.queued.len())
         };
-        let ids = self.watched.take_due(now, room.min(self.config.scan_batch));
+        let limit = room.min(self.config.scan_batch);
+        let ids = self.watched.take_due(now, limit);
         if ids.is_empty() {
-            return Ok((0, Claimed::default()));
+            return Ok((0, Claimed::default(), false));
         }
         let rows = match self.changelog.get_many(&ids).await {
             Ok(rows) => rows,
@@ -553,7 +565,9 @@ impl Scanner {
         if claimed.won > 0 {
             tracing::info!(won = claimed.won, "claimed watched rows that turned stale");
         }
-        Ok((ids.len(), claimed))
+        // Rows held back wait for room (watched again from now): not a reason to go on.
+        let full = ids.len() == limit && claimed.held_back.is_empty();
+        Ok((ids.len(), claimed, full))
     }
 
     /// Decodes a page's rows, counting and logging malformed ones.

@@ -91,6 +91,57 @@ pub async fn a_crash_behind_the_key_bound_is_found_without_a_sweep(
     );
 }
 
+/// Watched rows fall due together (a drain's deferred second passes, a burst of writes),
+/// and many are gone or alive by then. The scanner re-reads them a batch at a time; a batch
+/// that claimed nothing used to end the page, so the scanner waited an idle poll per batch
+/// and a dead writer's row behind a few batches of finished ones waited past its bound. A
+/// page that re-read a full batch now says more may be waiting, and the scanner reads on.
+pub async fn a_full_batch_of_watched_rows_reads_on(stores: Stores, protocol: ProtocolConfig) {
+    let threshold = protocol.staleness_threshold;
+    let gap = protocol.heartbeat_interval;
+    let config = RecoveryConfig {
+        full_sweep_every: Duration::from_secs(86_400),
+        scan_batch: 2,
+        ..test_recovery_config(protocol)
+    };
+    let mut s = Scanner::new(
+        stores.changelog.clone(),
+        Arc::new(MemoryQueue::new(1024, 5)),
+        config,
+        ShardRange::ALL,
+    );
+    s.scan_page().await.expect("the first round, a sweep");
+    let mut puts = Vec::new();
+    for tag in ["a", "b", "c"] {
+        puts.push(slow_put(&stores, protocol, tag).await.1);
+    }
+    // Rounds see the three rows alive once their ids are a threshold old, and watch them
+    // until they could turn stale; later rounds read only ids minted since, so nothing but
+    // the watch set brings them back.
+    let (seen, _) = scan_for(&mut s, threshold * 2, gap).await;
+    assert_eq!(seen.won, 0, "live rows are not claimed: {seen:?}");
+    assert_eq!(s.watched_rows(), 3, "the live rows are watched");
+    tokio::time::sleep(threshold + gap).await;
+    let page = s.scan_page().await.expect("scanning");
+    assert_eq!(
+        page.rechecked, 2,
+        "a batch of due watched rows re-read: {page:?}"
+    );
+    assert!(
+        page.more,
+        "a full batch of watched rows re-read: more may be due, read on at once: {page:?}"
+    );
+    let page = s.scan_page().await.expect("scanning");
+    assert_eq!(
+        page.rechecked, 1,
+        "the last due watched row re-read: {page:?}"
+    );
+    assert!(!page.more, "nothing more was due: {page:?}");
+    for put in puts {
+        put.abort();
+    }
+}
+
 /// A writer whose clock runs an hour behind records a change (its id is minted an hour
 /// ago, behind the scanner's lower key bound) and dies after its upload. Incremental rounds
 /// cannot see it; the next full sweep claims it, within `full_sweep_every` plus the
@@ -182,9 +233,63 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
     protocol: ProtocolConfig,
 ) {
     let threshold = protocol.staleness_threshold;
-    let gap = protocol.heartbeat_interval;
     let config = settle_under_a_long_lease(protocol);
-    let settle = config.upload_settle;
+    // The first pass after the threshold, the second at the settle's end; a few rounds more.
+    let span = threshold * 3 + config.upload_settle + threshold * 3;
+    second_pass_at_its_due_time(&stores, stores.clone(), protocol, config, "deferred", span).await;
+}
+
+/// As above, but the cleaner's first call is held past half the claim's lease, so it
+/// extends the claim while it works: the scanner's next review finds the row changed under
+/// its queued claim and lets the claim go, the row now under a lease that ends long after
+/// the cleaner's deferral. It used to watch the row until that lease's end; it must take
+/// the row up at its `cleanup_after` (plus a review period), as any row under a lease.
+pub async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    // As deployed, a job is published again only after a whole lease (a duplicate
+    // delivery would converge the change while the first is held). The settle is short, so
+    // that the lease's end and the deferral's due time lie far apart.
+    let config = RecoveryConfig {
+        full_sweep_every: Duration::from_secs(86_400),
+        upload_settle: threshold * 2,
+        claim_lease: threshold * 32,
+        republish_after: threshold * 32,
+        ..test_recovery_config(protocol)
+    };
+    // Past the extension at half the lease and the review after it.
+    let held = config.claim_lease * 3 / 4 + threshold * 2;
+    let slow = Faults::new([Rule::once(Op::HvFence, Fault::Delay(held))]);
+    // Claimed about a threshold in; the cleaner extends the claim half a lease later and
+    // defers the row when its call returns, due a settle later: taken up within a review
+    // period of that (~39 thresholds in). The extended lease ends a whole lease after the
+    // extension (~50 thresholds in).
+    let span = held + config.upload_settle + config.review_every() + threshold * 7;
+    second_pass_at_its_due_time(
+        &stores,
+        slow.wrap(&stores),
+        protocol,
+        config,
+        "extended",
+        span,
+    )
+    .await;
+}
+
+/// A long-lived scanner (its sweep done) and a cleaner on `cleaner_stores`, for `span`
+/// after a writer died between its upload and its HV write: the change is claimed for its
+/// first pass and again for its second at its due time, with no sweep, and converges.
+async fn second_pass_at_its_due_time(
+    stores: &Stores,
+    cleaner_stores: Stores,
+    protocol: ProtocolConfig,
+    config: RecoveryConfig,
+    tag: &str,
+    span: Duration,
+) {
+    let gap = protocol.heartbeat_interval;
     let queue = Arc::new(MemoryQueue::new(1024, 5));
     let mut s = Scanner::new(
         stores.changelog.clone(),
@@ -194,22 +299,19 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
     );
     let (_, sweeps) = scan_for(&mut s, gap, gap).await;
     assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
-
     let path = super::schedules::dead_large_put(
-        &stores,
+        stores,
         protocol,
         [Rule::once(Op::HvCas, Fault::CrashBefore)],
-        "deferred",
+        tag,
     )
     .await;
-
     let cancel = tokio_util::sync::CancellationToken::new();
     let cleaner = tokio::spawn(
-        crate::recovery::Cleaner::new(stores.clone(), queue, config)
+        crate::recovery::Cleaner::new(cleaner_stores, queue, config)
             .run(cancel.clone(), Duration::from_secs(1)),
     );
-    // The first pass after the threshold, the second at the settle's end; a few rounds more.
-    let (report, sweeps) = scan_for(&mut s, threshold * 3 + settle + threshold * 3, gap).await;
+    let (report, sweeps) = scan_for(&mut s, span, gap).await;
     cancel.cancel();
     let _ = cleaner.await;
     assert!(
@@ -220,7 +322,7 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
         report.won, 2,
         "claimed for the first pass, and again for the second at its due time: {report:?}"
     );
-    second_pass_converged(&stores, &path).await;
+    second_pass_converged(stores, &path).await;
 }
 
 /// A scanner claims a dead writer's change and is restarted before a cleaner takes the

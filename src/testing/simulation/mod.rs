@@ -22,6 +22,7 @@ pub mod history;
 pub mod hooks;
 pub mod plan;
 pub mod queue;
+mod room;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -219,6 +220,8 @@ struct World {
     scanners_steady_from: Timestamp,
     /// A scanner still had a stalled claim to come at the last check.
     stall_pending: bool,
+    /// Each scanner's room for waiting claims over time, under backpressure.
+    room: Option<Arc<room::Room>>,
 
     next_seed: u64,
 }
@@ -235,6 +238,19 @@ impl World {
         recovery.upload_settle = plan.recovery_settle;
         recovery.claim_lease = plan.claim_lease;
         recovery.republish_after = plan.claim_lease;
+        if plan.backpressure {
+            recovery.max_queued_claims = plan::BACKPRESSURE_ROOM;
+            recovery.scan_batch = plan::BACKPRESSURE_BATCH;
+        }
+        let room = plan.backpressure.then(|| {
+            let ranges = (0..shape.scanners)
+                .map(|i| {
+                    ShardRange::for_member(i as u16, shape.scanners as u16)
+                        .expect("the simulation has fewer scanners than shards")
+                })
+                .collect();
+            room::Room::new(ranges, recovery.max_queued_claims)
+        });
         let mut paths: Vec<ObjectPath> = (0..shape.objects)
             .map(|i| ObjectPath::new(format!("{PREFIX}/{seed}/{i}")))
             .collect::<Result<_, _>>()
@@ -286,6 +302,7 @@ impl World {
             cleaner_clocks: Vec::new(),
             scanners_steady_from: Timestamp(0),
             stall_pending: false,
+            room,
             next_seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         }
     }
@@ -321,6 +338,12 @@ impl World {
     }
 
     fn start_processes(&mut self) {
+        if let Some(room) = &self.room {
+            let watch = room
+                .clone()
+                .watch(self.mem.changelog.clone(), self.mem.clock.clone());
+            self.processes.push(watch);
+        }
         for i in 0..self.shape.scanners {
             // Each scanner reads its own part of the key space, as in production: a
             // scanner's forgetting is not covered by another that happens to watch the row.
@@ -601,11 +624,24 @@ impl World {
             Event::SkewCleaner { cleaner, by, ahead } => {
                 self.cleaner_clocks[*cleaner % self.shape.cleaners].jump(*by, *ahead)
             }
+            Event::Backlog { writers } => {
+                let crash = [Rule::once(Op::HvCas, Fault::CrashBefore)];
+                for i in 0..*writers {
+                    // Large: a small put over a small value records no change.
+                    self.write(
+                        i % self.shape.objects,
+                        Value::Large,
+                        &crash,
+                        Process::Healthy,
+                    )
+                    .await;
+                }
+            }
         }
     }
 
-    /// Lets `d` pass, checking liveness every [`LIVENESS_POLL`] meanwhile (the other
-    /// oracles look at the state it leaves, after the event).
+    /// Lets `d` pass, checking liveness and the rows' stamps every [`LIVENESS_POLL`]
+    /// meanwhile (the other oracles look at the state it leaves, after the event).
     async fn sleep_checking(&mut self, d: Duration) -> Result<(), String> {
         let until = Instant::now() + d;
         loop {
@@ -615,6 +651,9 @@ impl World {
                 return Ok(());
             }
             tokio::time::sleep(LIVENESS_POLL).await;
+            // A lease stamped on a host clock lasts only as long as its job: looked for at
+            // every poll, as a row left waiting is.
+            self.check_stamps().await?;
             self.note_scanner_stalls();
             if !self.outage_in_effect() {
                 self.check_liveness(self.scanners_steady_from).await?;
@@ -945,8 +984,22 @@ impl World {
             if minted > created.saturating_add(self.recovery.max_writer_skew) {
                 due = due.max(minted.saturating_add(threshold));
             }
+            // Under backpressure a row of the backlog waits for cleaners while the round's
+            // part of its scanner's room is taken; one recorded since the scanners started
+            // waits only while the whole room is.
             // A deferral made by a cleaner is learnt at the claiming scanner's next review.
-            let late = ONE_ROUND + self.recovery.review_every();
+            let mut late = ONE_ROUND + self.recovery.review_every();
+            if let Some(room) = &self.room {
+                let fresh = created >= self.scanners_steady_from;
+                if let Some(t) = room.excused_until(&id, fresh, self.recovery.review_every()) {
+                    due = due.max(t);
+                }
+                // A fresh row nobody claimed yet has no deferral to learn: the fresh read
+                // takes it at the next page (its room excused above).
+                if fresh && !entry.record.owner.is_recovery_claim() {
+                    late = ONE_ROUND;
+                }
+            }
             if now > due.saturating_add(late) {
                 return Err(format!(
                     "liveness: row {id} ({}, owner {}, {} claims) due at {due} is still there at {now}, \

@@ -168,6 +168,12 @@ pub enum Event {
         by: Duration,
         ahead: bool,
     },
+    /// This many writers die at once, each after recording its change and before its HV
+    /// write (a node running many writers lost): a backlog for recovery. A schedule with
+    /// one runs its scanners under backpressure ([`Plan::backpressure`]).
+    Backlog {
+        writers: usize,
+    },
 }
 
 /// The longest a straggling call lands after its caller saw the error: the deadline every
@@ -210,7 +216,20 @@ pub struct Plan {
     /// The scanners hold their shards under leases (joining, leaving and freezing move
     /// shards between them) instead of each reading a fixed half.
     pub leased: bool,
+    /// The scanners keep at most [`BACKPRESSURE_ROOM`] claims waiting for cleaners and
+    /// read [`BACKPRESSURE_BATCH`] rows a page: a backlog bigger than the room is drained
+    /// under backpressure, its rounds held back, and rows that turn stale meanwhile must
+    /// be claimed ahead of it (the fresh read and the watch set, with the room kept for
+    /// them). Set in every schedule with an [`Event::Backlog`].
+    pub backpressure: bool,
 }
+
+/// The scanners' `max_queued_claims` under backpressure: the smallest room with a part kept
+/// for fresh rows (a tenth of it: one claim).
+pub const BACKPRESSURE_ROOM: usize = 10;
+
+/// The scanners' `scan_batch` under backpressure: a backlog spans several pages.
+pub const BACKPRESSURE_BATCH: usize = 3;
 
 /// The claim lease as deployed: with a settle shorter than it, a deferred row that is
 /// read again only at its lease's end (not at its `cleanup_after`) waits minutes.
@@ -286,12 +305,16 @@ impl Plan {
         // Shard leases cost a keeper's tick per member every 7.5 s (1,024 renewals a
         // period): one schedule in twenty, and every one that opens with a frozen holder.
         let leased = lease_opening || rng.random_ratio(1, 20);
+        let backpressure = events.iter().any(|e| matches!(e, Event::Backlog { .. }));
         Self {
             seed,
             events,
             recovery_settle,
             claim_lease,
-            leased,
+            // The liveness oracle follows each scanner's room by its fixed half of the
+            // shards; a drain under shard leases is left to the named schedules.
+            leased: leased && !backpressure,
+            backpressure,
         }
     }
 
@@ -305,6 +328,7 @@ impl Plan {
             recovery_settle: self.recovery_settle,
             claim_lease: self.claim_lease,
             leased: self.leased,
+            backpressure: self.backpressure,
         }
     }
 }
@@ -334,7 +358,37 @@ fn secs(s: u64) -> Duration {
 
 /// Openings that each set up one hazard, with some play in their timings.
 fn opening(rng: &mut StdRng) -> Vec<Event> {
-    match rng.random_range(0..15) {
+    match rng.random_range(0..16) {
+        // The scanners are down while a node's writers die at once, more of them than a
+        // scanner keeps claims waiting for, and the cleaners are slow (their fences held
+        // most of a minute): back, the scanners drain a backlog under backpressure. Writers
+        // that die during the drain must not wait behind it.
+        15 => {
+            let outage = secs(rng.random_range(60..240));
+            let slow = Rule {
+                op: Some(Op::HvFence),
+                skip: 0,
+                times: 40,
+                fault: Fault::Delay(secs(rng.random_range(90..240))),
+            };
+            let mut events = vec![Event::RecoveryOutage(outage)];
+            for cleaner in 0..2 {
+                events.push(Event::FaultCleaner {
+                    cleaner,
+                    rule: slow,
+                });
+            }
+            events.push(Event::Backlog {
+                writers: rng.random_range(30..60),
+            });
+            events.push(Event::Sleep(outage + secs(rng.random_range(10..120))));
+            for _ in 0..rng.random_range(1..4) {
+                events.push(Event::Backlog { writers: 1 });
+                events.push(Event::Sleep(secs(rng.random_range(5..60))));
+            }
+            events.push(Event::Sleep(secs(rng.random_range(300..600))));
+            events
+        }
         // A deferred put's client sends its parts in time and completes the upload long
         // after the deadline, after recovery converged the change and removed its row; the
         // writer dies right after its upload call. The end of the stream is what creates
@@ -503,16 +557,32 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
             } else {
                 Event::Sleep(secs(1))
             };
-            vec![
+            // In half, jobs run long (each cleaner's first fence held past half a lease)
+            // and the first cleaner runs ahead (the second behind), so a claim is extended
+            // while a clock is off: the extension must be in the changelog's time, or a dead job's row is
+            // held for the skew.
+            let slow = rng.random_bool(0.5);
+            let fence = Rule::once(Op::HvFence, Fault::Delay(secs(rng.random_range(30..400))));
+            let mut events: Vec<Event> = if slow {
+                (0..2)
+                    .map(|cleaner| Event::FaultCleaner {
+                        cleaner,
+                        rule: fence,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            events.extend([
                 Event::SkewCleaner {
                     cleaner: 0,
                     by: skew,
-                    ahead: false,
+                    ahead: slow,
                 },
                 Event::SkewCleaner {
                     cleaner: 1,
                     by: skew,
-                    ahead: rng.random_ratio(1, 3),
+                    ahead: !slow && rng.random_ratio(1, 3),
                 },
                 large_put(
                     vec![
@@ -523,7 +593,8 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                 ),
                 duplicates,
                 Event::Sleep(MAX_UPLOAD_STRAGGLE + secs(60)),
-            ]
+            ]);
+            events
         }
         // A small write lands and its host freezes before the response arrives; a large put
         // reads the row after it and its write is held while its row goes stale, so
