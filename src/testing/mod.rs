@@ -84,6 +84,9 @@ pub struct SkewedClock {
     monotonic_lag_ms: std::sync::atomic::AtomicU64,
     /// Set while the host is suspended: its monotonic clock stands still.
     frozen_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The host's clocks run this many parts per million fast (slow when negative), from
+    /// the instant given: an oscillator off, NTP not slewing it back.
+    rate: std::sync::Mutex<Option<(i64, tokio::time::Instant)>>,
 }
 
 impl SkewedClock {
@@ -94,6 +97,24 @@ impl SkewedClock {
             created: tokio::time::Instant::now(),
             monotonic_lag_ms: std::sync::atomic::AtomicU64::new(0),
             frozen_at: std::sync::Mutex::new(None),
+            rate: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// From now on, both of the host's clocks gain `ppm` parts per million (lose them when
+    /// negative; above -1,000,000).
+    pub fn set_rate(&self, ppm: i64) {
+        *self.rate.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((ppm.max(-999_999), tokio::time::Instant::now()));
+    }
+
+    /// How far the rate has moved the clocks by `at`, in milliseconds.
+    fn drift_ms(&self, at: tokio::time::Instant) -> i64 {
+        let rate = *self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        rate.map_or(0, |(ppm, from)| {
+            let ms =
+                i64::try_from(at.saturating_duration_since(from).as_millis()).unwrap_or(i64::MAX);
+            ms.saturating_mul(ppm) / 1_000_000
         })
     }
 
@@ -134,7 +155,8 @@ impl SkewedClock {
 
 impl crate::clock::Clock for SkewedClock {
     fn now(&self) -> crate::model::Timestamp {
-        let offset = self.offset_ms.load(std::sync::atomic::Ordering::SeqCst);
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::SeqCst)
+            + self.drift_ms(tokio::time::Instant::now());
         crate::model::Timestamp(self.base.now().0.saturating_add(offset))
     }
 
@@ -147,6 +169,38 @@ impl crate::clock::Clock for SkewedClock {
         let counted = now
             .saturating_duration_since(self.created)
             .saturating_sub(std::time::Duration::from_millis(lag));
-        self.created + counted
+        let drift = self.drift_ms(now);
+        let by = std::time::Duration::from_millis(drift.unsigned_abs());
+        if drift >= 0 {
+            self.created + counted + by
+        } else {
+            self.created + counted.saturating_sub(by)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, TokioClock};
+
+    /// A rate moves both clocks, from when it is set, by its share of the time passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_rate_moves_wall_and_monotonic_time() {
+        let base: SharedClock = Arc::new(TokioClock::new());
+        let (fast, slow) = (SkewedClock::new(base.clone()), SkewedClock::new(base.clone()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        fast.set_rate(10_000);
+        slow.set_rate(-10_000);
+        let (wall, mono) = (base.now(), tokio::time::Instant::now());
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(fast.now().0 - base.now().0, 1_000, "1 % of 100 s ahead");
+        assert_eq!(slow.now().0 - base.now().0, -1_000, "1 % of 100 s behind");
+        assert_eq!(base.now().0 - wall.0, 100_000);
+        let elapsed = |c: &SkewedClock| c.monotonic().duration_since(mono);
+        assert_eq!(elapsed(&fast), Duration::from_secs(101));
+        assert_eq!(elapsed(&slow), Duration::from_secs(99));
     }
 }

@@ -624,6 +624,9 @@ impl World {
             Event::SkewCleaner { cleaner, by, ahead } => {
                 self.cleaner_clocks[*cleaner % self.shape.cleaners].jump(*by, *ahead)
             }
+            Event::DriftCleaner { cleaner, ppm } => {
+                self.cleaner_clocks[*cleaner % self.shape.cleaners].set_rate(*ppm)
+            }
             Event::Backlog { writers } => {
                 let crash = [Rule::once(Op::HvCas, Fault::CrashBefore)];
                 for i in 0..*writers {
@@ -748,19 +751,25 @@ impl World {
                 )))
             }
         };
-        // A writer whose clock is off from the start is healthy: staleness is judged in the
-        // changelog's time, never the writer's. So is one whose upload is merely slow: its
+        // A writer whose clock is off from the start, or runs up to 2 % fast or slow, is
+        // healthy: staleness is judged in the changelog's time, never the writer's, and the
+        // safety margin is a sixth of the threshold. So is one whose upload is merely slow: its
         // heartbeats keep its change its own however long the upload takes.
         let slow_upload_only = rules
             .iter()
             .all(|r| r.op == Some(Op::LtPut) && matches!(r.fault, Fault::Delay(_)));
         let healthy = slow_upload_only
-            && matches!(process, Process::Healthy | Process::ClockOff(..))
+            && matches!(
+                process,
+                Process::Healthy | Process::ClockOff(..) | Process::ClockRate(_)
+            )
             && writes::in_time(value, self.protocol);
         let faults = Faults::new(rules.iter().copied());
         let clock = SkewedClock::new(self.mem.clock.clone());
-        if let Process::ClockOff(by, ahead) = process {
-            clock.jump(by, ahead);
+        match process {
+            Process::ClockOff(by, ahead) => clock.jump(by, ahead),
+            Process::ClockRate(ppm) => clock.set_rate(ppm),
+            _ => {}
         }
 
         let seed = self.sub_seed();

@@ -58,6 +58,9 @@ pub enum Process {
     /// Its wall clock is off by this much (ahead when `true`) from the start: its change
     /// ids are minted in the future or the past, which is what bounds the scanners' rounds.
     ClockOff(Duration, bool),
+    /// Its clocks, wall and monotonic, run this many parts per million fast (slow when
+    /// negative): within the safety margin's share of the threshold it is healthy.
+    ClockRate(i64),
     /// The first call of `op` lands, then the whole process freezes for the duration (its
     /// heartbeats too, and its monotonic clock does not count it), then sees an error.
     SuspendAfter(Op, Duration),
@@ -167,6 +170,12 @@ pub enum Event {
         cleaner: usize,
         by: Duration,
         ahead: bool,
+    },
+    /// The cleaner host's clocks run this many parts per million fast (slow when negative)
+    /// from now on: an oscillator off with NTP gone.
+    DriftCleaner {
+        cleaner: usize,
+        ppm: i64,
     },
     /// This many writers die at once, each after recording its change and before its HV
     /// write (a node running many writers lost): a backlog for recovery. A schedule with
@@ -777,6 +786,12 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
     }
 }
 
+/// A clock rate off by 100 ppm to 2 %, either way.
+fn drift(rng: &mut StdRng) -> i64 {
+    let ppm = rng.random_range(100..20_000);
+    if rng.random_bool(0.5) { ppm } else { -ppm }
+}
+
 fn event(rng: &mut StdRng, shape: Shape) -> Event {
     // Most writes go to the in-scope objects; one in ten to an object recovery must leave.
     let object = if rng.random_ratio(1, 10) {
@@ -813,6 +828,8 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
                     Duration::from_secs(rng.random_range(60..5400)),
                     rng.random_bool(0.5),
                 ),
+                // Up to 2 %, either way: a broken oscillator, far past a real one's 50 ppm.
+                4 => Process::ClockRate(drift(rng)),
                 _ => Process::Healthy,
             };
             Event::Write {
@@ -868,10 +885,14 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             scanner: rng.random_range(0..shape.scanners),
             stall: Duration::from_secs(rng.random_range(5..MAX_SCANNER_STALL.as_secs())),
         },
-        70..=71 => Event::SkewCleaner {
+        70 => Event::SkewCleaner {
             cleaner: rng.random_range(0..shape.cleaners),
             by: Duration::from_secs(rng.random_range(60..7200)),
             ahead: rng.random_bool(0.5),
+        },
+        71 => Event::DriftCleaner {
+            cleaner: rng.random_range(0..shape.cleaners),
+            ppm: drift(rng),
         },
         83..=90 => Event::Forge {
             object,
