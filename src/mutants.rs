@@ -123,11 +123,15 @@ pub enum Mutant {
     /// The fresh read claims within the backlog's part of the room, not the whole room: a
     /// drain held back at its part leaves rows that just turned stale waiting behind it.
     FreshReadWithoutReserve,
+    /// An audit worker judges a range job whatever its run's expiry: a job replayed long
+    /// after its run ended (a drained backlog) lists and deletes with the old run's
+    /// parameters.
+    ExpiredRunJobsJudged,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 36] = [
+    pub const ALL: [Mutant; 37] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -164,6 +168,7 @@ impl Mutant {
         Mutant::ExpiredLeasesKept,
         Mutant::GainedShardsNotReadWhole,
         Mutant::FreshReadWithoutReserve,
+        Mutant::ExpiredRunJobsJudged,
     ];
 }
 

@@ -322,7 +322,7 @@ impl AuditWorker {
             Ok(now) => now,
             Err(e) => return JobOutcome::Failed(e.to_string()),
         };
-        if now >= run.expires {
+        if now >= run.expires && !crate::mutants::on(crate::mutants::Mutant::ExpiredRunJobsJudged) {
             return JobOutcome::Refused(format!(
                 "audit run {} expired at {} (now {now}): a stale job",
                 run.run, run.expires

@@ -190,7 +190,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_clock_rate_moves_wall_and_monotonic_time() {
         let base: SharedClock = Arc::new(TokioClock::new());
-        let (fast, slow) = (SkewedClock::new(base.clone()), SkewedClock::new(base.clone()));
+        let (fast, slow) = (
+            SkewedClock::new(base.clone()),
+            SkewedClock::new(base.clone()),
+        );
         tokio::time::sleep(Duration::from_secs(10)).await;
         fast.set_rate(10_000);
         slow.set_rate(-10_000);

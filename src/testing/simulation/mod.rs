@@ -18,6 +18,7 @@
 //! Why tokio's paused time and not turmoil or madsim, and what a seed does and does not
 //! replay: `docs/simulation.md`, "How a schedule plays".
 
+mod fanout;
 pub mod history;
 pub mod hooks;
 pub mod plan;
@@ -206,6 +207,8 @@ struct World {
     precision: Vec<String>,
     /// The audits started, with what they asked for.
     audits: Vec<AuditRun>,
+    /// The fanned-out audits' runs and workers, from the first such event.
+    fanned: Option<fanout::FannedAudits>,
     /// The scanners' shard leases, when they hold their shards under leases (`None`: each
     /// reads a fixed half).
     leases: Option<Arc<dyn crate::lease::Leases>>,
@@ -298,6 +301,7 @@ impl World {
             claims_seen: HashMap::new(),
             precision: Vec::new(),
             audits: Vec::new(),
+            fanned: None,
             processes: Vec::new(),
             cleaner_clocks: Vec::new(),
             scanners_steady_from: Timestamp(0),
@@ -619,6 +623,19 @@ impl World {
                 min_age,
                 list_delay,
             } => self.audit(*min_age, *list_delay),
+            Event::FannedAudit {
+                min_age,
+                list_delay,
+                delete,
+                replay,
+            } => {
+                let stores = self.mem.stores();
+                let seed = self.sub_seed();
+                self.fanned
+                    .get_or_insert_with(|| fanout::FannedAudits::new(seed, &stores, *list_delay))
+                    .start(&stores, PREFIX, *min_age, *delete, *replay)
+                    .await;
+            }
             Event::Forge { object, forgery } => self.forge(*object, *forgery).await,
             Event::Queue(f) => self.queue.inject(*f),
             Event::SkewCleaner { cleaner, by, ahead } => {
@@ -841,8 +858,8 @@ impl World {
     /// Whether an audit asked for the deletion of a blob of `path`: recovery's fence for it
     /// may refuse a concurrent write of the object, as documented, whatever that write met.
     fn audited(&self, path: &ObjectPath) -> bool {
-        self.audits.iter().any(|a| {
-            a.trail
+        let asked = |trail: &MemoryTrail| {
+            trail
                 .entries
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -851,7 +868,9 @@ impl World {
                     crate::model::Revision::parse(e.blob.as_str())
                         .is_ok_and(|r| r.object() == path.as_str())
                 })
-        })
+        };
+        self.audits.iter().any(|a| asked(&a.trail))
+            || self.fanned.as_ref().is_some_and(|f| asked(f.trail()))
     }
 
     async fn forge(&mut self, object: usize, forgery: Forgery) {
@@ -1099,6 +1118,9 @@ impl World {
                 }
             }
         }
+        if let Some(fanned) = &self.fanned {
+            fanned.check().await?;
+        }
         for dead in self.queue.dead_letters() {
             if !dead.by_policy && dead.reason().is_none_or(str::is_empty) {
                 return Err(format!(
@@ -1164,6 +1186,18 @@ impl World {
         // handed it like any other change.
         for audit in &mut self.audits {
             let _ = (&mut audit.task).await;
+        }
+        if let Some(fanned) = &self.fanned {
+            fanned.heal();
+            while !fanned.finished().await && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            let unfinished = fanned.unfinished(self.mem.clock.now()).await;
+            if !unfinished.is_empty() {
+                return Err(format!(
+                    "fanned-out audits not finished at quiescence: {unfinished:?}"
+                ));
+            }
         }
         self.check_witnesses().await?;
 

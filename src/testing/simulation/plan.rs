@@ -79,6 +79,19 @@ pub enum Forgery {
     Poison,
 }
 
+/// A range job a bystander publishes beside a fanned-out audit's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Names a run nobody recorded.
+    Forged,
+    /// Names a run recorded long ago and expired (a backlog of jobs drained late).
+    Expired,
+    /// One of the current run's jobs, again.
+    Duplicate,
+    /// A range the current run does not have.
+    NoSuchRange,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueFault {
     /// The next publishes are delivered twice.
@@ -170,6 +183,15 @@ pub enum Event {
         cleaner: usize,
         by: Duration,
         ahead: bool,
+    },
+    /// An audit spread over workers starts (`audit::fanout`): a run of four ranges whose
+    /// jobs two workers take from their own queue, each listing call held `list_delay`; a
+    /// bystander may then publish a job `replay` says.
+    FannedAudit {
+        min_age: Duration,
+        list_delay: Duration,
+        delete: bool,
+        replay: Option<Replay>,
     },
     /// The cleaner host's clocks run this many parts per million fast (slow when negative)
     /// from now on: an oscillator off with NTP gone.
@@ -868,10 +890,29 @@ fn event(rng: &mut StdRng, shape: Shape) -> Event {
             _ => Duration::from_secs(rng.random_range(1..30)),
         }),
         72..=73 => Event::RestartScanner(rng.random_range(0..shape.scanners)),
-        74 => Event::Audit {
-            min_age: [Duration::ZERO, secs(30), secs(300)][rng.random_range(0..3)],
-            list_delay: secs(rng.random_range(0..120)),
-        },
+        74 => {
+            let min_age = [Duration::ZERO, secs(30), secs(300)][rng.random_range(0..3)];
+            let list_delay = secs(rng.random_range(0..120));
+            if rng.random_bool(0.5) {
+                Event::Audit {
+                    min_age,
+                    list_delay,
+                }
+            } else {
+                Event::FannedAudit {
+                    min_age,
+                    list_delay,
+                    delete: rng.random_ratio(3, 4),
+                    replay: match rng.random_range(0..6) {
+                        0 => Some(Replay::Forged),
+                        1 => Some(Replay::Expired),
+                        2 => Some(Replay::Duplicate),
+                        3 => Some(Replay::NoSuchRange),
+                        _ => None,
+                    },
+                }
+            }
+        }
         75..=78 => Event::KillCleaner {
             cleaner: rng.random_range(0..shape.cleaners),
             at_call: rng.random_range(0..6),
