@@ -34,22 +34,14 @@ pub enum HvView {
 pub enum Ending {
     /// Remove the row (if `owner` still owns it).
     Remove,
-    /// Recovery's ending. The row is removed outright ([`remove_many`](crate::changelog::Changelog::remove_many), which
-    /// a cleaner batches), not on condition of the claim: recovery converges only under a
-    /// claim it verified, and the row can have changed since only by another claim of the
-    /// *same* change (this one's lease ran out), whose converge makes the same decision —
-    /// HV can only stop naming the change's revisions after the first fence, never start —
-    /// and the same deletes, so removing the row for it is no loss. The one difference:
-    /// it may have seen HV no longer naming `new` and deferred the row to settle, where
-    /// this pass kept `new`; but `new` had then landed, and its writer, which died after
-    /// its HV write, was the only one who knew whether an attempt of it was still on its
-    /// way, a case no settle covers either way (the audit does).
-    ///
-    /// When it deleted the change's `new` revision, whose writer died
-    /// with the upload perhaps still on its way (bytes in a dead process's socket buffer, a
-    /// proxy, a retransmission), the row is deferred for this long instead of removed, and
-    /// a later pass deletes the revision again and removes the row. A change whose record
-    /// is already `settled` is removed. Zero removes at once.
+    /// Recovery's ending. The row is removed outright
+    /// ([`remove_many`](crate::changelog::Changelog::remove_many), which a cleaner
+    /// batches), not on condition of the claim: a later claim of the same change would make
+    /// the same decision (why: docs/design/convergence.md). When this pass deleted the
+    /// change's `new` revision, whose writer died with the upload perhaps still on its way,
+    /// the row is deferred for this long instead, and a later pass deletes the revision
+    /// again and removes the row; a change whose record is already `settled` is removed.
+    /// Zero removes at once.
     SettleUploads(Duration),
 }
 
