@@ -2,10 +2,11 @@
 //! `tiersweep::mutants` must be caught. Prints "mutant → schedules until caught".
 //!
 //! `TIERSWEEP_MUTANT_BUDGET` bounds the schedules tried per mutant (15,000 by default: the
-//! slowest mutant to catch, `SettleOnHostClock`, takes about one schedule in a thousand, so
-//! it survives the budget with odds of about e^-15);
+//! slowest to catch, `FreshReadWithoutReserve` and `FenceAfterRead`, take one or two
+//! thousand schedules, so they survive the budget with odds of about e^-8 or less);
 //! `TIERSWEEP_SEED_BASE` picks the first seed (random by default); `TIERSWEEP_MUTANT=<name>`
-//! hunts that one mutant only.
+//! hunts that one mutant only. The mutants are shared among one thread per core
+//! (`TIERSWEEP_SIM_THREADS=N` for another number).
 
 use tiersweep::mutants::{Mutant, activate};
 use tiersweep::testing::simulation::plan::{Plan, Shape};

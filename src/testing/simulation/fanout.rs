@@ -24,7 +24,8 @@ use crate::stores::Stores;
 use crate::testing::audits::MemoryTrail;
 use crate::testing::faults::{Fault, Faults, Op, Rule};
 
-/// How long a run's jobs are valid (the deployed default is a day; a schedule is hours).
+/// How long a run's jobs are valid (`--run-ttl` defaults to a week; a schedule lasts hours,
+/// so a job replayed for a run this much older is stale).
 const RUN_TTL: Duration = Duration::from_secs(3 * 3600);
 
 /// The runs started, their workers and what they asked for.
@@ -45,7 +46,7 @@ impl FannedAudits {
     /// land between a range's snapshot and its listing).
     pub(super) fn new(seed: u64, stores: &Stores, list_delay: Duration) -> Self {
         let runs = Arc::new(MemoryRuns::new());
-        let queue = ChaosQueue::new(seed, Duration::from_secs(10), 5);
+        let queue = ChaosQueue::new(seed, super::ACK_DEADLINE, 5);
         let trail = Arc::new(MemoryTrail::default());
         let cancel = CancellationToken::new();
         let slow_listing = Faults::new([Rule::on(Op::LtList, Fault::Delay(list_delay))]);
@@ -178,13 +179,10 @@ impl FannedAudits {
                 ));
             }
         }
-        for dead in self.queue.dead_letters() {
-            if dead.reason().is_none_or(str::is_empty) && !dead.by_policy {
-                return Err(format!(
-                    "an audit job was dead-lettered without its reason: {:?}",
-                    dead.message
-                ));
-            }
+        if let Some(message) = self.queue.unexplained_dead_letter() {
+            return Err(format!(
+                "an audit job was dead-lettered without its reason: {message:?}"
+            ));
         }
         Ok(())
     }

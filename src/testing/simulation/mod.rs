@@ -1121,13 +1121,10 @@ impl World {
         if let Some(fanned) = &self.fanned {
             fanned.check().await?;
         }
-        for dead in self.queue.dead_letters() {
-            if !dead.by_policy && dead.reason().is_none_or(str::is_empty) {
-                return Err(format!(
-                    "I5: a cleaner dead-lettered a job without its reason: {:?}",
-                    dead.message
-                ));
-            }
+        if let Some(message) = self.queue.unexplained_dead_letter() {
+            return Err(format!(
+                "I5: a cleaner dead-lettered a job without its reason: {message:?}"
+            ));
         }
         Ok(())
     }

@@ -129,6 +129,17 @@ impl ChaosQueue {
         self.inner.state().dead.clone()
     }
 
+    /// The first message a worker dead-lettered without saying why (the policy's own
+    /// forwarding gives none, and is not counted).
+    pub fn unexplained_dead_letter(&self) -> Option<Message> {
+        self.inner
+            .state()
+            .dead
+            .iter()
+            .find(|d| !d.by_policy && d.reason().is_none_or(str::is_empty))
+            .map(|d| d.message.clone())
+    }
+
     pub fn published(&self) -> u64 {
         self.inner.state().published
     }
