@@ -2,12 +2,12 @@
 //! from the call meter's counts (deterministic for a given run shape, so CI can check
 //! that they do not grow).
 //!
-//! The units are the ones the services bill or budget by: Bigtable RPCs (node capacity is
-//! budgeted in operations per second) and the rows they touch; Cloud Storage operations
-//! by class (A: insert, list; B: get, metadata; deletes are free); Pub/Sub requests and
-//! throughput bytes, counting each message as at least 1,000 bytes on publish and again
-//! on delivery. Worker CPU is measured on real processes (`tiersweep bench` memory runs)
-//! and added where known.
+//! The units are the ones the services bill or budget by: Bigtable RPCs and the rows they
+//! read or write (node capacity is budgeted in rows per second: a batch of n rows costs n);
+//! Cloud Storage operations by class (A: insert, list; B: get, metadata; deletes are
+//! free); Pub/Sub requests and billed bytes (each publish request and pull response at
+//! least 1,000 bytes: [`crate::testing::meter::Rpcs::pubsub_billed_bytes`]). Worker CPU is
+//! measured on real processes (`tiersweep bench` memory runs) and added where known.
 
 use std::collections::BTreeMap;
 
@@ -16,14 +16,10 @@ use serde::Serialize;
 
 use super::Run;
 use crate::error::StoreResult;
-use crate::model::{ChangeId, ObjectPath, OwnerToken};
-use crate::recovery::CleanupJob;
+use crate::model::ObjectPath;
 use crate::stores::Stores;
 use crate::testing::meter::{Latency, Meter};
 use crate::writer::{TieredStorage, WriterConfig};
-
-/// The smallest message size Pub/Sub bills, per message.
-pub const MIN_BILLED_MESSAGE_BYTES: u64 = 1_000;
 
 const MILLION: f64 = 1e6;
 
@@ -35,8 +31,8 @@ pub struct CostPerMillion {
     /// Bigtable RPCs, by operation.
     pub bigtable_rpcs: BTreeMap<String, f64>,
     pub bigtable_rpcs_total: f64,
-    /// Rows those RPCs read or wrote (a batch call touches one row per key; a scan page's
-    /// rows are counted as returned, not as examined: docs/performance.md §11).
+    /// Rows those RPCs read or wrote (a batch of n keys touches n; a scan page's rows are
+    /// counted as returned, not as examined: docs/performance.md §11).
     pub bigtable_rows: f64,
     pub gcs_class_a: f64,
     pub gcs_class_b: f64,
@@ -45,38 +41,29 @@ pub struct CostPerMillion {
     /// Publish and acknowledge RPCs.
     pub pubsub_requests: f64,
     pub pubsub_messages: f64,
-    /// Publish plus delivery throughput, at least [`MIN_BILLED_MESSAGE_BYTES`] a message.
+    /// Publish plus delivery, as billed (per request, at least 1,000 bytes).
     pub pubsub_billed_gb: f64,
     /// Worker CPU-seconds, where a real process's CPU was measured.
     pub cpu_s: Option<f64>,
 }
 
-/// The cost of the changes `run` recovered. A call touches one row, except batched
-/// re-reads (one row per delivery), batched removals (one per change) and scans (counted
-/// as the rows they returned, one per change).
-pub fn recovery(run: &Run, message_bytes: u64) -> CostPerMillion {
+/// The cost of the changes `run` recovered.
+pub fn recovery(run: &Run) -> CostPerMillion {
     let changes = run.changes.max(1) as f64;
-    let deliveries = run.rpcs.pubsub_settle as f64;
-    let rows = |op: &str, calls: f64| match op {
-        "Get" => deliveries,
-        "RemoveMany" | "Scan" => changes,
-        _ => calls,
-    };
-    let mut cost = from_calls(&run.calls, changes, rows);
+    let mut cost = from_calls(&run.calls, &run.rows, changes);
     cost.per = "recovered change".into();
     cost.pubsub_requests =
         (run.rpcs.pubsub_publish + run.rpcs.pubsub_ack) as f64 * MILLION / changes;
-    cost.pubsub_messages = deliveries * MILLION / changes;
-    let billed = message_bytes.max(MIN_BILLED_MESSAGE_BYTES) as f64;
-    cost.pubsub_billed_gb = 2.0 * cost.pubsub_messages * billed / 1e9;
+    cost.pubsub_messages = run.rpcs.pubsub_settle as f64 * MILLION / changes;
+    cost.pubsub_billed_gb = run.rpcs.pubsub_billed_bytes as f64 * MILLION / changes / 1e9;
     cost
 }
 
-/// Per-million figures from per-operation call counts over `units` units.
-fn from_calls(
+/// Per-million figures from per-operation call and row counts over `units` units.
+pub fn from_calls(
     calls: &BTreeMap<String, u64>,
+    rows: &BTreeMap<String, u64>,
     units: f64,
-    rows: impl Fn(&str, f64) -> f64,
 ) -> CostPerMillion {
     let per_million = |n: f64| n * MILLION / units;
     let mut cost = CostPerMillion::default();
@@ -89,27 +76,11 @@ fn from_calls(
             other => {
                 cost.bigtable_rpcs.insert(other.to_owned(), per_million(n));
                 cost.bigtable_rpcs_total += per_million(n);
-                cost.bigtable_rows += per_million(rows(other, n));
             }
         }
     }
+    cost.bigtable_rows = per_million(rows.values().sum::<u64>() as f64);
     cost
-}
-
-/// The size of one cleanup job as published (body and the trace-context attribute).
-pub fn job_message_bytes() -> u64 {
-    let job = CleanupJob::new(ChangeId::mint(), OwnerToken::recovery_claim());
-    let attributes = BTreeMap::from([(
-        "traceparent".to_owned(),
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-    )]);
-    let message = job.to_message(attributes);
-    let attrs: usize = message
-        .attributes
-        .iter()
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    (message.data.len() + attrs) as u64
 }
 
 /// The cost of `n` large puts, each overwriting a large object (record, upload, HV write,
@@ -133,7 +104,7 @@ pub async fn large_writes(n: usize) -> StoreResult<CostPerMillion> {
     for path in &paths {
         metered.put(path, body.clone()).await.map_err(into_store)?;
     }
-    let mut cost = from_calls(&meter.calls(), n.max(1) as f64, |_, calls| calls);
+    let mut cost = from_calls(&meter.calls(), &meter.rows(), n.max(1) as f64);
     cost.per = "large write (overwrite)".into();
     Ok(cost)
 }
@@ -174,12 +145,5 @@ mod tests {
             (cost.gcs_class_a, cost.gcs_class_b, cost.gcs_free),
             (MILLION, 0.0, MILLION)
         );
-    }
-
-    /// A job message is far below Pub/Sub's billing minimum, so the minimum is what counts.
-    #[test]
-    fn a_job_message_is_billed_at_the_minimum() {
-        let bytes = job_message_bytes();
-        assert!((50..MIN_BILLED_MESSAGE_BYTES).contains(&bytes), "{bytes}");
     }
 }

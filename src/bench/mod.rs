@@ -102,6 +102,8 @@ pub struct Run {
     /// Store calls per operation over the run (heartbeats included; queue calls are in
     /// `rpcs`): where the RPCs per change go.
     pub calls: std::collections::BTreeMap<String, u64>,
+    /// Bigtable rows touched per operation (a batch of n keys counts n).
+    pub rows: std::collections::BTreeMap<String, u64>,
     pub claims_lost: u64,
     /// The run hit its deadline before every prepared change converged.
     pub timed_out: bool,
@@ -150,6 +152,7 @@ impl Run {
             rpcs,
             rpcs_per_change: rpcs.total() as f64 / changes.max(1) as f64,
             calls: meter.calls(),
+            rows: meter.rows(),
             claims_lost: lost,
             timed_out: false,
             counters: None,

@@ -56,6 +56,17 @@ pub struct Message {
 }
 
 impl Message {
+    /// Its size as Pub/Sub counts it against its limits and bills it: data plus attribute
+    /// keys and values.
+    pub fn size(&self) -> usize {
+        self.data.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     /// Whether Pub/Sub would accept the message; the error names the limit.
     pub fn check_limits(&self) -> Result<(), String> {
         use limits::*;
@@ -75,12 +86,7 @@ impl Message {
                 ));
             }
         }
-        let size = self.data.len()
-            + self
-                .attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+        let size = self.size();
         if size > MAX_MESSAGE_BYTES {
             return Err(format!(
                 "{size} bytes, more than Pub/Sub's {MAX_MESSAGE_BYTES}"

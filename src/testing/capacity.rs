@@ -154,19 +154,31 @@ impl Bucket {
         }
     }
 
-    fn admit(&mut self, now: Instant, cost: f64) -> bool {
+    fn refill(&mut self, now: Instant) {
         let started = *self.started.get_or_insert(now);
         let rate = self.limit.at(now - started);
         if let Some(last) = self.refilled {
             self.tokens = (self.tokens + (now - last).as_secs_f64() * rate).min(rate);
         }
         self.refilled = Some(now);
+    }
+
+    fn admit(&mut self, now: Instant, cost: f64) -> bool {
+        self.refill(now);
         if self.tokens >= cost {
             self.tokens -= cost;
             true
         } else {
             false
         }
+    }
+
+    /// Takes `cost` more for a call already admitted (the rows of a batch beyond its
+    /// first): the bucket may go into debt, which refuses the calls that follow until it
+    /// refills, as a node busy with a large batch does.
+    fn charge(&mut self, now: Instant, cost: f64) {
+        self.refill(now);
+        self.tokens -= cost;
     }
 }
 
@@ -246,6 +258,16 @@ impl Capacity {
 }
 
 impl Intercept for Capacity {
+    /// A Bigtable node's budget is in rows: a batch's rows beyond the one its call was
+    /// admitted for are charged too.
+    fn rows(&self, op: Op, rows: usize) {
+        if service_of(op) != Service::Bigtable || rows <= 1 {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1[2].charge(Instant::now(), (rows - 1) as f64);
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         op: Op,
@@ -316,6 +338,21 @@ mod tests {
             assert!(capacity.admit(Op::Claim).1);
             tokio::time::advance(Duration::from_micros(200)).await;
         }
+    }
+
+    /// A batch is charged per row: a call admitted for 10,000 rows on a one-node cluster
+    /// (10,000 rows/s) leaves no room for the next call until the budget refills.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_charged_for_every_row_it_touches() {
+        let capacity = Capacity::new(CloudModel::gcp(1), 1);
+        assert!(capacity.admit(Op::RemoveMany).1);
+        capacity.rows(Op::RemoveMany, 10_000);
+        assert!(!capacity.admit(Op::Claim).1, "the batch took the second's budget");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(capacity.admit(Op::Claim).1, "refilled");
+        // GCS calls are not rows: a listing of 1,000 names costs one call.
+        capacity.rows(Op::LtList, 1_000);
+        assert!(capacity.admit(Op::LtList).1);
     }
 
     #[tokio::test(start_paused = true)]

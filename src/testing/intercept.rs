@@ -91,6 +91,13 @@ pub trait Intercept: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
+    /// The rows one Bigtable call read or wrote, for a call that touches more than one: a
+    /// batch of n keys is told before it runs, a scan the rows it returned after it did.
+    /// Bigtable's capacity and a bill count rows, not calls. Nothing by default.
+    fn rows(&self, op: Op, rows: usize) {
+        let _ = (op, rows);
+    }
+
     /// How long the store takes to finish an upload once its last byte has arrived, for an
     /// upload whose call started at `started`: the call meter's model of GCS (an object is
     /// finalized after its last byte). Nothing by default.
@@ -141,9 +148,12 @@ impl<H: Intercept> HvStore for HookedHv<H> {
         let (inner, range, after) = (self.inner.clone(), range.clone(), start_after.cloned());
         let call =
             Box::pin(async move { inner.scan_tombstones(&range, after.as_ref(), limit).await });
-        self.hook.run(Op::HvRead, StoreKind::Hv, call).await
+        let page = self.hook.run(Op::HvRead, StoreKind::Hv, call).await?;
+        self.hook.rows(Op::HvRead, page.tombstones.len());
+        Ok(page)
     }
     async fn tombstones(&self, paths: &[ObjectPath]) -> StoreResult<Vec<Option<Revision>>> {
+        self.hook.rows(Op::HvRead, paths.len());
         let (inner, paths) = (self.inner.clone(), paths.to_vec());
         let call = Box::pin(async move { inner.tombstones(&paths).await });
         self.hook.run(Op::HvRead, StoreKind::Hv, call).await
@@ -299,6 +309,7 @@ struct HookedChangelog<H> {
 
 impl<H: Intercept> HookedChangelog<H> {
     async fn remove_part(&self, ids: &[ChangeId]) -> StoreResult<()> {
+        self.hook.rows(Op::RemoveMany, ids.len());
         let (inner, ids) = (self.inner.clone(), ids.to_vec());
         let call = Box::pin(async move { inner.remove_many(&ids).await });
         self.hook
@@ -329,7 +340,9 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
     async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
         let (inner, req) = (self.inner.clone(), req.clone());
         let call = Box::pin(async move { inner.scan_stale(&req).await });
-        self.hook.run(Op::Scan, StoreKind::Changelog, call).await
+        let page = self.hook.run(Op::Scan, StoreKind::Changelog, call).await?;
+        self.hook.rows(Op::Scan, page.rows.len());
+        Ok(page)
     }
     async fn claim(
         &self,
@@ -349,6 +362,7 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
     }
     /// One ReadRows, like `get`: the same call to the meter and the IAM table.
     async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
+        self.hook.rows(Op::Get, ids.len());
         let (inner, ids) = (self.inner.clone(), ids.to_vec());
         let call = Box::pin(async move { inner.get_many(&ids).await });
         self.hook.run(Op::Get, StoreKind::Changelog, call).await

@@ -103,6 +103,20 @@ pub struct Rpcs {
     /// which a delivery arrived, per subscription. Lease extensions of jobs held longer
     /// than the client's 3 s extension period are not counted.
     pub pubsub_ack: u64,
+    /// Bytes Pub/Sub bills for publishing and delivering: each request (a publish batch, a
+    /// pull response) at least [`MIN_BILLED_REQUEST_BYTES`]. Responses are modelled as one
+    /// per subscription per [`ACK_FLUSH`] period in which something arrived (the streaming
+    /// pull sends what is ready together); a dead letter is one publish.
+    pub pubsub_billed_bytes: u64,
+}
+
+/// The smallest volume Pub/Sub bills per request (publish, pull response), whatever the
+/// messages' size.
+pub const MIN_BILLED_REQUEST_BYTES: u64 = 1_000;
+
+/// What Pub/Sub bills for one request carrying `bytes` of messages.
+pub fn billed(bytes: u64) -> u64 {
+    bytes.max(MIN_BILLED_REQUEST_BYTES)
 }
 
 /// How often the Pub/Sub client flushes the acks and nacks it has queued.
@@ -118,9 +132,13 @@ impl Rpcs {
 pub struct Meter {
     latency: Latency,
     calls: [AtomicU64; Op::ALL.len()],
+    /// Per operation, the calls that said how many rows they touched, and those rows.
+    batched_calls: [AtomicU64; Op::ALL.len()],
+    batched_rows: [AtomicU64; Op::ALL.len()],
     publishes: AtomicU64,
     settled: AtomicU64,
     ack_rpcs: AtomicU64,
+    billed_bytes: AtomicU64,
 }
 
 impl Meter {
@@ -156,11 +174,28 @@ impl Meter {
             .collect()
     }
 
+    /// Rows touched per Bigtable operation (a call touches one unless it said otherwise),
+    /// leaving out operations never called; GCS operations are not rows.
+    pub fn rows(&self) -> BTreeMap<String, u64> {
+        Op::ALL
+            .iter()
+            .filter(|op| bigtable_rpcs(**op) > 0)
+            .map(|op| {
+                let i = op.index();
+                let load = |a: &[AtomicU64]| a[i].load(Ordering::Relaxed);
+                let single = load(&self.calls).saturating_sub(load(&self.batched_calls));
+                (format!("{op:?}"), single + load(&self.batched_rows))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     pub fn rpcs(&self) -> Rpcs {
         let mut r = Rpcs {
             pubsub_publish: self.publishes.load(Ordering::Relaxed),
             pubsub_settle: self.settled.load(Ordering::Relaxed),
             pubsub_ack: self.ack_rpcs.load(Ordering::Relaxed),
+            pubsub_billed_bytes: self.billed_bytes.load(Ordering::Relaxed),
             ..Rpcs::default()
         };
         for op in Op::ALL {
@@ -174,12 +209,21 @@ impl Meter {
     }
 
     pub fn reset(&self) {
-        for c in &self.calls {
+        let counters = self.calls.iter().chain(&self.batched_calls);
+        let counters = counters.chain(&self.batched_rows).chain([
+            &self.publishes,
+            &self.settled,
+            &self.ack_rpcs,
+            &self.billed_bytes,
+        ]);
+        for c in counters {
             c.store(0, Ordering::Relaxed);
         }
-        self.publishes.store(0, Ordering::Relaxed);
-        self.settled.store(0, Ordering::Relaxed);
-        self.ack_rpcs.store(0, Ordering::Relaxed);
+    }
+
+    fn bill(&self, bytes: u64) {
+        self.billed_bytes
+            .fetch_add(billed(bytes), Ordering::Relaxed);
     }
 
     async fn delay(d: Duration) {
@@ -204,6 +248,11 @@ impl Intercept for Meter {
         }
     }
 
+    fn rows(&self, op: Op, rows: usize) {
+        self.batched_calls[op.index()].fetch_add(1, Ordering::Relaxed);
+        self.batched_rows[op.index()].fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
     fn after_last_byte(&self, started: tokio::time::Instant) -> Duration {
         let head = self
             .latency
@@ -223,6 +272,8 @@ struct MeteredQueue {
 impl JobQueue for MeteredQueue {
     async fn publish(&self, batch: Vec<Message>) -> StoreResult<()> {
         self.meter.publishes.fetch_add(1, Ordering::Relaxed);
+        let bytes = batch.iter().map(Message::size).sum::<usize>();
+        self.meter.bill(bytes as u64);
         Meter::delay(self.meter.latency.publish).await;
         self.inner.publish(batch).await
     }
@@ -234,6 +285,7 @@ impl JobQueue for MeteredQueue {
             meter: self.meter.clone(),
             since: tokio::time::Instant::now(),
             flushed: None,
+            response_bytes: (0, 0),
         }))
     }
 
@@ -246,6 +298,10 @@ impl JobQueue for MeteredQueue {
 
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> StoreResult<()> {
         self.meter.publishes.fetch_add(1, Ordering::Relaxed);
+        let copy = delivery
+            .message
+            .dead_letter_copy(reason, &delivery.message_id);
+        self.meter.bill(copy.size() as u64);
         self.inner.dead_letter(delivery, reason).await
     }
 }
@@ -256,20 +312,106 @@ struct MeteredSubscription {
     since: tokio::time::Instant,
     /// The last flush period that counted an ack RPC.
     flushed: Option<u128>,
+    /// The bytes delivered in that period (one pull response's) and what they were billed.
+    response_bytes: (u64, u64),
 }
 
 #[async_trait]
 impl Subscription for MeteredSubscription {
     async fn next(&mut self) -> Option<StoreResult<Delivery>> {
         let d = self.inner.next().await;
-        if matches!(d, Some(Ok(_))) {
+        if let Some(Ok(delivery)) = &d {
             // Every delivery is settled exactly once (ack, nack, or nack on drop).
             self.meter.settled.fetch_add(1, Ordering::Relaxed);
             let period = self.since.elapsed().as_millis() / ACK_FLUSH.as_millis();
             if self.flushed.replace(period) != Some(period) {
                 self.meter.ack_rpcs.fetch_add(1, Ordering::Relaxed);
+                self.response_bytes = (0, 0);
             }
+            // The response's bill: its first delivery pays the minimum, the next ones
+            // what they add above it.
+            self.response_bytes.0 += delivery.message.size() as u64;
+            let bill = billed(self.response_bytes.0);
+            let added = bill - self.response_bytes.1;
+            self.response_bytes.1 = bill;
+            self.meter.billed_bytes.fetch_add(added, Ordering::Relaxed);
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken};
+    use crate::queue::MemoryQueue;
+    use crate::testing::MemoryStores;
+
+    fn message(bytes: usize) -> Message {
+        Message {
+            data: bytes::Bytes::from(vec![b'j'; bytes]),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// Pub/Sub's minimum is per request: a publish of ten small jobs is billed once, at
+    /// 1,000 bytes, and the ten deliveries that arrive together as one response; a large
+    /// message is billed at its size.
+    #[tokio::test(start_paused = true)]
+    async fn pubsub_bills_the_minimum_per_request_not_per_message() {
+        let meter = Meter::new(Latency::NONE);
+        let queue = meter.wrap_queue(Arc::new(MemoryQueue::new(100, 5)));
+        queue
+            .publish((0..10).map(|_| message(60)).collect())
+            .await
+            .unwrap();
+        assert_eq!(meter.rpcs().pubsub_billed_bytes, 1_000);
+        queue.publish(vec![message(4_000)]).await.unwrap();
+        assert_eq!(meter.rpcs().pubsub_billed_bytes, 5_000);
+
+        meter.reset();
+        let mut sub = queue.subscribe(FlowControl::default()).await.unwrap();
+        for _ in 0..10 {
+            sub.next().await.unwrap().unwrap().ack();
+        }
+        assert_eq!(meter.rpcs().pubsub_billed_bytes, 1_000, "one response");
+        tokio::time::advance(ACK_FLUSH).await;
+        sub.next().await.unwrap().unwrap().ack();
+        assert_eq!(
+            meter.rpcs().pubsub_billed_bytes,
+            5_000,
+            "a later response, 4,000 bytes"
+        );
+    }
+
+    /// A batch call counts the rows it touched, a single-row call one; GCS calls are not
+    /// rows.
+    #[tokio::test]
+    async fn a_batch_counts_its_rows_a_single_call_one() {
+        let meter = Meter::new(Latency::NONE);
+        let stores = meter.wrap(&MemoryStores::new().stores());
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let path = ObjectPath::new(format!("meter/{i}")).unwrap();
+            let record = ChangeRecord::new(path, None, None, OwnerToken::mint("meter"));
+            let id = ChangeId::mint();
+            stores.changelog.record(&id, &record).await.unwrap();
+            ids.push(id);
+        }
+        stores.changelog.get_many(&ids).await.unwrap();
+        stores.changelog.remove_many(&ids).await.unwrap();
+        stores
+            .lt
+            .delete(&crate::model::Revision::mint(
+                &ObjectPath::new("meter/x").unwrap(),
+            ))
+            .await
+            .unwrap();
+        let rows = meter.rows();
+        assert_eq!(rows.get("Record"), Some(&5));
+        assert_eq!(rows.get("Get"), Some(&5), "one call, five rows");
+        assert_eq!(rows.get("RemoveMany"), Some(&5), "one call, five rows");
+        assert_eq!(rows.get("LtDelete"), None);
+        assert_eq!(meter.calls().get("Get"), Some(&1));
     }
 }

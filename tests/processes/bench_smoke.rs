@@ -125,7 +125,10 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
     for c in &cost[..2] {
         assert_eq!(c["gcs_free"], 1e6, "one delete per recovered change: {c}");
         assert!(c["pubsub_messages"].as_f64().unwrap() >= 1e6, "{c}");
-        assert!(c["pubsub_billed_gb"].as_f64().unwrap() >= 2.0, "{c}");
+        // Billed per request, not per message: at most the 1,000-byte minimum per message
+        // on each side, less when publishes and responses carry several.
+        let billed = c["pubsub_billed_gb"].as_f64().unwrap();
+        assert!(billed > 0.0 && billed <= 2.0, "{c}");
     }
     assert_eq!(cost[2]["bigtable_rpcs_total"], 4e6, "{}", cost[2]);
     let drain = &report["drain"];

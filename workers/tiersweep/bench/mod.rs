@@ -245,7 +245,6 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 /// where they ran), and of large writes.
 async fn cost(report: &Report) -> Result<Vec<tiersweep::bench::cost::CostPerMillion>> {
     use tiersweep::bench::cost;
-    let message = cost::job_message_bytes();
     let cpu_us: Option<f64> = {
         let per: Vec<f64> = report
             .memory
@@ -260,7 +259,7 @@ async fn cost(report: &Report) -> Result<Vec<tiersweep::bench::cost::CostPerMill
         let Some(run) = s.pipeline.iter().max_by_key(|r| r.in_flight) else {
             continue;
         };
-        let mut c = cost::recovery(run, message);
+        let mut c = cost::recovery(run);
         c.per = format!("recovered change ({}, M = {})", s.name, run.in_flight);
         if s.name == "emulators" {
             // µs per change is CPU-seconds per million changes.
