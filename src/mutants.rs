@@ -127,11 +127,14 @@ pub enum Mutant {
     /// after its run ended (a drained backlog) lists and deletes with the old run's
     /// parameters.
     ExpiredRunJobsJudged,
+    /// The pass after an upload settle takes a failed existence check for "absent": it
+    /// skips the delete and removes the row with a late upload still there.
+    ExistsErrorTakenForAbsent,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 37] = [
+    pub const ALL: [Mutant; 38] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -169,6 +172,7 @@ impl Mutant {
         Mutant::GainedShardsNotReadWhole,
         Mutant::FreshReadWithoutReserve,
         Mutant::ExpiredRunJobsJudged,
+        Mutant::ExistsErrorTakenForAbsent,
     ];
 }
 

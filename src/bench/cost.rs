@@ -34,6 +34,9 @@ pub struct CostPerMillion {
     /// Rows those RPCs read or wrote (a batch of n keys touches n; a scan page's rows are
     /// counted as returned, not as examined: docs/performance.md §11).
     pub bigtable_rows: f64,
+    /// Of those, rows read and rows written.
+    pub bigtable_row_reads: f64,
+    pub bigtable_row_writes: f64,
     pub gcs_class_a: f64,
     pub gcs_class_b: f64,
     /// Deletes: free.
@@ -74,12 +77,18 @@ pub fn from_calls(
             "LtGet" | "LtExists" => cost.gcs_class_b += per_million(n),
             "LtDelete" => cost.gcs_free += per_million(n),
             other => {
-                cost.bigtable_rpcs.insert(other.to_owned(), per_million(n));
-                cost.bigtable_rpcs_total += per_million(n);
+                let rpcs = per_million(n * f64::from(crate::testing::meter::round_trips(other)));
+                cost.bigtable_rpcs.insert(other.to_owned(), rpcs);
+                cost.bigtable_rpcs_total += rpcs;
             }
         }
     }
-    cost.bigtable_rows = per_million(rows.values().sum::<u64>() as f64);
+    for (op, &n) in rows {
+        let (reads, writes) = crate::testing::meter::reads_and_writes(op);
+        cost.bigtable_row_reads += per_million((reads * n) as f64);
+        cost.bigtable_row_writes += per_million((writes * n) as f64);
+    }
+    cost.bigtable_rows = cost.bigtable_row_reads + cost.bigtable_row_writes;
     cost
 }
 
@@ -87,12 +96,27 @@ pub fn from_calls(
 /// delete of the old blob, remove), on in-memory stores with no latency (so no heartbeat
 /// falls due: one per `heartbeat_interval` of a write's duration comes on top).
 pub async fn large_writes(n: usize) -> StoreResult<CostPerMillion> {
+    large_writes_on(n, true).await
+}
+
+/// [`large_writes`] by writers with the no-op changelog: the difference is what the
+/// changelog costs the write path.
+pub async fn large_writes_without_changelog(n: usize) -> StoreResult<CostPerMillion> {
+    large_writes_on(n, false).await
+}
+
+async fn large_writes_on(n: usize, changelog: bool) -> StoreResult<CostPerMillion> {
     let meter = Meter::new(Latency::NONE);
-    let stores = Stores::in_memory(crate::clock::system());
+    let mut stores = Stores::in_memory(crate::clock::system());
+    let mut metered = meter.wrap(&stores);
+    if !changelog {
+        // Outside the meter: the no-op changelog makes no call.
+        let noop = std::sync::Arc::new(crate::changelog::NoopChangelog);
+        (stores.changelog, metered.changelog) = (noop.clone(), noop);
+    }
     // The default configuration is valid.
-    let plain = TieredStorage::new(stores.clone(), WriterConfig::default()).expect("valid writer");
-    let metered =
-        TieredStorage::new(meter.wrap(&stores), WriterConfig::default()).expect("valid writer");
+    let plain = TieredStorage::new(stores, WriterConfig::default()).expect("valid writer");
+    let metered = TieredStorage::new(metered, WriterConfig::default()).expect("valid writer");
     let body = Bytes::from(vec![b'W'; 256 * 1024]);
     let paths: Vec<ObjectPath> = (0..n)
         .map(|i| ObjectPath::new(format!("bench/cost/{i:07}")).expect("bench paths are valid"))
@@ -142,8 +166,22 @@ mod tests {
         assert_eq!(cost.bigtable_rpcs_total, 4.0 * MILLION, "{cost:#?}");
         assert_eq!(cost.bigtable_rows, 4.0 * MILLION);
         assert_eq!(
+            (cost.bigtable_row_reads, cost.bigtable_row_writes),
+            (MILLION, 3.0 * MILLION)
+        );
+        assert_eq!(
             (cost.gcs_class_a, cost.gcs_class_b, cost.gcs_free),
             (MILLION, 0.0, MILLION)
         );
+        // Without the changelog, the record and the removal are what goes.
+        let bare = large_writes_without_changelog(50)
+            .await
+            .expect("metered writes");
+        assert_eq!(
+            cost.bigtable_rows - bare.bigtable_rows,
+            2.0 * MILLION,
+            "{bare:#?}"
+        );
+        assert_eq!(bare.gcs_class_a, MILLION);
     }
 }

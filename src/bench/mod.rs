@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod drain;
 pub mod elastic;
 pub mod lag;
+pub mod peers;
 pub mod shapes;
 pub mod upload_split;
 

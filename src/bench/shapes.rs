@@ -11,7 +11,9 @@
 //! * **pipeline**: scanners publishing to a queue, one cleaner with `in_flight` in hand.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt as _;
 use serde::Serialize;

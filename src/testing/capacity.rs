@@ -347,7 +347,10 @@ mod tests {
         let capacity = Capacity::new(CloudModel::gcp(1), 1);
         assert!(capacity.admit(Op::RemoveMany).1);
         capacity.rows(Op::RemoveMany, 10_000);
-        assert!(!capacity.admit(Op::Claim).1, "the batch took the second's budget");
+        assert!(
+            !capacity.admit(Op::Claim).1,
+            "the batch took the second's budget"
+        );
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(capacity.admit(Op::Claim).1, "refilled");
         // GCS calls are not rows: a listing of 1,000 names costs one call.

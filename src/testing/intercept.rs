@@ -91,9 +91,10 @@ pub trait Intercept: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
-    /// The rows one Bigtable call read or wrote, for a call that touches more than one: a
-    /// batch of n keys is told before it runs, a scan the rows it returned after it did.
-    /// Bigtable's capacity and a bill count rows, not calls. Nothing by default.
+    /// The rows one Bigtable call read or wrote, for a call that can touch more than one
+    /// (a batch of n keys, a scan), told once the call succeeded: a refused or failed call
+    /// is not charged its rows. Bigtable's capacity and a bill count rows, not calls.
+    /// Nothing by default.
     fn rows(&self, op: Op, rows: usize) {
         let _ = (op, rows);
     }
@@ -153,10 +154,12 @@ impl<H: Intercept> HvStore for HookedHv<H> {
         Ok(page)
     }
     async fn tombstones(&self, paths: &[ObjectPath]) -> StoreResult<Vec<Option<Revision>>> {
-        self.hook.rows(Op::HvRead, paths.len());
         let (inner, paths) = (self.inner.clone(), paths.to_vec());
+        let rows = paths.len();
         let call = Box::pin(async move { inner.tombstones(&paths).await });
-        self.hook.run(Op::HvRead, StoreKind::Hv, call).await
+        let read = self.hook.run(Op::HvRead, StoreKind::Hv, call).await?;
+        self.hook.rows(Op::HvRead, rows);
+        Ok(read)
     }
     async fn compare_and_write(
         &self,
@@ -309,12 +312,14 @@ struct HookedChangelog<H> {
 
 impl<H: Intercept> HookedChangelog<H> {
     async fn remove_part(&self, ids: &[ChangeId]) -> StoreResult<()> {
-        self.hook.rows(Op::RemoveMany, ids.len());
         let (inner, ids) = (self.inner.clone(), ids.to_vec());
+        let rows = ids.len();
         let call = Box::pin(async move { inner.remove_many(&ids).await });
         self.hook
             .run(Op::RemoveMany, StoreKind::Changelog, call)
-            .await
+            .await?;
+        self.hook.rows(Op::RemoveMany, rows);
+        Ok(())
     }
 }
 
@@ -362,10 +367,12 @@ impl<H: Intercept> Changelog for HookedChangelog<H> {
     }
     /// One ReadRows, like `get`: the same call to the meter and the IAM table.
     async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
-        self.hook.rows(Op::Get, ids.len());
         let (inner, ids) = (self.inner.clone(), ids.to_vec());
+        let rows = ids.len();
         let call = Box::pin(async move { inner.get_many(&ids).await });
-        self.hook.run(Op::Get, StoreKind::Changelog, call).await
+        let read = self.hook.run(Op::Get, StoreKind::Changelog, call).await?;
+        self.hook.rows(Op::Get, rows);
+        Ok(read)
     }
     async fn extend_claim(
         &self,

@@ -80,11 +80,32 @@ impl Latency {
 }
 
 /// Round trips the Bigtable backend makes for one call: one for every Bigtable operation
-/// (a fence is one CheckAndMutateRow), 0 for GCS operations.
+/// (a fence is one CheckAndMutateRow) except the server's time (a write to the clock row,
+/// then its read), 0 for GCS operations.
 fn bigtable_rpcs(op: Op) -> u32 {
     match op {
         Op::LtPut | Op::LtGet | Op::LtExists | Op::LtDelete | Op::LtList => 0,
+        Op::Now => 2,
         _ => 1,
+    }
+}
+
+/// [`bigtable_rpcs`] by the operation's name, as [`Meter::calls`] reports it.
+pub fn round_trips(op: &str) -> u32 {
+    Op::ALL
+        .iter()
+        .find(|o| format!("{o:?}") == op)
+        .map_or(1, |o| bigtable_rpcs(*o))
+}
+
+/// Rows a Bigtable operation reads and writes per row it touches: reads are ReadRows
+/// (HV reads, scans, re-reads), the server's time writes then reads its row, everything
+/// else is a mutation (a CheckAndMutateRow is billed as one).
+pub fn reads_and_writes(op: &str) -> (u64, u64) {
+    match op {
+        "HvRead" | "Scan" | "Get" => (1, 0),
+        "Now" => (1, 1),
+        _ => (0, 1),
     }
 }
 

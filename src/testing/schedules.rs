@@ -722,6 +722,24 @@ pub async fn an_upload_landing_after_its_dead_writers_recovery_is_deleted(
     );
     assert_eq!(entries_for(&stores, &path).await.len(), 1, "the row waits");
     tokio::time::sleep(half + protocol.staleness_threshold * 2).await;
+    // The pass after the settle looks before it deletes; one that cannot look (GCS down)
+    // deletes nothing and keeps the row, whose claim then lapses for a later pass.
+    let blind = Faults::new([Rule::on(Op::LtExists, Fault::Fail)]);
+    let failed = crate::recovery::EmbeddedRecovery::new(blind.wrap(&stores), recovery.clone())
+        .run_pass()
+        .await
+        .expect("a recovery pass");
+    assert_eq!(failed.converged, 0, "{failed:?}");
+    assert!(
+        !blobs_of(&stores, &path).await.is_empty(),
+        "a pass that could not look deleted nothing"
+    );
+    assert_eq!(
+        entries_for(&stores, &path).await.len(),
+        1,
+        "a pass that could not look kept the row"
+    );
+    tokio::time::sleep(recovery.claim_lease + protocol.staleness_threshold).await;
     recovery_leaves_nothing_of(&stores, &path, protocol, "the late landing is deleted").await;
     assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
 }

@@ -28,6 +28,8 @@ fn bench(name: &str, args: &[&str]) -> (Value, std::path::PathBuf) {
             "1000",
             "--shapes-changes",
             "60",
+            "--peers-orphans",
+            "100",
         ])
         .arg("--out")
         .arg(&out)
@@ -137,6 +139,24 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
     let cost = &report["scan_cost"];
     assert_eq!(cost["key_bounded"]["found"], cost["stale_rows"], "{cost}");
     assert_eq!(cost["full_range"]["found"], cost["stale_rows"], "{cost}");
+    // Side by side: every peer removed every orphan, and each figure the table prints is
+    // there.
+    let peers = &report["peers"];
+    let runs = peers["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{peers}");
+    for r in runs {
+        assert_eq!(r["orphans_left"], 0, "{r}");
+        for figure in [
+            "bigtable_row_reads",
+            "bigtable_row_writes",
+            "gcs_free",
+            "cpu_s",
+        ] {
+            assert!(r["cost"][figure].as_f64().is_some(), "{figure}: {r}");
+        }
+    }
+    assert_eq!(peers["plan"]["live"], 1000, "{peers}");
+    assert_eq!(peers["write_tax"].as_array().unwrap().len(), 4, "{peers}");
     let elastic = &report["elastic"];
     assert_eq!(elastic["backlog"], 150, "{elastic}");
     assert_eq!(elastic["left"], 0, "the pool drained everything: {elastic}");

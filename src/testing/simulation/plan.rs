@@ -604,6 +604,21 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
             } else {
                 Vec::new()
             };
+            // In half, GCS cannot answer the second pass's existence check (an outage
+            // that outlasts the retries): the pass must fail and keep the row, not take
+            // "no answer" for "no blob" with the late landing there.
+            if rng.random_bool(0.5) {
+                let times = rng.random_range(5..=12);
+                events.extend((0..2).map(|cleaner| Event::FaultCleaner {
+                    cleaner,
+                    rule: Rule {
+                        op: Some(Op::LtExists),
+                        skip: 0,
+                        times,
+                        fault: Fault::Fail,
+                    },
+                }));
+            }
             events.extend([
                 Event::SkewCleaner {
                     cleaner: 0,

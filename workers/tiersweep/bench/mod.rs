@@ -48,7 +48,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200)]
     writes: usize,
     /// Settings to run: cloud (in-memory stores, cloud-like latency), memory (in-memory,
-    /// no latency), emulators.
+    /// no latency), emulators; empty runs none (only the runs below that are not
+    /// skipped).
     #[arg(long, value_delimiter = ',', default_value = "cloud,memory,emulators")]
     settings: Vec<String>,
     /// Seconds of steady load (writers plus crashing changes) for the recovery-lag run;
@@ -104,6 +105,15 @@ pub struct BenchArgs {
     /// one to a kill, shrinks to 1, on in-memory stores and virtual time); 0 skips it.
     #[arg(long, default_value_t = 20_000)]
     elastic_changes: usize,
+    /// Orphans of the side-by-side run: the pipeline, the seed's loop and a listing GC
+    /// (`tiersweep audit --delete`) each remove the same prepared orphans against the
+    /// capacity-limited cloud model (in-memory stores, virtual time); 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    peers_orphans: usize,
+    /// Live large objects per orphan in the side-by-side run's bucket: what a listing GC
+    /// lists and joins too.
+    #[arg(long, default_value_t = 10)]
+    peers_live_per_orphan: usize,
     /// Give up on a pipeline run after this many seconds (it is then marked TIMED OUT).
     #[arg(long, default_value_t = 120)]
     run_deadline_s: u64,
@@ -119,7 +129,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     if args.in_flight.contains(&0) || args.changes == 0 || args.baseline_changes == 0 {
         bail!("--changes, --baseline-changes and every --in-flight value must be at least 1");
     }
-    for s in &args.settings {
+    for s in args.settings.iter().filter(|s| !s.is_empty()) {
         if !["cloud", "memory", "emulators"].contains(&s.as_str()) {
             bail!("--settings: unknown setting {s:?}; use cloud, memory or emulators");
         }
@@ -138,9 +148,10 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         elastic: None,
         scan_cost: None,
         drain: None,
+        peers: None,
         cost: Vec::new(),
     };
-    for name in &args.settings {
+    for name in args.settings.iter().filter(|s| !s.is_empty()) {
         let (stores, queues, latency) = match name.as_str() {
             "cloud" => (
                 MemoryStores::new().stores(),
@@ -217,6 +228,23 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         let plan = tiersweep::bench::drain::DrainPlan::new(args.drain_changes);
         report.drain =
             Some(paused("the drain run", move || tiersweep::bench::drain::run(plan)).await?);
+        write_json(&args.out, &report)?;
+    }
+    if args.peers_orphans > 0 {
+        let plan = tiersweep::bench::peers::PeersPlan {
+            live: args.peers_orphans * args.peers_live_per_orphan,
+            ..tiersweep::bench::peers::PeersPlan::new(args.peers_orphans)
+        };
+        eprintln!(
+            "[peers] {} orphans among {} live objects, against the capacity model",
+            plan.orphans, plan.live
+        );
+        let peers = paused("the side-by-side run", move || {
+            tiersweep::bench::peers::run(plan)
+        })
+        .await?
+        .context("the side-by-side run")?;
+        report.peers = Some(peers);
         write_json(&args.out, &report)?;
     }
     if args.scan_cost_history > 0 {

@@ -29,6 +29,8 @@ pub struct Report {
     pub scan_cost: Option<ScanCostReport>,
     /// An outage's backlog drained against the capacity-limited model.
     pub drain: Option<tiersweep::bench::drain::DrainReport>,
+    /// The pipeline, the seed's loop, a listing GC and lifecycle rules on the same orphans.
+    pub peers: Option<tiersweep::bench::peers::PeersReport>,
     /// Billed units per million recovered changes and per million large writes.
     pub cost: Vec<tiersweep::bench::cost::CostPerMillion>,
 }
@@ -395,6 +397,9 @@ pub fn table(r: &Report) -> String {
             );
         }
     }
+    if let Some(p) = &r.peers {
+        t.push_str(&peers_table(p));
+    }
     if !r.cost.is_empty() {
         let _ = writeln!(
             t,
@@ -433,6 +438,82 @@ pub fn table(r: &Report) -> String {
                 .collect();
             let _ = writeln!(t, "{:<40} Bigtable RPCs by call: {}", "", ops.join(", "));
         }
+    }
+    t
+}
+
+/// The side-by-side run: one line per peer, per million orphans.
+fn peers_table(p: &tiersweep::bench::peers::PeersReport) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n== side by side: {} orphans among {} live objects, capacity model, virtual time; per million orphans ==\n\
+         {:<16} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>13}",
+        p.plan.orphans,
+        p.plan.live,
+        "peer",
+        "waits s",
+        "deleted s",
+        "done s",
+        "BT reads",
+        "BT writes",
+        "GCS A",
+        "GCS B",
+        "GCS del",
+        "PS GB",
+        "CPU s",
+        "refused GCS/BT"
+    );
+    for r in &p.runs {
+        let a = &r.admissions;
+        let per = |refused: u64, admitted: u64| refused as f64 / admitted.max(1) as f64;
+        let c = &r.cost;
+        let _ = writeln!(
+            t,
+            "{:<16} {:>9.0} {:>10.0} {:>10.0} {:>9.0} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>7.3} {:>7.0} {:>6.2}/{:<6.2}{}",
+            r.peer,
+            r.waits_s,
+            r.deleted_after_s,
+            r.done_after_s,
+            c.bigtable_row_reads,
+            c.bigtable_row_writes,
+            c.gcs_class_a,
+            c.gcs_class_b,
+            c.gcs_free,
+            c.pubsub_billed_gb,
+            c.cpu_s.unwrap_or(0.0),
+            per(a.gcs_mutations_refused, a.gcs_mutations),
+            per(a.bigtable_refused, a.bigtable),
+            if r.orphans_left > 0 {
+                format!("  ({} orphans LEFT)", r.orphans_left)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let (first, last) = p.lifecycle.deleted_after_s;
+    let _ = writeln!(
+        t,
+        "{:<16} {:>9.0} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7}  (modelled: rule applied within a day)",
+        "lifecycle rule",
+        first,
+        format!("≤{last:.0}"),
+        "-",
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0
+    );
+    let _ = writeln!(t, "write-path tax per million large writes:");
+    for w in &p.write_tax {
+        let _ = writeln!(
+            t,
+            "  {:<16} Bigtable rows {:>9.0}  GCS class A {:>9.0}",
+            w.peer, w.bigtable_rows, w.gcs_class_a
+        );
     }
     t
 }
