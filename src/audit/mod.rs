@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{StoreError, StoreResult};
 use crate::lt::{ListedBlob, NameRange};
 use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
+use crate::retry::RetryPolicy;
 use crate::stores::Stores;
 use crate::telemetry::metrics::METRICS;
 
@@ -86,6 +87,10 @@ pub struct AuditConfig {
     pub max_lists_per_s: Option<f64>,
     /// A range with more orphans than this deletes none of them and is reported failed.
     pub max_orphans_per_range: usize,
+    /// How long a listing, HV read or deletion request that the store refuses (a busy
+    /// cluster, a rate limit) is retried before its range fails: by default about 40 s
+    /// ([`RetryPolicy::PATIENT`]); a batch job would rather wait than give up a range.
+    pub retry: RetryPolicy,
     /// Also scan HV for **dangling tombstones** (naming a blob that does not exist): one
     /// blob check per large object, so off by default. Reported, never repaired.
     pub dangling: bool,
@@ -102,6 +107,7 @@ impl Default for AuditConfig {
             max_deletes_per_s: Some(50.0),
             max_lists_per_s: Some(50.0),
             max_orphans_per_range: 100_000,
+            retry: RetryPolicy::PATIENT,
             dangling: false,
         }
     }
@@ -610,7 +616,8 @@ impl<'a> Judge<'a> {
             if !self.lists.wait(self.cancel).await {
                 return (RangeState::Interrupted, summary);
             }
-            let page = match self.stores.lt.list(range, token).await {
+            let list = || self.stores.lt.list(range, token.clone());
+            let page = match self.config.retry.run("list", list).await {
                 Ok(page) => page,
                 Err(e) => return (failed(format!("listing: {e}")), summary),
             };
@@ -690,7 +697,8 @@ impl<'a> Judge<'a> {
         }
         for chunk in candidates.chunks(HV_BATCH) {
             let paths: Vec<ObjectPath> = chunk.iter().map(|(p, _, _)| p.clone()).collect();
-            let tombstones = self.stores.hv.tombstones(&paths).await?;
+            let read = || self.stores.hv.tombstones(&paths);
+            let tombstones = self.config.retry.run("read HV", read).await?;
             for ((_, rev, created), tombstone) in chunk.iter().zip(tombstones) {
                 if tombstone.as_ref() == Some(rev) {
                     summary.referenced += 1;
@@ -810,9 +818,11 @@ impl<'a> Judge<'a> {
             Some(orphan.rev.clone()),
             OwnerToken::mint(AUDIT_OWNER_ROLE),
         );
-        self.stores
-            .changelog
-            .record(&change, &record)
+        // Create-or-confirm: a retry after a lost response finds its own row and succeeds.
+        let write = || self.stores.changelog.record(&change, &record);
+        self.config
+            .retry
+            .run("record", write)
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(blob = %orphan.rev, %change, "deletion requested");
@@ -893,12 +903,34 @@ mod tests {
         }
     }
 
+    /// A listing, HV read or deletion request refused for a while (a busy cluster, a rate
+    /// limit) is waited out, not taken for a failed range.
+    #[tokio::test(start_paused = true)]
+    async fn a_brief_refusal_is_waited_out() {
+        let m = MemoryStores::new();
+        plant(&m, "p/", 1500);
+        let faults = Faults::new([Op::LtList, Op::HvRead, Op::Record].map(|op| Rule {
+            skip: 1,
+            times: RetryPolicy::PATIENT.max_attempts - 1,
+            ..Rule::once(op, Fault::Fail)
+        }));
+        let report = Audit::new(faults.wrap(&m.stores()), deleting("p/"))
+            .trail(Arc::new(MemoryTrail::default()))
+            .run()
+            .await
+            .expect("the audit reports");
+        assert!(report.complete(), "{report:#?}");
+        assert_eq!(report.totals.deletes_requested, 1500);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_error_on_a_later_page_deletes_nothing_in_the_range() {
         let m = MemoryStores::new();
         plant(&m, "p/", 1500);
+        // An outage that outlasts the retries.
         let faults = Faults::new([Rule {
             skip: 1,
+            times: RetryPolicy::PATIENT.max_attempts,
             ..Rule::once(Op::LtList, Fault::Fail)
         }]);
         let trail = Arc::new(MemoryTrail::default());

@@ -85,6 +85,8 @@ pub(crate) fn config(protocol: ProtocolConfig, prefix: &str, delete: bool) -> Au
         delete,
         max_deletes_per_s: None,
         max_lists_per_s: None,
+        // Real time on the emulators: a failure past the retries in well under a second.
+        retry: crate::retry::RetryPolicy::default(),
         ..AuditConfig::default()
     }
 }
@@ -250,9 +252,9 @@ pub async fn an_audit_finds_exactly_the_orphans_and_recovery_deletes_them(
     );
 }
 
-/// A listing error in one range fails that range, and nothing in it is deleted; the other
-/// ranges go on. Ranges are listed one at a time here, so the first listing call is the
-/// first range's.
+/// A listing error in one range that outlasts the audit's retries fails that range, and
+/// nothing in it is deleted; the other ranges go on. Ranges are listed one at a time here,
+/// so the first listing calls are the first range's.
 pub async fn a_listing_error_deletes_nothing_in_its_range(
     stores: Stores,
     protocol: ProtocolConfig,
@@ -261,7 +263,10 @@ pub async fn a_listing_error_deletes_nothing_in_its_range(
     let first_range = plant_orphan(&stores, &prefix, '0').await;
     let last_range = plant_orphan(&stores, &prefix, 'z').await;
     tokio::time::sleep(min_age(protocol) + protocol.staleness_threshold).await;
-    let faults = Faults::new([Rule::once(Op::LtList, Fault::Fail)]);
+    let faults = Faults::new([Rule {
+        times: crate::retry::RetryPolicy::default().max_attempts,
+        ..Rule::once(Op::LtList, Fault::Fail)
+    }]);
     let trail = Arc::new(MemoryTrail::default());
     let report = audit(
         &faults.wrap(&stores),
@@ -317,8 +322,10 @@ pub async fn an_audit_resumes_the_ranges_it_did_not_finish(
         "{cancelled:#?}"
     );
 
+    // The third range's listing fails past the audit's retries.
     let faults = Faults::new([Rule {
         skip: 2,
+        times: crate::retry::RetryPolicy::default().max_attempts,
         ..Rule::once(Op::LtList, Fault::Fail)
     }]);
     let first = Audit::new(faults.wrap(&stores), dry())

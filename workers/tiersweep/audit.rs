@@ -133,6 +133,8 @@ pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
         max_lists_per_s: Some(args.max_lists_per_s),
         max_orphans_per_range: args.max_orphans_per_range,
         dangling: args.dangling,
+        // The retries of a batch job that would rather wait than give up a range.
+        ..AuditConfig::default()
     };
     audit_config
         .validate()

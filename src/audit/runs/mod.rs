@@ -71,7 +71,7 @@ impl AuditRun {
     }
 
     /// How a worker judges this run's ranges: the recorded parameters, with the worker's
-    /// own rate limits (one range at a time).
+    /// own rate limits (one range at a time) and retries.
     pub fn config(
         &self,
         max_deletes_per_s: Option<f64>,
@@ -86,6 +86,7 @@ impl AuditRun {
             max_deletes_per_s,
             max_lists_per_s,
             max_orphans_per_range: self.max_orphans_per_range,
+            retry: crate::retry::RetryPolicy::PATIENT,
             dangling: self.dangling,
         }
     }
