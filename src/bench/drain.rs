@@ -4,8 +4,10 @@
 //! on paused time: the model's rate limits and latency tails decide the timings.
 //!
 //! Measured against the bound, the backlog ÷ the limiting service's rate over the drain
-//! (GCS object mutations: a crashed upload costs one delete; the limit starts at 1,000/s
-//! and doubles every 20 minutes): the drain's time, re-claims of queued work (a claim won
+//! (GCS object mutations: a crashed upload costs one delete — with the default settle, the
+//! pass after it checks existence, a read; the limit starts at 1,000/s and doubles every
+//! 20 minutes): the time until the backlog's blobs are deleted and until its rows are
+//! removed, re-claims of queued work (a claim won
 //! on a row claimed before: its first claim's lease ran out with its job undone), claims
 //! won while another claim's lease still ran, the fresh crashes' recovery lag, and this
 //! process's resident memory as the drain goes.
@@ -43,6 +45,9 @@ pub struct DrainPlan {
     pub cleaners: usize,
     pub cleaner_concurrency: usize,
     pub bigtable_nodes: u32,
+    /// Recovery's upload settle: production's by default, so every backlog change gets the
+    /// pass after it (an existence check) ten minutes after its first.
+    pub upload_settle: Duration,
     pub seed: u64,
 }
 
@@ -56,6 +61,7 @@ impl DrainPlan {
             cleaners: 4,
             cleaner_concurrency: 64,
             bigtable_nodes: 2,
+            upload_settle: crate::config::UPLOAD_SETTLE,
             seed: 7,
         }
     }
@@ -65,8 +71,10 @@ impl DrainPlan {
 pub struct DrainReport {
     pub plan: DrainPlan,
     pub model: CloudModel,
-    /// Until the last backlog row was removed, virtual time.
+    /// Until the last backlog blob was deleted, virtual time.
     pub took_s: f64,
+    /// Until the last backlog row was removed (the settle's passes included).
+    pub done_s: f64,
     /// The backlog's GCS deletes at the model's limit over the same time.
     pub bound_s: f64,
     /// `bound_s / took_s`. Target ≥ 0.9.
@@ -106,10 +114,11 @@ fn rss_mib() -> f64 {
 }
 
 /// Leaves `n` changes that crashed after their upload, straight in the twins (the outage
-/// happened before the drain; its writes are not charged to the model).
-async fn prepare(stores: &Stores, n: usize) {
+/// happened before the drain; its writes are not charged to the model). Returns their
+/// blobs.
+async fn prepare(stores: &Stores, n: usize) -> Vec<Revision> {
     let blob = Bytes::from_static(b"orphaned upload");
-    let prepared: Vec<()> = futures::stream::iter(0..n)
+    let prepared: Vec<Revision> = futures::stream::iter(0..n)
         .map(|i| {
             let blob = blob.clone();
             async move {
@@ -125,12 +134,14 @@ async fn prepare(stores: &Stores, n: usize) {
                     .await
                     .expect("recording");
                 stores.lt.put(&rev, blob).await.expect("uploading");
+                rev
             }
         })
         .buffer_unordered(256)
         .collect()
         .await;
     debug_assert_eq!(prepared.len(), n);
+    prepared
 }
 
 /// Runs the plan (see the module doc). Needs paused time in the caller's runtime.
@@ -138,7 +149,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
     let memory = MemoryStores::new();
     let twins = memory.stores();
     let protocol = super::protocol();
-    prepare(&twins, plan.backlog).await;
+    let mut blobs = prepare(&twins, plan.backlog).await;
     tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(100)).await;
 
     let model = CloudModel::gcp(plan.bigtable_nodes);
@@ -154,8 +165,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         protocol,
         idle_poll: Duration::from_millis(200),
         cleaner_concurrency: plan.cleaner_concurrency,
-        // One pass per change: the figure is the cost of that pass.
-        upload_settle: Duration::ZERO,
+        upload_settle: plan.upload_settle,
         ..RecoveryConfig::default()
     };
     let queue = MemoryQueue::new(
@@ -240,10 +250,21 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
 
     let started = Instant::now();
     let mut rss = vec![(0, rss_mib())];
-    let backlog_removed = || ledger.counts().removed.saturating_sub(probe.converged());
+    let backlog_removed = || ledger.counts().removed.saturating_sub(probe.removed());
     let mut next_sample = plan.backlog / 10;
-    let deadline = started + Duration::from_secs((plan.backlog as u64 / 100).max(600));
+    let deadline =
+        started + plan.upload_settle + Duration::from_secs((plan.backlog as u64 / 100).max(600));
+    let mut deleted = None;
     loop {
+        // Looked for only once enough deletes were admitted: a million lookups a tick
+        // would cost more than the drain.
+        let deletes_enough = capacity.admissions().gcs_mutations >= plan.backlog as u64;
+        if deleted.is_none()
+            && deletes_enough
+            && super::still_there(twins.lt.as_ref(), &mut blobs).await == 0
+        {
+            deleted = Some(started.elapsed());
+        }
         let removed = backlog_removed();
         if removed >= next_sample && next_sample > 0 {
             rss.push((removed, rss_mib()));
@@ -264,7 +285,8 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let took = started.elapsed();
+    let done = started.elapsed();
+    let took = deleted.unwrap_or(done);
     let admissions = capacity.admissions();
     stop_load.cancel();
     load.close();
@@ -309,6 +331,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         plan,
         model,
         took_s: took.as_secs_f64(),
+        done_s: done.as_secs_f64(),
         bound_s,
         of_bound: bound_s / took.as_secs_f64().max(f64::EPSILON),
         gcs_utilisation: admissions.gcs_mutations as f64 / gcs_capacity.max(1.0),

@@ -29,13 +29,19 @@ use crate::recovery::pool::{self, Pools};
 use crate::stores::Stores;
 use crate::writer::{TieredStorage, WriterConfig};
 
-/// Delegates to the real changelog; records when a watched row is removed.
+/// Delegates to the real changelog; records when a watched change is recovered: its row
+/// removed, or deferred for the upload settle by recovery (its blob is deleted then; the
+/// row waits only for the pass that checks for a late landing).
 #[derive(Debug)]
 pub struct LagProbe {
     inner: Arc<dyn Changelog>,
     clock: SharedClock,
-    /// Watched change → when it turns stale. Holds only changes not yet converged.
+    /// Watched change → when it turns stale. Holds only changes not yet recovered.
     watched: Mutex<HashMap<ChangeId, Timestamp>>,
+    /// Watched changes recovered by a deferral whose rows are still there.
+    settling: Mutex<std::collections::HashSet<ChangeId>>,
+    /// Rows of watched changes removed.
+    removed: std::sync::atomic::AtomicUsize,
     lags_ms: Mutex<Vec<u64>>,
 }
 
@@ -45,6 +51,8 @@ impl LagProbe {
             inner,
             clock,
             watched: Mutex::default(),
+            settling: Mutex::default(),
+            removed: Default::default(),
             lags_ms: Mutex::default(),
         })
     }
@@ -61,9 +69,9 @@ impl LagProbe {
         self.lock_watched().len()
     }
 
-    /// Watched rows removed so far.
-    pub(crate) fn converged(&self) -> usize {
-        self.lags_ms.lock().unwrap_or_else(|e| e.into_inner()).len()
+    /// Rows of watched changes removed so far.
+    pub(crate) fn removed(&self) -> usize {
+        self.removed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn take_lags(&self) -> Vec<u64> {
@@ -119,35 +127,56 @@ impl Changelog for LagProbe {
         id: &ChangeId,
         record: &ChangeRecord,
     ) -> StoreResult<crate::changelog::Deferral> {
-        self.inner.defer(id, record).await
+        let deferral = self.inner.defer(id, record).await?;
+        if deferral == crate::changelog::Deferral::Deferred && self.recovered(id) {
+            self.settling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone());
+        }
+        Ok(deferral)
     }
 
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
         let removal = self.inner.remove(id, owner).await?;
         if removal == Removal::Removed {
-            self.removed(id);
+            self.row_removed(id);
         }
         Ok(removal)
     }
 
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
         self.inner.remove_many(ids).await?;
-        ids.iter().for_each(|id| self.removed(id));
+        ids.iter().for_each(|id| self.row_removed(id));
         Ok(())
     }
 }
 
 impl LagProbe {
-    /// Records the lag of a watched row that was just removed.
-    fn removed(&self, id: &ChangeId) {
-        let stale_at = self.lock_watched().remove(id);
-        if let Some(stale_at) = stale_at {
-            let now = self.clock.now();
-            let lag = u64::try_from(now.millis() - stale_at.millis()).unwrap_or(0);
-            self.lags_ms
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(lag);
+    /// Records the lag of a watched change just recovered; whether it was watched.
+    fn recovered(&self, id: &ChangeId) -> bool {
+        let Some(stale_at) = self.lock_watched().remove(id) else {
+            return false;
+        };
+        let now = self.clock.now();
+        let lag = u64::try_from(now.millis() - stale_at.millis()).unwrap_or(0);
+        self.lags_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lag);
+        true
+    }
+
+    /// A row was removed: a watched change's recovery, or the end of its settle.
+    fn row_removed(&self, id: &ChangeId) {
+        let settled = self
+            .settling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if settled || self.recovered(id) {
+            self.removed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

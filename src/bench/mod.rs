@@ -279,6 +279,18 @@ pub async fn pipeline(
     Ok(run)
 }
 
+/// Keeps the blobs of `revs` that still exist in `lt`; how many that is.
+pub(crate) async fn still_there(lt: &dyn crate::lt::LtStore, revs: &mut Vec<Revision>) -> usize {
+    let mut kept = Vec::with_capacity(revs.len());
+    for rev in revs.drain(..) {
+        if lt.stat(&rev).await.ok().flatten().is_some() {
+            kept.push(rev);
+        }
+    }
+    *revs = kept;
+    revs.len()
+}
+
 /// The `q` quantile of sorted samples (nearest rank); 0 when there are none.
 pub fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted

@@ -41,7 +41,6 @@ use crate::audit::{Audit, AuditConfig};
 use crate::error::StoreResult;
 use crate::hv::{HvWrite, Version};
 use crate::lease::MemoryLeases;
-use crate::lt::LtStore;
 use crate::model::{ChangeId, ChangeRecord, ObjectMeta, ObjectPath, OwnerToken, Revision};
 use crate::queue::MemoryQueue;
 use crate::recovery::{Cleaner, RecoveryConfig};
@@ -273,15 +272,7 @@ impl World {
 
     /// Drops the orphans deleted since the last call; how many are left.
     async fn left(&mut self) -> usize {
-        let lt = self.memory.lt.clone();
-        let mut kept = Vec::with_capacity(self.orphans.len());
-        for rev in self.orphans.drain(..) {
-            if lt.stat(&rev).await.ok().flatten().is_some() {
-                kept.push(rev);
-            }
-        }
-        self.orphans = kept;
-        self.orphans.len()
+        super::still_there(self.memory.lt.as_ref(), &mut self.orphans).await
     }
 
     /// Waits until the orphans are gone and the changelog is empty, or `give_up` passes.

@@ -260,7 +260,7 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(
             t,
             "\n== drain: {} changes against the capacity model ({} Bigtable nodes; {} writers, {}/s fresh crashes; virtual time) ==\n\
-             took {:.0} s, bound {:.0} s (backlog / GCS mutation limit): {:.2} of the bound; \
+             blobs deleted after {:.0} s (rows removed after {:.0} s, settle {} s), bound {:.0} s (backlog / GCS mutation limit): {:.2} of the bound; \
              GCS utilisation {:.2}, Bigtable {:.2}; refused: GCS {}, Bigtable {}\n\
              claims won {}, re-claims {}, claimed twice at once {}\n\
              fresh crashes {} converged {}: lag p50 {} ms, p99 {} ms, max {} ms (threshold {} ms)\n\
@@ -270,6 +270,8 @@ pub fn table(r: &Report) -> String {
             d.plan.writers,
             d.plan.fresh_crashes_per_s,
             d.took_s,
+            d.done_s,
+            d.plan.upload_settle.as_secs(),
             d.bound_s,
             d.of_bound,
             d.gcs_utilisation,
