@@ -23,12 +23,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::elastic::Pool;
+use super::elastic::Deployed;
 use super::lag::LagProbe;
-use crate::lease::MemoryLeases;
 use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
 use crate::queue::MemoryQueue;
-use crate::recovery::{Cleaner, RecoveryConfig};
+use crate::recovery::RecoveryConfig;
 use crate::stores::Stores;
 use crate::testing::MemoryStores;
 use crate::testing::capacity::{Admissions, Capacity, CloudModel};
@@ -172,21 +171,13 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         plan.scanners * config.max_queued_claims * 2 + 10_000,
         config.max_delivery_attempts,
     );
-    let recovery = TaskTracker::new();
-    let stop_cleaners = CancellationToken::new();
-    for _ in 0..plan.cleaners {
-        let cleaner = Cleaner::new(stores.clone(), Arc::new(queue.clone()), config.clone());
-        recovery.spawn(cleaner.run(stop_cleaners.clone(), Duration::from_secs(5)));
-    }
-    let mut pool = Pool {
-        changelog: ledger.clone(),
-        leases: Arc::new(MemoryLeases::new(twins.clock.clone())),
-        queue: Arc::new(queue.clone()),
-        config: config.clone(),
-        period: Duration::from_secs(30),
-        next: 0,
-    };
-    let members: Vec<_> = (0..plan.scanners).map(|_| pool.start()).collect();
+    let recovery = Deployed::start(
+        &stores,
+        Arc::new(queue),
+        &config,
+        plan.scanners,
+        plan.cleaners,
+    );
 
     // The load that goes on meanwhile: writers, and fresh crashes through the model.
     let stop_load = CancellationToken::new();
@@ -296,12 +287,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
     while probe.outstanding() > 0 && Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for m in members {
-        m.stop().await;
-    }
-    stop_cleaners.cancel();
-    recovery.close();
-    recovery.wait().await;
+    recovery.stop().await;
 
     let capacity_over = |limit: crate::testing::capacity::Limit| {
         let secs = took.as_secs_f64();

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::changelog::Changelog;
 use crate::lease::{Leases, MemberId, MemoryLeases};
@@ -140,6 +141,54 @@ impl Pool {
             stop_keeper,
             assignment,
         }
+    }
+}
+
+/// A recovery deployment: leased scanners and cleaners sharing `queue`, on `stores`.
+pub(crate) struct Deployed {
+    members: Vec<Member>,
+    cleaners: TaskTracker,
+    stop_cleaners: CancellationToken,
+}
+
+impl Deployed {
+    pub(crate) fn start(
+        stores: &Stores,
+        queue: Arc<dyn JobQueue>,
+        config: &RecoveryConfig,
+        scanners: usize,
+        cleaners: usize,
+    ) -> Self {
+        let tracker = TaskTracker::new();
+        let stop_cleaners = CancellationToken::new();
+        for _ in 0..cleaners {
+            let cleaner = Cleaner::new(stores.clone(), queue.clone(), config.clone());
+            tracker.spawn(cleaner.run(stop_cleaners.clone(), Duration::from_secs(5)));
+        }
+        let mut pool = Pool {
+            changelog: stores.changelog.clone(),
+            leases: Arc::new(MemoryLeases::new(stores.clock.clone())),
+            queue,
+            config: config.clone(),
+            period: Duration::from_secs(30),
+            next: 0,
+        };
+        let members = (0..scanners).map(|_| pool.start()).collect();
+        Self {
+            members,
+            cleaners: tracker,
+            stop_cleaners,
+        }
+    }
+
+    /// The scanners stop (releasing their leases), then the cleaners.
+    pub(crate) async fn stop(self) {
+        for m in self.members {
+            m.stop().await;
+        }
+        self.stop_cleaners.cancel();
+        self.cleaners.close();
+        self.cleaners.wait().await;
     }
 }
 

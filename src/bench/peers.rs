@@ -32,18 +32,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::cost::{self, CostPerMillion};
-use super::elastic::{Member, Pool};
+use super::elastic::Deployed;
 use crate::audit::{Audit, AuditConfig};
 use crate::error::StoreResult;
 use crate::hv::{HvWrite, Version};
-use crate::lease::MemoryLeases;
 use crate::model::{ChangeId, ChangeRecord, ObjectMeta, ObjectPath, OwnerToken, Revision};
 use crate::queue::MemoryQueue;
-use crate::recovery::{Cleaner, RecoveryConfig};
+use crate::recovery::RecoveryConfig;
 use crate::stores::Stores;
 use crate::testing::MemoryStores;
 use crate::testing::audits::MemoryTrail;
@@ -307,55 +304,19 @@ fn spread(kind: &str, i: usize) -> ObjectPath {
         .expect("bench paths are valid")
 }
 
-/// Scanners and cleaners as deployed, on `stores`.
-struct Recovery {
-    members: Vec<Member>,
-    cleaners: TaskTracker,
-    stop_cleaners: CancellationToken,
-}
-
-impl Recovery {
-    fn start(
-        stores: &Stores,
-        meter: &Arc<Meter>,
-        config: &RecoveryConfig,
-        plan: &PeersPlan,
-    ) -> Self {
-        let queue = MemoryQueue::new(
-            plan.scanners * config.max_queued_claims * 2 + 10_000,
-            config.max_delivery_attempts,
-        );
-        let queue = meter.wrap_queue(Arc::new(queue));
-        let cleaners = TaskTracker::new();
-        let stop_cleaners = CancellationToken::new();
-        for _ in 0..plan.cleaners {
-            let cleaner = Cleaner::new(stores.clone(), queue.clone(), config.clone());
-            cleaners.spawn(cleaner.run(stop_cleaners.clone(), Duration::from_secs(5)));
-        }
-        let mut pool = Pool {
-            changelog: stores.changelog.clone(),
-            leases: Arc::new(MemoryLeases::new(stores.clock.clone())),
-            queue,
-            config: config.clone(),
-            period: Duration::from_secs(30),
-            next: 0,
-        };
-        let members = (0..plan.scanners).map(|_| pool.start()).collect();
-        Self {
-            members,
-            cleaners,
-            stop_cleaners,
-        }
-    }
-
-    async fn stop(self) {
-        for m in self.members {
-            m.stop().await;
-        }
-        self.stop_cleaners.cancel();
-        self.cleaners.close();
-        self.cleaners.wait().await;
-    }
+/// Scanners and cleaners as deployed, on `stores`, their jobs metered by `meter`.
+fn start_recovery(
+    stores: &Stores,
+    meter: &Arc<Meter>,
+    config: &RecoveryConfig,
+    plan: &PeersPlan,
+) -> Deployed {
+    let queue = MemoryQueue::new(
+        plan.scanners * config.max_queued_claims * 2 + 10_000,
+        config.max_delivery_attempts,
+    );
+    let queue = meter.wrap_queue(Arc::new(queue));
+    Deployed::start(stores, queue, config, plan.scanners, plan.cleaners)
 }
 
 fn production(plan: &PeersPlan) -> RecoveryConfig {
@@ -428,7 +389,7 @@ async fn pipeline(plan: &PeersPlan) -> PeerRun {
     let config = production(plan);
     tokio::time::sleep(config.protocol.staleness_threshold).await;
     let (stores, measuring) = world.cloud(plan);
-    let recovery = Recovery::start(&stores, &measuring.meter, &config, plan);
+    let recovery = start_recovery(&stores, &measuring.meter, &config, plan);
     let times = world.watch(measuring.started, give_up(plan)).await;
     recovery.stop().await;
     let waits = config.protocol.staleness_threshold;
@@ -460,7 +421,7 @@ async fn listing(plan: &PeersPlan, audit: &AuditConfig) -> PeerRun {
     let (stores, measuring) = world.cloud(plan);
     let config = production(plan);
     let started = measuring.started;
-    let recovery = Recovery::start(&stores, &measuring.meter, &config, plan);
+    let recovery = start_recovery(&stores, &measuring.meter, &config, plan);
     let run = Audit::new(stores.clone(), audit.clone())
         .trail(Arc::new(MemoryTrail::default()))
         .run();

@@ -90,7 +90,8 @@ fn bigtable_rpcs(op: Op) -> u32 {
     }
 }
 
-/// [`bigtable_rpcs`] by the operation's name, as [`Meter::calls`] reports it.
+/// Round trips per call of an operation, by its name as [`Meter::calls`] reports it: one
+/// per Bigtable call, two for the changelog's time, none for GCS.
 pub fn round_trips(op: &str) -> u32 {
     Op::ALL
         .iter()
