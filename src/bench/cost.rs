@@ -18,7 +18,7 @@ use super::Run;
 use crate::error::StoreResult;
 use crate::model::ObjectPath;
 use crate::stores::Stores;
-use crate::testing::meter::{Latency, Meter};
+use crate::testing::meter::{Latency, Meter, Rpcs};
 use crate::writer::{TieredStorage, WriterConfig};
 
 const MILLION: f64 = 1e6;
@@ -52,18 +52,29 @@ pub struct CostPerMillion {
 
 /// The cost of the changes `run` recovered.
 pub fn recovery(run: &Run) -> CostPerMillion {
-    let changes = run.changes.max(1) as f64;
-    let mut cost = from_calls(&run.calls, &run.rows, changes);
+    let mut cost = metered(&run.calls, &run.rows, &run.rpcs, run.changes);
     cost.per = "recovered change".into();
-    cost.pubsub_requests =
-        (run.rpcs.pubsub_publish + run.rpcs.pubsub_ack) as f64 * MILLION / changes;
-    cost.pubsub_messages = run.rpcs.pubsub_settle as f64 * MILLION / changes;
-    cost.pubsub_billed_gb = run.rpcs.pubsub_billed_bytes as f64 * MILLION / changes / 1e9;
+    cost
+}
+
+/// Per-million figures, over `units` units, of everything a meter counted: store calls
+/// and rows, and queue requests, deliveries and billed bytes.
+pub fn metered(
+    calls: &BTreeMap<String, u64>,
+    rows: &BTreeMap<String, u64>,
+    rpcs: &Rpcs,
+    units: usize,
+) -> CostPerMillion {
+    let units = units.max(1) as f64;
+    let mut cost = from_calls(calls, rows, units);
+    cost.pubsub_requests = (rpcs.pubsub_publish + rpcs.pubsub_ack) as f64 * MILLION / units;
+    cost.pubsub_messages = rpcs.pubsub_settle as f64 * MILLION / units;
+    cost.pubsub_billed_gb = rpcs.pubsub_billed_bytes as f64 * MILLION / units / 1e9;
     cost
 }
 
 /// Per-million figures from per-operation call and row counts over `units` units.
-pub fn from_calls(
+fn from_calls(
     calls: &BTreeMap<String, u64>,
     rows: &BTreeMap<String, u64>,
     units: f64,

@@ -80,7 +80,8 @@ pub struct DrainReport {
     pub of_bound: f64,
     /// GCS mutations admitted ÷ the limit's capacity over the drain.
     pub gcs_utilisation: f64,
-    /// Bigtable operations admitted ÷ the cluster's capacity over the drain.
+    /// Bigtable operations admitted ÷ the cluster's capacity over the drain (until the
+    /// backlog's blobs were deleted, as the GCS figure and `admissions`).
     pub bigtable_utilisation: f64,
     pub admissions: Admissions,
     pub claims_won: usize,
@@ -245,6 +246,8 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
     let mut next_sample = plan.backlog / 10;
     let deadline =
         started + plan.upload_settle + Duration::from_secs((plan.backlog as u64 / 100).max(600));
+    // When the backlog's blobs were all deleted, and what the services had admitted by
+    // then: the drain's figures stop there, not a settle later.
     let mut deleted = None;
     loop {
         // Looked for only once enough deletes were admitted: a million lookups a tick
@@ -254,7 +257,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
             && deletes_enough
             && super::still_there(twins.lt.as_ref(), &mut blobs).await == 0
         {
-            deleted = Some(started.elapsed());
+            deleted = Some((started.elapsed(), capacity.admissions()));
         }
         let removed = backlog_removed();
         if removed >= next_sample && next_sample > 0 {
@@ -277,8 +280,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let done = started.elapsed();
-    let took = deleted.unwrap_or(done);
-    let admissions = capacity.admissions();
+    let (took, admissions) = deleted.unwrap_or_else(|| (done, capacity.admissions()));
     stop_load.cancel();
     load.close();
     load.wait().await;

@@ -91,6 +91,9 @@ pub struct PeerRun {
     pub done_after_s: f64,
     /// Orphans still there when the run gave up (0 for a run that finished).
     pub orphans_left: usize,
+    /// Live objects' blobs gone at the end: a peer that deletes what HV references loses
+    /// data. Must be 0.
+    pub live_lost: usize,
     /// Per orphan, scaled to a million.
     pub cost: CostPerMillion,
     /// Calls the model refused, by service (a refused call is retried, and billed by none).
@@ -209,6 +212,7 @@ pub fn listing_config() -> AuditConfig {
 struct World {
     memory: MemoryStores,
     orphans: Vec<Revision>,
+    live: Vec<Revision>,
 }
 
 impl World {
@@ -217,10 +221,12 @@ impl World {
         let stores = memory.stores();
         let now = stores.clock.now();
         let blob = Bytes::from_static(b"large object bytes");
+        let mut live = Vec::with_capacity(plan.live);
         for i in 0..plan.live {
             let path = spread("live", i);
             let rev = Revision::mint(&path);
             memory.lt.plant(&rev, blob.clone(), now);
+            live.push(rev.clone());
             let write = HvWrite::Tombstone(rev, ObjectMeta::default());
             stores
                 .hv
@@ -244,7 +250,11 @@ impl World {
             }
             orphans.push(rev);
         }
-        Self { memory, orphans }
+        Self {
+            memory,
+            orphans,
+            live,
+        }
     }
 
     /// The stores through the model (fresh, so its ramps start at the peer's first call),
@@ -265,6 +275,12 @@ impl World {
             cpu_s: cpu_s(),
         };
         (modelled, measuring)
+    }
+
+    /// How many live objects' blobs are gone.
+    async fn live_lost(&self) -> usize {
+        let mut live = self.live.clone();
+        self.live.len() - super::still_there(self.memory.lt.as_ref(), &mut live).await
     }
 
     /// Drops the orphans deleted since the last call; how many are left.
@@ -358,15 +374,12 @@ impl Measuring {
     ) -> PeerRun {
         let cpu = cpu_s() - self.cpu_s;
         let left = world.left().await;
-        let orphans = plan.orphans.max(1) as f64;
         let meter = &self.meter;
-        let rpcs = meter.rpcs();
-        let mut cost = cost::from_calls(&meter.calls(), &meter.rows(), orphans);
+        let rows = meter.rows();
+        let mut cost = cost::metered(&meter.calls(), &rows, &meter.rpcs(), plan.orphans);
         cost.per = format!("orphan ({peer})");
-        cost.pubsub_requests = (rpcs.pubsub_publish + rpcs.pubsub_ack) as f64 * 1e6 / orphans;
-        cost.pubsub_messages = rpcs.pubsub_settle as f64 * 1e6 / orphans;
-        cost.pubsub_billed_gb = rpcs.pubsub_billed_bytes as f64 * 1e6 / orphans / 1e9;
-        cost.cpu_s = Some(cpu * 1e6 / orphans);
+        cost.cpu_s = Some(cpu * 1e6 / plan.orphans.max(1) as f64);
+        let live_lost = world.live_lost().await;
         eprintln!(
             "[peers] {peer}: orphans deleted after {:.0} s, done after {:.0} s (virtual), {left} left",
             deleted.as_secs_f64(),
@@ -378,6 +391,7 @@ impl Measuring {
             deleted_after_s: deleted.as_secs_f64(),
             done_after_s: done.as_secs_f64(),
             orphans_left: left,
+            live_lost,
             cost,
             admissions: self.capacity.admissions(),
         }
@@ -459,6 +473,7 @@ mod tests {
         assert_eq!(report.runs.len(), 3);
         for r in &report.runs {
             assert_eq!(r.orphans_left, 0, "{r:#?}");
+            assert_eq!(r.live_lost, 0, "{r:#?}");
             assert!(r.done_after_s >= r.deleted_after_s, "{r:#?}");
             assert!(
                 r.cost.gcs_free >= 1e6,

@@ -146,6 +146,7 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
     assert_eq!(runs.len(), 3, "{peers}");
     for r in runs {
         assert_eq!(r["orphans_left"], 0, "{r}");
+        assert_eq!(r["live_lost"], 0, "no live object's blob was deleted: {r}");
         for figure in [
             "bigtable_row_reads",
             "bigtable_row_writes",
