@@ -130,11 +130,20 @@ pub enum Mutant {
     /// The pass after an upload settle takes a failed existence check for "absent": it
     /// skips the delete and removes the row with a late upload still there.
     ExistsErrorTakenForAbsent,
+    /// When a scanner's overflow spans are too many, it drops the surplus instead of
+    /// merging neighbours: rows that did not fit the watch set wait for the next sweep.
+    OverflowSpansDropped,
+    /// Two overflow spans merge into one due at the later of their due times: the rows of
+    /// the earlier wait for the later.
+    MergedSpanDueLater,
+    /// A span read part-way merges like any other: a merge reads it again from its
+    /// start, and the rows of its first page, not yet due, merge back into it.
+    PartReadSpansMerge,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 38] = [
+    pub const ALL: [Mutant; 41] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -173,6 +182,9 @@ impl Mutant {
         Mutant::FreshReadWithoutReserve,
         Mutant::ExpiredRunJobsJudged,
         Mutant::ExistsErrorTakenForAbsent,
+        Mutant::OverflowSpansDropped,
+        Mutant::MergedSpanDueLater,
+        Mutant::PartReadSpansMerge,
     ];
 }
 

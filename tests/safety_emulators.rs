@@ -95,6 +95,17 @@ async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
+    let stores = emulators().await.stores(clock::system()).await;
+    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+        stores,
+        protocol(),
+        0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
     let leases = emulators().await.leases().await;
     tiersweep::testing::membership::a_pool_rebalances_as_members_join_leave_and_die(

@@ -91,8 +91,9 @@ pub struct RecoveryConfig {
     #[serde(with = "crate::config::duration")]
     pub max_writer_skew: Duration,
     /// Rows not claimable when scanned that one scanner watches at most (re-reading each
-    /// when it could first be stale). A row beyond it holds the next pass's lower key bound
-    /// at its key instead, which costs reads, never a missed row.
+    /// when it could first be stale). Rows beyond it wait in key spans, a quarter as many
+    /// at most, each read whole once its earliest row could be stale: reads of neighbours
+    /// in key order, never a missed row (docs/design/scanning.md).
     pub max_watched_rows: usize,
     /// Wait between scans when nothing was stale.
     #[serde(with = "crate::config::duration")]

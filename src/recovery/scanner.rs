@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::RecoveryConfig;
 use super::job::CleanupJob;
 use super::queued::{QueuedClaims, Review};
-use super::watched::Watched;
+use super::watched::{Overflow, Span, Watched};
 use crate::changelog::{Changelog, ChangelogEntry, Claim, MintedWindow, ScanRequest, ScannedRow};
 use crate::error::StoreResult;
 use crate::model::{ChangeId, OwnerToken, ShardSet, Timestamp};
@@ -24,6 +24,7 @@ use crate::queue::JobQueue;
 use crate::telemetry::metrics::{Backlog, METRICS};
 use crate::telemetry::{attr, propagation, span};
 use opentelemetry::trace::TraceContextExt;
+use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// What a scan page (or a pass, summed) did.
@@ -48,7 +49,8 @@ pub struct ScanReport {
     pub republished: usize,
     /// Claims won by reading the rows that just turned stale ahead of the backlog.
     pub fresh: usize,
-    /// Watched rows re-read because they could have turned stale (`recovery::watched`).
+    /// Watched rows re-read because they could have turned stale, and rows read in the
+    /// spans of those that did not fit (`recovery::watched`).
     pub rechecked: usize,
     /// This page began a full sweep of the scanner's key range.
     pub sweep: bool,
@@ -142,13 +144,16 @@ pub struct Scanner {
     /// Key-bounded scans ([`super::watched`]): the round in progress, if any; the lower
     /// mint bound of incremental rounds (`None`: none completed yet); where the last
     /// completed round began, from which the fresh scan reads; the lowest mint time of a
-    /// row that needs reading again but could not be watched; when the last sweep began.
+    /// row held back for want of room that the round may not come back to; when the last
+    /// sweep began; the rows read again when they could be due, and the spans of those
+    /// that did not fit.
     round: Option<Round>,
     low: Option<Timestamp>,
     seen_before: Option<Timestamp>,
     pinned: Option<Timestamp>,
     last_sweep: Option<Timestamp>,
     watched: Watched,
+    overflow: Overflow,
 }
 
 impl Scanner {
@@ -177,6 +182,7 @@ impl Scanner {
             pinned: None,
             last_sweep: None,
             watched: Watched::default(),
+            overflow: Overflow::default(),
         }
     }
 
@@ -225,14 +231,20 @@ impl Scanner {
     }
 
     /// Makes sure `id` is read again from `due` on: watched, or, when the watch set is
-    /// full, by holding the next round's lower bound at its key.
+    /// full, in an overflow span ([`super::watched`]). An id with no minting time (none
+    /// this crate mints) holds the next round's lower bound instead.
     fn keep(&mut self, id: &ChangeId, due: Timestamp) {
-        if !self.bounded() {
+        if !self.bounded() || self.watched.watch(id, due, self.config.max_watched_rows) {
             return;
         }
-        if !self.watched.watch(id, due, self.config.max_watched_rows) {
+        if !self.overflow.add(id, due, self.overflow_capacity()) {
             self.pin(id);
         }
+    }
+
+    /// Overflow spans kept at most: a quarter as many as watched rows.
+    fn overflow_capacity(&self) -> usize {
+        (self.config.max_watched_rows / 4).max(1)
     }
 
     fn pin(&mut self, id: &ChangeId) {
@@ -274,6 +286,11 @@ impl Scanner {
     /// Rows watched here (re-read when they could turn stale).
     pub fn watched_rows(&self) -> usize {
         self.watched.len()
+    }
+
+    /// Key spans this scanner reads again for rows that did not fit its watch set.
+    pub fn overflow_spans(&self) -> usize {
+        self.overflow.len()
     }
 
     /// How many of `wanted` rows this scanner may claim now, keeping at most `max` claims
@@ -347,7 +364,10 @@ impl Scanner {
             let (rechecked, claimed, full) = self.recheck_watched(cutoff, now, scan).await?;
             report.rechecked = rechecked;
             report.add_claims(&claimed);
-            watched_more = full;
+            let (read, spanned, more) = self.read_overflow(cutoff, now, scan).await?;
+            report.rechecked += read;
+            report.add_claims(&spanned);
+            watched_more = full || more;
         }
         // Mid-pass, a backlog lies between the cursor and rows that just turned stale:
         // those are read first, from where the last look at them ended.
@@ -568,6 +588,84 @@ impl Scanner {
         // Rows held back wait for room (watched again from now): not a reason to go on.
         let full = ids.len() == limit && claimed.held_back.is_empty();
         Ok((ids.len(), claimed, full))
+    }
+
+    /// Reads a page of the overflow span due earliest, if one is due and there is room to
+    /// claim, and claims what it found stale; rows not yet due are kept again. A span read
+    /// part-way goes back with its resume key; one whose read failed goes back whole.
+    async fn read_overflow(
+        &mut self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        scan: &tracing::Span,
+    ) -> StoreResult<(usize, Claimed, bool)> {
+        let max = self.config.max_queued_claims;
+        let room = if max == 0 {
+            self.config.scan_batch
+        } else {
+            max.saturating_sub(self.queued.len())
+        };
+        let limit = room.min(self.config.scan_batch);
+        if limit == 0 {
+            return Ok((0, Claimed::default(), false));
+        }
+        let Some(span) = self.overflow.take_due(now) else {
+            return Ok((0, Claimed::default(), false));
+        };
+        // Shards handed to another scanner since: their new owner reads them whole.
+        let shards = span.shards(&self.shards);
+        if shards.is_empty() {
+            return Ok((0, Claimed::default(), true));
+        }
+        let req = ScanRequest {
+            shards,
+            cutoff,
+            stamped_from: None,
+            now,
+            start_after: span.resume.clone(),
+            limit,
+            minted: Some(MintedWindow {
+                from: Some(span.from),
+                // Minting times are milliseconds; `to` is inclusive.
+                to: Some(span.to.saturating_add(Duration::from_millis(1))),
+                whole: ShardSet::EMPTY,
+                ahead: None,
+            }),
+            report_waiting: true,
+        };
+        let capacity = self.overflow_capacity();
+        let page = match self.changelog.scan_stale(&req).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.overflow.put_back(span, capacity);
+                return Err(e);
+            }
+        };
+        let full = page.resume_after.is_some();
+        if let Some(after) = page.resume_after {
+            let rest = Span {
+                resume: Some(after),
+                ..span
+            };
+            self.overflow.put_back(rest, capacity);
+        }
+        let mut counts = ScanReport::default();
+        let entries = self.entries(page.rows, now, &mut counts);
+        let claimed = self
+            .claim_and_publish(entries, max, cutoff, now, scan)
+            .await?;
+        for id in claimed.held_back.clone() {
+            self.keep(&id, now);
+        }
+        if claimed.won > 0 {
+            tracing::info!(
+                won = claimed.won,
+                "claimed rows that turned stale in a span of the watch set's overflow"
+            );
+        }
+        // Rows held back wait for room: not a reason to go on.
+        let more = claimed.held_back.is_empty() && (full || self.overflow.any_due(now));
+        Ok((counts.scanned, claimed, more))
     }
 
     /// Decodes a page's rows, counting and logging malformed ones.

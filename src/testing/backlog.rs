@@ -41,6 +41,8 @@ pub struct Drain {
     /// converged, and how many backlog rows were still waiting then.
     pub fresh_lag: Option<Duration>,
     pub backlog_left_then: usize,
+    /// Rows the scanner read: its rounds, fresh reads, watched rows and overflow spans.
+    pub rows_read: usize,
 }
 
 /// How a drain is made hard.
@@ -59,6 +61,8 @@ pub struct Plan {
     /// Large puts crashed once half the backlog is drained: fresh crashes, which must not
     /// wait behind the rest of it.
     pub fresh_crashes: usize,
+    /// The scanner's `max_watched_rows` (`None`: the default).
+    pub watch_room: Option<usize>,
 }
 
 /// Crashes `n` large puts, then drains them with one scanner and one cleaner that takes a
@@ -96,6 +100,9 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
     config.cleaner_concurrency = 1;
     config.max_queued_claims = plan.max_queued_claims;
     config.upload_settle = plan.upload_settle;
+    if let Some(room) = plan.watch_room {
+        config.max_watched_rows = room;
+    }
     // The per-change time: the cleaner's delete of the unreferenced upload is slow.
     let per_change = config.claim_lease.mul_f64(plan.leases_per_change);
     let slow = Faults::new([Rule::on(Op::LtDelete, Fault::Delay(per_change))]);
@@ -126,6 +133,7 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
         took: Duration::ZERO,
         fresh_lag: None,
         backlog_left_then: 0,
+        rows_read: 0,
     };
     let mut fresh: Option<(BTreeMap<ObjectPath, Acceptable>, tokio::time::Instant)> = None;
     let mut expected = expected;
@@ -138,6 +146,7 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
         drain.claims_won += page.won;
         drain.held_back += page.held_back;
         drain.republished += page.republished;
+        drain.rows_read += page.scanned + page.rechecked;
         let left = invariants::check(stores, &expected)
             .await
             .expect("invariant check");

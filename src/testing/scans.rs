@@ -59,15 +59,25 @@ async fn scan_for(s: &mut Scanner, span: Duration, gap: Duration) -> (ScanReport
 
 /// A writer heartbeats a large put through many scan rounds (its HV write is slow), so the
 /// scanner's lower key bound moves past its row; then it dies. The scanner watched the row
-/// and claims it about a threshold later, with no full sweep. `max_watched_rows` 0 makes
-/// the row hold the key bound instead: found all the same.
+/// and claims it about a threshold later, with no full sweep. `max_watched_rows` 0 puts
+/// the row in an overflow span instead: found all the same.
 pub async fn a_crash_behind_the_key_bound_is_found_without_a_sweep(
     stores: Stores,
     protocol: ProtocolConfig,
     max_watched_rows: usize,
 ) {
     let threshold = protocol.staleness_threshold;
-    let mut s = scanner(&stores, protocol, Duration::from_secs(86_400));
+    let config = RecoveryConfig {
+        full_sweep_every: Duration::from_secs(86_400),
+        max_watched_rows,
+        ..test_recovery_config(protocol)
+    };
+    let mut s = Scanner::new(
+        stores.changelog.clone(),
+        Arc::new(MemoryQueue::new(1024, 5)),
+        config,
+        ShardRange::ALL,
+    );
     s.scan_page().await.expect("the first round, a sweep");
     let (_, put) = slow_put(&stores, protocol, "watched").await;
     let gap = protocol.heartbeat_interval;
@@ -77,6 +87,8 @@ pub async fn a_crash_behind_the_key_bound_is_found_without_a_sweep(
         assert_eq!(alive.won, 0, "a live row is not claimed: {alive:?}");
         if max_watched_rows > 0 {
             assert!(s.watched_rows() >= 1, "the live row is watched");
+        } else {
+            assert!(s.overflow_spans() >= 1, "the live row waits in a span");
         }
         s
     };

@@ -241,6 +241,7 @@ impl World {
         recovery.upload_settle = plan.recovery_settle;
         recovery.claim_lease = plan.claim_lease;
         recovery.republish_after = plan.claim_lease;
+        recovery.max_watched_rows = plan.watch_room;
         if plan.backpressure {
             recovery.max_queued_claims = plan::BACKPRESSURE_ROOM;
             recovery.scan_batch = plan::BACKPRESSURE_BATCH;

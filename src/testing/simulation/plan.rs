@@ -253,7 +253,14 @@ pub struct Plan {
     /// be claimed ahead of it (the fresh read and the watch set, with the room kept for
     /// them). Set in every schedule with an [`Event::Backlog`].
     pub backpressure: bool,
+    /// The scanners' `max_watched_rows`: a handful in most schedules, so that rows spill
+    /// into overflow spans, which merge ([`WATCH_ROOMS`]); production's default in the rest.
+    pub watch_room: usize,
 }
+
+/// The small watch sets schedules draw from: every row overflows (one span), a few fit
+/// (one span), a dozen fit (three spans, merged in part).
+pub const WATCH_ROOMS: [usize; 3] = [0, 2, 12];
 
 /// The scanners' `max_queued_claims` under backpressure: the smallest room with a part kept
 /// for fresh rows (a tenth of it: one claim).
@@ -337,6 +344,10 @@ impl Plan {
         // period): one schedule in twenty, and every one that opens with a frozen holder.
         let leased = lease_opening || rng.random_ratio(1, 20);
         let backpressure = events.iter().any(|e| matches!(e, Event::Backlog { .. }));
+        let watch_room = WATCH_ROOMS
+            .get(rng.random_range(0..=WATCH_ROOMS.len()))
+            .copied()
+            .unwrap_or(crate::recovery::RecoveryConfig::default().max_watched_rows);
         Self {
             seed,
             events,
@@ -346,6 +357,7 @@ impl Plan {
             // shards; a drain under shard leases is left to the named schedules.
             leased: leased && !backpressure,
             backpressure,
+            watch_room,
         }
     }
 
@@ -360,6 +372,7 @@ impl Plan {
             claim_lease: self.claim_lease,
             leased: self.leased,
             backpressure: self.backpressure,
+            watch_room: self.watch_room,
         }
     }
 }
