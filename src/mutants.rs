@@ -139,11 +139,13 @@ pub enum Mutant {
     /// A span read part-way merges like any other: a merge reads it again from its
     /// start, and the rows of its first page, not yet due, merge back into it.
     PartReadSpansMerge,
+    /// A cleaner's delete pace has no floor: a cut below one a second stops its deletes.
+    PaceWithoutFloor,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 41] = [
+    pub const ALL: [Mutant; 42] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -185,6 +187,7 @@ impl Mutant {
         Mutant::OverflowSpansDropped,
         Mutant::MergedSpanDueLater,
         Mutant::PartReadSpansMerge,
+        Mutant::PaceWithoutFloor,
     ];
 }
 

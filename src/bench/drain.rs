@@ -83,7 +83,12 @@ pub struct DrainReport {
     /// Bigtable operations admitted ÷ the cluster's capacity over the drain (until the
     /// backlog's blobs were deleted, as the GCS figure and `admissions`).
     pub bigtable_utilisation: f64,
+    /// Bigtable rows charged ÷ the cluster's capacity over the same time: a batch of n rows
+    /// costs n, so this is the budget's use; `bigtable_utilisation` counts calls.
+    pub bigtable_row_utilisation: f64,
     pub admissions: Admissions,
+    /// Calls the model refused over the whole drain, by call.
+    pub refused_by_op: std::collections::BTreeMap<String, u64>,
     pub claims_won: usize,
     /// Claims of rows claimed before. Target 0.
     pub reclaims: usize,
@@ -325,7 +330,10 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         gcs_utilisation: admissions.gcs_mutations as f64 / gcs_capacity.max(1.0),
         bigtable_utilisation: admissions.bigtable as f64
             / capacity_over(model.bigtable_ops).max(1.0),
+        bigtable_row_utilisation: admissions.bigtable_rows as f64
+            / capacity_over(model.bigtable_ops).max(1.0),
         admissions,
+        refused_by_op: capacity.refused_by_op(),
         claims_won: counts.won,
         reclaims: counts.reclaims,
         claimed_twice_at_once: counts.overlapping,

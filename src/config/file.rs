@@ -413,6 +413,8 @@ mod tests {
             load("", &[], &[]).unwrap().worker.membership,
             Membership::Leases
         );
+        let err = load("", &[], &["recovery.gcs_deletes_per_s=0"]).unwrap_err();
+        assert!(err.to_string().contains("gcs_deletes_per_s"), "{err}");
         let err = load("", &[], &["gcs.bucket="]).unwrap_err();
         assert!(err.to_string().contains("gcs.bucket"), "{err}");
         let err = load("", &[], &["nodot=1"]).unwrap_err();

@@ -7,6 +7,7 @@
 
 pub mod gcs;
 pub mod memory;
+pub(crate) mod paced;
 
 use std::pin::Pin;
 

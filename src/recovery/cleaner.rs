@@ -94,6 +94,11 @@ impl Cleaner {
     /// jobs in flight ([`Batched`](crate::changelog::Batched)).
     pub fn new(mut stores: Stores, queue: Arc<dyn JobQueue>, config: RecoveryConfig) -> Self {
         stores.changelog = Arc::new(crate::changelog::Batched::new(stores.changelog));
+        // Deletes share the bucket's limit with the pool's other cleaners and the writers.
+        stores.lt = Arc::new(crate::lt::paced::PacedLt::new(
+            stores.lt,
+            config.gcs_deletes_per_s,
+        ));
         Self {
             stores,
             queue,

@@ -112,6 +112,11 @@ pub struct RecoveryConfig {
     /// removes the row at once (loopback emulators, where nothing is ever in flight).
     #[serde(with = "crate::config::duration")]
     pub upload_settle: Duration,
+    /// GCS deletes a second each cleaner process starts at. The rate then adapts: cut by a
+    /// fifth when GCS refuses, raised while it does not (`src/lt/paced.rs`), so the
+    /// cleaners of a pool share the bucket's limit without being told their number. Any
+    /// start works; one near the process's share of the limit saves the ramp.
+    pub gcs_deletes_per_s: f64,
     /// How store calls are retried.
     #[serde(skip)]
     pub retry: RetryPolicy,
@@ -134,6 +139,7 @@ impl Default for RecoveryConfig {
             max_delivery_attempts: 5,
             object_prefix: String::new(),
             upload_settle: crate::config::UPLOAD_SETTLE,
+            gcs_deletes_per_s: crate::lt::paced::START_PER_S,
             retry: RetryPolicy::default(),
         }
     }
@@ -153,6 +159,14 @@ impl RecoveryConfig {
             if v == 0 {
                 return Err(ConfigError::new(field, "must be at least 1"));
             }
+        }
+        // NaN is no rate either.
+        if self.gcs_deletes_per_s.is_nan() || self.gcs_deletes_per_s < crate::lt::paced::FLOOR_PER_S
+        {
+            return Err(ConfigError::new(
+                "gcs_deletes_per_s",
+                "must be at least 1 (deletes a second a cleaner starts at; it adapts)",
+            ));
         }
         if self.republish_after.is_zero() {
             return Err(ConfigError::new(

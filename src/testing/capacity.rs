@@ -191,6 +191,9 @@ pub struct Admissions {
     pub gcs_reads_refused: u64,
     pub bigtable: u64,
     pub bigtable_refused: u64,
+    /// Rows the admitted Bigtable calls were charged: a batch of n rows counts n, so this,
+    /// not the calls, is what the cluster's budget is spent on.
+    pub bigtable_rows: u64,
 }
 
 /// The hook: wrap stores with [`super::intercept::wrap`].
@@ -199,6 +202,9 @@ pub struct Capacity {
     model: CloudModel,
     state: Mutex<(StdRng, [Bucket; 3])>,
     counts: [AtomicU64; 6],
+    /// Rows charged beyond each admitted Bigtable call's first.
+    extra_rows: AtomicU64,
+    refused_by_op: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Capacity {
@@ -212,7 +218,17 @@ impl Capacity {
             model,
             state: Mutex::new((StdRng::seed_from_u64(seed), buckets)),
             counts: Default::default(),
+            extra_rows: AtomicU64::new(0),
+            refused_by_op: Mutex::default(),
         }
+    }
+
+    /// Calls refused so far, by call.
+    pub fn refused_by_op(&self) -> std::collections::BTreeMap<String, u64> {
+        self.refused_by_op
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn admissions(&self) -> Admissions {
@@ -224,6 +240,7 @@ impl Capacity {
             gcs_reads_refused: c(3),
             bigtable: c(4),
             bigtable_refused: c(5),
+            bigtable_rows: c(4) + self.extra_rows.load(Ordering::Relaxed),
         }
     }
 
@@ -266,6 +283,8 @@ impl Intercept for Capacity {
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.1[2].charge(Instant::now(), (rows - 1) as f64);
+        self.extra_rows
+            .fetch_add((rows - 1) as u64, Ordering::Relaxed);
     }
 
     async fn run<T: Send + 'static>(
@@ -276,6 +295,12 @@ impl Intercept for Capacity {
     ) -> StoreResult<T> {
         let (latency, admitted) = self.admit(op);
         if !admitted {
+            *self
+                .refused_by_op
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(format!("{op:?}"))
+                .or_default() += 1;
             // Refused at the front door: a fraction of a round trip.
             tokio::time::sleep(latency / 4).await;
             return Err(StoreError::new(

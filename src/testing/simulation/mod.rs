@@ -242,6 +242,11 @@ impl World {
         recovery.claim_lease = plan.claim_lease;
         recovery.republish_after = plan.claim_lease;
         recovery.max_watched_rows = plan.watch_room;
+        recovery.gcs_deletes_per_s = f64::from(plan.delete_pace);
+        if plan.watch_room < RecoveryConfig::default().max_watched_rows {
+            // Pages of two rows: a span of a handful of rows is read part-way.
+            recovery.scan_batch = plan::SMALL_WATCH_BATCH;
+        }
         if plan.backpressure {
             recovery.max_queued_claims = plan::BACKPRESSURE_ROOM;
             recovery.scan_batch = plan::BACKPRESSURE_BATCH;
@@ -1159,12 +1164,19 @@ impl World {
                 f.heal();
             }
         }
+        // Cleaners too are healed where they run: a restart would hide a cleaner that an
+        // outage left lame (its delete pace cut to nothing, say) behind a fresh one.
         for i in 0..self.shape.cleaners {
             self.control.cleaner_rules[i]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
-            self.control.restart_cleaner[i].notify_one();
+            if let Some(f) = &*self.control.cleaner_faults[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                f.heal();
+            }
         }
         // Writers held past every TTL finish within a day and a bit.
         let deadline = Instant::now() + plan::LONGER_THAN_TTLS + Duration::from_secs(600);

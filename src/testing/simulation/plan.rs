@@ -256,7 +256,15 @@ pub struct Plan {
     /// The scanners' `max_watched_rows`: a handful in most schedules, so that rows spill
     /// into overflow spans, which merge ([`WATCH_ROOMS`]); production's default in the rest.
     pub watch_room: usize,
+    /// The deletes a second each cleaner starts pacing at: production's default, or the
+    /// floor in half the schedules, so that deletes wait their turn while leases run and
+    /// a refused delete's cut is felt.
+    pub delete_pace: u32,
 }
+
+/// The scanners' `scan_batch` with a small watch set: spans of a few rows are read in
+/// more than one page.
+pub const SMALL_WATCH_BATCH: usize = 2;
 
 /// The small watch sets schedules draw from: every row overflows (one span), a few fit
 /// (one span), a dozen fit (three spans, merged in part).
@@ -348,6 +356,11 @@ impl Plan {
             .get(rng.random_range(0..=WATCH_ROOMS.len()))
             .copied()
             .unwrap_or(crate::recovery::RecoveryConfig::default().max_watched_rows);
+        let delete_pace = if rng.random_bool(0.5) {
+            crate::lt::paced::FLOOR_PER_S
+        } else {
+            crate::lt::paced::START_PER_S
+        } as u32;
         Self {
             seed,
             events,
@@ -358,6 +371,7 @@ impl Plan {
             leased: leased && !backpressure,
             backpressure,
             watch_room,
+            delete_pace,
         }
     }
 
@@ -373,6 +387,7 @@ impl Plan {
             leased: self.leased,
             backpressure: self.backpressure,
             watch_room: self.watch_room,
+            delete_pace: self.delete_pace,
         }
     }
 }
