@@ -143,9 +143,12 @@ async fn a_backlog_drained_at_the_services_limits_re_claims_nothing() {
     );
     assert!(r.fresh_crashed > 0, "{r:#?}");
     assert_eq!(r.fresh_converged, r.fresh_crashed, "{r:#?}");
+    // The deletes ran near the bucket's limit, paced: few refused (virtual time, so this is
+    // the model's verdict, not this machine's speed).
+    assert!(r.gcs_utilisation > 0.5, "the limit was approached: {r:#?}");
     assert!(
-        r.admissions.gcs_mutations_refused > 0,
-        "the limit was reached: {r:#?}"
+        r.admissions.gcs_mutations_refused * 10 <= r.admissions.gcs_mutations,
+        "paced deletes are rarely refused: {r:#?}"
     );
 }
 
