@@ -537,6 +537,18 @@ impl Scanner {
             "scan round complete");
     }
 
+    /// Rows a page of watched rows or of a span may read: as many as there is room to
+    /// claim (all of a batch without backpressure), at most a batch.
+    fn recheck_limit(&self) -> usize {
+        let max = self.config.max_queued_claims;
+        let room = if max == 0 {
+            self.config.scan_batch
+        } else {
+            max.saturating_sub(self.queued.len())
+        };
+        room.min(self.config.scan_batch)
+    }
+
     /// Re-reads the watched rows that could have turned stale (as many as there is room
     /// to claim, one read) and claims those that have; the others are watched on.
     async fn recheck_watched(
@@ -546,12 +558,7 @@ impl Scanner {
         scan: &tracing::Span,
     ) -> StoreResult<(usize, Claimed, bool)> {
         let max = self.config.max_queued_claims;
-        let room = if max == 0 {
-            self.config.scan_batch
-        } else {
-            max.saturating_sub(self.queued.len())
-        };
-        let limit = room.min(self.config.scan_batch);
+        let limit = self.recheck_limit();
         let ids = self.watched.take_due(now, limit);
         if ids.is_empty() {
             return Ok((0, Claimed::default(), false));
@@ -600,12 +607,7 @@ impl Scanner {
         scan: &tracing::Span,
     ) -> StoreResult<(usize, Claimed, bool)> {
         let max = self.config.max_queued_claims;
-        let room = if max == 0 {
-            self.config.scan_batch
-        } else {
-            max.saturating_sub(self.queued.len())
-        };
-        let limit = room.min(self.config.scan_batch);
+        let limit = self.recheck_limit();
         if limit == 0 {
             return Ok((0, Claimed::default(), false));
         }

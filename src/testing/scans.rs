@@ -34,6 +34,11 @@ fn scanner(stores: &Stores, protocol: ProtocolConfig, sweep_every: Duration) -> 
         full_sweep_every: sweep_every,
         ..test_recovery_config(protocol)
     };
+    scanner_with(stores, config)
+}
+
+/// A scanner over all shards configured so, with a queue nobody drains.
+fn scanner_with(stores: &Stores, config: RecoveryConfig) -> Scanner {
     Scanner::new(
         stores.changelog.clone(),
         Arc::new(MemoryQueue::new(1024, 5)),
@@ -67,16 +72,13 @@ pub async fn a_crash_behind_the_key_bound_is_found_without_a_sweep(
     max_watched_rows: usize,
 ) {
     let threshold = protocol.staleness_threshold;
-    let config = RecoveryConfig {
-        full_sweep_every: Duration::from_secs(86_400),
-        max_watched_rows,
-        ..test_recovery_config(protocol)
-    };
-    let mut s = Scanner::new(
-        stores.changelog.clone(),
-        Arc::new(MemoryQueue::new(1024, 5)),
-        config,
-        ShardRange::ALL,
+    let mut s = scanner_with(
+        &stores,
+        RecoveryConfig {
+            full_sweep_every: Duration::from_secs(86_400),
+            max_watched_rows,
+            ..test_recovery_config(protocol)
+        },
     );
     s.scan_page().await.expect("the first round, a sweep");
     let (_, put) = slow_put(&stores, protocol, "watched").await;
@@ -111,16 +113,13 @@ pub async fn a_crash_behind_the_key_bound_is_found_without_a_sweep(
 pub async fn a_full_batch_of_watched_rows_reads_on(stores: Stores, protocol: ProtocolConfig) {
     let threshold = protocol.staleness_threshold;
     let gap = protocol.heartbeat_interval;
-    let config = RecoveryConfig {
-        full_sweep_every: Duration::from_secs(86_400),
-        scan_batch: 2,
-        ..test_recovery_config(protocol)
-    };
-    let mut s = Scanner::new(
-        stores.changelog.clone(),
-        Arc::new(MemoryQueue::new(1024, 5)),
-        config,
-        ShardRange::ALL,
+    let mut s = scanner_with(
+        &stores,
+        RecoveryConfig {
+            full_sweep_every: Duration::from_secs(86_400),
+            scan_batch: 2,
+            ..test_recovery_config(protocol)
+        },
     );
     s.scan_page().await.expect("the first round, a sweep");
     let mut puts = Vec::new();
