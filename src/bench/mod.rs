@@ -173,9 +173,15 @@ pub(crate) fn recovery_config(in_flight: usize) -> RecoveryConfig {
         // One pass per change: the figures are the cost of that pass. The settle adds a
         // second one for changes recovered before their HV write (docs/performance.md).
         upload_settle: Duration::ZERO,
+        // No bucket limit in these models: the pipeline's own cost is measured, so the
+        // cleaners' delete pace must never bind (the capacity-model runs pace as deployed).
+        gcs_deletes_per_s: UNPACED,
         ..RecoveryConfig::default()
     }
 }
+
+/// A delete pace no benchmark reaches.
+pub(crate) const UNPACED: f64 = 1e9;
 
 /// The seed's shape: one loop, one change at a time (claim, publish, converge, next).
 pub async fn baseline(stores: &Stores, meter: &Arc<Meter>, changes: usize) -> StoreResult<Run> {

@@ -8,9 +8,11 @@
 //! Each cleaner process instead keeps its own rate (additive increase, multiplicative
 //! decrease, the rule TCP uses to share a link): a transient error of a delete — GCS's
 //! `429` and `503` both mean "slower" — cuts the rate by a fifth, at most once a second
-//! (one burst of refusals is one signal); every delete that succeeds raises it, by
-//! [`INCREASE_PER_S`] a second at full pace. Cleaners sharing a bucket settle near their
-//! share of its limit without knowing how many they are, and follow it as it grows.
+//! (one burst of refusals is one signal); every delete that succeeds raises it, so that at
+//! full pace it grows by [`GROWTH`] a second: a cut is won back in about five seconds, and
+//! a warm bucket's limit, twenty times a new one's, is reached in about a minute. Cleaners
+//! sharing a bucket settle near their share of its limit without knowing how many they
+//! are, and follow it as it grows.
 //!
 //! Liveness only: the rate never falls below [`FLOOR_PER_S`], and a delete waits at most
 //! its turn. Time is tokio's, so paused-time tests and the simulation pace in virtual time.
@@ -31,8 +33,9 @@ use crate::model::{ObjectMeta, Revision};
 pub const START_PER_S: f64 = 250.0;
 /// The lowest rate a cut leaves: a cleaner refused for minutes still makes progress.
 pub const FLOOR_PER_S: f64 = 1.0;
-/// How much the rate grows each second it is used in full without a refusal.
-pub const INCREASE_PER_S: f64 = 10.0;
+/// How much the rate grows, as a fraction of itself, each second it is used in full
+/// without a refusal.
+pub const GROWTH: f64 = 0.05;
 /// What a cut leaves of the rate.
 const DECREASE: f64 = 0.8;
 /// Refusals within this long of a cut are the same signal.
@@ -91,7 +94,8 @@ impl Pace {
     pub fn learn<T>(&self, outcome: &StoreResult<T>) {
         let mut s = self.lock();
         match outcome {
-            Ok(_) => s.per_s += INCREASE_PER_S / s.per_s,
+            // `per_s` successes a second at full pace, each adding GROWTH.
+            Ok(_) => s.per_s += GROWTH,
             Err(e) if e.kind == ErrorKind::Transient => {
                 let now = Instant::now();
                 if s.last_cut.is_some_and(|t| now < t + CUT_EVERY) {
@@ -236,17 +240,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn successes_raise_the_rate_by_the_increase_a_second_at_full_pace() {
+    async fn successes_raise_the_rate_by_its_growth_a_second_at_full_pace() {
         let pace = Pace::starting_at(100.0);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             pace.turn().await;
             pace.learn(&Ok(()));
         }
-        let grown = pace.per_s() - 100.0;
-        assert!(
-            (90.0..=110.0).contains(&grown),
-            "about 10 a second for 10 s: {grown}"
-        );
+        // 5 % a second, compounded over 10 s: 100 × 1.05^10 ≈ 163.
+        let now = pace.per_s();
+        assert!((155.0..=170.0).contains(&now), "{now}");
     }
 }

@@ -90,12 +90,18 @@ fn bench_runs_at_smoke_size_and_reports_every_figure() {
             for op in ["HvFence", "LtDelete"] {
                 assert_eq!(calls[op], run["changes"], "one {op} per change: {run}");
             }
+            // Scan pages (a scan and the changelog's time each) are per page, not per
+            // change: how many a scanner makes while it waits for cleaners depends on
+            // this machine's speed, so they are left out of the bound.
+            let per = |op: &str| calls[op].as_f64().unwrap_or(0.0);
+            let changes = run["changes"].as_f64().unwrap();
+            let per_change = rpcs - (per("Scan") + per("Now")) / changes;
             let bound = match (run["in_flight"].as_u64(), run["claims_lost"].as_u64()) {
-                (_, Some(lost)) if lost > 0 => 12.0,
-                (Some(1), _) => 10.0,
+                (_, Some(lost)) if lost > 0 => 10.0,
+                (Some(1), _) => 8.0,
                 _ => 5.5,
             };
-            assert!((3.0..bound).contains(&rpcs), "{run}");
+            assert!((3.0..bound).contains(&per_change), "{per_change}: {run}");
         }
         // Without the shard split four scanners race for the same rows.
         let lost = s["lost_claims"].as_array().unwrap();
