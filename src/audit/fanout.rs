@@ -27,10 +27,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::judge::Judge;
+use super::report::report;
 use super::runs::{AuditRun, AuditRuns, RunState};
 use super::{
-    AuditConfig, AuditError, AuditReport, AuditTrail, Counts, InFlight, Judge, RangeState,
-    RangeSummary, ranges, report,
+    AuditConfig, AuditError, AuditReport, AuditTrail, Counts, InFlight, RangeState, RangeSummary,
+    ranges,
 };
 use crate::changelog::Changelog;
 use crate::error::{ErrorKind, StoreError};
