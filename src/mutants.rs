@@ -141,11 +141,15 @@ pub enum Mutant {
     PartReadSpansMerge,
     /// A cleaner's delete pace has no floor: a cut below one a second stops its deletes.
     PaceWithoutFloor,
+    /// A scanner's room review (the oldest waiting claims, read to make room) forgets the
+    /// claims it read that still wait, as if taken: their leases are no longer extended
+    /// nor their jobs republished, so a lost job waits for the next full sweep.
+    RoomReviewDropsUntaken,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
-    pub const ALL: [Mutant; 42] = [
+    pub const ALL: [Mutant; 43] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -188,6 +192,7 @@ impl Mutant {
         Mutant::MergedSpanDueLater,
         Mutant::PartReadSpansMerge,
         Mutant::PaceWithoutFloor,
+        Mutant::RoomReviewDropsUntaken,
     ];
 }
 

@@ -89,6 +89,8 @@ pub struct DrainReport {
     pub admissions: Admissions,
     /// Calls the model refused over the whole drain, by call.
     pub refused_by_op: std::collections::BTreeMap<String, u64>,
+    /// Bigtable rows charged to admitted calls, by call (a scan page of n rows counts n).
+    pub bigtable_rows_by_op: std::collections::BTreeMap<String, u64>,
     pub claims_won: usize,
     /// Claims of rows claimed before. Target 0.
     pub reclaims: usize,
@@ -334,6 +336,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
             / capacity_over(model.bigtable_ops).max(1.0),
         admissions,
         refused_by_op: capacity.refused_by_op(),
+        bigtable_rows_by_op: capacity.rows_by_op(),
         claims_won: counts.won,
         reclaims: counts.reclaims,
         claimed_twice_at_once: counts.overlapping,

@@ -84,8 +84,16 @@ pub struct Review {
 
 #[derive(Debug, Default)]
 pub(super) struct QueuedClaims {
+    /// Oldest first: claims are appended as they are published.
     waiting: Vec<Waiting>,
     last_review: Option<Timestamp>,
+    /// How many claims the last room review freed: the next one starts with a read of
+    /// half as many (see [`QueuedClaims::free_room`]).
+    last_freed: usize,
+    /// The page (by its time) whose room was last reviewed: one room review per page.
+    room_reviewed: Option<Timestamp>,
+    /// Rows of waiting claims re-read so far.
+    rows_read: usize,
 }
 
 impl QueuedClaims {
@@ -95,6 +103,11 @@ impl QueuedClaims {
 
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
+    }
+
+    /// Rows of waiting claims re-read so far, by reviews and room reviews.
+    pub fn rows_read(&self) -> usize {
+        self.rows_read
     }
 
     /// Remembers a claim whose job was just published.
@@ -135,28 +148,9 @@ impl QueuedClaims {
         if self.waiting.is_empty() {
             return Ok((review, forgotten));
         }
-        let ids: Vec<ChangeId> = self.waiting.iter().map(|w| w.id.clone()).collect();
-        let rows = config
-            .retry
-            .run("get_many", || changelog.get_many(&ids))
+        review.taken = self
+            .forget_taken(changelog, config, 0, self.waiting.len(), &mut forgotten)
             .await?;
-        let before = self.waiting.len();
-        let mut rows = rows.into_iter();
-        self.waiting.retain(|w| match rows.next().flatten() {
-            Some(row) if still_waiting(w, &row) => true,
-            // Taken and changed (deferred, extended, re-claimed): watched from here on.
-            Some(row) => {
-                forgotten.push(Forgotten {
-                    id: row.id,
-                    stamp: row.stamp,
-                    cleanup_after: row.record.cleanup_after,
-                });
-                false
-            }
-            // Removed (converged), or malformed (reported by scans, never claimed).
-            None => false,
-        });
-        review.taken = before - self.waiting.len();
 
         let (keep, released): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
             .into_iter()
@@ -180,6 +174,98 @@ impl QueuedClaims {
         METRICS.claims_extended.add(review.extended as u64);
         METRICS.jobs_republished.add(review.republished as u64);
         Ok((review, forgotten))
+    }
+
+    /// Re-reads `count` waiting claims from `from` on (one `ReadRows`) and forgets those a
+    /// cleaner took or another claim replaced; those whose rows are still there go to
+    /// `forgotten`. Returns how many it forgot.
+    async fn forget_taken(
+        &mut self,
+        changelog: &Arc<dyn Changelog>,
+        config: &RecoveryConfig,
+        from: usize,
+        count: usize,
+        forgotten: &mut Vec<Forgotten>,
+    ) -> StoreResult<usize> {
+        let read = from..from + count;
+        let ids: Vec<ChangeId> = self.waiting[read.clone()]
+            .iter()
+            .map(|w| w.id.clone())
+            .collect();
+        let rows = config
+            .retry
+            .run("get_many", || changelog.get_many(&ids))
+            .await?;
+        self.rows_read += ids.len();
+        let mut rows = rows.into_iter();
+        let before = self.waiting.len();
+        let mut at = 0;
+        self.waiting.retain(|w| {
+            let i = at;
+            at += 1;
+            if !read.contains(&i) {
+                return true;
+            }
+            match rows.next().flatten() {
+                Some(row) if still_waiting(w, &row) => {
+                    !crate::mutants::on(crate::mutants::Mutant::RoomReviewDropsUntaken)
+                }
+                // Taken and changed (deferred, extended, re-claimed): watched from here on.
+                Some(row) => {
+                    forgotten.push(Forgotten {
+                        id: row.id,
+                        stamp: row.stamp,
+                        cleanup_after: row.record.cleanup_after,
+                    });
+                    false
+                }
+                // Removed (converged), or malformed (reported by scans, never claimed).
+                None => false,
+            }
+        });
+        Ok(before - self.waiting.len())
+    }
+
+    /// Makes room for up to `want` more claims by re-reading the oldest waiting claims
+    /// only: cleaners take jobs roughly in the order they were published, so the taken
+    /// ones are mostly at the front. Reads a chunk of half as many as the last room review
+    /// freed (at least one), doubling while at least half of a chunk was taken, and stops
+    /// at a chunk mostly still waiting or once `want` are freed. A drain keeps the room
+    /// full, and a review of every waiting claim per page read the whole room for the few
+    /// claims cleaners took since the last page. Claims taken out of order are found by
+    /// the next full review. At most once per page (`now`): the page's parts (watched
+    /// rows, spans, fresh rows, the round) share what it found. Returns how many it freed
+    /// and the rows forgotten (as [`QueuedClaims::review`] does).
+    pub async fn free_room(
+        &mut self,
+        changelog: &Arc<dyn Changelog>,
+        config: &RecoveryConfig,
+        want: usize,
+        now: Timestamp,
+    ) -> StoreResult<(usize, Vec<Forgotten>)> {
+        let mut forgotten = Vec::new();
+        if self.room_reviewed == Some(now) {
+            return Ok((0, forgotten));
+        }
+        self.room_reviewed = Some(now);
+        let mut freed = 0;
+        let mut from = 0;
+        let mut chunk = (self.last_freed / 2).max(1);
+        while freed < want && from < self.waiting.len() {
+            let count = chunk.min(self.waiting.len() - from);
+            let taken = self
+                .forget_taken(changelog, config, from, count, &mut forgotten)
+                .await?;
+            freed += taken;
+            // The claims of the chunk still waiting stay where they were.
+            from += count - taken;
+            if taken * 2 < count {
+                break;
+            }
+            chunk *= 2;
+        }
+        self.last_freed = freed;
+        Ok((freed, forgotten))
     }
 
     /// Publishes again, in one batch, the jobs that waited `republish_after`. A failed

@@ -52,6 +52,9 @@ pub struct ScanReport {
     /// Watched rows re-read because they could have turned stale, and rows read in the
     /// spans of those that did not fit (`recovery::watched`).
     pub rechecked: usize,
+    /// Rows of its waiting claims the scanner re-read to learn which a cleaner took: its
+    /// reviews and the room it made ([`super::queued`]).
+    pub reviewed: usize,
     /// This page began a full sweep of the scanner's key range.
     pub sweep: bool,
     /// The page stopped at the batch limit: more rows may be waiting.
@@ -104,6 +107,7 @@ impl ScanReport {
         self.republished += o.republished;
         self.fresh += o.fresh;
         self.rechecked += o.rechecked;
+        self.reviewed += o.reviewed;
         self.sweep |= o.sweep;
         self.more = o.more;
     }
@@ -294,24 +298,33 @@ impl Scanner {
     }
 
     /// How many of `wanted` rows this scanner may claim now, keeping at most `max` claims
-    /// waiting. When they would exceed it, it first reviews them (one read) and forgets
-    /// those taken.
+    /// waiting. When they would exceed it, it first re-reads its oldest waiting claims and
+    /// forgets those taken ([`QueuedClaims::free_room`](super::queued::QueuedClaims::free_room)).
     async fn room_for(&mut self, wanted: usize, max: usize, now: Timestamp) -> StoreResult<usize> {
         if self.config.max_queued_claims == 0 {
             return Ok(wanted);
         }
-        if self.queued.len() + wanted > max && !self.queued.is_empty() {
-            self.review(now).await?;
+        let over = (self.queued.len() + wanted).saturating_sub(max);
+        if over > 0 && !self.queued.is_empty() {
+            let (freed, forgotten) = self
+                .queued
+                .free_room(&self.changelog, &self.config, over, now)
+                .await?;
+            self.watch_forgotten(forgotten, now);
+            if freed > 0 {
+                tracing::debug!(
+                    freed,
+                    waiting = self.queued.len(),
+                    "made room among queued claims"
+                );
+            }
         }
         Ok(max.saturating_sub(self.queued.len()).min(wanted))
     }
 
-    async fn review(&mut self, now: Timestamp) -> StoreResult<Review> {
-        let (review, forgotten) = self
-            .queued
-            .review(&self.changelog, &self.queue, &self.config, now)
-            .await?;
-        // A claim let go is not a row let go: its id lies below the round's key bound.
+    /// Watches the rows of claims a review forgot. A claim let go is not a row let go: its
+    /// id lies below the round's key bound.
+    fn watch_forgotten(&mut self, forgotten: Vec<super::queued::Forgotten>, now: Timestamp) {
         for f in forgotten {
             if crate::mutants::on(crate::mutants::Mutant::ForgottenClaimsUnwatched) {
                 continue;
@@ -321,6 +334,14 @@ impl Scanner {
             let due = self.due_seen(f.stamp, f.cleanup_after, now);
             self.keep(&f.id, due);
         }
+    }
+
+    async fn review(&mut self, now: Timestamp) -> StoreResult<Review> {
+        let (review, forgotten) = self
+            .queued
+            .review(&self.changelog, &self.queue, &self.config, now)
+            .await?;
+        self.watch_forgotten(forgotten, now);
         if review != Review::default() {
             tracing::debug!(
                 ?review,
@@ -342,7 +363,9 @@ impl Scanner {
         // Each page is a trace of its own; each change it claims starts another (see `claim`).
         let span = tracing::info_span!(parent: None, span::SCAN,
             shards = %self.shards, rows = tracing::field::Empty, won = tracing::field::Empty);
-        let report = self.scan_page_in(&span).instrument(span.clone()).await?;
+        let reviewed_before = self.queued.rows_read();
+        let mut report = self.scan_page_in(&span).instrument(span.clone()).await?;
+        report.reviewed = self.queued.rows_read() - reviewed_before;
         span.record("rows", report.scanned);
         span.record("won", report.won);
         Ok(report)
@@ -397,13 +420,23 @@ impl Scanner {
             self.last_sweep = Some(now);
         }
         let bounded = self.bounded();
+        // The fresh scan keeps a reserve of the room, so a backlog cannot fill all of it.
+        let max = self.config.max_queued_claims;
+        let backlog_room = max - max / FRESH_RESERVE;
+        // No more rows than there is room to claim, and one: a row read only to be held
+        // back is read again, and under a drain's backpressure a whole batch per page read
+        // for the few claims the room had was most of what the scanners read. The one over
+        // tells whether the round holds back.
+        let room = self
+            .room_for(self.config.scan_batch, backlog_room, now)
+            .await?;
         let req = ScanRequest {
             shards: self.shards,
             cutoff,
             stamped_from: None,
             now,
             start_after: self.cursor.clone(),
-            limit: self.config.scan_batch,
+            limit: room.saturating_add(1).min(self.config.scan_batch),
             // An incremental round reads the ids minted since the last one began; ids
             // minted after the cutoff cannot be stale yet (their rows are younger).
             minted: (bounded && !round.sweep).then_some(MintedWindow {
@@ -424,9 +457,6 @@ impl Scanner {
         let more = page.resume_after.is_some();
         self.pass.stale_rows += page.rows.len() as u64;
         let entries = self.entries(page.rows, now, &mut report);
-        // The fresh scan keeps a reserve of the room, so a backlog cannot fill all of it.
-        let max = self.config.max_queued_claims;
-        let backlog_room = max - max / FRESH_RESERVE;
         let claimed = self
             .claim_and_publish(entries, backlog_room, cutoff, now, scan)
             .await?;

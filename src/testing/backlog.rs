@@ -43,6 +43,8 @@ pub struct Drain {
     pub backlog_left_then: usize,
     /// Rows the scanner read: its rounds, fresh reads, watched rows and overflow spans.
     pub rows_read: usize,
+    /// Rows of its waiting claims the scanner re-read (reviews, room made).
+    pub rows_reviewed: usize,
 }
 
 /// How a drain is made hard.
@@ -134,6 +136,7 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
         fresh_lag: None,
         backlog_left_then: 0,
         rows_read: 0,
+        rows_reviewed: 0,
     };
     let mut fresh: Option<(BTreeMap<ObjectPath, Acceptable>, tokio::time::Instant)> = None;
     let mut expected = expected;
@@ -147,6 +150,7 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
         drain.held_back += page.held_back;
         drain.republished += page.republished;
         drain.rows_read += page.scanned + page.rechecked;
+        drain.rows_reviewed += page.reviewed;
         let left = invariants::check(stores, &expected)
             .await
             .expect("invariant check");

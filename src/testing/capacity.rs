@@ -205,6 +205,8 @@ pub struct Capacity {
     /// Rows charged beyond each admitted Bigtable call's first.
     extra_rows: AtomicU64,
     refused_by_op: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Bigtable rows charged to admitted calls, by call: where the cluster's budget went.
+    rows_by_op: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Capacity {
@@ -220,7 +222,25 @@ impl Capacity {
             counts: Default::default(),
             extra_rows: AtomicU64::new(0),
             refused_by_op: Mutex::default(),
+            rows_by_op: Mutex::default(),
         }
+    }
+
+    /// Bigtable rows charged so far, by call.
+    pub fn rows_by_op(&self) -> std::collections::BTreeMap<String, u64> {
+        self.rows_by_op
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn count_rows(&self, op: Op, rows: u64) {
+        *self
+            .rows_by_op
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{op:?}"))
+            .or_default() += rows;
     }
 
     /// Calls refused so far, by call.
@@ -285,6 +305,7 @@ impl Intercept for Capacity {
         state.1[2].charge(Instant::now(), (rows - 1) as f64);
         self.extra_rows
             .fetch_add((rows - 1) as u64, Ordering::Relaxed);
+        self.count_rows(op, (rows - 1) as u64);
     }
 
     async fn run<T: Send + 'static>(
@@ -310,6 +331,9 @@ impl Intercept for Capacity {
                 ErrorKind::Transient,
                 "429 / UNAVAILABLE: over the service's modelled rate",
             ));
+        }
+        if service_of(op) == Service::Bigtable {
+            self.count_rows(op, 1);
         }
         tokio::time::sleep(latency).await;
         call.await

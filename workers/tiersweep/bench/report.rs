@@ -262,6 +262,7 @@ pub fn table(r: &Report) -> String {
             "\n== drain: {} changes against the capacity model ({} Bigtable nodes; {} writers, {}/s fresh crashes; virtual time) ==\n\
              blobs deleted after {:.0} s (rows removed after {:.0} s, settle {} s), bound {:.0} s (backlog / GCS mutation limit): {:.2} of the bound; \
              GCS utilisation {:.2}, Bigtable {:.2} of calls, {:.2} of rows; refused: GCS {}, Bigtable {} (whole drain, by call: {})\n\
+             Bigtable rows per backlog change, by call: {}\n\
              claims won {}, re-claims {}, claimed twice at once {}\n\
              fresh crashes {} converged {}: lag p50 {} ms, p99 {} ms, max {} ms (threshold {} ms)\n\
              RSS (removed, MiB): {}",
@@ -282,6 +283,11 @@ pub fn table(r: &Report) -> String {
             d.refused_by_op
                 .iter()
                 .map(|(op, n)| format!("{op} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            d.bigtable_rows_by_op
+                .iter()
+                .map(|(op, n)| format!("{op} {:.2}", *n as f64 / d.plan.backlog.max(1) as f64))
                 .collect::<Vec<_>>()
                 .join(", "),
             d.claims_won,
