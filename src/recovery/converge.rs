@@ -102,8 +102,36 @@ pub async fn converge(
             .run("remove", || stores.changelog.remove(id, owner))
             .await?;
     }
+    let deleted = delete_unreferenced(stores, record, referenced.as_ref(), retry).await?;
+    let kept = referenced.filter(|r| record.revisions().any(|own| own == r));
+    let dangling = match &kept {
+        Some(rev) if verify_kept && record.new.as_ref() == Some(rev) => {
+            dangling(stores, record, rev, retry).await?
+        }
+        _ => None,
+    };
+    if let Some(rev) = &dangling {
+        tracing::error!(change_id = %id, revision = %rev, object = %record.object,
+            "dangling tombstone: HV references a revision whose LT blob is missing");
+    }
+    let row = end_row(stores, id, record, owner, ending, &deleted, retry).await?;
+    Ok(ConvergeReport {
+        deleted,
+        kept,
+        dangling,
+        row,
+    })
+}
+
+/// Deletes the revisions of `record` HV does not reference; returns them.
+async fn delete_unreferenced(
+    stores: &Stores,
+    record: &ChangeRecord,
+    referenced: Option<&Revision>,
+    retry: &RetryPolicy,
+) -> StoreResult<Vec<Revision>> {
     let mut deleted = Vec::with_capacity(2);
-    for rev in unreferenced(record, referenced.as_ref()) {
+    for rev in unreferenced(record, referenced) {
         // A settled record's pass comes after the settle, when an upload still on its way
         // at the first pass has landed: most find nothing. GCS budgets reads at five times
         // writes, so this pass looks before it deletes (docs/design/deferral.md).
@@ -117,24 +145,37 @@ pub async fn converge(
         }
         deleted.push(rev.clone());
     }
-    let kept = referenced.filter(|r| record.revisions().any(|own| own == r));
-    let dangling = match &kept {
-        Some(rev)
-            if verify_kept
-                && record.new.as_ref() == Some(rev)
-                && !retry.run("exists", || stores.lt.exists(rev)).await? =>
-        {
-            // A later change may have moved HV on and deleted the blob, legitimately: only
-            // a tombstone that still points at the missing blob is dangling.
-            let now = retry.run("read", || stores.hv.read(&record.object)).await?;
-            (now.as_ref().and_then(HvValue::tombstone) == Some(rev)).then(|| rev.clone())
-        }
-        _ => None,
-    };
-    if let Some(rev) = &dangling {
-        tracing::error!(change_id = %id, revision = %rev, object = %record.object,
-            "dangling tombstone: HV references a revision whose LT blob is missing");
+    Ok(deleted)
+}
+
+/// `kept`, the change's committed revision HV references, if its blob is missing and HV
+/// still points at it. A later change may have moved HV on and deleted the blob,
+/// legitimately: only a tombstone that still points at the missing blob is dangling.
+async fn dangling(
+    stores: &Stores,
+    record: &ChangeRecord,
+    kept: &Revision,
+    retry: &RetryPolicy,
+) -> StoreResult<Option<Revision>> {
+    if retry.run("exists", || stores.lt.exists(kept)).await? {
+        return Ok(None);
     }
+    let now = retry.run("read", || stores.hv.read(&record.object)).await?;
+    Ok((now.as_ref().and_then(HvValue::tombstone) == Some(kept)).then(|| kept.clone()))
+}
+
+/// Ends the change's row as `ending` says, once its unreferenced revisions (`deleted`) are
+/// gone: deferred for the settle when recovery deleted an upload that may still land,
+/// removed otherwise.
+async fn end_row(
+    stores: &Stores,
+    id: &ChangeId,
+    record: &ChangeRecord,
+    owner: &OwnerToken,
+    ending: Ending,
+    deleted: &[Revision],
+    retry: &RetryPolicy,
+) -> StoreResult<RowFate> {
     let settle = match ending {
         Ending::SettleUploads(settle)
             if !settle.is_zero()
@@ -146,55 +187,65 @@ pub async fn converge(
         }
         _ => None,
     };
-    let row = if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
-        RowFate::Removed
-    } else if let Some(settle) = settle {
-        // In the changelog's time (Bigtable's server), the clock the scanners judge
-        // `cleanup_after` by: a cleaner host's clock behind by the settle would make the
-        // row due at once, and the dead writer's upload could then land after the second
-        // pass, an orphan. No fallback to the host clock: a failed read fails the job,
-        // which is retried.
-        let now = if crate::mutants::on(crate::mutants::Mutant::SettleOnHostClock) {
-            stores.clock.now()
+    Ok(
+        if crate::mutants::on(crate::mutants::Mutant::RemoveRowBeforeDeletes) {
+            RowFate::Removed
+        } else if let Some(settle) = settle {
+            defer_for_settle(stores, id, record, owner, settle, retry).await?
+        } else if matches!(ending, Ending::SettleUploads(_)) {
+            retry
+                .run("remove", || {
+                    stores.changelog.remove_many(std::slice::from_ref(id))
+                })
+                .await?;
+            RowFate::Removed
         } else {
-            retry.run("now", || stores.changelog.now()).await?
-        };
-        let due = now.saturating_add(settle);
-        let mut deferred = record.clone();
-        deferred.owner = owner.clone();
-        deferred.cleanup_after = Some(due);
-        deferred.settled = true;
-        // Not a failed attempt: the second pass starts from the base lease.
-        deferred.claims = 0;
+            match retry
+                .run("remove", || stores.changelog.remove(id, owner))
+                .await?
+            {
+                Removal::Removed => RowFate::Removed,
+                Removal::NotOwned => RowFate::NotOwned,
+            }
+        },
+    )
+}
+
+/// Defers the row until `settle` from now, when an upload still on its way can no longer
+/// land, for a second pass.
+async fn defer_for_settle(
+    stores: &Stores,
+    id: &ChangeId,
+    record: &ChangeRecord,
+    owner: &OwnerToken,
+    settle: std::time::Duration,
+    retry: &RetryPolicy,
+) -> StoreResult<RowFate> {
+    // In the changelog's time (Bigtable's server), the clock the scanners judge
+    // `cleanup_after` by: a cleaner host's clock behind by the settle would make the row
+    // due at once, and the dead writer's upload could then land after the second pass, an
+    // orphan. No fallback to the host clock: a failed read fails the job, which is retried.
+    let now = if crate::mutants::on(crate::mutants::Mutant::SettleOnHostClock) {
+        stores.clock.now()
+    } else {
+        retry.run("now", || stores.changelog.now()).await?
+    };
+    let due = now.saturating_add(settle);
+    let mut deferred = record.clone();
+    deferred.owner = owner.clone();
+    deferred.cleanup_after = Some(due);
+    deferred.settled = true;
+    // Not a failed attempt: the second pass starts from the base lease.
+    deferred.claims = 0;
+    Ok(
         match retry
             .run("defer", || stores.changelog.defer(id, &deferred))
             .await?
         {
             Deferral::Deferred => RowFate::Deferred(due),
             Deferral::NotOwned => RowFate::NotOwned,
-        }
-    } else if matches!(ending, Ending::SettleUploads(_)) {
-        retry
-            .run("remove", || {
-                stores.changelog.remove_many(std::slice::from_ref(id))
-            })
-            .await?;
-        RowFate::Removed
-    } else {
-        match retry
-            .run("remove", || stores.changelog.remove(id, owner))
-            .await?
-        {
-            Removal::Removed => RowFate::Removed,
-            Removal::NotOwned => RowFate::NotOwned,
-        }
-    };
-    Ok(ConvergeReport {
-        deleted,
-        kept,
-        dangling,
-        row,
-    })
+        },
+    )
 }
 
 /// Whether `rev`'s blob exists, for a pass after the settle. An error is an error: taken

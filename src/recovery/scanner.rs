@@ -382,44 +382,10 @@ impl Scanner {
             report.republished = review.republished;
         }
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
-        let mut watched_more = false;
-        if self.bounded() {
-            let (rechecked, claimed, full) = self.recheck_watched(cutoff, now, scan).await?;
-            report.rechecked = rechecked;
-            report.add_claims(&claimed);
-            let (read, spanned, more) = self.read_overflow(cutoff, now, scan).await?;
-            report.rechecked += read;
-            report.add_claims(&spanned);
-            watched_more = full || more;
-        }
-        // Mid-pass, a backlog lies between the cursor and rows that just turned stale:
-        // those are read first, from where the last look at them ended.
-        if self.cursor.is_some()
-            && let Some(from) = self.fresh_from
-        {
-            let (fresh, counts) = self.scan_fresh(from, cutoff, now, scan).await?;
-            report.fresh = fresh.won;
-            report.add_claims(&fresh);
-            report.scanned += counts.scanned;
-            report.malformed += counts.malformed;
-            report.held_back += counts.held_back;
-        }
-        let round = *self.round.get_or_insert_with(|| {
-            let sweep = self.low.is_none()
-                || self
-                    .last_sweep
-                    .is_none_or(|t| now.saturating_sub(self.config.full_sweep_every) >= t);
-            Round {
-                sweep,
-                started: cutoff,
-                whole: self.unswept,
-            }
-        });
-        if round.sweep && self.cursor.is_none() {
-            report.sweep = true;
-            self.last_sweep = Some(now);
-        }
-        let bounded = self.bounded();
+        let watched_more = self
+            .read_ahead_of_round(cutoff, now, scan, &mut report)
+            .await?;
+        let round = self.round_at(cutoff, now, &mut report);
         // The fresh scan keeps a reserve of the room, so a backlog cannot fill all of it.
         let max = self.config.max_queued_claims;
         let backlog_room = max - max / FRESH_RESERVE;
@@ -430,27 +396,7 @@ impl Scanner {
         let room = self
             .room_for(self.config.scan_batch, backlog_room, now)
             .await?;
-        let req = ScanRequest {
-            shards: self.shards,
-            cutoff,
-            stamped_from: None,
-            now,
-            start_after: self.cursor.clone(),
-            limit: room.saturating_add(1).min(self.config.scan_batch),
-            // An incremental round reads the ids minted since the last one began; ids
-            // minted after the cutoff cannot be stale yet (their rows are younger).
-            minted: (bounded && !round.sweep).then_some(MintedWindow {
-                from: self.low,
-                to: Some(cutoff),
-                whole: self.unswept,
-                // A writer whose clock runs ahead mints ids in the future: without this,
-                // its crash would wait until the cutoff passes them, or for the next sweep.
-                ahead: (!self.config.max_writer_skew.is_zero()
-                    && !crate::mutants::on(crate::mutants::Mutant::NoWriterSkewWindow))
-                .then(|| (now, now.saturating_add(self.config.max_writer_skew))),
-            }),
-            report_waiting: bounded,
-        };
+        let req = self.round_request(round, cutoff, now, room);
         let from_start = req.start_after.is_none();
         let page = self.changelog.scan_stale(&req).await?;
         self.cursor = page.resume_after.clone();
@@ -489,6 +435,94 @@ impl Scanner {
         match claimed.error {
             Some(e) if report.won == 0 && report.lost == 0 => Err(e),
             _ => Ok(report),
+        }
+    }
+
+    /// Reads, ahead of the round, the watched rows and overflow spans that may be due and
+    /// the rows that just turned stale, and claims what is. Returns whether a full batch
+    /// of watched rows or spans was read (more may be due).
+    async fn read_ahead_of_round(
+        &mut self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        scan: &tracing::Span,
+        report: &mut ScanReport,
+    ) -> StoreResult<bool> {
+        let mut watched_more = false;
+        if self.bounded() {
+            let (rechecked, claimed, full) = self.recheck_watched(cutoff, now, scan).await?;
+            report.rechecked = rechecked;
+            report.add_claims(&claimed);
+            let (read, spanned, more) = self.read_overflow(cutoff, now, scan).await?;
+            report.rechecked += read;
+            report.add_claims(&spanned);
+            watched_more = full || more;
+        }
+        // Mid-pass, a backlog lies between the cursor and rows that just turned stale:
+        // those are read first, from where the last look at them ended.
+        if self.cursor.is_some()
+            && let Some(from) = self.fresh_from
+        {
+            let (fresh, counts) = self.scan_fresh(from, cutoff, now, scan).await?;
+            report.fresh = fresh.won;
+            report.add_claims(&fresh);
+            report.scanned += counts.scanned;
+            report.malformed += counts.malformed;
+            report.held_back += counts.held_back;
+        }
+        Ok(watched_more)
+    }
+
+    /// The round in progress, begun at this page if none is; marks the report when the
+    /// page begins a full sweep.
+    fn round_at(&mut self, cutoff: Timestamp, now: Timestamp, report: &mut ScanReport) -> Round {
+        let round = *self.round.get_or_insert_with(|| {
+            let sweep = self.low.is_none()
+                || self
+                    .last_sweep
+                    .is_none_or(|t| now.saturating_sub(self.config.full_sweep_every) >= t);
+            Round {
+                sweep,
+                started: cutoff,
+                whole: self.unswept,
+            }
+        });
+        if round.sweep && self.cursor.is_none() {
+            report.sweep = true;
+            self.last_sweep = Some(now);
+        }
+        round
+    }
+
+    /// The request for the round's next page: at most `room` rows and one.
+    fn round_request(
+        &self,
+        round: Round,
+        cutoff: Timestamp,
+        now: Timestamp,
+        room: usize,
+    ) -> ScanRequest {
+        let bounded = self.bounded();
+        ScanRequest {
+            shards: self.shards,
+            cutoff,
+            stamped_from: None,
+            now,
+            start_after: self.cursor.clone(),
+            limit: room.saturating_add(1).min(self.config.scan_batch),
+            // An incremental round reads the ids minted since the last one began; ids
+            // minted after the cutoff cannot be stale yet (their rows are younger).
+            minted: (bounded && !round.sweep).then_some(MintedWindow {
+                from: self.low,
+                to: Some(cutoff),
+                whole: self.unswept,
+                // A writer whose clock runs ahead mints ids in the future: without this,
+                // its crash would wait until the cutoff passes them, or for the next sweep.
+                ahead: (!self.config.max_writer_skew.is_zero()
+                    && !crate::mutants::on(crate::mutants::Mutant::NoWriterSkewWindow))
+                .then(|| (now, now.saturating_add(self.config.max_writer_skew))),
+            }),
+            report_waiting: bounded,
         }
     }
 
