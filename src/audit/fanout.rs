@@ -297,49 +297,63 @@ impl AuditWorker {
         outcome
     }
 
-    async fn judge(&self, message: &Message) -> JobOutcome {
+    /// The job in `message` and its run's state, if the job is one to judge now: it
+    /// decodes, names a recorded, unexpired run and one of its ranges not yet done, and
+    /// this worker can record the deletions the run asks for. Otherwise, the outcome.
+    async fn admit(&self, message: &Message) -> Result<(RangeJob, RunState), JobOutcome> {
         let job = match RangeJob::decode(message) {
             Ok(job) => job,
-            Err(reason) => return JobOutcome::Refused(reason),
+            Err(reason) => return Err(JobOutcome::Refused(reason)),
         };
         let state = match self.runs.get(&job.run).await {
             Ok(Some(state)) => state,
             Ok(None) => {
-                return JobOutcome::Refused(format!(
+                return Err(JobOutcome::Refused(format!(
                     "no audit run {} is recorded (a forged job, or one for another table)",
                     job.run
-                ));
+                )));
             }
-            Err(e) if e.kind == ErrorKind::Permanent => return JobOutcome::Refused(e.to_string()),
-            Err(e) => return JobOutcome::Failed(e.to_string()),
+            Err(e) if e.kind == ErrorKind::Permanent => {
+                return Err(JobOutcome::Refused(e.to_string()));
+            }
+            Err(e) => return Err(JobOutcome::Failed(e.to_string())),
         };
         let run = &state.run;
         if job.range >= run.ranges {
-            return JobOutcome::Refused(format!(
+            return Err(JobOutcome::Refused(format!(
                 "audit run {} has {} ranges; the job names range {}",
                 run.run, run.ranges, job.range
-            ));
+            )));
         }
         let now = match self.stores.changelog.now().await {
             Ok(now) => now,
-            Err(e) => return JobOutcome::Failed(e.to_string()),
+            Err(e) => return Err(JobOutcome::Failed(e.to_string())),
         };
         if now >= run.expires && !crate::mutants::on(crate::mutants::Mutant::ExpiredRunJobsJudged) {
-            return JobOutcome::Refused(format!(
+            return Err(JobOutcome::Refused(format!(
                 "audit run {} expired at {} (now {now}): a stale job",
                 run.run, run.expires
-            ));
+            )));
         }
         if state.done.contains_key(&job.range) {
             tracing::info!(run = %run.run, range = job.range, "range already audited");
-            return JobOutcome::AlreadyDone;
+            return Err(JobOutcome::AlreadyDone);
         }
         if run.delete && self.trail.is_none() {
-            return JobOutcome::Refused(format!(
+            return Err(JobOutcome::Refused(format!(
                 "audit run {} deletes, and this worker has no audit trail to record deletions in",
                 run.run
-            ));
+            )));
         }
+        Ok((job, state))
+    }
+
+    async fn judge(&self, message: &Message) -> JobOutcome {
+        let (job, state) = match self.admit(message).await {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        let run = &state.run;
         let config = run.config(self.max_deletes_per_s, self.max_lists_per_s);
         if let Err(e) = config.validate() {
             return JobOutcome::Refused(e.to_string());

@@ -259,23 +259,7 @@ impl PubsubQueue {
         let fail = |kind, message: String| {
             StoreError::new(StoreKind::Queue, "connect", target.clone(), kind, message)
         };
-        let (endpoint, creds): (Option<String>, Option<Credentials>) = match &config.emulator_host {
-            Some(host) => (
-                Some(format!("http://{host}")),
-                Some(credentials::anonymous::Builder::new().build()),
-            ),
-            None => (None, None),
-        };
-        // The dead-letter tools' REST calls against Cloud Pub/Sub: Application Default
-        // Credentials, as the client library uses.
-        let rest_credentials = match (purpose, &config.emulator_host) {
-            (Purpose::DeadLetters, None) => Some(
-                credentials::Builder::default()
-                    .build()
-                    .map_err(|e| fail(ErrorKind::Permanent, format!("loading credentials: {e}")))?,
-            ),
-            _ => None,
-        };
+        let (endpoint, creds) = endpoint_and_credentials(config);
         macro_rules! configure {
             ($builder:expr) => {{
                 let mut b = $builder;
@@ -292,80 +276,36 @@ impl PubsubQueue {
         }
         let base: BasePublisher = configure!(BasePublisher::builder());
         let subscriber: Subscriber = configure!(Subscriber::builder());
-        let not_found_is_permanent = |e: &google_cloud_pubsub::Error| {
-            if e.status()
-                .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound)
-            {
-                ErrorKind::Permanent
-            } else {
-                ErrorKind::Transient
-            }
-        };
         let mut max_delivery_attempts = None;
         match purpose {
             Purpose::Publish | Purpose::AuditPublish | Purpose::AuditTrail => {
                 let admin: TopicAdmin = configure!(TopicAdmin::builder());
-                crate::iam::record(Call::PubsubGetTopic, jobs_resource);
-                answered(config.timeout, admin.get_topic().set_topic(topic.clone()).send()).await.map_err(|d| fail(ErrorKind::Transient, d))?.map_err(|e| {
-                    fail(not_found_is_permanent(&e), format!("cannot read the topic ({e}); create it with infra/local/provision.sh or infra/terraform"))
-                })?;
+                check_topic(config, &admin, &topic, jobs_resource, &fail).await?;
             }
             Purpose::Consume | Purpose::AuditConsume | Purpose::DeadLetters => {
-                let what = match purpose {
-                    Purpose::DeadLetters => "the dead-letter subscription",
-                    _ => "the subscription",
-                };
                 let admin: SubscriptionAdmin = configure!(SubscriptionAdmin::builder());
-                crate::iam::record(Call::PubsubGetSubscription, subscription_resource);
-                let found = answered(
-                    config.timeout,
-                    admin
-                        .get_subscription()
-                        .set_subscription(subscription.clone())
-                        .send(),
+                max_delivery_attempts = check_subscription(
+                    config,
+                    &admin,
+                    purpose,
+                    &subscription,
+                    subscription_resource,
+                    &fail,
                 )
-                .await
-                .map_err(|d| fail(ErrorKind::Transient, d))?
-                .map_err(|e| {
-                        fail(not_found_is_permanent(&e), format!("cannot read {what} ({e}); create it with infra/local/provision.sh or infra/terraform"))
-                    })?;
-                // The dead-letter tools read the dead-letter subscription, which has no
-                // policy of its own; a consumer's subscription must have one.
-                if purpose != Purpose::DeadLetters {
-                    let policy = found
-                        .dead_letter_policy
-                        .as_ref()
-                        .filter(|p| !p.dead_letter_topic.is_empty());
-                    max_delivery_attempts = policy
-                        .and_then(|p| u32::try_from(p.max_delivery_attempts).ok())
-                        .filter(|n| *n > 0);
-                    if policy.is_none() {
-                        return Err(fail(
-                            ErrorKind::Permanent,
-                            "the subscription has no dead-letter policy: jobs that keep failing would be retried \
-                             forever and delivery attempts are not counted; set one (see infra/local/provision.sh)"
-                                .into(),
-                        ));
-                    }
-                }
+                .await?;
             }
         }
-        let batch = config.publish_batch.max(1);
-        let publisher = |topic: &str| {
-            base.publisher(topic.to_owned())
-                .set_message_count_threshold(batch)
-                .set_delay_threshold(Duration::from_millis(10))
-                .build()
+        let publisher = |topic: &str| publisher(&base, topic, config.publish_batch);
+        let unary = match purpose {
+            Purpose::DeadLetters => Some(rest_pull(
+                config,
+                endpoint.as_deref(),
+                &subscription,
+                subscription_resource,
+                &fail,
+            )?),
+            _ => None,
         };
-        let unary = (purpose == Purpose::DeadLetters).then(|| super::pull::RestPull {
-            http: reqwest::Client::new(),
-            endpoint: endpoint
-                .clone()
-                .unwrap_or_else(|| "https://pubsub.googleapis.com".to_owned()),
-            subscription: subscription.clone(),
-            resource: subscription_resource,
-            credentials: rest_credentials.clone(),
-        });
         let (dead_letter_topic, dead_letter_resource) = names.dead_letter_topic;
         Ok(Self {
             jobs: publisher(&topic),
@@ -637,4 +577,135 @@ impl Settle for PubsubHandle {
         crate::iam::record(Call::PubsubModifyAckDeadline, self.resource);
         self.handler.nack();
     }
+}
+
+/// The emulator's endpoint and anonymous credentials (the client libraries ignore
+/// `PUBSUB_EMULATOR_HOST`), or neither: Cloud Pub/Sub with Application Default Credentials.
+fn endpoint_and_credentials(config: &PubsubConfig) -> (Option<String>, Option<Credentials>) {
+    match &config.emulator_host {
+        Some(host) => (
+            Some(format!("http://{host}")),
+            Some(credentials::anonymous::Builder::new().build()),
+        ),
+        None => (None, None),
+    }
+}
+
+/// A publisher to `topic` that sends in batches of up to `batch` messages, or after 10 ms.
+fn publisher(base: &BasePublisher, topic: &str, batch: u32) -> Publisher {
+    base.publisher(topic.to_owned())
+        .set_message_count_threshold(batch.max(1))
+        .set_delay_threshold(Duration::from_millis(10))
+        .build()
+}
+
+/// The dead-letter tools' unary pulls, over REST. Against Cloud Pub/Sub they authenticate
+/// with Application Default Credentials, as the client library does.
+fn rest_pull(
+    config: &PubsubConfig,
+    endpoint: Option<&str>,
+    subscription: &str,
+    resource: Resource,
+    fail: &impl Fn(ErrorKind, String) -> StoreError,
+) -> StoreResult<super::pull::RestPull> {
+    let credentials = match &config.emulator_host {
+        None => Some(
+            credentials::Builder::default()
+                .build()
+                .map_err(|e| fail(ErrorKind::Permanent, format!("loading credentials: {e}")))?,
+        ),
+        Some(_) => None,
+    };
+    Ok(super::pull::RestPull {
+        http: reqwest::Client::new(),
+        endpoint: endpoint
+            .unwrap_or("https://pubsub.googleapis.com")
+            .to_owned(),
+        subscription: subscription.to_owned(),
+        resource,
+        credentials,
+    })
+}
+
+/// A missing topic or subscription is the deployment's to fix, not a retry's.
+fn not_found_is_permanent(e: &google_cloud_pubsub::Error) -> ErrorKind {
+    if e.status()
+        .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound)
+    {
+        ErrorKind::Permanent
+    } else {
+        ErrorKind::Transient
+    }
+}
+
+/// Checks that the topic a publisher sends to exists (and that this process may read it).
+async fn check_topic(
+    config: &PubsubConfig,
+    admin: &TopicAdmin,
+    topic: &str,
+    resource: Resource,
+    fail: &impl Fn(ErrorKind, String) -> StoreError,
+) -> StoreResult<()> {
+    crate::iam::record(Call::PubsubGetTopic, resource);
+    answered(config.timeout, admin.get_topic().set_topic(topic.to_owned()).send())
+        .await
+        .map_err(|d| fail(ErrorKind::Transient, d))?
+        .map_err(|e| {
+            fail(
+                not_found_is_permanent(&e),
+                format!("cannot read the topic ({e}); create it with infra/local/provision.sh or infra/terraform"),
+            )
+        })?;
+    Ok(())
+}
+
+/// Checks that the subscription a consumer pulls from exists and, unless it is the
+/// dead-letter subscription (which has no policy of its own), that it has a dead-letter
+/// policy; returns the policy's delivery attempts.
+async fn check_subscription(
+    config: &PubsubConfig,
+    admin: &SubscriptionAdmin,
+    purpose: Purpose,
+    subscription: &str,
+    resource: Resource,
+    fail: &impl Fn(ErrorKind, String) -> StoreError,
+) -> StoreResult<Option<u32>> {
+    let what = match purpose {
+        Purpose::DeadLetters => "the dead-letter subscription",
+        _ => "the subscription",
+    };
+    crate::iam::record(Call::PubsubGetSubscription, resource);
+    let found = answered(
+        config.timeout,
+        admin
+            .get_subscription()
+            .set_subscription(subscription.to_owned())
+            .send(),
+    )
+    .await
+    .map_err(|d| fail(ErrorKind::Transient, d))?
+    .map_err(|e| {
+        fail(
+            not_found_is_permanent(&e),
+            format!("cannot read {what} ({e}); create it with infra/local/provision.sh or infra/terraform"),
+        )
+    })?;
+    if purpose == Purpose::DeadLetters {
+        return Ok(None);
+    }
+    let policy = found
+        .dead_letter_policy
+        .as_ref()
+        .filter(|p| !p.dead_letter_topic.is_empty());
+    if policy.is_none() {
+        return Err(fail(
+            ErrorKind::Permanent,
+            "the subscription has no dead-letter policy: jobs that keep failing would be retried \
+             forever and delivery attempts are not counted; set one (see infra/local/provision.sh)"
+                .into(),
+        ));
+    }
+    Ok(policy
+        .and_then(|p| u32::try_from(p.max_delivery_attempts).ok())
+        .filter(|n| *n > 0))
 }

@@ -222,38 +222,55 @@ impl LeaseKeeper {
         // acquisition that failed with an error after it landed) is not used: this process
         // cannot know when it was stamped. It expires and is taken again.
         if self.held.len() > share {
-            let excess = self.held.len() - share;
-            let give_up: Vec<(Shard, Held)> = self
-                .held
-                .iter()
-                .rev()
-                .take(excess)
-                .map(|(s, h)| (*s, *h))
-                .collect();
-            for (shard, _) in &give_up {
-                self.held.remove(shard);
-            }
-            // The scanner stops reading them before anyone else may take them.
-            self.publish();
-            let releases: Vec<StoreResult<Kept>> = futures::stream::iter(give_up)
-                .map(|(shard, h)| {
-                    let (leases, me) = (self.leases.clone(), self.me.clone());
-                    async move { leases.release(shard, h.epoch, &me).await }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            for r in releases {
-                r?;
-                tick.released += 1;
-                METRICS.leases_released.inc();
-            }
-            return Ok(());
+            return self.release_excess(self.held.len() - share, tick).await;
         }
         let wanted = share - self.held.len();
         if wanted == 0 {
             return Ok(());
         }
+        self.acquire(table, wanted, expired_before, tick).await
+    }
+
+    /// Gives up `excess` of the held leases (the last ones): the scanner stops reading
+    /// their shards before they are released, so before anyone else may take them.
+    async fn release_excess(&mut self, excess: usize, tick: &mut Tick) -> StoreResult<()> {
+        let give_up: Vec<(Shard, Held)> = self
+            .held
+            .iter()
+            .rev()
+            .take(excess)
+            .map(|(s, h)| (*s, *h))
+            .collect();
+        for (shard, _) in &give_up {
+            self.held.remove(shard);
+        }
+        // The scanner stops reading them before anyone else may take them.
+        self.publish();
+        let releases: Vec<StoreResult<Kept>> = futures::stream::iter(give_up)
+            .map(|(shard, h)| {
+                let (leases, me) = (self.leases.clone(), self.me.clone());
+                async move { leases.release(shard, h.epoch, &me).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for r in releases {
+            r?;
+            tick.released += 1;
+            METRICS.leases_released.inc();
+        }
+        Ok(())
+    }
+
+    /// Tries for up to `wanted` leases that are free or expired, starting at this
+    /// member's own place in the ring so that members spread out.
+    async fn acquire(
+        &mut self,
+        table: &LeaseTable,
+        wanted: usize,
+        expired_before: crate::model::Timestamp,
+        tick: &mut Tick,
+    ) -> StoreResult<()> {
         let start = usize::from(start_of(&self.me));
         let n = usize::from(SHARD_COUNT);
         let candidates: Vec<Lease> = (0..n)

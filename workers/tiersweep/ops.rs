@@ -77,10 +77,17 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
         println!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }
-    println!(
-        "changelog {}: {} rows",
-        config.bigtable.changelog_table, b.rows
-    );
+    print_status(&config.bigtable.changelog_table, &b, &l);
+    Ok(())
+}
+
+/// `tiersweep status` for a person: the backlog by state and age, then the shard leases.
+fn print_status(
+    table: &str,
+    b: &tiersweep::recovery::inspect::Backlog,
+    l: &tiersweep::recovery::membership::LeaseSummary,
+) {
+    println!("changelog {}: {} rows", table, b.rows);
     println!("  live (writer heartbeating)  {:>8}", b.live);
     println!("  claimed (job in flight)     {:>8}", b.claimed);
     println!("  stale (waiting for a scan)  {:>8}", b.stale);
@@ -129,7 +136,6 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
     for (member, n) in &l.members {
         println!("  {member:<40} {n:>5} shards");
     }
-    Ok(())
 }
 
 pub async fn inspect(args: &InspectArgs, config: Config) -> Result<()> {
