@@ -106,15 +106,6 @@ pub async fn connect_scanner(
     Ok((Arc::new(changelog), Arc::new(leases)))
 }
 
-/// The audit's run records, kept in the changelog table; the table checked with one probe
-/// read of a run that does not exist.
-pub async fn connect_audit_runs(config: &Config) -> StoreResult<Arc<dyn crate::audit::AuditRuns>> {
-    let client = crate::bigtable::BigtableClient::connect(&config.bigtable).await?;
-    let runs = crate::audit::BigtableRuns::new(client, &config.bigtable.changelog_table);
-    crate::audit::AuditRuns::get(&runs, &uuid::Uuid::nil().to_string()).await?;
-    Ok(Arc::new(runs))
-}
-
 fn probe_path() -> ObjectPath {
     ObjectPath::new("tiersweep-readiness-probe").expect("a valid constant path")
 }

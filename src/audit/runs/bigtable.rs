@@ -28,6 +28,15 @@ impl BigtableRuns {
         Self { client, table }
     }
 
+    /// Connects to the runs kept in the changelog table `config` names, and checks the
+    /// table with one probe read of a run that does not exist.
+    pub async fn connect(config: &crate::bigtable::BigtableConfig) -> StoreResult<Self> {
+        let client = BigtableClient::connect(config).await?;
+        let runs = Self::new(client, &config.changelog_table);
+        runs.get(&uuid::Uuid::nil().to_string()).await?;
+        Ok(runs)
+    }
+
     fn key(id: &str) -> Vec<u8> {
         format!("{AUDIT_PREFIX}{id}").into_bytes()
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tiersweep::audit::fanout::{self, progress_report};
-use tiersweep::audit::{AuditConfig, AuditReport, AuditRuns, AuditWorker};
+use tiersweep::audit::{AuditConfig, AuditReport, AuditRuns, AuditWorker, BigtableRuns};
 use tiersweep::clock;
 use tiersweep::config::Config;
 use tiersweep::lt::LtAccess;
@@ -30,7 +30,7 @@ pub async fn coordinate(
     let changelog = stores::connect_changelog(config, clock::system())
         .await
         .context("connecting to the changelog table")?;
-    let runs = stores::connect_audit_runs(config)
+    let runs = BigtableRuns::connect(&config.bigtable)
         .await
         .context("connecting to the audit runs (the changelog table)")?;
     let queue = PubsubQueue::connect_audit_publisher(&config.pubsub)
@@ -38,22 +38,16 @@ pub async fn coordinate(
         .context("connecting to the audit topic")?;
     let run = match &args.resume_run {
         Some(id) => {
-            let (run, published) = fanout::resume(changelog.as_ref(), runs.as_ref(), &queue, id)
+            let (run, published) = fanout::resume(changelog.as_ref(), &runs, &queue, id)
                 .await
                 .context(ConfigFailure(format!("resuming audit run {id}")))?;
             tracing::info!(run = %run.run, published, "unfinished range jobs published again");
             run
         }
         None => {
-            let run = fanout::start(
-                changelog.as_ref(),
-                runs.as_ref(),
-                &queue,
-                audit,
-                args.run_ttl,
-            )
-            .await
-            .context("starting the audit run")?;
+            let run = fanout::start(changelog.as_ref(), &runs, &queue, audit, args.run_ttl)
+                .await
+                .context("starting the audit run")?;
             tracing::info!(run = %run.run, ranges = run.ranges, topic = %config.pubsub.audit_topic,
                 expires = %run.expires, "range jobs published; --resume-run publishes unfinished ones again");
             run
@@ -103,7 +97,7 @@ pub async fn worker(args: &AuditArgs, config: Config) -> Result<()> {
     // All three stores (listing on the bucket), the runs, the audit subscription.
     let connect = || async {
         let stores = Stores::connect(&config, clock::system(), LtAccess::Audit).await?;
-        let runs: Arc<dyn AuditRuns> = stores::connect_audit_runs(&config).await?;
+        let runs: Arc<dyn AuditRuns> = Arc::new(BigtableRuns::connect(&config.bigtable).await?);
         let queue = PubsubQueue::connect_audit_worker(&config.pubsub).await?;
         Ok((stores, runs, Arc::new(queue)))
     };
