@@ -15,9 +15,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
 use crate::model::ObjectPath;
+use crate::protocol::ProtocolConfig;
 use crate::queue::JobQueue;
 use crate::recovery::pool::{self, Pools};
 use crate::recovery::{RecoveryConfig, inspect};

@@ -102,3 +102,23 @@ impl StoreError {
 
 /// The result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A configuration value that cannot work, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field}: {reason}")]
+pub struct ConfigError {
+    /// The setting, by its name in the configuration file.
+    pub field: &'static str,
+    /// Why it cannot work.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error naming `field`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

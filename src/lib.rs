@@ -63,6 +63,7 @@ pub mod config;
 #[cfg(feature = "dev")]
 #[allow(missing_docs, clippy::too_many_lines)]
 pub mod demo;
+pub mod duration;
 pub mod error;
 pub mod health;
 pub mod hv;
@@ -71,6 +72,7 @@ pub mod lease;
 pub mod lt;
 pub mod model;
 pub mod mutants;
+pub mod protocol;
 pub mod queue;
 pub mod recovery;
 mod retry;
@@ -82,10 +84,10 @@ pub mod testing;
 pub mod writer;
 
 pub use bigtable::BigtableConfig;
-pub use config::ProtocolConfig;
 pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
 pub use lt::{GcsConfig, LtAccess};
 pub use model::{ObjectMeta, ObjectPath};
+pub use protocol::ProtocolConfig;
 pub use recovery::{EmbeddedRecovery, RecoveryConfig};
 pub use retry::RetryPolicy;
 pub use stores::Stores;

@@ -5,14 +5,14 @@
 //! service account is granted (`infra/terraform/iam.tf`, the contract in [`crate::iam`]):
 //! the scanner and `tiersweep status` open the changelog alone ([`connect_changelog`],
 //! [`connect_scanner`] with the shard leases kept in its table);
-//! cleaners, writers and the other operator views open all three ([`Stores::connect`]),
+//! cleaners, writers and the other operator views open all three ([`Stores::connect_to`]),
 //! with the bucket access they need.
 
 use std::sync::Arc;
 
+use crate::bigtable::BigtableConfig;
 use crate::changelog::{BigtableChangelog, Changelog};
 use crate::clock::SharedClock;
-use crate::config::Config;
 use crate::error::StoreResult;
 use crate::hv::{BigtableHv, HvStore};
 use crate::lt::{GcsLt, LtAccess, LtStore};
@@ -45,22 +45,12 @@ impl Stores {
         }
     }
 
-    /// Connects the three stores `config` names, Bigtable for HV and the changelog, GCS
-    /// for LT, and checks each: one probe read of each table, and the bucket's existence
-    /// and the permissions `access` needs. Fails, naming the store and target, when a
-    /// table or bucket is missing or a grant is.
-    pub async fn connect(
-        config: &Config,
-        clock: SharedClock,
-        access: LtAccess,
-    ) -> StoreResult<Self> {
-        Self::connect_to(&config.bigtable, &config.gcs, clock, access).await
-    }
-
-    /// As [`Stores::connect`], from the two stores' own settings: what a service embedding
-    /// the writer passes, without tiersweep's worker configuration.
+    /// Connects the three stores, Bigtable for HV and the changelog, GCS for LT, and
+    /// checks each: one probe read of each table, and the bucket's existence and the
+    /// permissions `access` needs. Fails, naming the store and target, when a table or
+    /// bucket is missing or a grant is.
     pub async fn connect_to(
-        bigtable: &crate::bigtable::BigtableConfig,
+        bigtable: &BigtableConfig,
         gcs: &crate::lt::gcs::GcsConfig,
         clock: SharedClock,
         access: LtAccess,
@@ -83,11 +73,11 @@ impl Stores {
 /// Connects the changelog alone and checks its table with one probe read: all that the
 /// scanner and `tiersweep status` use.
 pub async fn connect_changelog(
-    config: &Config,
+    bigtable: &BigtableConfig,
     clock: SharedClock,
 ) -> StoreResult<Arc<dyn Changelog>> {
-    let client = crate::bigtable::BigtableClient::connect(&config.bigtable).await?;
-    let changelog = BigtableChangelog::new(client, &config.bigtable.changelog_table, clock);
+    let client = crate::bigtable::BigtableClient::connect(bigtable).await?;
+    let changelog = BigtableChangelog::new(client, &bigtable.changelog_table, clock);
     changelog.get(&ChangeId::mint()).await?;
     Ok(Arc::new(changelog))
 }
@@ -95,11 +85,11 @@ pub async fn connect_changelog(
 /// What a scanner under shard leases uses: the changelog and the leases kept in its table,
 /// on one connection; the table checked with one probe read.
 pub async fn connect_scanner(
-    config: &Config,
+    bigtable: &BigtableConfig,
     clock: SharedClock,
 ) -> StoreResult<(Arc<dyn Changelog>, Arc<dyn crate::lease::Leases>)> {
-    let client = crate::bigtable::BigtableClient::connect(&config.bigtable).await?;
-    let table = &config.bigtable.changelog_table;
+    let client = crate::bigtable::BigtableClient::connect(bigtable).await?;
+    let table = &bigtable.changelog_table;
     let changelog = BigtableChangelog::new(client.clone(), table, clock);
     changelog.get(&ChangeId::mint()).await?;
     let leases = crate::lease::BigtableLeases::new(client, table);

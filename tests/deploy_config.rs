@@ -70,7 +70,7 @@ fn the_compose_load_can_converge_within_its_own_deadline() {
         .split("\"--max-wait\", \"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
-        .map(|d| tiersweep::config::duration::parse(d).expect("a --max-wait duration"))
+        .map(|d| tiersweep::duration::parse(d).expect("a --max-wait duration"))
         .expect("the load names its --max-wait");
     assert!(
         needed <= max_wait,

@@ -60,7 +60,7 @@ impl DrainPlan {
             cleaners: 4,
             cleaner_concurrency: 64,
             bigtable_nodes: 2,
-            upload_settle: crate::config::UPLOAD_SETTLE,
+            upload_settle: crate::protocol::UPLOAD_SETTLE,
             seed: 7,
         }
     }

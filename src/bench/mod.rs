@@ -24,9 +24,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
+use crate::protocol::ProtocolConfig;
 use crate::queue::JobQueue;
 use crate::recovery::pool::{self, Pools};
 use crate::recovery::{EmbeddedRecovery, RecoveryConfig};

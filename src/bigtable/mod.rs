@@ -46,7 +46,7 @@ pub struct BigtableConfig {
     /// HTTP/2 connections to spread calls over.
     pub channels: usize,
     /// Deadline for one RPC.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub timeout: Duration,
 }
 

@@ -318,7 +318,7 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
     /// Deletes the rows outright, whoever owns them, in one call (Bigtable: MutateRows);
     /// rows already gone are fine. Recovery's removal of changes it converged under a
     /// claim it verified: unconditional so that it can be batched, and sound for that
-    /// use only (`recovery::converge` says why). Writers remove with [`Changelog::remove`].
+    /// use only (`protocol::converge` says why). Writers remove with [`Changelog::remove`].
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()>;
 
     /// Rewrites the row's record as `record`, stamped now, if `record.owner` owns it: how a

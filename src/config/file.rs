@@ -75,7 +75,7 @@ pub struct WorkerConfig {
     pub membership: Membership,
     /// Under leases: a dead scanner's shards are read again within this; members renew and
     /// rebalance every quarter of it (see [`crate::recovery::membership`]).
-    #[serde(with = "super::duration")]
+    #[serde(with = "crate::duration")]
     pub lease_period: Duration,
     /// Under leases: the name this member's id begins with (a fresh suffix follows);
     /// the pod name (`HOSTNAME`) by default.
@@ -88,7 +88,7 @@ pub struct WorkerConfig {
     pub health_listen: Option<SocketAddr>,
     /// After SIGTERM, how long in-flight jobs may run before they are abandoned to
     /// redelivery. Keep it below the pod's `terminationGracePeriodSeconds`.
-    #[serde(with = "super::duration")]
+    #[serde(with = "crate::duration")]
     pub shutdown_deadline: Duration,
 }
 

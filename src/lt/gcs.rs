@@ -40,7 +40,7 @@ pub struct GcsConfig {
     /// Deadline for one JSON API call, for opening a read and for each chunk read; an
     /// upload of `n` bytes gets this plus a second per MiB, and a streamed upload fails
     /// after this long without progress.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub timeout: Duration,
 }
 

@@ -60,13 +60,13 @@ pub struct PubsubConfig {
     /// How far the subscriber extends a delivery's deadline at a time (10 s – 10 min). A
     /// job held by a cleaner that died comes back to the pool this long after the last
     /// extension, whatever the subscription's own ack deadline says.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub lease_extension: Duration,
     /// How long a publish (and each start-up check) may take before it fails as
     /// transient. The client library sets no deadline of its own, so without one a
     /// publish on a stalled connection would hold its scanner forever. A publish given up
     /// on may still be delivered: jobs are at-least-once anyway.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub timeout: Duration,
 }
 

@@ -19,9 +19,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::RecoveryConfig;
-use super::converge::{ConvergeReport, Ending, HvView, RowFate, converge};
 use super::job::CleanupJob;
 use crate::error::{ErrorKind, StoreError};
+use crate::protocol::converge::{ConvergeReport, Ending, HvView, RowFate, converge};
 use crate::queue::{Delivery, FlowControl, JobQueue};
 use crate::stores::Stores;
 use crate::telemetry::metrics::METRICS;

@@ -13,10 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use super::RecoveryConfig;
 use super::cleaner::{Cleaner, JobOutcome};
-use super::converge::RowFate;
 use super::scanner::{ScanReport, Scanner};
 use crate::error::StoreResult;
 use crate::model::ShardRange;
+use crate::protocol::converge::RowFate;
 use crate::queue::{FlowControl, JobQueue, MemoryQueue};
 use crate::stores::Stores;
 

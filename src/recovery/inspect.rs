@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::converge::unreferenced;
 use crate::changelog::{Changelog, ChangelogEntry, ScanRequest, ScannedRow};
 use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, HvValue, ShardSet, Timestamp};
+use crate::protocol::converge::unreferenced;
 use crate::stores::Stores;
 
 /// Upper bounds of the age buckets, beyond the staleness threshold.

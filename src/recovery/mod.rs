@@ -16,7 +16,6 @@
 pub const FAILING_AFTER_CLAIMS: u32 = 5;
 
 pub mod cleaner;
-pub mod converge;
 pub mod embedded;
 pub mod inspect;
 pub mod job;
@@ -30,11 +29,12 @@ mod watched;
 
 use std::time::Duration;
 
-use crate::config::{ConfigError, ProtocolConfig};
+use crate::error::ConfigError;
+use crate::protocol::ProtocolConfig;
 use crate::retry::RetryPolicy;
 
+pub use crate::protocol::converge::{ConvergeReport, HvView, converge};
 pub use cleaner::{Cleaner, JobOutcome};
-pub use converge::{ConvergeReport, HvView, converge};
 pub use embedded::EmbeddedRecovery;
 pub use job::CleanupJob;
 pub use membership::{Assignment, LeaseKeeper};
@@ -55,7 +55,7 @@ pub struct RecoveryConfig {
     /// How long a claimed row is withheld from scans while its job is in flight. Doubles
     /// with every re-claim of the same row (up to 16x), so a job that keeps failing is
     /// retried ever more slowly rather than flooding the queue.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub claim_lease: Duration,
     /// Claims one scanner keeps waiting for cleaners at most (published, not yet taken):
     /// beyond it, the scanner leaves stale rows unclaimed until cleaners catch up. The
@@ -71,7 +71,7 @@ pub struct RecoveryConfig {
     /// is let go and the row is claimed again. The local Pub/Sub emulator never redelivers
     /// what it handed to a pull stream that went away, so local configurations set this to
     /// seconds.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub republish_after: Duration,
     /// How often a scanner reads its whole key range (a full sweep) rather than only the
     /// ids minted since its last pass and the rows it watches (`recovery::watched`): the bound on
@@ -79,7 +79,7 @@ pub struct RecoveryConfig {
     /// between, or whose clock runs behind). A sweep reads every row, removed ones Bigtable
     /// has not yet compacted included, so it is the scan's expensive part. Zero: every pass
     /// is a full sweep and nothing is watched (the behaviour before key-bounded scans).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub full_sweep_every: Duration,
     /// How far ahead of Bigtable's time a writer's clock may run and its crash still be
     /// found by a running scanner's incremental rounds (within about two staleness
@@ -88,7 +88,7 @@ pub struct RecoveryConfig {
     /// round also reads the ids minted in `[now, now + max_writer_skew)` — ids no writer
     /// with a right clock has minted yet, so normally an empty range per shard. Zero reads
     /// none; a writer further ahead is found by the next sweep.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub max_writer_skew: Duration,
     /// Rows not claimable when scanned that one scanner watches at most (re-reading each
     /// when it could first be stale). Rows beyond it wait in key spans, a quarter as many
@@ -96,7 +96,7 @@ pub struct RecoveryConfig {
     /// in key order, never a missed row (docs/design/scanning.md).
     pub max_watched_rows: usize,
     /// Wait between scans when nothing was stale.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub idle_poll: Duration,
     /// Jobs a cleaner converges at once (and holds unsettled).
     pub cleaner_concurrency: usize,
@@ -110,7 +110,7 @@ pub struct RecoveryConfig {
     /// Such a change's row is kept that long and then converged again, so a late landing is
     /// deleted too: one more pass for each change recovered before its HV write. Zero
     /// removes the row at once (loopback emulators, where nothing is ever in flight).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub upload_settle: Duration,
     /// GCS deletes a second each cleaner process starts at. The rate then adapts: cut by a
     /// fifth when GCS refuses, raised while it does not (`src/lt/paced.rs`), so the
@@ -138,7 +138,7 @@ impl Default for RecoveryConfig {
             cleaner_concurrency: 32,
             max_delivery_attempts: 5,
             object_prefix: String::new(),
-            upload_settle: crate::config::UPLOAD_SETTLE,
+            upload_settle: crate::protocol::UPLOAD_SETTLE,
             gcs_deletes_per_s: crate::lt::paced::START_PER_S,
             retry: RetryPolicy::default(),
         }

@@ -53,7 +53,7 @@ pub struct ScanReport {
     /// spans of those that did not fit (`recovery::watched`).
     pub rechecked: usize,
     /// Rows of its waiting claims the scanner re-read to learn which a cleaner took: its
-    /// reviews and the room it made ([`super::queued`]).
+    /// reviews and the room it made (`recovery::queued`).
     pub reviewed: usize,
     /// This page began a full sweep of the scanner's key range.
     pub sweep: bool,

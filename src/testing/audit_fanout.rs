@@ -14,7 +14,7 @@ use super::audits::{MemoryTrail, blob_exists, config, large, min_age, path_in, p
 use super::crash::{test_recovery_config, test_writer_config};
 use crate::audit::fanout::{self, progress_report};
 use crate::audit::{AuditRun, AuditRuns, AuditWorker, JobOutcome, RangeJob, RangeSummary};
-use crate::config::ProtocolConfig;
+use crate::protocol::ProtocolConfig;
 use crate::queue::{JobQueue, MemoryQueue, Message};
 use crate::stores::Stores;
 use crate::writer::TieredStorage;

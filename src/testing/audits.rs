@@ -20,8 +20,8 @@ use crate::audit::{
     Audit, AuditConfig, AuditError, AuditReport, AuditTrail, Checkpoint, DeletionRequested,
     RangeState,
 };
-use crate::config::ProtocolConfig;
 use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
+use crate::protocol::ProtocolConfig;
 use crate::stores::Stores;
 use crate::writer::TieredStorage;
 

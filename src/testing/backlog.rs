@@ -13,9 +13,9 @@ use super::crash::{crashed_large_puts, test_recovery_config, test_writer_config}
 use super::faults::{Fault, Faults, Op, Rule};
 use super::invariants;
 use super::invariants::Acceptable;
-use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
 use crate::model::{ObjectPath, ShardRange};
+use crate::protocol::ProtocolConfig;
 use crate::queue::{Delivery, FlowControl, JobQueue, MemoryQueue, Message, Subscription};
 use crate::recovery::{Cleaner, Scanner};
 use crate::stores::Stores;

@@ -73,7 +73,7 @@ impl Scenario {
 }
 
 /// Protocol timings for tests: short, so emulator runs wait seconds, not minutes.
-pub fn test_writer_config(protocol: crate::config::ProtocolConfig) -> WriterConfig {
+pub fn test_writer_config(protocol: crate::protocol::ProtocolConfig) -> WriterConfig {
     WriterConfig {
         inline_threshold: INLINE_THRESHOLD,
         protocol,
@@ -83,7 +83,7 @@ pub fn test_writer_config(protocol: crate::config::ProtocolConfig) -> WriterConf
     }
 }
 
-pub fn test_recovery_config(protocol: crate::config::ProtocolConfig) -> RecoveryConfig {
+pub fn test_recovery_config(protocol: crate::protocol::ProtocolConfig) -> RecoveryConfig {
     RecoveryConfig {
         protocol,
         scan_batch: 50,
@@ -251,7 +251,7 @@ pub async fn overwrite_with_failing_heartbeats(
 /// converged exactly once between them, and the stores converge.
 pub async fn concurrent_recoveries(
     stores: &Stores,
-    protocol: crate::config::ProtocolConfig,
+    protocol: crate::protocol::ProtocolConfig,
     n: usize,
 ) {
     let expected = crashed_large_puts(stores, test_writer_config(protocol), n).await;

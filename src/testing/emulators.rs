@@ -403,7 +403,7 @@ impl Emulators {
     /// given protocol; `env()` turns it into the variables a child process reads.
     pub async fn fresh_config(
         &self,
-        protocol: crate::config::ProtocolConfig,
+        protocol: crate::protocol::ProtocolConfig,
     ) -> crate::config::Config {
         let (_, bigtable) = self.new_tables().await;
         crate::config::Config {
@@ -481,7 +481,7 @@ impl Emulators {
 /// The `TIERSWEEP_<SECTION>__<KEY>` variables that make a child `tiersweep` process use
 /// `config`'s resources and timings (and the emulator endpoints).
 pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
-    use crate::config::duration::format;
+    use crate::duration::format;
     let mut env = vec![
         (
             "TIERSWEEP_BIGTABLE__PROJECT",

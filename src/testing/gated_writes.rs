@@ -10,8 +10,8 @@ use bytes::Bytes;
 use super::crash::{INLINE_THRESHOLD, test_writer_config, unique_path};
 use super::faults::{Fault, Faults, Op, Rule};
 use super::schedules::{blobs_of, entries_for, recovery_leaves_nothing_of};
-use crate::config::ProtocolConfig;
 use crate::model::ObjectPath;
+use crate::protocol::ProtocolConfig;
 use crate::stores::Stores;
 use crate::writer::{ReadOutcome, TieredStorage, WriteError};
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::crash::test_recovery_config;
 use super::faults::{Fault, Faults, Op, Rule};
 use super::schedules::{blobs_of, dead_large_put, deliver, entries_for};
-use crate::config::ProtocolConfig;
 use crate::model::ObjectPath;
+use crate::protocol::ProtocolConfig;
 use crate::recovery::{CleanupJob, EmbeddedRecovery, JobOutcome, RecoveryConfig};
 use crate::stores::Stores;
 

@@ -15,10 +15,10 @@ use super::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, u
 use super::faults::{Fault, Faults, Op, Rule};
 use super::schedules::entries_for;
 use crate::changelog::Changelog;
-use crate::config::ProtocolConfig;
 use crate::model::{
     ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, ShardSet,
 };
+use crate::protocol::ProtocolConfig;
 use crate::queue::MemoryQueue;
 use crate::recovery::{RecoveryConfig, ScanReport, Scanner};
 use crate::stores::Stores;

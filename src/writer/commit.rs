@@ -8,7 +8,7 @@ use crate::error::StoreError;
 use crate::hv::{CasOutcome, HvWrite, Version};
 use crate::model::{HvValue, ObjectPath, Revision};
 use crate::mutants::Mutant;
-use crate::recovery::converge::{Ending, HvView, RowFate, converge};
+use crate::protocol::converge::{Ending, HvView, RowFate, converge};
 use crate::telemetry::metrics::METRICS;
 
 /// What became of a change's guarded compare-and-write.

@@ -2,7 +2,7 @@
 
 #[cfg(doc)]
 use super::TieredStorage;
-use crate::config::ProtocolConfig;
+use crate::protocol::ProtocolConfig;
 use crate::retry::RetryPolicy;
 
 /// How a [`TieredStorage`] writes. `Default` is what production runs with.
@@ -34,7 +34,7 @@ impl Default for WriterConfig {
             protocol: ProtocolConfig::default(),
             retry: RetryPolicy::default(),
             background_completions: 0,
-            upload_settle: crate::config::UPLOAD_SETTLE,
+            upload_settle: crate::protocol::UPLOAD_SETTLE,
         }
     }
 }

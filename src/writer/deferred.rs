@@ -173,7 +173,7 @@ impl TieredStorage {
     ) -> Result<bool, StoreError> {
         guard.stop();
         let retry = &self.config.retry;
-        for rev in crate::recovery::converge::unreferenced(&guard.record, referenced.as_ref()) {
+        for rev in crate::protocol::converge::unreferenced(&guard.record, referenced.as_ref()) {
             retry.run("delete", || self.stores.lt.delete(rev)).await?;
         }
         let record = self.due_after_upload_settle(&guard).await?;

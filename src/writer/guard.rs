@@ -24,9 +24,9 @@ use tokio::time::Instant;
 
 use crate::changelog::{Changelog, Heartbeat};
 use crate::clock::SharedClock;
-use crate::config::ProtocolConfig;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, ChangeRecord, Timestamp};
+use crate::protocol::ProtocolConfig;
 use crate::retry::RetryPolicy;
 
 /// Whether a writer may still act on its change.

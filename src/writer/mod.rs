@@ -44,7 +44,7 @@ pub use error::WriteError;
 pub use guard::{ChangeGuard, GuardState, GuardWatch};
 pub use read::{Object, ReadOutcome, StreamOutcome};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::stores::Stores;
 
 /// The two-tier object store's write and read path: see the module documentation. Cheap

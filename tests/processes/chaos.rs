@@ -295,9 +295,10 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
     let straggle = direct.bigtable.timeout + Duration::from_secs(1);
     let history = Arc::new(Mutex::new(History::new(objects.clone(), straggle)));
     let figures = Arc::new(Mutex::new(Figures::default()));
-    let writer_stores = Stores::connect(&via, clock::system(), LtAccess::Write)
-        .await
-        .expect("connecting the writers through the proxies");
+    let writer_stores =
+        Stores::connect_to(&via.bigtable, &via.gcs, clock::system(), LtAccess::Write)
+            .await
+            .expect("connecting the writers through the proxies");
     let until = Instant::now() + Duration::from_secs(secs);
     let writers: Vec<_> = (0..3)
         .map(|i| {
@@ -401,9 +402,14 @@ async fn workers_killed_stopped_and_cut_off_leave_no_orphan_no_loss_and_no_row()
     }
 
     // Drain: everything in flight converges through the healed proxies.
-    let stores = Stores::connect(&direct, clock::system(), LtAccess::Write)
-        .await
-        .expect("connecting to the emulators directly");
+    let stores = Stores::connect_to(
+        &direct.bigtable,
+        &direct.gcs,
+        clock::system(),
+        LtAccess::Write,
+    )
+    .await
+    .expect("connecting to the emulators directly");
     let acceptable: BTreeMap<_, _> = history.lock().unwrap().acceptable();
     let drained = Instant::now();
     // Generous: the Pub/Sub emulator strands jobs on streams it dropped (docs/protocol.md,

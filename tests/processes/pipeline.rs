@@ -30,9 +30,14 @@ async fn setup() -> (Config, Stores) {
     let mut config = emulators().await.fresh_config(protocol()).await;
     config.recovery.claim_lease = Duration::from_secs(30);
     config.recovery.idle_poll = Duration::from_millis(200);
-    let stores = Stores::connect(&config, clock::system(), LtAccess::Write)
-        .await
-        .unwrap();
+    let stores = Stores::connect_to(
+        &config.bigtable,
+        &config.gcs,
+        clock::system(),
+        LtAccess::Write,
+    )
+    .await
+    .unwrap();
     (config, stores)
 }
 

@@ -172,9 +172,14 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
     // One pass per change, so one trace each (a settle would add a second pass, a second
     // trace, for changes recovered before their HV write).
     config.recovery.upload_settle = Duration::ZERO;
-    let stores = Stores::connect(&config, clock::system(), tiersweep::lt::LtAccess::Write)
-        .await
-        .unwrap();
+    let stores = Stores::connect_to(
+        &config.bigtable,
+        &config.gcs,
+        clock::system(),
+        tiersweep::lt::LtAccess::Write,
+    )
+    .await
+    .unwrap();
     let n = 3;
     let request = tracing::info_span!("crashed request");
     let writer_trace = {

@@ -25,7 +25,7 @@ use crate::exit::ConfigFailure;
 mod fanned;
 
 fn duration(text: &str) -> Result<Duration, String> {
-    tiersweep::config::duration::parse(text)
+    tiersweep::duration::parse(text)
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,9 +153,14 @@ pub async fn run(args: &AuditArgs, config: Config) -> Result<()> {
                 .into(),
         )));
     }
-    let stores = Stores::connect(&config, clock::system(), LtAccess::Audit)
-        .await
-        .context("connecting to Bigtable and GCS")?;
+    let stores = Stores::connect_to(
+        &config.bigtable,
+        &config.gcs,
+        clock::system(),
+        LtAccess::Audit,
+    )
+    .await
+    .context("connecting to Bigtable and GCS")?;
     let cancel = CancellationToken::new();
     crate::worker::cancel_on_signals(cancel.clone())?;
     let mut audit = Audit::new(stores, audit_config).cancel_on(cancel.clone());

@@ -52,7 +52,7 @@ pub struct DemoArgs {
     /// long as the workers' settings need (threshold, upload settle, claim lease, full
     /// sweep period, read from the same configuration) and refuses to start when that is
     /// longer than this. Accepts 90s, 20m, 2h.
-    #[arg(long, default_value = "5m", value_parser = tiersweep::config::duration::parse)]
+    #[arg(long, default_value = "5m", value_parser = tiersweep::duration::parse)]
     max_wait: std::time::Duration,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
@@ -121,10 +121,14 @@ pub async fn run(args: &DemoArgs, cli: &Cli) -> Result<()> {
                 config.deadline = needed;
             }
             let clock = tiersweep::clock::system();
-            let stores =
-                tiersweep::Stores::connect(&settings, clock, tiersweep::lt::LtAccess::Write)
-                    .await
-                    .context("connecting to the configured stores")?;
+            let stores = tiersweep::Stores::connect_to(
+                &settings.bigtable,
+                &settings.gcs,
+                clock,
+                tiersweep::lt::LtAccess::Write,
+            )
+            .await
+            .context("connecting to the configured stores")?;
             let queue = PubsubQueue::connect(&settings.pubsub)
                 .await
                 .context("connecting to Pub/Sub")?;
@@ -155,7 +159,7 @@ pub async fn run(args: &DemoArgs, cli: &Cli) -> Result<()> {
 }
 
 fn fmt(d: std::time::Duration) -> String {
-    tiersweep::config::duration::format(d)
+    tiersweep::duration::format(d)
 }
 
 async fn execute(

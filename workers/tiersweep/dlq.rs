@@ -10,7 +10,7 @@ use tiersweep::queue::PubsubQueue;
 use tiersweep::queue::dead_letters::{self, Snapshot};
 
 fn duration(text: &str) -> Result<Duration, String> {
-    tiersweep::config::duration::parse(text)
+    tiersweep::duration::parse(text)
 }
 
 #[derive(Debug, clap::Args)]

@@ -36,16 +36,21 @@ pub struct RecoverArgs {
 
 /// The operator's views read both tables and check which blobs exist: read access only.
 async fn stores(config: &Config) -> Result<Stores> {
-    let stores = Stores::connect(config, clock::system(), LtAccess::Read)
-        .await
-        .context("connecting to Bigtable and GCS")?;
+    let stores = Stores::connect_to(
+        &config.bigtable,
+        &config.gcs,
+        clock::system(),
+        LtAccess::Read,
+    )
+    .await
+    .context("connecting to Bigtable and GCS")?;
     Ok(stores)
 }
 
 pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
     // The changelog table alone (its rows and the shard leases kept in it).
     let clock = clock::system();
-    let (changelog, leases) = tiersweep::stores::connect_scanner(&config, clock.clone())
+    let (changelog, leases) = tiersweep::stores::connect_scanner(&config.bigtable, clock.clone())
         .await
         .context("connecting to the changelog")?;
     let b = inspect::backlog(
@@ -212,7 +217,7 @@ pub async fn reset(args: &ResetArgs, config: Config) -> Result<()> {
             args.change
         )
     })?;
-    let changelog = tiersweep::stores::connect_changelog(&config, clock::system())
+    let changelog = tiersweep::stores::connect_changelog(&config.bigtable, clock::system())
         .await
         .context("connecting to the changelog")?;
     let Some(entry) = changelog.get(&id).await.context("reading the row")? else {

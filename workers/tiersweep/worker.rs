@@ -142,7 +142,7 @@ pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
     // The changelog table (and the leases kept in it) and the jobs topic: nothing else.
     let connect = || async {
         let (changelog, leases) =
-            tiersweep::stores::connect_scanner(&config, clock::system()).await?;
+            tiersweep::stores::connect_scanner(&config.bigtable, clock::system()).await?;
         let queue = PubsubQueue::connect_publisher(&config.pubsub).await?;
         Ok((changelog, leases, Arc::new(queue)))
     };
@@ -195,7 +195,13 @@ pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
     let config = args.apply(config)?;
     // Both tables, get and delete on the bucket, the subscription and the dead-letter topic.
     let connect = || async {
-        let stores = Stores::connect(&config, clock::system(), LtAccess::Clean).await?;
+        let stores = Stores::connect_to(
+            &config.bigtable,
+            &config.gcs,
+            clock::system(),
+            LtAccess::Clean,
+        )
+        .await?;
         let queue = PubsubQueue::connect(&config.pubsub).await?;
         Ok((stores, Arc::new(queue)))
     };

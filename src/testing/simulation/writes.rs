@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::plan::{Finish, Value};
-use crate::config::ProtocolConfig;
 use crate::model::{ObjectMeta, ObjectPath};
+use crate::protocol::ProtocolConfig;
 use crate::writer::{ReadOutcome, StreamOutcome, TieredStorage, WriteError};
 
 /// Reads `path` whole, or as a stream to its end (a stream cut short by an overwrite

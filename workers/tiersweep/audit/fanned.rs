@@ -27,7 +27,7 @@ pub async fn coordinate(
     audit: &AuditConfig,
 ) -> Result<Option<AuditReport>> {
     // The changelog (its time, the run's row) and the audit topic: nothing else.
-    let changelog = stores::connect_changelog(config, clock::system())
+    let changelog = stores::connect_changelog(&config.bigtable, clock::system())
         .await
         .context("connecting to the changelog table")?;
     let runs = BigtableRuns::connect(&config.bigtable)
@@ -96,7 +96,13 @@ pub async fn worker(args: &AuditArgs, config: Config) -> Result<()> {
     let trail = super::open_trail(args, &config).await?;
     // All three stores (listing on the bucket), the runs, the audit subscription.
     let connect = || async {
-        let stores = Stores::connect(&config, clock::system(), LtAccess::Audit).await?;
+        let stores = Stores::connect_to(
+            &config.bigtable,
+            &config.gcs,
+            clock::system(),
+            LtAccess::Audit,
+        )
+        .await?;
         let runs: Arc<dyn AuditRuns> = Arc::new(BigtableRuns::connect(&config.bigtable).await?);
         let queue = PubsubQueue::connect_audit_worker(&config.pubsub).await?;
         Ok((stores, runs, Arc::new(queue)))

@@ -45,8 +45,9 @@ impl RssRun {
 /// A fresh configuration (tables, bucket, topics) and the stores it names, for a writer.
 async fn fresh_stores(emulators: &Emulators) -> Result<(Config, tiersweep::Stores)> {
     let config = emulators.fresh_config(tiersweep::bench::protocol()).await;
-    let stores = tiersweep::Stores::connect(
-        &config,
+    let stores = tiersweep::Stores::connect_to(
+        &config.bigtable,
+        &config.gcs,
         tiersweep::clock::system(),
         tiersweep::lt::LtAccess::Write,
     )
@@ -191,8 +192,9 @@ pub async fn stream_put(emulators: &Emulators, mib: u64, deadline: Duration) -> 
 pub async fn stream_put_child(mib: u64) -> Result<()> {
     const CHUNK: usize = 1024 * 1024;
     let config = Config::load(None, std::env::vars(), &[]).context("the writer's config")?;
-    let stores = tiersweep::Stores::connect(
-        &config,
+    let stores = tiersweep::Stores::connect_to(
+        &config.bigtable,
+        &config.gcs,
         tiersweep::clock::system(),
         tiersweep::lt::LtAccess::Write,
     )
