@@ -12,7 +12,7 @@ use tiersweep::config::ProtocolConfig;
 use tiersweep::model::{ChangeId, ChangeRecord, HvValue, OwnerToken, ShardRange};
 use tiersweep::queue::{JobQueue, MemoryQueue, Message};
 use tiersweep::recovery::{CleanupJob, EmbeddedRecovery, Scanner};
-use tiersweep::telemetry::metrics::{METRICS, render_prometheus};
+use tiersweep::telemetry::metrics::{registry, render_prometheus};
 use tiersweep::testing::MemoryStores;
 use tiersweep::testing::crash::{self, Scenario, test_recovery_config, test_writer_config};
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
@@ -32,7 +32,7 @@ async fn metrics_move_by_what_a_known_scenario_did() {
     // One pass per change, so each phase's counts are its own (the settle's second pass
     // is tested with the protocol).
     rconf.upload_settle = Duration::ZERO;
-    let start = METRICS.snapshot();
+    let start = registry().snapshot();
 
     // Phase 1. Three large puts crashed after their upload: one unreferenced blob each.
     crash::crashed_large_puts(&stores, wconf, 3).await;
@@ -115,7 +115,7 @@ async fn metrics_move_by_what_a_known_scenario_did() {
     let (slow_page, fast_pass) = (slow_page.unwrap(), fast_pass.unwrap());
     assert_eq!((slow_page.lost, fast_pass.scan.won), (2, 2));
 
-    let moved = METRICS.snapshot().since(&start);
+    let moved = registry().snapshot().since(&start);
     let expected = series(&[
         // 6 + 1 + (3 + 3): the malformed row is seen by every scan (each is a new scanner's
         // first, a full sweep); + 1: phase 2's live row, read as waiting.
@@ -145,7 +145,7 @@ async fn metrics_move_by_what_a_known_scenario_did() {
     assert_eq!(moved, expected);
 
     // Every converged change was at least one staleness threshold old.
-    let lag = &METRICS.recovery_lag;
+    let lag = &registry().recovery_lag;
     assert_eq!(lag.count() - start.lag_count, 7);
     assert!(
         lag.sum() >= protocol.staleness_threshold * 7,
@@ -154,7 +154,7 @@ async fn metrics_move_by_what_a_known_scenario_did() {
     );
 
     // The last complete pass saw the malformed row and the two crashed puts.
-    let backlog = METRICS.backlog();
+    let backlog = registry().backlog();
     let all = &backlog[&ShardRange::ALL.to_string()];
     assert_eq!(all.stale_rows, 3, "{backlog:?}");
     assert!(
@@ -162,7 +162,7 @@ async fn metrics_move_by_what_a_known_scenario_did() {
         "{all:?}"
     );
 
-    let text = render_prometheus(&METRICS);
+    let text = render_prometheus(registry());
     assert!(text.contains("tiersweep_jobs_processed_total{outcome=\"converged\"} 7\n"));
     assert!(text.contains("tiersweep_backlog_stale_rows{shards=\"000-3ff\"} 3\n"));
 }

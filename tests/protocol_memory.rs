@@ -257,7 +257,11 @@ async fn a_paused_writer_is_fenced_and_leaves_nothing_behind() {
 #[tokio::test(start_paused = true)]
 async fn a_cas_that_arrives_after_recovery_is_refused_by_the_fence() {
     // The guard is valid when checked, then the process stalls with its CAS unsent.
-    let fenced = || tiersweep::telemetry::metrics::METRICS.writers_fenced.get();
+    let fenced = || {
+        tiersweep::telemetry::metrics::registry()
+            .writers_fenced
+            .get()
+    };
     let before = fenced();
     let (err, calls) = stalled_overwrite(Rule::once(Op::HvCas, Fault::Delay(STALL))).await;
     assert!(matches!(err, WriteError::Fenced { .. }), "{err}");

@@ -276,11 +276,25 @@ const CLAIMS: &str = "tiersweep.claims";
 const CLAIMS_HELP: &str =
     "Claims a scanner attempted on stale rows, by outcome (lost = another scanner won the CAS).";
 
-/// The process's registry.
-pub static METRICS: Metrics = Metrics::new();
+/// The process's registry. Private to the library: an embedder reads it through its own
+/// meter provider ([`crate::register_metrics`]) or `/metrics`, and names its process with
+/// [`set_role`]; only tests and the benchmark reach it directly ([`registry`]).
+pub(crate) static METRICS: Metrics = Metrics::new();
+
+/// Names what this process is in `tiersweep_build_info{role}` (the first call wins). A
+/// process that never calls it — a service embedding the writer — reports `embedded`.
+pub fn set_role(role: &'static str) {
+    METRICS.set_role(role);
+}
+
+/// The process's registry, for tests and the benchmark.
+#[cfg(any(test, feature = "testing"))]
+pub fn registry() -> &'static Metrics {
+    &METRICS
+}
 
 impl Metrics {
-    /// A zeroed registry. Processes use [`METRICS`]; tests make their own.
+    /// A zeroed registry. Processes use the one registry (`METRICS`); tests make their own.
     // One entry per metric, its name and description: a table, not logic.
     #[allow(clippy::too_many_lines)]
     pub const fn new() -> Self {
@@ -385,9 +399,7 @@ impl Metrics {
         }
     }
 
-    /// Names what this process is in `tiersweep_build_info{role}` (the first call wins).
-    /// A process that never calls it — a service embedding the writer — reports
-    /// `embedded`.
+    /// See [`set_role`](fn@set_role).
     pub fn set_role(&self, role: &'static str) {
         let _ = self.role.set(role);
     }

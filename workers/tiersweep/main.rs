@@ -146,7 +146,7 @@ async fn main() -> std::process::ExitCode {
         Command::Clean(_) => "tiersweep-cleaner",
         _ => "tiersweep",
     };
-    tiersweep::telemetry::metrics::METRICS.set_role(cli.command.name());
+    tiersweep::telemetry::metrics::set_role(cli.command.name());
     let telemetry = telemetry::init(format, default_level, service);
     let result: Result<()> = async {
         match &cli.command {

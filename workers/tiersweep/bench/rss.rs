@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tiersweep::bench::Crash;
 use tiersweep::config::Config;
-use tiersweep::telemetry::metrics::METRICS;
+use tiersweep::telemetry::metrics::registry;
 use tiersweep::testing::emulators::{Emulators, env_for};
 use tokio::process::{Child, Command};
 
@@ -68,7 +68,7 @@ pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Res
     let scan = run_worker(
         &config,
         &["scan", "--member-index", "0", "--member-count", "1"],
-        &METRICS.jobs_published.series(),
+        &registry().jobs_published.series(),
         n as u64,
         deadline,
     )
@@ -77,7 +77,7 @@ pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Res
     let clean = run_worker(
         &config,
         &["clean"],
-        &METRICS.jobs_converged.series(),
+        &registry().jobs_converged.series(),
         n as u64,
         deadline,
     )
