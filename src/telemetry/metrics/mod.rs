@@ -7,140 +7,18 @@
 //! handle through every constructor would buy nothing. Tests compare [`Snapshot`]s taken
 //! before and after the work they measure.
 
+mod instruments;
+mod otel;
+mod prometheus;
+
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::Meter;
-
-/// A monotonic count, optionally one series of a labelled family (same `name`).
-#[derive(Debug)]
-pub struct Counter {
-    /// The OpenTelemetry name; Prometheus gets it with `.` → `_` and a `_total` suffix.
-    pub name: &'static str,
-    /// The help text exported with it.
-    pub help: &'static str,
-    /// Its label (name, value), when it is one series of a family.
-    pub label: Option<(&'static str, &'static str)>,
-    value: AtomicU64,
-}
-
-impl Counter {
-    const fn new(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            label: None,
-            value: AtomicU64::new(0),
-        }
-    }
-
-    const fn labelled(
-        name: &'static str,
-        help: &'static str,
-        key: &'static str,
-        value: &'static str,
-    ) -> Self {
-        Self {
-            name,
-            help,
-            label: Some((key, value)),
-            value: AtomicU64::new(0),
-        }
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.value.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// The count so far.
-    pub fn get(&self) -> u64 {
-        self.value.load(Ordering::Relaxed)
-    }
-
-    /// This counter's Prometheus series (`name_total{label="v"}`), as `/metrics` shows it.
-    pub fn series(&self) -> String {
-        series(self)
-    }
-}
-
-/// Bucket bounds of the recovery-lag histogram, in seconds: a change is at least one
-/// staleness threshold (default 60 s) old when recovery may touch it, and an hour-old
-/// change is an incident.
-pub const LAG_BOUNDS: [f64; 12] = [
-    1.0, 5.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
-];
-
-/// A fixed-bucket histogram of durations.
-#[derive(Debug)]
-pub struct Histogram {
-    /// The OpenTelemetry name.
-    pub name: &'static str,
-    /// The help text exported with it.
-    pub help: &'static str,
-    /// Counts per bucket of [`LAG_BOUNDS`], the last one for values above every bound.
-    buckets: [AtomicU64; LAG_BOUNDS.len() + 1],
-    sum_micros: AtomicU64,
-    otel: OnceLock<opentelemetry::metrics::Histogram<f64>>,
-}
-
-impl Histogram {
-    const fn new(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            buckets: [const { AtomicU64::new(0) }; LAG_BOUNDS.len() + 1],
-            sum_micros: AtomicU64::new(0),
-            otel: OnceLock::new(),
-        }
-    }
-
-    /// Counts one duration.
-    pub fn record(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = LAG_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LAG_BOUNDS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        if let Some(h) = self.otel.get() {
-            h.record(secs, &[]);
-        }
-    }
-
-    /// Durations recorded.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Their sum.
-    pub fn sum(&self) -> Duration {
-        Duration::from_micros(self.sum_micros.load(Ordering::Relaxed))
-    }
-
-    /// Cumulative counts per bound, as Prometheus wants them (the last is `+Inf`).
-    fn cumulative(&self) -> Vec<u64> {
-        let mut total = 0;
-        self.buckets
-            .iter()
-            .map(|b| {
-                total += b.load(Ordering::Relaxed);
-                total
-            })
-            .collect()
-    }
-}
+pub use instruments::{Counter, Histogram, LAG_BOUNDS};
+pub use otel::install_otel;
+use prometheus::series;
+pub use prometheus::{prometheus_name, render_prometheus};
 
 /// What the last complete scan pass of one shard range saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -534,166 +412,6 @@ impl Snapshot {
     }
 }
 
-/// `tiersweep.claims` + `_total` → `tiersweep_claims_total`.
-pub fn prometheus_name(otel: &str, suffix: &str) -> String {
-    format!("{}{suffix}", otel.replace('.', "_"))
-}
-
-fn series(c: &Counter) -> String {
-    let name = prometheus_name(c.name, "_total");
-    match c.label {
-        Some((k, v)) => format!("{name}{{{k}=\"{v}\"}}"),
-        None => name,
-    }
-}
-
-/// The registry in the Prometheus text exposition format (version 0.0.4), then the
-/// process metrics (`process_cpu_seconds_total`, …).
-pub fn render_prometheus(m: &Metrics) -> String {
-    let mut out = String::new();
-    let name = prometheus_name(BUILD_INFO.0, "");
-    let _ = writeln!(
-        out,
-        "# HELP {name} {}\n# TYPE {name} gauge\n{name}{{version=\"{}\",role=\"{}\"}} 1",
-        BUILD_INFO.1,
-        env!("CARGO_PKG_VERSION"),
-        m.role()
-    );
-    let mut last = "";
-    for c in m.counters() {
-        if c.name != last {
-            let name = prometheus_name(c.name, "_total");
-            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", c.help);
-            last = c.name;
-        }
-        let _ = writeln!(out, "{} {}", series(c), c.get());
-    }
-
-    let h = &m.recovery_lag;
-    let name = prometheus_name(h.name, "_seconds");
-    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", h.help);
-    let cumulative = h.cumulative();
-    for (bound, n) in LAG_BOUNDS.iter().zip(&cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-    }
-    let count = cumulative.last().copied().unwrap_or(0);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", h.sum().as_secs_f64());
-    let _ = writeln!(out, "{name}_count {count}");
-
-    let name = prometheus_name(GCP_CALLS.0, "_total");
-    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", GCP_CALLS.1);
-    for (call, n) in crate::iam::calls_made() {
-        let _ = writeln!(
-            out,
-            "{name}{{method=\"{}\",resource=\"{}\"}} {n}",
-            call.method.name(),
-            call.resource.name()
-        );
-    }
-
-    let backlog = m.backlog();
-    for ((otel, help), suffix) in [(STALE_ROWS, ""), (OLDEST_STALE, "_seconds")] {
-        let name = prometheus_name(otel, suffix);
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (shards, b) in &backlog {
-            let value = if suffix.is_empty() {
-                b.stale_rows as f64
-            } else {
-                b.oldest_stale_age.as_secs_f64()
-            };
-            let _ = writeln!(out, "{name}{{shards=\"{shards}\"}} {value}");
-        }
-    }
-    super::process::render_prometheus(&mut out);
-    out
-}
-
-/// Registers the registry with an OpenTelemetry meter: observable instruments read the
-/// atomics at each collection; the lag histogram records into both from then on.
-pub fn install_otel(meter: &Meter, m: &'static Metrics) {
-    let mut families: BTreeMap<&'static str, Vec<&'static Counter>> = BTreeMap::new();
-    for c in m.counters() {
-        families.entry(c.name).or_default().push(c);
-    }
-    for (name, series) in families {
-        let help = series[0].help;
-        meter
-            .u64_observable_counter(name)
-            .with_description(help)
-            .with_callback(move |observer| {
-                for c in &series {
-                    let attrs: Vec<KeyValue> = c
-                        .label
-                        .map(|(k, v)| KeyValue::new(k, v))
-                        .into_iter()
-                        .collect();
-                    observer.observe(c.get(), &attrs);
-                }
-            })
-            .build();
-    }
-    meter
-        .u64_observable_gauge(BUILD_INFO.0)
-        .with_description(BUILD_INFO.1)
-        .with_callback(move |observer| {
-            observer.observe(
-                1,
-                &[
-                    KeyValue::new("version", env!("CARGO_PKG_VERSION")),
-                    KeyValue::new("role", m.role()),
-                ],
-            );
-        })
-        .build();
-    let h = &m.recovery_lag;
-    let _ = h.otel.set(
-        meter
-            .f64_histogram(h.name)
-            .with_description(h.help)
-            .with_unit("s")
-            .with_boundaries(LAG_BOUNDS.to_vec())
-            .build(),
-    );
-    meter
-        .u64_observable_counter(GCP_CALLS.0)
-        .with_description(GCP_CALLS.1)
-        .with_callback(|observer| {
-            for (call, n) in crate::iam::calls_made() {
-                observer.observe(
-                    n,
-                    &[
-                        KeyValue::new("method", call.method.name()),
-                        KeyValue::new("resource", call.resource.name()),
-                    ],
-                );
-            }
-        })
-        .build();
-    meter
-        .u64_observable_gauge(STALE_ROWS.0)
-        .with_description(STALE_ROWS.1)
-        .with_callback(move |observer| {
-            for (shards, b) in m.backlog() {
-                observer.observe(b.stale_rows, &[KeyValue::new("shards", shards)]);
-            }
-        })
-        .build();
-    meter
-        .f64_observable_gauge(OLDEST_STALE.0)
-        .with_description(OLDEST_STALE.1)
-        .with_unit("s")
-        .with_callback(move |observer| {
-            for (shards, b) in m.backlog() {
-                observer.observe(
-                    b.oldest_stale_age.as_secs_f64(),
-                    &[KeyValue::new("shards", shards)],
-                );
-            }
-        })
-        .build();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,7 +514,7 @@ mod tests {
 
     #[test]
     fn the_observability_guide_lists_every_metric() {
-        let doc = include_str!("../../docs/observability.md");
+        let doc = include_str!("../../../docs/observability.md");
         let m = Metrics::new();
         let mut names: Vec<String> = m
             .counters()
