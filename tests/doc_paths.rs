@@ -119,3 +119,95 @@ fn the_readme_stays_a_front_door() {
         "README.md has {lines} lines; the detail belongs in docs/"
     );
 }
+
+/// Every figure and recording under `docs/img/` is named by a document: a result nobody
+/// cites is one nobody keeps current.
+#[test]
+fn every_recorded_figure_is_cited() {
+    let docs: String = documents()
+        .iter()
+        .chain([repo().join("CHANGELOG.md")].iter())
+        .map(|d| std::fs::read_to_string(d).expect("reading a document"))
+        .collect();
+    let uncited: Vec<String> = std::fs::read_dir(repo().join("docs/img"))
+        .expect("reading docs/img")
+        .map(|e| e.expect("a docs/img entry").file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !docs.contains(&format!("img/{name}")))
+        .collect();
+    assert!(
+        uncited.is_empty(),
+        "files in docs/img no document names: {uncited:?}"
+    );
+}
+
+/// The project speaks of itself, not of how it was made: no document or source names a
+/// work session or a tracker issue by number (what changed is in CHANGELOG.md by version
+/// and date, figures name their commit).
+#[test]
+fn no_work_log_references() {
+    let mut files = documents();
+    files.push(repo().join("CHANGELOG.md"));
+    let mut dirs: Vec<PathBuf> = ["src", "tests", "workers", "examples", "infra"]
+        .iter()
+        .map(|d| repo().join(d))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading a source directory") {
+            let path = entry.expect("a source entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| {
+                ["rs", "sh", "toml", "yaml", "yml", "md"].contains(&e.to_str().unwrap_or_default())
+            }) {
+                files.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            if work_log_reference(line) {
+                found.push(format!("{}:{}: {line}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "work-log references:\n{}",
+        found.join("\n")
+    );
+}
+
+/// A word for a work period or a tracker entry ("session", "issue") followed by its number,
+/// with or without `#`.
+fn work_log_reference(line: &str) -> bool {
+    let lower = line.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '#')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.windows(2).any(|w| {
+        ["session", "sessions", "issue", "issues"].contains(&w[0])
+            && w[1]
+                .trim_start_matches('#')
+                .chars()
+                .all(|c| c.is_ascii_digit())
+            && w[1]
+                .trim_start_matches('#')
+                .chars()
+                .any(|c| c.is_ascii_digit())
+    })
+}
+
+#[test]
+fn the_work_log_check_sees_numbered_sessions_and_issues() {
+    // Assembled, so that this file does not hold what it looks for.
+    assert!(work_log_reference(&format!("measured in {} 12", "session")));
+    assert!(work_log_reference(&format!("see {} #33", "Issue")));
+    assert!(!work_log_reference("an issue with 3 rows"));
+    assert!(!work_log_reference("the session's 12 calls"));
+}
