@@ -10,6 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# A run from a clean clone builds everything once: incremental compilation's cache (about
+# half of target/debug) would only cost disk. Set CARGO_INCREMENTAL=1 to keep it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: cargo-nextest not found; installing it (cargo install --locked cargo-nextest)" >&2
   cargo install --locked cargo-nextest
