@@ -260,6 +260,16 @@ async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start() {
+    let stores = tiersweep::testing::MemoryStores::new().stores();
+    tiersweep::testing::scans::a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner() {
     let (recovery, writer) = skewed_pair(true);
     tiersweep::testing::scans::a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(

@@ -134,6 +134,10 @@ pub struct Scanner {
     /// change.
     label: String,
     cursor: Option<String>,
+    /// The round's last page held rows back for want of room. A round holding back at the
+    /// start of its key range has no cursor, yet a backlog stands before the rows that
+    /// just turned stale as surely as mid-pass: they are read ahead of it all the same.
+    holding_back: bool,
     /// Where the next look at rows that just turned stale starts: the cutoff of the last
     /// look that read them all (or of the last whole pass). `None` before the first page.
     fresh_from: Option<Timestamp>,
@@ -177,6 +181,7 @@ impl Scanner {
             unswept: ShardSet::EMPTY,
             label: shards.to_string(),
             cursor: None,
+            holding_back: false,
             fresh_from: None,
             pass: Backlog::default(),
             queued: QueuedClaims::default(),
@@ -407,6 +412,7 @@ impl Scanner {
             .claim_and_publish(entries, backlog_room, cutoff, now, scan)
             .await?;
         let held_back = claimed.held_back.len();
+        self.holding_back = held_back > 0;
         report.add_claims(&claimed);
         // A full batch of watched rows re-read: more may be due (rows that fell due together,
         // a drain's deferred second passes), and an idle poll per batch would hold them.
@@ -424,7 +430,10 @@ impl Scanner {
         } else if !more {
             METRICS.set_backlog(&self.label, std::mem::take(&mut self.pass));
         }
-        if self.cursor.is_none() {
+        // A round that held back the first rows of its key range has not read it: it goes
+        // on from the start, and rows minted since the last completed round began stay in
+        // the fresh read's window.
+        if self.cursor.is_none() && !(from_start && held_back > 0) {
             self.end_round(round);
         }
         // A whole pass from the start that held nothing back has seen every row stale as
@@ -458,9 +467,9 @@ impl Scanner {
             report.add_claims(&spanned);
             watched_more = full || more;
         }
-        // Mid-pass, a backlog lies between the cursor and rows that just turned stale:
-        // those are read first, from where the last look at them ended.
-        if self.cursor.is_some()
+        // Mid-pass, or while the round holds back, a backlog lies before rows that just
+        // turned stale: those are read first, from where the last look at them ended.
+        if (self.cursor.is_some() || self.holding_back)
             && let Some(from) = self.fresh_from
         {
             let (fresh, counts) = self.scan_fresh(from, cutoff, now, scan).await?;
@@ -476,6 +485,7 @@ impl Scanner {
     /// The round in progress, begun at this page if none is; marks the report when the
     /// page begins a full sweep.
     fn round_at(&mut self, cutoff: Timestamp, now: Timestamp, report: &mut ScanReport) -> Round {
+        let begins = self.round.is_none();
         let round = *self.round.get_or_insert_with(|| {
             let sweep = self.low.is_none()
                 || self
@@ -487,7 +497,7 @@ impl Scanner {
                 whole: self.unswept,
             }
         });
-        if round.sweep && self.cursor.is_none() {
+        if round.sweep && begins {
             report.sweep = true;
             self.last_sweep = Some(now);
         }

@@ -437,6 +437,61 @@ pub async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
     );
 }
 
+/// The round's part of a scanner's room is full of claims nobody takes, and its last
+/// round ended, so the next begins at the start of its key range with no room. A crash
+/// that turned stale while the scanner was not looking (paused, or never watching its
+/// row) is the first row that round reads, and it holds it back, page after page, ending
+/// the round each time. The room kept for rows that just turned stale is free: they are
+/// read ahead of a round that holds back as they are ahead of one mid-pass, and the crash
+/// is claimed.
+pub async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let gap = protocol.heartbeat_interval;
+    let crash = || [Rule::once(Op::LtPut, Fault::CrashAfter)];
+    for _ in 0..9 {
+        super::schedules::dead_large_put(&stores, protocol, crash(), "backlog").await;
+    }
+    // Stale before the scanner starts: its first round, a sweep, claims them all.
+    tokio::time::sleep(threshold * 2).await;
+    // A room of 10: 9 for the round, 1 kept for rows that just turned stale. Claims that
+    // outlast the test, so that none comes back while the scanner is not looking.
+    let mut s = scanner_with(
+        &stores,
+        RecoveryConfig {
+            full_sweep_every: Duration::from_secs(86_400),
+            max_queued_claims: 10,
+            claim_lease: threshold * 20,
+            republish_after: threshold * 20,
+            ..test_recovery_config(protocol)
+        },
+    );
+    let (first, _) = scan_for(&mut s, threshold, gap).await;
+    assert_eq!(
+        (first.won, first.held_back),
+        (9, 0),
+        "the backlog fills the round's part of the room exactly: {first:?}"
+    );
+    let behind = super::schedules::dead_large_put(&stores, protocol, crash(), "behind").await;
+    tokio::time::sleep(threshold * 2).await;
+    let (then, _) = scan_for(&mut s, threshold * 2, gap).await;
+    assert!(
+        then.held_back > 0,
+        "the round holds the new crash back (no room for it): {then:?}"
+    );
+    assert_eq!(
+        then.won, 1,
+        "and the fresh read claims it with the room kept for it: {then:?}"
+    );
+    let row = entries_for(&stores, &behind).await;
+    assert!(
+        row.iter().all(|e| e.record.owner.is_recovery_claim()),
+        "the new crash's row is claimed: {row:?}"
+    );
+}
+
 /// A shard changes hands while a writer heartbeats a slow put in it: its old owner has
 /// been watching the row, its new owner's key bound has long passed the row's key. Then the
 /// writer dies. The new owner reads the shard whole in its next round and claims the row,
