@@ -43,6 +43,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("wrote {small} (inline in HV) and {large} (in LT, a tombstone in HV)");
 
     // What a writer that died after its upload leaves: its changelog entry and the blob.
+    // Staging it takes the internals (`tiersweep::model`, the stores' traits), public
+    // only with the `testing` feature this example is built with; a service never needs
+    // them.
     let lost = ObjectPath::new("photos/dog.jpg")?;
     let orphan = Revision::mint(&lost);
     let record = ChangeRecord::new(

@@ -163,6 +163,7 @@ impl Method {
     /// control" page (permissions per data API method; CheckAndMutateRow is listed with
     /// both, since its predicate reads the row), Cloud Storage's "IAM permissions for JSON
     /// methods", Pub/Sub's "Access control" (permissions per method).
+    #[cfg(any(test, feature = "testing"))]
     pub fn permissions(self) -> &'static [&'static str] {
         match self {
             Method::BigtableReadRows => &["bigtable.tables.readRows"],
@@ -200,6 +201,7 @@ pub struct Call {
 /// The permissions of Google's predefined roles that `infra/terraform` grants, as far as
 /// tiersweep's calls can need them (each role holds more; what matters here is whether a
 /// needed permission is among them). Source: the IAM "predefined roles" reference.
+#[cfg(any(test, feature = "testing"))]
 pub const PREDEFINED_ROLES: &[(&str, &[&str])] = &[
     (
         "roles/bigtable.user",
@@ -237,6 +239,7 @@ pub const PREDEFINED_ROLES: &[(&str, &[&str])] = &[
 /// `recover --dry-run` and `dlq` as the operator (the stores read only), `audit` and `reset`
 /// as the auditor (the one role that lists the bucket; it deletes nothing itself, it
 /// records recovery changes, and rewrites a failing row's claim count).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// `tiersweep scan`.
@@ -249,6 +252,7 @@ pub enum Role {
     Auditor,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Role {
     /// The Terraform `google_service_account` resource name of the role.
     pub fn service_account(self) -> &'static str {
@@ -291,7 +295,7 @@ pub fn calls_made() -> Vec<(Call, u64)> {
     out
 }
 
-/// [`calls_made`] as one line of `method@resource=count` pairs, for the exit log.
+/// `calls_made` as one line of `method@resource=count` pairs, for the exit log.
 pub fn calls_summary() -> String {
     calls_made()
         .iter()

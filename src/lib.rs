@@ -2,7 +2,7 @@
 // read where the code is, and its paths are checked (`tests/doc_paths.rs`).
 #![doc = include_str!("../docs/architecture.md")]
 //!
-//! ## The invariants every test checks ([`testing::invariants`])
+//! ## The invariants every test checks (`testing::invariants`, with the `testing` feature)
 //!
 //! * **I1 no loss** — a blob HV references is never deleted; an acknowledged write stays readable.
 //! * **I2 convergence** — once writers are quiet and the threshold has passed, there are no
@@ -52,47 +52,65 @@
 // and benchmark machinery is exempt.
 #![warn(clippy::too_many_lines)]
 
-pub mod audit;
+/// Declares the modules behind the public API: public when the test machinery is compiled
+/// (feature `testing`: the test kit, the demo, the benchmark and the integration tests
+/// check the internals), private otherwise. An embedding service and the release binary
+/// see only what this file and [`worker`] export.
+macro_rules! internal_modules {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "testing")]
+        pub mod $name;
+        #[cfg(not(feature = "testing"))]
+        mod $name;
+    )*};
+}
+
+internal_modules! {
+    audit,
+    bigtable,
+    changelog,
+    config,
+    duration,
+    error,
+    health,
+    hv,
+    iam,
+    lease,
+    lt,
+    model,
+    mutants,
+    protocol,
+    queue,
+    recovery,
+    stores,
+    telemetry,
+    writer,
+}
 #[cfg(feature = "dev")]
 #[allow(missing_docs, clippy::too_many_lines)]
 pub mod bench;
-pub mod bigtable;
-pub mod changelog;
 pub mod clock;
-pub mod config;
 #[cfg(feature = "dev")]
 #[allow(missing_docs, clippy::too_many_lines)]
 pub mod demo;
-pub mod duration;
-pub mod error;
-pub mod health;
-pub mod hv;
-pub mod iam;
-pub mod lease;
-pub mod lt;
-pub mod model;
-pub mod mutants;
-pub mod protocol;
-pub mod queue;
-pub mod recovery;
 mod retry;
-pub mod stores;
-pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 #[allow(missing_docs, clippy::too_many_lines)]
 pub mod testing;
-pub mod writer;
+pub mod worker;
 
 pub use bigtable::BigtableConfig;
-pub use error::{ErrorKind, StoreError, StoreKind, StoreResult};
+pub use error::{ConfigError, ErrorKind, StoreError, StoreKind, StoreResult};
 pub use lt::{GcsConfig, LtAccess};
-pub use model::{ObjectMeta, ObjectPath};
+pub use model::meta::{MAX_CONTENT_TYPE_BYTES, MAX_USER_BYTES, RESERVED_PREFIX};
+pub use model::{MAX_OBJECT_PATH_BYTES, ModelError, ObjectMeta, ObjectPath, Timestamp};
 pub use protocol::ProtocolConfig;
-pub use recovery::{EmbeddedRecovery, RecoveryConfig};
+pub use recovery::{EmbeddedRecovery, PassReport, RecoveryConfig, ScanReport};
 pub use retry::RetryPolicy;
 pub use stores::Stores;
 pub use writer::{
-    DeferredPut, Object, ReadOutcome, StreamOutcome, TieredStorage, WriteError, WriterConfig,
+    DeferredPut, GuardState, Object, ReadOutcome, StreamOutcome, TieredStorage, WriteError,
+    WriterConfig,
 };
 
 /// Exports tiersweep's metrics through an embedding service's own OpenTelemetry meter

@@ -149,6 +149,7 @@ pub enum Mutant {
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
+    #[cfg(any(test, feature = "testing"))]
     pub const ALL: [Mutant; 43] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,

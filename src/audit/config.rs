@@ -10,7 +10,7 @@ use crate::retry::RetryPolicy;
 pub struct AuditConfig {
     /// Only blobs whose names start with this (`""`: the whole bucket).
     pub prefix: String,
-    /// How many name ranges the prefix is split into ([`ranges::split`]).
+    /// How many name ranges the prefix is split into (`ranges::split`).
     pub ranges: usize,
     /// How many ranges are listed at once.
     pub concurrency: usize,

@@ -41,13 +41,17 @@ use crate::error::StoreError;
 
 pub use checkpoint::{Checkpoint, Progress};
 pub use config::AuditConfig;
-pub use fanout::{AuditWorker, JobOutcome, RangeJob};
+pub use fanout::AuditWorker;
+#[cfg(any(test, feature = "testing"))]
+pub use fanout::{JobOutcome, RangeJob};
 pub use report::{
     AuditReport, Counts, DanglingSeen, OrphanSeen, RangeReport, RangeState, RangeSummary,
     age_bucket,
 };
 pub use run::Audit;
-pub use runs::{AuditRun, AuditRuns, BigtableRuns, MemoryRuns, RunState};
+pub use runs::{AuditRun, AuditRuns, BigtableRuns, RunState};
+#[cfg(any(test, feature = "testing"))]
+pub use runs::MemoryRuns;
 pub use snapshot::InFlight;
 pub use trail::{AuditTrail, DeletionRequested, FileTrail, TopicTrail};
 

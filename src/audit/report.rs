@@ -24,7 +24,7 @@ pub struct RangeSummary {
     pub foreign: u64,
     /// Blobs judged orphans.
     pub orphans: u64,
-    /// Orphans by age bucket ([`age_bucket`]).
+    /// Orphans by age bucket (`age_bucket`).
     pub orphans_by_age: BTreeMap<String, u64>,
     /// Orphans handed to recovery (with `delete`).
     pub deletes_requested: u64,
@@ -128,9 +128,9 @@ pub struct AuditReport {
     pub totals: RangeSummary,
     /// Every range, in order.
     pub ranges: Vec<RangeReport>,
-    /// The first orphans found (at most [`ORPHAN_EXAMPLES`](super::ORPHAN_EXAMPLES)).
+    /// The first orphans found (at most `ORPHAN_EXAMPLES`).
     pub orphan_examples: Vec<OrphanSeen>,
-    /// The first dangling tombstones found (at most [`ORPHAN_EXAMPLES`](super::ORPHAN_EXAMPLES)).
+    /// The first dangling tombstones found (at most `ORPHAN_EXAMPLES`).
     pub dangling_examples: Vec<DanglingSeen>,
 }
 

@@ -28,7 +28,7 @@ pub struct InFlight {
     pub taken_at: Timestamp,
     /// Rows read.
     pub rows: u64,
-    /// Keys of rows that do not decode (at most [`MALFORMED_KEPT`]), and how many there
+    /// Keys of rows that do not decode (at most `MALFORMED_KEPT`), and how many there
     /// were: such a row may name any blob, so an audit that found one deletes nothing.
     pub malformed: Vec<String>,
     /// How many rows did not decode.

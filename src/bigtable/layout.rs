@@ -30,6 +30,7 @@
 //!
 //! `!` sorts before every shard's first key, so no staleness scan reads these rows.
 
+#[cfg(any(test, feature = "testing"))]
 use std::time::Duration;
 
 /// The HV table's family and qualifiers.
@@ -77,6 +78,7 @@ pub mod changelog {
 }
 
 /// How a column family is garbage-collected.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gc {
     /// Keep at most this many versions of a cell.
@@ -86,11 +88,13 @@ pub enum Gc {
 }
 
 /// The families of the HV table.
+#[cfg(any(test, feature = "testing"))]
 pub fn hv_families() -> [(&'static str, Gc); 1] {
     [(hv::DATA, Gc::MaxVersions(1))]
 }
 
 /// The families of the changelog table.
+#[cfg(any(test, feature = "testing"))]
 pub fn changelog_families() -> [(&'static str, Gc); 1] {
     [(changelog::FAMILY, Gc::MaxVersions(1))]
 }

@@ -7,6 +7,7 @@
 //! whether a retry is safe is a protocol question (see `hv` and `changelog`), not a
 //! transport one. Calls here are single attempts.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod admin;
 pub(crate) mod filter;
 pub mod layout;

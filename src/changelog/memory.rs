@@ -25,6 +25,7 @@ struct Row {
     /// When this incarnation of the row came to exist, in the changelog's time: what the
     /// simulation's liveness oracle compares with the time the row's id was minted (a row
     /// recorded long after its id was minted is, by design, only a full sweep's to find).
+    #[cfg(any(test, feature = "testing"))]
     created: Timestamp,
 }
 
@@ -58,6 +59,22 @@ impl MemoryChangelog {
         }
     }
 
+    fn removed(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        if removed.len() > MAX_TOMBSTONES {
+            removed.clear();
+        }
+        removed
+    }
+
+    fn rows(&self) -> MutexGuard<'_, BTreeMap<String, Row>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the tests and the simulation read off the twin.
+#[cfg(any(test, feature = "testing"))]
+impl MemoryChangelog {
     /// Rows every scan so far has examined, removed-but-not-compacted ones included: what
     /// a scan costs the server, whatever it returned.
     pub fn rows_examined(&self) -> u64 {
@@ -74,14 +91,6 @@ impl MemoryChangelog {
         self.removed().clear();
     }
 
-    fn removed(&self) -> MutexGuard<'_, BTreeSet<String>> {
-        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        if removed.len() > MAX_TOMBSTONES {
-            removed.clear();
-        }
-        removed
-    }
-
     /// Plants a raw row, as a buggy or foreign writer might have left it.
     pub fn insert_raw(&self, key: &str, bytes: Vec<u8>, stamp: Timestamp) {
         self.rows().insert(
@@ -89,6 +98,7 @@ impl MemoryChangelog {
             Row {
                 bytes,
                 stamp,
+                #[cfg(any(test, feature = "testing"))]
                 created: stamp,
             },
         );
@@ -113,10 +123,6 @@ impl MemoryChangelog {
     /// Every row key, for invariant checks.
     pub fn keys(&self) -> Vec<String> {
         self.rows().keys().cloned().collect()
-    }
-
-    fn rows(&self) -> MutexGuard<'_, BTreeMap<String, Row>> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -236,6 +242,7 @@ impl Changelog for MemoryChangelog {
             Row {
                 bytes,
                 stamp,
+                #[cfg(any(test, feature = "testing"))]
                 created: stamp,
             },
         );
@@ -254,6 +261,7 @@ impl Changelog for MemoryChangelog {
             let row = rows.entry(id.as_str().to_owned()).or_insert(Row {
                 bytes: Vec::new(),
                 stamp: now,
+                #[cfg(any(test, feature = "testing"))]
                 created: now,
             });
             row.stamp = now;

@@ -17,6 +17,7 @@
 pub mod batched;
 pub mod bigtable;
 pub mod memory;
+#[cfg(any(test, feature = "testing"))]
 pub mod noop;
 
 use async_trait::async_trait;
@@ -29,6 +30,7 @@ use crate::model::{ChangeId, ChangeRecord, OwnerToken, Shard, ShardSet, Timestam
 pub use batched::Batched;
 pub use bigtable::BigtableChangelog;
 pub use memory::MemoryChangelog;
+#[cfg(any(test, feature = "testing"))]
 pub use noop::NoopChangelog;
 
 /// A decoded changelog row.

@@ -57,7 +57,7 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Membership {
-    /// Through shard leases in the changelog table ([`crate::lease`]): a pool of any size,
+    /// Through shard leases in the changelog table (`crate::lease`): a pool of any size,
     /// resized or losing members with no configuration change.
     #[default]
     Leases,
@@ -74,7 +74,7 @@ pub struct WorkerConfig {
     /// How scanners share the shards (`leases` or `static`).
     pub membership: Membership,
     /// Under leases: a dead scanner's shards are read again within this; members renew and
-    /// rebalance every quarter of it (see [`crate::recovery::membership`]).
+    /// rebalance every quarter of it (see `crate::recovery::membership`).
     #[serde(with = "crate::duration")]
     pub lease_period: Duration,
     /// Under leases: the name this member's id begins with (a fresh suffix follows);
@@ -211,7 +211,7 @@ impl Config {
 
     /// The recovery settings with the shared protocol filled in.
     /// The recovery settings, with the protocol's. Against the Pub/Sub emulator,
-    /// `republish_after` is at most [`EMULATOR_REPUBLISH_AFTER`]: the emulator never
+    /// `republish_after` is at most `EMULATOR_REPUBLISH_AFTER`: the emulator never
     /// redelivers what it handed to a pull stream that went away (a stopped or restarted
     /// cleaner), so there a job comes back only when its scanner publishes it again, and
     /// ten minutes is too long to wait on a laptop.

@@ -5,7 +5,5 @@ pub mod file;
 
 pub use file::{Config, LoadError, Membership, WorkerConfig};
 
-// Where a configuration's parts are defined, below the file that gathers them.
-pub use crate::duration;
 pub use crate::error::ConfigError;
-pub use crate::protocol::{ProtocolConfig, UPLOAD_SETTLE};
+pub use crate::protocol::ProtocolConfig;

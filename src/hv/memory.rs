@@ -25,6 +25,7 @@ impl MemoryHv {
     }
 
     /// Every object and its value, for invariant checks.
+    #[cfg(any(test, feature = "testing"))]
     pub fn snapshot(&self) -> Vec<(ObjectPath, HvValue)> {
         let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         rows.iter()
@@ -33,6 +34,7 @@ impl MemoryHv {
     }
 
     /// How many rows the table holds, with or without data.
+    #[cfg(any(test, feature = "testing"))]
     pub fn rows(&self) -> usize {
         self.rows.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

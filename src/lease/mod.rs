@@ -24,6 +24,7 @@
 //! ([`crate::recovery::membership`] says how holders stop in time).
 
 pub mod bigtable;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 use async_trait::async_trait;
@@ -32,6 +33,7 @@ use crate::error::StoreResult;
 use crate::model::{ModelError, Shard, Timestamp};
 
 pub use bigtable::BigtableLeases;
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryLeases;
 
 /// One scanner process, for its life. A restarted process is a new member: its

@@ -21,7 +21,7 @@ use crate::model::{ObjectMeta, Revision};
 pub use gcs::{GcsConfig, GcsLt};
 pub use memory::MemoryLt;
 
-/// What a process will do with LT blobs; [`GcsLt::connect`] checks at start that the
+/// What a process will do with LT blobs; `GcsLt::connect` checks at start that the
 /// caller holds the permissions it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LtAccess {
@@ -36,7 +36,7 @@ pub enum LtAccess {
 }
 
 impl LtAccess {
-    /// The bucket permissions the access needs ([`crate::iam::Method::permissions`] of
+    /// The bucket permissions the access needs (`crate::iam::Method::permissions` of
     /// the calls it makes).
     pub fn permissions(self) -> &'static [&'static str] {
         match self {

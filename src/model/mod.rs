@@ -352,7 +352,7 @@ impl ChangeId {
 
     /// A fresh id minted at `at` (the writer's [`Clock`](crate::clock::Clock)), so that its
     /// key sorts by that time within its shard: scans bound their key range by it
-    /// ([`minted_key`]).
+    /// (`minted_key`).
     pub fn mint_at(at: Timestamp) -> Self {
         let millis = u64::try_from(at.0).unwrap_or(0);
         let ts = uuid::Timestamp::from_unix(

@@ -123,6 +123,7 @@ impl MemoryQueue {
     }
 
     /// What was dead-lettered, with its reason attributes.
+    #[cfg(any(test, feature = "testing"))]
     pub fn dead_letters(&self) -> Vec<Message> {
         self.inner.state().dead.clone()
     }

@@ -223,8 +223,8 @@ impl PubsubQueue {
         Self::connect_for(config, Purpose::Publish).await
     }
 
-    /// Connects the operator's view of the dead letters: [`JobQueue::subscribe`] reads
-    /// the dead-letter subscription, [`JobQueue::publish`] replays to the jobs topic. Checks
+    /// Connects the operator's view of the dead letters: `JobQueue::subscribe` reads
+    /// the dead-letter subscription, `JobQueue::publish` replays to the jobs topic. Checks
     /// that the subscription exists (`pubsub.subscriptions.get` on it).
     pub async fn connect_dead_letters(config: &PubsubConfig) -> StoreResult<Self> {
         Self::connect_for(config, Purpose::DeadLetters).await

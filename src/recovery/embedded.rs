@@ -82,6 +82,7 @@ impl EmbeddedRecovery {
     }
 
     /// The in-process queue, for publishing into it directly (tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn queue(&self) -> &MemoryQueue {
         &self.queue
     }

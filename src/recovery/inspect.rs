@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::changelog::{Changelog, ChangelogEntry, ScanRequest, ScannedRow};
+use crate::changelog::{Changelog, ChangelogEntry, Deferral, ScanRequest, ScannedRow};
 use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{ChangeId, HvValue, ShardSet, Timestamp};
@@ -46,7 +46,7 @@ pub struct Backlog {
     /// Rows claimed [`FAILING_AFTER_CLAIMS`](crate::recovery::FAILING_AFTER_CLAIMS) times
     /// or more: changes that keep failing.
     pub failing: usize,
-    /// The first [`FAILING_LISTED`] of them.
+    /// The first `FAILING_LISTED` of them.
     pub failing_rows: Vec<FailingRow>,
 }
 
@@ -273,6 +273,43 @@ pub async fn dry_run(
     }
 }
 
+/// What [`reset`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reset {
+    /// The row's claim count is back to zero and its stamp is now: recovery takes it up
+    /// one staleness threshold from now, with the base claim lease.
+    Reset {
+        /// The object the change writes.
+        object: String,
+        /// How many times it had been claimed.
+        claims: u32,
+    },
+    /// No such row: converged already, or never recorded.
+    NotFound,
+    /// The row changed owner while being reset (a claim or its removal): read it again.
+    Moved,
+}
+
+/// Sets a failing row's claim count back to zero and restamps it now, for an operator who
+/// has fixed what made it fail. Conditional on the row's owner as read, so a claim that
+/// moves the row on meanwhile makes the reset refuse; recovery's fence makes a reset
+/// harmless whatever it races with.
+pub async fn reset(changelog: &dyn Changelog, id: &ChangeId) -> StoreResult<Reset> {
+    let Some(entry) = changelog.get(id).await? else {
+        return Ok(Reset::NotFound);
+    };
+    let mut record = entry.record;
+    let claims = record.claims;
+    record.claims = 0;
+    Ok(match changelog.defer(id, &record).await? {
+        Deferral::Deferred => Reset::Reset {
+            object: record.object.to_string(),
+            claims,
+        },
+        Deferral::NotOwned => Reset::Moved,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -308,6 +345,43 @@ mod tests {
     use crate::changelog::MemoryChangelog;
     use crate::clock::TokioClock;
     use crate::model::{ChangeRecord, ObjectPath, OwnerToken, Revision};
+
+    /// A reset puts a claimed row back to no claims and restamps it now; a row that is
+    /// gone is reported as such, not recreated.
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_clears_the_claims_and_restamps_the_row() {
+        use crate::changelog::Changelog as _;
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        let changelog = MemoryChangelog::new(clock.clone());
+        let path = ObjectPath::new("inspect/reset").unwrap();
+        let id = ChangeId::mint();
+        let record = ChangeRecord::new(path, None, None, OwnerToken::writer());
+        changelog.record(&id, &record).await.unwrap();
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let seen = changelog.get(&id).await.unwrap().unwrap();
+            let now = clock.now();
+            let claimer = OwnerToken::recovery_claim();
+            changelog.claim(&seen, now, &claimer, now).await.unwrap();
+        }
+        let claimed = changelog.get(&id).await.unwrap().unwrap();
+        assert_eq!(claimed.record.claims, 3);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let out = reset(&changelog, &id).await.unwrap();
+        assert_eq!(
+            out,
+            Reset::Reset {
+                object: "inspect/reset".to_owned(),
+                claims: 3
+            }
+        );
+        let after = changelog.get(&id).await.unwrap().unwrap();
+        assert_eq!(after.record.claims, 0);
+        assert_eq!(after.stamp, clock.now(), "restamped now");
+        changelog.remove(&id, &after.record.owner).await.unwrap();
+        assert_eq!(reset(&changelog, &id).await.unwrap(), Reset::NotFound);
+        assert!(changelog.get(&id).await.unwrap().is_none(), "not recreated");
+    }
 
     /// A writer-owned row stamped an hour ahead is reported, not counted as a claim; a
     /// claim's lease in the future is a claim.

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::StoreResult;
 use crate::lease::{Kept, Lease, LeaseTable, Leases, MemberId, Taken};
-use crate::model::{SHARD_COUNT, Shard, ShardSet};
+use crate::model::{SHARD_COUNT, Shard, ShardSet, Timestamp};
 use crate::telemetry::metrics::METRICS;
 
 /// Lease writes in flight at once.
@@ -115,6 +115,7 @@ impl LeaseKeeper {
     }
 
     /// This member's id.
+    #[cfg(any(test, feature = "testing"))]
     pub fn member(&self) -> &MemberId {
         &self.me
     }
@@ -130,6 +131,7 @@ impl LeaseKeeper {
     }
 
     /// The shards it holds now.
+    #[cfg(any(test, feature = "testing"))]
     pub fn held(&self) -> ShardSet {
         self.held.keys().copied().collect()
     }
@@ -381,6 +383,16 @@ pub struct LeaseSummary {
     pub unheld: usize,
     /// Lease rows that do not decode (their shards are not scanned).
     pub malformed: usize,
+}
+
+/// Reads the lease table and summarises it for leases of `period`, judged by `now` (an
+/// operator's read-only view: it does not write the clock row that gives the server's time).
+pub async fn read_summary(
+    leases: &dyn Leases,
+    now: Timestamp,
+    period: Duration,
+) -> StoreResult<LeaseSummary> {
+    Ok(summary(&leases.read_at(now).await?, period))
 }
 
 /// Summarises `table` for leases of `period`.

@@ -33,12 +33,15 @@ use crate::error::ConfigError;
 use crate::protocol::ProtocolConfig;
 use crate::retry::RetryPolicy;
 
-pub use crate::protocol::converge::{ConvergeReport, HvView, converge};
-pub use cleaner::{Cleaner, JobOutcome};
-pub use embedded::EmbeddedRecovery;
-pub use job::CleanupJob;
+pub use cleaner::Cleaner;
+pub use embedded::{EmbeddedRecovery, PassReport};
 pub use membership::{Assignment, LeaseKeeper};
 pub use scanner::{ScanReport, Scanner};
+// What the test machinery names besides.
+#[cfg(any(test, feature = "testing"))]
+pub use crate::protocol::converge::{ConvergeReport, HvView, converge};
+#[cfg(any(test, feature = "testing"))]
+pub use {cleaner::JobOutcome, job::CleanupJob};
 
 /// How the scanner and cleaner pools work. Read from the `[recovery]` section of the
 /// configuration file; `protocol` comes from `[protocol]`, shared with the writers.

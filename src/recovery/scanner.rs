@@ -202,6 +202,7 @@ impl Scanner {
     }
 
     /// The shards it reads now.
+    #[cfg(any(test, feature = "testing"))]
     pub fn shards(&self) -> ShardSet {
         self.shards
     }
@@ -293,11 +294,13 @@ impl Scanner {
     }
 
     /// Rows watched here (re-read when they could turn stale).
+    #[cfg(any(test, feature = "testing"))]
     pub fn watched_rows(&self) -> usize {
         self.watched.len()
     }
 
     /// Key spans this scanner reads again for rows that did not fit its watch set.
+    #[cfg(any(test, feature = "testing"))]
     pub fn overflow_spans(&self) -> usize {
         self.overflow.len()
     }
@@ -359,6 +362,7 @@ impl Scanner {
 
     /// Claims this scanner published that were still waiting for a cleaner when it last
     /// looked.
+    #[cfg(any(test, feature = "testing"))]
     pub fn queued_claims(&self) -> usize {
         self.queued.len()
     }

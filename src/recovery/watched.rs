@@ -155,6 +155,7 @@ pub(super) struct Overflow {
 }
 
 impl Overflow {
+    #[cfg(any(test, feature = "testing"))]
     pub fn len(&self) -> usize {
         self.spans.len() + usize::from(self.reading.is_some())
     }

@@ -150,7 +150,7 @@ fn resource(service_name: &str) -> Resource {
 
 /// Installs the process's tracing subscriber: a log layer on stderr filtered by `RUST_LOG`
 /// (default `default_level`) and, when an OTLP endpoint is set, an OpenTelemetry layer that
-/// exports tiersweep's spans, plus export of the [metrics registry](super::metrics) every
+/// exports tiersweep's spans, plus export of the metrics registry (`telemetry::metrics`) every
 /// `OTEL_METRIC_EXPORT_INTERVAL` ms (default 60 s). Each layer has its own filter: a global
 /// filter would also silence the spans that trace export and context propagation need.
 pub fn init(format: LogFormat, default_level: &str, service_name: &str) -> Telemetry {

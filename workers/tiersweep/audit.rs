@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tiersweep::Stores;
-use tiersweep::audit::{
+use tiersweep::worker::audit::{
     Audit, AuditConfig, AuditReport, AuditTrail, Checkpoint, Counts, FileTrail, RangeState,
     TopicTrail,
 };
-use tiersweep::clock;
-use tiersweep::config::Config;
-use tiersweep::lt::LtAccess;
-use tiersweep::queue::PubsubQueue;
+use tiersweep::worker::{Config, PubsubQueue};
+use tiersweep::{LtAccess, clock};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::ConfigFailure;
@@ -25,7 +23,7 @@ use crate::exit::ConfigFailure;
 mod fanned;
 
 fn duration(text: &str) -> Result<Duration, String> {
-    tiersweep::duration::parse(text)
+    tiersweep::worker::parse_duration(text)
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,16 +1,15 @@
 //! `tiersweep dlq`: the dead letters, for an operator. The work is
-//! `tiersweep::queue::dead_letters`; this parses arguments and prints.
+//! `tiersweep::worker::dead_letters`; this parses arguments and prints.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tiersweep::clock;
-use tiersweep::config::Config;
-use tiersweep::queue::PubsubQueue;
-use tiersweep::queue::dead_letters::{self, Snapshot};
+use tiersweep::worker::dead_letters::{self, Snapshot};
+use tiersweep::worker::{Config, PubsubQueue};
 
 fn duration(text: &str) -> Result<Duration, String> {
-    tiersweep::duration::parse(text)
+    tiersweep::worker::parse_duration(text)
 }
 
 #[derive(Debug, clap::Args)]

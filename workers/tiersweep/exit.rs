@@ -11,8 +11,7 @@
 
 use std::fmt;
 
-use tiersweep::StoreError;
-use tiersweep::error::ErrorKind;
+use tiersweep::{ErrorKind, StoreError};
 
 pub const RUNTIME: u8 = 1;
 pub const CONFIG: u8 = 3;

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use tiersweep::config::Config;
-use tiersweep::telemetry::{self, LogFormat};
+use tiersweep::worker::Config;
+use tiersweep::worker::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -146,7 +146,7 @@ async fn main() -> std::process::ExitCode {
         Command::Clean(_) => "tiersweep-cleaner",
         _ => "tiersweep",
     };
-    tiersweep::telemetry::metrics::set_role(cli.command.name());
+    telemetry::set_role(cli.command.name());
     let telemetry = telemetry::init(format, default_level, service);
     let result: Result<()> = async {
         match &cli.command {
@@ -169,7 +169,7 @@ async fn main() -> std::process::ExitCode {
     // (tests/processes/pipeline.rs reads it with RUST_LOG=tiersweep::gcp_calls=debug).
     tracing::debug!(
         target: "tiersweep::gcp_calls",
-        calls = %tiersweep::iam::calls_summary(),
+        calls = %tiersweep::worker::calls_summary(),
         "Google Cloud calls made by this process"
     );
     // Under JSON logs the failure is one more JSON line (a collector would file raw text

@@ -2,12 +2,9 @@
 //! `reset` (puts a failing change back in line).
 
 use anyhow::{Context, Result, bail};
-use tiersweep::Stores;
-use tiersweep::clock;
-use tiersweep::config::Config;
-use tiersweep::lt::LtAccess;
-use tiersweep::model::ChangeId;
-use tiersweep::recovery::inspect;
+use tiersweep::worker::operator::{self, Backlog, LeaseSummary, Reset};
+use tiersweep::worker::{ChangeId, Config, connect_changelog, connect_scanner};
+use tiersweep::{LtAccess, Stores, clock};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -50,10 +47,10 @@ async fn stores(config: &Config) -> Result<Stores> {
 pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
     // The changelog table alone (its rows and the shard leases kept in it).
     let clock = clock::system();
-    let (changelog, leases) = tiersweep::stores::connect_scanner(&config.bigtable, clock.clone())
+    let (changelog, leases) = connect_scanner(&config.bigtable, clock.clone())
         .await
         .context("connecting to the changelog")?;
-    let b = inspect::backlog(
+    let b = operator::backlog(
         changelog.as_ref(),
         &clock,
         config.protocol.staleness_threshold,
@@ -63,17 +60,15 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
     .context("scanning the changelog")?;
     // Read-only, judged by this machine's clock (the operator role may not write the
     // clock row that gives the server's).
-    let table = leases
-        .read_at(clock.now())
+    let l = operator::read_summary(leases.as_ref(), clock.now(), config.worker.lease_period)
         .await
         .context("reading the shard leases")?;
-    let l = tiersweep::recovery::membership::summary(&table, config.worker.lease_period);
     if args.json {
         #[derive(serde::Serialize)]
         struct Status<'a, B: serde::Serialize> {
             #[serde(flatten)]
             backlog: &'a B,
-            leases: &'a tiersweep::recovery::membership::LeaseSummary,
+            leases: &'a LeaseSummary,
         }
         let status = Status {
             backlog: &b,
@@ -87,11 +82,7 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
 }
 
 /// `tiersweep status` for a person: the backlog by state and age, then the shard leases.
-fn print_status(
-    table: &str,
-    b: &tiersweep::recovery::inspect::Backlog,
-    l: &tiersweep::recovery::membership::LeaseSummary,
-) {
+fn print_status(table: &str, b: &Backlog, l: &LeaseSummary) {
     println!("changelog {}: {} rows", table, b.rows);
     println!("  live (writer heartbeating)  {:>8}", b.live);
     println!("  claimed (job in flight)     {:>8}", b.claimed);
@@ -109,7 +100,7 @@ fn print_status(
     if b.failing > 0 {
         println!(
             "  failing (claimed {}+ times)  {:>8}   tiersweep inspect <change>; tiersweep reset <change> once fixed",
-            tiersweep::recovery::FAILING_AFTER_CLAIMS,
+            operator::FAILING_AFTER_CLAIMS,
             b.failing
         );
         for f in &b.failing_rows {
@@ -151,7 +142,7 @@ pub async fn inspect(args: &InspectArgs, config: Config) -> Result<()> {
         )
     })?;
     let stores = stores(&config).await?;
-    match inspect::inspect(&stores, &id)
+    match operator::inspect(&stores, &id)
         .await
         .context("reading the change")?
     {
@@ -169,7 +160,7 @@ pub async fn recover(args: &RecoverArgs, config: Config) -> Result<()> {
     }
     let stores = stores(&config).await?;
     let mut blobs = 0;
-    let (changes, malformed) = inspect::dry_run(
+    let (changes, malformed) = operator::dry_run(
         &stores,
         config.protocol.staleness_threshold,
         config.recovery.scan_batch,
@@ -210,36 +201,28 @@ pub struct ResetArgs {
 /// on the row's owner as read: a claim that moves the row on meanwhile makes the reset
 /// refuse (run it again). Recovery's fence makes a reset harmless whatever it races with.
 pub async fn reset(args: &ResetArgs, config: Config) -> Result<()> {
-    use tiersweep::changelog::Deferral;
     let id = ChangeId::parse(&args.change).with_context(|| {
         format!(
             "{:?} is not a change id (shard/uuid, e.g. 3f/0192…)",
             args.change
         )
     })?;
-    let changelog = tiersweep::stores::connect_changelog(&config.bigtable, clock::system())
+    let changelog = connect_changelog(&config.bigtable, clock::system())
         .await
         .context("connecting to the changelog")?;
-    let Some(entry) = changelog.get(&id).await.context("reading the row")? else {
-        bail!("no changelog row {id}: converged already, or never recorded");
-    };
-    let mut record = entry.record;
-    let claims = record.claims;
-    record.claims = 0;
-    match changelog
-        .defer(&id, &record)
+    match operator::reset(changelog.as_ref(), &id)
         .await
-        .context("rewriting the row")?
+        .context("resetting the row")?
     {
-        Deferral::Deferred => {
-            tracing::info!(change = %id, object = %record.object, claims, "reset");
+        Reset::Reset { object, claims } => {
+            tracing::info!(change = %id, object, claims, "reset");
             println!(
-                "reset {id} ({}): was claimed {claims} times; recovery takes it up after the staleness threshold",
-                record.object
+                "reset {id} ({object}): was claimed {claims} times; recovery takes it up after the staleness threshold"
             );
             Ok(())
         }
-        Deferral::NotOwned => bail!(
+        Reset::NotFound => bail!("no changelog row {id}: converged already, or never recorded"),
+        Reset::Moved => bail!(
             "{id} changed owner while it was being reset (a claim or its removal): run tiersweep status and try again"
         ),
     }

@@ -2,19 +2,12 @@
 //! scanner or cleaner until SIGTERM/SIGINT, drain, exit 0.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tiersweep::Stores;
-use tiersweep::clock;
-use tiersweep::config::{Config, Membership};
-use tiersweep::health::{self, Readiness};
-use tiersweep::lease::MemberId;
-use tiersweep::lt::LtAccess;
-use tiersweep::model::ShardSet;
-use tiersweep::queue::PubsubQueue;
-use tiersweep::recovery::{Cleaner, LeaseKeeper, Scanner};
+use tiersweep::worker::{
+    self, CleanerConnections, Config, Membership, Readiness, ScannerConnections, serve_health,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
@@ -75,7 +68,7 @@ pub(crate) struct Started<C> {
     pub(crate) cancel: CancellationToken,
     readiness: Readiness,
     /// What the role connected to: each role connects to, and checks, only what its
-    /// service account is granted (`tiersweep::iam`, `infra/terraform/iam.tf`).
+    /// service account is granted (`src/iam.rs`, `infra/terraform/iam.tf`).
     pub(crate) connected: C,
     /// The health server has its own token: it keeps answering (not ready) while in-flight
     /// work drains after the signal.
@@ -97,7 +90,7 @@ where
     let health_cancel = CancellationToken::new();
     let health = match config.worker.health_listen {
         Some(addr) => {
-            let (bound, task) = health::serve(addr, readiness.clone(), health_cancel.clone())
+            let (bound, task) = serve_health(addr, readiness.clone(), health_cancel.clone())
                 .await
                 .with_context(|| format!("binding the health endpoint {addr}"))?;
             tracing::info!(%bound, "serving /healthz and /readyz");
@@ -139,13 +132,7 @@ where
 
 pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
     let config = args.apply(config)?;
-    // The changelog table (and the leases kept in it) and the jobs topic: nothing else.
-    let connect = || async {
-        let (changelog, leases) =
-            tiersweep::stores::connect_scanner(&config.bigtable, clock::system()).await?;
-        let queue = PubsubQueue::connect_publisher(&config.pubsub).await?;
-        Ok((changelog, leases, Arc::new(queue)))
-    };
+    let connect = || ScannerConnections::connect(&config);
     let Some(s) = start(&config, "scanner", connect).await? else {
         return Ok(());
     };
@@ -155,63 +142,21 @@ pub async fn scan(args: &WorkerArgs, config: Config) -> Result<()> {
             "against the Pub/Sub emulator, which never redelivers what a closed pull stream held: \
              jobs no cleaner took are published again sooner");
     }
-    let (changelog, leases, queue) = s.connected.clone();
-    match config.worker.membership {
-        Membership::Static => {
-            let shards = config.shards();
-            tracing::info!(member = config.worker.member_index,
-                of = config.worker.member_count, %shards, "scanning (static membership)");
-            let scanner = Scanner::new(changelog, queue, recovery, shards);
-            scanner.run(s.cancel.clone()).await;
-        }
-        Membership::Leases => {
-            let name = config
-                .worker
-                .member_name
-                .clone()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| "scanner".to_owned());
-            let me = MemberId::fresh(&name).with_context(|| {
-                format!("member name {name:?} (worker.member_name or HOSTNAME)")
-            })?;
-            let period = config.worker.lease_period;
-            tracing::info!(member = %me, lease_period = ?period,
-                "scanning the shards this member's leases hold");
-            let (keeper, assignment) = LeaseKeeper::new(leases, me.clone(), period);
-            // The keeper releases every lease once cancelled, after the scanner's last page.
-            let keeper_stop = CancellationToken::new();
-            let keeper = tokio::spawn(keeper.run(keeper_stop.clone()));
-            let scanner = Scanner::new(changelog, queue, recovery, ShardSet::EMPTY)
-                .with_label(me.to_string());
-            scanner.run_leased(assignment, s.cancel.clone()).await;
-            keeper_stop.cancel();
-            keeper.await.context("the lease keeper task")?;
-        }
-    }
+    worker::scan(s.connected.clone(), &config, s.cancel.clone())
+        .await
+        .context("scanner")?;
     finish(s).await
 }
 
 pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
     let config = args.apply(config)?;
-    // Both tables, get and delete on the bucket, the subscription and the dead-letter topic.
-    let connect = || async {
-        let stores = Stores::connect_to(
-            &config.bigtable,
-            &config.gcs,
-            clock::system(),
-            LtAccess::Clean,
-        )
-        .await?;
-        let queue = PubsubQueue::connect(&config.pubsub).await?;
-        Ok((stores, Arc::new(queue)))
-    };
+    let connect = || CleanerConnections::connect(&config);
     // Checked once connected: not retried, a configuration that disagrees with the
     // subscription stays wrong.
     let Some(s) = start(&config, "cleaner", connect).await? else {
         return Ok(());
     };
-    let (stores, queue) = s.connected.clone();
-    if let Some(policy) = queue.max_delivery_attempts()
+    if let Some(policy) = s.connected.max_delivery_attempts()
         && policy != config.recovery.max_delivery_attempts
     {
         return Err(anyhow::Error::new(crate::exit::ConfigFailure(format!(
@@ -221,12 +166,7 @@ pub async fn clean(args: &WorkerArgs, config: Config) -> Result<()> {
             config.pubsub.subscription, config.recovery.max_delivery_attempts
         ))));
     }
-    tracing::info!(subscription = %config.pubsub.subscription,
-        concurrency = config.recovery.cleaner_concurrency, "cleaning");
-    let cleaner = Cleaner::new(stores, queue, config.recovery());
-    cleaner
-        .run(s.cancel.clone(), config.worker.shutdown_deadline)
-        .await;
+    worker::clean(s.connected.clone(), &config, s.cancel.clone()).await;
     finish(s).await
 }
 

@@ -15,6 +15,7 @@
 //! rests on no new grant, and a worker needs nothing beyond what `tiersweep audit` has.
 
 pub mod bigtable;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use crate::error::StoreResult;
 use crate::model::Timestamp;
 
 pub use bigtable::BigtableRuns;
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryRuns;
 
 /// An audit run's parameters, as its coordinator recorded them.

@@ -57,6 +57,7 @@ impl Counter {
     }
 
     /// This counter's Prometheus series (`name_total{label="v"}`), as `/metrics` shows it.
+    #[cfg(any(test, feature = "testing"))]
     pub fn series(&self) -> String {
         super::prometheus::series(self)
     }
@@ -109,6 +110,7 @@ impl Histogram {
     }
 
     /// Durations recorded.
+    #[cfg(any(test, feature = "testing"))]
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }

@@ -17,8 +17,11 @@ use std::time::Duration;
 
 pub use instruments::{Counter, Histogram, LAG_BOUNDS};
 pub use otel::install_otel;
+#[cfg(any(test, feature = "testing"))]
 use prometheus::series;
-pub use prometheus::{prometheus_name, render_prometheus};
+pub use prometheus::render_prometheus;
+#[cfg(any(test, feature = "testing"))]
+pub use prometheus::prometheus_name;
 
 /// What the last complete scan pass of one shard range saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -380,6 +383,7 @@ impl Metrics {
     }
 
     /// Every counter's value now.
+    #[cfg(any(test, feature = "testing"))]
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             counters: self
@@ -393,6 +397,7 @@ impl Metrics {
 }
 
 /// Counter values at one moment, keyed by Prometheus series (`name{label="v"}`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Values by Prometheus series.
@@ -401,6 +406,7 @@ pub struct Snapshot {
     pub lag_count: u64,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Snapshot {
     /// What moved since `earlier`, leaving out what did not.
     pub fn since(&self, earlier: &Snapshot) -> BTreeMap<String, u64> {

@@ -4,13 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tiersweep::audit::fanout::{self, progress_report};
-use tiersweep::audit::{AuditConfig, AuditReport, AuditRuns, AuditWorker, BigtableRuns};
-use tiersweep::clock;
-use tiersweep::config::Config;
-use tiersweep::lt::LtAccess;
-use tiersweep::queue::PubsubQueue;
-use tiersweep::{Stores, stores};
+use tiersweep::worker::audit::{
+    self as fanout, AuditConfig, AuditReport, AuditRuns, AuditWorker, BigtableRuns, progress_report,
+};
+use tiersweep::worker::{Config, PubsubQueue};
+use tiersweep::{LtAccess, Stores, clock};
 use tokio_util::sync::CancellationToken;
 
 use super::AuditArgs;
@@ -27,7 +25,7 @@ pub async fn coordinate(
     audit: &AuditConfig,
 ) -> Result<Option<AuditReport>> {
     // The changelog (its time, the run's row) and the audit topic: nothing else.
-    let changelog = stores::connect_changelog(&config.bigtable, clock::system())
+    let changelog = tiersweep::worker::connect_changelog(&config.bigtable, clock::system())
         .await
         .context("connecting to the changelog table")?;
     let runs = BigtableRuns::connect(&config.bigtable)

@@ -1,0 +1,51 @@
+//! The worker facade: what the `tiersweep` binary (workers/) builds its roles and operator
+//! commands from, and nothing an embedding service needs (that is the crate root).
+//!
+//! The binary parses arguments, wires signals and health, and prints; the work is here.
+//! Everything else in the library is private to it, so that the protocol's internals can
+//! change without breaking a caller.
+
+mod roles;
+
+pub use crate::config::{Config, LoadError, Membership, WorkerConfig};
+pub use crate::duration::parse as parse_duration;
+pub use crate::health::{Readiness, serve as serve_health};
+pub use crate::iam::calls_summary;
+pub use crate::model::{ChangeId, Shard, ShardRange};
+pub use crate::queue::pubsub::{PubsubConfig, PubsubQueue};
+pub use crate::stores::{connect_changelog, connect_scanner};
+pub use roles::{CleanerConnections, ScannerConnections, WorkerError, clean, scan};
+
+/// Logs, traces and metrics for a worker process.
+pub mod telemetry {
+    pub use crate::telemetry::metrics::set_role;
+    pub use crate::telemetry::{LogFormat, Telemetry, init};
+}
+
+/// `tiersweep status`, `inspect`, `recover --dry-run` and `reset`: read-only views of the
+/// changelog, and the one repair an operator makes.
+pub mod operator {
+    pub use crate::recovery::FAILING_AFTER_CLAIMS;
+    pub use crate::recovery::inspect::{
+        Backlog, ChangeView, FailingRow, OldestStale, Reset, backlog, dry_run, inspect, reset,
+    };
+    pub use crate::recovery::membership::{LeaseSummary, read_summary};
+}
+
+/// `tiersweep audit`: one process, or a run fanned out over a pool.
+pub mod audit {
+    pub use crate::audit::fanout::{JobOutcome, progress_report, resume, start};
+    pub use crate::audit::snapshot::InFlight;
+    pub use crate::audit::{
+        Audit, AuditConfig, AuditError, AuditReport, AuditRun, AuditRuns, AuditTrail, AuditWorker,
+        BigtableRuns, Checkpoint, Counts, DanglingSeen, DeletionRequested, FileTrail, OrphanSeen,
+        Progress, RangeReport, RangeState, RangeSummary, RunState, TopicTrail,
+    };
+}
+
+/// `tiersweep dlq`: the dead-letter topic, listed, replayed and purged.
+pub mod dead_letters {
+    pub use crate::queue::dead_letters::{
+        Listing, ReasonCount, Settled, Snapshot, list, purge, replay,
+    };
+}
