@@ -54,9 +54,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(orphan.clone()),
         OwnerToken::writer(),
     );
-    stores.changelog.record(&ChangeId::mint(), &record).await?;
     stores
-        .lt
+        .changelog()
+        .record(&ChangeId::mint(), &record)
+        .await?;
+    stores
+        .lt()
         .put(&orphan, Bytes::from_static(b"half a dog"))
         .await?;
     println!("a writer died mid-put of {lost}: blob {orphan} is referenced by nothing");
@@ -77,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     assert_eq!((pass.converged, pass.deferred), (1, 1));
-    assert!(!stores.lt.exists(&orphan).await?, "the orphan is deleted");
+    assert!(!stores.lt().exists(&orphan).await?, "the orphan is deleted");
     assert_eq!(writer.get(&lost).await?, ReadOutcome::NotFound);
     assert!(
         matches!(writer.get(&large).await?, ReadOutcome::Found(o) if o.bytes.len() == 256 * 1024)

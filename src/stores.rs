@@ -20,19 +20,61 @@ use crate::model::{ChangeId, ObjectPath};
 
 /// The three stores a writer and recovery work on, and the clock they judge time by. Cheap
 /// to clone; wrappers (fault injection, metering) replace a field with a wrapped one.
+///
+/// The stores themselves are the protocol's internals, reached from outside only by the
+/// test machinery (feature `testing`); a service works through [`TieredStorage`] and
+/// [`EmbeddedRecovery`].
+///
+/// [`TieredStorage`]: crate::TieredStorage
+/// [`EmbeddedRecovery`]: crate::EmbeddedRecovery
 #[derive(Debug, Clone)]
 pub struct Stores {
     /// The hot tier: object rows (inline values, tombstones).
-    pub hv: Arc<dyn HvStore>,
+    pub(crate) hv: Arc<dyn HvStore>,
     /// The large-object tier: revision blobs.
-    pub lt: Arc<dyn LtStore>,
+    pub(crate) lt: Arc<dyn LtStore>,
     /// The write-ahead changelog.
-    pub changelog: Arc<dyn Changelog>,
+    pub(crate) changelog: Arc<dyn Changelog>,
     /// The wall clock that stamps and judges changelog entries.
-    pub clock: SharedClock,
+    pub(crate) clock: SharedClock,
 }
 
 impl Stores {
+    /// The wall clock that stamps and judges changelog entries.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The hot tier: object rows (inline values, tombstones).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn hv(&self) -> &Arc<dyn HvStore> {
+        &self.hv
+    }
+
+    /// The large-object tier: revision blobs.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn lt(&self) -> &Arc<dyn LtStore> {
+        &self.lt
+    }
+
+    /// The write-ahead changelog.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn changelog(&self) -> &Arc<dyn Changelog> {
+        &self.changelog
+    }
+
+    /// The same stores judging time by another clock (a skewed one).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_clock(self, clock: SharedClock) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The same stores with another changelog (the no-op one, a wrapped one).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_changelog(self, changelog: Arc<dyn Changelog>) -> Self {
+        Self { changelog, ..self }
+    }
+
     /// The three in-memory twins on one clock: for an embedder's tests, local development
     /// and single-process use. They keep the real stores' semantics (conditional writes,
     /// fences, create-only uploads), not their durability.

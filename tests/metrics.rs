@@ -46,10 +46,10 @@ async fn metrics_move_by_what_a_known_scenario_did() {
         .run_until_crash(async move { Scenario::LargePut.run(&w, &p).await })
         .await;
     assert!(crashed.is_none());
-    let Some(HvValue::Tombstone(rev)) = stores.hv.read(&path).await.unwrap() else {
+    let Some(HvValue::Tombstone(rev)) = stores.hv().read(&path).await.unwrap() else {
         panic!("the CAS landed a tombstone");
     };
-    stores.lt.delete(&rev).await.unwrap();
+    stores.lt().delete(&rev).await.unwrap();
     // An overwrite whose heartbeats fail: the writer gives up before its CAS and leaves the
     // new blob to recovery.
     let (_, _, err, _) = crash::overwrite_with_failing_heartbeats(&stores, wconf).await;
@@ -84,7 +84,7 @@ async fn metrics_move_by_what_a_known_scenario_did() {
     // Phase 2. A duplicate job for a converged change, and a forged one for a live change.
     let live = ChangeId::mint();
     let record = ChangeRecord::new(crash::unique_path(), None, None, OwnerToken::mint("writer"));
-    stores.changelog.record(&live, &record).await.unwrap();
+    stores.changelog().record(&live, &record).await.unwrap();
     let jobs = [ChangeId::parse(&crashed_put).unwrap(), live.clone()]
         .map(|id| CleanupJob::new(id, OwnerToken::mint("recovery")).to_message(BTreeMap::new()));
     recovery.queue().publish(jobs.to_vec()).await.unwrap();
@@ -95,14 +95,18 @@ async fn metrics_move_by_what_a_known_scenario_did() {
         "{pass:?}"
     );
     // Its writer finishes, so phase 3 does not find it stale.
-    stores.changelog.remove(&live, &record.owner).await.unwrap();
+    stores
+        .changelog()
+        .remove(&live, &record.owner)
+        .await
+        .unwrap();
 
     // Phase 3. Two scanners see the same two stale rows; one is slow to claim and loses both.
     crash::crashed_large_puts(&stores, wconf, 2).await;
     tokio::time::sleep(protocol.staleness_threshold + Duration::from_secs(1)).await;
     let slow = Faults::new([Rule::on(Op::Claim, Fault::Delay(Duration::from_secs(1)))]);
     let mut slow_scanner = Scanner::new(
-        slow.wrap(&stores).changelog,
+        slow.wrap(&stores).changelog().clone(),
         Arc::new(MemoryQueue::new(16, 5)),
         rconf.clone(),
         ShardRange::ALL,

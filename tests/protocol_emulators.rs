@@ -144,11 +144,13 @@ async fn malformed_rows_are_reported_and_left_in_place() {
         .insert_raw(id.as_str(), b"{\"v\":1,\"object\":".to_vec(), stamp)
         .await
         .unwrap();
-    let mut stores = e.stores(clock::system()).await;
-    stores.changelog = std::sync::Arc::new(changelog);
+    let stores = e
+        .stores(clock::system())
+        .await
+        .with_changelog(std::sync::Arc::new(changelog));
     let pass = recover(&stores).await;
     assert_eq!((pass.scan.malformed, pass.scan.won), (1, 0), "{pass:?}");
-    let err = stores.changelog.get(&id).await.unwrap_err();
+    let err = stores.changelog().get(&id).await.unwrap_err();
     assert_eq!(err.kind, tiersweep::ErrorKind::Malformed, "{err}");
     assert!(
         err.target.contains(id.as_str()),

@@ -284,11 +284,11 @@ async fn a_dangling_tombstone_reads_as_not_found_and_is_reported() {
     w.put(&path, Scenario::LargePut.values().1.unwrap())
         .await
         .unwrap();
-    let Some(tiersweep::model::HvValue::Tombstone(rev)) = stores.hv.read(&path).await.unwrap()
+    let Some(tiersweep::model::HvValue::Tombstone(rev)) = stores.hv().read(&path).await.unwrap()
     else {
         panic!("a large put leaves a tombstone");
     };
-    stores.lt.delete(&rev).await.unwrap();
+    stores.lt().delete(&rev).await.unwrap();
     assert_eq!(
         w.get(&path).await.unwrap(),
         tiersweep::writer::ReadOutcome::Dangling(rev.clone())

@@ -45,10 +45,7 @@ fn skewed_pair(ahead: bool) -> (tiersweep::Stores, tiersweep::Stores) {
     let m = tiersweep::testing::MemoryStores::new();
     let clock = tiersweep::testing::SkewedClock::new(m.clock.clone());
     clock.jump(schedules::SKEW, ahead);
-    let writer = tiersweep::Stores {
-        clock,
-        ..m.stores()
-    };
+    let writer = m.stores().with_clock(clock);
     (m.stores(), writer)
 }
 
@@ -304,11 +301,11 @@ async fn a_record_retry_after_a_freeze_past_the_guard_is_not_sent() {
     let mem = MemoryStores::new();
     let clock = SkewedClock::new(mem.clock.clone());
     let freeze = protocol.guard_validity() * 3;
-    let mut stores = intercept::wrap(
+    let stores = intercept::wrap(
         Freeze::new(Op::Record, freeze, clock.clone()),
         &mem.stores(),
-    );
-    stores.clock = clock;
+    )
+    .with_clock(clock);
     let writer = tiersweep::TieredStorage::new(
         stores,
         tiersweep::testing::crash::test_writer_config(protocol),

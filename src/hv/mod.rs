@@ -99,11 +99,13 @@ pub enum HvWrite {
 
 impl HvWrite {
     /// An inline write without metadata.
+    #[cfg(any(test, feature = "testing"))]
     pub fn inline(bytes: impl Into<Bytes>) -> Self {
         HvWrite::Inline(bytes.into(), ObjectMeta::default())
     }
 
     /// A tombstone write without metadata.
+    #[cfg(any(test, feature = "testing"))]
     pub fn tombstone(rev: crate::model::Revision) -> Self {
         HvWrite::Tombstone(rev, ObjectMeta::default())
     }

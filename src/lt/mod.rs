@@ -80,6 +80,7 @@ pub struct NameRange {
 
 impl NameRange {
     /// Every name under `prefix`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn prefix(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
@@ -116,6 +117,7 @@ pub struct ListPage {
 
 impl ListPage {
     /// The page's blob names, in order.
+    #[cfg(any(test, feature = "testing"))]
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.blobs.iter().map(|b| b.name.as_str())
     }
@@ -202,6 +204,7 @@ pub(crate) fn exactly(body: ByteStream, declared: Declared) -> ByteStream {
 #[async_trait]
 pub trait LtStore: Send + Sync + std::fmt::Debug {
     /// Creates the blob without metadata; see [`LtStore::put_with_meta`].
+    #[cfg(any(test, feature = "testing"))]
     async fn put(&self, rev: &Revision, bytes: Bytes) -> StoreResult<()> {
         self.put_with_meta(rev, bytes, &ObjectMeta::default()).await
     }

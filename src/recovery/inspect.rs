@@ -273,7 +273,7 @@ pub async fn dry_run(
     }
 }
 
-/// What [`reset`] did.
+/// What a reset did (`tiersweep reset`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reset {
     /// The row's claim count is back to zero and its stamp is now: recovery takes it up

@@ -5,6 +5,7 @@
 //! Everything else in the library is private to it, so that the protocol's internals can
 //! change without breaking a caller.
 
+pub mod operator;
 mod roles;
 
 pub use crate::config::{Config, LoadError, Membership, WorkerConfig};
@@ -13,7 +14,7 @@ pub use crate::health::{Readiness, serve as serve_health};
 pub use crate::iam::calls_summary;
 pub use crate::model::{ChangeId, Shard, ShardRange};
 pub use crate::queue::pubsub::{PubsubConfig, PubsubQueue};
-pub use crate::stores::{connect_changelog, connect_scanner};
+pub use crate::stores::connect_changelog;
 pub use roles::{CleanerConnections, ScannerConnections, WorkerError, clean, scan};
 
 /// Logs, traces and metrics for a worker process.
@@ -22,20 +23,9 @@ pub mod telemetry {
     pub use crate::telemetry::{LogFormat, Telemetry, init};
 }
 
-/// `tiersweep status`, `inspect`, `recover --dry-run` and `reset`: read-only views of the
-/// changelog, and the one repair an operator makes.
-pub mod operator {
-    pub use crate::recovery::FAILING_AFTER_CLAIMS;
-    pub use crate::recovery::inspect::{
-        Backlog, ChangeView, FailingRow, OldestStale, Reset, backlog, dry_run, inspect, reset,
-    };
-    pub use crate::recovery::membership::{LeaseSummary, read_summary};
-}
-
 /// `tiersweep audit`: one process, or a run fanned out over a pool.
 pub mod audit {
     pub use crate::audit::fanout::{JobOutcome, progress_report, resume, start};
-    pub use crate::audit::snapshot::InFlight;
     pub use crate::audit::{
         Audit, AuditConfig, AuditError, AuditReport, AuditRun, AuditRuns, AuditTrail, AuditWorker,
         BigtableRuns, Checkpoint, Counts, DanglingSeen, DeletionRequested, FileTrail, OrphanSeen,

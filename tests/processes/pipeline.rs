@@ -90,8 +90,8 @@ async fn crashed_puts(stores: &Stores, n: usize) -> BTreeMap<ObjectPath, Accepta
 
 async fn rows(stores: &Stores) -> StoreResult<usize> {
     Ok(inspect::backlog(
-        stores.changelog.as_ref(),
-        &stores.clock,
+        stores.changelog().as_ref(),
+        stores.clock(),
         protocol().staleness_threshold,
         500,
     )
@@ -174,7 +174,7 @@ async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
         .put(&live, Scenario::LargePut.values().1.unwrap())
         .await
         .unwrap();
-    let Some(HvValue::Tombstone(live_rev)) = stores.hv.read(&live).await.unwrap() else {
+    let Some(HvValue::Tombstone(live_rev)) = stores.hv().read(&live).await.unwrap() else {
         panic!("a large put leaves a tombstone");
     };
 
@@ -182,28 +182,32 @@ async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
     // swapped HV. A cleaner that obeyed a forged job for it would delete that upload.
     let in_flight = ChangeId::mint();
     let pending = tiersweep::model::Revision::mint(&live);
-    stores.lt.put(&pending, "uploading".into()).await.unwrap();
+    stores.lt().put(&pending, "uploading".into()).await.unwrap();
     let record = tiersweep::model::ChangeRecord::new(
         live.clone(),
         Some(live_rev.clone()),
         Some(pending.clone()),
         OwnerToken::mint("writer"),
     );
-    stores.changelog.record(&in_flight, &record).await.unwrap();
+    stores
+        .changelog()
+        .record(&in_flight, &record)
+        .await
+        .unwrap();
 
     // A crashed change, claimed once, and its job delivered twice.
     let expected = crashed_puts(&stores, 1).await;
     tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
     let page = stores
-        .changelog
+        .changelog()
         .scan_stale(&tiersweep::changelog::ScanRequest {
             shards: tiersweep::model::ShardSet::ALL,
             cutoff: stores
-                .clock
+                .clock()
                 .now()
                 .saturating_sub(protocol().staleness_threshold),
             stamped_from: None,
-            now: stores.clock.now(),
+            now: stores.clock().now(),
             start_after: None,
             limit: 10,
             minted: None,
@@ -220,14 +224,14 @@ async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
         })
         .expect("the crashed change is stale");
     let claimer = OwnerToken::mint("recovery");
-    let lease = stores.clock.now().saturating_add(Duration::from_secs(30));
+    let lease = stores.clock().now().saturating_add(Duration::from_secs(30));
     let cutoff = stores
-        .clock
+        .clock()
         .now()
         .saturating_sub(protocol().staleness_threshold);
     assert!(matches!(
         stores
-            .changelog
+            .changelog()
             .claim(&crashed, cutoff, &claimer, lease)
             .await
             .unwrap(),
@@ -271,16 +275,16 @@ async fn poison_forged_and_duplicate_jobs_delete_nothing_they_should_not() {
         dead[0].attributes
     );
     assert!(
-        stores.lt.exists(&live_rev).await.unwrap(),
+        stores.lt().exists(&live_rev).await.unwrap(),
         "the live object's blob survives (I4)"
     );
     assert!(
-        stores.lt.exists(&pending).await.unwrap(),
+        stores.lt().exists(&pending).await.unwrap(),
         "the in-flight writer's upload survives the forged job (I4)"
     );
     assert_eq!(
         stores
-            .changelog
+            .changelog()
             .get(&in_flight)
             .await
             .unwrap()
@@ -301,7 +305,7 @@ async fn wait_until_only(stores: &Stores, keep: &ChangeId, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let n = rows(stores).await.unwrap();
-        if n == 1 && stores.changelog.get(keep).await.unwrap().is_some() {
+        if n == 1 && stores.changelog().get(keep).await.unwrap().is_some() {
             return;
         }
         assert!(Instant::now() < deadline, "{n} changelog rows left");
@@ -359,7 +363,7 @@ async fn status_inspect_and_dry_run_report_without_changing_anything() {
         assert_eq!(Some(doomed), v["new"].as_str(), "{v}");
         let rev = tiersweep::model::Revision::parse(doomed).unwrap();
         assert!(
-            stores.lt.exists(&rev).await.unwrap(),
+            stores.lt().exists(&rev).await.unwrap(),
             "a dry run deletes nothing"
         );
     }
@@ -497,7 +501,7 @@ async fn a_job_whose_cleaner_is_killed_mid_job_is_converged_by_another() {
 
     let queue: Arc<dyn JobQueue> = Arc::new(PubsubQueue::connect(&config.pubsub).await.unwrap());
     let mut scanner = tiersweep::recovery::Scanner::new(
-        stores.changelog.clone(),
+        stores.changelog().clone(),
         queue,
         config.recovery(),
         tiersweep::model::ShardRange::ALL,
@@ -541,7 +545,7 @@ async fn a_job_for_an_object_outside_the_prefix_is_dead_lettered_and_deletes_not
     tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
     let queue: Arc<dyn JobQueue> = Arc::new(PubsubQueue::connect(&config.pubsub).await.unwrap());
     let mut scanner = tiersweep::recovery::Scanner::new(
-        stores.changelog.clone(),
+        stores.changelog().clone(),
         queue,
         config.recovery(),
         tiersweep::model::ShardRange::ALL,
@@ -617,7 +621,7 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
     let expected = crashed_puts(&stores, 4).await;
     tokio::time::sleep(protocol().staleness_threshold * 2).await;
     let page = stores
-        .changelog
+        .changelog()
         .scan_stale(&tiersweep::changelog::ScanRequest {
             shards: tiersweep::model::ShardSet::ALL,
             cutoff: tiersweep::model::Timestamp(i64::MAX),
@@ -741,7 +745,7 @@ async fn each_role_calls_exactly_what_terraform_grants_it() {
     // published to the trail topic first.
     let orphan = tiersweep::model::Revision::mint(&ObjectPath::new("fanned/orphan").unwrap());
     stores
-        .lt
+        .lt()
         .put(&orphan, bytes::Bytes::from_static(b"nobody's"))
         .await
         .unwrap();

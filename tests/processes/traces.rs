@@ -219,8 +219,8 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while tiersweep::recovery::inspect::backlog(
-        stores.changelog.as_ref(),
-        &stores.clock,
+        stores.changelog().as_ref(),
+        stores.clock(),
         Duration::ZERO,
         100,
     )

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use tiersweep::worker::operator::{self, Backlog, LeaseSummary, Reset};
-use tiersweep::worker::{ChangeId, Config, connect_changelog, connect_scanner};
+use tiersweep::worker::{ChangeId, Config};
 use tiersweep::{LtAccess, Stores, clock};
 
 #[derive(Debug, clap::Args)]
@@ -46,23 +46,9 @@ async fn stores(config: &Config) -> Result<Stores> {
 
 pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
     // The changelog table alone (its rows and the shard leases kept in it).
-    let clock = clock::system();
-    let (changelog, leases) = connect_scanner(&config.bigtable, clock.clone())
+    let (b, l) = operator::status(&config)
         .await
-        .context("connecting to the changelog")?;
-    let b = operator::backlog(
-        changelog.as_ref(),
-        &clock,
-        config.protocol.staleness_threshold,
-        config.recovery.scan_batch,
-    )
-    .await
-    .context("scanning the changelog")?;
-    // Read-only, judged by this machine's clock (the operator role may not write the
-    // clock row that gives the server's).
-    let l = operator::read_summary(leases.as_ref(), clock.now(), config.worker.lease_period)
-        .await
-        .context("reading the shard leases")?;
+        .context("reading the changelog and its shard leases")?;
     if args.json {
         #[derive(serde::Serialize)]
         struct Status<'a, B: serde::Serialize> {
@@ -207,12 +193,9 @@ pub async fn reset(args: &ResetArgs, config: Config) -> Result<()> {
             args.change
         )
     })?;
-    let changelog = connect_changelog(&config.bigtable, clock::system())
+    match operator::reset(&config, &id)
         .await
-        .context("connecting to the changelog")?;
-    match operator::reset(changelog.as_ref(), &id)
-        .await
-        .context("resetting the row")?
+        .context("resetting the row in the changelog")?
     {
         Reset::Reset { object, claims } => {
             tracing::info!(change = %id, object, claims, "reset");

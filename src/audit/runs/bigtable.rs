@@ -23,7 +23,7 @@ pub struct BigtableRuns {
 
 impl BigtableRuns {
     /// The runs kept in `changelog_table`.
-    pub fn new(client: BigtableClient, changelog_table: &str) -> Self {
+    pub(crate) fn new(client: BigtableClient, changelog_table: &str) -> Self {
         let table = client.table(StoreKind::AuditRuns, changelog_table);
         Self { client, table }
     }

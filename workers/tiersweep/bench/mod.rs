@@ -195,9 +195,14 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 let run = uuid::Uuid::now_v7().simple().to_string();
                 let n = args.writes.div_ceil(4);
                 report.upload_split = Some(
-                    tiersweep::bench::upload_split::measure(&*stores.lt, &run, 64 * 1024, n)
-                        .await
-                        .context("measuring the upload's split around its last byte")?,
+                    tiersweep::bench::upload_split::measure(
+                        stores.lt().as_ref(),
+                        &run,
+                        64 * 1024,
+                        n,
+                    )
+                    .await
+                    .context("measuring the upload's split around its last byte")?,
                 );
             }
             write_json(&args.out, &report)?;
@@ -596,10 +601,9 @@ fn writer_setups(model: &str, stores: &Stores) -> Vec<WriterSetup> {
         background_completions: 64,
         ..inline
     };
-    let noop = Stores {
-        changelog: Arc::new(tiersweep::changelog::NoopChangelog),
-        ..stores.clone()
-    };
+    let noop = stores
+        .clone()
+        .with_changelog(Arc::new(tiersweep::changelog::NoopChangelog));
     let setup = |changelog: &str, stores: &Stores, config| WriterSetup {
         model: model.to_owned(),
         changelog: changelog.to_owned(),

@@ -290,7 +290,7 @@ pub async fn audit(emulators: &Emulators, n: usize, deadline: Duration) -> Resul
     eprintln!("[memory] planting {n} blobs for the audit");
     let planted = futures::stream::iter(0..n)
         .map(|i| {
-            let lt = stores.lt.clone();
+            let lt = stores.lt().clone();
             async move {
                 let path = tiersweep::ObjectPath::new(format!("a{:02x}/{i}", i % 251))?;
                 lt.put(
