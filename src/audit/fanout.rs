@@ -75,7 +75,7 @@ impl RangeJob {
 
 /// Records a new run of `config`, valid for `ttl` on the changelog's clock, and publishes
 /// a job for each of its ranges.
-pub async fn start(
+pub(crate) async fn start(
     changelog: &dyn Changelog,
     runs: &dyn AuditRuns,
     queue: &dyn JobQueue,
@@ -104,7 +104,7 @@ pub async fn start(
 
 /// Publishes again the jobs of run `id`'s unfinished ranges (after a worker outage, or
 /// once dead-lettered jobs' cause is fixed); returns the run and how many were published.
-pub async fn resume(
+pub(crate) async fn resume(
     changelog: &dyn Changelog,
     runs: &dyn AuditRuns,
     queue: &dyn JobQueue,
@@ -246,7 +246,7 @@ impl AuditWorker {
     }
 
     /// Takes jobs from `queue` one at a time until cancelled or the subscription ends.
-    pub async fn serve(&self, queue: &dyn JobQueue) -> Result<(), StoreError> {
+    pub(crate) async fn serve(&self, queue: &dyn JobQueue) -> Result<(), StoreError> {
         let flow = FlowControl {
             max_outstanding: 1,
             ..FlowControl::default()
@@ -282,7 +282,7 @@ impl AuditWorker {
     }
 
     /// Judges the range one job names, if the job is genuine and current.
-    pub async fn handle(&self, message: &Message) -> JobOutcome {
+    pub(crate) async fn handle(&self, message: &Message) -> JobOutcome {
         let outcome = self.judge(message).await;
         match &outcome {
             JobOutcome::Refused(reason) => {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
 use super::AuditError;
+use crate::error::StoreResult;
 use crate::model::{ChangeId, Timestamp};
 
 /// One deletion an audit requested: the blob, why it was judged an orphan, and the
@@ -91,8 +92,14 @@ pub struct TopicTrail {
 
 impl TopicTrail {
     /// A trail that publishes through `queue` (connected to the trail topic).
-    pub fn new(queue: std::sync::Arc<dyn crate::queue::JobQueue>) -> Self {
+    pub(crate) fn new(queue: std::sync::Arc<dyn crate::queue::JobQueue>) -> Self {
         Self { queue }
+    }
+
+    /// Connects to the trail topic `pubsub` names, and checks it exists.
+    pub async fn connect(pubsub: &crate::queue::pubsub::PubsubConfig) -> StoreResult<Self> {
+        let queue = crate::queue::PubsubQueue::connect_audit_trail(pubsub).await?;
+        Ok(Self::new(std::sync::Arc::new(queue)))
     }
 }
 

@@ -142,6 +142,7 @@ impl ShardSet {
     }
 
     /// Removes `shard`; false if it was not there.
+    #[cfg(any(test, feature = "testing"))]
     pub fn remove(&mut self, shard: Shard) -> bool {
         let (w, b) = Self::slot(shard);
         let had = self.bits[w] & b != 0;
@@ -156,6 +157,7 @@ impl ShardSet {
     }
 
     /// How many shards the set holds.
+    #[cfg(any(test, feature = "testing"))]
     pub fn len(&self) -> usize {
         self.bits.iter().map(|w| w.count_ones() as usize).sum()
     }

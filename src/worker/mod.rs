@@ -5,6 +5,8 @@
 //! Everything else in the library is private to it, so that the protocol's internals can
 //! change without breaking a caller.
 
+pub mod audit;
+pub mod dead_letters;
 pub mod operator;
 mod roles;
 
@@ -14,28 +16,10 @@ pub use crate::health::{Readiness, serve as serve_health};
 pub use crate::iam::calls_summary;
 pub use crate::model::{ChangeId, Shard, ShardRange};
 pub use crate::queue::pubsub::{PubsubConfig, PubsubQueue};
-pub use crate::stores::connect_changelog;
 pub use roles::{CleanerConnections, ScannerConnections, WorkerError, clean, scan};
 
 /// Logs, traces and metrics for a worker process.
 pub mod telemetry {
     pub use crate::telemetry::metrics::set_role;
     pub use crate::telemetry::{LogFormat, Telemetry, init};
-}
-
-/// `tiersweep audit`: one process, or a run fanned out over a pool.
-pub mod audit {
-    pub use crate::audit::fanout::{JobOutcome, progress_report, resume, start};
-    pub use crate::audit::{
-        Audit, AuditConfig, AuditError, AuditReport, AuditRun, AuditRuns, AuditTrail, AuditWorker,
-        BigtableRuns, Checkpoint, Counts, DanglingSeen, DeletionRequested, FileTrail, OrphanSeen,
-        Progress, RangeReport, RangeState, RangeSummary, RunState, TopicTrail,
-    };
-}
-
-/// `tiersweep dlq`: the dead-letter topic, listed, replayed and purged.
-pub mod dead_letters {
-    pub use crate::queue::dead_letters::{
-        Listing, ReasonCount, Settled, Snapshot, list, purge, replay,
-    };
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tiersweep::Stores;
+use tiersweep::worker::Config;
 use tiersweep::worker::audit::{
     Audit, AuditConfig, AuditReport, AuditTrail, Checkpoint, Counts, FileTrail, RangeState,
     TopicTrail,
 };
-use tiersweep::worker::{Config, PubsubQueue};
 use tiersweep::{LtAccess, clock};
 use tokio_util::sync::CancellationToken;
 
@@ -197,10 +197,10 @@ async fn open_trail(args: &AuditArgs, config: &Config) -> Result<Option<Arc<dyn 
         return Ok(Some(Arc::new(FileTrail::open(path).await?)));
     }
     if args.trail_topic {
-        let queue = PubsubQueue::connect_audit_trail(&config.pubsub)
+        let trail = TopicTrail::connect(&config.pubsub)
             .await
             .context("connecting to the audit trail topic")?;
-        return Ok(Some(Arc::new(TopicTrail::new(Arc::new(queue)))));
+        return Ok(Some(Arc::new(trail)));
     }
     Ok(None)
 }

@@ -86,7 +86,7 @@ pub async fn run(args: &DlqArgs, config: Config) -> Result<()> {
             }
         }
         DlqCommand::Replay { filter } => {
-            let out = dead_letters::replay(&dlq, &dlq, filter, how)
+            let out = dead_letters::replay(&dlq, filter, how)
                 .await
                 .context("replaying dead letters")?;
             report(args.json, "replayed", &out)?;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tiersweep::worker::audit::{
-    self as fanout, AuditConfig, AuditReport, AuditRuns, AuditWorker, BigtableRuns, progress_report,
+    self, AuditConfig, AuditReport, AuditRuns, AuditWorker, BigtableRuns, Coordinator,
+    progress_report,
 };
 use tiersweep::worker::{Config, PubsubQueue};
 use tiersweep::{LtAccess, Stores, clock};
@@ -25,25 +26,22 @@ pub async fn coordinate(
     audit: &AuditConfig,
 ) -> Result<Option<AuditReport>> {
     // The changelog (its time, the run's row) and the audit topic: nothing else.
-    let changelog = tiersweep::worker::connect_changelog(&config.bigtable, clock::system())
+    let coordinator = Coordinator::connect(config)
         .await
-        .context("connecting to the changelog table")?;
-    let runs = BigtableRuns::connect(&config.bigtable)
-        .await
-        .context("connecting to the audit runs (the changelog table)")?;
-    let queue = PubsubQueue::connect_audit_publisher(&config.pubsub)
-        .await
-        .context("connecting to the audit topic")?;
+        .context("connecting to the changelog table and the audit topic")?;
+    let runs = coordinator.runs();
     let run = match &args.resume_run {
         Some(id) => {
-            let (run, published) = fanout::resume(changelog.as_ref(), &runs, &queue, id)
+            let (run, published) = coordinator
+                .resume(id)
                 .await
                 .context(ConfigFailure(format!("resuming audit run {id}")))?;
             tracing::info!(run = %run.run, published, "unfinished range jobs published again");
             run
         }
         None => {
-            let run = fanout::start(changelog.as_ref(), &runs, &queue, audit, args.run_ttl)
+            let run = coordinator
+                .start(audit, args.run_ttl)
                 .await
                 .context("starting the audit run")?;
             tracing::info!(run = %run.run, ranges = run.ranges, topic = %config.pubsub.audit_topic,
@@ -117,8 +115,7 @@ pub async fn worker(args: &AuditArgs, config: Config) -> Result<()> {
     }
     tracing::info!(subscription = %config.pubsub.audit_subscription,
         trail = args.trail.is_some() || args.trail_topic, "taking audit range jobs");
-    worker
-        .serve(queue.as_ref())
+    audit::serve(&worker, &queue)
         .await
         .context("pulling audit range jobs")?;
     crate::worker::finish(s).await
