@@ -8,8 +8,9 @@
 
 use std::fmt;
 
-/// Which store an operation ran against.
+/// Which store an operation ran against (more may come: match with a wildcard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreKind {
     /// The hot tier: the object table in Bigtable.
     Hv,
