@@ -15,14 +15,16 @@ ARG FEATURES=""
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY workers/Cargo.toml workers/Cargo.toml
-RUN mkdir -p src workers/tiersweep \
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src workers/tiersweep bench/src \
  && echo 'fn main() {}' > workers/tiersweep/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs bench/src/lib.rs \
  && cargo build --release --locked -p tiersweep-workers --no-default-features --features "$FEATURES" \
- && rm -rf src workers/tiersweep
+ && rm -rf src workers/tiersweep bench/src
 COPY src src
 COPY workers workers
-RUN touch src/lib.rs workers/tiersweep/main.rs \
+COPY bench bench
+RUN touch src/lib.rs workers/tiersweep/main.rs bench/src/lib.rs \
  && cargo build --release --locked -p tiersweep-workers --no-default-features --features "$FEATURES" \
  && cp target/release/tiersweep /tiersweep
 

@@ -86,9 +86,6 @@ internal_modules! {
     telemetry,
     writer,
 }
-#[cfg(feature = "dev")]
-#[allow(missing_docs, clippy::too_many_lines)]
-pub mod bench;
 pub mod clock;
 #[cfg(feature = "dev")]
 #[allow(missing_docs, clippy::too_many_lines)]

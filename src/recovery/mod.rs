@@ -20,9 +20,10 @@ pub mod embedded;
 pub mod inspect;
 pub mod job;
 pub mod membership;
-// The demo's and the benchmarks' in-process pools: not production API.
+// The demo's and the benchmark's in-process pools (the benchmark is its own crate): not
+// production API.
 #[cfg(feature = "dev")]
-pub(crate) mod pool;
+pub mod pool;
 mod queued;
 pub mod scanner;
 mod watched;

@@ -4,7 +4,7 @@
 
 mod json_log;
 pub mod metrics;
-pub(crate) mod process;
+pub mod process;
 pub mod propagation;
 pub mod setup;
 

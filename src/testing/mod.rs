@@ -5,7 +5,6 @@
 pub mod audit_fanout;
 pub mod audits;
 pub mod backlog;
-pub mod capacity;
 pub mod claims;
 pub mod conformance;
 pub mod crash;
@@ -15,7 +14,6 @@ pub mod gated_writes;
 pub mod intercept;
 pub mod invariants;
 pub mod membership;
-pub mod meter;
 pub mod proxy;
 pub mod recovery_clocks;
 pub mod scans;

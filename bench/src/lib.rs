@@ -1,16 +1,18 @@
 //! The measurements behind `tiersweep bench` (feature `testing`): a backlog of crashed
 //! changes with real LT blobs, recovered by the seed's shape of loop (one change at a time)
 //! and by the pipeline at growing concurrency, with every store call counted and, on
-//! in-memory stores, charged a cloud-like latency ([`Latency`](crate::testing::meter::Latency)).
+//! in-memory stores, charged a cloud-like latency ([`Latency`](crate::meter::Latency)).
 //!
 //! Only the measuring lives here; printing, plotting and picking backends is the binary's.
 
+pub mod capacity;
 pub mod ceiling;
 pub mod cost;
 pub mod cpu;
 pub mod drain;
 pub mod elastic;
 pub mod lag;
+pub mod meter;
 pub mod peers;
 pub mod shapes;
 pub mod upload_split;
@@ -24,15 +26,14 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
-use crate::protocol::ProtocolConfig;
-use crate::queue::JobQueue;
-use crate::recovery::pool::{self, Pools};
-use crate::recovery::{EmbeddedRecovery, RecoveryConfig};
-use crate::stores::Stores;
-use crate::telemetry::metrics::METRICS;
-use crate::testing::meter::{Meter, Rpcs};
+use crate::meter::{Meter, Rpcs};
+use tiersweep::error::StoreResult;
+use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::queue::JobQueue;
+use tiersweep::recovery::pool::{self, Pools};
+use tiersweep::recovery::{EmbeddedRecovery, RecoveryConfig};
+use tiersweep::stores::Stores;
 
 /// Timings short enough that a prepared backlog is stale within seconds.
 pub fn protocol() -> ProtocolConfig {
@@ -73,9 +74,12 @@ pub async fn prepare_backlog(
                 let rev = Revision::mint(&path);
                 let record =
                     ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("bench"));
-                stores.changelog.record(&ChangeId::mint(), &record).await?;
+                stores
+                    .changelog()
+                    .record(&ChangeId::mint(), &record)
+                    .await?;
                 match crash {
-                    Crash::AfterUpload => stores.lt.put(&rev, blob).await,
+                    Crash::AfterUpload => stores.lt().put(&rev, blob).await,
                     Crash::BeforeUpload => Ok(()),
                 }
             }
@@ -244,9 +248,11 @@ pub async fn pipeline(
     let metered = meter.wrap(stores);
     let queue = meter.wrap_queue(queue);
     let config = recovery_config(in_flight);
-    let before = METRICS.snapshot();
-    let converged_before = METRICS.jobs_converged.get();
-    let lost_before = METRICS.claims_lost.get();
+    let before = tiersweep::telemetry::metrics::registry().snapshot();
+    let converged_before = tiersweep::telemetry::metrics::registry()
+        .jobs_converged
+        .get();
+    let lost_before = tiersweep::telemetry::metrics::registry().claims_lost.get();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let started = Instant::now();
@@ -260,7 +266,10 @@ pub async fn pipeline(
     tracker.close();
     let give_up = started + deadline;
     let converged = loop {
-        let converged = (METRICS.jobs_converged.get() - converged_before) as usize;
+        let converged = (tiersweep::telemetry::metrics::registry()
+            .jobs_converged
+            .get()
+            - converged_before) as usize;
         if converged >= changes || Instant::now() > give_up {
             break converged;
         }
@@ -269,7 +278,7 @@ pub async fn pipeline(
     let took = started.elapsed();
     cancel.cancel();
     tracker.wait().await;
-    let lost = METRICS.claims_lost.get() - lost_before;
+    let lost = tiersweep::telemetry::metrics::registry().claims_lost.get() - lost_before;
     let mode = if split {
         "pipeline"
     } else {
@@ -277,7 +286,9 @@ pub async fn pipeline(
     };
     let mut run = Run::new(mode, in_flight, scanners, converged, took, meter, lost);
     if converged < changes {
-        let moved = METRICS.snapshot().since(&before);
+        let moved = tiersweep::telemetry::metrics::registry()
+            .snapshot()
+            .since(&before);
         tracing::warn!(converged, changes, ?moved, "pipeline run timed out");
         run.timed_out = true;
         run.counters = Some(moved);
@@ -286,7 +297,10 @@ pub async fn pipeline(
 }
 
 /// Keeps the blobs of `revs` that still exist in `lt`; how many that is.
-pub(crate) async fn still_there(lt: &dyn crate::lt::LtStore, revs: &mut Vec<Revision>) -> usize {
+pub(crate) async fn still_there(
+    lt: &dyn tiersweep::lt::LtStore,
+    revs: &mut Vec<Revision>,
+) -> usize {
     let mut kept = Vec::with_capacity(revs.len());
     for rev in revs.drain(..) {
         if lt.stat(&rev).await.ok().flatten().is_some() {
@@ -342,12 +356,12 @@ impl WriteLatency {
 
 /// Times `n` large puts then `n` deletes of fresh objects, one at a time.
 pub async fn write_latency(
-    writer: &crate::writer::TieredStorage,
+    writer: &tiersweep::writer::TieredStorage,
     setting: (&str, &str),
     changelog: &str,
     run: &str,
     n: usize,
-) -> Result<[WriteLatency; 2], crate::writer::WriteError> {
+) -> Result<[WriteLatency; 2], tiersweep::writer::WriteError> {
     let value = Bytes::from(vec![b'W'; 64 * 1024]);
     let mut puts = Vec::with_capacity(n);
     let mut deletes = Vec::with_capacity(n);

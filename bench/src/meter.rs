@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::intercept::{self, Intercept, Op};
-use crate::error::{StoreKind, StoreResult};
-use crate::queue::{Delivery, FlowControl, JobQueue, Message, Subscription};
-use crate::stores::Stores;
+use tiersweep::error::{StoreKind, StoreResult};
+use tiersweep::queue::{Delivery, FlowControl, JobQueue, Message, Subscription};
+use tiersweep::stores::Stores;
+use tiersweep::testing::intercept::{self, Intercept, Op};
 
 /// The part of a cloud upload's latency that follows its last byte. Not measured (GCS does
 /// not say how its 50 ms split); an assumption the write-latency benchmark also runs at
@@ -365,9 +365,9 @@ impl Subscription for MeteredSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken};
-    use crate::queue::MemoryQueue;
-    use crate::testing::MemoryStores;
+    use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken};
+    use tiersweep::queue::MemoryQueue;
+    use tiersweep::testing::MemoryStores;
 
     fn message(bytes: usize) -> Message {
         Message {
@@ -417,14 +417,14 @@ mod tests {
             let path = ObjectPath::new(format!("meter/{i}")).unwrap();
             let record = ChangeRecord::new(path, None, None, OwnerToken::mint("meter"));
             let id = ChangeId::mint();
-            stores.changelog.record(&id, &record).await.unwrap();
+            stores.changelog().record(&id, &record).await.unwrap();
             ids.push(id);
         }
-        stores.changelog.get_many(&ids).await.unwrap();
-        stores.changelog.remove_many(&ids).await.unwrap();
+        stores.changelog().get_many(&ids).await.unwrap();
+        stores.changelog().remove_many(&ids).await.unwrap();
         stores
-            .lt
-            .delete(&crate::model::Revision::mint(
+            .lt()
+            .delete(&tiersweep::model::Revision::mint(
                 &ObjectPath::new("meter/x").unwrap(),
             ))
             .await

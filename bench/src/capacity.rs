@@ -22,8 +22,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::time::Instant;
 
-use super::intercept::{Call, Intercept, Op};
-use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use tiersweep::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use tiersweep::testing::intercept::{Call, Intercept, Op};
 
 /// A latency distribution: log-normal with this median and 99th percentile.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -196,7 +196,7 @@ pub struct Admissions {
     pub bigtable_rows: u64,
 }
 
-/// The hook: wrap stores with [`super::intercept::wrap`].
+/// The hook: wrap stores with [`tiersweep::testing::intercept::wrap`].
 #[derive(Debug)]
 pub struct Capacity {
     model: CloudModel,

@@ -6,7 +6,7 @@
 //! read or write (node capacity is budgeted in rows per second: a batch of n rows costs n);
 //! Cloud Storage operations by class (A: insert, list; B: get, metadata; deletes are
 //! free); Pub/Sub requests and billed bytes (each publish request and pull response at
-//! least 1,000 bytes: [`crate::testing::meter::Rpcs::pubsub_billed_bytes`]). Worker CPU is
+//! least 1,000 bytes: [`crate::meter::Rpcs::pubsub_billed_bytes`]). Worker CPU is
 //! measured on real processes (`tiersweep bench` memory runs) and added where known.
 
 use std::collections::BTreeMap;
@@ -15,11 +15,11 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::Run;
-use crate::error::StoreResult;
-use crate::model::ObjectPath;
-use crate::stores::Stores;
-use crate::testing::meter::{Latency, Meter, Rpcs};
-use crate::writer::{TieredStorage, WriterConfig};
+use crate::meter::{Latency, Meter, Rpcs};
+use tiersweep::error::StoreResult;
+use tiersweep::model::ObjectPath;
+use tiersweep::stores::Stores;
+use tiersweep::writer::{TieredStorage, WriterConfig};
 
 const MILLION: f64 = 1e6;
 
@@ -88,14 +88,14 @@ fn from_calls(
             "LtGet" | "LtExists" => cost.gcs_class_b += per_million(n),
             "LtDelete" => cost.gcs_free += per_million(n),
             other => {
-                let rpcs = per_million(n * f64::from(crate::testing::meter::round_trips(other)));
+                let rpcs = per_million(n * f64::from(crate::meter::round_trips(other)));
                 cost.bigtable_rpcs.insert(other.to_owned(), rpcs);
                 cost.bigtable_rpcs_total += rpcs;
             }
         }
     }
     for (op, &n) in rows {
-        let (reads, writes) = crate::testing::meter::reads_and_writes(op);
+        let (reads, writes) = crate::meter::reads_and_writes(op);
         cost.bigtable_row_reads += per_million((reads * n) as f64);
         cost.bigtable_row_writes += per_million((writes * n) as f64);
     }
@@ -118,12 +118,13 @@ pub async fn large_writes_without_changelog(n: usize) -> StoreResult<CostPerMill
 
 async fn large_writes_on(n: usize, changelog: bool) -> StoreResult<CostPerMillion> {
     let meter = Meter::new(Latency::NONE);
-    let mut stores = Stores::in_memory(crate::clock::system());
+    let mut stores = Stores::in_memory(tiersweep::clock::system());
     let mut metered = meter.wrap(&stores);
     if !changelog {
         // Outside the meter: the no-op changelog makes no call.
-        let noop = std::sync::Arc::new(crate::changelog::NoopChangelog);
-        (stores.changelog, metered.changelog) = (noop.clone(), noop);
+        let noop = std::sync::Arc::new(tiersweep::changelog::NoopChangelog);
+        stores = stores.with_changelog(noop.clone());
+        metered = metered.with_changelog(noop);
     }
     // The default configuration is valid.
     let plain = TieredStorage::new(stores, WriterConfig::default()).expect("valid writer");
@@ -145,14 +146,14 @@ async fn large_writes_on(n: usize, changelog: bool) -> StoreResult<CostPerMillio
 }
 
 /// A put on stores no one else writes fails only in a store.
-fn into_store(e: crate::writer::WriteError) -> crate::error::StoreError {
+fn into_store(e: tiersweep::writer::WriteError) -> tiersweep::error::StoreError {
     match e {
-        crate::writer::WriteError::Store(e) => e,
-        other => crate::error::StoreError::new(
-            crate::error::StoreKind::Hv,
+        tiersweep::writer::WriteError::Store(e) => e,
+        other => tiersweep::error::StoreError::new(
+            tiersweep::error::StoreKind::Hv,
             "put",
             "bench object",
-            crate::error::ErrorKind::Permanent,
+            tiersweep::error::ErrorKind::Permanent,
             other.to_string(),
         ),
     }

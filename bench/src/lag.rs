@@ -17,17 +17,17 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::changelog::{
+use tiersweep::changelog::{
     Changelog, ChangelogEntry, Claim, Heartbeat, Removal, ScanPage, ScanRequest,
 };
-use crate::clock::SharedClock;
-use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
-use crate::queue::JobQueue;
-use crate::recovery::RecoveryConfig;
-use crate::recovery::pool::{self, Pools};
-use crate::stores::Stores;
-use crate::writer::{TieredStorage, WriterConfig};
+use tiersweep::clock::SharedClock;
+use tiersweep::error::StoreResult;
+use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
+use tiersweep::queue::JobQueue;
+use tiersweep::recovery::RecoveryConfig;
+use tiersweep::recovery::pool::{self, Pools};
+use tiersweep::stores::Stores;
+use tiersweep::writer::{TieredStorage, WriterConfig};
 
 /// Delegates to the real changelog; records when a watched change is recovered: its row
 /// removed, or deferred for the upload settle by recovery (its blob is deleted then; the
@@ -118,7 +118,7 @@ impl Changelog for LagProbe {
         id: &ChangeId,
         owner: &OwnerToken,
         until: Timestamp,
-    ) -> StoreResult<crate::changelog::Extension> {
+    ) -> StoreResult<tiersweep::changelog::Extension> {
         self.inner.extend_claim(id, owner, until).await
     }
 
@@ -126,9 +126,9 @@ impl Changelog for LagProbe {
         &self,
         id: &ChangeId,
         record: &ChangeRecord,
-    ) -> StoreResult<crate::changelog::Deferral> {
+    ) -> StoreResult<tiersweep::changelog::Deferral> {
         let deferral = self.inner.defer(id, record).await?;
-        if deferral == crate::changelog::Deferral::Deferred && self.recovered(id) {
+        if deferral == tiersweep::changelog::Deferral::Deferred && self.recovered(id) {
             self.settling
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -218,11 +218,8 @@ pub async fn steady_load(
     load: SteadyLoad,
 ) -> StoreResult<LagRun> {
     let protocol = super::protocol();
-    let probe = LagProbe::new(stores.changelog.clone(), stores.clock.clone());
-    let probed = Stores {
-        changelog: probe.clone(),
-        ..stores.clone()
-    };
+    let probe = LagProbe::new(stores.changelog().clone(), stores.clock().clone());
+    let probed = stores.clone().with_changelog(probe.clone());
     let config = RecoveryConfig {
         idle_poll: load.idle_poll,
         ..super::recovery_config(load.in_flight)
@@ -311,7 +308,7 @@ async fn crash_steadily(
     let blob = Bytes::from(vec![b'L'; 2048]);
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
     let crashes = TaskTracker::new();
-    let failed: Arc<Mutex<Option<crate::error::StoreError>>> = Arc::default();
+    let failed: Arc<Mutex<Option<tiersweep::error::StoreError>>> = Arc::default();
     let started = Instant::now();
     let mut n = 0;
     while started.elapsed() < load.duration {
@@ -329,9 +326,9 @@ async fn crash_steadily(
                 ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("crash"));
             let id = ChangeId::mint();
             let result = async {
-                let stamp = stores.changelog.record(&id, &record).await?;
+                let stamp = stores.changelog().record(&id, &record).await?;
                 probe.watch(id, Timestamp(stamp.millis() + threshold.as_millis() as i64));
-                stores.lt.put(&rev, blob).await
+                stores.lt().put(&rev, blob).await
             }
             .await;
             if let Err(e) = result {
@@ -355,12 +352,12 @@ async fn crash_steadily(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryStores;
+    use tiersweep::testing::MemoryStores;
 
     #[tokio::test]
     async fn only_watched_removals_are_timed_from_when_they_turned_stale() {
         let stores = MemoryStores::new().stores();
-        let probe = LagProbe::new(stores.changelog.clone(), stores.clock.clone());
+        let probe = LagProbe::new(stores.changelog().clone(), stores.clock().clone());
         let change = |name: &str| {
             let path = ObjectPath::new(format!("lag/{name}")).unwrap();
             let rev = Revision::mint(&path);
@@ -373,7 +370,7 @@ mod tests {
         let (other, other_rec) = change("other");
         probe.record(&watched, &rec).await.unwrap();
         probe.record(&other, &other_rec).await.unwrap();
-        let stale_at = Timestamp(stores.clock.now().millis() - 250);
+        let stale_at = Timestamp(stores.clock().now().millis() - 250);
         probe.watch(watched.clone(), stale_at);
 
         // Not the owner: nothing removed, nothing timed, still outstanding.

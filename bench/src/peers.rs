@@ -1,5 +1,5 @@
 //! Side by side: tiersweep and what a team would run instead, on the same orphans, in the
-//! capacity-limited cloud model ([`crate::testing::capacity`]) on paused time.
+//! capacity-limited cloud model ([`crate::capacity`]) on paused time.
 //!
 //! Every peer gets a world of its own prepared the same way: `live` large objects (an HV
 //! tombstone naming a blob each) and `orphans` blobs that crashed writes left behind. The
@@ -35,17 +35,17 @@ use tokio::time::Instant;
 
 use super::cost::{self, CostPerMillion};
 use super::elastic::Deployed;
-use crate::audit::{Audit, AuditConfig};
-use crate::error::StoreResult;
-use crate::hv::{HvWrite, Version};
-use crate::model::{ChangeId, ChangeRecord, ObjectMeta, ObjectPath, OwnerToken, Revision};
-use crate::queue::MemoryQueue;
-use crate::recovery::RecoveryConfig;
-use crate::stores::Stores;
-use crate::testing::MemoryStores;
-use crate::testing::audits::MemoryTrail;
-use crate::testing::capacity::{Admissions, Capacity, CloudModel};
-use crate::testing::meter::{Latency, Meter};
+use crate::capacity::{Admissions, Capacity, CloudModel};
+use crate::meter::{Latency, Meter};
+use tiersweep::audit::{Audit, AuditConfig};
+use tiersweep::error::StoreResult;
+use tiersweep::hv::{HvWrite, Version};
+use tiersweep::model::{ChangeId, ChangeRecord, ObjectMeta, ObjectPath, OwnerToken, Revision};
+use tiersweep::queue::MemoryQueue;
+use tiersweep::recovery::RecoveryConfig;
+use tiersweep::stores::Stores;
+use tiersweep::testing::MemoryStores;
+use tiersweep::testing::audits::MemoryTrail;
 
 /// What is prepared and who runs.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -219,7 +219,7 @@ impl World {
     async fn prepare(plan: &PeersPlan, changelog: bool) -> Self {
         let memory = MemoryStores::new();
         let stores = memory.stores();
-        let now = stores.clock.now();
+        let now = stores.clock().now();
         let blob = Bytes::from_static(b"large object bytes");
         let mut live = Vec::with_capacity(plan.live);
         for i in 0..plan.live {
@@ -229,7 +229,7 @@ impl World {
             live.push(rev.clone());
             let write = HvWrite::Tombstone(rev, ObjectMeta::default());
             stores
-                .hv
+                .hv()
                 .compare_and_write(&path, None, &write, &Version::mint())
                 .await
                 .expect("planting a live object");
@@ -243,7 +243,7 @@ impl World {
                 let record =
                     ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("crashed"));
                 stores
-                    .changelog
+                    .changelog()
                     .record(&ChangeId::mint_at(now), &record)
                     .await
                     .expect("recording a crashed change");
@@ -267,7 +267,7 @@ impl World {
         ));
         let meter = Meter::new(Latency::NONE);
         let metered = meter.wrap(&self.memory.stores());
-        let modelled = crate::testing::intercept::wrap(capacity.clone(), &metered);
+        let modelled = tiersweep::testing::intercept::wrap(capacity.clone(), &metered);
         let measuring = Measuring {
             capacity,
             meter,
@@ -312,7 +312,7 @@ impl World {
 }
 
 /// Object paths whose first character varies, so a listing split into name ranges
-/// ([`crate::audit::ranges::split`]) gives every range its share.
+/// ([`tiersweep::audit::ranges::split`]) gives every range its share.
 fn spread(kind: &str, i: usize) -> ObjectPath {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let c = ALPHABET[i % ALPHABET.len()] as char;

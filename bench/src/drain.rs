@@ -1,5 +1,5 @@
 //! The drain: an outage's backlog of crashed changes recovered against the
-//! capacity-limited cloud model ([`crate::testing::capacity`]), with writers still writing
+//! capacity-limited cloud model ([`crate::capacity`]), with writers still writing
 //! and fresh crashes arriving, by a leased scanner pool and a cleaner pool. In-memory stores
 //! on paused time: the model's rate limits and latency tails decide the timings.
 //!
@@ -25,14 +25,14 @@ use tokio_util::task::TaskTracker;
 
 use super::elastic::Deployed;
 use super::lag::LagProbe;
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
-use crate::queue::MemoryQueue;
-use crate::recovery::RecoveryConfig;
-use crate::stores::Stores;
-use crate::testing::MemoryStores;
-use crate::testing::capacity::{Admissions, Capacity, CloudModel};
-use crate::testing::claims::ClaimLedger;
-use crate::writer::{TieredStorage, WriterConfig};
+use crate::capacity::{Admissions, Capacity, CloudModel};
+use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
+use tiersweep::queue::MemoryQueue;
+use tiersweep::recovery::RecoveryConfig;
+use tiersweep::stores::Stores;
+use tiersweep::testing::MemoryStores;
+use tiersweep::testing::claims::ClaimLedger;
+use tiersweep::writer::{TieredStorage, WriterConfig};
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct DrainPlan {
@@ -60,7 +60,7 @@ impl DrainPlan {
             cleaners: 4,
             cleaner_concurrency: 64,
             bigtable_nodes: 2,
-            upload_settle: crate::protocol::UPLOAD_SETTLE,
+            upload_settle: tiersweep::protocol::UPLOAD_SETTLE,
             seed: 7,
         }
     }
@@ -134,13 +134,13 @@ async fn prepare(stores: &Stores, n: usize) -> Vec<Revision> {
                 let rev = Revision::mint(&path);
                 let record =
                     ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("outage"));
-                let id = ChangeId::mint_at(stores.clock.now());
+                let id = ChangeId::mint_at(stores.clock().now());
                 stores
-                    .changelog
+                    .changelog()
                     .record(&id, &record)
                     .await
                     .expect("recording");
-                stores.lt.put(&rev, blob).await.expect("uploading");
+                stores.lt().put(&rev, blob).await.expect("uploading");
                 rev
             }
         })
@@ -161,13 +161,10 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
 
     let model = CloudModel::gcp(plan.bigtable_nodes);
     let capacity = Arc::new(Capacity::new(model, plan.seed));
-    let cloud = crate::testing::intercept::wrap(capacity.clone(), &twins);
-    let probe = LagProbe::new(cloud.changelog.clone(), twins.clock.clone());
-    let ledger = Arc::new(ClaimLedger::new(probe.clone(), twins.clock.clone()));
-    let stores = Stores {
-        changelog: ledger.clone(),
-        ..cloud.clone()
-    };
+    let cloud = tiersweep::testing::intercept::wrap(capacity.clone(), &twins);
+    let probe = LagProbe::new(cloud.changelog().clone(), twins.clock().clone());
+    let ledger = Arc::new(ClaimLedger::new(probe.clone(), twins.clock().clone()));
+    let stores = cloud.clone().with_changelog(ledger.clone());
     let config = RecoveryConfig {
         protocol,
         idle_poll: Duration::from_millis(200),
@@ -230,15 +227,15 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
                     let rev = Revision::mint(&path);
                     let record =
                         ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("fresh"));
-                    let id = ChangeId::mint_at(stores.clock.now());
+                    let id = ChangeId::mint_at(stores.clock().now());
                     // A crash that could not even record its change (refused by a limit)
                     // left nothing to recover; one that recorded it is counted and
                     // watched, whether or not its upload then landed.
-                    if let Ok(stamp) = stores.changelog.record(&id, &record).await {
+                    if let Ok(stamp) = stores.changelog().record(&id, &record).await {
                         fresh.fetch_add(1, Ordering::Relaxed);
                         probe.watch(id, Timestamp(stamp.0 + threshold.as_millis() as i64));
                         let _ = stores
-                            .lt
+                            .lt()
                             .put(&rev, Bytes::from_static(b"fresh upload"))
                             .await;
                     }
@@ -262,7 +259,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         let deletes_enough = capacity.admissions().gcs_mutations >= plan.backlog as u64;
         if deleted.is_none()
             && deletes_enough
-            && super::still_there(twins.lt.as_ref(), &mut blobs).await == 0
+            && super::still_there(twins.lt().as_ref(), &mut blobs).await == 0
         {
             deleted = Some((started.elapsed(), capacity.admissions()));
         }
@@ -298,7 +295,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
     }
     recovery.stop().await;
 
-    let capacity_over = |limit: crate::testing::capacity::Limit| {
+    let capacity_over = |limit: crate::capacity::Limit| {
         let secs = took.as_secs_f64();
         let whole = secs.floor() as u64;
         (0..whole)

@@ -18,17 +18,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::changelog::Changelog;
-use crate::lease::{Leases, MemberId, MemoryLeases};
-use crate::model::ShardSet;
-use crate::queue::{JobQueue, MemoryQueue};
-use crate::recovery::{Assignment, Cleaner, LeaseKeeper, RecoveryConfig, Scanner};
-use crate::stores::Stores;
-use crate::testing::MemoryStores;
-use crate::testing::claims::{ClaimCounts, ClaimLedger};
-use crate::testing::crash::{crashed_large_puts, test_writer_config};
-use crate::testing::faults::{Fault, Faults, Op, Rule};
-use crate::testing::invariants;
+use tiersweep::changelog::Changelog;
+use tiersweep::lease::{Leases, MemberId, MemoryLeases};
+use tiersweep::model::ShardSet;
+use tiersweep::queue::{JobQueue, MemoryQueue};
+use tiersweep::recovery::{Assignment, Cleaner, LeaseKeeper, RecoveryConfig, Scanner};
+use tiersweep::stores::Stores;
+use tiersweep::testing::MemoryStores;
+use tiersweep::testing::claims::{ClaimCounts, ClaimLedger};
+use tiersweep::testing::crash::{crashed_large_puts, test_writer_config};
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::invariants;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ElasticPlan {
@@ -166,8 +166,8 @@ impl Deployed {
             tracker.spawn(cleaner.run(stop_cleaners.clone(), Duration::from_secs(5)));
         }
         let mut pool = Pool {
-            changelog: stores.changelog.clone(),
-            leases: Arc::new(MemoryLeases::new(stores.clock.clone())),
+            changelog: stores.changelog().clone(),
+            leases: Arc::new(MemoryLeases::new(stores.clock().clone())),
             queue,
             config: config.clone(),
             period: Duration::from_secs(30),
@@ -251,8 +251,8 @@ pub async fn run(plan: ElasticPlan) -> ElasticReport {
     let protocol = super::protocol();
     let expected = crashed_large_puts(&stores, test_writer_config(protocol), plan.backlog).await;
     let ledger = Arc::new(ClaimLedger::new(
-        stores.changelog.clone(),
-        stores.clock.clone(),
+        stores.changelog().clone(),
+        stores.clock().clone(),
     ));
     let period = plan.lease_period;
     let config = RecoveryConfig {
@@ -267,10 +267,7 @@ pub async fn run(plan: ElasticPlan) -> ElasticReport {
     let queue = MemoryQueue::new(plan.backlog * 4 + 64, config.max_delivery_attempts);
     // Cleaners go through the ledger too, so their extensions and removals are counted.
     let slow = Faults::new([Rule::on(Op::LtDelete, Fault::Delay(plan.per_change))]);
-    let cleaner_stores = Stores {
-        changelog: ledger.clone(),
-        ..slow.wrap(&stores)
-    };
+    let cleaner_stores = slow.wrap(&stores).with_changelog(ledger.clone());
     let stop_cleaning = CancellationToken::new();
     let cleaning = tokio::spawn(
         Cleaner::new(cleaner_stores, Arc::new(queue.clone()), config.clone())
@@ -278,7 +275,7 @@ pub async fn run(plan: ElasticPlan) -> ElasticReport {
     );
     let mut pool = Pool {
         changelog: ledger.clone(),
-        leases: Arc::new(MemoryLeases::new(stores.clock.clone())),
+        leases: Arc::new(MemoryLeases::new(stores.clock().clone())),
         queue: Arc::new(queue),
         config: config.clone(),
         period,
@@ -390,7 +387,8 @@ fn live_shares(live: &[Member], now: Instant) -> bool {
         .iter()
         .map(|m| m.assignment.borrow().valid_at(now))
         .collect();
-    let fair = usize::from(crate::model::SHARD_COUNT) / live.len();
+    let fair = usize::from(tiersweep::model::SHARD_COUNT) / live.len();
     let total: usize = sets.iter().map(ShardSet::len).sum();
-    sets.iter().all(|s| s.len() * 4 >= fair * 3) && total == usize::from(crate::model::SHARD_COUNT)
+    sets.iter().all(|s| s.len() * 4 >= fair * 3)
+        && total == usize::from(tiersweep::model::SHARD_COUNT)
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::lt::{ByteStream, Declared, LtStore};
-use crate::model::{ObjectMeta, ObjectPath, Revision};
+use tiersweep::lt::{ByteStream, Declared, LtStore};
+use tiersweep::model::{ObjectMeta, ObjectPath, Revision};
 
 /// The split, in microseconds (medians over the samples).
 #[derive(Debug, Clone, Serialize)]
@@ -40,7 +40,7 @@ pub async fn measure(
     run: &str,
     bytes: usize,
     n: usize,
-) -> crate::error::StoreResult<UploadSplit> {
+) -> tiersweep::error::StoreResult<UploadSplit> {
     let body = Bytes::from(vec![b'U'; bytes.max(TAIL)]);
     let declared = Declared::of(&body);
     let meta = ObjectMeta::default();
@@ -60,11 +60,11 @@ pub async fn measure(
         // The upload must not finish before its last chunk: if it does, the store did not
         // wait for it and the figure would be meaningless.
         if tokio::time::timeout(HEAD_START, &mut put).await.is_ok() {
-            return Err(crate::error::StoreError::new(
-                crate::error::StoreKind::Lt,
+            return Err(tiersweep::error::StoreError::new(
+                tiersweep::error::StoreKind::Lt,
                 "upload",
                 b.to_string(),
-                crate::error::ErrorKind::Permanent,
+                tiersweep::error::ErrorKind::Permanent,
                 "the upload completed without its last chunk",
             ));
         }

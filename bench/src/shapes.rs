@@ -19,14 +19,14 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::{PipelineRun, Run, pipeline, protocol, recovery_config};
-use crate::changelog::{Claim, ScanRequest, ScannedRow};
-use crate::error::StoreResult;
-use crate::model::{HvValue, OwnerToken, ShardSet};
-use crate::queue::JobQueue;
-use crate::recovery::EmbeddedRecovery;
-use crate::stores::Stores;
-use crate::testing::claims::ClaimLedger;
-use crate::testing::meter::Meter;
+use crate::meter::Meter;
+use tiersweep::changelog::{Claim, ScanRequest, ScannedRow};
+use tiersweep::error::StoreResult;
+use tiersweep::model::{HvValue, OwnerToken, ShardSet};
+use tiersweep::queue::JobQueue;
+use tiersweep::recovery::EmbeddedRecovery;
+use tiersweep::stores::Stores;
+use tiersweep::testing::claims::ClaimLedger;
 
 /// One shape's run at one concurrency.
 #[derive(Debug, Clone, Serialize)]
@@ -63,12 +63,10 @@ impl ShapeRun {
 /// `stores` with a claim ledger around the changelog.
 fn timed(stores: &Stores) -> (Stores, Arc<ClaimLedger>) {
     let ledger = Arc::new(ClaimLedger::new(
-        stores.changelog.clone(),
-        stores.clock.clone(),
+        stores.changelog().clone(),
+        stores.clock().clone(),
     ));
-    let mut timed = stores.clone();
-    timed.changelog = ledger.clone();
-    (timed, ledger)
+    (stores.clone().with_changelog(ledger.clone()), ledger)
 }
 
 /// The seed's loop over a prepared backlog of `changes`, `in_flight` rows at a time.
@@ -85,9 +83,9 @@ pub async fn seed(
     let started = Instant::now();
     let mut converged = 0;
     while converged < changes {
-        let now = timed.changelog.now().await?;
+        let now = timed.changelog().now().await?;
         let page = timed
-            .changelog
+            .changelog()
             .scan_stale(&ScanRequest {
                 shards: ShardSet::ALL,
                 cutoff: now.saturating_sub(protocol().staleness_threshold),
@@ -117,19 +115,19 @@ pub async fn seed(
                 async move {
                     let lease_until = now.saturating_add(lease);
                     let Claim::Won(entry) = timed
-                        .changelog
+                        .changelog()
                         .claim(&seen, cutoff, claimer, lease_until)
                         .await?
                     else {
                         return Ok(false);
                     };
-                    let value = timed.hv.read(&entry.record.object).await?;
+                    let value = timed.hv().read(&entry.record.object).await?;
                     let referenced = value.as_ref().and_then(HvValue::tombstone);
                     for rev in entry.record.revisions().filter(|r| Some(*r) != referenced) {
-                        timed.lt.delete(rev).await?;
+                        timed.lt().delete(rev).await?;
                     }
                     timed
-                        .changelog
+                        .changelog()
                         .remove_many(std::slice::from_ref(&entry.id))
                         .await?;
                     Ok(true)

@@ -46,7 +46,7 @@ impl CpuUse {
 
 /// User + system CPU seconds `pid` has used since it started.
 pub fn cpu_s(pid: u32) -> Option<f64> {
-    crate::telemetry::process::cpu_time(&pid.to_string()).map(|d| d.as_secs_f64())
+    tiersweep::telemetry::process::cpu_time(&pid.to_string()).map(|d| d.as_secs_f64())
 }
 
 impl CpuProbe {

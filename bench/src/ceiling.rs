@@ -10,10 +10,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
-use crate::queue::{FlowControl, JobQueue, Message};
-use crate::stores::Stores;
+use tiersweep::error::StoreResult;
+use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
+use tiersweep::queue::{FlowControl, JobQueue, Message};
+use tiersweep::stores::Stores;
 
 use super::cpu::{CpuProbe, CpuUse};
 
@@ -166,7 +166,7 @@ pub async fn measure(
             probe,
             rate("bigtable", "MutateRow", calls, c, |i| async move {
                 let (id, rec) = &changes[i];
-                stores.changelog.record(id, rec).await.map(drop)
+                stores.changelog().record(id, rec).await.map(drop)
             }),
         )
         .await?,
@@ -176,7 +176,7 @@ pub async fn measure(
             probe,
             rate("bigtable", "CheckAndMutateRow", calls, c, |i| async move {
                 let (id, rec) = &changes[i];
-                stores.changelog.heartbeat(id, &rec.owner).await.map(drop)
+                stores.changelog().heartbeat(id, &rec.owner).await.map(drop)
             }),
         )
         .await?,
@@ -185,7 +185,7 @@ pub async fn measure(
         with_cpu(
             probe,
             rate("bigtable", "ReadRows", calls, c, |i| async move {
-                stores.changelog.get(&changes[i].0).await.map(drop)
+                stores.changelog().get(&changes[i].0).await.map(drop)
             }),
         )
         .await?,
@@ -197,7 +197,7 @@ pub async fn measure(
                 let blob = blob.clone();
                 async move {
                     let rev = changes[i].1.new.as_ref().expect("minted above");
-                    stores.lt.put(rev, blob).await
+                    stores.lt().put(rev, blob).await
                 }
             }),
         )
@@ -208,7 +208,7 @@ pub async fn measure(
             probe,
             rate("gcs", "object delete", calls, c, |i| async move {
                 let rev = changes[i].1.new.as_ref().expect("minted above");
-                stores.lt.delete(rev).await
+                stores.lt().delete(rev).await
             }),
         )
         .await?,
@@ -234,7 +234,7 @@ pub async fn measure(
     // Not timed: leaves no rows for a later run's scanners to recover.
     rate("bigtable", "cleanup", calls, c, |i| async move {
         let (id, rec) = &changes[i];
-        stores.changelog.remove(id, &rec.owner).await.map(drop)
+        stores.changelog().remove(id, &rec.owner).await.map(drop)
     })
     .await?;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
