@@ -16,15 +16,17 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY workers/Cargo.toml workers/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml
-RUN mkdir -p src workers/tiersweep bench/src \
+COPY testkit/Cargo.toml testkit/Cargo.toml
+RUN mkdir -p src workers/tiersweep bench/src testkit/src \
  && echo 'fn main() {}' > workers/tiersweep/main.rs \
- && touch src/lib.rs bench/src/lib.rs \
+ && touch src/lib.rs bench/src/lib.rs testkit/src/lib.rs \
  && cargo build --release --locked -p tiersweep-workers --no-default-features --features "$FEATURES" \
- && rm -rf src workers/tiersweep bench/src
+ && rm -rf src workers/tiersweep bench/src testkit/src
 COPY src src
 COPY workers workers
 COPY bench bench
-RUN touch src/lib.rs workers/tiersweep/main.rs bench/src/lib.rs \
+COPY testkit testkit
+RUN touch src/lib.rs workers/tiersweep/main.rs bench/src/lib.rs testkit/src/lib.rs \
  && cargo build --release --locked -p tiersweep-workers --no-default-features --features "$FEATURES" \
  && cp target/release/tiersweep /tiersweep
 

@@ -2,8 +2,8 @@
 # Proves that the worker binary as the release image builds it (`tiersweep-workers`
 # without default features, as in the Dockerfile) contains none of the library's test
 # machinery, demo, benchmark or protocol mutants: no symbol of `tiersweep::testing`,
-# `tiersweep::demo`, `tiersweep::mutants` or the benchmark's crate (`tiersweep_bench`)
-# is in it. The same check on the dev build (default features) must
+# `tiersweep::demo`, `tiersweep::mutants`, the benchmark's crate (`tiersweep_bench`) or
+# the test kit (`tiersweep_testkit`) is in it. The same check on the dev build (default features) must
 # find them, so a pattern that matches nothing cannot pass for a clean binary.
 #
 # It builds with the debug profile, which CI builds anyway: what goes into the binary is
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-forbidden='(tiersweep::(testing|demo|mutants)|tiersweep_bench)::'
+forbidden='(tiersweep::(testing|demo|mutants)|tiersweep_bench|tiersweep_testkit)::'
 out=target/release-check
 mkdir -p "$out"
 

@@ -3,7 +3,7 @@
 //! Each [`Mutant`] names one mistake a reasonable engineer could make in the protocol —
 //! a check left out, two steps swapped, a rule weakened — and the code carries a switch at
 //! the place the mistake would be made. The whole-pipeline simulation
-//! (`testing::simulation`) must find every one of them: a mutant it cannot catch is a
+//! (`tiersweep_testkit::simulation`) must find every one of them: a mutant it cannot catch is a
 //! fault or an invariant the simulation does not express yet.
 //!
 //! Without the feature, [`on`] is a constant `false` and every switch compiles away; the

@@ -63,6 +63,40 @@ impl Stores {
         &self.changelog
     }
 
+    /// The parts, to replace one with a wrapped one (the test machinery's wrappers).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn hv_mut(&mut self) -> &mut Arc<dyn HvStore> {
+        &mut self.hv
+    }
+
+    /// See [`Stores::hv_mut`].
+    #[cfg(any(test, feature = "testing"))]
+    pub fn changelog_mut(&mut self) -> &mut Arc<dyn Changelog> {
+        &mut self.changelog
+    }
+
+    /// See [`Stores::hv_mut`].
+    #[cfg(any(test, feature = "testing"))]
+    pub fn clock_mut(&mut self) -> &mut SharedClock {
+        &mut self.clock
+    }
+
+    /// Stores from their parts (the test machinery's fixtures and wrappers).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn from_parts(
+        hv: Arc<dyn HvStore>,
+        lt: Arc<dyn LtStore>,
+        changelog: Arc<dyn Changelog>,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            hv,
+            lt,
+            changelog,
+            clock,
+        }
+    }
+
     /// The same stores judging time by another clock (a skewed one).
     #[cfg(any(test, feature = "testing"))]
     pub fn with_clock(self, clock: SharedClock) -> Self {

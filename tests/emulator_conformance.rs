@@ -3,7 +3,7 @@
 //! Each test gets its own tables, bucket or topics.
 
 use tiersweep::clock;
-use tiersweep::testing::emulators::emulators;
+use tiersweep_testkit::emulators::emulators;
 
 mod hv {
     use super::*;

@@ -7,7 +7,7 @@ use tiersweep::bigtable::BigtableClient;
 use tiersweep::hv::{BigtableHv, HvStore};
 use tiersweep::lt::GcsLt;
 use tiersweep::model::ObjectPath;
-use tiersweep::testing::emulators::emulators;
+use tiersweep_testkit::emulators::emulators;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_bucket_is_refused_at_connect_by_name() {
@@ -71,8 +71,8 @@ mod stalled {
     use tiersweep::lt::{GcsLt, LtAccess, LtStore};
     use tiersweep::model::{ObjectPath, Revision};
     use tiersweep::queue::{JobQueue, Message, PubsubQueue};
-    use tiersweep::testing::emulators::emulators;
-    use tiersweep::testing::proxy::ChaosProxy;
+    use tiersweep_testkit::emulators::emulators;
+    use tiersweep_testkit::proxy::ChaosProxy;
 
     const DEADLINE: Duration = Duration::from_secs(2);
 

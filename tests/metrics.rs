@@ -14,9 +14,9 @@ use tiersweep::queue::{JobQueue, MemoryQueue, Message};
 use tiersweep::recovery::{CleanupJob, EmbeddedRecovery, Scanner};
 use tiersweep::telemetry::metrics::{registry, render_prometheus};
 use tiersweep::testing::MemoryStores;
-use tiersweep::testing::crash::{self, Scenario, test_recovery_config, test_writer_config};
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::writer::{GuardState, TieredStorage, WriteError};
+use tiersweep_testkit::crash::{self, Scenario, test_recovery_config, test_writer_config};
 
 fn series(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()

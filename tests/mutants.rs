@@ -9,8 +9,8 @@
 //! (`TIERSWEEP_SIM_THREADS=N` for another number).
 
 use tiersweep::mutants::{Mutant, activate};
-use tiersweep::testing::simulation::plan::{Plan, Shape};
-use tiersweep::testing::simulation::run;
+use tiersweep_testkit::simulation::plan::{Plan, Shape};
+use tiersweep_testkit::simulation::run;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())

@@ -8,14 +8,14 @@ use std::time::Duration;
 use tiersweep::clock;
 use tiersweep::config::ProtocolConfig;
 use tiersweep::recovery::embedded::PassReport;
-use tiersweep::testing::backlog::{Plan, drain};
-use tiersweep::testing::crash::{
-    self, CrashPoint, Scenario, test_recovery_config, test_writer_config,
-};
-use tiersweep::testing::emulators::emulators;
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::testing::invariants;
 use tiersweep::writer::{TieredStorage, WriteError};
+use tiersweep_testkit::backlog::{Plan, drain};
+use tiersweep_testkit::crash::{
+    self, CrashPoint, Scenario, test_recovery_config, test_writer_config,
+};
+use tiersweep_testkit::emulators::emulators;
 
 fn protocol() -> ProtocolConfig {
     let p = ProtocolConfig {
@@ -202,7 +202,7 @@ async fn malformed_metadata_cells_are_reported_by_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_slower_than_a_lease_is_claimed_once_with_backpressure() {
     let d =
-        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores().await, protocol(), 8, 2)
+        tiersweep_testkit::backlog::drain_slower_than_a_lease(&stores().await, protocol(), 8, 2)
             .await;
     assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
     assert!(d.held_back > 0, "the scanner held back: {d:?}");
@@ -211,7 +211,7 @@ async fn a_backlog_slower_than_a_lease_is_claimed_once_with_backpressure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_backpressure_the_same_backlog_is_claimed_again() {
     let d =
-        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores().await, protocol(), 8, 0)
+        tiersweep_testkit::backlog::drain_slower_than_a_lease(&stores().await, protocol(), 8, 0)
             .await;
     assert!(d.claims_won > d.changes, "re-claims of queued work: {d:?}");
 }

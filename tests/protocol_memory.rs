@@ -7,13 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tiersweep::config::ProtocolConfig;
 use tiersweep::testing::MemoryStores;
-use tiersweep::testing::backlog::{Plan, drain};
-use tiersweep::testing::crash::{
-    self, CrashPoint, SCENARIOS, Scenario, test_recovery_config, test_writer_config,
-};
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::testing::invariants::{self, Acceptable};
 use tiersweep::writer::{GuardState, TieredStorage, WriteError, WriterConfig};
+use tiersweep_testkit::backlog::{Plan, drain};
+use tiersweep_testkit::crash::{
+    self, CrashPoint, SCENARIOS, Scenario, test_recovery_config, test_writer_config,
+};
 
 fn protocol() -> ProtocolConfig {
     ProtocolConfig::default()
@@ -320,8 +320,7 @@ async fn malformed_rows_are_reported_and_left_in_place() {
 #[tokio::test(start_paused = true)]
 async fn a_backlog_slower_than_a_lease_is_claimed_once_with_backpressure() {
     let stores = MemoryStores::new().stores();
-    let d =
-        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores, protocol(), 12, 2).await;
+    let d = tiersweep_testkit::backlog::drain_slower_than_a_lease(&stores, protocol(), 12, 2).await;
     assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
     assert!(d.held_back > 0, "the scanner held back: {d:?}");
 }
@@ -330,8 +329,7 @@ async fn a_backlog_slower_than_a_lease_is_claimed_once_with_backpressure() {
 async fn without_backpressure_the_same_backlog_is_claimed_again() {
     // The control: the schedule is real, queued jobs do outlive their claims.
     let stores = MemoryStores::new().stores();
-    let d =
-        tiersweep::testing::backlog::drain_slower_than_a_lease(&stores, protocol(), 12, 0).await;
+    let d = tiersweep_testkit::backlog::drain_slower_than_a_lease(&stores, protocol(), 12, 0).await;
     assert!(d.claims_won > d.changes, "re-claims of queued work: {d:?}");
     assert_eq!(d.held_back, 0);
 }

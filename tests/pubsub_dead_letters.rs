@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tiersweep::queue::{DEAD_LETTER_REASON, FlowControl, JobQueue, Message, PubsubQueue};
-use tiersweep::testing::emulators::emulators;
+use tiersweep_testkit::emulators::emulators;
 
 const WAIT: Duration = Duration::from_secs(30);
 

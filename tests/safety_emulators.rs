@@ -1,4 +1,4 @@
-//! The adversarial schedules (`tiersweep::testing::schedules`) on the emulators
+//! The adversarial schedules (`tiersweep_testkit::schedules`) on the emulators
 //! (cbtemulator, fake-gcs-server), in real time with short timings; each schedule gets
 //! fresh tables and a fresh bucket.
 
@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tiersweep::clock;
 use tiersweep::config::ProtocolConfig;
-use tiersweep::testing::emulators::emulators;
-use tiersweep::testing::schedules;
+use tiersweep_testkit::emulators::emulators;
+use tiersweep_testkit::schedules;
 
 fn protocol() -> ProtocolConfig {
     ProtocolConfig {
@@ -17,19 +17,19 @@ fn protocol() -> ProtocolConfig {
     }
 }
 
-tiersweep::safety_schedules!(
+tiersweep_testkit::safety_schedules!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
     async { emulators().await.stores(clock::system()).await },
     protocol()
 );
 
-tiersweep::audit_scenarios!(
+tiersweep_testkit::audit_scenarios!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
     async { emulators().await.stores(clock::system()).await },
     protocol()
 );
 
-tiersweep::audit_fanout_scenarios!(
+tiersweep_testkit::audit_fanout_scenarios!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
     async { emulators().await.stores_and_runs(clock::system()).await },
     protocol()
@@ -57,12 +57,12 @@ async fn a_writer_clock_running_behind_keeps_its_live_write() {
         .await;
 }
 
-// Recovery hosts whose clocks are wrong (tiersweep::testing::recovery_clocks).
+// Recovery hosts whose clocks are wrong (tiersweep_testkit::recovery_clocks).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleaner_clock_behind_does_not_cut_the_settle_short() {
     let (honest, behind) = skewed_pair(false).await;
-    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_does_not_cut_the_settle_short(
+    tiersweep_testkit::recovery_clocks::a_cleaner_clock_behind_does_not_cut_the_settle_short(
         honest,
         behind,
         protocol(),
@@ -73,7 +73,7 @@ async fn a_cleaner_clock_behind_does_not_cut_the_settle_short() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short() {
     let (honest, ahead) = skewed_pair(true).await;
-    tiersweep::testing::recovery_clocks::a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
+    tiersweep_testkit::recovery_clocks::a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
         honest,
         ahead,
         protocol(),
@@ -81,12 +81,12 @@ async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short() {
     .await;
 }
 
-// Key-bounded scans still find every stale row (tiersweep::testing::scans).
+// Key-bounded scans still find every stale row (tiersweep_testkit::scans).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+    tiersweep_testkit::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
         stores,
         protocol(),
         10_000,
@@ -97,7 +97,7 @@ async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+    tiersweep_testkit::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
         stores,
         protocol(),
         0,
@@ -108,7 +108,7 @@ async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
     let leases = emulators().await.leases().await;
-    tiersweep::testing::membership::a_pool_rebalances_as_members_join_leave_and_die(
+    tiersweep_testkit::membership::a_pool_rebalances_as_members_join_leave_and_die(
         leases,
         Duration::from_secs(4),
     )
@@ -118,7 +118,7 @@ async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_handed_over_is_read_whole_by_its_new_owner() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_shard_handed_over_is_read_whole_by_its_new_owner(
+    tiersweep_testkit::scans::a_shard_handed_over_is_read_whole_by_its_new_owner(
         stores,
         protocol(),
     )
@@ -128,7 +128,7 @@ async fn a_shard_handed_over_is_read_whole_by_its_new_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
     let (recovery, writer) = skewed_pair(false).await;
-    tiersweep::testing::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
+    tiersweep_testkit::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
         recovery,
         writer,
         protocol(),
@@ -139,7 +139,7 @@ async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
+    tiersweep_testkit::scans::a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
         stores,
         protocol(),
     )
@@ -149,7 +149,7 @@ async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
+    tiersweep_testkit::scans::a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
         stores,
         protocol(),
     )
@@ -159,13 +159,13 @@ async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_batch_of_watched_rows_reads_on() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_full_batch_of_watched_rows_reads_on(stores, protocol()).await;
+    tiersweep_testkit::scans::a_full_batch_of_watched_rows_reads_on(stores, protocol()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
+    tiersweep_testkit::scans::a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
         stores,
         protocol(),
     )
@@ -175,7 +175,7 @@ async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start() {
     let stores = emulators().await.stores(clock::system()).await;
-    tiersweep::testing::scans::a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
+    tiersweep_testkit::scans::a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
         stores,
         protocol(),
     )
@@ -185,7 +185,7 @@ async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner() {
     let (recovery, writer) = skewed_pair(true).await;
-    tiersweep::testing::scans::a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
+    tiersweep_testkit::scans::a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
         recovery,
         writer,
         protocol(),
@@ -196,7 +196,7 @@ async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works() {
     let (honest, behind) = skewed_pair(false).await;
-    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_keeps_its_claim_while_it_works(
+    tiersweep_testkit::recovery_clocks::a_cleaner_clock_behind_keeps_its_claim_while_it_works(
         honest,
         behind,
         protocol(),

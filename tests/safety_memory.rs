@@ -1,11 +1,11 @@
-//! The adversarial schedules (`tiersweep::testing::schedules`) on the in-memory twins,
+//! The adversarial schedules (`tiersweep_testkit::schedules`) on the in-memory twins,
 //! under paused time: waits cost nothing, so each schedule runs in milliseconds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tiersweep::config::ProtocolConfig;
-use tiersweep::testing::schedules;
+use tiersweep_testkit::schedules;
 
 fn protocol() -> ProtocolConfig {
     ProtocolConfig {
@@ -15,20 +15,20 @@ fn protocol() -> ProtocolConfig {
     }
 }
 
-tiersweep::safety_schedules!(
+tiersweep_testkit::safety_schedules!(
     #[tokio::test(start_paused = true)],
     async { tiersweep::testing::MemoryStores::new().stores() },
     protocol(),
     paused_time
 );
 
-tiersweep::audit_scenarios!(
+tiersweep_testkit::audit_scenarios!(
     #[tokio::test(start_paused = true)],
     async { tiersweep::testing::MemoryStores::new().stores() },
     protocol()
 );
 
-tiersweep::audit_fanout_scenarios!(
+tiersweep_testkit::audit_fanout_scenarios!(
     #[tokio::test(start_paused = true)],
     async {
         let runs: std::sync::Arc<dyn tiersweep::audit::AuditRuns> =
@@ -63,12 +63,12 @@ async fn a_writer_clock_running_behind_keeps_its_live_write() {
         .await;
 }
 
-// Recovery hosts whose clocks are wrong (tiersweep::testing::recovery_clocks).
+// Recovery hosts whose clocks are wrong (tiersweep_testkit::recovery_clocks).
 
 #[tokio::test(start_paused = true)]
 async fn a_cleaner_clock_behind_does_not_cut_the_settle_short() {
     let (honest, behind) = skewed_pair(false);
-    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_does_not_cut_the_settle_short(
+    tiersweep_testkit::recovery_clocks::a_cleaner_clock_behind_does_not_cut_the_settle_short(
         honest,
         behind,
         protocol(),
@@ -79,7 +79,7 @@ async fn a_cleaner_clock_behind_does_not_cut_the_settle_short() {
 #[tokio::test(start_paused = true)]
 async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short() {
     let (honest, ahead) = skewed_pair(true);
-    tiersweep::testing::recovery_clocks::a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
+    tiersweep_testkit::recovery_clocks::a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
         honest,
         ahead,
         protocol(),
@@ -87,12 +87,12 @@ async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short() {
     .await;
 }
 
-// Key-bounded scans still find every stale row (tiersweep::testing::scans).
+// Key-bounded scans still find every stale row (tiersweep_testkit::scans).
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+    tiersweep_testkit::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
         stores,
         protocol(),
         10_000,
@@ -103,7 +103,7 @@ async fn a_crash_behind_the_key_bound_is_found_without_a_sweep() {
 #[tokio::test(start_paused = true)]
 async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
+    tiersweep_testkit::scans::a_crash_behind_the_key_bound_is_found_without_a_sweep(
         stores,
         protocol(),
         0,
@@ -115,7 +115,7 @@ async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
 async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
     let clock: tiersweep::clock::SharedClock = Arc::new(tiersweep::clock::TokioClock::new());
     let leases = Arc::new(tiersweep::lease::MemoryLeases::new(clock));
-    tiersweep::testing::membership::a_pool_rebalances_as_members_join_leave_and_die(
+    tiersweep_testkit::membership::a_pool_rebalances_as_members_join_leave_and_die(
         leases,
         Duration::from_secs(30),
     )
@@ -125,7 +125,7 @@ async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
 #[tokio::test(start_paused = true)]
 async fn a_shard_handed_over_is_read_whole_by_its_new_owner() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_shard_handed_over_is_read_whole_by_its_new_owner(
+    tiersweep_testkit::scans::a_shard_handed_over_is_read_whole_by_its_new_owner(
         stores,
         protocol(),
     )
@@ -135,7 +135,7 @@ async fn a_shard_handed_over_is_read_whole_by_its_new_owner() {
 #[tokio::test(start_paused = true)]
 async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
     let (recovery, writer) = skewed_pair(false);
-    tiersweep::testing::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
+    tiersweep_testkit::scans::a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
         recovery,
         writer,
         protocol(),
@@ -145,7 +145,7 @@ async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep() {
 
 #[tokio::test(start_paused = true)]
 async fn removed_rows_piling_up_are_not_read_again_by_key_bounded_scans() {
-    use tiersweep::testing::scans::scan_cost;
+    use tiersweep_testkit::scans::scan_cost;
     let (history, crashes) = (2_000, 200);
     let bounded = scan_cost(
         tiersweep::testing::MemoryStores::new(),
@@ -179,7 +179,7 @@ async fn removed_rows_piling_up_are_not_read_again_by_key_bounded_scans() {
 #[tokio::test(start_paused = true)]
 async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
+    tiersweep_testkit::scans::a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
         stores,
         protocol(),
     )
@@ -189,7 +189,7 @@ async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time() {
 #[tokio::test(start_paused = true)]
 async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
+    tiersweep_testkit::scans::a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
         stores,
         protocol(),
     )
@@ -199,13 +199,13 @@ async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
 #[tokio::test(start_paused = true)]
 async fn a_full_batch_of_watched_rows_reads_on() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_full_batch_of_watched_rows_reads_on(stores, protocol()).await;
+    tiersweep_testkit::scans::a_full_batch_of_watched_rows_reads_on(stores, protocol()).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
+    tiersweep_testkit::scans::a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
         stores,
         protocol(),
     )
@@ -215,7 +215,7 @@ async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
 #[tokio::test(start_paused = true)]
 async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start() {
     let stores = tiersweep::testing::MemoryStores::new().stores();
-    tiersweep::testing::scans::a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
+    tiersweep_testkit::scans::a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
         stores,
         protocol(),
     )
@@ -225,7 +225,7 @@ async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start() {
 #[tokio::test(start_paused = true)]
 async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner() {
     let (recovery, writer) = skewed_pair(true);
-    tiersweep::testing::scans::a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
+    tiersweep_testkit::scans::a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
         recovery,
         writer,
         protocol(),
@@ -236,7 +236,7 @@ async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner() {
 #[tokio::test(start_paused = true)]
 async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works() {
     let (honest, behind) = skewed_pair(false);
-    tiersweep::testing::recovery_clocks::a_cleaner_clock_behind_keeps_its_claim_while_it_works(
+    tiersweep_testkit::recovery_clocks::a_cleaner_clock_behind_keeps_its_claim_while_it_works(
         honest,
         behind,
         protocol(),
@@ -251,8 +251,8 @@ async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works() {
 #[tokio::test(start_paused = true)]
 async fn a_record_retry_after_a_freeze_past_the_guard_is_not_sent() {
     use tiersweep::testing::faults::Op;
-    use tiersweep::testing::simulation::hooks::Freeze;
     use tiersweep::testing::{MemoryStores, SkewedClock, intercept};
+    use tiersweep_testkit::simulation::hooks::Freeze;
     let protocol = protocol();
     let mem = MemoryStores::new();
     let clock = SkewedClock::new(mem.clock.clone());
@@ -264,7 +264,7 @@ async fn a_record_retry_after_a_freeze_past_the_guard_is_not_sent() {
     .with_clock(clock);
     let writer = tiersweep::TieredStorage::new(
         stores,
-        tiersweep::testing::crash::test_writer_config(protocol),
+        tiersweep_testkit::crash::test_writer_config(protocol),
     )
     .expect("valid config");
     let path = tiersweep::model::ObjectPath::new("freeze/record").expect("valid path");

@@ -1,5 +1,5 @@
 //! The whole pipeline under the fault model, schedule after schedule (see
-//! `tiersweep::testing::simulation`).
+//! `tiersweep_testkit::simulation`).
 //!
 //! `TIERSWEEP_SCHEDULES=N` runs N schedules (10,000 by default, what CI runs) from
 //! consecutive seeds starting at `TIERSWEEP_SEED_BASE` (random by default) and prints the
@@ -10,8 +10,8 @@
 //! log, stamped with simulated seconds, instead of judging it; a schedule's outcome can
 //! differ between replays (tokio's `select!` order is not seeded).
 
-use tiersweep::testing::simulation::plan::{Plan, Shape};
-use tiersweep::testing::simulation::{run, shrink};
+use tiersweep_testkit::simulation::plan::{Plan, Shape};
+use tiersweep_testkit::simulation::{run, shrink};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())

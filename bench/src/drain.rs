@@ -31,8 +31,8 @@ use tiersweep::queue::MemoryQueue;
 use tiersweep::recovery::RecoveryConfig;
 use tiersweep::stores::Stores;
 use tiersweep::testing::MemoryStores;
-use tiersweep::testing::claims::ClaimLedger;
 use tiersweep::writer::{TieredStorage, WriterConfig};
+use tiersweep_testkit::claims::ClaimLedger;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct DrainPlan {

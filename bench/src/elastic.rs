@@ -25,10 +25,10 @@ use tiersweep::queue::{JobQueue, MemoryQueue};
 use tiersweep::recovery::{Assignment, Cleaner, LeaseKeeper, RecoveryConfig, Scanner};
 use tiersweep::stores::Stores;
 use tiersweep::testing::MemoryStores;
-use tiersweep::testing::claims::{ClaimCounts, ClaimLedger};
-use tiersweep::testing::crash::{crashed_large_puts, test_writer_config};
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::testing::invariants;
+use tiersweep_testkit::claims::{ClaimCounts, ClaimLedger};
+use tiersweep_testkit::crash::{crashed_large_puts, test_writer_config};
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ElasticPlan {

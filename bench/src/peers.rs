@@ -45,7 +45,7 @@ use tiersweep::queue::MemoryQueue;
 use tiersweep::recovery::RecoveryConfig;
 use tiersweep::stores::Stores;
 use tiersweep::testing::MemoryStores;
-use tiersweep::testing::audits::MemoryTrail;
+use tiersweep::testing::trail::MemoryTrail;
 
 /// What is prepared and who runs.
 #[derive(Debug, Clone, Copy, Serialize)]

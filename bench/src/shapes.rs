@@ -26,7 +26,7 @@ use tiersweep::model::{HvValue, OwnerToken, ShardSet};
 use tiersweep::queue::JobQueue;
 use tiersweep::recovery::EmbeddedRecovery;
 use tiersweep::stores::Stores;
-use tiersweep::testing::claims::ClaimLedger;
+use tiersweep_testkit::claims::ClaimLedger;
 
 /// One shape's run at one concurrency.
 #[derive(Debug, Clone, Serialize)]

@@ -75,7 +75,7 @@ impl RangeJob {
 
 /// Records a new run of `config`, valid for `ttl` on the changelog's clock, and publishes
 /// a job for each of its ranges.
-pub(crate) async fn start(
+pub async fn start(
     changelog: &dyn Changelog,
     runs: &dyn AuditRuns,
     queue: &dyn JobQueue,
@@ -104,7 +104,7 @@ pub(crate) async fn start(
 
 /// Publishes again the jobs of run `id`'s unfinished ranges (after a worker outage, or
 /// once dead-lettered jobs' cause is fixed); returns the run and how many were published.
-pub(crate) async fn resume(
+pub async fn resume(
     changelog: &dyn Changelog,
     runs: &dyn AuditRuns,
     queue: &dyn JobQueue,
@@ -144,6 +144,19 @@ async fn publish(
     let n = jobs.len();
     queue.publish(jobs).await.map_err(AuditError::Runs)?;
     Ok(n)
+}
+
+/// Takes jobs from `queue` one at a time with `worker` (the test machinery's way in: the
+/// binary's is `worker::audit::serve`, on the Pub/Sub connection).
+#[cfg(any(test, feature = "testing"))]
+pub async fn serve(worker: &AuditWorker, queue: &dyn JobQueue) -> Result<(), StoreError> {
+    worker.serve(queue).await
+}
+
+/// Judges the range the job in `message` names, with `worker`.
+#[cfg(any(test, feature = "testing"))]
+pub async fn handle(worker: &AuditWorker, message: &Message) -> JobOutcome {
+    worker.handle(message).await
 }
 
 /// What a fanned-out run has found so far: finished ranges as done, the others as

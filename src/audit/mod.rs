@@ -130,7 +130,7 @@ mod tests {
     use crate::model::{ChangeId, ObjectPath, Revision};
     use crate::retry::RetryPolicy;
     use crate::testing::MemoryStores;
-    use crate::testing::audits::MemoryTrail;
+    use crate::testing::trail::MemoryTrail;
     use crate::testing::faults::{Fault, Faults, Op, Rule};
 
     const DAY: Duration = Duration::from_secs(24 * 3600);

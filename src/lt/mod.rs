@@ -7,7 +7,7 @@
 
 pub mod gcs;
 pub mod memory;
-pub(crate) mod paced;
+pub mod paced;
 
 use std::pin::Pin;
 

@@ -1,6 +1,6 @@
 //! Store wrappers that hand every call to a hook before it reaches the store: the one
 //! place that knows which store call is which [`Op`]. Fault injection ([`super::faults`])
-//! and the benchmarks' call meter ([`super::meter`]) are hooks.
+//! and the benchmark's call meter (`tiersweep_bench::meter`) are hooks.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -2,23 +2,11 @@
 //! pass, the invariant checker every test and demo ends with, and store wrappers that
 //! inject crashes, lost responses, failures and delays.
 
-pub mod audit_fanout;
-pub mod audits;
-pub mod backlog;
-pub mod claims;
 pub mod conformance;
-pub mod crash;
-pub mod emulators;
 pub mod faults;
-pub mod gated_writes;
 pub mod intercept;
 pub mod invariants;
-pub mod membership;
-pub mod proxy;
-pub mod recovery_clocks;
-pub mod scans;
-pub mod schedules;
-pub mod simulation;
+pub mod trail;
 
 use std::sync::Arc;
 

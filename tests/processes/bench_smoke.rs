@@ -206,7 +206,7 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
             "60",
         ],
     );
-    let watched = tiersweep::testing::emulators::started_processes().len() == 3;
+    let watched = tiersweep_testkit::emulators::started_processes().len() == 3;
     let s = &report["settings"][0];
     assert_lag(s);
     for run in s["pipeline"].as_array().unwrap() {

@@ -23,13 +23,13 @@ use tiersweep::clock;
 use tiersweep::config::{Config, ProtocolConfig};
 use tiersweep::lt::LtAccess;
 use tiersweep::model::ObjectPath;
-use tiersweep::testing::crash::test_writer_config;
-use tiersweep::testing::emulators::{emulators, env_for};
 use tiersweep::testing::faults::{Fault, Faults, Rule};
 use tiersweep::testing::invariants;
-use tiersweep::testing::proxy::ChaosProxy;
-use tiersweep::testing::simulation::history::{Ending, History};
 use tiersweep::writer::TieredStorage;
+use tiersweep_testkit::crash::test_writer_config;
+use tiersweep_testkit::emulators::{emulators, env_for};
+use tiersweep_testkit::proxy::ChaosProxy;
+use tiersweep_testkit::simulation::history::{Ending, History};
 use tokio::time::Instant;
 
 fn protocol() -> ProtocolConfig {

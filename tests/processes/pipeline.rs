@@ -12,11 +12,11 @@ use tiersweep::lt::LtAccess;
 use tiersweep::model::{ChangeId, HvValue, ObjectPath, OwnerToken};
 use tiersweep::queue::{DEAD_LETTER_REASON, JobQueue, Message, PubsubQueue};
 use tiersweep::recovery::{CleanupJob, inspect};
-use tiersweep::testing::crash::{self, Scenario, test_writer_config};
-use tiersweep::testing::emulators::{emulators, env_for};
 use tiersweep::testing::invariants::{self, Acceptable};
 use tiersweep::writer::TieredStorage;
 use tiersweep::{StoreResult, Stores};
+use tiersweep_testkit::crash::{self, Scenario, test_writer_config};
+use tiersweep_testkit::emulators::{emulators, env_for};
 
 fn protocol() -> ProtocolConfig {
     ProtocolConfig {
@@ -478,7 +478,7 @@ async fn a_job_whose_cleaner_is_killed_mid_job_is_converged_by_another() {
     // Cleaner A reaches Bigtable through a proxy we can freeze, with a long RPC deadline,
     // so that it hangs inside its job until we kill it.
     let bigtable = config.bigtable.emulator_host.clone().unwrap();
-    let proxy = tiersweep::testing::proxy::ChaosProxy::start(bigtable)
+    let proxy = tiersweep_testkit::proxy::ChaosProxy::start(bigtable)
         .await
         .unwrap();
     let mut a_config = config.clone();

@@ -30,8 +30,8 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tiersweep::Stores;
 use tiersweep::clock;
 use tiersweep::config::ProtocolConfig;
-use tiersweep::testing::crash::{self, test_writer_config};
-use tiersweep::testing::emulators::{emulators, env_for};
+use tiersweep_testkit::crash::{self, test_writer_config};
+use tiersweep_testkit::emulators::{emulators, env_for};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Spans as received, with the service that sent them.

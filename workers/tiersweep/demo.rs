@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use tiersweep::demo::{self, DemoConfig, DemoReport, Progress};
 use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
-use tiersweep::testing::{MemoryStores, emulators};
+use tiersweep::testing::MemoryStores;
+use tiersweep_testkit::emulators;
 
 use crate::Cli;
 

@@ -17,13 +17,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
 use tiersweep::stores::Stores;
-use tiersweep::testing::{MemoryStores, emulators};
+use tiersweep::testing::MemoryStores;
 use tiersweep::writer::{TieredStorage, WriterConfig};
 use tiersweep_bench::ceiling;
 use tiersweep_bench::cpu::CpuProbe;
 use tiersweep_bench::lag::{self, SteadyLoad};
 use tiersweep_bench::meter::{Latency, Meter};
 use tiersweep_bench::{self as bench, PipelineRun, WriteLatency};
+use tiersweep_testkit::emulators;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -344,7 +345,7 @@ where
 /// Rows examined per stale row found on a changelog of `history` removed rows (plus one
 /// removed row per crash), key-bounded rounds against full-range ones.
 async fn scan_cost(history: usize) -> Result<ScanCostReport> {
-    use tiersweep::testing::scans::scan_cost;
+    use tiersweep_testkit::scans::scan_cost;
     let crashes = (history / 10).max(5);
     let protocol = tiersweep_bench::protocol();
     let measure = move |sweep_every: Duration| async move {
@@ -384,7 +385,7 @@ fn write_json(out: &std::path::Path, report: &Report) -> Result<PathBuf> {
 fn cpu_probe(queues: &Queues) -> CpuProbe {
     let others = match queues {
         Queues::Memory => Vec::new(),
-        Queues::Emulator(_) => tiersweep::testing::emulators::started_processes(),
+        Queues::Emulator(_) => tiersweep_testkit::emulators::started_processes(),
     };
     let probe = CpuProbe::new(others);
     if matches!(queues, Queues::Emulator(_)) {

@@ -52,8 +52,8 @@ pub struct ScanCostRun {
     pub first_round: u64,
 }
 
-impl From<tiersweep::testing::scans::ScanCost> for ScanCostRun {
-    fn from(c: tiersweep::testing::scans::ScanCost) -> Self {
+impl From<tiersweep_testkit::scans::ScanCost> for ScanCostRun {
+    fn from(c: tiersweep_testkit::scans::ScanCost) -> Self {
         Self {
             found: c.found,
             examined: c.examined,

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tiersweep::config::Config;
 use tiersweep::telemetry::metrics::registry;
-use tiersweep::testing::emulators::{Emulators, env_for};
 use tiersweep_bench::Crash;
+use tiersweep_testkit::emulators::{Emulators, env_for};
 use tokio::process::{Child, Command};
 
 /// One worker's memory over one run.

@@ -40,17 +40,17 @@ use self::history::{Ending, History};
 use self::hooks::{ClaimWitness, Freeze, FrozenLeases, Jitter, ScopeWitness};
 use self::plan::{Event, Forgery, Plan, Process, Shape, Value};
 use self::queue::ChaosQueue;
-use crate::changelog::Changelog as _;
-use crate::model::{ChangeId, ObjectPath, OwnerToken, ShardRange, ShardSet, Timestamp};
-use crate::protocol::ProtocolConfig;
-use crate::queue::{JobQueue, Message};
-use crate::recovery::{Cleaner, CleanupJob, RecoveryConfig, Scanner};
-use crate::stores::Stores;
-use crate::testing::audits::MemoryTrail;
-use crate::testing::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config};
-use crate::testing::faults::{Fault, Faults, Op, Rule};
-use crate::testing::{MemoryStores, SkewedClock, intercept, invariants};
-use crate::writer::{ReadOutcome, TieredStorage, WriteError};
+use crate::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config};
+use tiersweep::changelog::Changelog as _;
+use tiersweep::model::{ChangeId, ObjectPath, OwnerToken, ShardRange, ShardSet, Timestamp};
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::queue::{JobQueue, Message};
+use tiersweep::recovery::{Cleaner, CleanupJob, RecoveryConfig, Scanner};
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::trail::MemoryTrail;
+use tiersweep::testing::{MemoryStores, SkewedClock, intercept, invariants};
+use tiersweep::writer::{ReadOutcome, TieredStorage, WriteError};
 
 /// The prefix the cleaners are confined to.
 const PREFIX: &str = "sim";
@@ -134,7 +134,7 @@ pub fn shrink(plan: &Plan, shape: Shape, tries: usize) -> Plan {
 /// minutes-long ones of [`plan::MAX_UPLOAD_STRAGGLE`] are a dead writer's, which recovery's
 /// settle covers), as production's must be longer than any
 /// upload can trail its error.
-fn sim_writer_config(protocol: ProtocolConfig) -> crate::writer::WriterConfig {
+fn sim_writer_config(protocol: ProtocolConfig) -> tiersweep::writer::WriterConfig {
     let mut config = test_writer_config(protocol);
     config.upload_settle = Duration::from_secs(90);
     config
@@ -178,7 +178,7 @@ struct Control {
     /// Until when each scanner host is frozen (its lease keeper with it).
     frozen_until: Vec<Arc<Mutex<Option<Instant>>>>,
     /// Each leased scanner's current assignment, for the disjointness oracle.
-    assignments: Vec<Mutex<Option<tokio::sync::watch::Receiver<crate::recovery::Assignment>>>>,
+    assignments: Vec<Mutex<Option<tokio::sync::watch::Receiver<tiersweep::recovery::Assignment>>>>,
     cleaner_rules: Vec<Mutex<Vec<Rule>>>,
     /// The faults of each cleaner's running incarnation.
     cleaner_faults: Vec<Mutex<Option<Arc<Faults>>>>,
@@ -211,7 +211,7 @@ struct World {
     fanned: Option<fanout::FannedAudits>,
     /// The scanners' shard leases, when they hold their shards under leases (`None`: each
     /// reads a fixed half).
-    leases: Option<Arc<dyn crate::lease::Leases>>,
+    leases: Option<Arc<dyn tiersweep::lease::Leases>>,
     /// Overlapping assignments the watcher saw.
     overlaps: Arc<Mutex<Vec<String>>>,
     processes: Vec<JoinHandle<()>>,
@@ -285,8 +285,8 @@ impl World {
         };
         let mem = sim_stores();
         let leases = plan.leased.then(|| {
-            Arc::new(crate::lease::MemoryLeases::new(mem.clock.clone()))
-                as Arc<dyn crate::lease::Leases>
+            Arc::new(tiersweep::lease::MemoryLeases::new(mem.clock.clone()))
+                as Arc<dyn tiersweep::lease::Leases>
         });
         Self {
             shape,
@@ -390,8 +390,8 @@ impl World {
                             .unwrap_or_else(|e| e.into_inner()),
                     );
                     let mut stores = mem.clone();
-                    stores.changelog = Arc::new(ClaimWitness {
-                        inner: mem.changelog.clone(),
+                    *stores.changelog_mut() = Arc::new(ClaimWitness {
+                        inner: mem.changelog().clone(),
                         cutoff_age: config.protocol.staleness_threshold,
                         violations: stale_claims.clone(),
                         won: won_claims.clone(),
@@ -400,8 +400,9 @@ impl World {
                     *control.scanner_faults[i]
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(faults.clone());
-                    let changelog =
-                        intercept::wrap(jitter.clone(), &faults.wrap(&stores)).changelog;
+                    let changelog = intercept::wrap(jitter.clone(), &faults.wrap(&stores))
+                        .changelog()
+                        .clone();
                     let cancel = CancellationToken::new();
                     let Some(leases) = leases.clone() else {
                         let scanner =
@@ -416,14 +417,14 @@ impl World {
                         continue;
                     };
                     // A new member each incarnation, as a restarted pod is.
-                    let me = crate::lease::MemberId::fresh(&format!("scanner{i}"))
+                    let me = tiersweep::lease::MemberId::fresh(&format!("scanner{i}"))
                         .expect("a valid member name");
                     let frozen = Arc::new(FrozenLeases {
                         inner: leases,
                         until: control.frozen_until[i].clone(),
                     });
                     let (keeper, assignment) =
-                        crate::recovery::LeaseKeeper::new(frozen, me, LEASE_PERIOD);
+                        tiersweep::recovery::LeaseKeeper::new(frozen, me, LEASE_PERIOD);
                     *control.assignments[i]
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(assignment.clone());
@@ -479,14 +480,14 @@ impl World {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(faults.clone());
                     let mut stores = intercept::wrap(jitter.clone(), &faults.wrap(&mem));
-                    stores.hv = Arc::new(ScopeWitness {
-                        inner: stores.hv.clone(),
+                    *stores.hv_mut() = Arc::new(ScopeWitness {
+                        inner: stores.hv().clone(),
                         prefix: PREFIX.to_owned(),
                         trespasses: trespasses.clone(),
                     });
-                    stores.clock = clock.clone();
-                    stores.changelog = Arc::new(ClaimWitness {
-                        inner: stores.changelog.clone(),
+                    *stores.clock_mut() = clock.clone();
+                    *stores.changelog_mut() = Arc::new(ClaimWitness {
+                        inner: stores.changelog().clone(),
                         cutoff_age: config.protocol.staleness_threshold,
                         violations: violations.clone(),
                         won: won_claims.clone(),
@@ -522,8 +523,8 @@ impl World {
                 streamed,
             } => {
                 let path = self.paths[*object % self.paths.len()].clone();
-                let rules =
-                    hold.map(|d| Rule::once(crate::testing::faults::Op::LtGet, Fault::Delay(d)));
+                let rules = hold
+                    .map(|d| Rule::once(tiersweep::testing::faults::Op::LtGet, Fault::Delay(d)));
                 let faults = Faults::new(rules);
                 let reader = TieredStorage::new(
                     faults.wrap(&self.mem.stores()),
@@ -577,7 +578,7 @@ impl World {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(Rule::once(
-                        crate::testing::faults::Op::Claim,
+                        tiersweep::testing::faults::Op::Claim,
                         Fault::Delay(*stall),
                     ));
                 self.control.restart_scanner[i].notify_one();
@@ -801,7 +802,7 @@ impl World {
             stores = intercept::wrap(Freeze::new(op, d, clock.clone()), &stores);
         }
         stores = intercept::wrap(Jitter::new(seed, JITTER), &stores);
-        stores.clock = clock.clone();
+        *stores.clock_mut() = clock.clone();
         let Ok(writer) = TieredStorage::new(stores, sim_writer_config(self.protocol)) else {
             return;
         };
@@ -837,7 +838,7 @@ impl World {
     /// `list_delay`. Only the listing is slowed (no jitter on the audit's other calls), so
     /// its changelog snapshot is taken at the `started` the oracle judges it by.
     fn audit(&mut self, min_age: Duration, list_delay: Duration) {
-        let config = crate::audit::AuditConfig {
+        let config = tiersweep::audit::AuditConfig {
             prefix: format!("{PREFIX}/"),
             ranges: 4,
             concurrency: 2,
@@ -845,11 +846,11 @@ impl World {
             delete: true,
             max_deletes_per_s: None,
             max_lists_per_s: None,
-            ..crate::audit::AuditConfig::default()
+            ..tiersweep::audit::AuditConfig::default()
         };
         let trail = Arc::new(MemoryTrail::default());
         let slow_listing = Faults::new([Rule::on(Op::LtList, Fault::Delay(list_delay))]);
-        let audit = crate::audit::Audit::new(slow_listing.wrap(&self.mem.stores()), config)
+        let audit = tiersweep::audit::Audit::new(slow_listing.wrap(&self.mem.stores()), config)
             .trail(trail.clone());
         self.audits.push(AuditRun {
             started: self.mem.clock.now(),
@@ -871,7 +872,7 @@ impl World {
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .any(|e| {
-                    crate::model::Revision::parse(e.blob.as_str())
+                    tiersweep::model::Revision::parse(e.blob.as_str())
                         .is_ok_and(|r| r.object() == path.as_str())
                 })
         };
@@ -887,7 +888,7 @@ impl World {
                 attributes: BTreeMap::new(),
             }
         } else {
-            let entry = crate::testing::schedules::entries_for(&self.mem.stores(), &path)
+            let entry = crate::schedules::entries_for(&self.mem.stores(), &path)
                 .await
                 .into_iter()
                 .next();
@@ -971,7 +972,7 @@ impl World {
         }
         // Remember the claims seen on rows, for forged jobs that replay an old one.
         for path in self.paths.clone() {
-            for e in crate::testing::schedules::entries_for(&self.mem.stores(), &path).await {
+            for e in crate::schedules::entries_for(&self.mem.stores(), &path).await {
                 if e.record.owner.is_recovery_claim() {
                     let seen = self.claims_seen.entry(e.id).or_default();
                     if !seen.contains(&e.record.owner) {
@@ -1248,13 +1249,13 @@ impl World {
             }
         }
         // An audit of the converged stores agrees: no orphan.
-        let audit = crate::audit::Audit::new(
+        let audit = tiersweep::audit::Audit::new(
             stores.clone(),
-            crate::audit::AuditConfig {
+            tiersweep::audit::AuditConfig {
                 prefix: format!("{PREFIX}/"),
                 min_age: Duration::ZERO,
                 max_lists_per_s: None,
-                ..crate::audit::AuditConfig::default()
+                ..tiersweep::audit::AuditConfig::default()
             },
         )
         .run()

@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::changelog::{
+use tiersweep::changelog::{
     Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
     ScanRequest,
 };
-use crate::clock::SharedClock;
-use crate::error::StoreResult;
-use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
+use tiersweep::clock::SharedClock;
+use tiersweep::error::StoreResult;
+use tiersweep::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
 
 /// What the ledger counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::plan::QueueFault;
-use crate::error::StoreResult;
-use crate::queue::{
+use tiersweep::error::StoreResult;
+use tiersweep::queue::{
     DEAD_LETTER_REASON, Delivery, FlowControl, JobQueue, Message, Settle, Subscription,
 };
 

@@ -14,17 +14,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, unique_path};
-use super::faults::{Fault, Faults, Op, Rule};
-use crate::changelog::{ChangelogEntry, ScanRequest, ScannedRow};
-use crate::model::{HvValue, ObjectMeta, ObjectPath, ShardSet, Timestamp};
-use crate::protocol::ProtocolConfig;
-use crate::queue::{FlowControl, JobQueue, MemoryQueue};
-use crate::recovery::{Cleaner, CleanupJob, JobOutcome};
-use crate::stores::Stores;
-use crate::writer::{Object, ReadOutcome, StreamOutcome, TieredStorage};
+use crate::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, unique_path};
+use tiersweep::changelog::{ChangelogEntry, ScanRequest, ScannedRow};
+use tiersweep::model::{HvValue, ObjectMeta, ObjectPath, ShardSet, Timestamp};
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::queue::{FlowControl, JobQueue, MemoryQueue};
+use tiersweep::recovery::{Cleaner, CleanupJob, JobOutcome};
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::writer::{Object, ReadOutcome, StreamOutcome, TieredStorage};
 
-pub use super::gated_writes::*;
+pub use crate::gated_writes::*;
 
 /// Expands to one test per schedule. `$attr` is the test attribute (paused time for the
 /// twin, a multi-threaded runtime for the emulators), `$stores` an async expression that
@@ -69,7 +69,7 @@ macro_rules! safety_schedules {
             #[$attr]
             async fn $name() {
                 let stores = $stores.await;
-                $crate::testing::schedules::$name(stores, $protocol).await;
+                $crate::schedules::$name(stores, $protocol).await;
             }
         )*
     };
@@ -115,7 +115,7 @@ pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEnt
     let mut start_after = None;
     loop {
         let page = stores
-            .changelog
+            .changelog()
             .scan_stale(&ScanRequest {
                 shards: ShardSet::ALL,
                 cutoff: Timestamp(i64::MAX),
@@ -145,8 +145,8 @@ pub async fn entries_for(stores: &Stores, path: &ObjectPath) -> Vec<ChangelogEnt
 /// The names of every LT blob of `path` (its revisions are `{path}/{uuid}`).
 pub async fn blobs_of(stores: &Stores, path: &ObjectPath) -> Vec<String> {
     stores
-        .lt
-        .list(&crate::lt::NameRange::prefix(path.as_str()), None)
+        .lt()
+        .list(&tiersweep::lt::NameRange::prefix(path.as_str()), None)
         .await
         .expect("listing LT")
         .blobs
@@ -160,8 +160,8 @@ pub async fn blobs_of(stores: &Stores, path: &ObjectPath) -> Vec<String> {
 async fn recovery_pass(
     stores: &Stores,
     protocol: ProtocolConfig,
-) -> crate::recovery::embedded::PassReport {
-    super::crash::pass_settled(stores, test_recovery_config(protocol)).await
+) -> tiersweep::recovery::embedded::PassReport {
+    crate::crash::pass_settled(stores, test_recovery_config(protocol)).await
 }
 
 /// Runs a recovery pass and asserts that nothing of `path` is left: no LT blob (`what`
@@ -183,16 +183,16 @@ pub(crate) async fn recovery_leaves_nothing_of(
 async fn assert_retry_did_not_land_and_delete_stands(
     stores: &Stores,
     path: &ObjectPath,
-    outcome: &Result<(), crate::writer::WriteError>,
+    outcome: &Result<(), tiersweep::writer::WriteError>,
 ) {
-    use crate::writer::WriteError;
+    use tiersweep::writer::WriteError;
     assert!(
         matches!(outcome, Err(WriteError::OutcomeUnknown { .. }))
             || matches!(outcome, Err(WriteError::Store(e)) if e.to_string().contains("guard lapsed before a retry")),
         "the first attempt's response was lost, so the outcome is reported unknown: {outcome:?}"
     );
     assert_eq!(
-        stores.hv.read(path).await.expect("reading HV"),
+        stores.hv().read(path).await.expect("reading HV"),
         None,
         "the acknowledged delete stands"
     );
@@ -204,7 +204,7 @@ async fn wait_for_upload(stores: &Stores, path: &ObjectPath) -> ChangelogEntry {
     for _ in 0..2000 {
         if let Some(e) = entries_for(stores, path).await.into_iter().next()
             && let Some(new) = &e.record.new
-            && stores.lt.exists(new).await.expect("checking LT")
+            && stores.lt().exists(new).await.expect("checking LT")
         {
             return e;
         }
@@ -281,10 +281,10 @@ pub async fn a_job_carrying_the_writers_token_leaves_the_live_change_alone(
     );
     let new = entry.record.new.expect("a large put has a new revision");
     assert_eq!(
-        stores.hv.read(&path).await.expect("reading HV"),
+        stores.hv().read(&path).await.expect("reading HV"),
         Some(HvValue::Tombstone(new.clone()))
     );
-    assert!(stores.lt.exists(&new).await.expect("checking LT"));
+    assert!(stores.lt().exists(&new).await.expect("checking LT"));
     assert!(
         entries_for(&stores, &path).await.is_empty(),
         "the writer completed its change"
@@ -343,7 +343,7 @@ pub async fn a_straggling_write_after_a_conflict_is_refused(
     assert!(
         matches!(
             outcome,
-            Err(crate::writer::WriteError::OutcomeUnknown { .. })
+            Err(tiersweep::writer::WriteError::OutcomeUnknown { .. })
         ),
         "the first writer is told its outcome is unknown: {outcome:?}"
     );
@@ -355,7 +355,7 @@ pub async fn a_straggling_write_after_a_conflict_is_refused(
     // The first attempt lands now, if anything lets it.
     tokio::time::sleep(lands_after + protocol.staleness_threshold).await;
     assert_eq!(
-        stores.hv.read(&path).await.expect("reading HV"),
+        stores.hv().read(&path).await.expect("reading HV"),
         None,
         "the acknowledged delete stands; the straggling write was refused"
     );
@@ -409,7 +409,7 @@ pub async fn a_write_held_longer_than_every_ttl_is_refused(
 
     let outcome = late.await.expect("the held writer's task");
     assert!(
-        matches!(outcome, Err(crate::writer::WriteError::Fenced { .. })),
+        matches!(outcome, Err(tiersweep::writer::WriteError::Fenced { .. })),
         "the write that arrives a day late is refused: {outcome:?}"
     );
     assert_eq!(
@@ -557,8 +557,13 @@ pub async fn metadata_comes_back_with_its_value(stores: Stores, protocol: Protoc
     let [blob] = blobs.as_slice() else {
         panic!("one blob: {blobs:?}");
     };
-    let rev = crate::model::Revision::parse(blob.clone()).expect("a revision name");
-    let info = stores.lt.stat(&rev).await.expect("stat").expect("the blob");
+    let rev = tiersweep::model::Revision::parse(blob.clone()).expect("a revision name");
+    let info = stores
+        .lt()
+        .stat(&rev)
+        .await
+        .expect("stat")
+        .expect("the blob");
     assert_eq!(
         info.meta,
         tagged("whole"),
@@ -616,7 +621,7 @@ pub async fn recovery_does_not_report_a_tombstone_a_later_write_replaced(
         Op::LtExists,
         Fault::Delay(protocol.heartbeat_interval * 2),
     )]);
-    let recovery = crate::recovery::EmbeddedRecovery::new(
+    let recovery = tiersweep::recovery::EmbeddedRecovery::new(
         slow_check.wrap(&stores),
         test_recovery_config(protocol),
     );
@@ -659,7 +664,7 @@ pub async fn an_upload_that_lands_after_its_error_is_deleted(
         outcome.is_err(),
         "the upload failed to the writer: {outcome:?}"
     );
-    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+    assert_eq!(stores.hv().read(&path).await.expect("reading HV"), None);
 
     tokio::time::sleep(lands_after * 2).await;
     let landed = blobs_of(&stores, &path).await;
@@ -702,7 +707,7 @@ pub async fn an_upload_landing_after_its_dead_writers_recovery_is_deleted(
     assert!(crashed.is_none(), "the writer died before its HV write");
 
     tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(50)).await;
-    let first = crate::recovery::EmbeddedRecovery::new(stores.clone(), recovery.clone())
+    let first = tiersweep::recovery::EmbeddedRecovery::new(stores.clone(), recovery.clone())
         .run_pass()
         .await
         .expect("a recovery pass");
@@ -725,7 +730,7 @@ pub async fn an_upload_landing_after_its_dead_writers_recovery_is_deleted(
     // The pass after the settle looks before it deletes; one that cannot look (GCS down)
     // deletes nothing and keeps the row, whose claim then lapses for a later pass.
     let blind = Faults::new([Rule::on(Op::LtExists, Fault::Fail)]);
-    let failed = crate::recovery::EmbeddedRecovery::new(blind.wrap(&stores), recovery.clone())
+    let failed = tiersweep::recovery::EmbeddedRecovery::new(blind.wrap(&stores), recovery.clone())
         .run_pass()
         .await
         .expect("a recovery pass");
@@ -741,17 +746,17 @@ pub async fn an_upload_landing_after_its_dead_writers_recovery_is_deleted(
     );
     tokio::time::sleep(recovery.claim_lease + protocol.staleness_threshold).await;
     recovery_leaves_nothing_of(&stores, &path, protocol, "the late landing is deleted").await;
-    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+    assert_eq!(stores.hv().read(&path).await.expect("reading HV"), None);
 }
 
 /// The writer's view of `stores` from a host that freezes (VM suspend, SIGSTOP) for `d`
 /// right after its first call of `op` lands: nothing it sends leaves meanwhile, its
 /// monotonic clock does not count the time, and the call's connection is found reset.
 fn frozen_writer(stores: &Stores, op: Op, d: Duration) -> Stores {
-    let clock = super::SkewedClock::new(stores.clock.clone());
-    let hook = super::simulation::hooks::Freeze::new(op, d, clock.clone());
-    let mut frozen = super::intercept::wrap(hook, stores);
-    frozen.clock = clock;
+    let clock = tiersweep::testing::SkewedClock::new(stores.clock().clone());
+    let hook = crate::simulation::hooks::Freeze::new(op, d, clock.clone());
+    let mut frozen = tiersweep::testing::intercept::wrap(hook, stores);
+    *frozen.clock_mut() = clock;
     frozen
 }
 
@@ -798,7 +803,7 @@ pub async fn an_upload_retry_after_a_freeze_is_not_sent(stores: Stores, protocol
     );
     tokio::time::sleep(protocol.staleness_threshold * 2).await;
     recovery_leaves_nothing_of(&stores, &path, protocol, "no upload is left behind").await;
-    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+    assert_eq!(stores.hv().read(&path).await.expect("reading HV"), None);
 }
 
 /// A writer's compare-and-write lands, then its host freezes for more than a day while
@@ -826,7 +831,7 @@ pub async fn a_retry_after_a_freeze_the_guard_survived_does_not_land(
     tokio::time::sleep(protocol.heartbeat_interval).await;
     assert!(
         matches!(
-            stores.hv.read(&path).await.expect("reading HV"),
+            stores.hv().read(&path).await.expect("reading HV"),
             Some(HvValue::Tombstone(_))
         ),
         "the first attempt landed"
@@ -948,7 +953,7 @@ pub async fn a_streamed_put_round_trips_inline_and_large(stores: Stores, protoco
         .await
         .expect("a small streamed put");
     assert_eq!(
-        stores.hv.read(&small).await.expect("reading HV"),
+        stores.hv().read(&small).await.expect("reading HV"),
         Some(HvValue::Inline(concat(&parts))),
         "a stream within the threshold is stored inline"
     );
@@ -977,10 +982,10 @@ pub async fn a_streamed_put_round_trips_inline_and_large(stores: Stores, protoco
         .await
         .expect_err("a failing stream");
     assert!(
-        matches!(err, crate::writer::WriteError::Body { .. }),
+        matches!(err, tiersweep::writer::WriteError::Body { .. }),
         "{err}"
     );
-    assert_eq!(stores.hv.read(&failed).await.expect("reading HV"), None);
+    assert_eq!(stores.hv().read(&failed).await.expect("reading HV"), None);
     assert!(entries_for(&stores, &failed).await.is_empty());
 }
 
@@ -1139,7 +1144,7 @@ pub async fn a_streamed_upload_that_outlives_its_guard_never_completes(
         left.is_empty(),
         "the upload completed after its change was converged: {left:?}"
     );
-    assert_eq!(stores.hv.read(&path).await.expect("reading HV"), None);
+    assert_eq!(stores.hv().read(&path).await.expect("reading HV"), None);
 }
 
 /// A deferred put (a multipart upload a client assembles over hours) is recorded with a
@@ -1153,7 +1158,7 @@ pub async fn a_deferred_put_is_left_alone_until_its_deadline(
     stores: Stores,
     protocol: ProtocolConfig,
 ) {
-    use crate::writer::{GuardState, WriteError};
+    use tiersweep::writer::{GuardState, WriteError};
     let writer = TieredStorage::new(stores.clone(), test_writer_config(protocol))
         .expect("valid writer config");
     let threshold = protocol.staleness_threshold;
@@ -1224,7 +1229,12 @@ pub async fn a_deferred_put_is_left_alone_until_its_deadline(
         "the put may not be finished past its deadline"
     );
     assert!(
-        stores.changelog.now().await.expect("the changelog's time") > deadline,
+        stores
+            .changelog()
+            .now()
+            .await
+            .expect("the changelog's time")
+            > deadline,
         "the schedule waited past the deadline"
     );
     let pass = recovery_pass(&stores, protocol).await;
@@ -1277,7 +1287,7 @@ async fn begin_deferred(
     protocol: ProtocolConfig,
     faults: &Arc<Faults>,
     within: Duration,
-) -> (TieredStorage, ObjectPath, crate::writer::DeferredPut) {
+) -> (TieredStorage, ObjectPath, tiersweep::writer::DeferredPut) {
     let writer = TieredStorage::new(faults.wrap(stores), test_writer_config(protocol))
         .expect("valid writer config");
     let path = unique_path();
@@ -1361,7 +1371,7 @@ pub async fn a_deferred_put_whose_stream_ends_after_its_deadline_creates_nothing
             .await
     });
     tokio::time::sleep(within + threshold).await;
-    super::crash::pass_settled(&stores, test_recovery_config(protocol)).await;
+    crate::crash::pass_settled(&stores, test_recovery_config(protocol)).await;
     assert!(
         entries_for(&stores, &path).await.is_empty(),
         "recovery converged the expired change before its stream ended"

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::plan::{Finish, Value};
-use crate::model::{ObjectMeta, ObjectPath};
-use crate::protocol::ProtocolConfig;
-use crate::writer::{ReadOutcome, StreamOutcome, TieredStorage, WriteError};
+use tiersweep::model::{ObjectMeta, ObjectPath};
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::writer::{ReadOutcome, StreamOutcome, TieredStorage, WriteError};
 
 /// Reads `path` whole, or as a stream to its end (a stream cut short by an overwrite
 /// counts as no answer); `None` when the read failed.
@@ -28,7 +28,7 @@ pub(super) async fn read(
             while let Some(chunk) = stream.next().await {
                 bytes.extend_from_slice(&chunk.ok()?);
             }
-            Some(ReadOutcome::Found(crate::writer::Object {
+            Some(ReadOutcome::Found(tiersweep::writer::Object {
                 bytes: bytes.freeze(),
                 meta,
             }))

@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::model::ObjectPath;
-use crate::testing::invariants::Acceptable;
-use crate::writer::WriteError;
+use tiersweep::model::ObjectPath;
+use tiersweep::testing::invariants::Acceptable;
+use tiersweep::writer::WriteError;
 
 #[derive(Debug, Clone)]
 struct Candidate {

@@ -9,17 +9,17 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::crash::{crashed_large_puts, test_recovery_config, test_writer_config};
-use super::faults::{Fault, Faults, Op, Rule};
-use super::invariants;
-use super::invariants::Acceptable;
-use crate::error::StoreResult;
-use crate::model::{ObjectPath, ShardRange};
-use crate::protocol::ProtocolConfig;
-use crate::queue::{Delivery, FlowControl, JobQueue, MemoryQueue, Message, Subscription};
-use crate::recovery::{Cleaner, Scanner};
-use crate::stores::Stores;
+use crate::crash::{crashed_large_puts, test_recovery_config, test_writer_config};
 use std::collections::BTreeMap;
+use tiersweep::error::StoreResult;
+use tiersweep::model::{ObjectPath, ShardRange};
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::queue::{Delivery, FlowControl, JobQueue, MemoryQueue, Message, Subscription};
+use tiersweep::recovery::{Cleaner, Scanner};
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::invariants;
+use tiersweep::testing::invariants::Acceptable;
 
 /// What a drain did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Dra
     tokio::time::sleep(protocol.staleness_threshold + Duration::from_millis(50)).await;
     let scanner_calls = Faults::new([]);
     let mut scanner = Scanner::new(
-        scanner_calls.wrap(stores).changelog,
+        scanner_calls.wrap(stores).changelog().clone(),
         losing,
         config.clone(),
         ShardRange::ALL,

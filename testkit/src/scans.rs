@@ -11,18 +11,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, unique_path};
-use super::faults::{Fault, Faults, Op, Rule};
-use super::schedules::entries_for;
-use crate::changelog::Changelog;
-use crate::model::{
+use crate::crash::{INLINE_THRESHOLD, test_recovery_config, test_writer_config, unique_path};
+use crate::schedules::entries_for;
+use tiersweep::changelog::Changelog;
+use tiersweep::model::{
     ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, ShardRange, ShardSet,
 };
-use crate::protocol::ProtocolConfig;
-use crate::queue::MemoryQueue;
-use crate::recovery::{RecoveryConfig, ScanReport, Scanner};
-use crate::stores::Stores;
-use crate::writer::TieredStorage;
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::queue::MemoryQueue;
+use tiersweep::recovery::{RecoveryConfig, ScanReport, Scanner};
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::writer::TieredStorage;
 
 fn large(tag: &str) -> Bytes {
     Bytes::from(format!("{tag}:{}", "K".repeat(INLINE_THRESHOLD * 2)))
@@ -40,7 +40,7 @@ fn scanner(stores: &Stores, protocol: ProtocolConfig, sweep_every: Duration) -> 
 /// A scanner over all shards configured so, with a queue nobody drains.
 fn scanner_with(stores: &Stores, config: RecoveryConfig) -> Scanner {
     Scanner::new(
-        stores.changelog.clone(),
+        stores.changelog().clone(),
         Arc::new(MemoryQueue::new(1024, 5)),
         config,
         ShardRange::ALL,
@@ -156,7 +156,7 @@ pub async fn a_full_batch_of_watched_rows_reads_on(stores: Stores, protocol: Pro
 /// A writer whose clock runs an hour behind records a change (its id is minted an hour
 /// ago, behind the scanner's lower key bound) and dies after its upload. Incremental rounds
 /// cannot see it; the next full sweep claims it, within `full_sweep_every` plus the
-/// threshold. `writer` is the writer's view of the stores (its clock [`super::schedules::SKEW`]
+/// threshold. `writer` is the writer's view of the stores (its clock [`crate::schedules::SKEW`]
 /// behind), `recovery` the scanner's.
 pub async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
     recovery: Stores,
@@ -228,7 +228,7 @@ async fn second_pass_converged(stores: &Stores, path: &ObjectPath) {
         entries_for(stores, path).await.is_empty(),
         "the second pass converged the change"
     );
-    let left = super::schedules::blobs_of(stores, path).await;
+    let left = crate::schedules::blobs_of(stores, path).await;
     assert!(left.is_empty(), "the upload is deleted: {left:?}");
 }
 
@@ -303,14 +303,14 @@ async fn second_pass_at_its_due_time(
     let gap = protocol.heartbeat_interval;
     let queue = Arc::new(MemoryQueue::new(1024, 5));
     let mut s = Scanner::new(
-        stores.changelog.clone(),
+        stores.changelog().clone(),
         queue.clone(),
         config.clone(),
         ShardRange::ALL,
     );
     let (_, sweeps) = scan_for(&mut s, gap, gap).await;
     assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
-    let path = super::schedules::dead_large_put(
+    let path = crate::schedules::dead_large_put(
         stores,
         protocol,
         [Rule::once(Op::HvCas, Fault::CrashBefore)],
@@ -319,7 +319,7 @@ async fn second_pass_at_its_due_time(
     .await;
     let cancel = tokio_util::sync::CancellationToken::new();
     let cleaner = tokio::spawn(
-        crate::recovery::Cleaner::new(cleaner_stores, queue, config)
+        tiersweep::recovery::Cleaner::new(cleaner_stores, queue, config)
             .run(cancel.clone(), Duration::from_secs(1)),
     );
     let (report, sweeps) = scan_for(&mut s, span, gap).await;
@@ -352,14 +352,14 @@ pub async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_t
     let queue = Arc::new(MemoryQueue::new(1024, 5));
     let scanner = || {
         Scanner::new(
-            stores.changelog.clone(),
+            stores.changelog().clone(),
             queue.clone(),
             config.clone(),
             ShardRange::ALL,
         )
     };
     let mut first = scanner();
-    let path = super::schedules::dead_large_put(
+    let path = crate::schedules::dead_large_put(
         &stores,
         protocol,
         [Rule::once(Op::HvCas, Fault::CrashBefore)],
@@ -378,7 +378,7 @@ pub async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_t
     assert_eq!(sweeps.first(), Some(&true), "a scanner starts with a sweep");
     let cancel = tokio_util::sync::CancellationToken::new();
     let cleaner = tokio::spawn(
-        crate::recovery::Cleaner::new(stores.clone(), queue.clone(), config.clone())
+        tiersweep::recovery::Cleaner::new(stores.clone(), queue.clone(), config.clone())
             .run(cancel.clone(), Duration::from_secs(1)),
     );
     let (report, sweeps) = scan_for(&mut restarted, settle + threshold * 4, gap).await;
@@ -399,7 +399,7 @@ pub async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_t
 /// pass, whose first round is a sweep, hid that. Each round also reads the ids minted up
 /// to `max_writer_skew` ahead of now: the crash is claimed within a couple of thresholds,
 /// with no sweep. `writer` is the writer's view of the stores (its clock
-/// [`super::schedules::SKEW`] ahead), `recovery` the scanner's.
+/// [`crate::schedules::SKEW`] ahead), `recovery` the scanner's.
 pub async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
     recovery: Stores,
     writer: Stores,
@@ -414,7 +414,7 @@ pub async fn a_crash_of_a_writer_running_ahead_is_found_by_a_running_scanner(
         sweeps.len() > 2,
         "and then runs incremental rounds: {sweeps:?}"
     );
-    let path = super::schedules::dead_large_put(
+    let path = crate::schedules::dead_large_put(
         &writer,
         protocol,
         [Rule::once(Op::LtPut, Fault::CrashAfter)],
@@ -452,7 +452,7 @@ pub async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
     let gap = protocol.heartbeat_interval;
     let crash = || [Rule::once(Op::LtPut, Fault::CrashAfter)];
     for _ in 0..9 {
-        super::schedules::dead_large_put(&stores, protocol, crash(), "backlog").await;
+        crate::schedules::dead_large_put(&stores, protocol, crash(), "backlog").await;
     }
     // Stale before the scanner starts: its first round, a sweep, claims them all.
     tokio::time::sleep(threshold * 2).await;
@@ -474,7 +474,7 @@ pub async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(
         (9, 0),
         "the backlog fills the round's part of the room exactly: {first:?}"
     );
-    let behind = super::schedules::dead_large_put(&stores, protocol, crash(), "behind").await;
+    let behind = crate::schedules::dead_large_put(&stores, protocol, crash(), "behind").await;
     tokio::time::sleep(threshold * 2).await;
     let (then, _) = scan_for(&mut s, threshold * 2, gap).await;
     assert!(
@@ -548,7 +548,7 @@ async fn slow_put(
     tag: &str,
 ) -> (
     ObjectPath,
-    tokio::task::JoinHandle<Result<(), crate::writer::WriteError>>,
+    tokio::task::JoinHandle<Result<(), tiersweep::writer::WriteError>>,
 ) {
     let path = unique_path();
     let delay = protocol.staleness_threshold * 60;
@@ -599,7 +599,7 @@ impl ScanCost {
 /// found: a key-bounded scanner (`full_sweep_every` > 0) reads each removed row about
 /// once, a full-range one re-reads the whole history every round.
 pub async fn scan_cost(
-    stores: super::MemoryStores,
+    stores: tiersweep::testing::MemoryStores,
     protocol: ProtocolConfig,
     full_sweep_every: Duration,
     history: usize,

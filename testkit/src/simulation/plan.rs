@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::testing::faults::{Fault, Op, Rule};
+use tiersweep::testing::faults::{Fault, Op, Rule};
 
 /// The value a write leaves, and how it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum Value {
     /// apart, its end `end` after its last chunk; a stream that `fails` errs after its
     /// first chunk, and the object must keep its earlier value.
     ///
-    /// [`put_stream`]: crate::writer::TieredStorage::put_stream
+    /// [`put_stream`]: tiersweep::writer::TieredStorage::put_stream
     Streamed {
         pace: Duration,
         end: Duration,
@@ -29,7 +29,7 @@ pub enum Value {
     /// A deferred put ([`begin_deferred_put`]): recorded due `within` from now, then
     /// finished, aborted or left as `finish` says.
     ///
-    /// [`begin_deferred_put`]: crate::writer::TieredStorage::begin_deferred_put
+    /// [`begin_deferred_put`]: tiersweep::writer::TieredStorage::begin_deferred_put
     Deferred {
         within: Duration,
         finish: Finish,
@@ -114,7 +114,7 @@ pub enum Event {
     Read {
         object: usize,
         hold: Option<Duration>,
-        /// Read as a stream ([`get_stream`](crate::writer::TieredStorage::get_stream)),
+        /// Read as a stream ([`get_stream`](tiersweep::writer::TieredStorage::get_stream)),
         /// to its end.
         streamed: bool,
     },
@@ -355,11 +355,11 @@ impl Plan {
         let watch_room = WATCH_ROOMS
             .get(rng.random_range(0..=WATCH_ROOMS.len()))
             .copied()
-            .unwrap_or(crate::recovery::RecoveryConfig::default().max_watched_rows);
+            .unwrap_or(tiersweep::recovery::RecoveryConfig::default().max_watched_rows);
         let delete_pace = if rng.random_bool(0.5) {
-            crate::lt::paced::FLOOR_PER_S
+            tiersweep::lt::paced::FLOOR_PER_S
         } else {
-            crate::lt::paced::START_PER_S
+            tiersweep::lt::paced::START_PER_S
         } as u32;
         Self {
             seed,

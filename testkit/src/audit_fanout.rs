@@ -1,4 +1,4 @@
-//! The fanned-out audit's scenarios ([`crate::audit::fanout`]), written once and run on
+//! The fanned-out audit's scenarios ([`tiersweep::audit::fanout`]), written once and run on
 //! every backend by [`audit_fanout_scenarios!`](crate::audit_fanout_scenarios): the run
 //! records live beside the changelog (in its table on Bigtable), the jobs go through the
 //! in-process queue (Pub/Sub's own behaviour has its conformance suite; the processes'
@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::audits::{MemoryTrail, blob_exists, config, large, min_age, path_in, plant_orphan};
-use super::crash::{test_recovery_config, test_writer_config};
-use crate::audit::fanout::{self, progress_report};
-use crate::audit::{AuditRun, AuditRuns, AuditWorker, JobOutcome, RangeJob, RangeSummary};
-use crate::protocol::ProtocolConfig;
-use crate::queue::{JobQueue, MemoryQueue, Message};
-use crate::stores::Stores;
-use crate::writer::TieredStorage;
+use crate::audits::{blob_exists, config, large, min_age, path_in, plant_orphan};
+use crate::crash::{test_recovery_config, test_writer_config};
+use tiersweep::audit::fanout::{self, progress_report};
+use tiersweep::audit::{AuditRun, AuditRuns, AuditWorker, JobOutcome, RangeJob, RangeSummary};
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::queue::{JobQueue, MemoryQueue, Message};
+use tiersweep::stores::Stores;
+use tiersweep::testing::trail::MemoryTrail;
+use tiersweep::writer::TieredStorage;
 
 /// Expands to one test per fan-out scenario. `$fixture` yields `(Stores, Arc<dyn
 /// AuditRuns>)` on one backend.
@@ -35,7 +36,7 @@ macro_rules! audit_fanout_scenarios {
             #[$attr]
             async fn $name() {
                 let (stores, runs) = $fixture.await;
-                $crate::testing::audit_fanout::$name(stores, runs, $protocol).await;
+                $crate::audit_fanout::$name(stores, runs, $protocol).await;
             }
         )*
     };
@@ -48,12 +49,12 @@ fn serve(
     trail: &Arc<MemoryTrail>,
     queue: &MemoryQueue,
     cancel: &tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), crate::error::StoreError>> {
+) -> tokio::task::JoinHandle<Result<(), tiersweep::error::StoreError>> {
     let worker = AuditWorker::new(stores.clone(), runs.clone())
         .trail(trail.clone())
         .cancel_on(cancel.clone());
     let queue = queue.clone();
-    tokio::spawn(async move { worker.serve(&queue).await })
+    tokio::spawn(async move { tiersweep::audit::fanout::serve(&worker, &queue).await })
 }
 
 /// The runs store's contract: a run is created once, read back whole, and finishes are
@@ -63,7 +64,11 @@ pub async fn audit_runs_behave_as_documented(
     runs: Arc<dyn AuditRuns>,
     protocol: ProtocolConfig,
 ) {
-    let now = stores.changelog.now().await.expect("the changelog's time");
+    let now = stores
+        .changelog()
+        .now()
+        .await
+        .expect("the changelog's time");
     let run = AuditRun::new(
         &config(protocol, "p/", true),
         now,
@@ -143,7 +148,7 @@ pub async fn a_fanned_out_audit_finds_exactly_the_orphans(
 
     let queue = MemoryQueue::new(64, 5);
     let run = fanout::start(
-        stores.changelog.as_ref(),
+        stores.changelog().as_ref(),
         runs.as_ref(),
         &queue,
         &config(protocol, &prefix, true),
@@ -189,7 +194,7 @@ pub async fn a_fanned_out_audit_finds_exactly_the_orphans(
     assert_eq!(trail.blobs(), orphans, "one trail entry per orphan");
     assert_eq!(queue.stats().dead_lettered, 0);
 
-    super::crash::recover_settled(&stores, test_recovery_config(protocol)).await;
+    crate::crash::recover_settled(&stores, test_recovery_config(protocol)).await;
     for name in &orphans {
         assert!(
             !blob_exists(&stores, name).await,
@@ -199,11 +204,11 @@ pub async fn a_fanned_out_audit_finds_exactly_the_orphans(
     for path in &live {
         let value = writer.get(path).await.expect("reading");
         assert!(
-            matches!(value, crate::writer::ReadOutcome::Found(_)),
+            matches!(value, tiersweep::writer::ReadOutcome::Found(_)),
             "{path} still reads: {value:?}"
         );
     }
-    let snapshot = crate::audit::InFlight::take(stores.changelog.as_ref())
+    let snapshot = tiersweep::audit::InFlight::take(stores.changelog().as_ref())
         .await
         .expect("reading the changelog");
     assert_eq!(
@@ -231,7 +236,11 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
         orphans.insert(plant_orphan(&stores, &prefix, first).await);
     }
     tokio::time::sleep(min_age(protocol) + protocol.staleness_threshold).await;
-    let now = stores.changelog.now().await.expect("the changelog's time");
+    let now = stores
+        .changelog()
+        .now()
+        .await
+        .expect("the changelog's time");
     let hour = Duration::from_secs(3600);
     let deleting = AuditRun::new(&config(protocol, &prefix, true), now, hour);
     let dry = AuditRun::new(&config(protocol, &prefix, false), now, hour);
@@ -271,14 +280,14 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
         ("expired", job(&expired.run, 0)),
     ];
     for (what, message) in &refused {
-        let outcome = worker.handle(message).await;
+        let outcome = tiersweep::audit::fanout::handle(&worker, message).await;
         assert!(
             matches!(outcome, JobOutcome::Refused(_)),
             "{what}: {outcome:?}"
         );
     }
     let untrailed = AuditWorker::new(stores.clone(), runs.clone());
-    let outcome = untrailed.handle(&job(&deleting.run, 0)).await;
+    let outcome = tiersweep::audit::fanout::handle(&untrailed, &job(&deleting.run, 0)).await;
     assert!(
         matches!(&outcome, JobOutcome::Refused(r) if r.contains("trail")),
         "{outcome:?}"
@@ -288,12 +297,12 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
     // worker finishes them from the republished jobs.
     let half = dry.ranges / 2;
     for range in 0..half {
-        let outcome = worker.handle(&job(&dry.run, range)).await;
+        let outcome = tiersweep::audit::fanout::handle(&worker, &job(&dry.run, range)).await;
         assert!(matches!(outcome, JobOutcome::Done(_)), "{outcome:?}");
     }
     let republished = MemoryQueue::new(16, 5);
     let (_, n) = fanout::resume(
-        stores.changelog.as_ref(),
+        stores.changelog().as_ref(),
         runs.as_ref(),
         &republished,
         &dry.run,
@@ -302,12 +311,12 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
     .expect("a live run resumes");
     assert_eq!(n, dry.ranges - half, "only the unfinished ranges");
     let mut sub = republished
-        .subscribe(crate::queue::FlowControl::default())
+        .subscribe(tiersweep::queue::FlowControl::default())
         .await
         .expect("subscribed");
     for _ in 0..n {
         let d = sub.next().await.expect("open").expect("a republished job");
-        let outcome = worker.handle(&d.message).await;
+        let outcome = tiersweep::audit::fanout::handle(&worker, &d.message).await;
         assert!(matches!(outcome, JobOutcome::Done(_)), "{outcome:?}");
         d.ack();
     }
@@ -315,8 +324,13 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
         ("expired", expired.run.clone()),
         ("unknown", uuid::Uuid::now_v7().to_string()),
     ] {
-        let refused =
-            fanout::resume(stores.changelog.as_ref(), runs.as_ref(), &republished, &id).await;
+        let refused = fanout::resume(
+            stores.changelog().as_ref(),
+            runs.as_ref(),
+            &republished,
+            &id,
+        )
+        .await;
         assert!(refused.is_err(), "{what} run: {refused:?}");
     }
     assert_eq!(
@@ -335,7 +349,7 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
         (2, 0)
     );
     assert_eq!(
-        worker.handle(&job(&dry.run, 0)).await,
+        tiersweep::audit::fanout::handle(&worker, &job(&dry.run, 0)).await,
         JobOutcome::AlreadyDone
     );
 
@@ -362,7 +376,7 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
         .expect("the worker serves");
     let dead = queue.dead_letters();
     assert!(
-        dead[0].attributes[crate::queue::DEAD_LETTER_REASON].contains("no audit run"),
+        dead[0].attributes[tiersweep::queue::DEAD_LETTER_REASON].contains("no audit run"),
         "{dead:?}"
     );
 
@@ -374,7 +388,7 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
     for name in &orphans {
         assert!(blob_exists(&stores, name).await, "{name} is untouched");
     }
-    let snapshot = crate::audit::InFlight::take(stores.changelog.as_ref())
+    let snapshot = tiersweep::audit::InFlight::take(stores.changelog().as_ref())
         .await
         .expect("reading the changelog");
     assert_eq!(snapshot.rows, 0, "no recovery change was recorded");

@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
-use crate::bigtable::{BigtableClient, BigtableConfig};
-use crate::changelog::BigtableChangelog;
-use crate::clock::SharedClock;
-use crate::hv::BigtableHv;
-use crate::lt::GcsLt;
-use crate::lt::gcs::GcsConfig;
-use crate::queue::PubsubQueue;
-use crate::queue::pubsub::PubsubConfig;
-use crate::stores::Stores;
+use tiersweep::bigtable::{BigtableClient, BigtableConfig};
+use tiersweep::changelog::BigtableChangelog;
+use tiersweep::clock::SharedClock;
+use tiersweep::hv::BigtableHv;
+use tiersweep::lt::GcsLt;
+use tiersweep::lt::gcs::GcsConfig;
+use tiersweep::queue::PubsubQueue;
+use tiersweep::queue::pubsub::PubsubConfig;
+use tiersweep::stores::Stores;
 
 /// Where the emulators answer. Defaults match `infra/local/common.sh`; the usual
 /// `*_EMULATOR_HOST` variables override them.
@@ -125,7 +125,7 @@ pub fn started_processes() -> Vec<(String, u32)> {
         .filter_map(|name| {
             let pid: u32 = read(format!("{name}.pid"))?.trim().parse().ok()?;
             let recorded = read(format!("{name}.start"))?;
-            let started = crate::telemetry::process::start_ticks(&pid.to_string())?;
+            let started = tiersweep::telemetry::process::start_ticks(&pid.to_string())?;
             (started.to_string() == recorded.trim()).then(|| (name.to_owned(), pid))
         })
         .collect()
@@ -185,7 +185,7 @@ impl Emulators {
     /// A client and a config naming two new, empty tables.
     pub async fn new_tables(&self) -> (BigtableClient, BigtableConfig) {
         let config = self.bigtable_config(&unique("hv"), &unique("changelog"));
-        crate::bigtable::admin::ensure_tables_on_emulator(
+        tiersweep::bigtable::admin::ensure_tables_on_emulator(
             &self.bigtable,
             &self.project,
             &self.instance,
@@ -215,9 +215,9 @@ impl Emulators {
     }
 
     /// Shard leases in a fresh changelog table.
-    pub async fn leases(&self) -> Arc<crate::lease::BigtableLeases> {
+    pub async fn leases(&self) -> Arc<tiersweep::lease::BigtableLeases> {
         let (client, config) = self.new_tables().await;
-        Arc::new(crate::lease::BigtableLeases::new(
+        Arc::new(tiersweep::lease::BigtableLeases::new(
             client,
             &config.changelog_table,
         ))
@@ -247,7 +247,7 @@ impl Emulators {
 
     pub async fn lt(&self) -> Arc<GcsLt> {
         Arc::new(
-            GcsLt::connect(&self.gcs_config().await, crate::lt::LtAccess::Write)
+            GcsLt::connect(&self.gcs_config().await, tiersweep::lt::LtAccess::Write)
                 .await
                 .expect("GCS client"),
         )
@@ -337,7 +337,7 @@ impl Emulators {
         config: &PubsubConfig,
         want: usize,
         wait: Duration,
-    ) -> Vec<crate::queue::Message> {
+    ) -> Vec<tiersweep::queue::Message> {
         use base64::Engine;
         let sub = format!(
             "http://{}/v1/projects/{}/subscriptions/{}-audit",
@@ -379,7 +379,7 @@ impl Emulators {
                             .collect()
                     })
                     .unwrap_or_default();
-                got.push(crate::queue::Message {
+                got.push(tiersweep::queue::Message {
                     data: data.into(),
                     attributes,
                 });
@@ -403,17 +403,17 @@ impl Emulators {
     /// given protocol; `env()` turns it into the variables a child process reads.
     pub async fn fresh_config(
         &self,
-        protocol: crate::protocol::ProtocolConfig,
-    ) -> crate::config::Config {
+        protocol: tiersweep::protocol::ProtocolConfig,
+    ) -> tiersweep::config::Config {
         let (_, bigtable) = self.new_tables().await;
-        crate::config::Config {
+        tiersweep::config::Config {
             bigtable,
             gcs: self.gcs_config().await,
             pubsub: self.pubsub_config().await,
             protocol,
             // Seconds, not ten minutes: the second pass of a change recovered before its
             // HV write is part of what the process tests see.
-            recovery: crate::recovery::RecoveryConfig {
+            recovery: tiersweep::recovery::RecoveryConfig {
                 upload_settle: protocol.staleness_threshold,
                 // The Pub/Sub emulator never redelivers what it handed to a pull stream
                 // that went away (a killed or restarted cleaner): such a job comes back
@@ -423,7 +423,7 @@ impl Emulators {
             },
             // Scanners share the shards through leases; a killed one's shards are read
             // again within seconds, not the 30 s a deployment waits.
-            worker: crate::config::WorkerConfig {
+            worker: tiersweep::config::WorkerConfig {
                 lease_period: std::time::Duration::from_secs(4),
                 ..Default::default()
             },
@@ -435,15 +435,17 @@ impl Emulators {
     pub async fn stores_pair(&self, a: SharedClock, b: SharedClock) -> (Stores, Stores) {
         let (client, config) = self.new_tables().await;
         let lt = self.lt().await;
-        let view = |clock: SharedClock| Stores {
-            hv: Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
-            lt: lt.clone(),
-            changelog: Arc::new(BigtableChangelog::new(
-                client.clone(),
-                &config.changelog_table,
-                clock.clone(),
-            )),
-            clock,
+        let view = |clock: SharedClock| {
+            Stores::from_parts(
+                Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
+                lt.clone(),
+                Arc::new(BigtableChangelog::new(
+                    client.clone(),
+                    &config.changelog_table,
+                    clock.clone(),
+                )),
+                clock,
+            )
         };
         (view(a), view(b))
     }
@@ -453,22 +455,23 @@ impl Emulators {
     pub async fn stores_and_runs(
         &self,
         clock: SharedClock,
-    ) -> (Stores, Arc<dyn crate::audit::AuditRuns>) {
+    ) -> (Stores, Arc<dyn tiersweep::audit::AuditRuns>) {
         let (client, config) = self.new_tables().await;
-        let runs = Arc::new(crate::audit::BigtableRuns::new(
-            client.clone(),
-            &config.changelog_table,
-        ));
-        let stores = Stores {
-            hv: Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
-            lt: self.lt().await,
-            changelog: Arc::new(BigtableChangelog::new(
+        let runs = Arc::new(
+            tiersweep::audit::BigtableRuns::connect(&config)
+                .await
+                .expect("the audit runs in the fresh changelog table"),
+        );
+        let stores = Stores::from_parts(
+            Arc::new(BigtableHv::new(client.clone(), &config.hv_table)),
+            self.lt().await,
+            Arc::new(BigtableChangelog::new(
                 client,
                 &config.changelog_table,
                 clock.clone(),
             )),
             clock,
-        };
+        );
         (stores, runs)
     }
 
@@ -480,8 +483,8 @@ impl Emulators {
 
 /// The `TIERSWEEP_<SECTION>__<KEY>` variables that make a child `tiersweep` process use
 /// `config`'s resources and timings (and the emulator endpoints).
-pub fn env_for(config: &crate::config::Config) -> Vec<(String, String)> {
-    use crate::duration::format;
+pub fn env_for(config: &tiersweep::config::Config) -> Vec<(String, String)> {
+    use tiersweep::duration::format;
     let mut env = vec![
         (
             "TIERSWEEP_BIGTABLE__PROJECT",

@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::Replay;
 use super::queue::ChaosQueue;
-use crate::audit::{AuditConfig, AuditRun, AuditRuns, AuditWorker, MemoryRuns, RangeJob};
-use crate::model::Timestamp;
-use crate::queue::JobQueue;
-use crate::stores::Stores;
-use crate::testing::audits::MemoryTrail;
-use crate::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::audit::{AuditConfig, AuditRun, AuditRuns, AuditWorker, MemoryRuns, RangeJob};
+use tiersweep::model::Timestamp;
+use tiersweep::queue::JobQueue;
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::trail::MemoryTrail;
 
 /// How long a run's jobs are valid (`--run-ttl` defaults to a week; a schedule lasts hours,
 /// so a job replayed for a run this much older is stale).
@@ -57,7 +57,7 @@ impl FannedAudits {
                     .cancel_on(cancel.clone());
                 let queue = queue.clone();
                 tokio::spawn(async move {
-                    let _ = worker.serve(&queue).await;
+                    let _ = tiersweep::audit::fanout::serve(&worker, &queue).await;
                 })
             })
             .collect();
@@ -88,8 +88,8 @@ impl FannedAudits {
             delete,
             ..AuditConfig::default()
         };
-        let changelog = stores.changelog.as_ref();
-        let Ok(run) = crate::audit::fanout::start(
+        let changelog = stores.changelog().as_ref();
+        let Ok(run) = tiersweep::audit::fanout::start(
             changelog,
             self.runs.as_ref(),
             &self.queue,

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::crash::{INLINE_THRESHOLD, test_writer_config, unique_path};
-use super::faults::{Fault, Faults, Op, Rule};
-use super::schedules::{blobs_of, entries_for, recovery_leaves_nothing_of};
-use crate::model::ObjectPath;
-use crate::protocol::ProtocolConfig;
-use crate::stores::Stores;
-use crate::writer::{ReadOutcome, TieredStorage, WriteError};
+use crate::crash::{INLINE_THRESHOLD, test_writer_config, unique_path};
+use crate::schedules::{blobs_of, entries_for, recovery_leaves_nothing_of};
+use tiersweep::model::ObjectPath;
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::writer::{ReadOutcome, TieredStorage, WriteError};
 
 fn large(tag: &str) -> Bytes {
     Bytes::from(format!("{tag}:{}", "G".repeat(INLINE_THRESHOLD * 4)))
@@ -23,7 +23,7 @@ fn large(tag: &str) -> Bytes {
 async fn nothing_left_of(stores: &Stores, path: &ObjectPath, protocol: ProtocolConfig, what: &str) {
     recovery_leaves_nothing_of(stores, path, protocol, what).await;
     assert_eq!(
-        stores.hv.read(path).await.expect("reading HV"),
+        stores.hv().read(path).await.expect("reading HV"),
         None,
         "{what}"
     );
@@ -62,7 +62,7 @@ pub async fn the_upload_overlaps_the_record_and_completes_only_after_it(
     put.await
         .expect("the writer's task")
         .expect("the put succeeds once the record lands");
-    let read = stores.hv.read(&path).await.expect("reading HV");
+    let read = stores.hv().read(&path).await.expect("reading HV");
     assert!(read.is_some(), "the put committed");
     let writer = TieredStorage::new(stores.clone(), test_writer_config(protocol))
         .expect("valid writer config");

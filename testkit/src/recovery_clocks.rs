@@ -4,17 +4,17 @@
 //! Every time a recovery decision depends on is the changelog's (Bigtable's server): a
 //! cleaner's or scanner's own clock may be off by hours. Each schedule takes the honest view
 //! of the stores and a skewed one (the same tables and bucket; only `Stores::clock`
-//! differs), off by more than [`settle`] (the tests use [`super::schedules::SKEW`], an hour).
+//! differs), off by more than [`settle`] (the tests use [`crate::schedules::SKEW`], an hour).
 
 use std::time::Duration;
 
-use super::crash::test_recovery_config;
-use super::faults::{Fault, Faults, Op, Rule};
-use super::schedules::{blobs_of, dead_large_put, deliver, entries_for};
-use crate::model::ObjectPath;
-use crate::protocol::ProtocolConfig;
-use crate::recovery::{CleanupJob, EmbeddedRecovery, JobOutcome, RecoveryConfig};
-use crate::stores::Stores;
+use crate::crash::test_recovery_config;
+use crate::schedules::{blobs_of, dead_large_put, deliver, entries_for};
+use tiersweep::model::ObjectPath;
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::recovery::{CleanupJob, EmbeddedRecovery, JobOutcome, RecoveryConfig};
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 
 /// The settle these schedules run with: much longer than the staleness threshold, as
 /// deployed (10 min against 30 s), so that a settle cut short shows.
@@ -162,10 +162,14 @@ pub async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works(
     let [row] = rows.as_slice() else {
         panic!("one row: {rows:?}");
     };
-    let now = honest.changelog.now().await.expect("the changelog's time");
-    let claimer = crate::model::OwnerToken::recovery_claim();
+    let now = honest
+        .changelog()
+        .now()
+        .await
+        .expect("the changelog's time");
+    let claimer = tiersweep::model::OwnerToken::recovery_claim();
     let claimed = honest
-        .changelog
+        .changelog()
         .claim(
             row,
             now.saturating_sub(protocol.staleness_threshold),
@@ -175,7 +179,7 @@ pub async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works(
         .await
         .expect("claiming");
     assert!(
-        matches!(claimed, crate::changelog::Claim::Won(_)),
+        matches!(claimed, tiersweep::changelog::Claim::Won(_)),
         "{claimed:?}"
     );
     // The cleaner's fence is held for three leases.
@@ -187,7 +191,11 @@ pub async fn a_cleaner_clock_behind_keeps_its_claim_while_it_works(
     });
     tokio::time::sleep(lease * 2).await;
     let rows = entries_for(&honest, &path).await;
-    let now = honest.changelog.now().await.expect("the changelog's time");
+    let now = honest
+        .changelog()
+        .now()
+        .await
+        .expect("the changelog's time");
     let [row] = rows.as_slice() else {
         panic!("one row: {rows:?}");
     };

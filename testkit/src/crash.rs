@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::faults::{Fault, Faults, Op, Rule};
-use super::invariants::{self, Acceptable};
-use crate::model::ObjectPath;
-use crate::recovery::embedded::PassReport;
-use crate::recovery::{EmbeddedRecovery, RecoveryConfig};
-use crate::stores::Stores;
-use crate::writer::{TieredStorage, WriteError, WriterConfig};
+use tiersweep::model::ObjectPath;
+use tiersweep::recovery::embedded::PassReport;
+use tiersweep::recovery::{EmbeddedRecovery, RecoveryConfig};
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::invariants::{self, Acceptable};
+use tiersweep::writer::{TieredStorage, WriteError, WriterConfig};
 
 /// Bytes above the inline threshold used by the scenarios.
 pub const INLINE_THRESHOLD: usize = 16;
@@ -64,7 +64,7 @@ impl Scenario {
         self,
         writer: &TieredStorage,
         path: &ObjectPath,
-    ) -> Result<(), crate::writer::WriteError> {
+    ) -> Result<(), tiersweep::writer::WriteError> {
         match self.values().1 {
             Some(after) => writer.put(path, after).await,
             None => writer.delete(path).await,
@@ -73,7 +73,7 @@ impl Scenario {
 }
 
 /// Protocol timings for tests: short, so emulator runs wait seconds, not minutes.
-pub fn test_writer_config(protocol: crate::protocol::ProtocolConfig) -> WriterConfig {
+pub fn test_writer_config(protocol: tiersweep::protocol::ProtocolConfig) -> WriterConfig {
     WriterConfig {
         inline_threshold: INLINE_THRESHOLD,
         protocol,
@@ -83,7 +83,7 @@ pub fn test_writer_config(protocol: crate::protocol::ProtocolConfig) -> WriterCo
     }
 }
 
-pub fn test_recovery_config(protocol: crate::protocol::ProtocolConfig) -> RecoveryConfig {
+pub fn test_recovery_config(protocol: tiersweep::protocol::ProtocolConfig) -> RecoveryConfig {
     RecoveryConfig {
         protocol,
         scan_batch: 50,
@@ -251,7 +251,7 @@ pub async fn overwrite_with_failing_heartbeats(
 /// converged exactly once between them, and the stores converge.
 pub async fn concurrent_recoveries(
     stores: &Stores,
-    protocol: crate::protocol::ProtocolConfig,
+    protocol: tiersweep::protocol::ProtocolConfig,
     n: usize,
 ) {
     let expected = crashed_large_puts(stores, test_writer_config(protocol), n).await;

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::changelog::{Changelog as _, MemoryChangelog};
-use crate::clock::SharedClock;
-use crate::model::{ChangeId, ShardRange, Timestamp};
+use tiersweep::changelog::{Changelog as _, MemoryChangelog};
+use tiersweep::clock::SharedClock;
+use tiersweep::model::{ChangeId, ShardRange, Timestamp};
 
 /// When each scanner's room was last seen full.
 #[derive(Debug, Clone, Copy, Default)]

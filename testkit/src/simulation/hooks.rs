@@ -11,14 +11,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::changelog::{
+use tiersweep::changelog::{
     Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
 };
-use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
-use crate::testing::SkewedClock;
-use crate::testing::intercept::{Call, Intercept, Op};
+use tiersweep::error::{ErrorKind, StoreError, StoreKind, StoreResult};
+use tiersweep::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
+use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
+use tiersweep::testing::SkewedClock;
+use tiersweep::testing::intercept::{Call, Intercept, Op};
 
 /// Up to `max` of latency per call, drawn from a seeded generator.
 #[derive(Debug)]
@@ -149,10 +149,10 @@ impl HvStore for ScopeWitness {
     }
     async fn scan_tombstones(
         &self,
-        range: &crate::lt::NameRange,
+        range: &tiersweep::lt::NameRange,
         start_after: Option<&ObjectPath>,
         limit: usize,
-    ) -> StoreResult<crate::hv::TombstonePage> {
+    ) -> StoreResult<tiersweep::hv::TombstonePage> {
         self.inner.scan_tombstones(range, start_after, limit).await
     }
     async fn compare_and_write(
@@ -268,7 +268,7 @@ impl Changelog for ClaimWitness {
         id: &ChangeId,
         owner: &OwnerToken,
         until: Timestamp,
-    ) -> StoreResult<crate::changelog::Extension> {
+    ) -> StoreResult<tiersweep::changelog::Extension> {
         self.inner.extend_claim(id, owner, until).await
     }
     async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
@@ -294,7 +294,7 @@ impl Changelog for ClaimWitness {
 /// would.
 #[derive(Debug)]
 pub struct FrozenLeases {
-    pub inner: Arc<dyn crate::lease::Leases>,
+    pub inner: Arc<dyn tiersweep::lease::Leases>,
     pub until: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -308,26 +308,26 @@ impl FrozenLeases {
 }
 
 #[async_trait]
-impl crate::lease::Leases for FrozenLeases {
-    async fn read(&self) -> StoreResult<crate::lease::LeaseTable> {
+impl tiersweep::lease::Leases for FrozenLeases {
+    async fn read(&self) -> StoreResult<tiersweep::lease::LeaseTable> {
         self.thaw().await;
         self.inner.read().await
     }
-    async fn read_at(&self, now: Timestamp) -> StoreResult<crate::lease::LeaseTable> {
+    async fn read_at(&self, now: Timestamp) -> StoreResult<tiersweep::lease::LeaseTable> {
         self.thaw().await;
         self.inner.read_at(now).await
     }
-    async fn announce(&self, member: &crate::lease::MemberId) -> StoreResult<()> {
+    async fn announce(&self, member: &tiersweep::lease::MemberId) -> StoreResult<()> {
         self.thaw().await;
         self.inner.announce(member).await
     }
-    async fn depart(&self, member: &crate::lease::MemberId) -> StoreResult<()> {
+    async fn depart(&self, member: &tiersweep::lease::MemberId) -> StoreResult<()> {
         self.thaw().await;
         self.inner.depart(member).await
     }
     async fn forget(
         &self,
-        member: &crate::lease::MemberId,
+        member: &tiersweep::lease::MemberId,
         stale_before: Timestamp,
     ) -> StoreResult<bool> {
         self.thaw().await;
@@ -335,28 +335,28 @@ impl crate::lease::Leases for FrozenLeases {
     }
     async fn acquire(
         &self,
-        seen: &crate::lease::Lease,
-        by: &crate::lease::MemberId,
+        seen: &tiersweep::lease::Lease,
+        by: &tiersweep::lease::MemberId,
         expired_before: Timestamp,
-    ) -> StoreResult<crate::lease::Taken> {
+    ) -> StoreResult<tiersweep::lease::Taken> {
         self.thaw().await;
         self.inner.acquire(seen, by, expired_before).await
     }
     async fn renew(
         &self,
-        shard: crate::model::Shard,
+        shard: tiersweep::model::Shard,
         epoch: u64,
-        by: &crate::lease::MemberId,
-    ) -> StoreResult<crate::lease::Kept> {
+        by: &tiersweep::lease::MemberId,
+    ) -> StoreResult<tiersweep::lease::Kept> {
         self.thaw().await;
         self.inner.renew(shard, epoch, by).await
     }
     async fn release(
         &self,
-        shard: crate::model::Shard,
+        shard: tiersweep::model::Shard,
         epoch: u64,
-        by: &crate::lease::MemberId,
-    ) -> StoreResult<crate::lease::Kept> {
+        by: &tiersweep::lease::MemberId,
+    ) -> StoreResult<tiersweep::lease::Kept> {
         self.thaw().await;
         self.inner.release(shard, epoch, by).await
     }

@@ -3,7 +3,7 @@
 //! into LT (no changelog row, no tombstone) among objects written through the writer, blobs
 //! of changes in flight, blobs too young to judge and names that are not tiersweep's. The
 //! audit must report exactly the orphans, delete exactly them (through recovery), and fail
-//! closed and resume as documented in [`crate::audit`].
+//! closed and resume as documented in [`tiersweep::audit`].
 //!
 //! Time is the stores' (paused for the twin, real on the emulators): the minimum age is a
 //! few staleness thresholds, and a scenario sleeps past it.
@@ -14,16 +14,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::crash::{INLINE_THRESHOLD, test_writer_config};
-use super::faults::{Fault, Faults, Op, Rule};
-use crate::audit::{
-    Audit, AuditConfig, AuditError, AuditReport, AuditTrail, Checkpoint, DeletionRequested,
-    RangeState,
-};
-use crate::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
-use crate::protocol::ProtocolConfig;
-use crate::stores::Stores;
-use crate::writer::TieredStorage;
+use crate::crash::{INLINE_THRESHOLD, test_writer_config};
+use tiersweep::audit::{Audit, AuditConfig, AuditError, AuditReport, Checkpoint, RangeState};
+use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision};
+use tiersweep::protocol::ProtocolConfig;
+use tiersweep::stores::Stores;
+use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
+use tiersweep::testing::trail::MemoryTrail;
+use tiersweep::writer::TieredStorage;
 
 /// Expands to one test per audit scenario; the arguments are those of
 /// [`safety_schedules!`](crate::safety_schedules).
@@ -42,34 +40,10 @@ macro_rules! audit_scenarios {
             #[$attr]
             async fn $name() {
                 let stores = $stores.await;
-                $crate::testing::audits::$name(stores, $protocol).await;
+                $crate::audits::$name(stores, $protocol).await;
             }
         )*
     };
-}
-
-/// The trail tests read back: every entry, in memory.
-#[derive(Debug, Default)]
-pub struct MemoryTrail {
-    pub entries: std::sync::Mutex<Vec<DeletionRequested>>,
-}
-
-#[async_trait::async_trait]
-impl AuditTrail for MemoryTrail {
-    async fn requested(&self, entry: &DeletionRequested) -> Result<(), AuditError> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(entry.clone());
-        Ok(())
-    }
-}
-
-impl MemoryTrail {
-    pub fn blobs(&self) -> BTreeSet<String> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.iter().map(|e| e.blob.clone()).collect()
-    }
 }
 
 pub(crate) fn min_age(protocol: ProtocolConfig) -> Duration {
@@ -86,13 +60,13 @@ pub(crate) fn config(protocol: ProtocolConfig, prefix: &str, delete: bool) -> Au
         max_deletes_per_s: None,
         max_lists_per_s: None,
         // Real time on the emulators: a failure past the retries in well under a second.
-        retry: crate::retry::RetryPolicy::default(),
+        retry: tiersweep::RetryPolicy::default(),
         ..AuditConfig::default()
     }
 }
 
 /// A path under `prefix` whose first character after it is `first`, so a test chooses
-/// which of [`crate::audit::ranges::split`]'s ranges its blobs fall in.
+/// which of [`tiersweep::audit::ranges::split`]'s ranges its blobs fall in.
 pub(crate) fn path_in(prefix: &str, first: char) -> ObjectPath {
     ObjectPath::new(format!(
         "{prefix}{first}{}/obj",
@@ -109,7 +83,7 @@ pub(crate) fn large(tag: &str) -> Bytes {
 pub(crate) async fn plant_orphan(stores: &Stores, prefix: &str, first: char) -> String {
     let rev = Revision::mint(&path_in(prefix, first));
     stores
-        .lt
+        .lt()
         .put(&rev, large("orphan"))
         .await
         .expect("planting an orphan");
@@ -122,12 +96,12 @@ pub(crate) async fn plant_in_flight(stores: &Stores, prefix: &str, first: char) 
     let rev = Revision::mint(&path);
     let record = ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::writer());
     stores
-        .changelog
+        .changelog()
         .record(&ChangeId::mint(), &record)
         .await
         .expect("recording a change");
     stores
-        .lt
+        .lt()
         .put(&rev, large("in flight"))
         .await
         .expect("uploading");
@@ -152,7 +126,7 @@ fn orphans_named(report: &AuditReport) -> BTreeSet<String> {
 
 pub(crate) async fn blob_exists(stores: &Stores, name: &str) -> bool {
     let rev = Revision::parse(name).expect("a revision name");
-    stores.lt.exists(&rev).await.expect("checking LT")
+    stores.lt().exists(&rev).await.expect("checking LT")
 }
 
 /// Orphans planted in every range, among referenced blobs written through the writer
@@ -220,7 +194,7 @@ pub async fn an_audit_finds_exactly_the_orphans_and_recovery_deletes_them(
         orphans,
         "one trail entry per orphan, before its deletion"
     );
-    super::crash::recover_settled(&stores, super::crash::test_recovery_config(protocol)).await;
+    crate::crash::recover_settled(&stores, crate::crash::test_recovery_config(protocol)).await;
     for name in &orphans {
         assert!(
             !blob_exists(&stores, name).await,
@@ -234,7 +208,7 @@ pub async fn an_audit_finds_exactly_the_orphans_and_recovery_deletes_them(
     for path in live.iter().chain([&young_path]) {
         let value = writer.get(path).await.expect("reading");
         assert!(
-            matches!(value, crate::writer::ReadOutcome::Found(_)),
+            matches!(value, tiersweep::writer::ReadOutcome::Found(_)),
             "{path} still reads: {value:?}"
         );
     }
@@ -264,7 +238,7 @@ pub async fn a_listing_error_deletes_nothing_in_its_range(
     let last_range = plant_orphan(&stores, &prefix, 'z').await;
     tokio::time::sleep(min_age(protocol) + protocol.staleness_threshold).await;
     let faults = Faults::new([Rule {
-        times: crate::retry::RetryPolicy::default().max_attempts,
+        times: tiersweep::RetryPolicy::default().max_attempts,
         ..Rule::once(Op::LtList, Fault::Fail)
     }]);
     let trail = Arc::new(MemoryTrail::default());
@@ -325,7 +299,7 @@ pub async fn an_audit_resumes_the_ranges_it_did_not_finish(
     // The third range's listing fails past the audit's retries.
     let faults = Faults::new([Rule {
         skip: 2,
-        times: crate::retry::RetryPolicy::default().max_attempts,
+        times: tiersweep::RetryPolicy::default().max_attempts,
         ..Rule::once(Op::LtList, Fault::Fail)
     }]);
     let first = Audit::new(faults.wrap(&stores), dry())
@@ -403,11 +377,11 @@ pub async fn an_audit_reports_exactly_the_dangling_tombstones(
         .put(&overwritten, large("v2"))
         .await
         .expect("an overwrite");
-    let blob = match stores.hv.read(&lost).await.expect("reading HV") {
-        Some(crate::model::HvValue::Tombstone(rev)) => rev,
+    let blob = match stores.hv().read(&lost).await.expect("reading HV") {
+        Some(tiersweep::model::HvValue::Tombstone(rev)) => rev,
         other => panic!("a large object is a tombstone: {other:?}"),
     };
-    stores.lt.delete(&blob).await.expect("losing the blob");
+    stores.lt().delete(&blob).await.expect("losing the blob");
     let trail = Arc::new(MemoryTrail::default());
     let report = audit(
         &stores,
@@ -423,13 +397,13 @@ pub async fn an_audit_reports_exactly_the_dangling_tombstones(
     assert_eq!(report.totals.dangling, 1);
     assert_eq!(
         report.dangling_examples,
-        vec![crate::audit::DanglingSeen {
+        vec![tiersweep::audit::DanglingSeen {
             object: lost.to_string(),
             blob: blob.to_string(),
         }]
     );
     assert!(
-        matches!(stores.hv.read(&lost).await.expect("reading HV"), Some(crate::model::HvValue::Tombstone(r)) if r == blob),
+        matches!(stores.hv().read(&lost).await.expect("reading HV"), Some(tiersweep::model::HvValue::Tombstone(r)) if r == blob),
         "reported, not repaired"
     );
 }

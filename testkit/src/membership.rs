@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::lease::{Leases, MemberId};
-use crate::model::{SHARD_COUNT, ShardSet};
-use crate::recovery::{Assignment, LeaseKeeper};
+use tiersweep::lease::{Leases, MemberId};
+use tiersweep::model::{SHARD_COUNT, ShardSet};
+use tiersweep::recovery::{Assignment, LeaseKeeper};
 
 struct Member {
     keeper: LeaseKeeper,
