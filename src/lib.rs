@@ -46,10 +46,11 @@
 //! ```
 //!
 // Every public item is documented (clippy -D warnings makes a missing doc an error), except
-// in the feature-gated test, demo and benchmark machinery, which production never compiles.
+// in the feature-gated test and demo machinery, which production never compiles (the
+// test kit and the benchmark are crates of their own: testkit/, bench/).
 #![warn(missing_docs)]
-// A production function says what it does in under 80 lines (clippy.toml); the test, demo
-// and benchmark machinery is exempt.
+// A production function says what it does in under 80 lines (clippy.toml); the test and
+// demo machinery is exempt.
 #![warn(clippy::too_many_lines)]
 
 /// Declares the modules behind the public API: public when the test machinery is compiled
