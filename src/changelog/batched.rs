@@ -20,12 +20,9 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use super::{
-    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
-    ScanRequest,
-};
+use super::{Changelog, ChangelogEntry, ChangelogLayer};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
+use crate::model::ChangeId;
 
 /// The most keys one batch call carries.
 pub const MAX_BATCH: usize = 256;
@@ -171,27 +168,9 @@ impl Batched {
 }
 
 #[async_trait]
-impl Changelog for Batched {
-    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
-        self.inner.record(id, record).await
-    }
-    async fn now(&self) -> StoreResult<Timestamp> {
-        self.inner.now().await
-    }
-    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
-        self.inner.heartbeat(id, owner).await
-    }
-    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
-        self.inner.scan_stale(req).await
-    }
-    async fn claim(
-        &self,
-        seen: &ChangelogEntry,
-        cutoff: Timestamp,
-        claimer: &OwnerToken,
-        lease_until: Timestamp,
-    ) -> StoreResult<Claim> {
-        self.inner.claim(seen, cutoff, claimer, lease_until).await
+impl ChangelogLayer for Batched {
+    fn inner(&self) -> &dyn Changelog {
+        &*self.inner
     }
     /// Batched. A batch reads a row that does not decode as missing; only then is the row
     /// read again on its own, so that it is reported as malformed as `get` reports it (a
@@ -202,30 +181,10 @@ impl Changelog for Batched {
             None => self.inner.get(id).await,
         }
     }
-    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
-        self.inner.get_many(ids).await
-    }
-    async fn extend_claim(
-        &self,
-        id: &ChangeId,
-        owner: &OwnerToken,
-        until: Timestamp,
-    ) -> StoreResult<Extension> {
-        self.inner.extend_claim(id, owner, until).await
-    }
-    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
-        self.inner.remove(id, owner).await
-    }
     /// Batched: each id joins the next batch, and this returns once all of them landed.
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
         let calls = ids.iter().map(|id| self.removals.call(id.clone()));
         futures::future::try_join_all(calls).await.map(drop)
-    }
-    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
-        self.inner.defer(id, record).await
-    }
-    fn is_noop(&self) -> bool {
-        self.inner.is_noop()
     }
 }
 
@@ -233,7 +192,7 @@ impl Changelog for Batched {
 mod tests {
     use super::*;
     use crate::changelog::MemoryChangelog;
-    use crate::model::{ObjectPath, Revision};
+    use crate::model::{ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
     use crate::stores::Stores;
     use crate::testing::faults::{Fault, Faults, Op, Rule};
 
@@ -256,7 +215,7 @@ mod tests {
                 Fault::Delay(std::time::Duration::from_millis(10)),
             ),
         ]);
-        let batched = Arc::new(Batched::new(faults.wrap(&stores).changelog));
+        let batched: Arc<dyn Changelog> = Arc::new(Batched::new(faults.wrap(&stores).changelog));
         let mut ids = Vec::new();
         for i in 0..64 {
             let id = ChangeId::mint();
@@ -298,7 +257,7 @@ mod tests {
         let memory = Arc::new(MemoryChangelog::new(crate::clock::system()));
         let id = ChangeId::mint();
         memory.insert_raw(id.as_str(), b"not a record".to_vec(), Timestamp(0));
-        let batched = Batched::new(memory);
+        let batched: &dyn Changelog = &Batched::new(memory);
         let err = batched.get(&id).await.expect_err("a malformed row");
         assert_eq!(err.kind, ErrorKind::Malformed, "{err}");
         assert_eq!(batched.get(&ChangeId::mint()).await.unwrap(), None);
@@ -309,7 +268,7 @@ mod tests {
     async fn a_failed_batch_fails_its_callers() {
         let stores = Stores::in_memory(crate::clock::system());
         let faults = Faults::new([Rule::once(Op::Get, Fault::Fail)]);
-        let batched = Batched::new(faults.wrap(&stores).changelog);
+        let batched: &dyn Changelog = &Batched::new(faults.wrap(&stores).changelog);
         let id = ChangeId::mint();
         stores.changelog.record(&id, &record(0)).await.unwrap();
         assert!(batched.get(&id).await.is_err());

@@ -16,6 +16,7 @@
 
 pub mod batched;
 pub mod bigtable;
+mod layer;
 pub mod memory;
 #[cfg(any(test, feature = "testing"))]
 pub mod noop;
@@ -29,6 +30,7 @@ use crate::model::{ChangeId, ChangeRecord, OwnerToken, Shard, ShardSet, Timestam
 
 pub use batched::Batched;
 pub use bigtable::BigtableChangelog;
+pub use layer::ChangelogLayer;
 pub use memory::MemoryChangelog;
 #[cfg(any(test, feature = "testing"))]
 pub use noop::NoopChangelog;

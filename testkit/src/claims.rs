@@ -11,13 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use tiersweep::changelog::{
-    Changelog, ChangelogEntry, Claim, Deferral, Extension, Heartbeat, Removal, ScanPage,
-    ScanRequest,
-};
+use tiersweep::changelog::{Changelog, ChangelogEntry, ChangelogLayer, Claim, Extension, Removal};
 use tiersweep::clock::SharedClock;
 use tiersweep::error::StoreResult;
-use tiersweep::model::{ChangeId, ChangeRecord, OwnerToken, Timestamp};
+use tiersweep::model::{ChangeId, OwnerToken, Timestamp};
 
 /// What the ledger counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,18 +87,9 @@ impl ClaimLedger {
 }
 
 #[async_trait]
-impl Changelog for ClaimLedger {
-    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
-        self.inner.record(id, record).await
-    }
-    async fn now(&self) -> StoreResult<Timestamp> {
-        self.inner.now().await
-    }
-    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
-        self.inner.heartbeat(id, owner).await
-    }
-    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
-        self.inner.scan_stale(req).await
+impl ChangelogLayer for ClaimLedger {
+    fn inner(&self) -> &dyn Changelog {
+        &*self.inner
     }
     async fn claim(
         &self,
@@ -132,12 +120,6 @@ impl Changelog for ClaimLedger {
         }
         Ok(outcome)
     }
-    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
-        self.inner.get(id).await
-    }
-    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
-        self.inner.get_many(ids).await
-    }
     async fn extend_claim(
         &self,
         id: &ChangeId,
@@ -164,8 +146,5 @@ impl Changelog for ClaimLedger {
         let mut ledger = self.ledger();
         ids.iter().for_each(|id| ledger.removed(id, false));
         Ok(())
-    }
-    async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
-        self.inner.defer(id, record).await
     }
 }

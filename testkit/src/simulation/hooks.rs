@@ -11,9 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use tiersweep::changelog::{
-    Changelog, ChangelogEntry, Claim, Deferral, Heartbeat, Removal, ScanPage, ScanRequest,
-};
+use tiersweep::changelog::{Changelog, ChangelogEntry, ChangelogLayer, Claim, Deferral};
 use tiersweep::error::{ErrorKind, StoreError, StoreKind, StoreResult};
 use tiersweep::hv::{CasOutcome, HvRow, HvStore, HvWrite, Version};
 use tiersweep::model::{ChangeId, ChangeRecord, ObjectPath, OwnerToken, Revision, Timestamp};
@@ -212,18 +210,9 @@ impl ClaimWitness {
 }
 
 #[async_trait]
-impl Changelog for ClaimWitness {
-    async fn record(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Timestamp> {
-        self.inner.record(id, record).await
-    }
-    async fn now(&self) -> StoreResult<Timestamp> {
-        self.inner.now().await
-    }
-    async fn heartbeat(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Heartbeat> {
-        self.inner.heartbeat(id, owner).await
-    }
-    async fn scan_stale(&self, req: &ScanRequest) -> StoreResult<ScanPage> {
-        self.inner.scan_stale(req).await
+impl ChangelogLayer for ClaimWitness {
+    fn inner(&self) -> &dyn Changelog {
+        &*self.inner
     }
     async fn claim(
         &self,
@@ -257,23 +246,6 @@ impl Changelog for ClaimWitness {
         }
         Ok(outcome)
     }
-    async fn get(&self, id: &ChangeId) -> StoreResult<Option<ChangelogEntry>> {
-        self.inner.get(id).await
-    }
-    async fn get_many(&self, ids: &[ChangeId]) -> StoreResult<Vec<Option<ChangelogEntry>>> {
-        self.inner.get_many(ids).await
-    }
-    async fn extend_claim(
-        &self,
-        id: &ChangeId,
-        owner: &OwnerToken,
-        until: Timestamp,
-    ) -> StoreResult<tiersweep::changelog::Extension> {
-        self.inner.extend_claim(id, owner, until).await
-    }
-    async fn remove(&self, id: &ChangeId, owner: &OwnerToken) -> StoreResult<Removal> {
-        self.inner.remove(id, owner).await
-    }
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
         for id in ids {
             self.check_converged("remove", id).await?;
@@ -283,9 +255,6 @@ impl Changelog for ClaimWitness {
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral> {
         self.check_converged("defer", id).await?;
         self.inner.defer(id, record).await
-    }
-    fn is_noop(&self) -> bool {
-        self.inner.is_noop()
     }
 }
 
