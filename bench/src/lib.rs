@@ -222,8 +222,8 @@ pub struct PipelineRun {
     /// ...or this much time has passed.
     pub deadline: Duration,
     pub scanners: u16,
-    /// Scanners split the shards between them (as `worker.member_index` does) or all scan
-    /// every shard.
+    /// Scanners split the shards between them in equal fixed ranges (a deployment's shard
+    /// leases come to the same split) or all scan every shard.
     pub split: bool,
     /// Jobs in flight in the one cleaner.
     pub in_flight: usize,

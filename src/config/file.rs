@@ -24,7 +24,6 @@ use serde::Deserialize;
 use super::{ConfigError, ProtocolConfig};
 use crate::bigtable::BigtableConfig;
 use crate::lt::gcs::GcsConfig;
-use crate::model::ShardRange;
 use crate::queue::pubsub::PubsubConfig;
 use crate::recovery::RecoveryConfig;
 
@@ -53,37 +52,19 @@ pub struct Config {
     pub worker: WorkerConfig,
 }
 
-/// How scanners divide the changelog's shards.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Membership {
-    /// Through shard leases in the changelog table (`crate::lease`): a pool of any size,
-    /// resized or losing members with no configuration change.
-    #[default]
-    Leases,
-    /// By a fixed index and count: scanner `member_index` of `member_count` reads the
-    /// i-th of n equal shard ranges. Resizing means changing both, and a dead member's
-    /// shards wait for it.
-    Static,
-}
-
-/// What one worker process is, as opposed to what the pool does.
+/// What one worker process is, as opposed to what the pool does. Scanners share the
+/// changelog's shards through shard leases in the changelog table (`crate::lease`): a pool
+/// of any size, resized or losing members with no configuration change.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// How scanners share the shards (`leases` or `static`).
-    pub membership: Membership,
-    /// Under leases: a dead scanner's shards are read again within this; members renew and
+    /// A dead scanner's shards are read again within this; members renew and
     /// rebalance every quarter of it (see `crate::recovery::membership`).
     #[serde(with = "crate::duration")]
     pub lease_period: Duration,
-    /// Under leases: the name this member's id begins with (a fresh suffix follows);
+    /// The name a scanner's member id begins with (a fresh suffix follows);
     /// the pod name (`HOSTNAME`) by default.
     pub member_name: Option<String>,
-    /// Static membership only: this scanner's place in its pool and the pool's size.
-    pub member_index: u16,
-    /// Static membership only: the pool's size.
-    pub member_count: u16,
     /// Where `/healthz`, `/readyz` (and `/metrics`) are served; unset disables them.
     pub health_listen: Option<SocketAddr>,
     /// After SIGTERM, how long in-flight jobs may run before they are abandoned to
@@ -95,11 +76,8 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            membership: Membership::Leases,
             lease_period: Duration::from_secs(30),
             member_name: None,
-            member_index: 0,
-            member_count: 1,
             health_listen: None,
             shutdown_deadline: Duration::from_secs(20),
         }
@@ -226,13 +204,6 @@ impl Config {
         recovery
     }
 
-    /// The shards this worker scans.
-    pub fn shards(&self) -> ShardRange {
-        // validate() has checked index < count.
-        ShardRange::for_member(self.worker.member_index, self.worker.member_count)
-            .unwrap_or(ShardRange::ALL)
-    }
-
     /// Checks every section, naming the first setting that cannot work.
     pub fn validate(&self) -> Result<(), LoadError> {
         self.protocol
@@ -241,12 +212,6 @@ impl Config {
         self.recovery()
             .validate()
             .map_err(|e| LoadError::invalid("recovery", e))?;
-        ShardRange::for_member(self.worker.member_index, self.worker.member_count).map_err(
-            |e| LoadError::Invalid {
-                field: "worker.member_index".into(),
-                reason: format!("{e} (member_count is {})", self.worker.member_count),
-            },
-        )?;
         if self.worker.lease_period < Duration::from_secs(2) {
             return Err(LoadError::Invalid {
                 field: "worker.lease_period".into(),
@@ -399,20 +364,18 @@ mod tests {
         );
         let err = load("", &[], &["recovery.claim_lease=soon"]).unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
-        let err = load("", &[], &["worker.member_index=3", "worker.member_count=3"]).unwrap_err();
-        assert!(err.to_string().contains("worker.member_index"), "{err}");
         let err = load("", &[], &["worker.lease_period=\"500ms\""]).unwrap_err();
         assert!(err.to_string().contains("worker.lease_period"), "{err}");
         let err = load("", &[], &["worker.member_name=\"a/b\""]).unwrap_err();
         assert!(err.to_string().contains("worker.member_name"), "{err}");
-        let err = load("", &[], &["worker.membership=\"gossip\""]).unwrap_err();
-        assert!(err.to_string().contains("membership"), "{err}");
-        let ok = load("", &[], &["worker.membership=\"static\""]).unwrap();
-        assert_eq!(ok.worker.membership, Membership::Static);
-        assert_eq!(
-            load("", &[], &[]).unwrap().worker.membership,
-            Membership::Leases
-        );
+        // Static membership's keys are not settings: a configuration that sets one is
+        // refused, naming it.
+        for retired in ["worker.membership=\"static\"", "worker.member_index=1"] {
+            let err = load("", &[], &[retired]).unwrap_err();
+            let key = retired.split('=').next().unwrap_or_default();
+            let field = key.trim_start_matches("worker.");
+            assert!(err.to_string().contains(field), "{retired}: {err}");
+        }
         let err = load("", &[], &["recovery.gcs_deletes_per_s=0"]).unwrap_err();
         assert!(err.to_string().contains("gcs_deletes_per_s"), "{err}");
         let err = load("", &[], &["gcs.bucket="]).unwrap_err();

@@ -3,7 +3,7 @@
 
 pub mod file;
 
-pub use file::{Config, LoadError, Membership, WorkerConfig};
+pub use file::{Config, LoadError, WorkerConfig};
 
 pub use crate::error::ConfigError;
 pub use crate::protocol::ProtocolConfig;

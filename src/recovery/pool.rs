@@ -18,8 +18,8 @@ use crate::stores::Stores;
 pub struct Pools {
     /// How many scanners.
     pub scanners: u16,
-    /// Scanners split the shards between them, as `worker.member_index` does in a
-    /// deployment; without the split every scanner scans every shard (and they race).
+    /// Scanners split the shards between them in equal fixed ranges, as a deployment's
+    /// shard leases come to; without the split every scanner scans every shard (and they race).
     pub split: bool,
     /// How many cleaners.
     pub cleaners: usize,

@@ -10,7 +10,7 @@ pub mod dead_letters;
 pub mod operator;
 mod roles;
 
-pub use crate::config::{Config, LoadError, Membership, WorkerConfig};
+pub use crate::config::{Config, LoadError, WorkerConfig};
 pub use crate::duration::parse as parse_duration;
 pub use crate::health::{Readiness, serve as serve_health};
 pub use crate::iam::calls_summary;

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use super::Config;
 use crate::changelog::Changelog;
 use crate::clock;
-use crate::config::Membership;
 use crate::error::StoreResult;
 use crate::lease::{Leases, MemberId};
 use crate::lt::LtAccess;
@@ -59,10 +58,9 @@ impl ScannerConnections {
     }
 }
 
-/// Scans until `cancel`: the shards `config` gives this member under static membership,
-/// or those its shard leases hold (taken, renewed and released by a lease keeper beside
-/// the scanner). Returns once the last page is done and, under leases, every lease is
-/// released.
+/// Scans until `cancel` the shards this member's shard leases hold (taken, renewed and
+/// released by a lease keeper beside the scanner). Returns once the last page is done and
+/// every lease is released.
 pub async fn scan(
     connections: ScannerConnections,
     config: &Config,
@@ -74,41 +72,28 @@ pub async fn scan(
         queue,
     } = connections;
     let recovery = config.recovery();
-    match config.worker.membership {
-        Membership::Static => {
-            let shards = config.shards();
-            tracing::info!(member = config.worker.member_index,
-                of = config.worker.member_count, %shards, "scanning (static membership)");
-            Scanner::new(changelog, queue, recovery, shards)
-                .run(cancel)
-                .await;
-        }
-        Membership::Leases => {
-            let name = config
-                .worker
-                .member_name
-                .clone()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| "scanner".to_owned());
-            let me = MemberId::fresh(&name)
-                .map_err(|source| WorkerError::MemberName { name, source })?;
-            let period = config.worker.lease_period;
-            tracing::info!(member = %me, lease_period = ?period,
-                "scanning the shards this member's leases hold");
-            let (keeper, assignment) = LeaseKeeper::new(leases, me.clone(), period);
-            // The keeper releases every lease once stopped, after the scanner's last page.
-            let keeper_stop = CancellationToken::new();
-            let keeper = tokio::spawn(keeper.run(keeper_stop.clone()));
-            Scanner::new(changelog, queue, recovery, ShardSet::EMPTY)
-                .with_label(me.to_string())
-                .run_leased(assignment, cancel)
-                .await;
-            keeper_stop.cancel();
-            keeper
-                .await
-                .map_err(|e| WorkerError::LeaseKeeper(e.to_string()))?;
-        }
-    }
+    let name = config
+        .worker
+        .member_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "scanner".to_owned());
+    let me = MemberId::fresh(&name).map_err(|source| WorkerError::MemberName { name, source })?;
+    let period = config.worker.lease_period;
+    tracing::info!(member = %me, lease_period = ?period,
+        "scanning the shards this member's leases hold");
+    let (keeper, assignment) = LeaseKeeper::new(leases, me.clone(), period);
+    // The keeper releases every lease once stopped, after the scanner's last page.
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(keeper.run(keeper_stop.clone()));
+    Scanner::new(changelog, queue, recovery, ShardSet::EMPTY)
+        .with_label(me.to_string())
+        .run_leased(assignment, cancel)
+        .await;
+    keeper_stop.cancel();
+    keeper
+        .await
+        .map_err(|e| WorkerError::LeaseKeeper(e.to_string()))?;
     Ok(())
 }
 

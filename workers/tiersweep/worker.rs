@@ -6,19 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tiersweep::worker::{
-    self, CleanerConnections, Config, Membership, Readiness, ScannerConnections, serve_health,
+    self, CleanerConnections, Config, Readiness, ScannerConnections, serve_health,
 };
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// This worker's index in its pool (overrides worker.member_index; scanners under
-    /// static membership only: giving it selects static membership).
-    #[arg(long)]
-    member_index: Option<u16>,
-    /// The pool's size (overrides worker.member_count; selects static membership).
-    #[arg(long)]
-    member_count: Option<u16>,
     /// Serve /healthz and /readyz on this address (overrides worker.health_listen).
     #[arg(long)]
     health_listen: Option<SocketAddr>,
@@ -26,14 +19,6 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     fn apply(&self, mut config: Config) -> Result<Config> {
-        if let Some(i) = self.member_index {
-            config.worker.member_index = i;
-            config.worker.membership = Membership::Static;
-        }
-        if let Some(n) = self.member_count {
-            config.worker.member_count = n;
-            config.worker.membership = Membership::Static;
-        }
         if self.health_listen.is_some() {
             config.worker.health_listen = self.health_listen;
         }

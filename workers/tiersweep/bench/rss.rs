@@ -67,7 +67,7 @@ pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Res
         .context("preparing the backlog")?;
     let scan = run_worker(
         &config,
-        &["scan", "--member-index", "0", "--member-count", "1"],
+        &["scan"],
         &registry().jobs_published.series(),
         n as u64,
         deadline,
