@@ -110,7 +110,7 @@ pub struct DemoReport {
 
 /// What the demo is doing, for a progress display.
 #[derive(Debug, Clone, Copy)]
-pub enum Progress {
+pub enum DemoProgress {
     Writing {
         done: usize,
         total: usize,
@@ -177,7 +177,7 @@ pub async fn run(
     stores: Stores,
     queue: Arc<dyn JobQueue>,
     config: &DemoConfig,
-    progress: impl Fn(Progress) + Send + Sync,
+    progress: impl Fn(DemoProgress) + Send + Sync,
 ) -> StoreResult<DemoReport> {
     let started = Instant::now();
     let writer_config = WriterConfig {
@@ -246,7 +246,7 @@ pub async fn run(
                     }
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if d % 50 == 0 || d == config.writes {
-                        progress(Progress::Writing {
+                        progress(DemoProgress::Writing {
                             done: d,
                             total: config.writes,
                             crashed: crashed.load(Ordering::Relaxed),
@@ -263,7 +263,7 @@ pub async fn run(
 
     // Phase 2: let what the crashes left go stale.
     let wait = config.protocol.staleness_threshold + Duration::from_millis(200);
-    progress(Progress::WaitingForStaleness(wait));
+    progress(DemoProgress::WaitingForStaleness(wait));
     tokio::time::sleep(wait).await;
 
     // Phase 3: the pools, until the changelog is empty.
@@ -290,7 +290,7 @@ pub async fn run(
         let remaining = inspect::backlog(stores.changelog.as_ref(), &stores.clock, threshold, page)
             .await?
             .rows;
-        progress(Progress::Recovering {
+        progress(DemoProgress::Recovering {
             remaining,
             total: initial,
         });

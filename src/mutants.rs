@@ -50,9 +50,9 @@ pub enum Mutant {
     /// each retry.
     GuardCheckedOnce,
     /// A small write that re-reads the row after a conflict and tries again (last writer
-    /// wins) keeps its first stamp, so the stamp can land twice and bring back a version a
+    /// wins) keeps its first new version, so that version can land twice and bring back a version a
     /// straggler expects.
-    StampReusedAcrossRounds,
+    VersionReusedAcrossRounds,
     /// After a failed upload the writer deletes the blob and removes its row at once, so an
     /// upload that lands after its error is an orphan no row names.
     UploadErrorRemovesRow,
@@ -165,7 +165,7 @@ impl Mutant {
         Mutant::StringPrefix,
         Mutant::GuardMonotonicOnly,
         Mutant::GuardCheckedOnce,
-        Mutant::StampReusedAcrossRounds,
+        Mutant::VersionReusedAcrossRounds,
         Mutant::UploadErrorRemovesRow,
         Mutant::ReadTrustsFirstMiss,
         Mutant::DeadLetterWithoutReason,

@@ -11,7 +11,7 @@ use tiersweep::recovery::embedded::PassReport;
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::testing::invariants;
 use tiersweep::writer::{TieredStorage, WriteError};
-use tiersweep_testkit::backlog::{Plan, drain};
+use tiersweep_testkit::backlog::{BacklogPlan, drain};
 use tiersweep_testkit::crash::{
     self, CrashPoint, Scenario, test_recovery_config, test_writer_config,
 };
@@ -218,11 +218,11 @@ async fn without_backpressure_the_same_backlog_is_claimed_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_in_hand_longer_than_its_lease_is_not_claimed_again() {
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 3,
         max_queued_claims: 2,
         leases_per_change: 2.0,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores().await, protocol(), plan).await;
     assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
@@ -234,12 +234,12 @@ async fn a_job_in_hand_longer_than_its_lease_is_not_claimed_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_job_is_published_again_under_its_claim() {
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 4,
         max_queued_claims: 10,
         leases_per_change: 0.05,
         lost: 2,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores().await, protocol(), plan).await;
     assert_eq!(
@@ -251,12 +251,12 @@ async fn a_lost_job_is_published_again_under_its_claim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_crashes_during_a_drain_do_not_wait_behind_it() {
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 80,
         max_queued_claims: 10,
         leases_per_change: 0.05,
         fresh_crashes: 3,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores().await, protocol(), plan).await;
     assert!(d.fresh_lag.is_some(), "the fresh crashes converged: {d:?}");

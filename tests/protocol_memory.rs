@@ -10,7 +10,7 @@ use tiersweep::testing::MemoryStores;
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
 use tiersweep::testing::invariants::{self, Acceptable};
 use tiersweep::writer::{GuardState, TieredStorage, WriteError, WriterConfig};
-use tiersweep_testkit::backlog::{Plan, drain};
+use tiersweep_testkit::backlog::{BacklogPlan, drain};
 use tiersweep_testkit::crash::{
     self, CrashPoint, SCENARIOS, Scenario, test_recovery_config, test_writer_config,
 };
@@ -337,11 +337,11 @@ async fn without_backpressure_the_same_backlog_is_claimed_again() {
 #[tokio::test(start_paused = true)]
 async fn a_job_in_hand_longer_than_its_lease_is_not_claimed_again() {
     let stores = MemoryStores::new().stores();
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 4,
         max_queued_claims: 2,
         leases_per_change: 2.0,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores, protocol(), plan).await;
     assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
@@ -354,12 +354,12 @@ async fn a_job_in_hand_longer_than_its_lease_is_not_claimed_again() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_job_is_published_again_under_its_claim() {
     let stores = MemoryStores::new().stores();
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 6,
         max_queued_claims: 10,
         leases_per_change: 0.05,
         lost: 2,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores, protocol(), plan).await;
     assert_eq!(
@@ -386,12 +386,12 @@ async fn rows_a_cleaner_deferred_free_the_scanners_room() {
     // a scanner that counted them as still queued would hold back the rest for a settle.
     let stores = MemoryStores::new().stores();
     let lease = protocol().staleness_threshold * 2;
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 4,
         max_queued_claims: 2,
         leases_per_change: 0.05,
         upload_settle: lease * 5,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores, protocol(), plan).await;
     assert!(d.held_back > 0, "the scanner held back: {d:?}");
@@ -407,12 +407,12 @@ async fn deferred_rows_beyond_the_watch_set_are_read_about_once_more() {
     // scanner watches two rows: the rest wait in overflow spans, read once they fall due.
     let stores = MemoryStores::new().stores();
     let lease = protocol().staleness_threshold * 2;
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 60,
         leases_per_change: 0.005,
         upload_settle: lease * 10,
         watch_room: Some(2),
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores, protocol(), plan).await;
     // Each change is read by a round, when its claim's lease could end and after its
@@ -429,11 +429,11 @@ async fn a_backlog_under_backpressure_is_read_about_once_per_change() {
     // Cleaners slower than the scanner keep its room full through the whole drain, so
     // every page has room for only the few claims taken since the last one.
     let stores = MemoryStores::new().stores();
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 300,
         max_queued_claims: 60,
         leases_per_change: 0.01,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores, protocol(), plan).await;
     assert_eq!(d.claims_won, d.changes, "no row claimed twice: {d:?}");
@@ -450,12 +450,12 @@ async fn a_backlog_under_backpressure_is_read_about_once_per_change() {
 #[tokio::test(start_paused = true)]
 async fn fresh_crashes_during_a_drain_do_not_wait_behind_it() {
     let stores = MemoryStores::new().stores();
-    let plan = Plan {
+    let plan = BacklogPlan {
         changes: 120,
         max_queued_claims: 10,
         leases_per_change: 0.05,
         fresh_crashes: 3,
-        ..Plan::default()
+        ..BacklogPlan::default()
     };
     let d = drain(&stores, protocol(), plan).await;
     let lag = d.fresh_lag.expect("the fresh crashes converged");

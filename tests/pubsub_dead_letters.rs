@@ -109,7 +109,7 @@ async fn a_subscription_without_a_dead_letter_policy_is_refused_at_connect() {
 /// were published, and removes only them; a purge removes what is older than its cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_list_replay_and_purge_round_trip() {
-    use tiersweep::queue::dead_letters::{self, Snapshot};
+    use tiersweep::queue::dead_letters::{self, SnapshotOptions};
     let e = emulators().await;
     let config = e.pubsub_config().await;
     let q = PubsubQueue::connect(&config).await.unwrap();
@@ -131,10 +131,10 @@ async fn dead_letters_list_replay_and_purge_round_trip() {
     }
     // A connection per operation, as `tiersweep dlq` makes one per process.
     let connect = || PubsubQueue::connect_dead_letters(&config);
-    let how = Snapshot {
+    let how = SnapshotOptions {
         quiet: Duration::from_secs(2),
         first: Duration::from_secs(5),
-        ..Snapshot::default()
+        ..SnapshotOptions::default()
     };
     // A snapshot that saw fewer than expected (a pull answered empty) is retried: what the
     // tools promise is that nothing is lost or consumed, not that one pull sees all.

@@ -86,7 +86,12 @@ pub struct DrainReport {
     /// Bigtable rows charged ÷ the cluster's capacity over the same time: a batch of n rows
     /// costs n, so this is the budget's use; `bigtable_utilisation` counts calls.
     pub bigtable_row_utilisation: f64,
+    /// Calls admitted and refused until the backlog's blobs were deleted: the window the
+    /// utilisations above describe.
     pub admissions: Admissions,
+    /// The same over the whole drain, the settle's second passes included, as
+    /// `refused_by_op`: the two windows differ where the second passes come due together.
+    pub admissions_whole: Admissions,
     /// Calls the model refused over the whole drain, by call.
     pub refused_by_op: std::collections::BTreeMap<String, u64>,
     /// Bigtable rows charged to admitted calls, by call (a scan page of n rows counts n).
@@ -332,6 +337,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         bigtable_row_utilisation: admissions.bigtable_rows as f64
             / capacity_over(model.bigtable_ops).max(1.0),
         admissions,
+        admissions_whole: capacity.admissions(),
         refused_by_op: capacity.refused_by_op(),
         bigtable_rows_by_op: capacity.rows_by_op(),
         claims_won: counts.won,

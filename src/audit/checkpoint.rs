@@ -13,7 +13,7 @@ use super::{AuditError, RangeSummary};
 /// with other parameters is refused) and the summary of every finished range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Progress {
+pub struct CheckpointState {
     /// The run id the audit started with.
     pub run: String,
     /// The prefix audited.
@@ -28,9 +28,9 @@ pub struct Progress {
     pub done: BTreeMap<usize, RangeSummary>,
 }
 
-impl Progress {
+impl CheckpointState {
     /// Whether `other` audits the same ranges the same way.
-    pub fn same_audit(&self, other: &Progress) -> bool {
+    pub fn same_audit(&self, other: &CheckpointState) -> bool {
         (&self.prefix, self.ranges, self.min_age_ms, self.delete)
             == (&other.prefix, other.ranges, other.min_age_ms, other.delete)
     }
@@ -54,7 +54,7 @@ impl Checkpoint {
     }
 
     /// The progress saved, or `None` when there is no checkpoint yet.
-    pub async fn load(&self) -> Result<Option<Progress>, AuditError> {
+    pub async fn load(&self) -> Result<Option<CheckpointState>, AuditError> {
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -66,7 +66,7 @@ impl Checkpoint {
     }
 
     /// Replaces the checkpoint with `progress`.
-    pub async fn save(&self, progress: &Progress) -> Result<(), AuditError> {
+    pub async fn save(&self, progress: &CheckpointState) -> Result<(), AuditError> {
         let json = serde_json::to_vec_pretty(progress)
             .map_err(|e| self.error(format!("cannot encode it: {e}")))?;
         let tmp = self.path.with_extension("tmp");

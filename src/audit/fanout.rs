@@ -155,7 +155,7 @@ pub async fn serve(worker: &AuditWorker, queue: &dyn JobQueue) -> Result<(), Sto
 
 /// Judges the range the job in `message` names, with `worker`.
 #[cfg(any(test, feature = "testing"))]
-pub async fn handle(worker: &AuditWorker, message: &Message) -> JobOutcome {
+pub async fn handle(worker: &AuditWorker, message: &Message) -> RangeOutcome {
     worker.handle(message).await
 }
 
@@ -193,7 +193,7 @@ pub fn progress_report(state: &RunState) -> AuditReport {
 
 /// How a worker settled one job.
 #[derive(Debug, Clone, PartialEq)]
-pub enum JobOutcome {
+pub enum RangeOutcome {
     /// The range was judged (and its deletions requested); its summary is on the run.
     Done(RangeSummary),
     /// The run had this range finished already: nothing done.
@@ -280,13 +280,13 @@ impl AuditWorker {
                 },
             };
             match self.handle(&delivery.message).await {
-                JobOutcome::Done(_) | JobOutcome::AlreadyDone => delivery.ack(),
-                JobOutcome::Refused(reason) => {
+                RangeOutcome::Done(_) | RangeOutcome::AlreadyDone => delivery.ack(),
+                RangeOutcome::Refused(reason) => {
                     if let Err(e) = queue.dead_letter(delivery, &reason).await {
                         tracing::error!(error = %e, "dead-lettering a refused audit job");
                     }
                 }
-                JobOutcome::Failed(_) | JobOutcome::Interrupted => delivery.nack(),
+                RangeOutcome::Failed(_) | RangeOutcome::Interrupted => delivery.nack(),
             }
         }
         subscription.stop_pulling().await;
@@ -295,14 +295,14 @@ impl AuditWorker {
     }
 
     /// Judges the range one job names, if the job is genuine and current.
-    pub(crate) async fn handle(&self, message: &Message) -> JobOutcome {
+    pub(crate) async fn handle(&self, message: &Message) -> RangeOutcome {
         let outcome = self.judge(message).await;
         match &outcome {
-            JobOutcome::Refused(reason) => {
+            RangeOutcome::Refused(reason) => {
                 METRICS.audit_jobs_refused.inc();
                 tracing::error!(%reason, "audit job refused: nothing judged or deleted");
             }
-            JobOutcome::Failed(error) => {
+            RangeOutcome::Failed(error) => {
                 tracing::error!(%error, "audit range failed; the job will be retried");
             }
             _ => {}
@@ -313,47 +313,47 @@ impl AuditWorker {
     /// The job in `message` and its run's state, if the job is one to judge now: it
     /// decodes, names a recorded, unexpired run and one of its ranges not yet done, and
     /// this worker can record the deletions the run asks for. Otherwise, the outcome.
-    async fn admit(&self, message: &Message) -> Result<(RangeJob, RunState), JobOutcome> {
+    async fn admit(&self, message: &Message) -> Result<(RangeJob, RunState), RangeOutcome> {
         let job = match RangeJob::decode(message) {
             Ok(job) => job,
-            Err(reason) => return Err(JobOutcome::Refused(reason)),
+            Err(reason) => return Err(RangeOutcome::Refused(reason)),
         };
         let state = match self.runs.get(&job.run).await {
             Ok(Some(state)) => state,
             Ok(None) => {
-                return Err(JobOutcome::Refused(format!(
+                return Err(RangeOutcome::Refused(format!(
                     "no audit run {} is recorded (a forged job, or one for another table)",
                     job.run
                 )));
             }
             Err(e) if e.kind == ErrorKind::Permanent => {
-                return Err(JobOutcome::Refused(e.to_string()));
+                return Err(RangeOutcome::Refused(e.to_string()));
             }
-            Err(e) => return Err(JobOutcome::Failed(e.to_string())),
+            Err(e) => return Err(RangeOutcome::Failed(e.to_string())),
         };
         let run = &state.run;
         if job.range >= run.ranges {
-            return Err(JobOutcome::Refused(format!(
+            return Err(RangeOutcome::Refused(format!(
                 "audit run {} has {} ranges; the job names range {}",
                 run.run, run.ranges, job.range
             )));
         }
         let now = match self.stores.changelog.now().await {
             Ok(now) => now,
-            Err(e) => return Err(JobOutcome::Failed(e.to_string())),
+            Err(e) => return Err(RangeOutcome::Failed(e.to_string())),
         };
         if now >= run.expires && !crate::mutants::on(crate::mutants::Mutant::ExpiredRunJobsJudged) {
-            return Err(JobOutcome::Refused(format!(
+            return Err(RangeOutcome::Refused(format!(
                 "audit run {} expired at {} (now {now}): a stale job",
                 run.run, run.expires
             )));
         }
         if state.done.contains_key(&job.range) {
             tracing::info!(run = %run.run, range = job.range, "range already audited");
-            return Err(JobOutcome::AlreadyDone);
+            return Err(RangeOutcome::AlreadyDone);
         }
         if run.delete && self.trail.is_none() {
-            return Err(JobOutcome::Refused(format!(
+            return Err(RangeOutcome::Refused(format!(
                 "audit run {} deletes, and this worker has no audit trail to record deletions in",
                 run.run
             )));
@@ -361,7 +361,7 @@ impl AuditWorker {
         Ok((job, state))
     }
 
-    async fn judge(&self, message: &Message) -> JobOutcome {
+    async fn judge(&self, message: &Message) -> RangeOutcome {
         let (job, state) = match self.admit(message).await {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
@@ -369,14 +369,14 @@ impl AuditWorker {
         let run = &state.run;
         let config = run.config(self.max_deletes_per_s, self.max_lists_per_s);
         if let Err(e) = config.validate() {
-            return JobOutcome::Refused(e.to_string());
+            return RangeOutcome::Refused(e.to_string());
         }
         let snapshot = match InFlight::take(self.stores.changelog.as_ref()).await {
             Ok(s) => s,
-            Err(e) => return JobOutcome::Failed(format!("reading the changelog: {e}")),
+            Err(e) => return RangeOutcome::Failed(format!("reading the changelog: {e}")),
         };
         if run.delete && snapshot.malformed_count > 0 {
-            return JobOutcome::Failed(
+            return RangeOutcome::Failed(
                 AuditError::MalformedChangelog {
                     count: snapshot.malformed_count,
                     first: snapshot.malformed.first().cloned().unwrap_or_default(),
@@ -401,15 +401,15 @@ impl AuditWorker {
         match state {
             RangeState::Done | RangeState::Resumed => {
                 if let Err(e) = self.runs.finish_range(&run.run, job.range, &summary).await {
-                    return JobOutcome::Failed(format!("recording the range finished: {e}"));
+                    return RangeOutcome::Failed(format!("recording the range finished: {e}"));
                 }
                 tracing::info!(run = %run.run, range = job.range, listed = summary.listed,
                     orphans = summary.orphans, deletes_requested = summary.deletes_requested,
                     "range audited");
-                JobOutcome::Done(summary)
+                RangeOutcome::Done(summary)
             }
-            RangeState::Failed { error } => JobOutcome::Failed(error),
-            RangeState::Interrupted => JobOutcome::Interrupted,
+            RangeState::Failed { error } => RangeOutcome::Failed(error),
+            RangeState::Interrupted => RangeOutcome::Interrupted,
         }
     }
 }

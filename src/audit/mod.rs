@@ -39,11 +39,11 @@ pub mod trail;
 
 use crate::error::StoreError;
 
-pub use checkpoint::{Checkpoint, Progress};
+pub use checkpoint::{Checkpoint, CheckpointState};
 pub use config::AuditConfig;
 pub use fanout::AuditWorker;
 #[cfg(any(test, feature = "testing"))]
-pub use fanout::{JobOutcome, RangeJob};
+pub use fanout::{RangeOutcome, RangeJob};
 pub use report::{
     AuditReport, Counts, DanglingSeen, OrphanSeen, RangeReport, RangeState, RangeSummary,
     age_bucket,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::judge::Judge;
 use super::report::report;
 use super::{
-    AuditConfig, AuditError, AuditReport, AuditTrail, Checkpoint, Counts, InFlight, Progress,
+    AuditConfig, AuditError, AuditReport, AuditTrail, Checkpoint, Counts, InFlight, CheckpointState,
     RangeReport, RangeState, RangeSummary, ranges,
 };
 use crate::lt::NameRange;
@@ -119,9 +119,9 @@ impl Audit {
     }
 
     /// A new run's progress, or the checkpoint's if it holds one of the same audit.
-    async fn progress(&self) -> Result<Progress, AuditError> {
+    async fn progress(&self) -> Result<CheckpointState, AuditError> {
         let config = &self.config;
-        let progress = Progress {
+        let progress = CheckpointState {
             run: uuid::Uuid::now_v7().to_string(),
             prefix: config.prefix.clone(),
             ranges: config.ranges,
@@ -175,7 +175,7 @@ impl Audit {
     async fn audit_ranges(
         &self,
         judge: &Judge<'_>,
-        progress: &mut Progress,
+        progress: &mut CheckpointState,
     ) -> Result<Vec<RangeReport>, AuditError> {
         let config = &self.config;
         let all = ranges::split(&config.prefix, config.ranges);

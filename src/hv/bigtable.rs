@@ -11,7 +11,7 @@
 //!   *unmatched* branch. This also covers a row that does not exist yet.
 //!
 //! When the predicate refuses, one read tells a lost-response retry (the row's version is
-//! this write's stamp) from a conflict, by the shared rule
+//! this write's new version) from a conflict, by the shared rule
 //! [`outcome_of_refused`](super::outcome_of_refused). Each write deletes the family first
 //! and sets the version with the data, so a row never holds both `v:inline` and
 //! `v:tombstone`, and always holds a version once written.
@@ -115,7 +115,7 @@ fn version_cell() -> bigtable_rs::google::bigtable::v2::RowFilter {
     chain(vec![column(DATA, VERSION), latest()])
 }
 
-fn mutations(write: &HvWrite, stamp: &Version) -> Vec<bigtable_rs::google::bigtable::v2::Mutation> {
+fn mutations(write: &HvWrite, new_version: &Version) -> Vec<bigtable_rs::google::bigtable::v2::Mutation> {
     let mut m = vec![delete_family(DATA)];
     let meta = match write {
         HvWrite::Inline(bytes, meta) => {
@@ -140,7 +140,7 @@ fn mutations(write: &HvWrite, stamp: &Version) -> Vec<bigtable_rs::google::bigta
         DATA,
         VERSION,
         SERVER_TIME,
-        stamp.as_str().as_bytes().to_vec(),
+        new_version.as_str().as_bytes().to_vec(),
     ));
     m
 }
@@ -240,10 +240,10 @@ impl HvStore for BigtableHv {
         path: &ObjectPath,
         expected: Option<&Version>,
         write: &HvWrite,
-        stamp: &Version,
+        new_version: &Version,
     ) -> StoreResult<CasOutcome> {
         let key = path.as_str().as_bytes();
-        let writes = mutations(write, stamp);
+        let writes = mutations(write, new_version);
         let applied = match expected {
             Some(v) => {
                 let predicate = chain(vec![version_cell(), value_is(v.as_str().as_bytes())]);
@@ -263,7 +263,7 @@ impl HvStore for BigtableHv {
             return Ok(CasOutcome::Applied);
         }
         let now = self.read_row(path).await?;
-        Ok(super::outcome_of_refused(stamp, now.version.as_ref()))
+        Ok(super::outcome_of_refused(new_version, now.version.as_ref()))
     }
 
     async fn fence(&self, path: &ObjectPath, rev: &Revision) -> StoreResult<bool> {

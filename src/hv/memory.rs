@@ -86,18 +86,18 @@ impl HvStore for MemoryHv {
         path: &ObjectPath,
         expected: Option<&Version>,
         write: &HvWrite,
-        stamp: &Version,
+        new_version: &Version,
     ) -> StoreResult<CasOutcome> {
         use crate::mutants::{Mutant, on};
         Ok(self.with_row(path, |row| {
             if row.version.as_ref() != expected {
-                return super::outcome_of_refused(stamp, row.version.as_ref());
+                return super::outcome_of_refused(new_version, row.version.as_ref());
             }
             (row.value, row.meta) = write.clone().into_value();
             if on(Mutant::DeleteDropsVersion) && row.value.is_none() {
                 row.version = None;
             } else if !on(Mutant::WriteKeepsVersion) {
-                row.version = Some(stamp.clone());
+                row.version = Some(new_version.clone());
             }
             CasOutcome::Applied
         }))

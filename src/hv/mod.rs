@@ -3,21 +3,21 @@
 //!
 //! Every write is a compare-and-write on the version: it applies only if the row's version
 //! is still the one its writer read, and it leaves a new one. Versions are unique and never
-//! written twice to a row (a change's writes stamp its change id, other writes and fences a
-//! fresh UUID, and a stamp is only ever sent with one expected version; see [`Version`] and
+//! written twice to a row (a change's writes leave its change id, other writes and fences a
+//! fresh UUID, and a new version is only ever sent with one expected version; see [`Version`] and
 //! [`HvStore::compare_and_write`]), so each version value holds a row for one contiguous
 //! interval and then never again. Three rules follow, none of which rests on a TTL, a deadline or
 //! a clock:
 //!
 //! * **Idempotent retry.** A write whose response was lost is sent again with the same
-//!   stamp; when the row's version *is* that stamp, the first attempt landed and is still
+//!   new version; when the row's version *is* that one, the first attempt landed and is still
 //!   current, and the retry reports [`CasOutcome::Applied`].
 //! * **A write lands at most once, and never after a later one.** A straggling attempt
 //!   (its client gave up, the server did not) expects a version that stopped being current
 //!   the moment anything else wrote the row, including its own retry; it is refused
 //!   however late it arrives. (The design this replaces kept an `applied` marker per change,
 //!   with a 24-hour TTL, and was unsafe against an attempt held up for longer than that.)
-//! * **Fencing.** Recovery, before deciding what to delete for a change, stamps the row with
+//! * **Fencing.** Recovery, before deciding what to delete for a change, sets the row to
 //!   a fresh version ([`HvStore::fence`]). Every write whose writer read the row before —
 //!   in particular every write of the change being recovered, whose writer read the row
 //!   before recording it — is refused from then on. A fence costs one cell that the row
@@ -40,28 +40,29 @@ use crate::model::{ChangeId, HvValue, ObjectMeta, ObjectPath, Revision};
 pub use bigtable::BigtableHv;
 pub use memory::MemoryHv;
 
-/// The stamp a write leaves in a row. Opaque; compared for equality only.
+/// The version a write leaves in a row. Opaque; compared for equality only. (The
+/// changelog's liveness *stamps* are times; an HV version is a token.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Version(String);
 
 impl Version {
-    /// The stamp of a change's write: its change id, so that a retry of the write can
-    /// recognise its own earlier landing. Change ids contain a `/`; minted stamps do not.
+    /// The version a change's write leaves: its change id, so that a retry of the write can
+    /// recognise its own earlier landing. Change ids contain a `/`; minted versions do not.
     pub fn of_change(change: &ChangeId) -> Self {
         Self(change.as_str().to_owned())
     }
 
-    /// A fresh stamp, for a write that carries no change and for fences.
+    /// A fresh version, for a write that carries no change and for fences.
     pub fn mint() -> Self {
         Self(uuid::Uuid::new_v4().simple().to_string())
     }
 
-    /// A stamp as stored.
+    /// A version as stored.
     pub fn from_stored(s: impl Into<String>) -> Self {
         Self(s.into())
     }
 
-    /// The stamp as stored.
+    /// The version as stored.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -124,17 +125,17 @@ impl HvWrite {
 /// How a compare-and-write ended.
 pub enum CasOutcome {
     /// The row now holds the write (applied now, or by an earlier attempt with the same
-    /// stamp that is still current).
+    /// new version, which is still current).
     Applied,
-    /// The row's version is not the expected one, nor this write's stamp: nothing was
+    /// The row's version is not the expected one, nor this write's new version: nothing was
     /// written. Another write, or a fence, came first.
     Conflict,
 }
 
 /// The outcome of a compare-and-write whose predicate did not hold, given the row's
 /// version now. One rule for every backend.
-pub fn outcome_of_refused(stamp: &Version, current: Option<&Version>) -> CasOutcome {
-    if current == Some(stamp) {
+pub fn outcome_of_refused(new_version: &Version, current: Option<&Version>) -> CasOutcome {
+    if current == Some(new_version) {
         CasOutcome::Applied
     } else {
         CasOutcome::Conflict
@@ -176,19 +177,19 @@ pub trait HvStore: Send + Sync + std::fmt::Debug {
         Ok(out)
     }
 
-    /// Writes `write` stamped `stamp` if the row's version is `expected` (`None`: the row
+    /// Writes `write`, leaving `new_version`, if the row's version is `expected` (`None`: the row
     /// was never written). Otherwise writes nothing and reports [`outcome_of_refused`].
     ///
-    /// A caller pairs each stamp with one expectation only (retries of the same write
+    /// A caller pairs each new version with one expectation only (retries of the same write
     /// reuse both). That is what makes every version current for one interval at most: a
-    /// stamp sent with two expectations could land twice, and the version its first landing
+    /// new version sent with two expectations could land twice, and the version its first landing
     /// replaced would then be current again for anything that expected it.
     async fn compare_and_write(
         &self,
         path: &ObjectPath,
         expected: Option<&Version>,
         write: &HvWrite,
-        stamp: &Version,
+        new_version: &Version,
     ) -> StoreResult<CasOutcome>;
 
     /// Up to `limit` rows of `range` (object paths, compared like blob names) after

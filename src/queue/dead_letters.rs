@@ -23,7 +23,7 @@ use crate::model::Timestamp;
 
 /// How a snapshot is taken.
 #[derive(Debug, Clone, Copy)]
-pub struct Snapshot {
+pub struct SnapshotOptions {
     /// The snapshot ends once no delivery came for this long.
     pub quiet: Duration,
     /// How long to wait for the first delivery: a streaming pull takes a moment to start.
@@ -32,7 +32,7 @@ pub struct Snapshot {
     pub limit: usize,
 }
 
-impl Default for Snapshot {
+impl Default for SnapshotOptions {
     fn default() -> Self {
         Self {
             quiet: Duration::from_secs(3),
@@ -85,7 +85,7 @@ pub fn original_of(m: &Message) -> Message {
 /// [`close`](super::Subscription::close) once they are settled.
 type Held = (Vec<Delivery>, bool, Box<dyn super::Subscription>);
 
-async fn snapshot(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<Held> {
+async fn snapshot(dlq: &dyn JobQueue, how: SnapshotOptions) -> StoreResult<Held> {
     let limit = how.limit.max(1);
     let mut sub = dlq
         .subscribe(FlowControl {
@@ -118,7 +118,7 @@ async fn snapshot(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<Held> {
 }
 
 /// Counts the dead letters by reason; consumes nothing.
-pub async fn list(dlq: &dyn JobQueue, how: Snapshot) -> StoreResult<Listing> {
+pub async fn list(dlq: &dyn JobQueue, how: SnapshotOptions) -> StoreResult<Listing> {
     let (held, truncated, mut sub) = snapshot(dlq, how).await?;
     let mut listing = Listing {
         total: held.len(),
@@ -161,7 +161,7 @@ pub async fn replay(
     dlq: &dyn JobQueue,
     jobs: &dyn JobQueue,
     filter: &str,
-    how: Snapshot,
+    how: SnapshotOptions,
 ) -> StoreResult<Settled> {
     let (held, truncated, mut sub) = snapshot(dlq, how).await?;
     let (chosen, rest): (Vec<Delivery>, Vec<Delivery>) = held
@@ -192,7 +192,7 @@ pub async fn replay(
 }
 
 /// Acks (deletes) the dead letters published before `before`; leaves the rest.
-pub async fn purge(dlq: &dyn JobQueue, before: Timestamp, how: Snapshot) -> StoreResult<Settled> {
+pub async fn purge(dlq: &dyn JobQueue, before: Timestamp, how: SnapshotOptions) -> StoreResult<Settled> {
     let (held, truncated, mut sub) = snapshot(dlq, how).await?;
     let mut out = Settled {
         truncated,
@@ -225,8 +225,8 @@ mod tests {
         m
     }
 
-    fn quick() -> Snapshot {
-        Snapshot {
+    fn quick() -> SnapshotOptions {
+        SnapshotOptions {
             quiet: Duration::from_millis(200),
             first: Duration::from_millis(200),
             limit: 100,

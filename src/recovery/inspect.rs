@@ -23,7 +23,7 @@ const BUCKETS: [(&str, Duration); 5] = [
 
 /// The changelog's rows by state, as `tiersweep status` reports them.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Backlog {
+pub struct ChangelogStatus {
     /// Every row read.
     pub rows: usize,
     /// Stamped within the staleness threshold: writers are still working on them.
@@ -50,7 +50,7 @@ pub struct Backlog {
     pub failing_rows: Vec<FailingRow>,
 }
 
-/// How many failing rows [`Backlog`] names.
+/// How many failing rows [`ChangelogStatus`] names.
 pub const FAILING_LISTED: usize = 20;
 
 /// A change recovery keeps claiming without converging it.
@@ -84,12 +84,12 @@ pub async fn backlog(
     clock: &SharedClock,
     threshold: Duration,
     page: usize,
-) -> StoreResult<Backlog> {
+) -> StoreResult<ChangelogStatus> {
     let now = clock.now();
     let cutoff = now.saturating_sub(threshold);
-    let mut b = Backlog {
+    let mut b = ChangelogStatus {
         stale_by_age: BUCKETS.iter().map(|(l, _)| ((*l).to_owned(), 0)).collect(),
-        ..Backlog::default()
+        ..ChangelogStatus::default()
     };
     let mut start_after = None;
     loop {

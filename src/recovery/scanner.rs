@@ -21,7 +21,7 @@ use crate::changelog::{Changelog, ChangelogEntry, Claim, MintedWindow, ScanReque
 use crate::error::StoreResult;
 use crate::model::{ChangeId, OwnerToken, ShardSet, Timestamp};
 use crate::queue::JobQueue;
-use crate::telemetry::metrics::{Backlog, METRICS};
+use crate::telemetry::metrics::{PassBacklog, METRICS};
 use crate::telemetry::{attr, propagation, span};
 use opentelemetry::trace::TraceContextExt;
 use std::time::Duration;
@@ -143,7 +143,7 @@ pub struct Scanner {
     fresh_from: Option<Timestamp>,
     /// The backlog the current pass over the shards has seen so far; published to the
     /// metrics when the pass wraps around.
-    pass: Backlog,
+    pass: PassBacklog,
     /// The claims this scanner published that may still be waiting for a cleaner, at most
     /// `max_queued_claims`: its own accounting, so that backpressure needs no queue metrics
     /// (the emulator has none), and the claims it keeps alive ([`super::queued`]). A
@@ -183,7 +183,7 @@ impl Scanner {
             cursor: None,
             holding_back: false,
             fresh_from: None,
-            pass: Backlog::default(),
+            pass: PassBacklog::default(),
             queued: QueuedClaims::default(),
             round: None,
             low: None,

@@ -11,8 +11,8 @@ use crate::error::{StoreError, StoreResult};
 pub use crate::audit::fanout::progress_report;
 pub use crate::audit::{
     Audit, AuditConfig, AuditError, AuditReport, AuditRun, AuditRuns, AuditTrail, AuditWorker,
-    BigtableRuns, Checkpoint, Counts, DanglingSeen, DeletionRequested, FileTrail, OrphanSeen,
-    Progress, RangeReport, RangeState, RangeSummary, RunState, TopicTrail,
+    BigtableRuns, Checkpoint, CheckpointState, Counts, DanglingSeen, DeletionRequested, FileTrail,
+    OrphanSeen, RangeReport, RangeState, RangeSummary, RunState, TopicTrail,
 };
 
 /// What the coordinator of a fanned-out run connects to: the changelog (its time), the

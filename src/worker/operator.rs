@@ -8,14 +8,14 @@ use crate::error::StoreResult;
 
 pub use crate::recovery::FAILING_AFTER_CLAIMS;
 pub use crate::recovery::inspect::{
-    Backlog, ChangeView, FailingRow, OldestStale, Reset, dry_run, inspect,
+    ChangeView, ChangelogStatus, FailingRow, OldestStale, Reset, dry_run, inspect,
 };
 pub use crate::recovery::membership::LeaseSummary;
 
 /// The changelog's rows by state and age, and who holds which shard: what `tiersweep
 /// status` prints. Judged by this machine's clock: the operator's role may not write the
 /// clock row that gives the server's.
-pub async fn status(config: &Config) -> StoreResult<(Backlog, LeaseSummary)> {
+pub async fn status(config: &Config) -> StoreResult<(ChangelogStatus, LeaseSummary)> {
     let clock = clock::system();
     let (changelog, leases) =
         crate::stores::connect_scanner(&config.bigtable, clock.clone()).await?;

@@ -163,7 +163,7 @@ impl TieredStorage {
         write: &HvWrite,
     ) -> Result<Guarded, StoreError> {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let stamp = Version::of_change(&guard.id);
+        let new_version = Version::of_change(&guard.id);
         let sent = AtomicUsize::new(0);
         let uncertain = Uncertain::default();
         let lapsed = std::sync::Mutex::new(None);
@@ -183,7 +183,7 @@ impl TieredStorage {
                 } else if let Ok(mut l) = lapsed.lock() {
                     *l = Some(state);
                 }
-                let (stamp, uncertain) = (&stamp, &uncertain);
+                let (new_version, uncertain) = (&new_version, &uncertain);
                 async move {
                     if state != GuardState::Valid {
                         return Err(StoreError::new(
@@ -197,7 +197,7 @@ impl TieredStorage {
                     let result = self
                         .stores
                         .hv
-                        .compare_and_write(path, expected, write, stamp)
+                        .compare_and_write(path, expected, write, new_version)
                         .await;
                     uncertain.note(&result);
                     result

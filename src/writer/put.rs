@@ -193,11 +193,11 @@ impl TieredStorage {
         let uncertain = Uncertain::default();
         let first = Version::mint();
         for round in 0..READ_ROUNDS {
-            // One stamp per expected version, for every attempt against it: a retry that
-            // finds it in the row knows an earlier attempt landed. A stamp paired with two
+            // One new version per expected version, for every attempt against it: a retry
+            // that finds it in the row knows an earlier attempt landed. One paired with two
             // expectations could be written twice, and a version that returns is one a
             // straggler can land on.
-            let stamp = if round == 0 || crate::mutants::on(Mutant::StampReusedAcrossRounds) {
+            let new_version = if round == 0 || crate::mutants::on(Mutant::VersionReusedAcrossRounds) {
                 first.clone()
             } else {
                 Version::mint()
@@ -207,7 +207,7 @@ impl TieredStorage {
                     let result = self
                         .stores
                         .hv
-                        .compare_and_write(path, expected.as_ref(), write, &stamp)
+                        .compare_and_write(path, expected.as_ref(), write, &new_version)
                         .await;
                     uncertain.note(&result);
                     result

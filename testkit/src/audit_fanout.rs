@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::audits::{blob_exists, config, large, min_age, path_in, plant_orphan};
 use crate::crash::{test_recovery_config, test_writer_config};
 use tiersweep::audit::fanout::{self, progress_report};
-use tiersweep::audit::{AuditRun, AuditRuns, AuditWorker, JobOutcome, RangeJob, RangeSummary};
+use tiersweep::audit::{AuditRun, AuditRuns, AuditWorker, RangeJob, RangeOutcome, RangeSummary};
 use tiersweep::protocol::ProtocolConfig;
 use tiersweep::queue::{JobQueue, MemoryQueue, Message};
 use tiersweep::stores::Stores;
@@ -282,14 +282,14 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
     for (what, message) in &refused {
         let outcome = tiersweep::audit::fanout::handle(&worker, message).await;
         assert!(
-            matches!(outcome, JobOutcome::Refused(_)),
+            matches!(outcome, RangeOutcome::Refused(_)),
             "{what}: {outcome:?}"
         );
     }
     let untrailed = AuditWorker::new(stores.clone(), runs.clone());
     let outcome = tiersweep::audit::fanout::handle(&untrailed, &job(&deleting.run, 0)).await;
     assert!(
-        matches!(&outcome, JobOutcome::Refused(r) if r.contains("trail")),
+        matches!(&outcome, RangeOutcome::Refused(r) if r.contains("trail")),
         "{outcome:?}"
     );
 
@@ -298,7 +298,7 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
     let half = dry.ranges / 2;
     for range in 0..half {
         let outcome = tiersweep::audit::fanout::handle(&worker, &job(&dry.run, range)).await;
-        assert!(matches!(outcome, JobOutcome::Done(_)), "{outcome:?}");
+        assert!(matches!(outcome, RangeOutcome::Done(_)), "{outcome:?}");
     }
     let republished = MemoryQueue::new(16, 5);
     let (_, n) = fanout::resume(
@@ -317,7 +317,7 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
     for _ in 0..n {
         let d = sub.next().await.expect("open").expect("a republished job");
         let outcome = tiersweep::audit::fanout::handle(&worker, &d.message).await;
-        assert!(matches!(outcome, JobOutcome::Done(_)), "{outcome:?}");
+        assert!(matches!(outcome, RangeOutcome::Done(_)), "{outcome:?}");
         d.ack();
     }
     for (what, id) in [
@@ -350,7 +350,7 @@ pub async fn forged_and_stale_audit_jobs_delete_nothing(
     );
     assert_eq!(
         tiersweep::audit::fanout::handle(&worker, &job(&dry.run, 0)).await,
-        JobOutcome::AlreadyDone
+        RangeOutcome::AlreadyDone
     );
 
     // Through the queue: a forged job is dead-lettered with the reason.

@@ -49,7 +49,7 @@ pub struct Drain {
 
 /// How a drain is made hard.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Plan {
+pub struct BacklogPlan {
     pub changes: usize,
     /// The scanner's backpressure (0: none).
     pub max_queued_claims: usize,
@@ -79,11 +79,11 @@ pub async fn drain_slower_than_a_lease(
     drain(
         stores,
         protocol,
-        Plan {
+        BacklogPlan {
             changes: n,
             max_queued_claims,
             leases_per_change: 0.25,
-            ..Plan::default()
+            ..BacklogPlan::default()
         },
     )
     .await
@@ -92,7 +92,7 @@ pub async fn drain_slower_than_a_lease(
 /// Crashes `plan.changes` large puts, then drains them with one scanner and one cleaner
 /// (one job at a time, each taking `plan.leases_per_change` claim leases) over a queue that
 /// loses the first `plan.lost` jobs. Checks the stores converge.
-pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: Plan) -> Drain {
+pub async fn drain(stores: &Stores, protocol: ProtocolConfig, plan: BacklogPlan) -> Drain {
     let n = plan.changes;
     let expected = crashed_large_puts(stores, test_writer_config(protocol), n).await;
     let mut config = test_recovery_config(protocol);

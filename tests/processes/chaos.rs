@@ -29,7 +29,7 @@ use tiersweep::writer::TieredStorage;
 use tiersweep_testkit::crash::test_writer_config;
 use tiersweep_testkit::emulators::{emulators, env_for};
 use tiersweep_testkit::proxy::ChaosProxy;
-use tiersweep_testkit::simulation::history::{Ending, History};
+use tiersweep_testkit::simulation::history::{History, WriteEnding};
 use tokio::time::Instant;
 
 fn protocol() -> ProtocolConfig {
@@ -236,16 +236,16 @@ async fn write_load(
         let outcome = faults.run_until_crash(op).await;
         let end = Instant::now();
         let ending = match outcome {
-            Some(r) => Ending::Returned(r),
-            None => Ending::Crashed,
+            Some(r) => WriteEnding::Returned(r),
+            None => WriteEnding::Crashed,
         };
         {
             let mut f = figures.lock().unwrap();
             f.writes += 1;
             match &ending {
-                Ending::Returned(Ok(())) => f.acked += 1,
-                Ending::Returned(Err(_)) => f.failed += 1,
-                Ending::Crashed => f.crashed += 1,
+                WriteEnding::Returned(Ok(())) => f.acked += 1,
+                WriteEnding::Returned(Err(_)) => f.failed += 1,
+                WriteEnding::Crashed => f.crashed += 1,
             }
         }
         history

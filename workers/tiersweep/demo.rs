@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use tiersweep::demo::{self, DemoConfig, DemoReport, Progress};
+use tiersweep::demo::{self, DemoConfig, DemoProgress, DemoReport};
 use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
 use tiersweep::testing::MemoryStores;
 use tiersweep_testkit::emulators;
@@ -181,17 +181,17 @@ async fn execute(
     );
     let report = demo::run(backend, stores, queue, config, |p| {
         let line = match p {
-            Progress::Writing {
+            DemoProgress::Writing {
                 done,
                 total,
                 crashed,
             } => {
                 format!("writing   {done:>7}/{total} ({crashed} crashed)")
             }
-            Progress::WaitingForStaleness(d) => {
+            DemoProgress::WaitingForStaleness(d) => {
                 format!("waiting {d:.1?} for abandoned changes to go stale")
             }
-            Progress::Recovering { remaining, total } => {
+            DemoProgress::Recovering { remaining, total } => {
                 format!(
                     "recovering {:>6}/{total} changelog rows converged",
                     total - remaining.min(total)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tiersweep::clock;
-use tiersweep::worker::dead_letters::{self, Snapshot};
+use tiersweep::worker::dead_letters::{self, SnapshotOptions};
 use tiersweep::worker::{Config, PubsubQueue};
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -56,7 +56,7 @@ pub async fn run(args: &DlqArgs, config: Config) -> Result<()> {
     let dlq = PubsubQueue::connect_dead_letters(&config.pubsub)
         .await
         .context("connecting to the dead-letter subscription")?;
-    let how = Snapshot {
+    let how = SnapshotOptions {
         quiet: args.quiet,
         first: args.first_wait,
         limit: args.limit,

@@ -2,7 +2,7 @@
 //! `reset` (puts a failing change back in line).
 
 use anyhow::{Context, Result, bail};
-use tiersweep::worker::operator::{self, Backlog, LeaseSummary, Reset};
+use tiersweep::worker::operator::{self, ChangelogStatus, LeaseSummary, Reset};
 use tiersweep::worker::{ChangeId, Config};
 use tiersweep::{LtAccess, Stores, clock};
 
@@ -68,7 +68,7 @@ pub async fn status(args: &StatusArgs, config: Config) -> Result<()> {
 }
 
 /// `tiersweep status` for a person: the backlog by state and age, then the shard leases.
-fn print_status(table: &str, b: &Backlog, l: &LeaseSummary) {
+fn print_status(table: &str, b: &ChangelogStatus, l: &LeaseSummary) {
     println!("changelog {}: {} rows", table, b.rows);
     println!("  live (writer heartbeating)  {:>8}", b.live);
     println!("  claimed (job in flight)     {:>8}", b.claimed);

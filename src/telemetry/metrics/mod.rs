@@ -4,7 +4,7 @@
 //!
 //! The registry is a `static` because counts are taken deep in the library (a writer's
 //! heartbeat task, the converge step) and a process has one scrape endpoint; threading a
-//! handle through every constructor would buy nothing. Tests compare [`Snapshot`]s taken
+//! handle through every constructor would buy nothing. Tests compare [`MetricsSnapshot`]s taken
 //! before and after the work they measure.
 
 mod instruments;
@@ -25,7 +25,7 @@ pub use prometheus::prometheus_name;
 
 /// What the last complete scan pass of one shard range saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Backlog {
+pub struct PassBacklog {
     /// Stale rows the pass found.
     pub stale_rows: u64,
     /// Age of the oldest stale row: now minus its last heartbeat (or claim).
@@ -139,7 +139,7 @@ pub struct Metrics {
     /// `tiersweep.recovery.lag`: Age of a change (since its writer recorded it) when
     /// recovery converged it.
     pub recovery_lag: Histogram,
-    backlog: Mutex<BTreeMap<String, Backlog>>,
+    backlog: Mutex<BTreeMap<String, PassBacklog>>,
     /// What this process is (`scan`, `clean`, …), for `tiersweep_build_info`.
     role: OnceLock<&'static str>,
 }
@@ -367,7 +367,7 @@ impl Metrics {
     }
 
     /// Replaces the backlog a scanner of `shards` saw in its last complete pass.
-    pub fn set_backlog(&self, shards: &str, backlog: Backlog) {
+    pub fn set_backlog(&self, shards: &str, backlog: PassBacklog) {
         self.backlog
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -375,7 +375,7 @@ impl Metrics {
     }
 
     /// The last complete pass of every shard range, by range.
-    pub fn backlog(&self) -> BTreeMap<String, Backlog> {
+    pub fn backlog(&self) -> BTreeMap<String, PassBacklog> {
         self.backlog
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -384,8 +384,8 @@ impl Metrics {
 
     /// Every counter's value now.
     #[cfg(any(test, feature = "testing"))]
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
             counters: self
                 .counters()
                 .iter()
@@ -399,7 +399,7 @@ impl Metrics {
 /// Counter values at one moment, keyed by Prometheus series (`name{label="v"}`).
 #[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct MetricsSnapshot {
     /// Values by Prometheus series.
     pub counters: BTreeMap<String, u64>,
     /// Recovery-lag observations.
@@ -407,9 +407,9 @@ pub struct Snapshot {
 }
 
 #[cfg(any(test, feature = "testing"))]
-impl Snapshot {
+impl MetricsSnapshot {
     /// What moved since `earlier`, leaving out what did not.
-    pub fn since(&self, earlier: &Snapshot) -> BTreeMap<String, u64> {
+    pub fn since(&self, earlier: &MetricsSnapshot) -> BTreeMap<String, u64> {
         self.counters
             .iter()
             .map(|(k, v)| (k.clone(), v - earlier.counters.get(k).copied().unwrap_or(0)))
@@ -469,7 +469,7 @@ mod tests {
         m.recovery_lag.record(Duration::from_secs(100));
         m.set_backlog(
             "00-7f",
-            Backlog {
+            PassBacklog {
                 stale_rows: 7,
                 oldest_stale_age: Duration::from_millis(1500),
             },

@@ -41,7 +41,7 @@ pub async fn cas_applies_on_the_version_read_and_conflicts_otherwise(hv: &dyn Hv
     assert_eq!(
         now.version.as_ref(),
         Some(&first),
-        "the write left its stamp"
+        "the write left its version"
     );
 
     // Expecting "never written", or another version, is refused and writes nothing.
@@ -83,17 +83,17 @@ pub async fn cas_applies_on_the_version_read_and_conflicts_otherwise(hv: &dyn Hv
 pub async fn a_retry_recognises_its_own_landing(hv: &dyn HvStore) {
     let p = path();
     let rev = Revision::mint(&p);
-    let stamp = Version::of_change(&ChangeId::mint());
+    let new_version = Version::of_change(&ChangeId::mint());
     let write = HvWrite::tombstone(rev.clone());
     for attempt in 0..2 {
         let out = hv
-            .compare_and_write(&p, None, &write, &stamp)
+            .compare_and_write(&p, None, &write, &new_version)
             .await
             .unwrap();
         assert_eq!(
             out,
             CasOutcome::Applied,
-            "attempt {attempt}: the row holds this write's stamp"
+            "attempt {attempt}: the row holds this write's version"
         );
     }
     // Another writer with the same stale expectation is told it conflicts.
@@ -131,9 +131,9 @@ pub async fn a_fence_refuses_every_earlier_expectation(hv: &dyn HvStore) {
     assert_ne!(after.version, between.version, "so is one that did");
     assert_ne!(after.version, Some(v.clone()), "a fence is a new version");
     let late = HvWrite::tombstone(Revision::mint(&p));
-    let stamp = Version::of_change(&ChangeId::mint());
+    let new_version = Version::of_change(&ChangeId::mint());
     let out = hv
-        .compare_and_write(&p, Some(&v), &late, &stamp)
+        .compare_and_write(&p, Some(&v), &late, &new_version)
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Conflict, "written before the fence");
@@ -333,7 +333,7 @@ pub async fn a_deleted_row_keeps_its_version(hv: &dyn HvStore) {
     assert_eq!(out, CasOutcome::Applied);
     let deleted = row(hv, &q).await;
     assert_eq!(deleted.value, None);
-    assert_eq!(deleted.version, Some(d), "a delete leaves its stamp");
+    assert_eq!(deleted.version, Some(d), "a delete leaves its version");
     let out = hv
         .compare_and_write(&q, None, &inline(b"late"), &Version::mint())
         .await
@@ -348,17 +348,17 @@ pub async fn a_deleted_row_keeps_its_version(hv: &dyn HvStore) {
 pub async fn a_straggler_never_lands_after_a_later_write(hv: &dyn HvStore) {
     let p = path();
     let (mine, theirs) = (Revision::mint(&p), Revision::mint(&p));
-    let stamp = Version::of_change(&ChangeId::mint());
+    let new_version = Version::of_change(&ChangeId::mint());
     let write = HvWrite::tombstone(mine.clone());
     let out = hv
-        .compare_and_write(&p, None, &write, &stamp)
+        .compare_and_write(&p, None, &write, &new_version)
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Applied);
     // Others move the row on and back to a state the write's expectation once described
     // (A→B→A: no value again).
     let v = Version::mint();
-    hv.compare_and_write(&p, Some(&stamp), &HvWrite::tombstone(theirs), &v)
+    hv.compare_and_write(&p, Some(&new_version), &HvWrite::tombstone(theirs), &v)
         .await
         .unwrap();
     hv.compare_and_write(&p, Some(&v), &HvWrite::Delete, &Version::mint())
@@ -366,7 +366,7 @@ pub async fn a_straggler_never_lands_after_a_later_write(hv: &dyn HvStore) {
         .unwrap();
     // A late attempt of the first write must not land again, however late.
     let out = hv
-        .compare_and_write(&p, None, &write, &stamp)
+        .compare_and_write(&p, None, &write, &new_version)
         .await
         .unwrap();
     assert_eq!(out, CasOutcome::Conflict);

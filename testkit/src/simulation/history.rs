@@ -36,7 +36,7 @@ pub struct History {
 
 /// How a write ended, as its caller saw it.
 #[derive(Debug)]
-pub enum Ending {
+pub enum WriteEnding {
     Returned(Result<(), WriteError>),
     /// The writer's process died during the write; any of its calls may have landed.
     Crashed,
@@ -87,23 +87,23 @@ impl History {
         end: Instant,
         path: &ObjectPath,
         value: Option<Bytes>,
-        ending: Ending,
+        ending: WriteEnding,
     ) {
         let Some(cs) = self.candidates.get_mut(path) else {
             return;
         };
         match ending {
-            Ending::Returned(Ok(())) => {
+            WriteEnding::Returned(Ok(())) => {
                 // Whatever could last have landed before this write started is overwritten.
                 cs.retain(|c| c.until >= start);
                 cs.push(Candidate { value, until: end });
             }
-            Ending::Returned(Err(
+            WriteEnding::Returned(Err(
                 WriteError::Conflict { .. }
                 | WriteError::Fenced { .. }
                 | WriteError::GuardLost { .. },
             )) => {}
-            Ending::Returned(Err(_)) | Ending::Crashed => cs.push(Candidate {
+            WriteEnding::Returned(Err(_)) | WriteEnding::Crashed => cs.push(Candidate {
                 value,
                 until: end + self.max_straggle,
             }),

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::history::{Ending, History};
+use self::history::{History, WriteEnding};
 use self::hooks::{ClaimWitness, Freeze, FrozenLeases, Jitter, ScopeWitness};
 use self::plan::{Event, Forgery, Plan, Process, Shape, Value};
 use self::queue::ChaosQueue;
@@ -914,7 +914,7 @@ impl World {
     /// Folds finished writes into the history, in the order they finished. With `all`,
     /// waits for every write whose process is alive, and abandons the crashed ones.
     async fn settle(&mut self, all: bool) {
-        let mut done: Vec<(Instant, Write, Ending)> = Vec::new();
+        let mut done: Vec<(Instant, Write, WriteEnding)> = Vec::new();
         let mut i = 0;
         while i < self.writes.len() {
             let w = &self.writes[i];
@@ -922,13 +922,13 @@ impl World {
             if w.task.is_finished() || (all && !crashed) {
                 let mut w = self.writes.remove(i);
                 match (&mut w.task).await {
-                    Ok((r, at)) => done.push((at, w, Ending::Returned(r))),
-                    Err(_) => done.push((Instant::now(), w, Ending::Crashed)),
+                    Ok((r, at)) => done.push((at, w, WriteEnding::Returned(r))),
+                    Err(_) => done.push((Instant::now(), w, WriteEnding::Crashed)),
                 }
             } else if crashed {
                 let w = self.writes.remove(i);
                 w.task.abort();
-                done.push((Instant::now(), w, Ending::Crashed));
+                done.push((Instant::now(), w, WriteEnding::Crashed));
             } else {
                 i += 1;
             }
@@ -937,7 +937,7 @@ impl World {
         for (end, w, ending) in done {
             if w.healthy
                 && !self.audited(&w.path)
-                && let Ending::Returned(Err(
+                && let WriteEnding::Returned(Err(
                     e @ (WriteError::Fenced { .. } | WriteError::GuardLost { .. }),
                 )) = &ending
             {

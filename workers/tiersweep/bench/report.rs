@@ -261,7 +261,7 @@ pub fn table(r: &Report) -> String {
             t,
             "\n== drain: {} changes against the capacity model ({} Bigtable nodes; {} writers, {}/s fresh crashes; virtual time) ==\n\
              blobs deleted after {:.0} s (rows removed after {:.0} s, settle {} s), bound {:.0} s (backlog / GCS mutation limit): {:.2} of the bound; \
-             GCS utilisation {:.2}, Bigtable {:.2} of calls, {:.2} of rows; refused: GCS {}, Bigtable {} (whole drain, by call: {})\n\
+             GCS utilisation {:.2}, Bigtable {:.2} of calls, {:.2} of rows; refused until the blobs were deleted: GCS {}, Bigtable {}; over the whole drain: GCS {}, Bigtable {} (by call: {})\n\
              Bigtable rows per backlog change, by call (whole drain, both passes): {}\n\
              claims won {}, re-claims {}, claimed twice at once {}\n\
              fresh crashes {} converged {}: lag p50 {} ms, p99 {} ms, max {} ms (threshold {} ms)\n\
@@ -280,6 +280,8 @@ pub fn table(r: &Report) -> String {
             d.bigtable_row_utilisation,
             d.admissions.gcs_mutations_refused,
             d.admissions.bigtable_refused,
+            d.admissions_whole.gcs_mutations_refused,
+            d.admissions_whole.bigtable_refused,
             d.refused_by_op
                 .iter()
                 .map(|(op, n)| format!("{op} {n}"))
