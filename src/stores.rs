@@ -63,24 +63,6 @@ impl Stores {
         &self.changelog
     }
 
-    /// The parts, to replace one with a wrapped one (the test machinery's wrappers).
-    #[cfg(any(test, feature = "testing"))]
-    pub fn hv_mut(&mut self) -> &mut Arc<dyn HvStore> {
-        &mut self.hv
-    }
-
-    /// See [`Stores::hv_mut`].
-    #[cfg(any(test, feature = "testing"))]
-    pub fn changelog_mut(&mut self) -> &mut Arc<dyn Changelog> {
-        &mut self.changelog
-    }
-
-    /// See [`Stores::hv_mut`].
-    #[cfg(any(test, feature = "testing"))]
-    pub fn clock_mut(&mut self) -> &mut SharedClock {
-        &mut self.clock
-    }
-
     /// Stores from their parts (the test machinery's fixtures and wrappers).
     #[cfg(any(test, feature = "testing"))]
     pub fn from_parts(
@@ -101,6 +83,12 @@ impl Stores {
     #[cfg(any(test, feature = "testing"))]
     pub fn with_clock(self, clock: SharedClock) -> Self {
         Self { clock, ..self }
+    }
+
+    /// The same stores with another HV store (a wrapped one).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_hv(self, hv: Arc<dyn HvStore>) -> Self {
+        Self { hv, ..self }
     }
 
     /// The same stores with another changelog (the no-op one, a wrapped one).

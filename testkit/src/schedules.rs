@@ -755,9 +755,7 @@ pub async fn an_upload_landing_after_its_dead_writers_recovery_is_deleted(
 fn frozen_writer(stores: &Stores, op: Op, d: Duration) -> Stores {
     let clock = tiersweep::testing::SkewedClock::new(stores.clock().clone());
     let hook = crate::simulation::hooks::Freeze::new(op, d, clock.clone());
-    let mut frozen = tiersweep::testing::intercept::wrap(hook, stores);
-    *frozen.clock_mut() = clock;
-    frozen
+    tiersweep::testing::intercept::wrap(hook, stores).with_clock(clock)
 }
 
 /// A writer's upload lands, then its host freezes for longer than the staleness threshold.

@@ -389,13 +389,12 @@ impl World {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner()),
                     );
-                    let mut stores = mem.clone();
-                    *stores.changelog_mut() = Arc::new(ClaimWitness {
+                    let stores = mem.clone().with_changelog(Arc::new(ClaimWitness {
                         inner: mem.changelog().clone(),
                         cutoff_age: config.protocol.staleness_threshold,
                         violations: stale_claims.clone(),
                         won: won_claims.clone(),
-                    });
+                    }));
                     let faults = Faults::new(rules);
                     *control.scanner_faults[i]
                         .lock()
@@ -479,19 +478,21 @@ impl World {
                     *control.cleaner_faults[i]
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(faults.clone());
-                    let mut stores = intercept::wrap(jitter.clone(), &faults.wrap(&mem));
-                    *stores.hv_mut() = Arc::new(ScopeWitness {
-                        inner: stores.hv().clone(),
-                        prefix: PREFIX.to_owned(),
-                        trespasses: trespasses.clone(),
-                    });
-                    *stores.clock_mut() = clock.clone();
-                    *stores.changelog_mut() = Arc::new(ClaimWitness {
-                        inner: stores.changelog().clone(),
-                        cutoff_age: config.protocol.staleness_threshold,
-                        violations: violations.clone(),
-                        won: won_claims.clone(),
-                    });
+                    let hooked = intercept::wrap(jitter.clone(), &faults.wrap(&mem));
+                    let stores = hooked
+                        .clone()
+                        .with_hv(Arc::new(ScopeWitness {
+                            inner: hooked.hv().clone(),
+                            prefix: PREFIX.to_owned(),
+                            trespasses: trespasses.clone(),
+                        }))
+                        .with_clock(clock.clone())
+                        .with_changelog(Arc::new(ClaimWitness {
+                            inner: hooked.changelog().clone(),
+                            cutoff_age: config.protocol.staleness_threshold,
+                            violations: violations.clone(),
+                            won: won_claims.clone(),
+                        }));
                     let cancel = CancellationToken::new();
                     let cleaner = Cleaner::new(stores, queue.clone(), config.clone());
                     let task = tokio::spawn(cleaner.run(cancel.clone(), Duration::from_secs(1)));
@@ -801,8 +802,7 @@ impl World {
         if let Process::SuspendAfter(op, d) = process {
             stores = intercept::wrap(Freeze::new(op, d, clock.clone()), &stores);
         }
-        stores = intercept::wrap(Jitter::new(seed, JITTER), &stores);
-        *stores.clock_mut() = clock.clone();
+        stores = intercept::wrap(Jitter::new(seed, JITTER), &stores).with_clock(clock.clone());
         let Ok(writer) = TieredStorage::new(stores, sim_writer_config(self.protocol)) else {
             return;
         };
