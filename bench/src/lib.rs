@@ -3,13 +3,16 @@
 //! and by the pipeline at growing concurrency, with every store call counted and, on
 //! in-memory stores, charged a cloud-like latency ([`Latency`](crate::meter::Latency)).
 //!
-//! Only the measuring lives here; printing, plotting and picking backends is the binary's.
+//! The measuring is in the modules named after what they measure; [`driver`] picks settings
+//! and backends, prints, plots and writes the JSON: it is the `tiersweep bench` command the
+//! binary's `dev` feature mounts.
 
 pub mod capacity;
 pub mod ceiling;
 pub mod cost;
 pub mod cpu;
 pub mod drain;
+pub mod driver;
 pub mod elastic;
 pub mod lag;
 pub mod meter;

@@ -9,9 +9,6 @@
 mod audit;
 #[cfg(feature = "dev")]
 #[allow(clippy::too_many_lines)]
-mod bench;
-#[cfg(feature = "dev")]
-#[allow(clippy::too_many_lines)]
 mod demo;
 mod dlq;
 mod exit;
@@ -79,7 +76,7 @@ enum Command {
     /// concurrency), RPCs per change, lost claims and write-path latency; prints a table,
     /// writes bench.json and throughput.svg (docs/performance.md explains the figures).
     #[cfg(feature = "dev")]
-    Bench(bench::BenchArgs),
+    Bench(tiersweep_bench::driver::BenchArgs),
     /// Show the changelog backlog by age and the oldest stale change.
     Status(ops::StatusArgs),
     /// Show one change: its changelog row, what HV holds for its object, which of its
@@ -153,7 +150,7 @@ async fn main() -> std::process::ExitCode {
             #[cfg(feature = "dev")]
             Command::Demo(args) => demo::run(args, &cli).await,
             #[cfg(feature = "dev")]
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => tiersweep_bench::driver::run(args).await,
             Command::Scan(args) => worker::scan(args, load_config(&cli)?).await,
             Command::Clean(args) => worker::clean(args, load_config(&cli)?).await,
             Command::Status(args) => ops::status(args, load_config(&cli)?).await,

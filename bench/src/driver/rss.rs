@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tiersweep::config::Config;
 use tiersweep::telemetry::metrics::registry;
-use tiersweep_bench::Crash;
+use crate::Crash;
 use tiersweep_testkit::emulators::{Emulators, env_for};
 use tokio::process::{Child, Command};
 
@@ -44,7 +44,7 @@ impl RssRun {
 
 /// A fresh configuration (tables, bucket, topics) and the stores it names, for a writer.
 async fn fresh_stores(emulators: &Emulators) -> Result<(Config, tiersweep::Stores)> {
-    let config = emulators.fresh_config(tiersweep_bench::protocol()).await;
+    let config = emulators.fresh_config(crate::protocol()).await;
     let stores = tiersweep::Stores::connect_to(
         &config.bigtable,
         &config.gcs,
@@ -62,7 +62,7 @@ async fn fresh_stores(emulators: &Emulators) -> Result<(Config, tiersweep::Store
 pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Result<Vec<RssRun>> {
     let (config, stores) = fresh_stores(emulators).await?;
     eprintln!("[memory] preparing {n} crashed changes (crashed before their upload)");
-    tiersweep_bench::prepare_backlog(&stores, "rss", n, 64, Crash::BeforeUpload)
+    crate::prepare_backlog(&stores, "rss", n, 64, Crash::BeforeUpload)
         .await
         .context("preparing the backlog")?;
     let scan = run_worker(
@@ -141,7 +141,7 @@ async fn run_worker(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let peak = status_mib(pid, "VmHWM:")?;
-    let cpu = tiersweep_bench::cpu::cpu_s(pid);
+    let cpu = crate::cpu::cpu_s(pid);
     let seconds = started.elapsed().as_secs_f64();
     stop(&mut child, pid).await;
     Ok(RssRun {
@@ -159,7 +159,7 @@ async fn run_worker(
 /// chunk by chunk, so the object never exists whole in the writer): the bench re-runs
 /// itself as that process, on a fresh bucket of the emulators, and reads its report.
 pub async fn stream_put(emulators: &Emulators, mib: u64, deadline: Duration) -> Result<RssRun> {
-    let config = emulators.fresh_config(tiersweep_bench::protocol()).await;
+    let config = emulators.fresh_config(crate::protocol()).await;
     let exe = std::env::current_exe().context("locating the tiersweep binary")?;
     eprintln!("[memory] a writer putting {mib} MiB from a stream");
     let child = Command::new(exe)
@@ -239,7 +239,7 @@ pub async fn stream_put_child(mib: u64) -> Result<()> {
         idle_mib: idle,
         samples,
         peak_mib: peak,
-        cpu_s: tiersweep_bench::cpu::cpu_s(std::process::id()),
+        cpu_s: crate::cpu::cpu_s(std::process::id()),
     };
     println!("{}", serde_json::to_string(&run)?);
     Ok(())
@@ -340,7 +340,7 @@ pub async fn audit(emulators: &Emulators, n: usize, deadline: Duration) -> Resul
             if samples.len() < 1000 {
                 samples.push((samples.len() as u64, rss));
             }
-            cpu = tiersweep_bench::cpu::cpu_s(pid).or(cpu);
+            cpu = crate::cpu::cpu_s(pid).or(cpu);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

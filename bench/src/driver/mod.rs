@@ -2,7 +2,8 @@
 //! concurrency) on in-memory stores with cloud-like latency, on in-memory stores without,
 //! and on the emulators; RPCs per change; lost claims with and without the shard split;
 //! write-path latency with and without the changelog. Prints a table, writes JSON and an
-//! SVG plot. The measuring is `tiersweep_bench`; this file picks settings and reports.
+//! SVG plot. The measuring is the rest of this crate; the driver picks settings and backends
+//! and reports. The binary's `bench` command is [`BenchArgs`] and [`run`].
 
 mod plot;
 mod report;
@@ -19,11 +20,11 @@ use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
 use tiersweep::stores::Stores;
 use tiersweep::testing::MemoryStores;
 use tiersweep::writer::{TieredStorage, WriterConfig};
-use tiersweep_bench::ceiling;
-use tiersweep_bench::cpu::CpuProbe;
-use tiersweep_bench::lag::{self, SteadyLoad};
-use tiersweep_bench::meter::{Latency, Meter};
-use tiersweep_bench::{self as bench, PipelineRun, WriteLatency};
+use crate::ceiling;
+use crate::cpu::CpuProbe;
+use crate::lag::{self, SteadyLoad};
+use crate::meter::{Latency, Meter};
+use crate::{self as bench, PipelineRun, WriteLatency};
 use tiersweep_testkit::emulators;
 
 #[derive(Debug, clap::Args)]
@@ -196,7 +197,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 let run = uuid::Uuid::now_v7().simple().to_string();
                 let n = args.writes.div_ceil(4);
                 report.upload_split = Some(
-                    tiersweep_bench::upload_split::measure(
+                    crate::upload_split::measure(
                         stores.lt().as_ref(),
                         &run,
                         64 * 1024,
@@ -231,22 +232,22 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             "[drain] {} changes against the capacity model",
             args.drain_changes
         );
-        let plan = tiersweep_bench::drain::DrainPlan::new(args.drain_changes);
+        let plan = crate::drain::DrainPlan::new(args.drain_changes);
         report.drain =
-            Some(paused("the drain run", move || tiersweep_bench::drain::run(plan)).await?);
+            Some(paused("the drain run", move || crate::drain::run(plan)).await?);
         write_json(&args.out, &report)?;
     }
     if args.peers_orphans > 0 {
-        let plan = tiersweep_bench::peers::PeersPlan {
+        let plan = crate::peers::PeersPlan {
             live: args.peers_orphans * args.peers_live_per_orphan,
-            ..tiersweep_bench::peers::PeersPlan::new(args.peers_orphans)
+            ..crate::peers::PeersPlan::new(args.peers_orphans)
         };
         eprintln!(
             "[peers] {} orphans among {} live objects, against the capacity model",
             plan.orphans, plan.live
         );
         let peers = paused("the side-by-side run", move || {
-            tiersweep_bench::peers::run(plan)
+            crate::peers::run(plan)
         })
         .await?
         .context("the side-by-side run")?;
@@ -277,8 +278,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 /// Billed units per million: of recovered changes in each setting, from its pipeline run
 /// with the most jobs in flight (worker CPU from the real processes of the memory runs,
 /// where they ran), and of large writes.
-async fn cost(report: &Report) -> Result<Vec<tiersweep_bench::cost::CostPerMillion>> {
-    use tiersweep_bench::cost;
+async fn cost(report: &Report) -> Result<Vec<crate::cost::CostPerMillion>> {
+    use crate::cost;
     let cpu_us: Option<f64> = {
         let per: Vec<f64> = report
             .memory
@@ -311,8 +312,8 @@ async fn cost(report: &Report) -> Result<Vec<tiersweep_bench::cost::CostPerMilli
 
 /// The elasticity run on a runtime of its own with paused time: the lease arithmetic, not
 /// this machine's load, decides its timings.
-async fn elastic(changes: usize) -> Result<tiersweep_bench::elastic::ElasticReport> {
-    use tiersweep_bench::elastic::{ElasticPlan, run};
+async fn elastic(changes: usize) -> Result<crate::elastic::ElasticReport> {
+    use crate::elastic::{ElasticPlan, run};
     let plan = if changes <= ElasticPlan::smoke().backlog {
         ElasticPlan {
             backlog: changes,
@@ -347,7 +348,7 @@ where
 async fn scan_cost(history: usize) -> Result<ScanCostReport> {
     use tiersweep_testkit::scans::scan_cost;
     let crashes = (history / 10).max(5);
-    let protocol = tiersweep_bench::protocol();
+    let protocol = crate::protocol();
     let measure = move |sweep_every: Duration| async move {
         scan_cost(
             MemoryStores::new(),
@@ -528,7 +529,7 @@ async fn setting(
     };
     let mut shapes = Vec::new();
     if name == "cloud" && args.shapes_changes > 0 {
-        use tiersweep_bench::shapes;
+        use crate::shapes;
         for m in [1, 32, 256] {
             // Alone in flight a change costs ~100 ms of latency: a smaller backlog.
             let n = if m == 1 {
@@ -579,7 +580,7 @@ async fn write_latency(stores: &Stores, n: usize) -> Result<Vec<WriteLatency>> {
 /// it (none can).
 async fn cloud_write_latency(n: usize) -> Result<Vec<WriteLatency>> {
     let mut setups = Vec::new();
-    for tail_ms in [tiersweep_bench::meter::CLOUD_WRITE_TAIL_MS, 0, 50] {
+    for tail_ms in [crate::meter::CLOUD_WRITE_TAIL_MS, 0, 50] {
         let latency = Latency::cloud_with_write_tail(Duration::from_millis(tail_ms));
         let stores = Meter::new(latency).wrap(&MemoryStores::new().stores());
         setups.extend(writer_setups(

@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use tiersweep_bench::ceiling::CeilingReport;
-use tiersweep_bench::lag::LagRun;
-use tiersweep_bench::meter::Latency;
-use tiersweep_bench::{Run, WriteLatency};
+use crate::ceiling::CeilingReport;
+use crate::lag::LagRun;
+use crate::meter::Latency;
+use crate::{Run, WriteLatency};
 
 use super::rss::RssRun;
 
@@ -18,21 +18,21 @@ pub struct Report {
     pub settings: Vec<Setting>,
     pub write_latency: Vec<WriteLatency>,
     /// How the emulated LT's upload time splits around its last byte.
-    pub upload_split: Option<tiersweep_bench::upload_split::UploadSplit>,
+    pub upload_split: Option<crate::upload_split::UploadSplit>,
     /// The emulators' raw RPC rates, one at a time and concurrently.
     pub ceiling: Vec<CeilingReport>,
     /// Peak RSS of a scanner and a cleaner process over a large backlog.
     pub memory: Vec<RssRun>,
     /// The leased scanner pool growing, losing a member and shrinking during a drain.
-    pub elastic: Option<tiersweep_bench::elastic::ElasticReport>,
+    pub elastic: Option<crate::elastic::ElasticReport>,
     /// Rows scans examine per stale row found, on a changelog full of removed rows.
     pub scan_cost: Option<ScanCostReport>,
     /// An outage's backlog drained against the capacity-limited model.
-    pub drain: Option<tiersweep_bench::drain::DrainReport>,
+    pub drain: Option<crate::drain::DrainReport>,
     /// The pipeline, the seed's loop, a listing GC and lifecycle rules on the same orphans.
-    pub peers: Option<tiersweep_bench::peers::PeersReport>,
+    pub peers: Option<crate::peers::PeersReport>,
     /// Billed units per million recovered changes and per million large writes.
-    pub cost: Vec<tiersweep_bench::cost::CostPerMillion>,
+    pub cost: Vec<crate::cost::CostPerMillion>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,7 +72,7 @@ pub struct Setting {
     pub best_ratio: f64,
     pub lag: Option<LagRun>,
     /// The seed's loop, embedded passes and the pipeline at equal concurrency.
-    pub shapes: Vec<tiersweep_bench::shapes::ShapeRun>,
+    pub shapes: Vec<crate::shapes::ShapeRun>,
 }
 
 pub fn machine() -> String {
@@ -459,7 +459,7 @@ pub fn table(r: &Report) -> String {
 }
 
 /// The side-by-side run: one line per peer, per million orphans.
-fn peers_table(p: &tiersweep_bench::peers::PeersReport) -> String {
+fn peers_table(p: &crate::peers::PeersReport) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
