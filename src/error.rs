@@ -21,7 +21,7 @@ pub enum StoreKind {
     /// The job queue (Pub/Sub).
     Queue,
     /// The scanners' shard leases (rows of the changelog table outside every shard).
-    Leases,
+    ShardLeases,
     /// The audit's run records (rows of the changelog table outside every shard).
     AuditRuns,
 }
@@ -33,7 +33,7 @@ impl fmt::Display for StoreKind {
             StoreKind::Lt => "LT store",
             StoreKind::Changelog => "changelog",
             StoreKind::Queue => "job queue",
-            StoreKind::Leases => "shard leases",
+            StoreKind::ShardLeases => "shard leases",
             StoreKind::AuditRuns => "audit runs",
         })
     }

@@ -76,7 +76,7 @@ internal_modules! {
     health,
     hv,
     iam,
-    lease,
+    shard_lease,
     lt,
     model,
     mutants,

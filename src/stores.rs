@@ -151,12 +151,12 @@ pub async fn connect_changelog(
 pub async fn connect_scanner(
     bigtable: &BigtableConfig,
     clock: SharedClock,
-) -> StoreResult<(Arc<dyn Changelog>, Arc<dyn crate::lease::Leases>)> {
+) -> StoreResult<(Arc<dyn Changelog>, Arc<dyn crate::shard_lease::ShardLeases>)> {
     let client = crate::bigtable::BigtableClient::connect(bigtable).await?;
     let table = &bigtable.changelog_table;
     let changelog = BigtableChangelog::new(client.clone(), table, clock);
     changelog.get(&ChangeId::mint()).await?;
-    let leases = crate::lease::BigtableLeases::new(client, table);
+    let leases = crate::shard_lease::BigtableShardLeases::new(client, table);
     Ok((Arc::new(changelog), Arc::new(leases)))
 }
 

@@ -24,7 +24,9 @@ mod changelog {
 mod leases {
     use super::*;
     tiersweep::lease_conformance!(async {
-        Arc::new(tiersweep::lease::MemoryLeases::new(clock::system()))
+        Arc::new(tiersweep::shard_lease::MemoryShardLeases::new(
+            clock::system(),
+        ))
     });
 }
 

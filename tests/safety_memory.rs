@@ -114,7 +114,7 @@ async fn a_crash_behind_the_key_bound_is_found_when_the_watch_set_is_full() {
 #[tokio::test(start_paused = true)]
 async fn a_lease_pool_rebalances_as_members_join_leave_and_die() {
     let clock: tiersweep::clock::SharedClock = Arc::new(tiersweep::clock::TokioClock::new());
-    let leases = Arc::new(tiersweep::lease::MemoryLeases::new(clock));
+    let leases = Arc::new(tiersweep::shard_lease::MemoryShardLeases::new(clock));
     tiersweep_testkit::membership::a_pool_rebalances_as_members_join_leave_and_die(
         leases,
         Duration::from_secs(30),

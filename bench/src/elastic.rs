@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use tiersweep::changelog::Changelog;
-use tiersweep::lease::{Leases, MemberId, MemoryLeases};
 use tiersweep::model::ShardSet;
 use tiersweep::queue::{JobQueue, MemoryQueue};
 use tiersweep::recovery::{Assignment, Cleaner, LeaseKeeper, RecoveryConfig, Scanner};
+use tiersweep::shard_lease::{MemberId, MemoryShardLeases, ShardLeases};
 use tiersweep::stores::Stores;
 use tiersweep::testing::MemoryStores;
 use tiersweep::testing::faults::{Fault, Faults, Op, Rule};
@@ -114,7 +114,7 @@ impl Member {
 /// Starts scanner processes sharing one lease table.
 pub(crate) struct Pool {
     pub changelog: Arc<dyn Changelog>,
-    pub leases: Arc<dyn Leases>,
+    pub leases: Arc<dyn ShardLeases>,
     pub queue: Arc<dyn JobQueue>,
     pub config: RecoveryConfig,
     pub period: Duration,
@@ -167,7 +167,7 @@ impl Deployed {
         }
         let mut pool = Pool {
             changelog: stores.changelog().clone(),
-            leases: Arc::new(MemoryLeases::new(stores.clock().clone())),
+            leases: Arc::new(MemoryShardLeases::new(stores.clock().clone())),
             queue,
             config: config.clone(),
             period: Duration::from_secs(30),
@@ -275,7 +275,7 @@ pub async fn run(plan: ElasticPlan) -> ElasticReport {
     );
     let mut pool = Pool {
         changelog: ledger.clone(),
-        leases: Arc::new(MemoryLeases::new(stores.clock().clone())),
+        leases: Arc::new(MemoryShardLeases::new(stores.clock().clone())),
         queue: Arc::new(queue),
         config: config.clone(),
         period,

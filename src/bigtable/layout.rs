@@ -20,7 +20,7 @@
 //! * row `!clock`, cell `c:clock`: re-stamped by the server whenever a process asks for the
 //!   changelog's time ([`Changelog::now`](crate::changelog::Changelog::now)).
 //! * rows `!lease/{shard:03x}`, cell `c:lease` = `{epoch}/{holder}` (`{epoch}/` when free),
-//!   its timestamp the lease's last acquisition, renewal or release ([`crate::lease`]).
+//!   its timestamp the lease's last acquisition, renewal or release ([`crate::shard_lease`]).
 //! * rows `!member/{member id}`, cell `c:member` (empty), its timestamp the member's last
 //!   announcement.
 //!

@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// What one worker process is, as opposed to what the pool does. Scanners share the
-/// changelog's shards through shard leases in the changelog table (`crate::lease`): a pool
+/// changelog's shards through shard leases in the changelog table (`crate::shard_lease`): a pool
 /// of any size, resized or losing members with no configuration change.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -222,7 +222,7 @@ impl Config {
             });
         }
         if let Some(name) = &self.worker.member_name {
-            crate::lease::MemberId::parse(name).map_err(|e| LoadError::Invalid {
+            crate::shard_lease::MemberId::parse(name).map_err(|e| LoadError::Invalid {
                 field: "worker.member_name".into(),
                 reason: e.to_string(),
             })?;

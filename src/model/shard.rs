@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{ModelError, Timestamp};
 
 /// Number of changelog shards. Fixed forever for a deployment: it is part of the row key.
-/// Scanners share them through leases ([`crate::lease`]); 1,024 let hundreds of scanners
+/// Scanners share them through leases ([`crate::shard_lease`]); 1,024 let hundreds of scanners
 /// split the key space within one shard of each other, while a scanner that owns them all
 /// still reads one row range per shard per key-bounded round (see `ScanRequest::minted`).
 pub const SHARD_COUNT: u16 = 1024;
@@ -114,7 +114,7 @@ impl ShardRange {
 
 const WORDS: usize = SHARD_COUNT as usize / 64;
 
-/// Any set of shards: what a scanner owns under leases ([`crate::lease`]), which need not
+/// Any set of shards: what a scanner owns under leases ([`crate::shard_lease`]), which need not
 /// be one contiguous range. 128 bytes whatever it holds, so requests copy it freely.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ShardSet {

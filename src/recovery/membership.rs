@@ -1,4 +1,4 @@
-//! How a scanner process holds its shards under leases ([`crate::lease`]): a keeper that
+//! How a scanner process holds its shards under leases ([`crate::shard_lease`]): a keeper that
 //! announces the member, renews what it holds, and rebalances towards an equal share, and
 //! the [`Assignment`] it hands the scanner.
 //!
@@ -22,7 +22,7 @@
 //! server's (offsets do not matter: nothing here compares this clock with another). A
 //! process that freezes between checking its assignment and reading (a long GC pause, a
 //! suspended VM) can read a shard someone else now holds; that costs a duplicate read and
-//! lost claims, never safety ([`crate::lease`]).
+//! lost claims, never safety ([`crate::shard_lease`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::StoreResult;
-use crate::lease::{Kept, Lease, LeaseTable, Leases, MemberId, Taken};
+use crate::shard_lease::{Kept, ShardLease, ShardLeaseTable, ShardLeases, MemberId, Taken};
 use crate::model::{SHARD_COUNT, Shard, ShardSet, Timestamp};
 use crate::telemetry::metrics::METRICS;
 
@@ -88,7 +88,7 @@ pub struct Tick {
 /// Holds a member's leases; see the module doc.
 #[derive(Debug)]
 pub struct LeaseKeeper {
-    leases: Arc<dyn Leases>,
+    leases: Arc<dyn ShardLeases>,
     me: MemberId,
     period: Duration,
     held: BTreeMap<Shard, Held>,
@@ -99,7 +99,7 @@ impl LeaseKeeper {
     /// A keeper for `me` with leases of `period` (see [`Self::ttl`]); the receiver follows
     /// its assignment.
     pub fn new(
-        leases: Arc<dyn Leases>,
+        leases: Arc<dyn ShardLeases>,
         me: MemberId,
         period: Duration,
     ) -> (Self, watch::Receiver<Assignment>) {
@@ -199,7 +199,7 @@ impl LeaseKeeper {
         Ok(tick)
     }
 
-    async fn rebalance(&mut self, table: &LeaseTable, tick: &mut Tick) -> StoreResult<()> {
+    async fn rebalance(&mut self, table: &ShardLeaseTable, tick: &mut Tick) -> StoreResult<()> {
         let ttl = self.ttl();
         let expired_before = table.now.saturating_sub(ttl);
         let mut members = 0;
@@ -268,14 +268,14 @@ impl LeaseKeeper {
     /// member's own place in the ring so that members spread out.
     async fn acquire(
         &mut self,
-        table: &LeaseTable,
+        table: &ShardLeaseTable,
         wanted: usize,
         expired_before: crate::model::Timestamp,
         tick: &mut Tick,
     ) -> StoreResult<()> {
         let start = usize::from(start_of(&self.me));
         let n = usize::from(SHARD_COUNT);
-        let candidates: Vec<Lease> = (0..n)
+        let candidates: Vec<ShardLease> = (0..n)
             .map(|i| &table.leases[(start + i) % n])
             .filter(|l| !self.held.contains_key(&l.shard))
             .filter(|l| {
@@ -388,7 +388,7 @@ pub struct LeaseSummary {
 /// Reads the lease table and summarises it for leases of `period`, judged by `now` (an
 /// operator's read-only view: it does not write the clock row that gives the server's time).
 pub async fn read_summary(
-    leases: &dyn Leases,
+    leases: &dyn ShardLeases,
     now: Timestamp,
     period: Duration,
 ) -> StoreResult<LeaseSummary> {
@@ -396,7 +396,7 @@ pub async fn read_summary(
 }
 
 /// Summarises `table` for leases of `period`.
-pub fn summary(table: &LeaseTable, period: Duration) -> LeaseSummary {
+pub fn summary(table: &ShardLeaseTable, period: Duration) -> LeaseSummary {
     let expired_before = table.now.saturating_sub(ttl_of(period));
     let mut held_by: BTreeMap<&MemberId, usize> = table
         .members
@@ -438,7 +438,7 @@ fn start_of(member: &MemberId) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::Member;
+    use crate::shard_lease::Member;
     use crate::model::Timestamp;
 
     #[test]
@@ -446,8 +446,8 @@ mod tests {
         let period = Duration::from_secs(30);
         let now = Timestamp(1_000_000);
         let (a, b) = (MemberId::parse("a").unwrap(), MemberId::parse("b").unwrap());
-        let mut leases: Vec<Lease> = (0..SHARD_COUNT)
-            .map(|s| Lease::unwritten(Shard(s)))
+        let mut leases: Vec<ShardLease> = (0..SHARD_COUNT)
+            .map(|s| ShardLease::unwritten(Shard(s)))
             .collect();
         // a holds 3 fresh leases; b held one whose stamp is a TTL old (expired).
         for lease in leases.iter_mut().take(3) {
@@ -455,7 +455,7 @@ mod tests {
             lease.epoch = 1;
             lease.stamp = now;
         }
-        leases[9] = Lease {
+        leases[9] = ShardLease {
             holder: Some(b.clone()),
             epoch: 4,
             stamp: now
@@ -463,7 +463,7 @@ mod tests {
                 .saturating_sub(Duration::from_millis(1)),
             ..leases[9].clone()
         };
-        let table = LeaseTable {
+        let table = ShardLeaseTable {
             now,
             leases,
             members: vec![

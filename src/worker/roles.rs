@@ -10,11 +10,11 @@ use super::Config;
 use crate::changelog::Changelog;
 use crate::clock;
 use crate::error::StoreResult;
-use crate::lease::{Leases, MemberId};
 use crate::lt::LtAccess;
 use crate::model::{ModelError, ShardSet};
 use crate::queue::PubsubQueue;
 use crate::recovery::{Cleaner, LeaseKeeper, Scanner};
+use crate::shard_lease::{MemberId, ShardLeases};
 use crate::stores::Stores;
 
 /// Why a worker stopped other than by being cancelled.
@@ -40,7 +40,7 @@ pub enum WorkerError {
 #[derive(Clone)]
 pub struct ScannerConnections {
     changelog: Arc<dyn Changelog>,
-    leases: Arc<dyn Leases>,
+    leases: Arc<dyn ShardLeases>,
     queue: Arc<PubsubQueue>,
 }
 

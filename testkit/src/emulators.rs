@@ -215,9 +215,9 @@ impl Emulators {
     }
 
     /// Shard leases in a fresh changelog table.
-    pub async fn leases(&self) -> Arc<tiersweep::lease::BigtableLeases> {
+    pub async fn leases(&self) -> Arc<tiersweep::shard_lease::BigtableShardLeases> {
         let (client, config) = self.new_tables().await;
-        Arc::new(tiersweep::lease::BigtableLeases::new(
+        Arc::new(tiersweep::shard_lease::BigtableShardLeases::new(
             client,
             &config.changelog_table,
         ))

@@ -10,16 +10,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use tiersweep::lease::{Leases, MemberId};
 use tiersweep::model::{SHARD_COUNT, ShardSet};
 use tiersweep::recovery::{Assignment, LeaseKeeper};
+use tiersweep::shard_lease::{MemberId, ShardLeases};
 
 struct Member {
     keeper: LeaseKeeper,
     assignment: watch::Receiver<Assignment>,
 }
 
-fn join(leases: &Arc<dyn Leases>, name: &str, period: Duration) -> Member {
+fn join(leases: &Arc<dyn ShardLeases>, name: &str, period: Duration) -> Member {
     let id = MemberId::fresh(name).expect("a valid member name");
     let (keeper, assignment) = LeaseKeeper::new(leases.clone(), id, period);
     Member { keeper, assignment }
@@ -87,7 +87,7 @@ async fn settle(live: &mut [Member], ghosts: &[watch::Receiver<Assignment>], whe
 /// tick); one dies (its shards are taken within one lease period of its last renewal, and
 /// never while it could still read them).
 pub async fn a_pool_rebalances_as_members_join_leave_and_die(
-    leases: Arc<dyn Leases>,
+    leases: Arc<dyn ShardLeases>,
     period: Duration,
 ) {
     let mut live = vec![join(&leases, "scanner-0", period)];

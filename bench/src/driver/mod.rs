@@ -15,16 +15,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
-use tiersweep::stores::Stores;
-use tiersweep::testing::MemoryStores;
-use tiersweep::writer::{TieredStorage, WriterConfig};
 use crate::ceiling;
 use crate::cpu::CpuProbe;
 use crate::lag::{self, SteadyLoad};
 use crate::meter::{Latency, Meter};
 use crate::{self as bench, PipelineRun, WriteLatency};
+use anyhow::{Context, Result, bail};
+use tiersweep::queue::{JobQueue, MemoryQueue, PubsubQueue};
+use tiersweep::stores::Stores;
+use tiersweep::testing::MemoryStores;
+use tiersweep::writer::{TieredStorage, WriterConfig};
 use tiersweep_testkit::emulators;
 
 #[derive(Debug, clap::Args)]
@@ -197,14 +197,9 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 let run = uuid::Uuid::now_v7().simple().to_string();
                 let n = args.writes.div_ceil(4);
                 report.upload_split = Some(
-                    crate::upload_split::measure(
-                        stores.lt().as_ref(),
-                        &run,
-                        64 * 1024,
-                        n,
-                    )
-                    .await
-                    .context("measuring the upload's split around its last byte")?,
+                    crate::upload_split::measure(stores.lt().as_ref(), &run, 64 * 1024, n)
+                        .await
+                        .context("measuring the upload's split around its last byte")?,
                 );
             }
             write_json(&args.out, &report)?;
@@ -233,8 +228,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             args.drain_changes
         );
         let plan = crate::drain::DrainPlan::new(args.drain_changes);
-        report.drain =
-            Some(paused("the drain run", move || crate::drain::run(plan)).await?);
+        report.drain = Some(paused("the drain run", move || crate::drain::run(plan)).await?);
         write_json(&args.out, &report)?;
     }
     if args.peers_orphans > 0 {
@@ -246,11 +240,9 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             "[peers] {} orphans among {} live objects, against the capacity model",
             plan.orphans, plan.live
         );
-        let peers = paused("the side-by-side run", move || {
-            crate::peers::run(plan)
-        })
-        .await?
-        .context("the side-by-side run")?;
+        let peers = paused("the side-by-side run", move || crate::peers::run(plan))
+            .await?
+            .context("the side-by-side run")?;
         report.peers = Some(peers);
         write_json(&args.out, &report)?;
     }

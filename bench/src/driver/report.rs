@@ -2,11 +2,11 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
 use crate::ceiling::CeilingReport;
 use crate::lag::LagRun;
 use crate::meter::Latency;
 use crate::{Run, WriteLatency};
+use serde::Serialize;
 
 use super::rss::RssRun;
 

@@ -8,11 +8,11 @@ use std::process::Stdio;
 use futures::StreamExt as _;
 use std::time::{Duration, Instant};
 
+use crate::Crash;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tiersweep::config::Config;
 use tiersweep::telemetry::metrics::registry;
-use crate::Crash;
 use tiersweep_testkit::emulators::{Emulators, env_for};
 use tokio::process::{Child, Command};
 

@@ -1,24 +1,24 @@
-//! The [`Leases`] contract: every write is a compare-and-set on (epoch, holder), so of two
+//! The [`ShardLeases`] contract: every write is a compare-and-set on (epoch, holder), so of two
 //! members racing for a lease one wins, a late renewal cannot undo a takeover, and a
 //! renewal that lands first defeats one.
 
 use std::time::Duration;
 
-use crate::lease::{Kept, Lease, Leases, MemberId, Taken};
 use crate::model::{SHARD_COUNT, Shard, Timestamp};
+use crate::shard_lease::{Kept, MemberId, ShardLease, ShardLeases, Taken};
 
 fn member(name: &str) -> MemberId {
     MemberId::fresh(name).expect("a valid member name")
 }
 
-async fn lease(store: &dyn Leases, shard: Shard) -> Lease {
+async fn lease(store: &dyn ShardLeases, shard: Shard) -> ShardLease {
     let table = store.read().await.expect("reading leases");
     assert_eq!(table.leases.len(), usize::from(SHARD_COUNT));
     table.leases[usize::from(shard.0)].clone()
 }
 
 /// Waits until the store's time has passed `t`.
-async fn past(store: &dyn Leases, t: Timestamp) -> Timestamp {
+async fn past(store: &dyn ShardLeases, t: Timestamp) -> Timestamp {
     loop {
         let now = store.read().await.expect("reading leases").now;
         if now > t {
@@ -28,7 +28,7 @@ async fn past(store: &dyn Leases, t: Timestamp) -> Timestamp {
     }
 }
 
-pub async fn an_unwritten_lease_is_free_and_taken_once(store: &dyn Leases) {
+pub async fn an_unwritten_lease_is_free_and_taken_once(store: &dyn ShardLeases) {
     let table = store.read().await.expect("reading leases");
     assert!(
         table
@@ -65,11 +65,11 @@ pub async fn an_unwritten_lease_is_free_and_taken_once(store: &dyn Leases) {
     // Other shards are untouched.
     assert_eq!(
         lease(store, Shard(0x124)).await,
-        Lease::unwritten(Shard(0x124))
+        ShardLease::unwritten(Shard(0x124))
     );
 }
 
-pub async fn a_held_lease_is_taken_only_once_it_expired(store: &dyn Leases) {
+pub async fn a_held_lease_is_taken_only_once_it_expired(store: &dyn ShardLeases) {
     let (a, b) = (member("a"), member("b"));
     let shard = Shard(7);
     let free = lease(store, shard).await;
@@ -96,7 +96,7 @@ pub async fn a_held_lease_is_taken_only_once_it_expired(store: &dyn Leases) {
     assert!(lease(store, shard).await.is_held_by(&b));
 }
 
-pub async fn a_renewal_after_a_takeover_is_refused(store: &dyn Leases) {
+pub async fn a_renewal_after_a_takeover_is_refused(store: &dyn ShardLeases) {
     let (a, b) = (member("a"), member("b"));
     let shard = Shard::LAST;
     let free = lease(store, shard).await;
@@ -124,7 +124,7 @@ pub async fn a_renewal_after_a_takeover_is_refused(store: &dyn Leases) {
     assert!(lease(store, shard).await.is_held_by(&b));
 }
 
-pub async fn a_renewal_before_a_takeover_defeats_it(store: &dyn Leases) {
+pub async fn a_renewal_before_a_takeover_defeats_it(store: &dyn ShardLeases) {
     let (a, b) = (member("a"), member("b"));
     let shard = Shard(0);
     let free = lease(store, shard).await;
@@ -144,7 +144,7 @@ pub async fn a_renewal_before_a_takeover_defeats_it(store: &dyn Leases) {
     assert!(lease(store, shard).await.is_held_by(&a));
 }
 
-pub async fn a_release_frees_the_lease_at_the_next_epoch(store: &dyn Leases) {
+pub async fn a_release_frees_the_lease_at_the_next_epoch(store: &dyn ShardLeases) {
     let (a, b) = (member("a"), member("b"));
     let shard = Shard(0x200);
     let free = lease(store, shard).await;
@@ -170,7 +170,7 @@ pub async fn a_release_frees_the_lease_at_the_next_epoch(store: &dyn Leases) {
     assert!(lease(store, shard).await.is_held_by(&b));
 }
 
-pub async fn members_announce_depart_and_are_forgotten_only_when_stale(store: &dyn Leases) {
+pub async fn members_announce_depart_and_are_forgotten_only_when_stale(store: &dyn ShardLeases) {
     let (a, b) = (member("a"), member("b"));
     store.announce(&a).await.unwrap();
     store.announce(&b).await.unwrap();

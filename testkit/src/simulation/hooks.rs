@@ -263,7 +263,7 @@ impl ChangelogLayer for ClaimWitness {
 /// would.
 #[derive(Debug)]
 pub struct FrozenLeases {
-    pub inner: Arc<dyn tiersweep::lease::Leases>,
+    pub inner: Arc<dyn tiersweep::shard_lease::ShardLeases>,
     pub until: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -277,26 +277,29 @@ impl FrozenLeases {
 }
 
 #[async_trait]
-impl tiersweep::lease::Leases for FrozenLeases {
-    async fn read(&self) -> StoreResult<tiersweep::lease::LeaseTable> {
+impl tiersweep::shard_lease::ShardLeases for FrozenLeases {
+    async fn read(&self) -> StoreResult<tiersweep::shard_lease::ShardLeaseTable> {
         self.thaw().await;
         self.inner.read().await
     }
-    async fn read_at(&self, now: Timestamp) -> StoreResult<tiersweep::lease::LeaseTable> {
+    async fn read_at(
+        &self,
+        now: Timestamp,
+    ) -> StoreResult<tiersweep::shard_lease::ShardLeaseTable> {
         self.thaw().await;
         self.inner.read_at(now).await
     }
-    async fn announce(&self, member: &tiersweep::lease::MemberId) -> StoreResult<()> {
+    async fn announce(&self, member: &tiersweep::shard_lease::MemberId) -> StoreResult<()> {
         self.thaw().await;
         self.inner.announce(member).await
     }
-    async fn depart(&self, member: &tiersweep::lease::MemberId) -> StoreResult<()> {
+    async fn depart(&self, member: &tiersweep::shard_lease::MemberId) -> StoreResult<()> {
         self.thaw().await;
         self.inner.depart(member).await
     }
     async fn forget(
         &self,
-        member: &tiersweep::lease::MemberId,
+        member: &tiersweep::shard_lease::MemberId,
         stale_before: Timestamp,
     ) -> StoreResult<bool> {
         self.thaw().await;
@@ -304,10 +307,10 @@ impl tiersweep::lease::Leases for FrozenLeases {
     }
     async fn acquire(
         &self,
-        seen: &tiersweep::lease::Lease,
-        by: &tiersweep::lease::MemberId,
+        seen: &tiersweep::shard_lease::ShardLease,
+        by: &tiersweep::shard_lease::MemberId,
         expired_before: Timestamp,
-    ) -> StoreResult<tiersweep::lease::Taken> {
+    ) -> StoreResult<tiersweep::shard_lease::Taken> {
         self.thaw().await;
         self.inner.acquire(seen, by, expired_before).await
     }
@@ -315,8 +318,8 @@ impl tiersweep::lease::Leases for FrozenLeases {
         &self,
         shard: tiersweep::model::Shard,
         epoch: u64,
-        by: &tiersweep::lease::MemberId,
-    ) -> StoreResult<tiersweep::lease::Kept> {
+        by: &tiersweep::shard_lease::MemberId,
+    ) -> StoreResult<tiersweep::shard_lease::Kept> {
         self.thaw().await;
         self.inner.renew(shard, epoch, by).await
     }
@@ -324,8 +327,8 @@ impl tiersweep::lease::Leases for FrozenLeases {
         &self,
         shard: tiersweep::model::Shard,
         epoch: u64,
-        by: &tiersweep::lease::MemberId,
-    ) -> StoreResult<tiersweep::lease::Kept> {
+        by: &tiersweep::shard_lease::MemberId,
+    ) -> StoreResult<tiersweep::shard_lease::Kept> {
         self.thaw().await;
         self.inner.release(shard, epoch, by).await
     }

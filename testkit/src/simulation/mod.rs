@@ -211,7 +211,7 @@ struct World {
     fanned: Option<fanout::FannedAudits>,
     /// The scanners' shard leases, when they hold their shards under leases (`None`: each
     /// reads a fixed half).
-    leases: Option<Arc<dyn tiersweep::lease::Leases>>,
+    leases: Option<Arc<dyn tiersweep::shard_lease::ShardLeases>>,
     /// Overlapping assignments the watcher saw.
     overlaps: Arc<Mutex<Vec<String>>>,
     processes: Vec<JoinHandle<()>>,
@@ -285,8 +285,9 @@ impl World {
         };
         let mem = sim_stores();
         let leases = plan.leased.then(|| {
-            Arc::new(tiersweep::lease::MemoryLeases::new(mem.clock.clone()))
-                as Arc<dyn tiersweep::lease::Leases>
+            Arc::new(tiersweep::shard_lease::MemoryShardLeases::new(
+                mem.clock.clone(),
+            )) as Arc<dyn tiersweep::shard_lease::ShardLeases>
         });
         Self {
             shape,
@@ -416,7 +417,7 @@ impl World {
                         continue;
                     };
                     // A new member each incarnation, as a restarted pod is.
-                    let me = tiersweep::lease::MemberId::fresh(&format!("scanner{i}"))
+                    let me = tiersweep::shard_lease::MemberId::fresh(&format!("scanner{i}"))
                         .expect("a valid member name");
                     let frozen = Arc::new(FrozenLeases {
                         inner: leases,

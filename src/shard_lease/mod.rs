@@ -6,10 +6,10 @@
 //! **epoch** that grows by one at every change of holder; every write to a lease is one
 //! compare-and-set on exactly the (epoch, holder) its writer last read:
 //!
-//! * [`acquire`](Leases::acquire) takes a lease that is free, or whose holder stopped
+//! * [`acquire`](ShardLeases::acquire) takes a lease that is free, or whose holder stopped
 //!   renewing it (stamped before `expired_before`), moving it to the next epoch;
-//! * [`renew`](Leases::renew) re-stamps a lease its holder still holds at its epoch;
-//! * [`release`](Leases::release) frees one, moving it to the next epoch.
+//! * [`renew`](ShardLeases::renew) re-stamps a lease its holder still holds at its epoch;
+//! * [`release`](ShardLeases::release) frees one, moving it to the next epoch.
 //!
 //! So a renewal that lands late, after another member took the lease, is refused (the
 //! epoch moved); one that lands before the takeover refreshes the stamp and the takeover is
@@ -32,9 +32,9 @@ use async_trait::async_trait;
 use crate::error::StoreResult;
 use crate::model::{ModelError, Shard, Timestamp};
 
-pub use bigtable::BigtableLeases;
+pub use bigtable::BigtableShardLeases;
 #[cfg(any(test, feature = "testing"))]
-pub use memory::MemoryLeases;
+pub use memory::MemoryShardLeases;
 
 /// One scanner process, for its life. A restarted process is a new member: its
 /// predecessor's leases are released on a clean stop and expire otherwise.
@@ -77,7 +77,7 @@ impl std::fmt::Display for MemberId {
 
 /// A shard's lease as read. A lease never written reads as epoch 0, free, stamped 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
+pub struct ShardLease {
     /// The shard leased.
     pub shard: Shard,
     /// Grows by one at every change of holder.
@@ -88,7 +88,7 @@ pub struct Lease {
     pub stamp: Timestamp,
 }
 
-impl Lease {
+impl ShardLease {
     /// How a lease never written reads: epoch 0, free, stamped 0.
     pub fn unwritten(shard: Shard) -> Self {
         Self {
@@ -146,11 +146,11 @@ pub struct Member {
 
 /// Every lease and member, read at once, with the store's time of the read.
 #[derive(Debug, Clone)]
-pub struct LeaseTable {
+pub struct ShardLeaseTable {
     /// The store's time of the read.
     pub now: Timestamp,
-    /// One per shard, in shard order ([`Lease::unwritten`] for those never written).
-    pub leases: Vec<Lease>,
+    /// One per shard, in shard order ([`ShardLease::unwritten`] for those never written).
+    pub leases: Vec<ShardLease>,
     /// Every member row read.
     pub members: Vec<Member>,
     /// Lease rows that did not decode, reported (key, reason) and left alone: their shards
@@ -182,17 +182,17 @@ pub enum Kept {
 #[async_trait]
 /// Shard leases and members (see the module documentation). Bigtable and memory implement
 /// it; one conformance suite runs on both.
-pub trait Leases: Send + Sync + std::fmt::Debug {
+pub trait ShardLeases: Send + Sync + std::fmt::Debug {
     /// Every lease and member, and the store's time (which costs a write: the clock row's
     /// re-stamp).
-    async fn read(&self) -> StoreResult<LeaseTable>;
+    async fn read(&self) -> StoreResult<ShardLeaseTable>;
 
     /// Every lease and member, judged at `now` (a caller's clock): reads only, for views
     /// whose role may not write (`tiersweep status`).
-    async fn read_at(&self, now: Timestamp) -> StoreResult<LeaseTable>;
+    async fn read_at(&self, now: Timestamp) -> StoreResult<ShardLeaseTable>;
 
     /// Stamps `member`'s row now: it is alive. Members count towards the pool's size from
-    /// their first announcement until they [`depart`](Leases::depart) or stop announcing.
+    /// their first announcement until they [`depart`](ShardLeases::depart) or stop announcing.
     async fn announce(&self, member: &MemberId) -> StoreResult<()>;
 
     /// Deletes `member`'s row (a clean stop).
@@ -206,7 +206,7 @@ pub trait Leases: Send + Sync + std::fmt::Debug {
     /// stamped before `expired_before`; the lease moves to the next epoch.
     async fn acquire(
         &self,
-        seen: &Lease,
+        seen: &ShardLease,
         by: &MemberId,
         expired_before: Timestamp,
     ) -> StoreResult<Taken>;

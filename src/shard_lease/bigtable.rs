@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use bigtable_rs::google::bigtable::v2::{RowFilter, RowRange, RowSet, row_range};
 
-use super::{Kept, Lease, LeaseTable, Leases, Member, MemberId, Taken};
+use super::{Kept, ShardLease, ShardLeaseTable, ShardLeases, Member, MemberId, Taken};
 use crate::bigtable::filter::{
     SERVER_TIME, chain, column, delete_column, delete_row, latest, set_cell, stamped_before,
     value_is,
@@ -20,15 +20,15 @@ use crate::model::{SHARD_COUNT, Shard, Timestamp};
 
 #[derive(Debug, Clone)]
 /// Leases and members on Bigtable, in the changelog table.
-pub struct BigtableLeases {
+pub struct BigtableShardLeases {
     client: BigtableClient,
     table: Table,
 }
 
-impl BigtableLeases {
+impl BigtableShardLeases {
     /// The leases kept in `changelog_table`.
     pub fn new(client: BigtableClient, changelog_table: &str) -> Self {
-        let table = client.table(StoreKind::Leases, changelog_table);
+        let table = client.table(StoreKind::ShardLeases, changelog_table);
         Self { client, table }
     }
 
@@ -45,7 +45,7 @@ impl BigtableLeases {
         chain(vec![
             column(FAMILY, LEASE),
             latest(),
-            value_is(Lease::encode_value(epoch, holder).as_bytes()),
+            value_is(ShardLease::encode_value(epoch, holder).as_bytes()),
         ])
     }
 
@@ -59,7 +59,7 @@ impl BigtableLeases {
                 FAMILY,
                 LEASE,
                 SERVER_TIME,
-                Lease::encode_value(epoch, holder).into_bytes(),
+                ShardLease::encode_value(epoch, holder).into_bytes(),
             ),
         ]
     }
@@ -85,7 +85,7 @@ impl BigtableLeases {
         Ok(if matched { Kept::Done } else { Kept::NotHeld })
     }
 
-    async fn read_lease(&self, shard: Shard) -> StoreResult<Option<Lease>> {
+    async fn read_lease(&self, shard: Shard) -> StoreResult<Option<ShardLease>> {
         let key = Self::lease_key(shard);
         let cells = self
             .client
@@ -96,7 +96,7 @@ impl BigtableLeases {
             )
             .await?;
         Ok(cells.and_then(|c| c.into_iter().next()).and_then(|c| {
-            Lease::decode_value(shard, &c.value, from_micros(c.timestamp_micros)).ok()
+            ShardLease::decode_value(shard, &c.value, from_micros(c.timestamp_micros)).ok()
         }))
     }
 }
@@ -116,23 +116,23 @@ fn prefix_range(prefix: &str) -> RowRange {
 }
 
 #[async_trait]
-impl Leases for BigtableLeases {
-    async fn read(&self) -> StoreResult<LeaseTable> {
+impl ShardLeases for BigtableShardLeases {
+    async fn read(&self) -> StoreResult<ShardLeaseTable> {
         let now = server_now(&self.client, &self.table).await?;
         self.read_at(now).await
     }
 
-    async fn read_at(&self, now: Timestamp) -> StoreResult<LeaseTable> {
+    async fn read_at(&self, now: Timestamp) -> StoreResult<ShardLeaseTable> {
         let rows = RowSet {
             row_keys: vec![],
             row_ranges: vec![prefix_range(LEASE_PREFIX), prefix_range(MEMBER_PREFIX)],
         };
         let filter = chain(vec![crate::bigtable::filter::family(FAMILY), latest()]);
         let found = self.client.read_rows(&self.table, rows, filter, 0).await?;
-        let mut table = LeaseTable {
+        let mut table = ShardLeaseTable {
             now,
             leases: (0..SHARD_COUNT)
-                .map(|s| Lease::unwritten(Shard(s)))
+                .map(|s| ShardLease::unwritten(Shard(s)))
                 .collect(),
             members: Vec::new(),
             malformed: Vec::new(),
@@ -156,7 +156,7 @@ impl Leases for BigtableLeases {
                 .filter(|s| *s < SHARD_COUNT && key.len() == LEASE_PREFIX.len() + 3)
                 .map(Shard);
             let decoded = match shard {
-                Some(shard) => Lease::decode_value(shard, &cell.value, stamp),
+                Some(shard) => ShardLease::decode_value(shard, &cell.value, stamp),
                 None => Err("not a lease row of any shard".to_owned()),
             };
             match decoded {
@@ -205,7 +205,7 @@ impl Leases for BigtableLeases {
 
     async fn acquire(
         &self,
-        seen: &Lease,
+        seen: &ShardLease,
         by: &MemberId,
         expired_before: Timestamp,
     ) -> StoreResult<Taken> {
@@ -223,7 +223,7 @@ impl Leases for BigtableLeases {
             let mut as_seen = vec![
                 column(FAMILY, LEASE),
                 latest(),
-                value_is(Lease::encode_value(seen.epoch, seen.holder.as_ref()).as_bytes()),
+                value_is(ShardLease::encode_value(seen.epoch, seen.holder.as_ref()).as_bytes()),
             ];
             if seen.holder.is_some() {
                 as_seen.push(stamped_before(micros(expired_before)));

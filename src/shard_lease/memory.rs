@@ -6,27 +6,27 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Kept, Lease, LeaseTable, Leases, Member, MemberId, Taken};
+use super::{Kept, ShardLease, ShardLeaseTable, ShardLeases, Member, MemberId, Taken};
 use crate::clock::SharedClock;
 use crate::error::StoreResult;
 use crate::model::{SHARD_COUNT, Shard, Timestamp};
 
 #[derive(Debug, Default)]
 struct State {
-    /// Leases ever written; the others read as [`Lease::unwritten`].
-    leases: BTreeMap<Shard, Lease>,
+    /// Leases ever written; the others read as [`ShardLease::unwritten`].
+    leases: BTreeMap<Shard, ShardLease>,
     members: BTreeMap<MemberId, Timestamp>,
 }
 
 #[derive(Debug)]
 /// Leases and members in memory, stamped in `clock` (the changelog twin's, when they share
 /// one).
-pub struct MemoryLeases {
+pub struct MemoryShardLeases {
     state: Mutex<State>,
     clock: SharedClock,
 }
 
-impl MemoryLeases {
+impl MemoryShardLeases {
     /// No leases written, no members.
     pub fn new(clock: SharedClock) -> Self {
         Self {
@@ -39,12 +39,12 @@ impl MemoryLeases {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lease(state: &State, shard: Shard) -> Lease {
+    fn lease(state: &State, shard: Shard) -> ShardLease {
         state
             .leases
             .get(&shard)
             .cloned()
-            .unwrap_or_else(|| Lease::unwritten(shard))
+            .unwrap_or_else(|| ShardLease::unwritten(shard))
     }
 
     /// Moves `shard`'s lease to `holder` at `epoch`, stamped now.
@@ -52,7 +52,7 @@ impl MemoryLeases {
         let stamp = self.clock.now();
         state.leases.insert(
             shard,
-            Lease {
+            ShardLease {
                 shard,
                 epoch,
                 holder,
@@ -63,14 +63,14 @@ impl MemoryLeases {
 }
 
 #[async_trait]
-impl Leases for MemoryLeases {
-    async fn read(&self) -> StoreResult<LeaseTable> {
+impl ShardLeases for MemoryShardLeases {
+    async fn read(&self) -> StoreResult<ShardLeaseTable> {
         self.read_at(self.clock.now()).await
     }
 
-    async fn read_at(&self, now: Timestamp) -> StoreResult<LeaseTable> {
+    async fn read_at(&self, now: Timestamp) -> StoreResult<ShardLeaseTable> {
         let state = self.state();
-        Ok(LeaseTable {
+        Ok(ShardLeaseTable {
             now,
             leases: (0..SHARD_COUNT)
                 .map(|s| Self::lease(&state, Shard(s)))
@@ -109,7 +109,7 @@ impl Leases for MemoryLeases {
 
     async fn acquire(
         &self,
-        seen: &Lease,
+        seen: &ShardLease,
         by: &MemberId,
         expired_before: Timestamp,
     ) -> StoreResult<Taken> {
