@@ -91,7 +91,7 @@ pub enum Mutant {
     /// A failed re-read of the watched rows due now drops them from the watch set instead
     /// of watching them again: a Bigtable hiccup leaves them to the next sweep.
     RecheckErrorDropsRows,
-    /// A writer defers its change after an upload that needed a retry with `cleanup_after`
+    /// A writer defers its change after an upload that needed a retry with `due_at`
     /// on its own clock: one behind makes the row due at once, and recovery deletes before
     /// the failed attempt lands.
     WriterSettleOnHostClock,

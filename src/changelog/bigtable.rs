@@ -198,7 +198,7 @@ fn waiting(key: &[u8], cells: &[RowCell], cutoff: Timestamp) -> Option<ScannedRo
         Ok(id) => ScannedRow::Waiting {
             id,
             stamp,
-            cleanup_after: None,
+            due_at: None,
         },
         Err(e) => ScannedRow::Malformed {
             key: key.into_owned(),
@@ -309,7 +309,7 @@ impl Changelog for BigtableChangelog {
                 continue;
             }
             match decode(&key, cells) {
-                Ok(entry) if entry.record.cleanup_after.is_none_or(|t| t <= req.now) => {
+                Ok(entry) if entry.record.due_at.is_none_or(|t| t <= req.now) => {
                     page.rows.push(ScannedRow::Entry(entry));
                 }
                 Ok(entry) => {
@@ -317,7 +317,7 @@ impl Changelog for BigtableChangelog {
                         page.rows.push(ScannedRow::Waiting {
                             id: entry.id,
                             stamp: entry.stamp,
-                            cleanup_after: entry.record.cleanup_after,
+                            due_at: entry.record.due_at,
                         });
                     }
                 }

@@ -327,13 +327,13 @@ impl Changelog for MemoryChangelog {
                 let in_window = req.stamped_from.is_none_or(|from| row.stamp >= from);
                 let reported = if stale && in_window {
                     match decode(key, row) {
-                        Ok(e) if e.record.cleanup_after.is_none_or(|t| t <= req.now) => {
+                        Ok(e) if e.record.due_at.is_none_or(|t| t <= req.now) => {
                             Some(ScannedRow::Entry(e))
                         }
                         Ok(e) => report_waiting.then_some(ScannedRow::Waiting {
                             id: e.id,
                             stamp: e.stamp,
-                            cleanup_after: e.record.cleanup_after,
+                            due_at: e.record.due_at,
                         }),
                         Err(reason) => Some(ScannedRow::Malformed {
                             key: key.clone(),
@@ -345,7 +345,7 @@ impl Changelog for MemoryChangelog {
                         Ok(id) => ScannedRow::Waiting {
                             id,
                             stamp: row.stamp,
-                            cleanup_after: None,
+                            due_at: None,
                         },
                         Err(e) => ScannedRow::Malformed {
                             key: key.clone(),

@@ -61,7 +61,7 @@ pub enum ScannedRow {
     },
     /// A row that is not claimable now, reported only when the scan asks
     /// ([`ScanRequest::report_waiting`]): live (its writer heartbeats it), claimed (its
-    /// lease runs), or deferred (`cleanup_after` is later than the scan's `now`; then it is
+    /// lease runs), or deferred (`due_at` is later than the scan's `now`; then it is
     /// given). How a scanner learns which rows behind its lower key bound it must come
     /// back to.
     Waiting {
@@ -70,7 +70,7 @@ pub enum ScannedRow {
         /// Its liveness stamp.
         stamp: Timestamp,
         /// When the change asked to be left alone until, if it did.
-        cleanup_after: Option<Timestamp>,
+        due_at: Option<Timestamp>,
     },
 }
 
@@ -109,7 +109,7 @@ pub struct ScanRequest {
     /// Only rows stamped at or after this (`None`: however long ago): how a scanner reads
     /// just the rows that turned stale since its last look, ahead of an outage's backlog.
     pub stamped_from: Option<Timestamp>,
-    /// Rows whose record says `cleanup_after` later than this are skipped.
+    /// Rows whose record says `due_at` later than this are skipped.
     pub now: Timestamp,
     /// Resume strictly after this row key (from [`ScanPage::resume_after`]).
     pub start_after: Option<String>,
@@ -228,7 +228,7 @@ pub enum Extension {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 /// How a deferral ended.
 pub enum Deferral {
-    /// The row waits until the record's `cleanup_after`.
+    /// The row waits until the record's `due_at`.
     Deferred,
     /// The row is gone or owned by someone else; it was left as it is.
     NotOwned,
@@ -326,7 +326,7 @@ pub trait Changelog: Send + Sync + std::fmt::Debug {
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()>;
 
     /// Rewrites the row's record as `record`, stamped now, if `record.owner` owns it: how a
-    /// writer hands a change to recovery for later (a later `cleanup_after`), e.g. after an
+    /// writer hands a change to recovery for later (a later `due_at`), e.g. after an
     /// upload failed in a way that may still let it land.
     async fn defer(&self, id: &ChangeId, record: &ChangeRecord) -> StoreResult<Deferral>;
 

@@ -530,16 +530,18 @@ pub struct ChangeRecord {
     /// W3C `traceparent` of the writer's request, so a recovery trace can link back to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    /// Scans must not return the entry before this time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cleanup_after: Option<Timestamp>,
+    /// The row is not due for recovery before this time, in the changelog's time: scans
+    /// do not return it and cleaners do not converge it earlier (a deferral sets it;
+    /// docs/design/deferral.md). Stored under its original key, so rows stay readable.
+    #[serde(default, rename = "cleanup_after", skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
     /// How many times recovery has claimed the entry; grows the claim lease on each retry.
     #[serde(default)]
     pub claims: u32,
-    /// Set by a deferral that waited out the upload settle: by `cleanup_after`, no attempt
+    /// Set by a deferral that waited out the upload settle: by `due_at`, no attempt
     /// of `new`'s upload can still land (a writer deferring after a failed upload; recovery
     /// deferring its own second pass). Recovery then removes the row after its deletes. A
-    /// row due by `cleanup_after` without it (a deferred put, whose client may be sending
+    /// row due at `due_at` without it (a deferred put, whose client may be sending
     /// the last bytes at the deadline) gets a settle pass like any abandoned upload.
     /// Written only when set, so rows without it stay readable by earlier releases.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -561,7 +563,7 @@ impl ChangeRecord {
             new,
             owner,
             traceparent: None,
-            cleanup_after: None,
+            due_at: None,
             claims: 0,
             settled: false,
         }
@@ -647,6 +649,19 @@ mod tests {
         assert!(p("anything").is_under(""));
     }
     use super::*;
+
+    /// A row's due time is stored under the key rows have always carried, so a row written
+    /// by an earlier release decodes with its due time, and one written now is read by it.
+    #[test]
+    fn a_records_due_time_keeps_its_stored_key() {
+        let path = ObjectPath::new("due/a").unwrap();
+        let mut record = ChangeRecord::new(path, None, None, OwnerToken::writer());
+        record.due_at = Some(Timestamp(1_234));
+        let stored = String::from_utf8(record.encode()).unwrap();
+        assert!(stored.contains("\"cleanup_after\":1234"), "{stored}");
+        assert!(!stored.contains("due_at"), "{stored}");
+        assert_eq!(ChangeRecord::decode(stored.as_bytes()).unwrap().due_at, Some(Timestamp(1_234)));
+    }
 
     #[test]
     fn rfc3339_times_parse_to_the_millisecond() {

@@ -222,7 +222,7 @@ async fn defer_for_settle(
     retry: &RetryPolicy,
 ) -> StoreResult<RowFate> {
     // In the changelog's time (Bigtable's server), the clock the scanners judge
-    // `cleanup_after` by: a cleaner host's clock behind by the settle would make the row
+    // `due_at` by: a cleaner host's clock behind by the settle would make the row
     // due at once, and the dead writer's upload could then land after the second pass, an
     // orphan. No fallback to the host clock: a failed read fails the job, which is retried.
     let now = if crate::mutants::on(crate::mutants::Mutant::SettleOnHostClock) {
@@ -233,7 +233,7 @@ async fn defer_for_settle(
     let due = now.saturating_add(settle);
     let mut deferred = record.clone();
     deferred.owner = owner.clone();
-    deferred.cleanup_after = Some(due);
+    deferred.due_at = Some(due);
     deferred.settled = true;
     // Not a failed attempt: the second pass starts from the base lease.
     deferred.claims = 0;

@@ -41,7 +41,7 @@ pub enum JobOutcome {
     AlreadyConverged,
     /// The row belongs to another claim (a newer job) or to its writer (a forged job).
     NotOurClaim,
-    /// The row is deferred until later (`cleanup_after`): a duplicate or redelivered job
+    /// The row is deferred until later (`due_at`): a duplicate or redelivered job
     /// for a change recovery already converged once and is letting settle.
     NotDue,
     /// Nacked for redelivery.
@@ -229,7 +229,7 @@ impl Cleaner {
         // duplicate, a redelivery after its ack deadline), and converging now would cut the
         // settle short. Judged in the changelog's time, as the deferral was stamped and as
         // the scanners judge it: a cleaner whose clock runs ahead must not see it due early.
-        if let Some(due) = entry.record.cleanup_after
+        if let Some(due) = entry.record.due_at
             && !on(Mutant::RecoveryRemovesAtOnce)
         {
             let now = if on(Mutant::SettleOnHostClock) {

@@ -95,7 +95,7 @@ pub async fn backlog(
     loop {
         let req = ScanRequest {
             shards: ShardSet::ALL,
-            // Everything: rows stamped at any time, whatever their cleanup_after.
+            // Everything: rows stamped at any time, whatever their due_at.
             cutoff: Timestamp(i64::MAX),
             stamped_from: None,
             now: Timestamp(i64::MAX),

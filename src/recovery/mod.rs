@@ -191,7 +191,7 @@ impl RecoveryConfig {
     /// cleaner, when nothing else asks: often enough that a lease is extended well before
     /// it ends and a lost job is republished close to `republish_after`. It is also how
     /// late a scanner may learn that a cleaner deferred a claimed row, so a deferred row is
-    /// taken up within its `cleanup_after` plus this plus a round.
+    /// taken up within its `due_at` plus this plus a round.
     pub fn review_every(&self) -> Duration {
         self.claim_lease.min(self.republish_after) / 4
     }

@@ -12,11 +12,11 @@
 //! * the cleaner, once it has the job (see [`super::cleaner`]), for as long as it works.
 //!
 //! A waiting claim is one whose row is still as the scanner left it: same owner, same
-//! stamp, same `cleanup_after`. Anything else means a cleaner took it (it removed,
+//! stamp, same `due_at`. Anything else means a cleaner took it (it removed,
 //! deferred or extended the row) or another claim replaced it, and the scanner forgets it
 //! — but not the row: a review hands back every claim it forgets whose row is still there
 //! ([`Forgotten`]), and the scanner watches it until it could be claimable again (a
-//! deferred row at its `cleanup_after`, a released claim when its lease ends). Its id was
+//! deferred row at its `due_at`, a released claim when its lease ends). Its id was
 //! minted before the scanner's key bound, so nothing else would read it before the next
 //! full sweep.
 //!
@@ -52,7 +52,7 @@ struct Waiting {
     claim: OwnerToken,
     /// The stamp the row carries while nobody but this scanner touched it.
     stamp: Timestamp,
-    cleanup_after: Option<Timestamp>,
+    due_at: Option<Timestamp>,
     /// The row's claim count, which sets its lease.
     claims: u32,
     /// When its job was first published, and last, in the changelog's time.
@@ -62,12 +62,12 @@ struct Waiting {
 }
 
 /// A claim a review stopped keeping whose row may still need recovery: when it could be
-/// claimable again is its stamp plus the staleness threshold, or its `cleanup_after`.
+/// claimable again is its stamp plus the staleness threshold, or its `due_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forgotten {
     pub id: ChangeId,
     pub stamp: Timestamp,
-    pub cleanup_after: Option<Timestamp>,
+    pub due_at: Option<Timestamp>,
 }
 
 /// What one review of the waiting claims did.
@@ -116,7 +116,7 @@ impl QueuedClaims {
             id: won.id.clone(),
             claim: won.record.owner.clone(),
             stamp: won.stamp,
-            cleanup_after: won.record.cleanup_after,
+            due_at: won.record.due_at,
             claims: won.record.claims,
             first_published: now,
             published: now,
@@ -161,7 +161,7 @@ impl QueuedClaims {
             forgotten.push(Forgotten {
                 id: w.id.clone(),
                 stamp: w.stamp,
-                cleanup_after: w.cleanup_after,
+                due_at: w.due_at,
             });
         }
         review.released = released.len();
@@ -215,7 +215,7 @@ impl QueuedClaims {
                     forgotten.push(Forgotten {
                         id: row.id,
                         stamp: row.stamp,
-                        cleanup_after: row.record.cleanup_after,
+                        due_at: row.record.due_at,
                     });
                     false
                 }
@@ -369,7 +369,7 @@ impl QueuedClaims {
                     forgotten.push(Forgotten {
                         id: self.waiting[i].id.clone(),
                         stamp: now,
-                        cleanup_after: None,
+                        due_at: None,
                     });
                 }
                 // Tried again at the next review; the lease has half its length left.
@@ -386,7 +386,7 @@ impl QueuedClaims {
 fn still_waiting(w: &Waiting, row: &ChangelogEntry) -> bool {
     row.record.owner == w.claim
         && row.stamp == w.stamp
-        && row.record.cleanup_after == w.cleanup_after
+        && row.record.due_at == w.due_at
 }
 
 /// Past the point where the scanner stops keeping the claim alive, whether or not its

@@ -264,9 +264,9 @@ impl Scanner {
     }
 
     /// When a row stamped `stamp` could first be stale (or due, if deferred).
-    fn due(&self, stamp: Timestamp, cleanup_after: Option<Timestamp>) -> Timestamp {
+    fn due(&self, stamp: Timestamp, due_at: Option<Timestamp>) -> Timestamp {
         let stale_from = stamp.saturating_add(self.config.protocol.staleness_threshold);
-        cleanup_after.map_or(stale_from, |t| t.max(stale_from))
+        due_at.map_or(stale_from, |t| t.max(stale_from))
     }
 
     /// When to read again a row seen not claimable. A row stamped ahead of the changelog's
@@ -280,10 +280,10 @@ impl Scanner {
     fn due_seen(
         &self,
         stamp: Timestamp,
-        cleanup_after: Option<Timestamp>,
+        due_at: Option<Timestamp>,
         now: Timestamp,
     ) -> Timestamp {
-        let due = self.due(stamp, cleanup_after);
+        let due = self.due(stamp, due_at);
         let leased =
             stamp > now && !crate::mutants::on(crate::mutants::Mutant::LeasedRowsWatchedToLeaseEnd);
         if leased {
@@ -339,7 +339,7 @@ impl Scanner {
             }
             // A row the claim's cleaner extended is under a lease the cleaner may cut
             // short with a deferral: read again every review period, as any leased row.
-            let due = self.due_seen(f.stamp, f.cleanup_after, now);
+            let due = self.due_seen(f.stamp, f.due_at, now);
             self.keep(&f.id, due);
         }
     }
@@ -654,10 +654,10 @@ impl Scanner {
         };
         let mut stale = Vec::new();
         for entry in rows.into_iter().flatten() {
-            if entry.stamp < cutoff && entry.record.cleanup_after.is_none_or(|t| t <= now) {
+            if entry.stamp < cutoff && entry.record.due_at.is_none_or(|t| t <= now) {
                 stale.push(entry);
             } else if !crate::mutants::on(crate::mutants::Mutant::RecheckDropsLiveRows) {
-                let due = self.due_seen(entry.stamp, entry.record.cleanup_after, now);
+                let due = self.due_seen(entry.stamp, entry.record.due_at, now);
                 self.keep(&entry.id, due);
             }
         }
@@ -768,9 +768,9 @@ impl Scanner {
                 ScannedRow::Waiting {
                     id,
                     stamp,
-                    cleanup_after,
+                    due_at,
                 } => {
-                    let due = self.due_seen(stamp, cleanup_after, now);
+                    let due = self.due_seen(stamp, due_at, now);
                     self.keep(&id, due);
                 }
                 ScannedRow::Malformed { key, reason } => {
@@ -832,7 +832,7 @@ impl Scanner {
                             "a change keeps failing; tiersweep status lists it, tiersweep reset retries it at once");
                     }
                     // Its lease may end with the job undone: the row is read again then.
-                    let due = self.due(job.0.stamp, job.0.record.cleanup_after);
+                    let due = self.due(job.0.stamp, job.0.record.due_at);
                     self.keep(&id, due);
                     jobs.push(job);
                 }

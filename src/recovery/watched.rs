@@ -7,7 +7,7 @@
 //! * rows that were not claimable when seen (live, claimed, deferred), which may turn
 //!   stale at any time: the scanner *watches* them, re-reading each (by key, in batches)
 //!   when it could first be stale: its stamp plus the staleness threshold, or its
-//!   `cleanup_after`;
+//!   `due_at`;
 //! * rows recorded after the pass went by although their ids were minted earlier (a
 //!   writer that stalled between minting and recording, or whose clock runs behind): only
 //!   the periodic full sweep finds them.

@@ -41,7 +41,7 @@ impl DeferredPut {
 
     /// When recovery may take the change over, by the changelog's clock.
     pub fn deadline(&self) -> Option<crate::model::Timestamp> {
-        self.guard.record.cleanup_after
+        self.guard.record.due_at
     }
 
     /// Whether the put may still be finished: `Expired` once less than the safety margin
@@ -207,7 +207,7 @@ impl TieredStorage {
         // deadline): a scanner that saw the row watches it until the time it saw, so an
         // earlier one would be taken up only then anyway; later is always safe.
         let settled = now.saturating_add(self.config.upload_settle);
-        record.cleanup_after = match record.cleanup_after {
+        record.due_at = match record.due_at {
             Some(due) if !crate::mutants::on(crate::mutants::Mutant::SettleMovesDueEarlier) => {
                 Some(due.max(settled))
             }

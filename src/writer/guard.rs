@@ -234,7 +234,7 @@ impl ChangeGuard {
         };
         let validity = within.saturating_sub(protocol.safety_margin);
         let now = retry.run("now", || changelog.now()).await?;
-        record.cleanup_after = Some(now.saturating_add(within));
+        record.due_at = Some(now.saturating_add(within));
         record_while_valid(&changelog, &id, &record, &clock, sent, validity, &retry).await?;
         Ok(Self {
             id,

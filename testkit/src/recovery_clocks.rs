@@ -62,7 +62,7 @@ async fn converges_in_the_end(stores: &Stores, path: &ObjectPath, protocol: Prot
 }
 
 /// A cleaner whose clock runs behind by more than the settle deletes a dead writer's
-/// upload and defers the row for the settle. When `cleanup_after` was the cleaner's clock
+/// upload and defers the row for the settle. When `due_at` was the cleaner's clock
 /// plus the settle, the row was due at once in the changelog's time: the next pass
 /// removed it, and the writer's upload, landing within the settle, was an orphan no row
 /// names (I2). The settle is stamped in the changelog's time.
@@ -105,7 +105,7 @@ pub async fn a_cleaner_clock_behind_does_not_cut_the_settle_short(
 
 /// Recovery defers a dead writer's row for the settle; the job that deferred it is
 /// delivered again (Pub/Sub is at-least-once) to a cleaner whose clock runs ahead by more
-/// than the settle. When that cleaner judged `cleanup_after` on its own clock, it found the
+/// than the settle. When that cleaner judged `due_at` on its own clock, it found the
 /// row due, converged it and removed it, and the upload landing within the settle was an
 /// orphan (I2). The cleaner judges it in the changelog's time: not due.
 pub async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
@@ -126,7 +126,7 @@ pub async fn a_duplicate_job_on_a_cleaner_ahead_does_not_cut_the_settle_short(
     let [row] = rows.as_slice() else {
         panic!("one deferred row: {rows:?}");
     };
-    assert!(row.record.cleanup_after.is_some(), "the row is deferred");
+    assert!(row.record.due_at.is_some(), "the row is deferred");
     // The same job again: the deferring claim is still the row's owner.
     let duplicate = CleanupJob::new(row.id.clone(), row.record.owner.clone());
     assert_eq!(

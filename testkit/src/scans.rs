@@ -211,7 +211,7 @@ pub async fn a_row_minted_behind_the_key_bound_is_found_by_the_full_sweep(
 
 /// A settle of eight thresholds under a claim lease four times longer, and no sweep within
 /// a schedule: a deferred row taken up at the lease's end or by a sweep, rather than at its
-/// `cleanup_after`, fails the schedules below.
+/// `due_at`, fails the schedules below.
 fn settle_under_a_long_lease(protocol: ProtocolConfig) -> RecoveryConfig {
     let settle = protocol.staleness_threshold * 8;
     RecoveryConfig {
@@ -238,7 +238,7 @@ async fn second_pass_converged(stores: &Stores, path: &ObjectPath) {
 /// scanner set when it claimed the row brought it back — at the claim's lease end, which
 /// in production (10 min) and in this schedule (four settles) comes long after the settle.
 /// The scanner now watches a row whose claim it lets go from the row as it finds it, so
-/// the second pass comes at `cleanup_after`, with no sweep and no wait for the lease.
+/// the second pass comes at `due_at`, with no sweep and no wait for the lease.
 pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
     stores: Stores,
     protocol: ProtocolConfig,
@@ -254,7 +254,7 @@ pub async fn a_change_deferred_for_its_settle_is_taken_up_at_its_due_time(
 /// extends the claim while it works: the scanner's next review finds the row changed under
 /// its queued claim and lets the claim go, the row now under a lease that ends long after
 /// the cleaner's deferral. It used to watch the row until that lease's end; it must take
-/// the row up at its `cleanup_after` (plus a review period), as any row under a lease.
+/// the row up at its `due_at` (plus a review period), as any row under a lease.
 pub async fn a_claim_its_cleaner_extended_then_deferred_is_taken_up_at_its_due_time(
     stores: Stores,
     protocol: ProtocolConfig,
@@ -340,7 +340,7 @@ async fn second_pass_at_its_due_time(
 /// job; the cleaner deletes the upload and defers the row for its settle. The restarted
 /// scanner does not hold the claim (it cannot learn of the deferral at a review of its own
 /// claims), and saw the row under a lease that ends long after the settle: it must still
-/// take the row up at its `cleanup_after`, not at the lease's end or the next sweep.
+/// take the row up at its `due_at`, not at the lease's end or the next sweep.
 pub async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
     stores: Stores,
     protocol: ProtocolConfig,

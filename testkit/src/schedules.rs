@@ -1318,7 +1318,7 @@ pub async fn a_deferred_put_whose_upload_fails_keeps_its_deadline(
     };
     let deadline = before
         .record
-        .cleanup_after
+        .due_at
         .expect("a deferred put carries its deadline");
     let body = futures::stream::iter([Ok::<Bytes, std::io::Error>(large("failing"))]);
     let finished = writer.finish_deferred_put(put, body).await;
@@ -1331,7 +1331,7 @@ pub async fn a_deferred_put_whose_upload_fails_keeps_its_deadline(
         "deferred for its upload settle: {after:?}"
     );
     assert!(
-        after.record.cleanup_after >= Some(deadline),
+        after.record.due_at >= Some(deadline),
         "due no earlier than the put's deadline {deadline:?}: {after:?}"
     );
 }

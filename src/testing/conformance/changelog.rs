@@ -201,7 +201,7 @@ pub async fn a_repeated_record_confirms_without_writing(cl: &dyn Changelog) {
     let (id, rec) = (ChangeId::mint(), record());
     let stamp = recorded(cl, &id, &rec).await;
     let mut deferred = rec.clone();
-    deferred.cleanup_after = Some(stamp.saturating_add(LEASE));
+    deferred.due_at = Some(stamp.saturating_add(LEASE));
     assert_eq!(
         cl.defer(&id, &deferred).await.unwrap(),
         crate::changelog::Deferral::Deferred
@@ -554,7 +554,7 @@ pub async fn a_scan_reports_rows_not_claimable_as_waiting_when_asked(cl: &dyn Ch
     let (stale, deferred, live) = (ChangeId::mint(), ChangeId::mint(), ChangeId::mint());
     let stale_stamp = recorded(cl, &stale, &record()).await;
     let mut later = record();
-    later.cleanup_after = Some(stale_stamp.saturating_add(Duration::from_secs(3600)));
+    later.due_at = Some(stale_stamp.saturating_add(Duration::from_secs(3600)));
     let deferred_stamp = recorded(cl, &deferred, &later).await;
     let live_record = record();
     let mut live_stamp = recorded(cl, &live, &live_record).await;
@@ -587,14 +587,14 @@ pub async fn a_scan_reports_rows_not_claimable_as_waiting_when_asked(cl: &dyn Ch
             ScannedRow::Waiting {
                 id: w,
                 stamp,
-                cleanup_after,
-            } if w == id => Some((*stamp, *cleanup_after)),
+                due_at,
+            } if w == id => Some((*stamp, *due_at)),
             _ => None,
         })
     };
     assert_eq!(
         waiting(&deferred),
-        Some((entry(cl, &deferred).await.stamp, later.cleanup_after)),
+        Some((entry(cl, &deferred).await.stamp, later.due_at)),
         "a deferred row comes with its cleanup time"
     );
     assert_eq!(
@@ -608,11 +608,11 @@ pub async fn a_scan_reports_rows_not_claimable_as_waiting_when_asked(cl: &dyn Ch
 pub async fn cleanup_after_is_honoured(cl: &dyn Changelog) {
     let (id, mut rec) = (ChangeId::mint(), record());
     let probe = recorded(cl, &ChangeId::mint(), &record()).await;
-    rec.cleanup_after = Some(probe.saturating_add(Duration::from_secs(3600)));
+    rec.due_at = Some(probe.saturating_add(Duration::from_secs(3600)));
     let stamp = recorded(cl, &id, &rec).await;
     let cutoff = stamp.saturating_add(MS);
     assert!(!scan_ids(cl, cutoff, cutoff).await.contains(&id));
-    let after = rec.cleanup_after.unwrap();
+    let after = rec.due_at.unwrap();
     assert!(scan_ids(cl, cutoff, after).await.contains(&id));
 }
 
@@ -620,7 +620,7 @@ pub async fn defer_rewrites_only_for_the_owner_and_postpones_recovery(cl: &dyn C
     let (id, rec) = (ChangeId::mint(), record());
     let stamp = recorded(cl, &id, &rec).await;
     let mut later = rec.clone();
-    later.cleanup_after = Some(stamp.saturating_add(Duration::from_secs(3600)));
+    later.due_at = Some(stamp.saturating_add(Duration::from_secs(3600)));
     let mut stranger = later.clone();
     stranger.owner = OwnerToken::mint("stranger");
     assert_eq!(
@@ -641,10 +641,10 @@ pub async fn defer_rewrites_only_for_the_owner_and_postpones_recovery(cl: &dyn C
     let cutoff = deferred.stamp.saturating_add(MS);
     assert!(
         !scan_ids(cl, cutoff, cutoff).await.contains(&id),
-        "a deferred row is left alone until its cleanup_after"
+        "a deferred row is left alone until its due_at"
     );
     assert!(
-        scan_ids(cl, cutoff, later.cleanup_after.unwrap())
+        scan_ids(cl, cutoff, later.due_at.unwrap())
             .await
             .contains(&id)
     );

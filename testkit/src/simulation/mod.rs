@@ -986,7 +986,7 @@ impl World {
     }
 
     /// Liveness, while scanners run undisturbed (at quiescence): every row due for recovery
-    /// (stale, or past its `cleanup_after`) is claimed or changed within [`ONE_ROUND`] and a
+    /// (stale, or past its `due_at`) is claimed or changed within [`ONE_ROUND`] and a
     /// scanner's review period of becoming due — found by a running scanner's rounds, watch set or fresh read, not left
     /// to its next full sweep. A row whose id was minted more than a staleness threshold
     /// before the row was created (a writer's clock behind, or a record attempt held while
@@ -1014,7 +1014,7 @@ impl World {
                 continue;
             }
             let mut due = entry.stamp.saturating_add(threshold).max(since);
-            if let Some(after) = entry.record.cleanup_after {
+            if let Some(after) = entry.record.due_at {
                 due = due.max(after);
             }
             if minted > created.saturating_add(self.recovery.max_writer_skew) {
@@ -1039,12 +1039,12 @@ impl World {
             if now > due.saturating_add(late) {
                 return Err(format!(
                     "liveness: row {id} ({}, owner {}, {} claims) due at {due} is still there at {now}, \
-                     more than {late:?} later (stamp {}, cleanup_after {:?}, created {created}, minted {minted})",
+                     more than {late:?} later (stamp {}, due_at {:?}, created {created}, minted {minted})",
                     entry.record.object,
                     entry.record.owner,
                     entry.record.claims,
                     entry.stamp,
-                    entry.record.cleanup_after,
+                    entry.record.due_at,
                 ));
             }
         }

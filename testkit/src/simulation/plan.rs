@@ -278,7 +278,7 @@ pub const BACKPRESSURE_ROOM: usize = 10;
 pub const BACKPRESSURE_BATCH: usize = 3;
 
 /// The claim lease as deployed: with a settle shorter than it, a deferred row that is
-/// read again only at its lease's end (not at its `cleanup_after`) waits minutes.
+/// read again only at its lease's end (not at its `due_at`) waits minutes.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
 
 /// The claim lease in the other half: four heartbeats, so that leases end, double and are
@@ -755,7 +755,7 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
         // A writer dies before its HV write; a scanner claims the change and is restarted
         // while the job waits in the queue. The cleaner that takes the job defers the row
         // for its settle: the restarted scanner, which saw the row under its predecessor's
-        // lease, must take it up at its `cleanup_after`, not when the lease ends.
+        // lease, must take it up at its `due_at`, not when the lease ends.
         7 => vec![
             Event::Queue(QueueFault::Delay(1, secs(rng.random_range(60..180)))),
             large_put(
