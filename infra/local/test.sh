@@ -45,12 +45,33 @@ cargo run -q -p tiersweep --example embed
 
 # Stop on exit only what this run started; emulators that were already up stay up.
 source infra/local/common.sh
-started=()
-for name in bigtable pubsub gcs gcs-upload; do live_pid "$name" >/dev/null || started+=("$name"); done
-cleanup() { [[ ${#started[@]} -eq 0 ]] || infra/local/stop.sh "${started[@]}"; }
+# A run from another checkout beside this one uses the same emulators (start.sh reuses
+# whatever answers on their ports). Every run holds a shared lock while it tests; the run
+# that started the emulators stops them only once it holds the lock alone, so it never
+# stops them under another run's tests (it waits for them, at most two hours).
+exec 9>"${TMPDIR:-/tmp}/tiersweep-emulators-$(id -u).lock"
+flock -s 9
+already=()
+for name in bigtable pubsub gcs gcs-upload; do live_pid "$name" >/dev/null && already+=("$name"); done
+# What this run started: live under this checkout's state directory and not before (start.sh
+# records no PID for emulators it found answering for another checkout). Worked out on
+# exit, so that a start.sh that failed half-way has what it started stopped too.
+cleanup() {
+  local started=() name
+  for name in bigtable pubsub gcs gcs-upload; do
+    if live_pid "$name" >/dev/null && [[ " ${already[*]} " != *" $name "* ]]; then started+=("$name"); fi
+  done
+  [[ ${#started[@]} -gt 0 ]] || return 0
+  if ! flock -n -x 9; then
+    echo "test.sh: another run is using the emulators; stopping them once it is done" >&2
+    flock -x -w 7200 9 || { echo "test.sh: still in use after 2 h; leaving the emulators running" >&2; return 0; }
+  fi
+  infra/local/stop.sh "${started[@]}"
+}
 trap cleanup EXIT
 # Not `eval "$(start.sh)"`: that would carry on after start.sh failed.
-emulator_env=$(infra/local/start.sh)
+# (The lock's descriptor is closed for start.sh: emulators must not hold it.)
+emulator_env=$(infra/local/start.sh 9>&-)
 eval "$emulator_env"
 
 cargo nextest run --workspace --all-features --no-fail-fast "$@"
