@@ -12,8 +12,11 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 mkdir -p "$STATE_DIR"
 
-# Tests and scripts may call this concurrently; one start at a time.
-exec 9>"$STATE_DIR/start.lock"
+# Tests and scripts may call this concurrently, from this checkout or another one (the
+# ports are the machine's): one start at a time, so that a second start waits until the
+# first has started and provisioned the emulators, then finds them answering. (Two
+# provisionings at once would race on cbt's create-if-missing.)
+exec 9>"${TMPDIR:-/tmp}/tiersweep-emulators-start-$(id -u).lock"
 flock 9
 
 missing_gcloud_emulators() {
