@@ -302,7 +302,9 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        Config::load(Some(&path), env, &overrides)
+        let loaded = Config::load(Some(&path), env, &overrides);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
     }
 
     #[test]
