@@ -80,6 +80,7 @@ internal_modules! {
     lt,
     model,
     mutants,
+    pace,
     protocol,
     queue,
     recovery,

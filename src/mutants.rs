@@ -141,6 +141,9 @@ pub enum Mutant {
     PartReadSpansMerge,
     /// A cleaner's delete pace has no floor: a cut below one a second stops its deletes.
     PaceWithoutFloor,
+    /// A recovery worker's Bigtable pace has no floor: a cut below one row a second stops
+    /// its changelog and HV calls.
+    BigtablePaceWithoutFloor,
     /// A scanner's room review (the oldest waiting claims, read to make room) forgets the
     /// claims it read that still wait, as if taken: their leases are no longer extended
     /// nor their jobs republished, so a lost job waits for the next full sweep.
@@ -150,7 +153,7 @@ pub enum Mutant {
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
     #[cfg(any(test, feature = "testing"))]
-    pub const ALL: [Mutant; 43] = [
+    pub const ALL: [Mutant; 44] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -194,6 +197,7 @@ impl Mutant {
         Mutant::PartReadSpansMerge,
         Mutant::PaceWithoutFloor,
         Mutant::RoomReviewDropsUntaken,
+        Mutant::BigtablePaceWithoutFloor,
     ];
 }
 

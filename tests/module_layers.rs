@@ -160,10 +160,10 @@ fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
     }
     let mut marks = BTreeMap::new();
     for node in graph.keys() {
-        if !marks.contains_key(node.as_str()) {
-            if let Some(cycle) = visit(graph, node, &mut marks, &mut Vec::new()) {
-                return Some(cycle);
-            }
+        if !marks.contains_key(node.as_str())
+            && let Some(cycle) = visit(graph, node, &mut marks, &mut Vec::new())
+        {
+            return Some(cycle);
         }
     }
     None

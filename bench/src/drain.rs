@@ -47,6 +47,9 @@ pub struct DrainPlan {
     /// Recovery's upload settle: production's by default, so every backlog change gets the
     /// pass after it (an existence check) ten minutes after its first.
     pub upload_settle: Duration,
+    /// Each scanner's and cleaner's Bigtable pace to start at (rows a second): production's
+    /// by default; a rate no drain reaches turns the pacing off.
+    pub bigtable_rows_per_s: f64,
     pub seed: u64,
 }
 
@@ -61,6 +64,7 @@ impl DrainPlan {
             cleaner_concurrency: 64,
             bigtable_nodes: 2,
             upload_settle: tiersweep::protocol::UPLOAD_SETTLE,
+            bigtable_rows_per_s: tiersweep::recovery::RecoveryConfig::default().bigtable_rows_per_s,
             seed: 7,
         }
     }
@@ -175,6 +179,7 @@ pub async fn run(plan: DrainPlan) -> DrainReport {
         idle_poll: Duration::from_millis(200),
         cleaner_concurrency: plan.cleaner_concurrency,
         upload_settle: plan.upload_settle,
+        bigtable_rows_per_s: plan.bigtable_rows_per_s,
         ..RecoveryConfig::default()
     };
     let queue = MemoryQueue::new(

@@ -183,6 +183,7 @@ pub(crate) fn recovery_config(in_flight: usize) -> RecoveryConfig {
         // No bucket limit in these models: the pipeline's own cost is measured, so the
         // cleaners' delete pace must never bind (the capacity-model runs pace as deployed).
         gcs_deletes_per_s: UNPACED,
+        bigtable_rows_per_s: UNPACED,
         ..RecoveryConfig::default()
     }
 }

@@ -17,6 +17,7 @@
 pub mod batched;
 pub mod bigtable;
 mod layer;
+mod paced;
 pub mod memory;
 #[cfg(any(test, feature = "testing"))]
 pub mod noop;
@@ -32,6 +33,7 @@ pub use batched::Batched;
 pub use bigtable::BigtableChangelog;
 pub use layer::ChangelogLayer;
 pub use memory::MemoryChangelog;
+pub use paced::PacedChangelog;
 #[cfg(any(test, feature = "testing"))]
 pub use noop::NoopChangelog;
 

@@ -378,8 +378,10 @@ mod tests {
             let field = key.trim_start_matches("worker.");
             assert!(err.to_string().contains(field), "{retired}: {err}");
         }
-        let err = load("", &[], &["recovery.gcs_deletes_per_s=0"]).unwrap_err();
-        assert!(err.to_string().contains("gcs_deletes_per_s"), "{err}");
+        for rate in ["gcs_deletes_per_s", "bigtable_rows_per_s"] {
+            let err = load("", &[], &[&format!("recovery.{rate}=0")]).unwrap_err();
+            assert!(err.to_string().contains(rate), "{err}");
+        }
         let err = load("", &[], &["gcs.bucket="]).unwrap_err();
         assert!(err.to_string().contains("gcs.bucket"), "{err}");
         let err = load("", &[], &["nodot=1"]).unwrap_err();

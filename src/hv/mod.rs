@@ -30,6 +30,7 @@
 
 pub mod bigtable;
 pub mod memory;
+mod paced;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,6 +40,7 @@ use crate::model::{ChangeId, HvValue, ObjectMeta, ObjectPath, Revision};
 
 pub use bigtable::BigtableHv;
 pub use memory::MemoryHv;
+pub use paced::PacedHv;
 
 /// The version a write leaves in a row. Opaque; compared for equality only. (The
 /// changelog's liveness *stamps* are times; an HV version is a token.)

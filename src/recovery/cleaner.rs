@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::RecoveryConfig;
 use super::job::CleanupJob;
 use crate::error::{ErrorKind, StoreError};
+use crate::pace::{Pace, Paced};
 use crate::protocol::converge::{ConvergeReport, Ending, HvView, RowFate, converge};
 use crate::queue::{Delivery, FlowControl, JobQueue};
 use crate::stores::Stores;
@@ -93,7 +94,12 @@ impl Cleaner {
     /// A cleaner over `stores`, whose changelog reads and removals it batches across the
     /// jobs in flight ([`Batched`](crate::changelog::Batched)).
     pub fn new(mut stores: Stores, queue: Arc<dyn JobQueue>, config: RecoveryConfig) -> Self {
-        stores.changelog = Arc::new(crate::changelog::Batched::new(stores.changelog));
+        // Bigtable's rows are shared with the pool's other workers and the writers; the
+        // batching sits above the pace, so a batch waits for all its rows' turns.
+        let bigtable = Arc::new(Pace::starting_at(Paced::BigtableRows, config.bigtable_rows_per_s));
+        stores.hv = Arc::new(crate::hv::PacedHv::new(stores.hv, bigtable.clone()));
+        let paced = Arc::new(crate::changelog::PacedChangelog::new(stores.changelog, bigtable));
+        stores.changelog = Arc::new(crate::changelog::Batched::new(paced));
         // Deletes share the bucket's limit with the pool's other cleaners and the writers.
         stores.lt = Arc::new(crate::lt::paced::PacedLt::new(
             stores.lt,

@@ -117,10 +117,15 @@ pub struct RecoveryConfig {
     #[serde(with = "crate::duration")]
     pub upload_settle: Duration,
     /// GCS deletes a second each cleaner process starts at. The rate then adapts: cut by a
-    /// fifth when GCS refuses, raised while it does not (`src/lt/paced.rs`), so the
+    /// fifth when GCS refuses, raised while it does not (`src/pace.rs`), so the
     /// cleaners of a pool share the bucket's limit without being told their number. Any
     /// start works; one near the process's share of the limit saves the ramp.
     pub gcs_deletes_per_s: f64,
+    /// Bigtable rows a second each scanner and cleaner starts pacing its changelog and HV
+    /// calls at (a batch of n rows counts n). It adapts like the GCS pace, cut when
+    /// Bigtable refuses and raised while the pace is what holds the worker back
+    /// (`src/pace.rs`), so a pool leaves the cluster room for the writers' calls in a drain.
+    pub bigtable_rows_per_s: f64,
     /// How store calls are retried.
     #[serde(skip)]
     pub retry: RetryPolicy,
@@ -144,6 +149,7 @@ impl Default for RecoveryConfig {
             object_prefix: String::new(),
             upload_settle: crate::protocol::UPLOAD_SETTLE,
             gcs_deletes_per_s: crate::lt::paced::START_PER_S,
+            bigtable_rows_per_s: crate::pace::BIGTABLE_START_PER_S,
             retry: RetryPolicy::default(),
         }
     }
@@ -164,13 +170,18 @@ impl RecoveryConfig {
                 return Err(ConfigError::new(field, "must be at least 1"));
             }
         }
-        // NaN is no rate either.
-        if self.gcs_deletes_per_s.is_nan() || self.gcs_deletes_per_s < crate::lt::paced::FLOOR_PER_S
-        {
-            return Err(ConfigError::new(
-                "gcs_deletes_per_s",
-                "must be at least 1 (deletes a second a cleaner starts at; it adapts)",
-            ));
+        let rates = [
+            ("gcs_deletes_per_s", self.gcs_deletes_per_s, "deletes a second a cleaner"),
+            ("bigtable_rows_per_s", self.bigtable_rows_per_s, "Bigtable rows a second a worker"),
+        ];
+        for (field, per_s, what) in rates {
+            // NaN is no rate either.
+            if per_s.is_nan() || per_s < crate::pace::FLOOR_PER_S {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be at least 1 ({what} starts at; it adapts)"),
+                ));
+            }
         }
         if self.republish_after.is_zero() {
             return Err(ConfigError::new(

@@ -20,6 +20,7 @@ use super::watched::{Overflow, Span, Watched};
 use crate::changelog::{Changelog, ChangelogEntry, Claim, MintedWindow, ScanRequest, ScannedRow};
 use crate::error::StoreResult;
 use crate::model::{ChangeId, OwnerToken, ShardSet, Timestamp};
+use crate::pace::{Pace, Paced};
 use crate::queue::JobQueue;
 use crate::telemetry::metrics::{PassBacklog, METRICS};
 use crate::telemetry::{attr, propagation, span};
@@ -173,6 +174,9 @@ impl Scanner {
         shards: impl Into<ShardSet>,
     ) -> Self {
         let shards = shards.into();
+        // Bigtable's rows are shared with the pool's other workers and the writers.
+        let pace = Pace::starting_at(Paced::BigtableRows, config.bigtable_rows_per_s);
+        let changelog = Arc::new(crate::changelog::PacedChangelog::new(changelog, Arc::new(pace)));
         Self {
             changelog,
             queue,

@@ -99,6 +99,10 @@ pub struct BenchArgs {
     /// time); 0 skips it.
     #[arg(long, default_value_t = 1_000_000)]
     drain_changes: usize,
+    /// The drain's workers' Bigtable pace to start at, rows a second each (production's
+    /// default); a rate the drain never reaches, such as 1e9, measures it unpaced.
+    #[arg(long)]
+    drain_bigtable_rows_per_s: Option<f64>,
     /// Removed-but-not-compacted rows in the scan-cost run (stale rows found: a tenth as
     /// many), key-bounded against full-range rounds; 0 skips it.
     #[arg(long, default_value_t = 20_000)]
@@ -227,7 +231,10 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             "[drain] {} changes against the capacity model",
             args.drain_changes
         );
-        let plan = crate::drain::DrainPlan::new(args.drain_changes);
+        let mut plan = crate::drain::DrainPlan::new(args.drain_changes);
+        if let Some(per_s) = args.drain_bigtable_rows_per_s {
+            plan.bigtable_rows_per_s = per_s;
+        }
         report.drain = Some(paused("the drain run", move || crate::drain::run(plan)).await?);
         write_json(&args.out, &report)?;
     }

@@ -243,6 +243,7 @@ impl World {
         recovery.republish_after = plan.claim_lease;
         recovery.max_watched_rows = plan.watch_room;
         recovery.gcs_deletes_per_s = f64::from(plan.delete_pace);
+        recovery.bigtable_rows_per_s = f64::from(plan.bigtable_pace);
         if plan.watch_room < RecoveryConfig::default().max_watched_rows {
             // Pages of two rows: a span of a handful of rows is read part-way.
             recovery.scan_batch = plan::SMALL_WATCH_BATCH;

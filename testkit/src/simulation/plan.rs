@@ -260,6 +260,10 @@ pub struct Plan {
     /// floor in half the schedules, so that deletes wait their turn while leases run and
     /// a refused delete's cut is felt.
     pub delete_pace: u32,
+    /// The Bigtable rows a second each scanner and cleaner starts pacing at: production's
+    /// default, or the floor in half the schedules, so that changelog and HV calls wait
+    /// their turns while leases and claims run, and a refused call's cut is felt.
+    pub bigtable_pace: u32,
 }
 
 /// The scanners' `scan_batch` with a small watch set: spans of a few rows are read in
@@ -357,9 +361,14 @@ impl Plan {
             .copied()
             .unwrap_or(tiersweep::recovery::RecoveryConfig::default().max_watched_rows);
         let delete_pace = if rng.random_bool(0.5) {
-            tiersweep::lt::paced::FLOOR_PER_S
+            tiersweep::pace::FLOOR_PER_S
         } else {
             tiersweep::lt::paced::START_PER_S
+        } as u32;
+        let bigtable_pace = if rng.random_bool(0.5) {
+            tiersweep::pace::FLOOR_PER_S
+        } else {
+            tiersweep::pace::BIGTABLE_START_PER_S
         } as u32;
         Self {
             seed,
@@ -372,6 +381,7 @@ impl Plan {
             backpressure,
             watch_room,
             delete_pace,
+            bigtable_pace,
         }
     }
 
@@ -388,6 +398,7 @@ impl Plan {
             backpressure: self.backpressure,
             watch_room: self.watch_room,
             delete_pace: self.delete_pace,
+            bigtable_pace: self.bigtable_pace,
         }
     }
 }
