@@ -112,6 +112,7 @@ impl Pace {
     }
 
     /// The current rate, units a second.
+    #[cfg(test)]
     pub fn per_s(&self) -> f64 {
         self.lock().per_s
     }
