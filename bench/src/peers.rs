@@ -59,6 +59,9 @@ pub struct PeersPlan {
     /// Changes the seed loop converges at once (its shape: one).
     pub seed_in_flight: usize,
     pub bigtable_nodes: u32,
+    /// The pipeline's workers' Bigtable pace to start at (rows a second each): production's
+    /// by default; a rate no run reaches turns the pacing off.
+    pub bigtable_rows_per_s: f64,
     pub seed: u64,
 }
 
@@ -73,6 +76,7 @@ impl PeersPlan {
             cleaner_concurrency: 64,
             seed_in_flight: 1,
             bigtable_nodes: 2,
+            bigtable_rows_per_s: RecoveryConfig::default().bigtable_rows_per_s,
             seed: 7,
         }
     }
@@ -338,6 +342,7 @@ fn start_recovery(
 fn production(plan: &PeersPlan) -> RecoveryConfig {
     RecoveryConfig {
         cleaner_concurrency: plan.cleaner_concurrency,
+        bigtable_rows_per_s: plan.bigtable_rows_per_s,
         ..RecoveryConfig::default()
     }
 }

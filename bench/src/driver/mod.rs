@@ -99,10 +99,11 @@ pub struct BenchArgs {
     /// time); 0 skips it.
     #[arg(long, default_value_t = 1_000_000)]
     drain_changes: usize,
-    /// The drain's workers' Bigtable pace to start at, rows a second each (production's
-    /// default); a rate the drain never reaches, such as 1e9, measures it unpaced.
+    /// The Bigtable pace recovery's workers start at in the capacity-model runs (the drain
+    /// and the side by side), rows a second each; production's default when not given. A
+    /// rate no run reaches, such as 1e9, measures them unpaced.
     #[arg(long)]
-    drain_bigtable_rows_per_s: Option<f64>,
+    bigtable_rows_per_s: Option<f64>,
     /// Removed-but-not-compacted rows in the scan-cost run (stale rows found: a tenth as
     /// many), key-bounded against full-range rounds; 0 skips it.
     #[arg(long, default_value_t = 20_000)]
@@ -232,7 +233,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             args.drain_changes
         );
         let mut plan = crate::drain::DrainPlan::new(args.drain_changes);
-        if let Some(per_s) = args.drain_bigtable_rows_per_s {
+        if let Some(per_s) = args.bigtable_rows_per_s {
             plan.bigtable_rows_per_s = per_s;
         }
         report.drain = Some(paused("the drain run", move || crate::drain::run(plan)).await?);
@@ -241,6 +242,9 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     if args.peers_orphans > 0 {
         let plan = crate::peers::PeersPlan {
             live: args.peers_orphans * args.peers_live_per_orphan,
+            bigtable_rows_per_s: args
+                .bigtable_rows_per_s
+                .unwrap_or(tiersweep::recovery::RecoveryConfig::default().bigtable_rows_per_s),
             ..crate::peers::PeersPlan::new(args.peers_orphans)
         };
         eprintln!(
