@@ -65,6 +65,15 @@ impl Paced {
         if mutants::on(mutant) { 0.0 } else { FLOOR_PER_S }
     }
 
+    /// Whether the rate starts by doubling each second it is used in full, until the first
+    /// refusal (TCP's slow start). A Bigtable cluster's rows per worker depend on its nodes
+    /// and the pool's size, so a start rate is a guess that may be far below what a drain
+    /// needs: growing 5 % a second from it would cost a burst of work tens of seconds. A
+    /// bucket's limit for a new bucket is known, and the GCS start is set from it.
+    fn slow_start(self) -> bool {
+        self == Paced::BigtableRows
+    }
+
     fn refused(self) -> &'static str {
         match self {
             Paced::GcsDeletes => "GCS refused a delete; pacing this cleaner's deletes slower",
@@ -88,6 +97,8 @@ struct State {
     /// The earliest time the next call may go.
     next: Instant,
     last_cut: Option<Instant>,
+    /// Doubling while used in full, until the first refusal ([`Paced::slow_start`]).
+    slow_start: bool,
 }
 
 /// A call's turn, taken by [`Pace::turn`] and handed back to [`Pace::learn`].
@@ -107,6 +118,7 @@ impl Pace {
                 per_s: per_s.max(FLOOR_PER_S),
                 next: Instant::now(),
                 last_cut: None,
+                slow_start: paced.slow_start(),
             }),
         }
     }
@@ -153,8 +165,12 @@ impl Pace {
     pub fn learn<T>(&self, turn: Turn, units: usize, outcome: &StoreResult<T>) {
         let mut s = self.lock();
         match outcome {
-            // `per_s` units a second at full pace, each adding GROWTH.
-            Ok(_) if turn.waited => s.per_s += GROWTH * units.max(1) as f64,
+            // `per_s` units a second at full pace, each adding GROWTH (in slow start ln 2,
+            // which doubles the rate each second).
+            Ok(_) if turn.waited => {
+                let growth = if s.slow_start { std::f64::consts::LN_2 } else { GROWTH };
+                s.per_s += growth * units.max(1) as f64;
+            }
             Ok(_) => {}
             Err(e) if e.kind == ErrorKind::Transient => {
                 let now = Instant::now();
@@ -162,6 +178,7 @@ impl Pace {
                     return;
                 }
                 s.last_cut = Some(now);
+                s.slow_start = false;
                 s.per_s = (s.per_s * DECREASE).max(self.paced.floor());
                 if s.per_s < FLOOR_PER_S {
                     // No rate: the next turn never comes.
@@ -266,6 +283,31 @@ mod tests {
         // 5 % a second, compounded over 10 s: 100 × 1.05^10 ≈ 163.
         let now = pace.per_s();
         assert!((155.0..=170.0).contains(&now), "{now}");
+    }
+
+    /// A Bigtable pace doubles each second it is used in full until the first refusal,
+    /// then grows by its growth.
+    #[tokio::test(start_paused = true)]
+    async fn a_bigtable_pace_starts_slow_until_refused() {
+        let pace = Pace::starting_at(Paced::BigtableRows, 100.0);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            pace.run(async { Ok(()) }, |_| 1).await.unwrap();
+        }
+        // Doubling a second: 100 × 2^3 = 800.
+        let now = pace.per_s();
+        assert!((700.0..=900.0).contains(&now), "{now}");
+        pace.learn(Turn { waited: true }, 1, &refused());
+        let cut = pace.per_s();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            pace.run(async { Ok(()) }, |_| 1).await.unwrap();
+        }
+        let after = pace.per_s();
+        assert!(
+            after > cut && after <= cut * 1.06,
+            "after a cut, 5 % a second: {cut} -> {after}"
+        );
     }
 
     /// A caller that never waits for its turn is not held back by the rate, so its
