@@ -103,8 +103,7 @@ struct State {
 
 /// A call's turn, taken by [`Pace::turn`] and handed back to [`Pace::learn`].
 #[derive(Debug, Clone, Copy)]
-#[must_use = "a turn is handed back to `learn` with the call's outcome"]
-pub struct Turn {
+struct Turn {
     /// The call waited for its turn: the rate, not the caller, set its time.
     waited: bool,
 }
@@ -135,7 +134,7 @@ impl Pace {
 
     /// Waits for one unit's turn. A turn taken and then abandoned (the caller cancelled)
     /// is a slot left unused, nothing more.
-    pub async fn turn(&self) -> Turn {
+    async fn turn(&self) -> Turn {
         let at = {
             let mut s = self.lock();
             let now = Instant::now();
@@ -150,7 +149,7 @@ impl Pace {
 
     /// Charges `units` more to a call that has had its turn (a batch's rows beyond its
     /// first): the calls after it wait for them.
-    pub fn charge(&self, units: usize) {
+    fn charge(&self, units: usize) {
         if units == 0 {
             return;
         }
@@ -162,7 +161,7 @@ impl Pace {
 
     /// Learns from a call's outcome: a transient error cuts the rate; success, for a call
     /// that waited its turn, raises it by [`GROWTH`] for each of the call's `units`.
-    pub fn learn<T>(&self, turn: Turn, units: usize, outcome: &StoreResult<T>) {
+    fn learn<T>(&self, turn: Turn, units: usize, outcome: &StoreResult<T>) {
         let mut s = self.lock();
         match outcome {
             // `per_s` units a second at full pace, each adding GROWTH (in slow start ln 2,
