@@ -18,7 +18,7 @@
 //! still finds the rate near the limit, not far above it.
 //!
 //! Units are the service's: a delete, a Bigtable row. A call takes one unit's turn before
-//! it goes and is charged the rest of its units when it returns ([`Pace::charge`]), because
+//! it goes and is charged the rest of its units when it returns ([`Pace::run`]), because
 //! a scan learns how many rows it read only then.
 //!
 //! Liveness only: the rate never falls below [`FLOOR_PER_S`], and a call waits at most its
