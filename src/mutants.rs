@@ -120,6 +120,10 @@ pub enum Mutant {
     /// A scanner reads a shard it gains from the key bound of its current round on, not
     /// whole: rows below the bound that the shard's last holder left go to the next sweep.
     GainedShardsNotReadWhole,
+    /// A scanner that gains shards does not read them for rows that turned stale while
+    /// they changed hands: its fresh read starts at its own last cutoff and round, so such
+    /// a crash waits for the round, under backpressure until the round's first pass ends.
+    HandoverNotReadFresh,
     /// The fresh read claims within the backlog's part of the room, not the whole room: a
     /// drain held back at its part leaves rows that just turned stale waiting behind it.
     FreshReadWithoutReserve,
@@ -153,7 +157,7 @@ pub enum Mutant {
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
     #[cfg(any(test, feature = "testing"))]
-    pub const ALL: [Mutant; 44] = [
+    pub const ALL: [Mutant; 45] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -189,6 +193,7 @@ impl Mutant {
         Mutant::LeaseUsedPastTtl,
         Mutant::ExpiredLeasesKept,
         Mutant::GainedShardsNotReadWhole,
+        Mutant::HandoverNotReadFresh,
         Mutant::FreshReadWithoutReserve,
         Mutant::ExpiredRunJobsJudged,
         Mutant::ExistsErrorTakenForAbsent,

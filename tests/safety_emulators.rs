@@ -173,6 +173,16 @@ async fn a_predecessors_claim_deferred_by_a_cleaner_is_taken_up_at_its_due_time(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_stale_during_a_handover_is_claimed_ahead_of_the_backlog() {
+    let stores = emulators().await.stores(clock::system()).await;
+    tiersweep_testkit::scans::a_crash_stale_during_a_handover_is_claimed_ahead_of_the_backlog(
+        stores,
+        protocol(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start() {
     let stores = emulators().await.stores(clock::system()).await;
     tiersweep_testkit::scans::a_fresh_crash_is_claimed_while_the_round_holds_back_at_its_start(

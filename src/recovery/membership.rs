@@ -48,6 +48,9 @@ const FORGET_AFTER_TTLS: u32 = 20;
 #[derive(Debug, Clone, Default)]
 pub struct Assignment {
     held: BTreeMap<Shard, Instant>,
+    /// The keeper's lease period: a shard let go by one member is held by the next within
+    /// one ([`Self::handover`]).
+    period: Duration,
 }
 
 impl Assignment {
@@ -58,6 +61,13 @@ impl Assignment {
             .filter(|(_, until)| **until > now)
             .map(|(s, _)| *s)
             .collect()
+    }
+
+    /// The longest a shard goes unheld when it changes hands: its old holder stops reading
+    /// it before letting it go (or before its lease can end), and the new one takes it
+    /// within a lease period.
+    pub(crate) fn handover(&self) -> Duration {
+        self.period
     }
 }
 
@@ -103,7 +113,10 @@ impl LeaseKeeper {
         me: MemberId,
         period: Duration,
     ) -> (Self, watch::Receiver<Assignment>) {
-        let (tx, rx) = watch::channel(Assignment::default());
+        let (tx, rx) = watch::channel(Assignment {
+            held: BTreeMap::new(),
+            period,
+        });
         let keeper = Self {
             leases,
             me,
@@ -145,7 +158,10 @@ impl LeaseKeeper {
 
     fn publish(&self) {
         let held = self.held.iter().map(|(s, h)| (*s, h.valid_until)).collect();
-        self.tx.send_replace(Assignment { held });
+        self.tx.send_replace(Assignment {
+            held,
+            period: self.period,
+        });
     }
 
     /// One round of announce, renew, read and rebalance.

@@ -142,6 +142,12 @@ pub struct Scanner {
     /// Where the next look at rows that just turned stale starts: the cutoff of the last
     /// look that read them all (or of the last whole pass). `None` before the first page.
     fresh_from: Option<Timestamp>,
+    /// Shards gained since this scanner's last page: its next page reads, in them, the
+    /// rows that turned stale while they changed hands ([`Scanner::read_handover`]).
+    handed_over: ShardSet,
+    /// How long a shard may go unheld when it changes hands: the lease period when shards
+    /// are held under leases (from the assignment), zero when set by hand.
+    handover: Duration,
     /// The backlog the current pass over the shards has seen so far; published to the
     /// metrics when the pass wraps around.
     pass: PassBacklog,
@@ -187,6 +193,8 @@ impl Scanner {
             cursor: None,
             holding_back: false,
             fresh_from: None,
+            handed_over: ShardSet::EMPTY,
+            handover: Duration::ZERO,
             pass: PassBacklog::default(),
             queued: QueuedClaims::default(),
             round: None,
@@ -217,6 +225,12 @@ impl Scanner {
     /// A shard lost is no longer read and its watched rows are dropped; its new owner reads
     /// it whole. Claims already published from lost shards stay this scanner's to keep
     /// alive (`recovery::queued`): handing a shard over re-claims nothing.
+    ///
+    /// A crash in a gained shard that turned stale while the shard changed hands — after
+    /// its old holder's last page, before this scanner's — lies behind both bounds of this
+    /// scanner's fresh read (its own last cutoff and round). The next page reads the
+    /// gained shards for such rows once (see `read_handover`), so a few crashes are
+    /// claimed ahead of any backlog, as they would have been had the shard stayed put.
     pub fn set_shards(&mut self, shards: ShardSet) {
         if shards == self.shards {
             return;
@@ -228,7 +242,11 @@ impl Scanner {
             if !crate::mutants::on(crate::mutants::Mutant::GainedShardsNotReadWhole) {
                 self.unswept.insert(s);
             }
+            if !crate::mutants::on(crate::mutants::Mutant::HandoverNotReadFresh) {
+                self.handed_over.insert(s);
+            }
         }
+        self.handed_over = self.handed_over.difference(&lost);
         self.unswept = self.unswept.difference(&lost);
         if let Some(round) = &mut self.round {
             round.whole = round.whole.difference(&gained);
@@ -395,6 +413,9 @@ impl Scanner {
             report.republished = review.republished;
         }
         let cutoff = now.saturating_sub(self.config.protocol.staleness_threshold);
+        if !self.handed_over.is_empty() {
+            self.read_handover(cutoff, now, scan, &mut report).await?;
+        }
         let watched_more = self
             .read_ahead_of_round(cutoff, now, scan, &mut report)
             .await?;
@@ -553,29 +574,16 @@ impl Scanner {
         now: Timestamp,
         scan: &tracing::Span,
     ) -> StoreResult<(Claimed, ScanReport)> {
-        let req = ScanRequest {
-            shards: self.shards,
-            cutoff,
-            stamped_from: Some(from),
-            now,
-            start_after: None,
-            limit: self.config.scan_batch,
-            // The fresh read is for changes that crashed recently: ids minted since the
-            // last completed round began (those minted before were seen by it, and the ones
-            // that could turn stale are watched), or, before any round completed (a first
-            // round held back through a whole drain), since one threshold before `from`.
-            // Anything older is the round's to find: reading it here would read the whole
-            // key range, backlog and tombstones, on every page.
-            minted: self.bounded().then_some(MintedWindow {
-                from: Some(self.seen_before.unwrap_or_else(|| {
-                    from.saturating_sub(self.config.protocol.staleness_threshold)
-                })),
-                to: None,
-                whole: ShardSet::EMPTY,
-                ahead: None,
-            }),
-            report_waiting: false,
-        };
+        // The fresh read is for changes that crashed recently: ids minted since the last
+        // completed round began (those minted before were seen by it, and the ones that
+        // could turn stale are watched), or, before any round completed (a first round held
+        // back through a whole drain), since one threshold before `from`. Anything older is
+        // the round's to find: reading it here would read the whole key range, backlog and
+        // tombstones, on every page.
+        let minted_from = self
+            .seen_before
+            .unwrap_or_else(|| from.saturating_sub(self.config.protocol.staleness_threshold));
+        let req = self.stale_since(self.shards, from, cutoff, now, minted_from);
         let page = self.changelog.scan_stale(&req).await?;
         let full = page.resume_after.is_some();
         let mut counts = ScanReport::default();
@@ -599,6 +607,91 @@ impl Scanner {
         }
         counts.held_back = held_back;
         Ok((claimed, counts))
+    }
+
+    /// A read of the rows in `shards` that turned stale since `from` (stamped in
+    /// `[from, cutoff)`), a batch at most, among the ids minted since `minted_from` when
+    /// scans are bounded by key.
+    fn stale_since(
+        &self,
+        shards: ShardSet,
+        from: Timestamp,
+        cutoff: Timestamp,
+        now: Timestamp,
+        minted_from: Timestamp,
+    ) -> ScanRequest {
+        ScanRequest {
+            shards,
+            cutoff,
+            stamped_from: Some(from),
+            now,
+            start_after: None,
+            limit: self.config.scan_batch,
+            minted: self.bounded().then_some(MintedWindow {
+                from: Some(minted_from),
+                to: None,
+                whole: ShardSet::EMPTY,
+                ahead: None,
+            }),
+            report_waiting: false,
+        }
+    }
+
+    /// Reads, in the shards gained since the last page, the rows that turned stale while
+    /// they changed hands, and claims them with the whole room — unless they are more than
+    /// a page: then they are a backlog that turned stale together (a node's writers lost
+    /// just before a handover), which the round finds in its turn, reading the gained
+    /// shards whole, rather than the fresh read's room holding it ahead of newer crashes.
+    ///
+    /// The window: rows stamped up to the handover's length before this page's cutoff — a
+    /// lease period for the shard to find a new holder, this scanner's poll (its page may
+    /// come that long after it gained the shard) and a threshold for the old holder's last
+    /// page (begun that long before it let go) — in ids minted up to a threshold before
+    /// that (a write that never heartbeated was minted about when it was stamped). A writer
+    /// that heartbeated through the handover and died after it is older: its old holder
+    /// watched it, and this scanner finds it reading the shard whole. Rows stamped after
+    /// the cutoff are the fresh read's, as ever.
+    async fn read_handover(
+        &mut self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        scan: &tracing::Span,
+        report: &mut ScanReport,
+    ) -> StoreResult<()> {
+        let lookback =
+            self.handover + self.config.idle_poll + self.config.protocol.staleness_threshold;
+        let from = cutoff.saturating_sub(lookback);
+        let minted_from = from.saturating_sub(self.config.protocol.staleness_threshold);
+        let shards = self.handed_over.intersection(&self.shards);
+        let req = self.stale_since(shards, from, cutoff, now, minted_from);
+        let page = self.changelog.scan_stale(&req).await?;
+        // Read: whatever happens next, the gained shards' rows are the round's and the
+        // fresh read's from here.
+        let gained = std::mem::replace(&mut self.handed_over, ShardSet::EMPTY);
+        if page.resume_after.is_some() {
+            tracing::info!(scanner = %self.label, %gained, rows = page.rows.len(),
+                "a backlog turned stale while shards changed hands: left to the round");
+            return Ok(());
+        }
+        let mut counts = ScanReport::default();
+        let entries = self.entries(page.rows, now, &mut counts);
+        let claimed = self
+            .claim_and_publish(entries, self.config.max_queued_claims, cutoff, now, scan)
+            .await?;
+        if claimed.won > 0 {
+            tracing::info!(scanner = %self.label, %gained, won = claimed.won,
+                "claimed rows that turned stale while shards changed hands");
+        }
+        if let Some(e) = &claimed.error {
+            tracing::warn!(scanner = %self.label, error = %e,
+                "a claim on a row that turned stale during a handover failed; the round will find it");
+        }
+        report.fresh += claimed.won;
+        report.add_claims(&claimed);
+        report.scanned += counts.scanned;
+        report.malformed += counts.malformed;
+        report.held_back += claimed.held_back.len();
+        Ok(())
     }
 
     /// A round wrapped around: every id minted before it began has been seen, so the next
@@ -963,7 +1056,11 @@ impl Scanner {
         let mut backoff = None;
         while !cancel.is_cancelled() {
             if let Some(rx) = &assignment {
-                let valid = rx.borrow().valid_at(tokio::time::Instant::now());
+                let (valid, handover) = {
+                    let a = rx.borrow();
+                    (a.valid_at(tokio::time::Instant::now()), a.handover())
+                };
+                self.handover = handover;
                 self.set_shards(valid);
             }
             let wait = match self.scan_page().await {

@@ -540,6 +540,87 @@ pub async fn a_shard_handed_over_is_read_whole_by_its_new_owner(
     );
 }
 
+/// A scanner whose round's part of the room is full gains a shard in which a writer died
+/// while nobody read the shard: the crash turned stale after the shard's old holder let
+/// it go, before this scanner took it — behind both bounds of this scanner's fresh read
+/// (its own last cutoff and round). The page after the handover reads the gained shard
+/// for such rows and claims the crash with the room kept for rows that just turned stale,
+/// as the fresh read would have had the shard stayed with one scanner. Without that, the
+/// round holds it back until cleaners free the room — under a drain, until the backlog
+/// ahead of it is claimed.
+pub async fn a_crash_stale_during_a_handover_is_claimed_ahead_of_the_backlog(
+    stores: Stores,
+    protocol: ProtocolConfig,
+) {
+    let threshold = protocol.staleness_threshold;
+    let gap = protocol.heartbeat_interval;
+    // A room of 10: 9 for the round, 1 kept for rows that just turned stale. Claims that
+    // outlast the test, so that none comes back and nothing frees the room.
+    let config = RecoveryConfig {
+        full_sweep_every: Duration::from_secs(86_400),
+        max_queued_claims: 10,
+        claim_lease: threshold * 40,
+        republish_after: threshold * 40,
+        ..test_recovery_config(protocol)
+    };
+    let (kept, gained) = (
+        ShardSet::from(ShardRange::for_member(0, 2).expect("two members")),
+        ShardSet::from(ShardRange::for_member(1, 2).expect("two members")),
+    );
+    // Dead writers' rows (recorded, never heartbeated), each in a shard of `within`.
+    let dead = |within: ShardSet| {
+        let (changelog, clock) = (stores.changelog().clone(), stores.clock().clone());
+        async move {
+            let id = std::iter::repeat_with(|| ChangeId::mint_at(clock.now()))
+                .find(|id| within.contains(id.shard()))
+                .expect("ids are minted in every shard");
+            let path = unique_path();
+            let rec = ChangeRecord::new(
+                path.clone(),
+                None,
+                Some(Revision::mint(&path)),
+                OwnerToken::writer(),
+            );
+            changelog.record(&id, &rec).await.expect("recording");
+            path
+        }
+    };
+    // Exactly the round's part of the room, in the shards the scanner holds throughout.
+    for _ in 0..9 {
+        dead(kept).await;
+    }
+    tokio::time::sleep(config.idle_poll + threshold * 4).await;
+    let mut s = scanner_with(&stores, config);
+    s.set_shards(kept);
+    let (first, _) = scan_for(&mut s, threshold, gap).await;
+    assert_eq!(
+        (first.won, first.held_back),
+        (9, 0),
+        "the backlog fills the round's part of the room exactly: {first:?}"
+    );
+    // The crash, in a shard the scanner does not hold yet. It turns stale while the scanner
+    // goes on with its own shards, completing rounds past its id and its stamp.
+    let crashed = dead(gained).await;
+    let (meanwhile, _) = scan_for(&mut s, threshold * 2, gap).await;
+    assert_eq!(
+        meanwhile.won, 0,
+        "the crash is not in its shards: {meanwhile:?}"
+    );
+    // The round's part of the room is full: the round would hold the crash back.
+    s.set_shards(ShardSet::ALL);
+    let (then, _) = scan_for(&mut s, threshold * 2, gap).await;
+    assert_eq!(
+        (then.won, then.fresh),
+        (1, 1),
+        "the page after the handover claims it with the room kept for fresh rows: {then:?}"
+    );
+    let row = entries_for(&stores, &crashed).await;
+    assert!(
+        row.iter().all(|e| e.record.owner.is_recovery_claim()),
+        "the crash's row is claimed: {row:?}"
+    );
+}
+
 /// A large put whose HV write takes sixty thresholds: its writer heartbeats the row all
 /// along, until the returned task is aborted (the writer dies). Returns once it is recorded.
 async fn slow_put(

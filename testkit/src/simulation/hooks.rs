@@ -182,8 +182,13 @@ pub struct ClaimWitness {
     pub inner: Arc<dyn Changelog>,
     pub cutoff_age: Duration,
     pub violations: Arc<Mutex<Vec<String>>>,
-    pub won: Arc<Mutex<std::collections::HashSet<OwnerToken>>>,
+    pub won: WonClaims,
+    /// The scanner whose changelog this wraps (a cleaner's wins no claim).
+    pub scanner: usize,
 }
+
+/// Every claim token a scanner won, with the scanner that won it.
+pub type WonClaims = Arc<Mutex<std::collections::HashMap<OwnerToken, usize>>>;
 
 impl ClaimWitness {
     /// Notes a cleaner's `op` on `id` if the row is owned by no claim a scanner won.
@@ -195,7 +200,7 @@ impl ClaimWitness {
             .won
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&row.record.owner);
+            .contains_key(&row.record.owner);
         if !claimed {
             self.violations
                 .lock()
@@ -228,7 +233,7 @@ impl ChangelogLayer for ClaimWitness {
             self.won
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(claimer.clone());
+                .insert(claimer.clone(), self.scanner);
         }
         if let (Claim::Won(_), Some(before)) = (&outcome, before)
             && before.record.owner != *claimer

@@ -79,15 +79,9 @@ fn add_rule(running: &Mutex<Option<Arc<Faults>>>, next: &Mutex<Vec<Rule>>, rule:
 /// No shard is readable by two scanners at once: a holder stops reading a shard (its lease
 /// used up to 0.9 × TTL from the renewal's sending) before another may take it.
 fn overlap(control: &Control) -> Result<(), String> {
-    let now = Instant::now();
     let mut seen = ShardSet::EMPTY;
-    for (i, a) in control.assignments.iter().enumerate() {
-        let Some(set) = a
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|rx| rx.borrow().valid_at(now))
-        else {
+    for (i, set) in control.held_now().into_iter().enumerate() {
+        let Some(set) = set else {
             continue;
         };
         let both = seen.intersection(&set);
@@ -185,6 +179,30 @@ struct Control {
     restart_cleaner: Vec<Notify>,
 }
 
+/// From when (changelog time) the liveness oracle counts a row's wait: for a row under a
+/// recovery claim, and for one nobody has claimed.
+#[derive(Debug, Clone, Copy)]
+struct Steady {
+    claimed: Timestamp,
+    unclaimed: Timestamp,
+}
+
+impl Control {
+    /// Each leased scanner's valid assignment now (`None`: not running).
+    fn held_now(&self) -> Vec<Option<ShardSet>> {
+        let now = Instant::now();
+        self.assignments
+            .iter()
+            .map(|a| {
+                a.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|rx| rx.borrow().valid_at(now))
+            })
+            .collect()
+    }
+}
+
 struct World {
     shape: Shape,
     mem: MemoryStores,
@@ -201,7 +219,7 @@ struct World {
     /// removed or deferred under no claim a scanner won (I4).
     stale_claims: Arc<Mutex<Vec<String>>>,
     /// Every claim token a scanner won.
-    won_claims: Arc<Mutex<std::collections::HashSet<OwnerToken>>>,
+    won_claims: hooks::WonClaims,
     claims_seen: HashMap<ChangeId, Vec<OwnerToken>>,
     /// Takeovers of writes that met no fault (I4).
     precision: Vec<String>,
@@ -221,6 +239,19 @@ struct World {
     /// or stalled claim since. The liveness oracle counts a row's wait from here at the
     /// earliest.
     scanners_steady_from: Timestamp,
+    /// From when (changelog time) a crash is one the scanners must claim ahead of any
+    /// backlog (the fresh read): since they last all started. Each scanner reading a fixed
+    /// half, a restarted or frozen one's rows are its backlog, so it is
+    /// [`Self::scanners_steady_from`]; under shard leases a stopped or frozen holder's
+    /// shards pass to a running scanner, whose fresh read looks back over the handover, so
+    /// only an outage of them all moves it.
+    fresh_since: Timestamp,
+    /// From when every shard has had a running holder: the earliest a row nobody has
+    /// claimed is counted as waiting. Under shard leases a frozen holder's shards pass to
+    /// another within a lease period, so this is a lease period after the freeze, while
+    /// [`Self::scanners_steady_from`] waits for the frozen one to wake (a claim it won
+    /// just before freezing is published only then).
+    holders_steady_from: Timestamp,
     /// A scanner still had a stalled claim to come at the last check.
     stall_pending: bool,
     /// Each scanner's room for waiting claims over time, under backpressure.
@@ -252,14 +283,13 @@ impl World {
             recovery.max_queued_claims = plan::BACKPRESSURE_ROOM;
             recovery.scan_batch = plan::BACKPRESSURE_BATCH;
         }
+        let won_claims = hooks::WonClaims::default();
         let room = plan.backpressure.then(|| {
-            let ranges = (0..shape.scanners)
-                .map(|i| {
-                    ShardRange::for_member(i as u16, shape.scanners as u16)
-                        .expect("the simulation has fewer scanners than shards")
-                })
-                .collect();
-            room::Room::new(ranges, recovery.max_queued_claims)
+            room::Room::new(
+                shape.scanners,
+                won_claims.clone(),
+                recovery.max_queued_claims,
+            )
         });
         let mut paths: Vec<ObjectPath> = (0..shape.objects)
             .map(|i| ObjectPath::new(format!("{PREFIX}/{seed}/{i}")))
@@ -305,7 +335,7 @@ impl World {
             reads: Vec::new(),
             trespasses: Arc::default(),
             stale_claims: Arc::default(),
-            won_claims: Arc::default(),
+            won_claims,
             claims_seen: HashMap::new(),
             precision: Vec::new(),
             audits: Vec::new(),
@@ -313,6 +343,8 @@ impl World {
             processes: Vec::new(),
             cleaner_clocks: Vec::new(),
             scanners_steady_from: Timestamp(0),
+            fresh_since: Timestamp(0),
+            holders_steady_from: Timestamp(0),
             stall_pending: false,
             room,
             next_seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -351,9 +383,23 @@ impl World {
 
     fn start_processes(&mut self) {
         if let Some(room) = &self.room {
-            let watch = room
-                .clone()
-                .watch(self.mem.changelog.clone(), self.mem.clock.clone());
+            let holders = if self.leases.is_some() {
+                let control = self.control.clone();
+                room::Holders::Leased(Box::new(move || control.held_now()))
+            } else {
+                room::Holders::Fixed(
+                    (0..self.shape.scanners)
+                        .map(|i| {
+                            ShardRange::for_member(i as u16, self.shape.scanners as u16)
+                                .expect("the simulation has fewer scanners than shards")
+                                .into()
+                        })
+                        .collect(),
+                )
+            };
+            let watch =
+                room.clone()
+                    .watch(self.mem.changelog.clone(), self.mem.clock.clone(), holders);
             self.processes.push(watch);
         }
         for i in 0..self.shape.scanners {
@@ -396,6 +442,7 @@ impl World {
                         cutoff_age: config.protocol.staleness_threshold,
                         violations: stale_claims.clone(),
                         won: won_claims.clone(),
+                        scanner: i,
                     }));
                     let faults = Faults::new(rules);
                     *control.scanner_faults[i]
@@ -494,6 +541,7 @@ impl World {
                             cutoff_age: config.protocol.staleness_threshold,
                             violations: violations.clone(),
                             won: won_claims.clone(),
+                            scanner: usize::MAX,
                         }));
                     let cancel = CancellationToken::new();
                     let cleaner = Cleaner::new(stores, queue.clone(), config.clone());
@@ -545,6 +593,7 @@ impl World {
             Event::Sleep(d) => tokio::time::sleep(*d).await,
             Event::RecoveryOutage(d) => {
                 self.scanners_disturbed_until(*d + self.handover());
+                self.fresh_since = self.scanners_steady_from;
                 *self
                     .control
                     .outage_until
@@ -616,9 +665,20 @@ impl World {
             }
             Event::FreezeScanner { scanner, freeze } => {
                 let i = *scanner % self.shape.scanners;
-                // Its shards wait until another takes them over (a lease period) or it
-                // wakes; the liveness bound counts from then.
-                self.scanners_disturbed_until(*freeze + LEASE_PERIOD);
+                // Its shards wait until another takes them over (a lease period) or, with
+                // fixed halves, until it wakes; a row under a claim it won may wait for it
+                // to wake in either case. The liveness bound counts from then.
+                if self.leases.is_some() {
+                    let now = self.mem.clock.now();
+                    self.holders_steady_from = self
+                        .holders_steady_from
+                        .max(now.saturating_add(LEASE_PERIOD));
+                    self.scanners_steady_from = self
+                        .scanners_steady_from
+                        .max(now.saturating_add(*freeze + LEASE_PERIOD));
+                } else {
+                    self.scanners_disturbed_until(*freeze + LEASE_PERIOD);
+                }
                 *self.control.frozen_until[i]
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + *freeze);
@@ -686,7 +746,7 @@ impl World {
             self.check_stamps().await?;
             self.note_scanner_stalls();
             if !self.outage_in_effect() {
-                self.check_liveness(self.scanners_steady_from).await?;
+                self.check_liveness(self.steady_from()).await?;
             }
         }
     }
@@ -732,10 +792,22 @@ impl World {
         }
     }
 
+    /// From when the scanners have run undisturbed, for rows under a claim and the rest.
+    fn steady_from(&self) -> Steady {
+        Steady {
+            claimed: self.scanners_steady_from,
+            unclaimed: self.holders_steady_from,
+        }
+    }
+
     /// The scanners are disturbed (stopped, restarted) from now until `d` from now.
     fn scanners_disturbed_until(&mut self, d: Duration) {
         let until = self.mem.clock.now().saturating_add(d);
         self.scanners_steady_from = self.scanners_steady_from.max(until);
+        self.holders_steady_from = self.holders_steady_from.max(until);
+        if self.leases.is_none() {
+            self.fresh_since = self.scanners_steady_from;
+        }
     }
 
     /// A scanner's stalled claim may have been held since the last check: treated as
@@ -970,7 +1042,7 @@ impl World {
         self.check_assignments()?;
         self.note_scanner_stalls();
         if !self.outage_in_effect() {
-            self.check_liveness(self.scanners_steady_from).await?;
+            self.check_liveness(self.steady_from()).await?;
         }
         // Remember the claims seen on rows, for forged jobs that replay an old one.
         for path in self.paths.clone() {
@@ -995,7 +1067,7 @@ impl World {
     /// convergence bound; a row
     /// whose id was minted more than `max_writer_skew` ahead is found when the rounds'
     /// cutoff passes its id.
-    async fn check_liveness(&self, since: Timestamp) -> Result<(), String> {
+    async fn check_liveness(&self, since: Steady) -> Result<(), String> {
         let threshold = self.protocol.staleness_threshold;
         let now = self.mem.clock.now();
         for key in self.mem.changelog.keys() {
@@ -1014,6 +1086,11 @@ impl World {
             if created > minted.saturating_add(threshold) {
                 continue;
             }
+            let since = if entry.record.owner.is_recovery_claim() {
+                since.claimed
+            } else {
+                since.unclaimed
+            };
             let mut due = entry.stamp.saturating_add(threshold).max(since);
             if let Some(after) = entry.record.due_at {
                 due = due.max(after);
@@ -1027,7 +1104,7 @@ impl World {
             // A deferral made by a cleaner is learnt at the claiming scanner's next review.
             let mut late = ONE_ROUND + self.recovery.review_every();
             if let Some(room) = &self.room {
-                let fresh = created >= self.scanners_steady_from;
+                let fresh = created >= self.fresh_since;
                 if let Some(t) = room.excused_until(&id, fresh, self.recovery.review_every()) {
                     due = due.max(t);
                 }
@@ -1227,7 +1304,12 @@ impl World {
         let stores = self.mem.stores();
         // Scanners run undisturbed from here (a stalled claim already under way runs out).
         self.note_scanner_stalls();
-        let recovering_since = self.scanners_steady_from.max(self.mem.clock.now());
+        let now = self.mem.clock.now();
+        let steady = self.steady_from();
+        let recovering_since = Steady {
+            claimed: steady.claimed.max(now),
+            unclaimed: steady.unclaimed.max(now),
+        };
         loop {
             tokio::time::sleep(LIVENESS_POLL).await;
             let report = invariants::check(&stores, &inside)

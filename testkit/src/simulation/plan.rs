@@ -375,9 +375,7 @@ impl Plan {
             events,
             recovery_settle,
             claim_lease,
-            // The liveness oracle follows each scanner's room by its fixed half of the
-            // shards; a drain under shard leases is left to the named schedules.
-            leased: leased && !backpressure,
+            leased,
             backpressure,
             watch_room,
             delete_pace,
@@ -448,13 +446,32 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                     rule: slow,
                 });
             }
-            events.push(Event::Backlog {
-                writers: rng.random_range(30..60),
-            });
-            events.push(Event::Sleep(outage + secs(rng.random_range(10..120))));
-            for _ in 0..rng.random_range(1..4) {
+            // In half, the scanners hold their shards under leases and one freezes early
+            // in a long drain, up to 15 s after a writer that died turned stale: between
+            // its pages, its row changes hands unclaimed, read by neither holder's fresh
+            // read unless the new one looks back over the handover.
+            if rng.random_bool(0.5) {
+                events.push(Event::Backlog {
+                    writers: rng.random_range(50..60),
+                });
+                events.push(Event::Sleep(outage + secs(rng.random_range(10..30))));
+                // One: a second, in the other scanner's shards, would take that one's
+                // room kept for fresh rows, and the first would rightly wait for room.
                 events.push(Event::Backlog { writers: 1 });
-                events.push(Event::Sleep(secs(rng.random_range(5..60))));
+                events.push(Event::Sleep(secs(rng.random_range(30..45))));
+                events.push(Event::FreezeScanner {
+                    scanner: rng.random_range(0..2),
+                    freeze: secs(rng.random_range(100..200)),
+                });
+            } else {
+                events.push(Event::Backlog {
+                    writers: rng.random_range(30..60),
+                });
+                events.push(Event::Sleep(outage + secs(rng.random_range(10..120))));
+                for _ in 0..rng.random_range(1..4) {
+                    events.push(Event::Backlog { writers: 1 });
+                    events.push(Event::Sleep(secs(rng.random_range(5..60))));
+                }
             }
             events.push(Event::Sleep(secs(rng.random_range(300..600))));
             events
