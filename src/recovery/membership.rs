@@ -45,7 +45,7 @@ const CONCURRENCY: usize = 32;
 const FORGET_AFTER_TTLS: u32 = 20;
 
 /// The shards a scanner may read, and until when.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Assignment {
     held: BTreeMap<Shard, Instant>,
     /// The keeper's lease period: a shard let go by one member is held by the next within
