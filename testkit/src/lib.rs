@@ -16,6 +16,7 @@ pub mod crash;
 pub mod emulators;
 pub mod gated_writes;
 pub mod membership;
+pub mod otlp;
 pub mod proxy;
 pub mod recovery_clocks;
 pub mod scans;

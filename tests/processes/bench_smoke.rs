@@ -200,6 +200,12 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
             "24",
             "--audit-blobs",
             "300,1500",
+            "--worker-cpu-changes",
+            "100",
+            "--worker-cpu-variants",
+            "deployed,bare",
+            "--worker-cpu-settle",
+            "3s",
             "--writes",
             "4",
             "--run-deadline-s",
@@ -283,6 +289,49 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
         large < small + 16.0,
         "audit peak {small} MiB at 300 blobs, {large} at 1500"
     );
+    // Both crash shapes as deployed, and one without trace export or INFO logs: every row
+    // removed (the run fails otherwise), the second pass after the first, CPU measured for
+    // both processes, and the deployment's logs and traces came out of them.
+    let cpu = report["worker_cpu"].as_array().unwrap();
+    let runs: Vec<(&str, &str)> = cpu
+        .iter()
+        .map(|w| (w["variant"].as_str().unwrap(), w["shape"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("deployed", "after upload"),
+            ("deployed", "before upload"),
+            ("bare", "after upload")
+        ]
+    );
+    for w in cpu {
+        assert_eq!(w["changes"], 100, "{w}");
+        assert_eq!(w["settle_s"], 3.0, "{w}");
+        assert!(
+            w["seconds"].as_f64().unwrap() > w["first_pass_s"].as_f64().unwrap(),
+            "{w}"
+        );
+        for field in ["scan_cpu_s", "clean_cpu_s"] {
+            assert!(w[field].as_f64().unwrap() > 0.0, "{w}");
+        }
+        // Two passes per change: the first defers the row for the settle.
+        let counters = w["counters_per_change"].as_array().unwrap();
+        let converged = counters
+            .iter()
+            .find(|c| c[0] == "clean/tiersweep_jobs_processed_total{outcome=\"converged\"}")
+            .unwrap_or_else(|| panic!("{w}"));
+        assert_eq!(converged[1], 2.0, "{w}");
+        let spans = w["spans_per_change"].as_array().unwrap();
+        let names: Vec<&str> = spans.iter().map(|s| s[0].as_str().unwrap()).collect();
+        if w["variant"] == "deployed" {
+            assert!(w["log_lines"].as_u64().unwrap() >= 200, "{w}");
+            assert!(names.contains(&"tiersweep-scan/claim"), "{names:?}");
+            assert!(names.contains(&"tiersweep-clean/converge"), "{names:?}");
+        } else {
+            assert!(names.is_empty(), "{names:?}");
+        }
+    }
     // put and delete, for the Bigtable changelog inline and in the background, and no-op.
     let writes = report["write_latency"].as_array().unwrap();
     assert_eq!(writes.len(), 6, "{writes:?}");

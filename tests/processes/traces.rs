@@ -5,26 +5,9 @@
 //! serve on `/metrics`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tiersweep::Stores;
@@ -32,106 +15,8 @@ use tiersweep::clock;
 use tiersweep::config::ProtocolConfig;
 use tiersweep_testkit::crash::{self, test_writer_config};
 use tiersweep_testkit::emulators::{emulators, env_for};
+use tiersweep_testkit::otlp::{Collector, string};
 use tracing_subscriber::layer::SubscriberExt;
-
-/// Spans as received, with the service that sent them.
-#[derive(Default, Clone)]
-struct Receiver(Arc<Mutex<Vec<(String, Span)>>>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| string(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    spans.push((service.clone(), span));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// Latest value of each (service, metric, attributes) series; the exporter sends
-/// cumulative sums, so the latest is the total.
-#[derive(Default, Clone)]
-struct MetricsReceiver(Arc<Mutex<BTreeMap<Series, f64>>>);
-
-/// (service, metric name, `key=value,…` attributes)
-type Series = (String, String, String);
-
-#[tonic::async_trait]
-impl MetricsService for MetricsReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let mut series = self.0.lock().unwrap();
-        for rm in request.into_inner().resource_metrics {
-            let service = rm
-                .resource
-                .as_ref()
-                .and_then(|r| string(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for metric in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
-                let points = match metric.data {
-                    Some(Data::Sum(s)) => s.data_points,
-                    Some(Data::Gauge(g)) => g.data_points,
-                    _ => continue,
-                };
-                for p in points {
-                    let labels = p
-                        .attributes
-                        .iter()
-                        .map(|kv| {
-                            format!(
-                                "{}={}",
-                                kv.key,
-                                string(&p.attributes, &kv.key).unwrap_or_default()
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let v = match p.value {
-                        Some(number_data_point::Value::AsInt(i)) => i as f64,
-                        Some(number_data_point::Value::AsDouble(d)) => d,
-                        None => continue,
-                    };
-                    series.insert((service.clone(), metric.name.clone(), labels), v);
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-fn value<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)?
-        .value
-        .as_ref()?
-        .value
-        .as_ref()
-}
-
-fn string(attrs: &[KeyValue], key: &str) -> Option<String> {
-    match value(attrs, key)? {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -154,16 +39,7 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
     // Global, not thread-local: the writers' tasks run on the runtime's worker threads.
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let receiver = Receiver::default();
-    let metrics = MetricsReceiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .add_service(MetricsServiceServer::new(metrics.clone()))
-            .serve_with_incoming(tokio_stream_listener(listener)),
-    );
+    let (collector, otlp) = Collector::start(true).await.unwrap();
 
     let e = emulators().await;
     let mut config = e.fresh_config(protocol()).await;
@@ -195,11 +71,7 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
     };
 
     let mut env = env_for(&config);
-    env.push((
-        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-        format!("http://{otlp}"),
-    ));
-    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
+    env.extend(Collector::env(otlp));
     env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
     let health = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -269,7 +141,7 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
         .unwrap()
         .assert_converged();
 
-    let spans = receiver.0.lock().unwrap().clone();
+    let spans = collector.spans();
     let by_change = |name: &str| -> BTreeMap<String, (String, Span)> {
         spans
             .iter()
@@ -414,7 +286,7 @@ async fn each_recovered_change_is_one_trace_from_claim_to_converge_linked_to_its
     eprintln!("captured trace: {}", out.display());
 
     // Both processes flushed their metrics at exit.
-    let metrics = metrics.0.lock().unwrap().clone();
+    let metrics = collector.series();
     let get = |svc: &str, name: &str, labels: &str| {
         metrics
             .get(&(svc.to_owned(), name.to_owned(), labels.to_owned()))
@@ -475,14 +347,5 @@ fn to_json(service: &str, s: &Span) -> serde_json::Value {
         "status": s.status.as_ref().map(|st| st.code).unwrap_or(0),
         "attributes": attributes,
         "links": s.links.iter().map(|l| format!("{}/{}", hex(&l.trace_id), hex(&l.span_id))).collect::<Vec<_>>(),
-    })
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
-        Some((r, l))
     })
 }

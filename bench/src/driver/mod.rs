@@ -8,6 +8,7 @@
 mod plot;
 mod report;
 mod rss;
+mod worker_cpu;
 
 use report::{Report, ScanCostReport, ScanCostRun, Setting, machine, table};
 
@@ -73,6 +74,20 @@ pub struct BenchArgs {
     /// RSS measured); 0 skips them.
     #[arg(long, default_value_t = 100_000)]
     rss_changes: usize,
+    /// Backlog of each worker-CPU run: a scanner and a cleaner process as deployed
+    /// (infra/k8s/base's configuration and environment, JSON logs, OTLP traces) recovering
+    /// changes crashed after and before their upload on the emulators; 0 skips them.
+    #[arg(long, default_value_t = 20_000)]
+    worker_cpu_changes: usize,
+    /// Variants of the worker-CPU runs, comma-separated: deployed (both crash shapes),
+    /// untraced (no trace export), bare (no trace export, logs at WARN); the last two
+    /// over changes crashed after their upload, to price traces and logs by difference.
+    #[arg(long, value_delimiter = ',', default_value = "deployed,untraced,bare", value_parser = worker_cpu::Variant::parse)]
+    worker_cpu_variants: Vec<worker_cpu::Variant>,
+    /// The upload settle of the worker-CPU runs, when not the deployment's (10 min): the
+    /// runs wait it out between the passes.
+    #[arg(long, value_parser = tiersweep::duration::parse)]
+    worker_cpu_settle: Option<Duration>,
     /// Size (MiB) of the object a writer process puts from a stream on the emulators, its
     /// peak RSS measured against its idle RSS; 0 skips it.
     #[arg(long, default_value_t = 1024)]
@@ -152,6 +167,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         upload_split: None,
         ceiling: Vec::new(),
         memory: Vec::new(),
+        worker_cpu: Vec::new(),
         elastic: None,
         scan_cost: None,
         drain: None,
@@ -211,6 +227,18 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             if args.rss_changes > 0 {
                 let deadline = Duration::from_secs(args.run_deadline_s.max(600));
                 report.memory = rss::measure(e, args.rss_changes, deadline).await?;
+            }
+            if args.worker_cpu_changes > 0 {
+                let deadline = Duration::from_secs(args.run_deadline_s.max(600));
+                report.worker_cpu = worker_cpu::measure(
+                    e,
+                    args.worker_cpu_changes,
+                    &args.worker_cpu_variants,
+                    args.worker_cpu_settle,
+                    deadline,
+                )
+                .await?;
+                write_json(&args.out, &report)?;
             }
             if args.stream_put_mib > 0 {
                 let deadline = Duration::from_secs(args.run_deadline_s.max(600));

@@ -23,6 +23,8 @@ pub struct Report {
     pub ceiling: Vec<CeilingReport>,
     /// Peak RSS of a scanner and a cleaner process over a large backlog.
     pub memory: Vec<RssRun>,
+    /// CPU per recovered change of a scanner and a cleaner process as deployed.
+    pub worker_cpu: Vec<super::worker_cpu::WorkerCpuRun>,
     /// The leased scanner pool growing, losing a member and shrinking during a drain.
     pub elastic: Option<crate::elastic::ElasticReport>,
     /// Rows scans examine per stale row found, on a changelog full of removed rows.
@@ -255,6 +257,44 @@ pub fn table(r: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    for w in &r.worker_cpu {
+        let idle = match (w.idle_cores, w.idle_window_s, w.work_us_per_change()) {
+            (Some(cores), Some(window), Some(work)) => format!(
+                "; idle between the passes {:.3} cores (over {window:.0} s), so the work is {work:.0} µs per change",
+                cores
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            t,
+            "\n== worker CPU, {}: {} changes crashed {}, settle {:.0} s ==\n\
+             first pass {:.1} s, all removed after {:.1} s; CPU: scan {:.2} s + clean {:.2} s = {:.0} µs per change{idle}; {} log lines, {} spans",
+            w.variant,
+            w.changes,
+            w.shape,
+            w.settle_s,
+            w.first_pass_s,
+            w.seconds,
+            w.scan_cpu_s,
+            w.clean_cpu_s,
+            w.us_per_change(),
+            w.log_lines,
+            w.spans,
+        );
+        let top: Vec<String> = w
+            .spans_per_change
+            .iter()
+            .take(8)
+            .map(|(name, per)| format!("{name} {per:.2}"))
+            .collect();
+        let _ = writeln!(t, "spans per change, most first: {}", top.join(", "));
+        let counters: Vec<String> = w
+            .counters_per_change
+            .iter()
+            .map(|(name, per)| format!("{name} {per:.2}"))
+            .collect();
+        let _ = writeln!(t, "counters per change: {}", counters.join(", "));
     }
     if let Some(d) = &r.drain {
         let _ = writeln!(

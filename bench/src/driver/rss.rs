@@ -246,7 +246,7 @@ pub async fn stream_put_child(mib: u64) -> Result<()> {
 }
 
 /// The worker's counter, once its health server answers.
-async fn progress(http: &reqwest::Client, url: &str, series: &str) -> Option<u64> {
+pub(super) async fn progress(http: &reqwest::Client, url: &str, series: &str) -> Option<u64> {
     let body = http.get(url).send().await.ok()?.text().await.ok()?;
     Some(
         body.lines()
@@ -267,7 +267,7 @@ fn status_mib(pid: u32, field: &str) -> Result<f64> {
 }
 
 /// SIGTERM (the worker drains and exits), then a kill if it does not within 30 s.
-async fn stop(child: &mut Child, pid: u32) {
+pub(super) async fn stop(child: &mut Child, pid: u32) {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
