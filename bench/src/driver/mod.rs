@@ -230,15 +230,21 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             }
             if args.worker_cpu_changes > 0 {
                 let deadline = Duration::from_secs(args.run_deadline_s.max(600));
-                report.worker_cpu = worker_cpu::measure(
-                    e,
-                    args.worker_cpu_changes,
-                    &args.worker_cpu_variants,
-                    args.worker_cpu_settle,
-                    deadline,
-                )
-                .await?;
-                write_json(&args.out, &report)?;
+                for run in worker_cpu::plan(&args.worker_cpu_variants) {
+                    report.worker_cpu.push(
+                        worker_cpu::measure(
+                            e,
+                            args.worker_cpu_changes,
+                            run,
+                            args.worker_cpu_settle,
+                            deadline,
+                        )
+                        .await?,
+                    );
+                    // After every run: one takes minutes (the settle), and a stopped
+                    // bench keeps what it measured.
+                    write_json(&args.out, &report)?;
+                }
             }
             if args.stream_put_mib > 0 {
                 let deadline = Duration::from_secs(args.run_deadline_s.max(600));

@@ -127,37 +127,36 @@ impl WorkerCpuRun {
     }
 }
 
-/// `n` changes per run, with the deployment's settle unless `settle` says otherwise: the
-/// deployment over both crash shapes, each other variant over changes crashed after
-/// their upload.
+/// The runs of `variants`: the deployment over both crash shapes, each other variant over
+/// changes crashed after their upload.
+pub fn plan(variants: &[Variant]) -> Vec<(Variant, Crash)> {
+    let mut runs = Vec::new();
+    for &variant in variants {
+        runs.push((variant, Crash::AfterUpload));
+        if variant == Variant::Deployed {
+            runs.push((variant, Crash::BeforeUpload));
+        }
+    }
+    runs
+}
+
+/// One run of `n` changes, with the deployment's settle unless `settle` says otherwise.
 pub async fn measure(
     emulators: &Emulators,
     n: usize,
-    variants: &[Variant],
+    (variant, crash): (Variant, Crash),
     settle: Option<Duration>,
     deadline: Duration,
-) -> Result<Vec<WorkerCpuRun>> {
-    let mut runs = Vec::new();
-    for &variant in variants {
-        let shapes: &[Crash] = match variant {
-            Variant::Deployed => &[Crash::AfterUpload, Crash::BeforeUpload],
-            _ => &[Crash::AfterUpload],
-        };
-        for &crash in shapes {
-            runs.push(
-                one_run(emulators, n, variant, crash, settle, deadline)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "the worker CPU run ({}, crashed {})",
-                            variant.name(),
-                            shape(crash)
-                        )
-                    })?,
-            );
-        }
-    }
-    Ok(runs)
+) -> Result<WorkerCpuRun> {
+    one_run(emulators, n, variant, crash, settle, deadline)
+        .await
+        .with_context(|| {
+            format!(
+                "the worker CPU run ({}, crashed {})",
+                variant.name(),
+                shape(crash)
+            )
+        })
 }
 
 fn shape(crash: Crash) -> &'static str {
@@ -353,9 +352,10 @@ impl Worker {
         let mut child = Command::new(exe)
             .arg(command)
             .args(["--health-listen", &addr.to_string()])
+            // The deployment's default filter unless the run's environment sets one.
+            .env_remove("RUST_LOG")
             .envs(env.iter().cloned())
             .env("OTEL_SERVICE_NAME", format!("tiersweep-{command}"))
-            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
