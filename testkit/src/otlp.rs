@@ -25,6 +25,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 /// (service, metric name, `key=value,…` attributes)
@@ -110,11 +111,7 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut received = self.received();
         for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| string(&r.attributes, "service.name"))
-                .unwrap_or_default();
+            let service = service_of(rs.resource.as_ref());
             for span in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
                 *received
                     .span_counts
@@ -137,11 +134,7 @@ impl MetricsService for Collector {
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let mut received = self.received();
         for rm in request.into_inner().resource_metrics {
-            let service = rm
-                .resource
-                .as_ref()
-                .and_then(|r| string(&r.attributes, "service.name"))
-                .unwrap_or_default();
+            let service = service_of(rm.resource.as_ref());
             for metric in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
                 let points = match metric.data {
                     Some(Data::Sum(s)) => s.data_points,
@@ -174,6 +167,13 @@ impl MetricsService for Collector {
         }
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
+}
+
+/// The `service.name` an export names its sender by.
+fn service_of(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| string(&r.attributes, "service.name"))
+        .unwrap_or_default()
 }
 
 /// The value of attribute `key`, if set.

@@ -43,8 +43,11 @@ impl RssRun {
 }
 
 /// A fresh configuration (tables, bucket, topics) and the stores it names, for a writer.
-async fn fresh_stores(emulators: &Emulators) -> Result<(Config, tiersweep::Stores)> {
-    let config = emulators.fresh_config(crate::protocol()).await;
+pub(super) async fn fresh_stores(
+    emulators: &Emulators,
+    protocol: tiersweep::protocol::ProtocolConfig,
+) -> Result<(Config, tiersweep::Stores)> {
+    let config = emulators.fresh_config(protocol).await;
     let stores = tiersweep::Stores::connect_to(
         &config.bigtable,
         &config.gcs,
@@ -60,7 +63,7 @@ async fn fresh_stores(emulators: &Emulators) -> Result<(Config, tiersweep::Store
 /// fills, and the cleaner's work and memory per job are the same), then measures a scanner publishing them and a cleaner
 /// converging them.
 pub async fn measure(emulators: &Emulators, n: usize, deadline: Duration) -> Result<Vec<RssRun>> {
-    let (config, stores) = fresh_stores(emulators).await?;
+    let (config, stores) = fresh_stores(emulators, crate::protocol()).await?;
     eprintln!("[memory] preparing {n} crashed changes (crashed before their upload)");
     crate::prepare_backlog(&stores, "rss", n, 64, Crash::BeforeUpload)
         .await
@@ -286,7 +289,7 @@ pub(super) async fn stop(child: &mut Child, pid: u32) {
 /// `--delete` the orphans of the ranges in progress). RSS is sampled every 50 ms while the
 /// process runs (its VmHWM is gone once it exits).
 pub async fn audit(emulators: &Emulators, n: usize, deadline: Duration) -> Result<RssRun> {
-    let (config, stores) = fresh_stores(emulators).await?;
+    let (config, stores) = fresh_stores(emulators, crate::protocol()).await?;
     eprintln!("[memory] planting {n} blobs for the audit");
     let planted = futures::stream::iter(0..n)
         .map(|i| {

@@ -183,15 +183,7 @@ async fn one_run(
         .context("reading the deployment's configuration")?;
     let protocol = deployed.protocol;
     let settle = settle.unwrap_or(deployed.recovery.upload_settle);
-    let config = emulators.fresh_config(protocol).await;
-    let stores = tiersweep::Stores::connect_to(
-        &config.bigtable,
-        &config.gcs,
-        tiersweep::clock::system(),
-        tiersweep::lt::LtAccess::Write,
-    )
-    .await
-    .context("connecting to the emulators")?;
+    let (config, stores) = super::rss::fresh_stores(emulators, protocol).await?;
 
     let (collector, otlp) = Collector::start(false)
         .await
