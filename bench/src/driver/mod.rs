@@ -10,7 +10,7 @@ mod report;
 mod rss;
 mod worker_cpu;
 
-use report::{Report, ScanCostReport, ScanCostRun, Setting, machine, table};
+use report::{Report, ScanCostReport, ScanCostRun, Setting, commit, machine, table};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,6 +160,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut report = Report {
         machine: machine(),
+        commit: commit(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         latency: Latency::cloud(),
         settings: Vec::new(),

@@ -13,6 +13,9 @@ use super::rss::RssRun;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: String,
+    /// The commit the bench was built from (`git describe`, `-dirty` with uncommitted
+    /// changes): what a figure quoted from this file names.
+    pub commit: String,
     pub command: String,
     pub latency: Latency,
     pub settings: Vec<Setting>,
@@ -100,9 +103,28 @@ pub fn machine() -> String {
     format!("{cpus} CPUs ({model}){mem}")
 }
 
+/// The working tree's commit, as `git describe --always --dirty --abbrev=7` prints it; the
+/// bench runs from a checkout, so a figure can name the code that produced it.
+pub fn commit() -> String {
+    std::process::Command::new("git")
+        .args([
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=7",
+            "--exclude=*",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
+}
+
 pub fn table(r: &Report) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "machine: {}", r.machine);
+    let _ = writeln!(t, "commit: {}", r.commit);
     for s in &r.settings {
         let _ = writeln!(t, "\n== {} ==", s.name);
         let _ = writeln!(
