@@ -35,8 +35,11 @@ pub struct Emulators {
 
 static EMULATORS: OnceCell<Emulators> = OnceCell::const_new();
 
+/// The repository's root: the test kit's manifest is one directory below it, and the
+/// scripts and state the emulators need (`infra/local/`, `.local/`) live at the root.
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let kit = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    kit.parent().map_or(kit.clone(), PathBuf::from)
 }
 
 fn host_port(url: &str) -> &str {
@@ -580,4 +583,21 @@ pub fn env_for(config: &tiersweep::config::Config) -> Vec<(String, String)> {
     ];
     env.extend(hosts.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repo_root;
+
+    /// The bench watches the emulators' CPU through the PIDs `start.sh` records under the
+    /// root's `.local/`, and starts them with that script: both must be found from the kit.
+    #[test]
+    fn the_root_holds_the_emulator_scripts() {
+        let root = repo_root();
+        assert!(
+            root.join("infra/local/start.sh").is_file(),
+            "no infra/local/start.sh under {}",
+            root.display()
+        );
+    }
 }

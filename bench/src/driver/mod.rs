@@ -448,7 +448,7 @@ impl Queues {
             // Room for full scan pages, so publishing never waits on the cleaner.
             Queues::Memory => Arc::new(MemoryQueue::new(4096, 5)),
             // The shortest lease: the emulator may hand a job to a stream that is gone (see
-            // docs/performance.md), and the job then waits one lease before it comes back.
+            // docs/development.md), and the job then waits one lease before it comes back.
             Queues::Emulator(e) => Arc::new(
                 PubsubQueue::connect(&tiersweep::queue::pubsub::PubsubConfig {
                     lease_extension: Duration::from_secs(10),
