@@ -100,7 +100,7 @@ start bigtable "$BIGTABLE_PORT" "$CBTEMULATOR" -host 127.0.0.1 -port "$BIGTABLE_
 start pubsub "$PUBSUB_PORT" "$PUBSUB_EMULATOR" --host=127.0.0.1 --port="$PUBSUB_PORT"
 # fake-gcs-server's filesystem backend, on a tmpfs: its memory backend slows down as a
 # bucket fills (at 10,000 objects, 274 deletes/s and 212 uploads/s against 3,467 and 1,749 on
-# the filesystem backend, same run: docs/performance.md), so emulator figures would measure
+# the filesystem backend, same run: docs/development.md), so emulator figures would measure
 # the fake. The directory is emptied when the server is started, as memory would be.
 if ! port_open "$GCS_PORT"; then
   rm -rf "$GCS_DATA" && mkdir -p "$GCS_DATA"
