@@ -134,16 +134,23 @@ impl Pace {
 
     /// Waits for one unit's turn. A turn taken and then abandoned (the caller cancelled)
     /// is a slot left unused, nothing more.
+    ///
+    /// A turn that is due already is taken without touching the timer: tokio rounds every
+    /// sleep up to its next millisecond tick, a deadline of now included, so sleeping until
+    /// a turn that has come would add a millisecond and a timer wake-up to every call a
+    /// pace does not hold back — most calls, most of the time.
     async fn turn(&self) -> Turn {
-        let at = {
+        let (at, now) = {
             let mut s = self.lock();
             let now = Instant::now();
             let at = s.next.max(now);
             s.next = at + Duration::from_secs_f64(1.0 / s.per_s);
-            at
+            (at, now)
         };
-        let waited = at > Instant::now();
-        tokio::time::sleep_until(at).await;
+        let waited = at > now;
+        if waited {
+            tokio::time::sleep_until(at).await;
+        }
         Turn { waited }
     }
 
@@ -208,6 +215,7 @@ impl Pace {
 mod tests {
     use super::*;
     use crate::error::{StoreError, StoreKind};
+    use std::future::Future;
 
     fn refused() -> StoreResult<()> {
         Err(StoreError::new(
@@ -309,6 +317,22 @@ mod tests {
         );
     }
 
+    /// A turn that has come is taken at once, on the first poll, not at the timer's next
+    /// tick (a millisecond later in real time, with a wake-up).
+    #[tokio::test]
+    async fn a_turn_that_has_come_is_taken_without_the_timer() {
+        let pace = pace(100.0);
+        let mut turn = std::pin::pin!(pace.turn());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match turn.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(t) => assert!(!t.waited),
+            std::task::Poll::Pending => panic!("a due turn waited for the timer"),
+        }
+        // The next one is a hundredth of a second away: that one waits.
+        let mut next = std::pin::pin!(pace.turn());
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+    }
+
     /// A caller that never waits for its turn is not held back by the rate, so its
     /// successes say nothing about a higher one: the rate stays where it was.
     #[tokio::test(start_paused = true)]
@@ -321,3 +345,4 @@ mod tests {
         assert_eq!(pace.per_s(), 100.0);
     }
 }
+
