@@ -155,9 +155,17 @@ impl QueuedClaims {
         let (keep, released): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
             .into_iter()
             .partition(|w| !given_up(w, config, now));
+        // One line per review, not per job: when no cleaner takes jobs (cleaners down, a
+        // subscription gone) a scanner gives up on a whole room of claims at a time, and
+        // a warning per job would be thousands of lines a cycle saying one thing.
+        if let Some(first) = released.first() {
+            tracing::warn!(jobs = released.len(), first_change = %first.id,
+                republished = first.republished,
+                "jobs still not taken after being republished; letting their claim leases end so their rows are claimed again (are the cleaners running?)");
+        }
         for w in &released {
-            tracing::warn!(change = %w.id, claim = %w.claim, republished = w.republished,
-                "job still not taken after being republished; letting its claim lease end so the row is claimed again");
+            tracing::debug!(change = %w.id, claim = %w.claim, republished = w.republished,
+                "job given up: its claim lease will end");
             forgotten.push(Forgotten {
                 id: w.id.clone(),
                 stamp: w.stamp,
