@@ -32,7 +32,7 @@ pub struct CostPerMillion {
     pub bigtable_rpcs: BTreeMap<String, f64>,
     pub bigtable_rpcs_total: f64,
     /// Rows those RPCs read or wrote (a batch of n keys touches n; a scan page's rows are
-    /// counted as returned, not as examined: docs/performance.md §11).
+    /// counted as returned, not as examined: docs/performance.md §14).
     pub bigtable_rows: f64,
     /// Of those, rows read and rows written.
     pub bigtable_row_reads: f64,
