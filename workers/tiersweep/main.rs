@@ -50,6 +50,12 @@ struct Cli {
     /// `severity`, trace ids). The level comes from RUST_LOG (default info).
     #[arg(long, value_enum, env = "TIERSWEEP_LOG_FORMAT", default_value_t = LogFormatArg::Text, global = true)]
     log_format: LogFormatArg,
+    /// Threads that run the work: 1 runs everything on one thread (the default of `scan`
+    /// and `clean`, whose pods ask for a fraction of a core); 0 starts one per core of the
+    /// machine (the default of the other commands). A worker given more than a core can
+    /// use them with 0 or a count.
+    #[arg(long, env = "TIERSWEEP_THREADS", global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,9 +136,38 @@ fn load_config(cli: &Cli) -> Result<Config> {
         .context(exit::ConfigFailure("loading configuration".into()))
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// The async runtime `cli` asks for. A worker runs on one thread unless told otherwise:
+/// a runtime sized to the machine starts a thread per core of the node, not of the pod's
+/// CPU request, and those threads spend the pod's share waking each other (the kernel's
+/// context switch was the cleaner's hottest symbol, docs/performance.md §10).
+fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    let worker = matches!(cli.command, Command::Scan(_) | Command::Clean(_));
+    match cli.threads.unwrap_or(if worker { 1 } else { 0 }) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match runtime(&cli) {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("Error: starting the async runtime: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     let format = match cli.log_format {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
@@ -178,8 +213,15 @@ async fn main() -> std::process::ExitCode {
             "failed"
         );
     }
-    // Last: the spans of the drained work are flushed before the process exits.
-    telemetry.shutdown();
+    // Last: the spans of the drained work are flushed before the process exits. The flush
+    // blocks its thread until the exporter has sent them, and sending needs the runtime:
+    // on a one-thread runtime, blocking that thread would stall the export it waits for.
+    if tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("tiersweep: flushing telemetry panicked; the last spans may be lost");
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -80,8 +80,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20_000)]
     worker_cpu_changes: usize,
     /// Variants of the worker-CPU runs, comma-separated: deployed (both crash shapes),
-    /// untraced (no trace export), bare (no trace export, logs at WARN); the last two
-    /// over changes crashed after their upload, to price traces and logs by difference.
+    /// untraced (no trace export), bare (no trace export, logs at WARN), multi-thread (a
+    /// runtime thread per core), sampled (one recovery in ten traced); all but deployed
+    /// over changes crashed after their upload, to price each part by difference.
     #[arg(long, value_delimiter = ',', default_value = "deployed,untraced,bare", value_parser = worker_cpu::Variant::parse)]
     worker_cpu_variants: Vec<worker_cpu::Variant>,
     /// The upload settle of the worker-CPU runs, when not the deployment's (10 min): the

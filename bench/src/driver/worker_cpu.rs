@@ -49,6 +49,12 @@ pub enum Variant {
     Untraced,
     /// No trace export and logs at WARN: the workers' own work.
     Bare,
+    /// A runtime with a thread per core (`TIERSWEEP_THREADS=0`) instead of the workers'
+    /// one thread: what the threads' wake-ups of each other cost.
+    MultiThread,
+    /// One recovery in ten traced (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, 0.1):
+    /// what sampling takes off the traces' cost.
+    Sampled,
 }
 
 impl Variant {
@@ -57,8 +63,10 @@ impl Variant {
             "deployed" => Ok(Self::Deployed),
             "untraced" => Ok(Self::Untraced),
             "bare" => Ok(Self::Bare),
+            "multi-thread" => Ok(Self::MultiThread),
+            "sampled" => Ok(Self::Sampled),
             other => Err(format!(
-                "unknown variant {other:?}; use deployed, untraced or bare"
+                "unknown variant {other:?}; use deployed, untraced, bare, multi-thread or sampled"
             )),
         }
     }
@@ -68,24 +76,37 @@ impl Variant {
             Self::Deployed => "deployed",
             Self::Untraced => "untraced",
             Self::Bare => "bare",
+            Self::MultiThread => "multi-thread",
+            Self::Sampled => "sampled",
         }
     }
 
     /// Its environment on top of the deployment's.
     fn env(self) -> Vec<(String, String)> {
         let untraced = ("OTEL_TRACES_EXPORTER".to_owned(), "none".to_owned());
+        let set = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         match self {
             Self::Deployed => vec![],
             Self::Untraced => vec![untraced],
-            Self::Bare => vec![untraced, ("RUST_LOG".to_owned(), "warn".to_owned())],
+            Self::Bare => vec![untraced, set("RUST_LOG", "warn")],
+            Self::MultiThread => vec![set("TIERSWEEP_THREADS", "0")],
+            Self::Sampled => vec![
+                set("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                set("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ],
         }
+    }
+
+    /// Whether its workers export spans.
+    fn traced(self) -> bool {
+        !matches!(self, Self::Untraced | Self::Bare)
     }
 }
 
 /// One backlog of one crash shape, recovered by the two processes together.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerCpuRun {
-    /// "deployed", "untraced" or "bare" ([`Variant`]).
+    /// "deployed", "untraced", "bare", "multi-thread" or "sampled" ([`Variant`]).
     pub variant: String,
     /// "after upload" or "before upload".
     pub shape: String,
@@ -269,7 +290,7 @@ async fn one_run(
         .map(|((service, name), c)| (format!("{service}/{name}"), c as f64 / n as f64))
         .collect();
     spans_per_change.sort_by(|a, b| b.1.total_cmp(&a.1));
-    if (spans > 0) != (variant == Variant::Deployed) {
+    if (spans > 0) != variant.traced() {
         bail!(
             "the workers exported {spans} spans to the collector at {otlp} as {}",
             variant.name()
