@@ -152,12 +152,16 @@ pub enum Mutant {
     /// claims it read that still wait, as if taken: their leases are no longer extended
     /// nor their jobs republished, so a lost job waits for the next full sweep.
     RoomReviewDropsUntaken,
+    /// A cleaner's batched clock reads answer a caller with the time the read before
+    /// returned instead of one read after it asked (a cache of the changelog's time): a
+    /// deferral stamped from it ends its settle early by as long as the cleaner was idle.
+    ClockReadShared,
 }
 
 impl Mutant {
     /// Every mutant, for the mutation test to try one by one.
     #[cfg(any(test, feature = "testing"))]
-    pub const ALL: [Mutant; 45] = [
+    pub const ALL: [Mutant; 46] = [
         Mutant::UnconditionalHeartbeat,
         Mutant::ClaimWithoutStalenessCheck,
         Mutant::NoHvFence,
@@ -202,6 +206,7 @@ impl Mutant {
         Mutant::PartReadSpansMerge,
         Mutant::PaceWithoutFloor,
         Mutant::RoomReviewDropsUntaken,
+        Mutant::ClockReadShared,
         Mutant::BigtablePaceWithoutFloor,
     ];
 }

@@ -67,32 +67,40 @@ pub async fn prepare_backlog(
     concurrency: usize,
     crash: Crash,
 ) -> StoreResult<()> {
-    let blob = Bytes::from(vec![b'L'; 2048]);
+    let blob = Bytes::from(vec![b'L'; BLOB_BYTES]);
     let results: Vec<StoreResult<()>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let blob = blob.clone();
-            async move {
-                let path =
-                    ObjectPath::new(format!("bench/{run}/{i:07}")).expect("bench paths are valid");
-                let rev = Revision::mint(&path);
-                let record =
-                    ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("bench"));
-                stores
-                    .changelog()
-                    .record(&ChangeId::mint(), &record)
-                    .await?;
-                match crash {
-                    Crash::AfterUpload => stores.lt().put(&rev, blob).await,
-                    Crash::BeforeUpload => Ok(()),
-                }
-            }
-        })
+        .map(|i| crash_one(stores, run, i, crash, blob.clone()))
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     results.into_iter().collect::<StoreResult<Vec<()>>>()?;
     tokio::time::sleep(protocol().staleness_threshold + Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// The size of a prepared crash's blob.
+pub const BLOB_BYTES: usize = 2048;
+
+/// Leaves change `i` of `run` as a large put that crashed around its upload (per `crash`,
+/// with `blob` uploaded): it turns stale a staleness threshold from now.
+pub async fn crash_one(
+    stores: &Stores,
+    run: &str,
+    i: usize,
+    crash: Crash,
+    blob: Bytes,
+) -> StoreResult<()> {
+    let path = ObjectPath::new(format!("bench/{run}/{i:07}")).expect("bench paths are valid");
+    let rev = Revision::mint(&path);
+    let record = ChangeRecord::new(path, None, Some(rev.clone()), OwnerToken::mint("bench"));
+    stores
+        .changelog()
+        .record(&ChangeId::mint(), &record)
+        .await?;
+    match crash {
+        Crash::AfterUpload => stores.lt().put(&rev, blob).await,
+        Crash::BeforeUpload => Ok(()),
+    }
 }
 
 /// One recovery run's figures.

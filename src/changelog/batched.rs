@@ -1,11 +1,18 @@
-//! A changelog wrapper that gathers a busy cleaner's per-job row reads and removals into
-//! batch calls.
+//! A changelog wrapper that gathers a busy cleaner's per-job row reads, removals and
+//! clock reads into batch calls.
 //!
 //! Every job a cleaner works on re-reads its row (the row, not the message, is the
-//! authority) and, once the change is converged, removes it: two Bigtable calls per change.
-//! With many jobs in flight, the calls that arrive while a batch is on its way wait and
-//! leave together in the next one: reads as one [`Changelog::get_many`] (one ReadRows over
-//! their keys), removals as one [`Changelog::remove_many`] (one MutateRows). Nothing waits
+//! authority), reads the changelog's time (to stamp a deferral, or to judge one) and, once
+//! the change is converged, removes it: four Bigtable calls per change, the clock read
+//! being two (the clock row's re-stamp and its read-back). With many jobs in flight, the
+//! calls that arrive while a batch is on its way wait and leave together in the next one:
+//! reads as one [`Changelog::get_many`] (one ReadRows over their keys), removals as one
+//! [`Changelog::remove_many`] (one MutateRows), clock reads as one [`Changelog::now`].
+//!
+//! A clock read answers only callers that were waiting before it was sent, never one that
+//! arrived while it was on its way: each caller gets a time the server read after it
+//! asked, as its own call would have, so a deferral stamped from it still ends a whole
+//! settle after the delete that preceded it (docs/design/deferral.md). Nothing waits
 //! on a timer: a lone call leaves at once, so an idle cleaner pays no latency, and a busy
 //! one's batches grow with its load, up to [`MAX_BATCH`] keys.
 //!
@@ -22,7 +29,7 @@ use tokio::sync::oneshot;
 
 use super::{Changelog, ChangelogEntry, ChangelogLayer};
 use crate::error::{ErrorKind, StoreError, StoreKind, StoreResult};
-use crate::model::ChangeId;
+use crate::model::{ChangeId, Timestamp};
 
 /// The most keys one batch call carries.
 pub const MAX_BATCH: usize = 256;
@@ -31,22 +38,22 @@ pub const MAX_BATCH: usize = 256;
 type BatchCall<V> = BoxFuture<'static, StoreResult<Vec<V>>>;
 
 /// The callers waiting for the next batch, and whether a task is draining them.
-struct Queue<V> {
-    waiting: Vec<(ChangeId, oneshot::Sender<StoreResult<V>>)>,
+struct Queue<K, V> {
+    waiting: Vec<(K, oneshot::Sender<StoreResult<V>>)>,
     draining: bool,
 }
 
-/// One kind of batched call.
-struct Lane<V> {
+/// One kind of batched call, keyed by `K` (a row, or nothing for the clock).
+struct Lane<K, V> {
     op: &'static str,
-    queue: Mutex<Queue<V>>,
-    run: Box<dyn Fn(Vec<ChangeId>) -> BatchCall<V> + Send + Sync>,
+    queue: Mutex<Queue<K, V>>,
+    run: Box<dyn Fn(Vec<K>) -> BatchCall<V> + Send + Sync>,
 }
 
-impl<V: Send + 'static> Lane<V> {
+impl<K: Clone + Send + 'static, V: Send + 'static> Lane<K, V> {
     fn new(
         op: &'static str,
-        run: impl Fn(Vec<ChangeId>) -> BatchCall<V> + Send + Sync + 'static,
+        run: impl Fn(Vec<K>) -> BatchCall<V> + Send + Sync + 'static,
     ) -> Arc<Self> {
         Arc::new(Self {
             op,
@@ -60,7 +67,7 @@ impl<V: Send + 'static> Lane<V> {
 
     /// Queues `id` for the next batch (starting a draining task if none runs) and waits
     /// for its answer.
-    async fn call(self: &Arc<Self>, id: ChangeId) -> StoreResult<V> {
+    async fn call(self: &Arc<Self>, id: K) -> StoreResult<V> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -127,8 +134,13 @@ impl<V: Send + 'static> Lane<V> {
 /// See the module documentation.
 pub struct Batched {
     inner: Arc<dyn Changelog>,
-    reads: Arc<Lane<Option<ChangelogEntry>>>,
-    removals: Arc<Lane<()>>,
+    reads: Arc<Lane<ChangeId, Option<ChangelogEntry>>>,
+    removals: Arc<Lane<ChangeId, ()>>,
+    clock: Arc<Lane<(), Timestamp>>,
+    /// The last time the clock lane answered. Nothing uses it but the mutant
+    /// `ClockReadShared`, which answers each caller with the read before its own: the bug
+    /// a cache of the changelog's time would be, as stale as the cleaner was idle.
+    last_now: Mutex<Option<Timestamp>>,
 }
 
 impl std::fmt::Debug for Batched {
@@ -159,10 +171,22 @@ impl Batched {
                 }) as BatchCall<_>
             }
         });
+        let clock = Lane::new("now", {
+            let inner = inner.clone();
+            move |callers: Vec<()>| {
+                let inner = inner.clone();
+                Box::pin(async move {
+                    let now = inner.now().await?;
+                    Ok(vec![now; callers.len()])
+                }) as BatchCall<_>
+            }
+        });
         Self {
             inner,
             reads,
             removals,
+            clock,
+            last_now: Mutex::new(None),
         }
     }
 }
@@ -185,6 +209,22 @@ impl ChangelogLayer for Batched {
     async fn remove_many(&self, ids: &[ChangeId]) -> StoreResult<()> {
         let calls = ids.iter().map(|id| self.removals.call(id.clone()));
         futures::future::try_join_all(calls).await.map(drop)
+    }
+    /// Batched: one clock read for every caller waiting when it leaves, none for one that
+    /// arrives while it is on its way (see the module documentation).
+    async fn now(&self) -> StoreResult<Timestamp> {
+        let now = self.clock.call(()).await?;
+        let before = self
+            .last_now
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(now);
+        match before {
+            Some(before) if crate::mutants::on(crate::mutants::Mutant::ClockReadShared) => {
+                Ok(before)
+            }
+            _ => Ok(now),
+        }
     }
 }
 
@@ -261,6 +301,57 @@ mod tests {
         let err = batched.get(&id).await.expect_err("a malformed row");
         assert_eq!(err.kind, ErrorKind::Malformed, "{err}");
         assert_eq!(batched.get(&ChangeId::mint()).await.unwrap(), None);
+    }
+
+    /// Reads the changelog's time, then takes 10 ms to answer: a read on its way after
+    /// the server read the clock.
+    #[derive(Debug)]
+    struct AnswersLate {
+        inner: Arc<dyn Changelog>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ChangelogLayer for AnswersLate {
+        fn inner(&self) -> &dyn Changelog {
+            &*self.inner
+        }
+        async fn now(&self) -> StoreResult<Timestamp> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let now = self.inner.now().await?;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            Ok(now)
+        }
+    }
+
+    /// Clock reads asked for together share one call; one asked for while a read is on
+    /// its way waits for the next, so nobody gets a time the server read before they asked
+    /// (a deferral stamped from it would end its settle early).
+    #[tokio::test(start_paused = true)]
+    async fn clock_reads_share_a_call_but_never_one_read_before_they_asked() {
+        let clock = Arc::new(crate::clock::TokioClock::new());
+        let late = Arc::new(AnswersLate {
+            inner: Arc::new(MemoryChangelog::new(clock.clone())),
+            calls: Default::default(),
+        });
+        let batched: Arc<dyn Changelog> = Arc::new(Batched::new(late.clone()));
+        let calls = || late.calls.load(std::sync::atomic::Ordering::SeqCst);
+        let together = futures::future::join_all((0..16).map(|_| batched.now())).await;
+        let first = together[0].as_ref().unwrap();
+        assert!(together.iter().all(|t| t.as_ref().unwrap() == first), "{together:?}");
+        assert_eq!(calls(), 1, "16 reads asked for together");
+
+        let on_its_way = tokio::spawn({
+            let batched = batched.clone();
+            async move { batched.now().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let asked = crate::clock::Clock::now(&*clock);
+        let after = batched.now().await.unwrap();
+        let before = on_its_way.await.unwrap().unwrap();
+        assert!(before < asked, "the read on its way was made before: {before:?} {asked:?}");
+        assert!(after >= asked, "answered {after:?}, asked at {asked:?}");
+        assert_eq!(calls(), 3, "the later caller waited for a read of its own");
     }
 
     /// A failed batch fails each of its callers, who may retry.

@@ -206,6 +206,10 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
             "deployed,bare",
             "--worker-cpu-settle",
             "3s",
+            "--worker-cpu-rates",
+            "20",
+            "--worker-cpu-load-seconds",
+            "15",
             "--writes",
             "4",
             "--run-deadline-s",
@@ -333,6 +337,16 @@ fn bench_on_the_emulators_reports_ceiling_and_memory() {
             assert!(w["log_lines"].as_u64().unwrap() < 100, "{w}");
             assert!(names.is_empty(), "{names:?}");
         }
+    }
+    // One offered load: every crash recorded and recovered (the run fails otherwise), and
+    // first passes in its window, with both processes' CPU.
+    let loads = report["offered_load"].as_array().unwrap();
+    assert_eq!(loads.len(), 1, "{loads:?}");
+    let load = &loads[0];
+    assert_eq!(load["offered_per_s"], 20.0, "{load}");
+    assert!(load["passes"].as_u64().unwrap() > 0, "{load}");
+    for field in ["scan_cpu_s", "clean_cpu_s"] {
+        assert!(load[field].as_f64().unwrap() > 0.0, "{load}");
     }
     // put and delete, for the Bigtable changelog inline and in the background, and no-op.
     let writes = report["write_latency"].as_array().unwrap();

@@ -89,6 +89,14 @@ pub struct BenchArgs {
     /// runs wait it out between the passes.
     #[arg(long, value_parser = tiersweep::duration::parse)]
     worker_cpu_settle: Option<Duration>,
+    /// Fixed offered loads of the worker-CPU runs, crashes a second (comma-separated):
+    /// changes crash at each rate while a scanner and a cleaner run as deployed, and the
+    /// CPU per first pass is measured over the steady window; empty skips them.
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000")]
+    worker_cpu_rates: Vec<f64>,
+    /// How long changes crash at each offered load.
+    #[arg(long, default_value_t = 60)]
+    worker_cpu_load_seconds: u64,
     /// Size (MiB) of the object a writer process puts from a stream on the emulators, its
     /// peak RSS measured against its idle RSS; 0 skips it.
     #[arg(long, default_value_t = 1024)]
@@ -170,6 +178,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         ceiling: Vec::new(),
         memory: Vec::new(),
         worker_cpu: Vec::new(),
+        offered_load: Vec::new(),
         elastic: None,
         scan_cost: None,
         drain: None,
@@ -251,6 +260,15 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                     // bench keeps what it measured.
                     write_json(&args.out, &report)?;
                 }
+            }
+            for &rate in args.worker_cpu_rates.iter().filter(|r| **r > 0.0) {
+                let deadline = Duration::from_secs(args.run_deadline_s.max(600));
+                report.offered_load.push(
+                    worker_cpu::offered_load(e, rate, args.worker_cpu_load_seconds, deadline)
+                        .await
+                        .with_context(|| format!("the worker CPU run at {rate} crashes/s"))?,
+                );
+                write_json(&args.out, &report)?;
             }
             if args.stream_put_mib > 0 {
                 let deadline = Duration::from_secs(args.run_deadline_s.max(600));

@@ -28,6 +28,9 @@ pub struct Report {
     pub memory: Vec<RssRun>,
     /// CPU per recovered change of a scanner and a cleaner process as deployed.
     pub worker_cpu: Vec<super::worker_cpu::WorkerCpuRun>,
+    /// Worker CPU at fixed rates of crashes.
+    #[serde(default)]
+    pub offered_load: Vec<super::worker_cpu::OfferedLoadRun>,
     /// The leased scanner pool growing, losing a member and shrinking during a drain.
     pub elastic: Option<crate::elastic::ElasticReport>,
     /// Rows scans examine per stale row found, on a changelog full of removed rows.
@@ -317,6 +320,22 @@ pub fn table(r: &Report) -> String {
             .map(|(name, per)| format!("{name} {per:.2}"))
             .collect();
         let _ = writeln!(t, "counters per change: {}", counters.join(", "));
+    }
+    for o in &r.offered_load {
+        let _ = writeln!(
+            t,
+            "\n== worker CPU at {:.0} crashes/s offered ({:.0} recorded) ==\n\
+             {} first passes in {:.0} s ({:.0}/s); CPU: scan {:.2} s + clean {:.2} s = {:.0} µs per pass, {:.3} cores",
+            o.offered_per_s,
+            o.crashed_per_s,
+            o.passes,
+            o.window_s,
+            o.passes_per_s,
+            o.scan_cpu_s,
+            o.clean_cpu_s,
+            o.us_per_pass(),
+            o.cores(),
+        );
     }
     if let Some(d) = &r.drain {
         let _ = writeln!(

@@ -315,6 +315,140 @@ async fn one_run(
     })
 }
 
+/// Changes crashing at a fixed rate while the two processes run as deployed: the CPU a
+/// recovery costs at that load, the idle share of that load included.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferedLoadRun {
+    /// Crashes a second asked for, and recorded (the bench's writers can fall short of a
+    /// rate the machine cannot carry along with the workers and the emulators).
+    pub offered_per_s: f64,
+    pub crashed_per_s: f64,
+    /// The measured window: from a warm-up after the first crash turned stale until the
+    /// last crash turned stale.
+    pub window_s: f64,
+    /// First passes the cleaner completed in the window, and how many a second.
+    pub passes: u64,
+    pub passes_per_s: f64,
+    /// CPU seconds over the window, per process.
+    pub scan_cpu_s: f64,
+    pub clean_cpu_s: f64,
+}
+
+impl OfferedLoadRun {
+    /// CPU µs per first pass, both processes, everything they did in the window included.
+    pub fn us_per_pass(&self) -> f64 {
+        (self.scan_cpu_s + self.clean_cpu_s) * 1e6 / self.passes.max(1) as f64
+    }
+
+    /// Cores both processes kept busy.
+    pub fn cores(&self) -> f64 {
+        (self.scan_cpu_s + self.clean_cpu_s) / self.window_s.max(1e-9)
+    }
+}
+
+/// Warm-up before the offered-load window: the scanner's first rounds and the cleaner's
+/// first pulls, before recovery keeps pace with the crashes.
+const WARM_UP: Duration = Duration::from_secs(10);
+
+/// One offered load: `rate` crashes a second (after their upload) for `seconds`, recovered
+/// by a scanner and a cleaner as deployed. The window covers first passes only: with the
+/// deployment's 10-minute settle the second passes come after it, and the run stops
+/// before them (a backlog run measures both).
+pub async fn offered_load(
+    emulators: &Emulators,
+    rate: f64,
+    seconds: u64,
+    deadline: Duration,
+) -> Result<OfferedLoadRun> {
+    let dir = std::env::temp_dir().join(format!("tiersweep-offered-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config_file = dir.join("tiersweep.toml");
+    std::fs::write(&config_file, DEPLOYED_CONFIG)
+        .with_context(|| format!("writing {}", config_file.display()))?;
+    let deployed = Config::load(Some(&config_file), std::iter::empty(), &[])
+        .context("reading the deployment's configuration")?;
+    let threshold = deployed.protocol.staleness_threshold;
+    let settle = deployed.recovery.upload_settle;
+    let (config, stores) = super::rss::fresh_stores(emulators, deployed.protocol).await?;
+    let (_collector, otlp) = Collector::start(false)
+        .await
+        .context("starting the OTLP collector")?;
+    let env = deployment_env(&config, &config_file, settle, otlp);
+    let scanner = Worker::spawn("scan", &env).await?;
+    let mut cleaner = Worker::spawn("clean", &env).await?;
+    let http = reqwest::Client::new();
+    for w in [&scanner, &cleaner] {
+        w.wait_ready(&http, Duration::from_secs(60)).await?;
+    }
+    let n = (rate * seconds as f64).round() as usize;
+    eprintln!(
+        "[worker cpu] offered load: {rate}/s for {seconds} s ({n} crashes), threshold {threshold:?}"
+    );
+    let start = tokio::time::Instant::now();
+    let blob = bytes::Bytes::from(vec![b'L'; crate::BLOB_BYTES]);
+    let crashing = {
+        use futures::StreamExt;
+        let stores = stores.clone();
+        tokio::spawn(async move {
+            let crashed: Vec<_> = futures::stream::iter(0..n)
+                .map(|i| {
+                    let (stores, blob) = (&stores, blob.clone());
+                    async move {
+                        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate))
+                            .await;
+                        crate::crash_one(stores, "offered", i, Crash::AfterUpload, blob).await
+                    }
+                })
+                .buffer_unordered(256)
+                .collect()
+                .await;
+            (
+                crashed.into_iter().filter(Result::is_ok).count(),
+                start.elapsed(),
+            )
+        })
+    };
+    let converged = registry().jobs_converged.series();
+    let from = start + threshold + WARM_UP;
+    let to = start + threshold + Duration::from_secs(seconds);
+    tokio::time::sleep_until(from).await;
+    let (c0, p0) = (
+        (scanner.cpu_s()?, cleaner.cpu_s()?),
+        super::rss::progress(&http, &cleaner.metrics, &converged)
+            .await
+            .unwrap_or(0),
+    );
+    tokio::time::sleep_until(to).await;
+    let (c1, p1) = (
+        (scanner.cpu_s()?, cleaner.cpu_s()?),
+        super::rss::progress(&http, &cleaner.metrics, &converged)
+            .await
+            .unwrap_or(0),
+    );
+    let (crashed, crash_time) = crashing.await.context("the crashing task")?;
+    // Every crash gets its first pass before the run ends: a load the workers could not
+    // carry shows here rather than as a figure.
+    cleaner
+        .wait_for(&http, &converged, crashed as u64, Instant::now() + deadline)
+        .await?;
+    scanner.stop().await;
+    cleaner.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if crashed < n {
+        bail!("{} of {n} crashes could not be recorded", n - crashed);
+    }
+    let window_s = (to - from).as_secs_f64();
+    Ok(OfferedLoadRun {
+        offered_per_s: rate,
+        crashed_per_s: crashed as f64 / crash_time.as_secs_f64().max(1e-9),
+        window_s,
+        passes: p1.saturating_sub(p0),
+        passes_per_s: p1.saturating_sub(p0) as f64 / window_s,
+        scan_cpu_s: c1.0 - c0.0,
+        clean_cpu_s: c1.1 - c0.1,
+    })
+}
+
 /// The pods' environment (infra/k8s/base): the configuration file, JSON logs, traces over
 /// OTLP/gRPC, metrics scraped rather than exported; plus where this run's tables, bucket
 /// and topics are (the emulators'). Nothing else of the test configuration: the file

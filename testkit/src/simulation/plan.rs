@@ -675,6 +675,22 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                     },
                 }));
             }
+            // In half, the cleaners read the changelog's time long before: two earlier
+            // crashes recovered (both passes), then the pool idles for half an hour or so.
+            // A time kept from then (a cache) would stamp the deferral far in the past.
+            if rng.random_bool(0.5) {
+                let crash = || {
+                    large_put(
+                        vec![Rule::once(Op::HvCas, Fault::CrashBefore)],
+                        Process::Healthy,
+                    )
+                };
+                events.extend([
+                    crash(),
+                    crash(),
+                    Event::Sleep(RECOVERY_SETTLE + secs(rng.random_range(1200..2400))),
+                ]);
+            }
             events.extend([
                 Event::SkewCleaner {
                     cleaner: 0,
