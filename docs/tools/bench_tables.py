@@ -174,6 +174,22 @@ def worker_cpu(report):
     return "\n\n".join(out)
 
 
+def offered_load(report):
+    rows = []
+    for o in report["offered_load"]:
+        cpu = o["scan_cpu_s"] + o["clean_cpu_s"]
+        rows.append([num(o["offered_per_s"]), num(o["crashed_per_s"]), f"{o['window_s']:.0f} s",
+                     num(o["passes"]), num(o["passes_per_s"]), f"{o['scan_cpu_s']:.1f} s",
+                     f"{o['clean_cpu_s']:.1f} s",
+                     num(o["scan_cpu_s"] / max(o["passes"], 1) * 1e6),
+                     num(o["clean_cpu_s"] / max(o["passes"], 1) * 1e6),
+                     f"**{num(cpu / max(o['passes'], 1) * 1e6)}**",
+                     f"{cpu / o['window_s']:.2f}"])
+    return table(["offered (crashes/s)", "recorded (/s)", "window", "first passes", "per s",
+                  "scan CPU", "clean CPU", "scan µs per pass", "clean µs per pass",
+                  "µs per pass", "cores (both)"], rows, ["---:"] * 11)
+
+
 def cost(report):
     rows = []
     for c in report["cost"]:
@@ -297,6 +313,8 @@ def main(path):
         print(f"## memory\n\n{memory(r)}\n")
     if r.get("worker_cpu"):
         print(f"## worker CPU\n\n{worker_cpu(r)}\n")
+    if r.get("offered_load"):
+        print(f"## worker CPU at fixed offered loads\n\n{offered_load(r)}\n")
     if r.get("cost"):
         print(f"## cost\n\n{cost(r)}\n")
     sh = shapes(r["settings"])

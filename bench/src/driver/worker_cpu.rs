@@ -195,13 +195,7 @@ async fn one_run(
     settle: Option<Duration>,
     deadline: Duration,
 ) -> Result<WorkerCpuRun> {
-    let dir = std::env::temp_dir().join(format!("tiersweep-worker-cpu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config_file = dir.join("tiersweep.toml");
-    std::fs::write(&config_file, DEPLOYED_CONFIG)
-        .with_context(|| format!("writing {}", config_file.display()))?;
-    let deployed = Config::load(Some(&config_file), std::iter::empty(), &[])
-        .context("reading the deployment's configuration")?;
+    let (dir, config_file, deployed) = deployed_file("worker-cpu")?;
     let protocol = deployed.protocol;
     let settle = settle.unwrap_or(deployed.recovery.upload_settle);
     let (config, stores) = super::rss::fresh_stores(emulators, protocol).await?;
@@ -221,12 +215,8 @@ async fn one_run(
     crate::prepare_backlog(&stores, "cpu", n, 64, crash)
         .await
         .context("preparing the backlog")?;
-    let scanner = Worker::spawn("scan", &env).await?;
-    let mut cleaner = Worker::spawn("clean", &env).await?;
     let http = reqwest::Client::new();
-    for w in [&scanner, &cleaner] {
-        w.wait_ready(&http, Duration::from_secs(60)).await?;
-    }
+    let (scanner, mut cleaner) = Worker::spawn_pair(&env, &http).await?;
     // The first prepared row turns stale a threshold after it was recorded.
     tokio::time::sleep_until((prepared_from + protocol.staleness_threshold).into()).await;
     let t0 = Instant::now();
@@ -360,13 +350,7 @@ pub async fn offered_load(
     seconds: u64,
     deadline: Duration,
 ) -> Result<OfferedLoadRun> {
-    let dir = std::env::temp_dir().join(format!("tiersweep-offered-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config_file = dir.join("tiersweep.toml");
-    std::fs::write(&config_file, DEPLOYED_CONFIG)
-        .with_context(|| format!("writing {}", config_file.display()))?;
-    let deployed = Config::load(Some(&config_file), std::iter::empty(), &[])
-        .context("reading the deployment's configuration")?;
+    let (dir, config_file, deployed) = deployed_file("offered")?;
     let threshold = deployed.protocol.staleness_threshold;
     let settle = deployed.recovery.upload_settle;
     let (config, stores) = super::rss::fresh_stores(emulators, deployed.protocol).await?;
@@ -374,12 +358,8 @@ pub async fn offered_load(
         .await
         .context("starting the OTLP collector")?;
     let env = deployment_env(&config, &config_file, settle, otlp);
-    let scanner = Worker::spawn("scan", &env).await?;
-    let mut cleaner = Worker::spawn("clean", &env).await?;
     let http = reqwest::Client::new();
-    for w in [&scanner, &cleaner] {
-        w.wait_ready(&http, Duration::from_secs(60)).await?;
-    }
+    let (scanner, mut cleaner) = Worker::spawn_pair(&env, &http).await?;
     let n = (rate * seconds as f64).round() as usize;
     eprintln!(
         "[worker cpu] offered load: {rate}/s for {seconds} s ({n} crashes), threshold {threshold:?}"
@@ -447,6 +427,19 @@ pub async fn offered_load(
         scan_cpu_s: c1.0 - c0.0,
         clean_cpu_s: c1.1 - c0.1,
     })
+}
+
+/// The deployment's configuration file written where this run's workers read it (a
+/// directory of its own), and as they load it: (directory, file, configuration).
+fn deployed_file(purpose: &str) -> Result<(std::path::PathBuf, std::path::PathBuf, Config)> {
+    let dir = std::env::temp_dir().join(format!("tiersweep-{purpose}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("tiersweep.toml");
+    std::fs::write(&file, DEPLOYED_CONFIG)
+        .with_context(|| format!("writing {}", file.display()))?;
+    let config = Config::load(Some(&file), std::iter::empty(), &[])
+        .context("reading the deployment's configuration")?;
+    Ok((dir, file, config))
 }
 
 /// The pods' environment (infra/k8s/base): the configuration file, JSON logs, traces over
@@ -524,6 +517,16 @@ impl Worker {
             metrics: format!("http://{addr}/metrics"),
             lines,
         })
+    }
+
+    /// A scanner and a cleaner with `env`, once both answer.
+    async fn spawn_pair(env: &[(String, String)], http: &reqwest::Client) -> Result<(Self, Self)> {
+        let scanner = Self::spawn("scan", env).await?;
+        let cleaner = Self::spawn("clean", env).await?;
+        for w in [&scanner, &cleaner] {
+            w.wait_ready(http, Duration::from_secs(60)).await?;
+        }
+        Ok((scanner, cleaner))
     }
 
     fn cpu_s(&self) -> Result<f64> {
