@@ -42,7 +42,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Flushes and stops the exporters: call before the process exits, or the last spans
-    /// and metrics are lost. It blocks until they are sent (or [`EXPORT_FLUSH_TIMEOUT`]),
+    /// and metrics are lost. It blocks until they are sent (or five seconds pass each),
     /// and the gRPC exporters send on the async runtime: call it from a thread that is not
     /// the runtime's (`tokio::task::spawn_blocking`), or a one-thread runtime waits out the
     /// timeout and drops them.
