@@ -391,20 +391,15 @@ pub async fn offered_load(
     let converged = registry().jobs_converged.series();
     let from = start + threshold + WARM_UP;
     let to = start + threshold + Duration::from_secs(seconds);
+    // Both processes' CPU seconds and the cleaner's passes so far.
+    let sample = async || -> Result<((f64, f64), u64)> {
+        let passes = super::rss::progress(&http, &cleaner.metrics, &converged).await;
+        Ok(((scanner.cpu_s()?, cleaner.cpu_s()?), passes.unwrap_or(0)))
+    };
     tokio::time::sleep_until(from).await;
-    let (c0, p0) = (
-        (scanner.cpu_s()?, cleaner.cpu_s()?),
-        super::rss::progress(&http, &cleaner.metrics, &converged)
-            .await
-            .unwrap_or(0),
-    );
+    let (c0, p0) = sample().await?;
     tokio::time::sleep_until(to).await;
-    let (c1, p1) = (
-        (scanner.cpu_s()?, cleaner.cpu_s()?),
-        super::rss::progress(&http, &cleaner.metrics, &converged)
-            .await
-            .unwrap_or(0),
-    );
+    let (c1, p1) = sample().await?;
     let (crashed, crash_time) = crashing.await.context("the crashing task")?;
     // Every crash gets its first pass before the run ends: a load the workers could not
     // carry shows here rather than as a figure.
