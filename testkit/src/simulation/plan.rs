@@ -678,6 +678,7 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
             // In half, the cleaners read the changelog's time long before: two earlier
             // crashes recovered (both passes), then the pool idles for half an hour or so.
             // A time kept from then (a cache) would stamp the deferral far in the past.
+            // First of all, so that the faults above meet the scenario, not these.
             if rng.random_bool(0.5) {
                 let crash = || {
                     large_put(
@@ -685,11 +686,8 @@ fn opening(rng: &mut StdRng) -> Vec<Event> {
                         Process::Healthy,
                     )
                 };
-                events.extend([
-                    crash(),
-                    crash(),
-                    Event::Sleep(RECOVERY_SETTLE + secs(rng.random_range(1200..2400))),
-                ]);
+                let idle = Event::Sleep(RECOVERY_SETTLE + secs(rng.random_range(1200..2400)));
+                events.splice(0..0, [crash(), crash(), idle]);
             }
             events.extend([
                 Event::SkewCleaner {
