@@ -137,7 +137,7 @@ pub struct Batched {
     reads: Arc<Lane<ChangeId, Option<ChangelogEntry>>>,
     removals: Arc<Lane<ChangeId, ()>>,
     clock: Arc<Lane<(), Timestamp>>,
-    /// The last time the clock lane answered. Nothing uses it but the mutant
+    /// The last time the clock lane answered, kept only under the mutant
     /// `ClockReadShared`, which answers each caller with the read before its own: the bug
     /// a cache of the changelog's time would be, as stale as the cleaner was idle.
     last_now: Mutex<Option<Timestamp>>,
@@ -214,17 +214,11 @@ impl ChangelogLayer for Batched {
     /// arrives while it is on its way (see the module documentation).
     async fn now(&self) -> StoreResult<Timestamp> {
         let now = self.clock.call(()).await?;
-        let before = self
-            .last_now
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(now);
-        match before {
-            Some(before) if crate::mutants::on(crate::mutants::Mutant::ClockReadShared) => {
-                Ok(before)
-            }
-            _ => Ok(now),
+        if crate::mutants::on(crate::mutants::Mutant::ClockReadShared) {
+            let mut last = self.last_now.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(last.replace(now).unwrap_or(now));
         }
+        Ok(now)
     }
 }
 
